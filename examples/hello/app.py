@@ -1,0 +1,41 @@
+"""A tiny web app for lbsolo: answers / with its release and hostname, /up for health checks."""
+
+import json
+import os
+import socket
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+RELEASE = os.environ.get("LBSOLO_RELEASE", "dev")
+HOSTNAME = socket.gethostname()
+
+
+class Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def do_GET(self) -> None:
+        if self.path == "/up":
+            self.reply(200, "text/plain; charset=utf-8", b"ok\n")
+        elif self.path == "/json":
+            body = json.dumps({"release": RELEASE, "hostname": HOSTNAME, "headers": dict(self.headers)})
+            self.reply(200, "application/json", body.encode())
+        elif self.path == "/":
+            body = f"Hello from lbsolo! release={RELEASE} hostname={HOSTNAME}\n"
+            self.reply(200, "text/plain; charset=utf-8", body.encode())
+        else:
+            self.reply(404, "text/plain; charset=utf-8", b"not found\n")
+
+    def reply(self, status: int, content_type: str, body: bytes) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, fmt: str, *args: object) -> None:
+        print(f"{self.address_string()} {fmt % args}", flush=True)
+
+
+if __name__ == "__main__":
+    port = int(os.environ.get("PORT", "5000"))
+    print(f"hello {RELEASE} listening on :{port}", flush=True)
+    ThreadingHTTPServer(("0.0.0.0", port), Handler).serve_forever()

@@ -1,0 +1,3 @@
+from lbsolo.cli import main
+
+main()

@@ -1,0 +1,169 @@
+"""The builder: checks an uploaded source archive and turns it into an image.
+
+Builds run one at a time (a queue worker) so a burst of deploys cannot eat the server;
+each build has a memory cap and a timeout. Output is streamed line by line into a LogBuffer
+that any number of followers can read live. This module decides nothing about releases or
+routing; core does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import posixpath
+import tarfile
+import uuid
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from lbsolo.engine import Engine
+from lbsolo.errors import BuildFailed, InvalidInput, LbsoloError
+from lbsolo.models import LABEL_BUILD, Build, BuildStatus, now
+
+log = logging.getLogger("lbsolo.build")
+
+
+class LogBuffer:
+    """An append-only list of lines that followers can tail until it is closed."""
+
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+        self.closed = False
+        self._changed = asyncio.Event()
+
+    def append(self, line: str) -> None:
+        self.lines.append(line)
+        self._wake()
+
+    def close(self) -> None:
+        self.closed = True
+        self._wake()
+
+    def _wake(self) -> None:
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+    async def follow(self) -> AsyncIterator[str]:
+        i = 0
+        while True:
+            while i < len(self.lines):
+                yield self.lines[i]
+                i += 1
+            if self.closed:
+                return
+            await self._changed.wait()
+
+
+def check_context(path: Path) -> None:
+    """Reject archives that are not tars, escape their root, or have no Dockerfile."""
+    has_dockerfile = False
+    try:
+        with tarfile.open(path, mode="r:*") as tar:
+            for member in tar:
+                name = member.name
+                parts = posixpath.normpath(name).split("/")
+                if name.startswith("/") or ".." in parts:
+                    raise InvalidInput(f"unsafe path in the uploaded archive: {name!r}")
+                if member.issym() or member.islnk():
+                    target = member.linkname
+                    base = posixpath.dirname(name) if member.issym() else ""
+                    resolved = posixpath.normpath(posixpath.join(base, target))
+                    if target.startswith("/") or resolved.split("/")[0] == "..":
+                        raise InvalidInput(f"link {name!r} points outside the source tree")
+                elif not (member.isfile() or member.isdir()):
+                    raise InvalidInput(f"unsupported file type in the uploaded archive: {name!r}")
+                if posixpath.normpath(name) == "Dockerfile" and member.isfile():
+                    has_dockerfile = True
+    except tarfile.TarError as e:
+        raise InvalidInput(f"the upload is not a readable tar archive: {e}") from e
+    if not has_dockerfile:
+        raise InvalidInput(
+            "no Dockerfile found in the source (looked for ./Dockerfile at its root); "
+            "building without a Dockerfile is not supported yet"
+        )
+
+
+@dataclass
+class BuildJob:
+    build: Build
+    context: Path
+    tag: str
+    output: LogBuffer
+    done: asyncio.Future[str] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
+
+
+class Builder:
+    """A queue of builds run by one worker task against the engine."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        *,
+        memory: str,
+        timeout: float,
+        on_change: Callable[[Build], None] | None = None,
+    ) -> None:
+        self.engine = engine
+        self.memory = memory
+        self.timeout = timeout
+        self.on_change = on_change or (lambda b: None)
+        self._queue: asyncio.Queue[BuildJob] = asyncio.Queue()
+
+    def submit(self, app: str, context: Path, output: LogBuffer) -> BuildJob:
+        build = Build(id=uuid.uuid4().hex[:12], app=app)
+        job = BuildJob(build=build, context=context, tag=f"lbsolo/{app}:build-{build.id}", output=output)
+        self.on_change(build)
+        self._queue.put_nowait(job)
+        return job
+
+    async def run(self) -> None:
+        """The worker: takes builds off the queue until cancelled."""
+        while True:
+            job = await self._queue.get()
+            try:
+                await self._build(job)
+            finally:
+                self._queue.task_done()
+
+    async def _build(self, job: BuildJob) -> None:
+        loop = asyncio.get_running_loop()
+        build = job.build
+        build.status = BuildStatus.RUNNING
+        self.on_change(build)
+
+        def on_line(line: str) -> None:
+            loop.call_soon_threadsafe(job.output.append, line)
+
+        try:
+            await asyncio.to_thread(check_context, job.context)
+            with job.context.open("rb") as f:
+                image = await asyncio.to_thread(
+                    self.engine.build,
+                    f,
+                    app=build.app,
+                    tag=job.tag,
+                    labels={LABEL_BUILD: build.id},
+                    memory=self.memory,
+                    timeout=self.timeout,
+                    on_line=on_line,
+                )
+        except LbsoloError as e:
+            build.status, build.error = BuildStatus.FAILED, e.message
+            if not job.done.done():
+                job.done.set_exception(e if isinstance(e, InvalidInput) else BuildFailed(e.message))
+        except Exception as e:  # the worker must survive anything one build does
+            log.exception("build %s crashed", build.id)
+            build.status, build.error = BuildStatus.FAILED, str(e)
+            if not job.done.done():
+                job.done.set_exception(BuildFailed(f"build crashed: {e}"))
+        else:
+            build.status, build.image = BuildStatus.SUCCEEDED, image
+            if not job.done.done():
+                job.done.set_result(image)
+        finally:
+            build.finished_at = now()
+            self.on_change(build)
+            with contextlib.suppress(OSError):
+                job.context.unlink()

@@ -1,0 +1,189 @@
+"""`lbsolo up`: one process, one event loop, running API, reconcile loop, builder, proxy and DNS.
+
+Startup: prepare the home directory and token, check the engine, open state, start the proxy
+and DNS, adopt running containers (one reconcile pass), then serve the API and start the
+supervised background tasks. Shutdown on SIGINT/SIGTERM: stop accepting, let in-flight work
+finish within settings.shutdown_timeout, cancel the rest. App containers keep running.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import secrets
+import signal
+import socket
+from collections.abc import Awaitable, Callable
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import uvicorn
+
+from lbsolo.api import create_api
+from lbsolo.build import Builder
+from lbsolo.config import Settings
+from lbsolo.core import Platform
+from lbsolo.dns import DNSServer, Zone
+from lbsolo.engine import Engine
+from lbsolo.proxy import ProxyServer, Route
+from lbsolo.state import State
+
+log = logging.getLogger("lbsolo.daemon")
+
+
+def ensure_home(settings: Settings) -> str:
+    """Create the state directory (0700) and the admin token (0600); return the token."""
+    settings.home.mkdir(parents=True, exist_ok=True)
+    os.chmod(settings.home, 0o700)
+    path = settings.token_path
+    if not path.exists():
+        token = secrets.token_urlsafe(32)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(token + "\n")
+    return path.read_text().strip()
+
+
+def instance_id(settings: Settings) -> str:
+    """Names this lbsolo home on a shared engine: it only ever touches its own containers."""
+    return hashlib.sha256(str(settings.home.resolve()).encode()).hexdigest()[:12]
+
+
+def write_private(path: Path, text: str) -> None:
+    tmp = path.with_suffix(".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+class _APIServer(uvicorn.Server):
+    def capture_signals(self) -> contextlib.AbstractContextManager[None]:
+        # The daemon owns SIGINT/SIGTERM and shuts every part down in order.
+        return contextlib.nullcontext()
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.listen(1024)
+    sock.setblocking(False)
+    return sock
+
+
+async def _supervise(name: str, factory: Callable[[], Awaitable[None]]) -> None:
+    """Run a long-lived task; log and restart it if it dies, with a short pause."""
+    while True:
+        try:
+            await factory()
+            return
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("%s crashed; restarting it in 1s", name)
+            await asyncio.sleep(1.0)
+
+
+class Daemon:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._stop = asyncio.Event()
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    async def run(self, on_ready: Callable[[dict[str, Any]], None] | None = None) -> None:
+        s = self.settings
+        token = await asyncio.to_thread(ensure_home, s)
+        engine = Engine(instance_id(s))
+        docker_version = await asyncio.to_thread(engine.ping)
+        state = await asyncio.to_thread(State, s.state_path)
+
+        proxy = ProxyServer(host=s.proxy_host, port=s.proxy_port, domain=s.domain)
+        zone = Zone(domain=s.domain, ipv4=s.dns_ipv4, ipv6=s.dns_ipv6, strict=s.dns_strict, ttl=s.dns_ttl)
+        dns = DNSServer(host=s.dns_host, port=s.dns_port, zone=zone)
+
+        def publish(routes: dict[str, Route]) -> None:
+            proxy.set_routes(routes)
+            dns.set_zone(replace(dns.zone, apps=frozenset(routes)))
+
+        builder = Builder(engine, memory=s.build_memory, timeout=s.build_timeout)
+        platform = Platform(s, state, engine, builder, publish)
+        builder.on_change = platform.record_build
+
+        api_sock = _bind(s.api_host, s.api_port)
+        server = _APIServer(
+            uvicorn.Config(create_api(platform, token), lifespan="off", log_level="warning", access_log=False)
+        )
+        tasks: list[asyncio.Task[None]] = []
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.add_signal_handler(sig, self.request_stop)
+        try:
+            await proxy.start()
+            await dns.start()
+            actions = await platform.reconcile()  # adopt what runs; start what should
+            tasks.append(asyncio.create_task(server.serve(sockets=[api_sock]), name="api"))
+            while not server.started:
+                if tasks[0].done():
+                    await tasks[0]
+                await asyncio.sleep(0.01)
+            tasks.append(asyncio.create_task(_supervise("builder", builder.run), name="builder"))
+            tasks.append(asyncio.create_task(_supervise("reconcile", platform.reconcile_forever), name="reconcile"))
+            api_port = api_sock.getsockname()[1]
+            info = {
+                "api": f"http://{s.api_host}:{api_port}",
+                "proxy": f"http://{s.proxy_host}:{proxy.port}",
+                "dns": f"{s.dns_host}:{dns.port} (udp+tcp)",
+                "domain": s.domain,
+                "home": str(s.home),
+                "docker": docker_version,
+                "apps": len(await asyncio.to_thread(state.list_apps)),
+                "replicas": platform.serving_replicas(),
+                "actions": len(actions),
+                "pid": os.getpid(),
+            }
+            runtime = {"api_url": info["api"], "proxy_port": proxy.port, "dns_port": dns.port, "pid": os.getpid()}
+            await asyncio.to_thread(write_private, s.runtime_path, json.dumps(runtime))
+            if on_ready:
+                on_ready(info)
+            await self._stop.wait()
+        finally:
+            await self._shutdown(server, proxy, dns, platform, tasks)
+            api_sock.close()
+            await asyncio.to_thread(state.close)
+            engine.close()
+            with contextlib.suppress(OSError):
+                s.runtime_path.unlink()
+
+    async def _shutdown(
+        self,
+        server: uvicorn.Server,
+        proxy: ProxyServer,
+        dns: DNSServer,
+        platform: Platform,
+        tasks: list[asyncio.Task[None]],
+    ) -> None:
+        timeout = self.settings.shutdown_timeout
+        log.info("shutting down (at most %.0fs)", timeout)
+        server.should_exit = True
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(proxy.stop(timeout=timeout / 2), timeout / 2 + 1)
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(dns.stop(), 2)
+        pending = [t for t in (*tasks, *platform.jobs) if not t.done()]
+        api = [t for t in tasks if t.get_name() == "api"]
+        if api:
+            await asyncio.wait(api, timeout=timeout / 2)
+        for t in pending:
+            t.cancel()
+        if pending:
+            await asyncio.wait(pending, timeout=2)

@@ -1,0 +1,461 @@
+"""Authoritative DNS for the lbsolo domain, served over asyncio UDP and TCP.
+
+What it is for: answering queries for ``<domain>`` and ``*.<domain>`` (by default
+``lbsolo.localhost``) with the proxy's address, so that ``<app>.<domain>`` reaches the
+proxy without editing ``/etc/hosts``.  It is authoritative only: it never recurses and
+refuses names outside its domain.
+
+How it is split:
+
+* :class:`Zone` is an immutable description of what to serve.
+* :func:`answer` is a pure function ``query bytes -> reply bytes | None`` (``None`` =
+  drop the packet).  Decisions are made with dnslib; the encoded reply is cached per
+  zone object and per (lowercased question, EDNS present) so that repeated queries only
+  patch the message ID, the RD bit and the question bytes (which keeps the case the
+  client asked with).
+* :class:`DNSServer` binds UDP and TCP on one port and feeds packets to :func:`answer`.
+
+What it must not do: import docker, tinydb or any other lbsolo module, read state on
+its own, or block the event loop.  The core pushes records into it with
+:meth:`DNSServer.set_zone`.  It does not use dnslib's threaded server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import logging
+import struct
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from dnslib import AAAA, CLASS, EDNS0, NS, OPCODE, QTYPE, RCODE, RR, SOA, A, DNSHeader, DNSRecord
+
+__all__ = ["DNSServer", "Zone", "answer"]
+
+log = logging.getLogger("lbsolo.dns")
+
+#: UDP payload size we advertise in our own OPT record, and the most we send over UDP.
+EDNS_UDP_SIZE = 1232
+#: Classic DNS limit for UDP replies to queries without EDNS0.
+PLAIN_UDP_SIZE = 512
+#: TCP connections are closed after this many seconds without a complete message.
+TCP_IDLE_TIMEOUT = 10.0
+#: Concurrent TCP connections beyond this are closed at once.
+TCP_MAX_CONNECTIONS = 256
+#: Encoded answers kept per zone before the cache is emptied (bounds memory under
+#: random-name floods).
+CACHE_MAX_ENTRIES = 4096
+#: How many zone objects keep a cache at once.
+CACHE_MAX_ZONES = 4
+
+_SOA_REFRESH = 3600
+_SOA_RETRY = 600
+_SOA_EXPIRE = 86400
+
+# Name classification results.
+_OUTSIDE = 0
+_APEX = 1
+_MEMBER = 2
+_NXDOMAIN = 3
+
+_CLASS_IN = 1
+_CLASS_ANY = 255
+
+# Our OPT pseudo-record, exactly as dnslib packs EDNS0(udp_len=EDNS_UDP_SIZE).
+_OPT_WIRE = b"\x00\x00\x29" + struct.pack("!H", EDNS_UDP_SIZE) + b"\x00\x00\x00\x00\x00\x00"
+
+
+@dataclass(frozen=True, slots=True)
+class Zone:
+    """What the DNS server answers.  Immutable: swap a whole new Zone in to change it.
+
+    ``domain`` is stored lowercase without a trailing dot; ``apps`` are stored
+    lowercase.  ``ipv4``/``ipv6`` are validated address literals.
+    """
+
+    domain: str = "lbsolo.localhost"
+    ipv4: tuple[str, ...] = ("127.0.0.1",)
+    ipv6: tuple[str, ...] = ()
+    apps: frozenset[str] = frozenset()
+    strict: bool = False
+    ttl: int = 5
+
+    def __post_init__(self) -> None:
+        domain = str(self.domain).strip().rstrip(".").lower()
+        if not domain or not domain.isascii() or len(domain) > 253:
+            raise ValueError(f"invalid DNS domain: {self.domain!r}")
+        if any(not 0 < len(label) <= 63 for label in domain.split(".")):
+            raise ValueError(f"invalid DNS domain: {self.domain!r}")
+        object.__setattr__(self, "domain", domain)
+        object.__setattr__(self, "ipv4", _addresses(self.ipv4, ipaddress.IPv4Address))
+        object.__setattr__(self, "ipv6", _addresses(self.ipv6, ipaddress.IPv6Address))
+        apps = [self.apps] if isinstance(self.apps, str) else self.apps
+        object.__setattr__(self, "apps", frozenset(str(a).lower() for a in apps))
+        if not 0 <= int(self.ttl) < 2**31:
+            raise ValueError(f"invalid TTL: {self.ttl!r}")
+        object.__setattr__(self, "ttl", int(self.ttl))
+
+
+def _addresses(
+    values: str | Iterable[str], kind: type[ipaddress.IPv4Address] | type[ipaddress.IPv6Address]
+) -> tuple[str, ...]:
+    items = [values] if isinstance(values, str) else list(values)
+    return tuple(str(kind(str(v))) for v in items)
+
+
+# --------------------------------------------------------------------------- answer()
+
+# zone id -> (zone, {(lowercased wire qname, qtype+qclass bytes, edns?): reply template})
+# The zone object itself is kept in the value so its id cannot be reused while cached.
+_caches: dict[int, tuple[Zone, dict[tuple[bytes, bytes, bool], bytes | None]]] = {}
+
+
+def _zone_cache(zone: Zone) -> dict[tuple[bytes, bytes, bool], bytes | None]:
+    entry = _caches.get(id(zone))
+    if entry is not None and entry[0] is zone:
+        return entry[1]
+    while len(_caches) >= CACHE_MAX_ZONES:
+        _caches.pop(next(iter(_caches)), None)
+    cache: dict[tuple[bytes, bytes, bool], bytes | None] = {}
+    _caches[id(zone)] = (zone, cache)
+    return cache
+
+
+_MISS = object()  # _answer_fast(): "not the simple shape, ask the slow path"
+
+
+def answer(query: bytes, zone: Zone) -> bytes | None:
+    """Build the reply to one DNS message, or return ``None`` to drop it.
+
+    Dropped: anything shorter than a header, responses (QR set), and messages that do
+    not parse.  Never raises.
+    """
+    try:
+        if type(query) is not bytes:
+            query = bytes(query)
+        fast = _answer_fast(query, zone)
+        if fast is not _MISS:
+            return fast  # type: ignore[return-value]
+        return _answer_slow(query, zone)
+    except Exception:
+        log.debug("dropping DNS message that could not be answered", exc_info=True)
+        return None
+
+
+def _answer_fast(query: bytes, zone: Zone) -> bytes | object | None:
+    """Serve the common case (one plain question, optional bare OPT) from the cache.
+
+    Returns ``_MISS`` when the packet is not of that shape; the slow path decides then.
+    """
+    n = len(query)
+    if n < 12:
+        return None
+    flags = query[2]
+    if flags & 0x80:  # a response, not a query
+        return None
+    # opcode QUERY, QDCOUNT=1, ANCOUNT=0, NSCOUNT=0
+    if flags & 0x78 or query[4:10] != b"\x00\x01\x00\x00\x00\x00":
+        return _MISS
+    i = 12
+    while True:
+        if i >= n:
+            return _MISS
+        length = query[i]
+        if length == 0:
+            i += 1
+            break
+        if length & 0xC0:  # compression pointer / extended label type in the question
+            return _MISS
+        i += length + 1
+    qend = i + 4
+    if qend > n:
+        return _MISS
+    arcount = query[10:12]
+    if arcount == b"\x00\x00" and qend == n:
+        edns = False
+    elif (
+        arcount == b"\x00\x01"
+        and n >= qend + 11
+        and query[qend : qend + 3] == b"\x00\x00\x29"
+        and n == qend + 11 + int.from_bytes(query[qend + 9 : qend + 11], "big")
+    ):
+        edns = True
+    else:
+        return _MISS
+    qname = query[12:i]
+    # bytes.lower() only touches ASCII letters; label lengths are <= 63 so never change.
+    key = (qname.lower(), query[i:qend], edns)
+    cache = _zone_cache(zone)
+    try:
+        template = cache[key]
+    except KeyError:
+        canonical = (
+            b"\x00\x00\x00\x00\x00\x01\x00\x00\x00\x00"
+            + (b"\x00\x01" if edns else b"\x00\x00")
+            + key[0]
+            + key[1]
+            + (_OPT_WIRE if edns else b"")
+        )
+        template = _answer_slow(canonical, zone)
+        if template is not None and template[12:qend] != canonical[12:qend]:
+            return _MISS  # dnslib re-encoded the question differently: don't patch, answer slowly
+        if len(cache) >= CACHE_MAX_ENTRIES:
+            cache.clear()
+        cache[key] = template
+    if template is None:
+        return None
+    # Same question length in template and query: copy ID, RD bit and the question as asked.
+    return query[:2] + bytes((template[2] | (flags & 0x01),)) + template[3:12] + query[12:qend] + template[qend:]
+
+
+def _answer_slow(query: bytes, zone: Zone) -> bytes | None:
+    """Parse with dnslib and build the reply.  The reference semantics for answer()."""
+    if len(query) < 12 or query[2] & 0x80:
+        return None
+    try:
+        request = DNSRecord.parse(query)
+    except Exception:
+        return None
+    if request.header.qr:
+        return None
+    req_header = request.header
+    header = DNSHeader(id=req_header.id, bitmap=0, qr=1, opcode=req_header.opcode, rd=req_header.rd)
+    reply = DNSRecord(header)
+    if any(rr.rtype == QTYPE.OPT for rr in request.ar):
+        reply.add_ar(EDNS0(udp_len=EDNS_UDP_SIZE))
+
+    if req_header.opcode != OPCODE.QUERY:
+        reply.questions = list(request.questions)
+        header.rcode = RCODE.NOTIMP
+        return bytes(reply.pack())
+    if len(request.questions) != 1:
+        header.rcode = RCODE.FORMERR
+        return bytes(reply.pack())
+
+    question = request.questions[0]
+    reply.questions = [question]
+    kind = _classify(question.qname.label, zone)
+    if kind == _OUTSIDE or question.qclass not in (_CLASS_IN, _CLASS_ANY):
+        header.rcode = RCODE.REFUSED
+        return bytes(reply.pack())
+
+    header.aa = 1
+    soa = _soa(zone)
+    if kind == _NXDOMAIN:
+        header.rcode = RCODE.NXDOMAIN
+        reply.add_auth(soa)
+        return bytes(reply.pack())
+
+    qname = question.qname
+    qtype = question.qtype
+    ttl = zone.ttl
+    records: list[RR] = []
+    if qtype in (QTYPE.A, QTYPE.ANY):
+        records += [RR(qname, QTYPE.A, CLASS.IN, ttl, A(ip)) for ip in zone.ipv4]
+    if qtype in (QTYPE.AAAA, QTYPE.ANY):
+        records += [RR(qname, QTYPE.AAAA, CLASS.IN, ttl, AAAA(ip)) for ip in zone.ipv6]
+    if kind == _APEX:
+        if qtype in (QTYPE.SOA, QTYPE.ANY):
+            records.append(RR(qname, QTYPE.SOA, CLASS.IN, ttl, soa.rdata))
+        if qtype in (QTYPE.NS, QTYPE.ANY):
+            records.append(RR(qname, QTYPE.NS, CLASS.IN, ttl, NS(zone.domain + ".")))
+        if qtype == QTYPE.NS:
+            # Glue: the name server is the apex itself.
+            extra = [RR(zone.domain, QTYPE.A, CLASS.IN, ttl, A(ip)) for ip in zone.ipv4]
+            extra += [RR(zone.domain, QTYPE.AAAA, CLASS.IN, ttl, AAAA(ip)) for ip in zone.ipv6]
+            reply.ar[:0] = extra
+    if records:
+        reply.add_answer(*records)
+    else:
+        reply.add_auth(soa)  # NODATA
+    return bytes(reply.pack())
+
+
+def _classify(labels: tuple[bytes, ...], zone: Zone) -> int:
+    apex = tuple(zone.domain.encode("ascii").split(b"."))
+    size = len(apex)
+    if len(labels) < size:
+        return _OUTSIDE
+    lowered = tuple(label.lower() for label in labels)
+    if lowered[len(lowered) - size :] != apex:
+        return _OUTSIDE
+    if len(lowered) == size:
+        return _APEX
+    if not zone.strict:
+        return _MEMBER
+    if len(lowered) == size + 1 and lowered[0].decode("ascii", "replace") in zone.apps:
+        return _MEMBER
+    return _NXDOMAIN
+
+
+def _soa(zone: Zone) -> RR:
+    times = (1, _SOA_REFRESH, _SOA_RETRY, _SOA_EXPIRE, zone.ttl)
+    rdata = SOA(zone.domain + ".", "hostmaster." + zone.domain + ".", times)
+    return RR(zone.domain + ".", QTYPE.SOA, CLASS.IN, zone.ttl, rdata)
+
+
+def _question_end(message: bytes) -> int:
+    """Offset just past the first question of ``message`` (no pointers expected there)."""
+    i = 12
+    while message[i]:
+        if message[i] & 0xC0:
+            return i + 2 + 4
+        i += message[i] + 1
+    return i + 1 + 4
+
+
+def truncate(reply: bytes) -> bytes:
+    """Header + question of ``reply`` with TC set (plus our OPT record when it had one)."""
+    if len(reply) < 12:
+        return reply
+    qdcount = int.from_bytes(reply[4:6], "big")
+    qend = _question_end(reply) if qdcount else 12
+    if qend > len(reply):
+        qend, qdcount = 12, 0
+    opt = reply.endswith(_OPT_WIRE) and reply[10:12] != b"\x00\x00"
+    head = reply[:2] + bytes((reply[2] | 0x02, reply[3]))
+    counts = struct.pack("!HHHH", 1 if qdcount else 0, 0, 0, 1 if opt else 0)
+    return head + counts + reply[12:qend] + (_OPT_WIRE if opt else b"")
+
+
+def udp_limit(query: bytes) -> int:
+    """Largest UDP reply for ``query``: 512, or the EDNS0 size it advertises (capped)."""
+    try:
+        request = DNSRecord.parse(query)
+    except Exception:
+        return PLAIN_UDP_SIZE
+    for rr in request.ar:
+        if rr.rtype == QTYPE.OPT:
+            return max(PLAIN_UDP_SIZE, min(int(rr.rclass), EDNS_UDP_SIZE))
+    return PLAIN_UDP_SIZE
+
+
+# --------------------------------------------------------------------------- server
+
+
+class _UDPProtocol(asyncio.DatagramProtocol):
+    def __init__(self, server: DNSServer) -> None:
+        self._server = server
+        self.transport: asyncio.DatagramTransport | None = None
+        self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        try:
+            reply = answer(data, self._server.zone)
+            if reply is None or self.transport is None:
+                return
+            if len(reply) > PLAIN_UDP_SIZE and len(reply) > udp_limit(data):
+                reply = truncate(reply)
+            self.transport.sendto(reply, addr)
+        except Exception:
+            log.debug("UDP query from %s failed", addr, exc_info=True)
+
+    def error_received(self, exc: Exception) -> None:
+        log.debug("UDP socket error: %s", exc)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.closed.done():
+            self.closed.set_result(None)
+
+
+class DNSServer:
+    """Serve :func:`answer` on ``host:port`` over UDP and TCP."""
+
+    def __init__(self, host: str = "127.0.0.1", port: int = 5354, zone: Zone | None = None) -> None:
+        self.host = host
+        self.zone: Zone = zone if zone is not None else Zone()
+        self._requested_port = port
+        self._port = port
+        self._udp: _UDPProtocol | None = None
+        self._tcp: asyncio.Server | None = None
+        self._tcp_tasks: set[asyncio.Task[None]] = set()
+
+    def set_zone(self, zone: Zone) -> None:
+        """Replace the zone; queries received from now on use it."""
+        self.zone = zone
+
+    @property
+    def port(self) -> int:
+        """The bound port once started (the requested one before)."""
+        return self._port
+
+    async def start(self, attempts: int = 5) -> None:
+        """Bind UDP, then TCP on the same port.  With port 0, retry if TCP's bind fails."""
+        if self._udp is not None:
+            raise RuntimeError("DNS server already started")
+        loop = asyncio.get_running_loop()
+        for attempt in range(attempts):
+            transport, protocol = await loop.create_datagram_endpoint(
+                lambda: _UDPProtocol(self), local_addr=(self.host, self._requested_port)
+            )
+            port = int(transport.get_extra_info("sockname")[1])
+            try:
+                self._tcp = await asyncio.start_server(self._serve_tcp, self.host, port)
+            except OSError:
+                transport.close()
+                await protocol.closed
+                if self._requested_port != 0 or attempt == attempts - 1:
+                    raise
+                log.debug("TCP port %d busy, retrying with another port", port)
+                continue
+            self._udp = protocol
+            self._port = port
+            log.debug("DNS server listening on %s:%d (udp+tcp)", self.host, port)
+            return
+
+    async def stop(self, timeout: float = 2.0) -> None:
+        """Close the sockets and all TCP connections; waits at most about ``timeout``."""
+        udp, self._udp = self._udp, None
+        tcp, self._tcp = self._tcp, None
+        if udp is not None and udp.transport is not None:
+            udp.transport.close()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(udp.closed), timeout)
+        if tcp is not None:
+            tcp.close()
+        tasks = list(self._tcp_tasks)
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.wait(tasks, timeout=timeout)
+        if tcp is not None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(tcp.wait_closed(), timeout)
+
+    async def _serve_tcp(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        if task is None or len(self._tcp_tasks) >= TCP_MAX_CONNECTIONS:
+            writer.close()
+            with contextlib.suppress(Exception):
+                await writer.wait_closed()
+            return
+        self._tcp_tasks.add(task)
+        try:
+            while True:
+                async with asyncio.timeout(TCP_IDLE_TIMEOUT):
+                    (size,) = struct.unpack("!H", await reader.readexactly(2))
+                    if size < 12:  # cannot be a DNS message: framing is broken
+                        return
+                    message = await reader.readexactly(size)
+                reply = answer(message, self.zone)
+                if reply is None:
+                    continue
+                if len(reply) > 0xFFFF:
+                    reply = truncate(reply)
+                writer.write(struct.pack("!H", len(reply)) + reply)
+                async with asyncio.timeout(TCP_IDLE_TIMEOUT):
+                    await writer.drain()
+        except (TimeoutError, asyncio.IncompleteReadError, OSError):
+            pass
+        except Exception:
+            log.debug("TCP DNS connection failed", exc_info=True)
+        finally:
+            self._tcp_tasks.discard(task)
+            writer.close()
+            with contextlib.suppress(Exception):
+                await writer.wait_closed()

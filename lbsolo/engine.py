@@ -1,0 +1,245 @@
+"""The facade over the local Docker engine: the only module that imports docker.
+
+Everything here is blocking (the Docker SDK is); callers in the event loop go through
+asyncio.to_thread. No docker SDK object leaves this module: callers get Replica records,
+image ids and plain strings, and docker errors come out as lbsolo's EngineError tree.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Callable, Iterator
+from typing import IO, Any
+
+import docker
+import docker.errors
+import requests.exceptions
+
+from lbsolo.errors import BuildFailed, EngineError, EngineUnavailable
+from lbsolo.models import (
+    LABEL_APP,
+    LABEL_INSTANCE,
+    LABEL_MANAGED,
+    LABEL_PORT,
+    LABEL_PROCESS,
+    LABEL_RELEASE,
+    Replica,
+)
+
+log = logging.getLogger("lbsolo.engine")
+
+
+@contextlib.contextmanager
+def _engine_errors(what: str) -> Iterator[None]:
+    try:
+        yield
+    except docker.errors.NotFound as e:
+        raise EngineError(f"{what}: not found ({e.explanation or e})") from e
+    except docker.errors.APIError as e:
+        raise EngineError(f"{what}: {e.explanation or e}") from e
+    except (docker.errors.DockerException, requests.exceptions.ConnectionError) as e:
+        raise EngineUnavailable(f"{what}: the Docker engine is not reachable ({e})") from e
+
+
+def parse_memory(value: str) -> int:
+    """'512m' -> bytes. Accepts b, k, m, g suffixes (Docker's convention)."""
+    v = value.strip().lower()
+    units = {"b": 1, "k": 1024, "m": 1024**2, "g": 1024**3}
+    if v and v[-1] in units:
+        return int(float(v[:-1]) * units[v[-1]])
+    return int(v)
+
+
+class Engine:
+    """Blocking operations on the Docker engine, scoped to one lbsolo instance's labels."""
+
+    def __init__(self, instance: str, client: docker.DockerClient | None = None) -> None:
+        self.instance = instance
+        self._client = client
+        self._api_timeout = 120
+
+    @property
+    def client(self) -> docker.DockerClient:
+        if self._client is None:
+            with _engine_errors("connect"):
+                self._client = docker.from_env(timeout=self._api_timeout)
+        return self._client
+
+    def close(self) -> None:
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+
+    def ping(self) -> str:
+        with _engine_errors("ping"):
+            return str(self.client.version().get("Version", "?"))
+
+    def base_labels(self, app: str) -> dict[str, str]:
+        return {LABEL_MANAGED: "true", LABEL_INSTANCE: self.instance, LABEL_APP: app}
+
+    # images
+    def build(
+        self,
+        context: IO[bytes],
+        *,
+        app: str,
+        tag: str,
+        labels: dict[str, str],
+        memory: str,
+        timeout: float,
+        on_line: Callable[[str], None],
+    ) -> str:
+        """Build a tar context with its Dockerfile; stream output to on_line; return image id."""
+        image_id = None
+        limits = {"memory": parse_memory(memory), "memswap": -1}
+        with _engine_errors(f"build of {app}"):
+            stream = self.client.api.build(
+                fileobj=context,
+                custom_context=True,
+                tag=tag,
+                labels={**self.base_labels(app), **labels},
+                rm=True,
+                forcerm=True,
+                decode=True,
+                container_limits=limits,
+                timeout=int(timeout),
+            )
+            for chunk in stream:
+                if "stream" in chunk:
+                    for line in str(chunk["stream"]).splitlines():
+                        if line.strip():
+                            on_line(line)
+                elif "error" in chunk or "errorDetail" in chunk:
+                    detail = chunk.get("errorDetail") or {}
+                    message = str(chunk.get("error") or detail.get("message") or "build failed")
+                    on_line(message.strip())
+                    raise BuildFailed(f"build of {app} failed: {message.strip()}")
+                elif "aux" in chunk and isinstance(chunk["aux"], dict) and "ID" in chunk["aux"]:
+                    image_id = str(chunk["aux"]["ID"])
+                elif "status" in chunk:
+                    on_line(str(chunk["status"]))
+        if not image_id:
+            with _engine_errors(f"inspect image {tag}"):
+                image_id = str(self.client.images.get(tag).id)
+        return image_id
+
+    def tag_image(self, image: str, repository: str, tag: str) -> None:
+        with _engine_errors(f"tag {image}"):
+            self.client.api.tag(image, repository, tag)
+
+    def image_exists(self, image: str) -> bool:
+        try:
+            self.client.images.get(image)
+        except docker.errors.ImageNotFound:
+            return False
+        except docker.errors.DockerException as e:
+            raise EngineError(f"inspect image {image}: {e}") from e
+        return True
+
+    def remove_app_images(self, app: str) -> list[str]:
+        """Remove every image this instance built for app; returns their ids."""
+        removed = []
+        filters = {"label": [f"{LABEL_INSTANCE}={self.instance}", f"{LABEL_APP}={app}"]}
+        with _engine_errors(f"list images of {app}"):
+            images = self.client.images.list(filters=filters)
+        for image in images:
+            try:
+                self.client.images.remove(image.id, force=True, noprune=False)
+                removed.append(str(image.id))
+            except docker.errors.APIError as e:
+                log.warning("could not remove image %s: %s", image.id, e)
+        return removed
+
+    # containers
+    def run(
+        self,
+        *,
+        app: str,
+        release: int,
+        process: str,
+        image: str,
+        name: str,
+        env: dict[str, str],
+        port: int,
+    ) -> Replica:
+        """Start a container whose port is published on 127.0.0.1 only, at a free host port."""
+        labels = {
+            **self.base_labels(app),
+            LABEL_RELEASE: str(release),
+            LABEL_PROCESS: process,
+            LABEL_PORT: str(port),
+        }
+        with _engine_errors(f"start {name}"):
+            container = self.client.containers.run(
+                image,
+                name=name,
+                detach=True,
+                environment=env,
+                labels=labels,
+                ports={f"{port}/tcp": ("127.0.0.1", None)},
+                hostname=f"{app}-{process}-v{release}",
+                init=True,
+            )
+            container.reload()
+        return self._replica(container)
+
+    def list_replicas(self, app: str | None = None) -> list[Replica]:
+        """Every container of this instance (running or not), optionally of one app."""
+        labels = [f"{LABEL_MANAGED}=true", f"{LABEL_INSTANCE}={self.instance}"]
+        if app is not None:
+            labels.append(f"{LABEL_APP}={app}")
+        with _engine_errors("list containers"):
+            containers = self.client.containers.list(all=True, filters={"label": labels})
+        return [self._replica(c) for c in containers]
+
+    def start(self, container_id: str) -> Replica:
+        with _engine_errors(f"start {container_id[:12]}"):
+            container = self.client.containers.get(container_id)
+            container.start()
+            container.reload()
+        return self._replica(container)
+
+    def stop_and_remove(self, container_id: str, timeout: int) -> None:
+        try:
+            container = self.client.containers.get(container_id)
+            if container.status in ("running", "restarting", "paused"):
+                container.stop(timeout=timeout)
+            container.remove(force=True)
+        except docker.errors.NotFound:
+            return
+        except docker.errors.APIError as e:
+            if e.status_code in (404, 409):  # gone, or removal already in progress
+                return
+            raise EngineError(f"stop {container_id[:12]}: {e.explanation or e}") from e
+        except (docker.errors.DockerException, requests.exceptions.ConnectionError) as e:
+            raise EngineUnavailable(f"stop {container_id[:12]}: {e}") from e
+
+    def logs(self, container_id: str, tail: int = 200) -> str:
+        with _engine_errors(f"logs of {container_id[:12]}"):
+            raw = self.client.containers.get(container_id).logs(tail=tail, timestamps=False)
+        return raw.decode("utf-8", "replace")
+
+    @staticmethod
+    def _replica(container: Any) -> Replica:
+        labels = container.labels or {}
+        attrs = container.attrs or {}
+        state = attrs.get("State") or {}
+        host_port = None
+        for bindings in ((attrs.get("NetworkSettings") or {}).get("Ports") or {}).values():
+            for b in bindings or []:
+                if b.get("HostIp") in ("127.0.0.1", "") and b.get("HostPort"):
+                    host_port = int(b["HostPort"])
+                    break
+        release = labels.get(LABEL_RELEASE)
+        return Replica(
+            id=str(container.id),
+            name=str(container.name),
+            app=labels.get(LABEL_APP, ""),
+            release=int(release) if release and release.isdigit() else None,
+            process=labels.get(LABEL_PROCESS, "web"),
+            running=container.status == "running",
+            status=str(container.status),
+            host_port=host_port,
+            started_at=str(state.get("StartedAt", "")),
+        )

@@ -1,0 +1,145 @@
+"""lbsolo's state: a TinyDB document store, written only by the daemon.
+
+The storage below replaces the database file atomically (write a temporary file, fsync,
+rename, fsync the directory), so a `kill -9` at any moment leaves either the old or the new
+file, both readable. This is the only module that imports tinydb.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import tempfile
+import threading
+from pathlib import Path
+from typing import Any
+
+from tinydb import Query, TinyDB
+from tinydb.storages import Storage
+
+from lbsolo.errors import Conflict, NotFound
+from lbsolo.models import App, Build, Release
+
+
+class AtomicJSONStorage(Storage):
+    """TinyDB storage that never leaves a half-written file behind.
+
+    Reads are served from memory: the daemon is the only writer, so the file is read once.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], **_: Any) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._data: dict[str, dict[str, Any]] | None = None
+        if self.path.exists() and self.path.stat().st_size > 0:
+            with self.path.open(encoding="utf-8") as f:
+                self._data = json.load(f)
+
+    def read(self) -> dict[str, dict[str, Any]] | None:
+        # TinyDB mutates what read() returns before calling write(); hand out a copy so a
+        # failed write cannot leave memory ahead of disk.
+        return copy.deepcopy(self._data) if self._data is not None else None
+
+    def write(self, data: dict[str, dict[str, Any]]) -> None:
+        payload = json.dumps(data, separators=(",", ":"), sort_keys=True).encode()
+        fd, tmp = tempfile.mkstemp(prefix=".state-", suffix=".tmp", dir=self.path.parent)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(payload)
+                f.flush()
+                os.fsync(f.fileno())
+            os.chmod(tmp, 0o600)
+            os.replace(tmp, self.path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        dir_fd = os.open(self.path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+        self._data = copy.deepcopy(data)
+
+    def close(self) -> None:
+        pass
+
+
+class State:
+    """Typed access to lbsolo's tables. Thread-safe; call it through asyncio.to_thread."""
+
+    def __init__(self, path: Path) -> None:
+        self._db = TinyDB(path, storage=AtomicJSONStorage)
+        self._lock = threading.Lock()
+        self._apps = self._db.table("apps")
+        self._releases = self._db.table("releases")
+        self._builds = self._db.table("builds")
+
+    def close(self) -> None:
+        self._db.close()
+
+    # apps
+    def list_apps(self) -> list[App]:
+        with self._lock:
+            return sorted((App.from_dict(d) for d in self._apps.all()), key=lambda a: a.name)
+
+    def find_app(self, name: str) -> App | None:
+        with self._lock:
+            d = self._apps.get(Query().name == name)
+        return App.from_dict(d) if d else None  # type: ignore[arg-type]
+
+    def get_app(self, name: str) -> App:
+        app = self.find_app(name)
+        if app is None:
+            raise NotFound(f"unknown app {name!r} (create it with: lbsolo apps:create {name})")
+        return app
+
+    def create_app(self, app: App) -> App:
+        with self._lock:
+            if self._apps.contains(Query().name == app.name):
+                raise Conflict(f"app {app.name!r} already exists")
+            self._apps.insert(app.to_dict())
+        return app
+
+    def save_app(self, app: App) -> None:
+        with self._lock:
+            self._apps.upsert(app.to_dict(), Query().name == app.name)
+
+    def delete_app(self, name: str) -> None:
+        q = Query()
+        with self._lock:
+            self._apps.remove(q.name == name)
+            self._releases.remove(q.app == name)
+            self._builds.remove(q.app == name)
+
+    # releases
+    def list_releases(self, app: str) -> list[Release]:
+        with self._lock:
+            rows = self._releases.search(Query().app == app)
+        return sorted((Release.from_dict(d) for d in rows), key=lambda r: r.version)
+
+    def get_release(self, app: str, version: int) -> Release:
+        q = Query()
+        with self._lock:
+            d = self._releases.get((q.app == app) & (q.version == version))
+        if not d:
+            raise NotFound(f"app {app!r} has no release v{version}")
+        return Release.from_dict(d)  # type: ignore[arg-type]
+
+    def next_version(self, app: str) -> int:
+        return max((r.version for r in self.list_releases(app)), default=0) + 1
+
+    def save_release(self, release: Release) -> None:
+        q = Query()
+        with self._lock:
+            self._releases.upsert(release.to_dict(), (q.app == release.app) & (q.version == release.version))
+
+    # builds
+    def save_build(self, build: Build) -> None:
+        with self._lock:
+            self._builds.upsert(build.to_dict(), Query().id == build.id)
+
+    def list_builds(self, app: str) -> list[Build]:
+        with self._lock:
+            rows = self._builds.search(Query().app == app)
+        return sorted((Build.from_dict(d) for d in rows), key=lambda b: b.created_at)

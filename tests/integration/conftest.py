@@ -1,0 +1,175 @@
+"""Fixtures for the integration suite: a real Docker engine and a real `lbsolo up` subprocess.
+
+Everything the suite creates carries lbsolo's labels with the test daemon's own instance id,
+and is removed afterwards. Outside CI the suite skips when no engine answers; in CI it fails.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import docker
+import httpx
+import pytest
+
+from lbsolo.config import Settings
+from lbsolo.daemon import instance_id
+
+ROOT = Path(__file__).resolve().parents[2]
+EXAMPLES = ROOT / "examples"
+
+
+@pytest.fixture(scope="session")
+def docker_client(in_ci: bool) -> Iterator[docker.DockerClient]:
+    try:
+        client = docker.from_env(timeout=60)
+        client.ping()
+    except Exception as e:
+        if in_ci:
+            pytest.fail(f"CI needs a Docker engine and none answers: {e} (run scripts/test-env)")
+        pytest.skip(f"no Docker engine reachable: {e}")
+    try:
+        client.images.get("python:3.12-slim")
+    except docker.errors.ImageNotFound:
+        pytest.fail("image python:3.12-slim is missing: run scripts/test-env to seed it")
+    yield client
+    client.close()
+
+
+def free_port() -> int:
+    """A port free for both TCP and UDP on 127.0.0.1."""
+    for _ in range(50):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as t:
+            t.bind(("127.0.0.1", 0))
+            port = t.getsockname()[1]
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
+                try:
+                    u.bind(("127.0.0.1", port))
+                except OSError:
+                    continue
+            return port
+    raise RuntimeError("no free port")
+
+
+@dataclass
+class Daemon:
+    home: Path
+    api_port: int = field(default_factory=free_port)
+    proxy_port: int = field(default_factory=free_port)
+    dns_port: int = field(default_factory=free_port)
+    proc: subprocess.Popen[str] | None = None
+    log_path: Path | None = None
+
+    @property
+    def env(self) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("LBSOLO_")}
+        env.update(
+            LBSOLO_HOME=str(self.home),
+            LBSOLO_API_PORT=str(self.api_port),
+            LBSOLO_PROXY_PORT=str(self.proxy_port),
+            LBSOLO_DNS_PORT=str(self.dns_port),
+            LBSOLO_RECONCILE_INTERVAL="1",
+            LBSOLO_STOP_TIMEOUT="2",
+            LBSOLO_DEPLOY_TIMEOUT="30",
+            COLUMNS="200",
+        )
+        return env
+
+    @property
+    def instance(self) -> str:
+        return instance_id(Settings.load(home=self.home))
+
+    @property
+    def token(self) -> str:
+        return (self.home / "token").read_text().strip()
+
+    @property
+    def api(self) -> str:
+        return f"http://127.0.0.1:{self.api_port}"
+
+    def start(self, timeout: float = 20.0) -> str:
+        self.log_path = self.home.parent / f"daemon-{time.monotonic_ns()}.log"
+        log = self.log_path.open("w")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "lbsolo", "up"], env=self.env, stdout=log, stderr=subprocess.STDOUT, text=True
+        )
+        log.close()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"daemon exited early:\n{self.log_path.read_text()}")
+            with contextlib.suppress(httpx.HTTPError):
+                if (
+                    httpx.get(f"{self.api}/healthz", timeout=1).status_code == 200
+                    and (self.home / "daemon.json").exists()
+                ):
+                    return self.log_path.read_text()
+            time.sleep(0.1)
+        raise AssertionError(f"daemon not ready in {timeout}s:\n{self.log_path.read_text()}")
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 20.0) -> int | None:
+        if self.proc is None or self.proc.poll() is not None:
+            return None if self.proc is None else self.proc.returncode
+        self.proc.send_signal(sig)
+        try:
+            return self.proc.wait(timeout=timeout)
+        finally:
+            if self.proc.poll() is None:
+                self.proc.kill()
+                self.proc.wait()
+
+    def cli(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "lbsolo", *args],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            cwd=ROOT,
+        )
+
+    def get(self, app: str, path: str = "/", **kw) -> httpx.Response:
+        return httpx.get(
+            f"http://127.0.0.1:{self.proxy_port}{path}",
+            headers={"Host": f"{app}.lbsolo.localhost:{self.proxy_port}", **kw.pop("headers", {})},
+            timeout=10,
+            **kw,
+        )
+
+    def api_get(self, path: str, token: str | None = "") -> httpx.Response:
+        headers = {"Authorization": f"Bearer {self.token if token == '' else token}"} if token is not None else {}
+        return httpx.get(f"{self.api}{path}", headers=headers, timeout=10)
+
+    def runtime(self) -> dict:
+        return json.loads((self.home / "daemon.json").read_text())
+
+
+def remove_instance(client: docker.DockerClient, instance: str) -> None:
+    filters = {"label": [f"lbsolo.instance={instance}"]}
+    for c in client.containers.list(all=True, filters=filters):
+        with contextlib.suppress(docker.errors.APIError):
+            c.remove(force=True)
+    for image in client.images.list(filters=filters):
+        with contextlib.suppress(docker.errors.APIError):
+            client.images.remove(image.id, force=True)
+
+
+@pytest.fixture(scope="module")
+def daemon(docker_client, tmp_path_factory) -> Iterator[Daemon]:
+    d = Daemon(home=tmp_path_factory.mktemp("lbsolo") / "home")
+    d.start()
+    try:
+        yield d
+    finally:
+        d.stop()
+        remove_instance(docker_client, d.instance)

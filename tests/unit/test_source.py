@@ -1,0 +1,60 @@
+import tarfile
+
+import pytest
+
+from lbsolo.errors import InvalidInput, TooLarge
+from lbsolo.source import is_ignored, pack, parse_ignore
+
+
+@pytest.mark.parametrize(
+    ("patterns", "path", "ignored"),
+    [
+        ("*.pyc", "a.pyc", True),
+        ("*.pyc", "sub/a.pyc", False),
+        ("**/*.pyc", "sub/deep/a.pyc", True),
+        ("**/*.pyc", "a.pyc", True),
+        ("node_modules", "node_modules/x/y.js", True),
+        ("/build", "build/out", True),
+        ("*.md\n!README.md", "README.md", False),
+        ("*.md\n!README.md", "CHANGES.md", True),
+        ("# comment\n\n", "x", False),
+        ("docs/*.txt", "docs/a.txt", True),
+        ("docs/*.txt", "docs/sub/a.txt", False),
+        ("te?t", "test", True),
+        ("[ab].txt", "a.txt", True),
+        ("[!ab].txt", "c.txt", True),
+    ],
+)
+def test_dockerignore_rules(patterns, path, ignored):
+    assert is_ignored(path, parse_ignore(patterns)) is ignored
+
+
+def _names(archive):
+    with tarfile.open(fileobj=archive) as tar:
+        return sorted(m.name for m in tar)
+
+
+def test_pack_honours_dockerignore_and_skips_git(tmp_path):
+    (tmp_path / "Dockerfile").write_text("FROM scratch\n")
+    (tmp_path / ".dockerignore").write_text("secret.txt\nlogs\n")
+    (tmp_path / "app.py").write_text("print(1)\n")
+    (tmp_path / "secret.txt").write_text("x")
+    (tmp_path / "logs").mkdir()
+    (tmp_path / "logs" / "a.log").write_text("x")
+    (tmp_path / ".git").mkdir()
+    (tmp_path / ".git" / "HEAD").write_text("x")
+    with pack(tmp_path, 10_000_000) as archive:
+        assert _names(archive) == [".dockerignore", "Dockerfile", "app.py"]
+
+
+def test_pack_requires_a_dockerfile(tmp_path):
+    (tmp_path / "app.py").write_text("print(1)\n")
+    with pytest.raises(InvalidInput, match="no Dockerfile"):
+        pack(tmp_path, 10_000_000)
+
+
+def test_pack_enforces_the_size_limit(tmp_path):
+    (tmp_path / "Dockerfile").write_text("FROM scratch\n")
+    (tmp_path / "big.bin").write_bytes(b"\0" * 200_000)
+    with pytest.raises(TooLarge):
+        pack(tmp_path, 100_000)

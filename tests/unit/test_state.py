@@ -1,0 +1,72 @@
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from lbsolo.errors import Conflict, NotFound
+from lbsolo.models import App, Release, ReleaseStatus
+from lbsolo.state import AtomicJSONStorage, State
+
+
+def test_state_roundtrip_survives_reopen(tmp_path):
+    path = tmp_path / "state.json"
+    s = State(path)
+    s.create_app(App("hello"))
+    s.save_release(Release(app="hello", version=1, image="sha256:abc", status=ReleaseStatus.ACTIVE))
+    with pytest.raises(Conflict):
+        s.create_app(App("hello"))
+    s.close()
+
+    s2 = State(path)
+    assert [a.name for a in s2.list_apps()] == ["hello"]
+    assert s2.get_release("hello", 1).status is ReleaseStatus.ACTIVE
+    assert s2.next_version("hello") == 2
+    with pytest.raises(NotFound):
+        s2.get_app("nope")
+    assert oct(path.stat().st_mode & 0o777) == oct(0o600)
+
+
+def test_storage_leaves_no_temp_files_and_valid_json(tmp_path):
+    st = AtomicJSONStorage(tmp_path / "db.json")
+    for i in range(20):
+        st.write({"t": {str(i): {"n": i}}})
+    assert json.loads((tmp_path / "db.json").read_text()) == {"t": {"19": {"n": 19}}}
+    assert [p.name for p in tmp_path.iterdir()] == ["db.json"]
+
+
+def test_storage_read_returns_a_copy(tmp_path):
+    st = AtomicJSONStorage(tmp_path / "db.json")
+    st.write({"t": {"1": {"n": 1}}})
+    data = st.read()
+    data["t"]["1"]["n"] = 99
+    assert st.read() == {"t": {"1": {"n": 1}}}
+
+
+def test_kill_9_during_writes_leaves_a_readable_database(tmp_path):
+    """A writer killed at random moments never leaves a file TinyDB cannot open."""
+    path = tmp_path / "state.json"
+    script = textwrap.dedent(
+        f"""
+        from lbsolo.models import App
+        from lbsolo.state import State
+        s = State({str(path)!r})
+        i = 0
+        while True:
+            s.save_app(App("app" + str(i % 50), release=i))
+            i += 1
+        """
+    )
+    for delay in (0.05, 0.15, 0.3):
+        proc = subprocess.Popen([sys.executable, "-c", script])
+        try:
+            proc.wait(timeout=delay)
+        except subprocess.TimeoutExpired:
+            os.kill(proc.pid, 9)
+            proc.wait()
+        if path.exists():
+            State(path).list_apps()  # must not raise
+    assert path.exists()
+    assert len(State(path).list_apps()) >= 1
