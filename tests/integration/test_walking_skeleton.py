@@ -41,7 +41,7 @@ def test_openapi_document_is_served(daemon):
 
 
 def test_invalid_app_name_is_refused_and_nothing_is_created(daemon):
-    for bad in ("Bad_Name", "-x", "a" * 40):
+    for bad in ("Bad_Name", "my.app", "a" * 40):
         out = daemon.cli("apps:create", bad)
         assert out.returncode == 1
         assert "invalid app name" in out.stderr

@@ -1,0 +1,1307 @@
+"""lbsolo's HTTP/1.1 reverse proxy: routes `<app>.<domain>` to the app's running replicas.
+
+It runs inside the daemon's event loop (uvloop or the default loop). Client connections are
+`asyncio.Protocol`s parsed with httptools; upstream responses are parsed with httptools too.
+Bodies are streamed in both directions with transport-level backpressure, never buffered whole.
+Upstream connections are kept alive in a small per-target idle pool. WebSocket and other
+`Upgrade` requests become a raw byte tunnel once the app answers `101 Switching Protocols`.
+
+What it must not do: know about containers, releases or state. It never imports docker,
+tinydb or any other lbsolo module. The core decides routes and pushes them in with
+`ProxyServer.set_routes`; the proxy only reads the current immutable `RouteTable` snapshot.
+It must never let one client connection break another, and never log per request at INFO.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import html
+import json
+import logging
+from collections import deque
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from http import HTTPStatus
+from types import MappingProxyType
+from typing import cast
+
+import httptools
+
+__all__ = ["ProxyServer", "Route", "RouteTable", "Target", "normalize_host"]
+
+log = logging.getLogger("lbsolo.proxy")
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """One upstream address (a replica's published port)."""
+
+    host: str
+    port: int
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """Where an app's traffic goes; no targets means the app is not running (503)."""
+
+    app: str
+    release: str | None = None
+    targets: tuple[Target, ...] = ()
+
+
+def normalize_host(value: str | bytes | None) -> str:
+    """A Host header value reduced to the host: lowercase, no port, no trailing dot.
+
+    IPv6 literals keep their brackets (`[::1]:8080` -> `[::1]`); "" when missing.
+    """
+    if not value:
+        return ""
+    if isinstance(value, bytes):
+        value = value.decode("latin-1")
+    host = value.strip().lower()
+    if host.startswith("["):
+        end = host.find("]")
+        if end != -1:
+            host = host[: end + 1]
+    elif host.count(":") == 1:
+        host = host.partition(":")[0]
+    if host.endswith("."):
+        host = host[:-1]
+    return host
+
+
+class RouteTable:
+    """Immutable snapshot of the routes; pure decisions, no I/O."""
+
+    __slots__ = ("_by_name", "_suffix", "_targets", "domain", "routes")
+
+    def __init__(self, domain: str, routes: Mapping[str, Route] | None = None) -> None:
+        self.domain: str = normalize_host(domain).strip(".")
+        self._suffix = "." + self.domain
+        copied: dict[str, Route] = {}
+        for name, route in (routes or {}).items():
+            if not isinstance(route.targets, tuple):
+                route = replace(route, targets=tuple(route.targets))
+            copied[name] = route
+        self.routes: Mapping[str, Route] = MappingProxyType(copied)
+        self._by_name = {name.lower(): route for name, route in copied.items()}
+        self._targets = frozenset(t for r in copied.values() for t in r.targets)
+
+    def match(self, host: str) -> Route | None:
+        """The route for an already normalized host `<app>.<domain>`; None for anything else."""
+        suffix = self._suffix
+        if not host.endswith(suffix):
+            return None
+        label = host[: -len(suffix)]
+        if not label or "." in label:
+            return None
+        return self._by_name.get(label)
+
+    def apps(self) -> list[str]:
+        return sorted(self.routes)
+
+    def targets(self) -> frozenset[Target]:
+        """Every target of every route."""
+        return self._targets
+
+
+# ---------------------------------------------------------------------------------------------
+# protocol constants
+
+_HOP_BY_HOP = frozenset(
+    {b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer", b"transfer-encoding", b"upgrade"}
+)
+# Request headers never forwarded as sent: hop-by-hop ones and those the proxy sets itself.
+_REQ_DROP = _HOP_BY_HOP | {b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host"}
+_IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE", b"TRACE"})
+
+_MAX_HEAD_BYTES = 64 * 1024  # request line/status + headers
+_MAX_HEADERS = 128
+_BODY_BUFFER = 256 * 1024  # request body buffered while connecting before reading pauses
+_POOL_MAX = 32  # idle upstream connections kept per target
+_POOL_IDLE = 30.0  # seconds an idle upstream connection is kept
+
+# client read-pause reasons (bit set)
+_P_QUEUE = 1  # a complete request is waiting for its response
+_P_UPSTREAM = 2  # upstream write buffer full
+_P_BUFFER = 4  # too much body buffered while connecting
+_P_BROKEN = 8  # unparseable input: read nothing more
+_P_EOF = 16  # client half-closed; transport stopped reading
+
+# response body framing towards the client
+_M_NONE = 0
+_M_LENGTH = 1
+_M_CHUNKED = 2
+_M_CLOSE = 3
+
+_PHRASES = {s.value: s.phrase.encode() for s in HTTPStatus}
+
+
+class _HeadTooLarge(Exception):
+    pass
+
+
+class _BadResponse(Exception):
+    pass
+
+
+def _render_error(
+    status: int, code: str, message: str, as_json: bool, links: list[tuple[str, str]] | None
+) -> tuple[bytes, bytes]:
+    if as_json:
+        doc = {"error": {"code": code, "message": message}}
+        return json.dumps(doc).encode(), b"application/json"
+    title = html.escape(f"{status} {HTTPStatus(status).phrase}")
+    parts = [
+        '<!doctype html>\n<html><head><meta charset="utf-8"><title>',
+        title,
+        "</title></head>\n<body><h1>",
+        title,
+        "</h1>\n<p>",
+        html.escape(message),
+        "</p>\n",
+    ]
+    if links is not None:
+        if links:
+            parts.append("<p>Apps on this server:</p>\n<ul>\n")
+            for name, url in links:
+                parts.append(f'<li><a href="{html.escape(url)}">{html.escape(name)}</a></li>\n')
+            parts.append("</ul>\n")
+        else:
+            parts.append("<p>No apps on this server yet.</p>\n")
+    parts.append("<hr><p><small>lbsolo</small></p></body></html>\n")
+    return "".join(parts).encode(), b"text/html; charset=utf-8"
+
+
+def _port_suffix(raw_host: bytes) -> str:
+    """':<port>' from a Host header value, '' when absent or 80."""
+    host = raw_host.decode("latin-1").strip()
+    tail = host.rpartition("]")[2] if host.startswith("[") else host
+    _, sep, port = tail.rpartition(":")
+    if sep and port.isdigit() and port != "80":
+        return ":" + port
+    return ""
+
+
+class _Request:
+    __slots__ = (
+        "accept_json",
+        "attempts",
+        "body",
+        "body_done",
+        "body_size",
+        "chunked",
+        "close_after",
+        "conn_tokens",
+        "error",
+        "finished",
+        "headers",
+        "headers_done",
+        "host",
+        "http11",
+        "keep_alive",
+        "method",
+        "replayable",
+        "responded",
+        "route",
+        "sink",
+        "upgrade",
+        "upgrade_value",
+        "url",
+    )
+
+    def __init__(self) -> None:
+        self.method = b"GET"
+        self.url = b""
+        self.http11 = True
+        self.headers: list[tuple[bytes, bytes, bytes]] = []  # (lowercase name, name, value)
+        self.headers_done = False
+        self.host = b""
+        self.keep_alive = False
+        self.chunked = False
+        self.upgrade = False
+        self.upgrade_value = b""
+        self.accept_json = False
+        self.conn_tokens: frozenset[bytes] | None = None
+        self.body: list[bytes] = []  # buffered until an upstream takes it
+        self.body_size = 0
+        self.body_done = False
+        self.error: tuple[int, str, str] | None = None  # answer this instead of proxying
+        self.sink: _Upstream | None = None  # upstream currently streaming the body
+        self.responded = False  # response head written to the client
+        self.finished = False
+        self.close_after = False
+        self.replayable = False
+        self.attempts = 0
+        self.route: Route | None = None
+
+
+# ---------------------------------------------------------------------------------------------
+# client side
+
+
+class _Client(asyncio.Protocol):
+    __slots__ = (
+        "_active",
+        "_closed",
+        "_connect_task",
+        "_eof",
+        "_head_bytes",
+        "_leftover",
+        "_loop",
+        "_parser",
+        "_parsing",
+        "_paused",
+        "_peer",
+        "_pumping",
+        "_queue",
+        "_served",
+        "_server",
+        "_too_large",
+        "_tunnel",
+        "_up",
+        "_upgrade_wait",
+        "_write_paused",
+        "deadline",
+        "transport",
+    )
+
+    def __init__(self, server: ProxyServer) -> None:
+        self._server = server
+        self._loop = server._loop
+        self._parser = httptools.HttpRequestParser(self)
+        self.transport: asyncio.Transport | None = None
+        self._peer = b""
+        self._queue: deque[_Request] = deque()
+        self._parsing: _Request | None = None
+        self._head_bytes = 0
+        self._too_large = False
+        self.deadline: float | None = None
+        self._paused = 0
+        self._write_paused = False
+        self._up: _Upstream | None = None
+        self._active: _Request | None = None
+        self._pumping = False
+        self._connect_task: asyncio.Task[None] | None = None
+        self._closed = False
+        self._eof = False
+        self._leftover = b""
+        self._upgrade_wait = False
+        self._tunnel = False
+        self._served = 0
+
+    # -- asyncio callbacks ---------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's are not subclasses
+        server = self._server
+        server._clients.add(self)
+        peer = transport.get_extra_info("peername")
+        if isinstance(peer, tuple) and peer:
+            self._peer = str(peer[0]).encode()
+        if server._stopping:
+            self._close()
+            return
+        self.deadline = self._loop.time() + server.header_timeout
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._closed = True
+        self.deadline = None
+        self._server._clients.discard(self)
+        self._detach_upstream()
+
+    def data_received(self, data: bytes) -> None:
+        if self._tunnel:
+            up = self._up
+            if up is not None:
+                up._write(data)
+            return
+        if self._closed or self._paused & _P_BROKEN:
+            return
+        if self._upgrade_wait:
+            self._leftover += data
+            return
+        self._feed(data)
+
+    def eof_received(self) -> bool | None:
+        if self._tunnel or self._parsing is not None or not self._queue:
+            self._close()
+            return False
+        # Half-closed after a complete request: answer it, then close.
+        self._eof = True
+        self._paused |= _P_EOF
+        self.deadline = None
+        return True
+
+    def pause_writing(self) -> None:
+        self._write_paused = True
+        up = self._up
+        if up is not None:
+            up._pause_read()
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        up = self._up
+        if up is not None:
+            up._resume_read()
+
+    # -- httptools callbacks -------------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        self._parsing = _Request()
+        self._head_bytes = 0
+        if not self._paused:
+            self.deadline = self._loop.time() + self._server.header_timeout
+
+    def on_url(self, url: bytes) -> None:
+        self._head_bytes += len(url)
+        if self._head_bytes > _MAX_HEAD_BYTES:
+            self._too_large = True
+            raise _HeadTooLarge
+        req = self._parsing
+        assert req is not None
+        req.url += url
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._head_bytes += len(name) + len(value) + 4
+        req = self._parsing
+        assert req is not None
+        if req.headers_done:  # trailers: counted, dropped
+            if self._head_bytes > 2 * _MAX_HEAD_BYTES:
+                raise _HeadTooLarge
+            return
+        if self._head_bytes > _MAX_HEAD_BYTES or len(req.headers) >= _MAX_HEADERS:
+            self._too_large = True
+            raise _HeadTooLarge
+        req.headers.append((name.lower(), name, value))
+
+    def on_headers_complete(self) -> None:
+        req = self._parsing
+        assert req is not None
+        parser = self._parser
+        req.headers_done = True
+        req.method = method = parser.get_method()
+        req.http11 = parser.get_http_version() not in ("1.0", "0.9")
+        req.keep_alive = parser.should_keep_alive()
+        req.upgrade = upgrade = parser.should_upgrade()
+        hosts = 0
+        tokens: set[bytes] | None = None
+        for lname, _name, value in req.headers:
+            if lname == b"host":
+                hosts += 1
+                req.host = value
+            elif lname == b"connection":
+                if tokens is None:
+                    tokens = set()
+                tokens.update(t.strip().lower() for t in value.split(b","))
+            elif lname == b"transfer-encoding":
+                req.chunked = True
+            elif lname == b"accept":
+                low = value.lower()
+                req.accept_json = b"application/json" in low and b"text/html" not in low
+            elif lname == b"upgrade":
+                req.upgrade_value = value
+        if tokens:
+            tokens.discard(b"host")
+            req.conn_tokens = frozenset(tokens)
+        if method == b"CONNECT":
+            req.error = (405, "method_not_allowed", "CONNECT is not supported by this proxy")
+        elif hosts > 1 or (hosts == 0 and req.http11):
+            req.error = (400, "bad_request", "missing or duplicate Host header")
+        if upgrade:
+            req.chunked = False
+        self._queue.append(req)
+        if not self._paused:
+            self.deadline = self._loop.time() + self._server.read_timeout
+
+    def on_body(self, data: bytes) -> None:
+        req = self._parsing
+        assert req is not None
+        sink = req.sink
+        if sink is not None:
+            sink._send_body(data)
+        elif not req.finished:
+            req.body.append(data)
+            req.body_size += len(data)
+            if req.body_size > _BODY_BUFFER:
+                self._pause(_P_BUFFER)
+        if not self._paused:
+            self.deadline = self._loop.time() + self._server.read_timeout
+
+    def on_message_complete(self) -> None:
+        req = self._parsing
+        assert req is not None
+        self._parsing = None
+        req.body_done = True
+        sink = req.sink
+        if sink is not None:
+            sink._end_body()
+        if not req.finished:
+            self._pause(_P_QUEUE)
+
+    # -- parsing -------------------------------------------------------------------------
+
+    def _feed(self, data: bytes) -> None:
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserUpgrade as exc:
+            self._upgrade_wait = True
+            self._leftover = data[exc.args[0] :] if exc.args else b""
+        except httptools.HttpParserError as exc:
+            self._on_parse_error(exc)
+        except Exception:
+            log.exception("proxy: internal error while parsing a request")
+            self._abort()
+            return
+        self._pump()
+
+    def _on_parse_error(self, exc: Exception) -> None:
+        self._pause(_P_BROKEN)
+        queue = self._queue
+        if queue and not queue[-1].keep_alive and self._parsing is None:
+            return  # bytes after a `Connection: close` request: ignored
+        if self._too_large:
+            status, message = 431, "request head too large"
+        else:
+            status, message = 400, "malformed request"
+        log.debug("proxy: bad request from %s: %s", self._peer.decode(), exc)
+        cur = self._parsing
+        self._parsing = None
+        if cur is not None and cur.headers_done:
+            # The error is inside the body of a request already queued.
+            if cur is self._active:
+                up = self._up
+                if up is not None:
+                    self._up = None
+                    cur.sink = None
+                    up._abandon()
+                if cur.responded:
+                    self._close()
+                else:
+                    self._send_error(cur, status, "bad_request", message, close=True)
+            else:
+                cur.error = (status, "bad_request", message)
+            return
+        bad = _Request()
+        bad.error = (status, "bad_request", message)
+        bad.body_done = True
+        queue.append(bad)
+
+    # -- request dispatch ----------------------------------------------------------------
+
+    def _pump(self) -> None:
+        if self._pumping:
+            return
+        self._pumping = True
+        try:
+            while self._queue and self._active is None and not self._closed:
+                req = self._queue[0]
+                self._active = req
+                self._dispatch(req)
+        finally:
+            self._pumping = False
+
+    def _dispatch(self, req: _Request) -> None:
+        if req.error is not None:
+            self._send_error(req, *req.error, close=True)
+            return
+        server = self._server
+        table = server.table
+        route = table.match(normalize_host(req.host))
+        if route is None:
+            suffix = _port_suffix(req.host)
+            links = [(app, f"http://{app}.{table.domain}{suffix}") for app in table.apps()]
+            host = normalize_host(req.host) or "(none)"
+            self._send_error(req, 404, "not_found", f"no app is served at {host}", links=links)
+            return
+        targets = route.targets
+        if not targets:
+            self._send_error(req, 503, "app_not_running", f"app {route.app} is not running")
+            return
+        req.route = route
+        index = server._rr
+        server._rr = index + 1
+        index %= len(targets)
+        up = server._pool_get(targets[index])
+        if up is not None:
+            self._begin(req, up, reused=True)
+        else:
+            self._connect_task = self._loop.create_task(self._connect(req, index))
+
+    async def _connect(self, req: _Request, start: int) -> None:
+        server = self._server
+        route = req.route
+        assert route is not None
+        targets = route.targets
+        count = len(targets)
+        reason = "refused"
+        for i in range(count):
+            target = targets[(start + i) % count]
+            try:
+                async with asyncio.timeout(server.connect_timeout):
+                    _, up = await self._loop.create_connection(
+                        lambda t=target: _Upstream(server, t), target.host, target.port
+                    )
+            except TimeoutError:
+                reason = "timed out"
+                log.warning("proxy: connecting to %s:%s for app %s timed out", target.host, target.port, route.app)
+                continue
+            except OSError as exc:
+                reason = exc.strerror or str(exc)
+                log.warning("proxy: cannot connect to %s:%s for app %s: %s", target.host, target.port, route.app, exc)
+                continue
+            self._connect_task = None
+            if self._closed or self._active is not req:
+                up._close()
+                return
+            self._begin(req, up, reused=False)
+            return
+        self._connect_task = None
+        if not self._closed and self._active is req:
+            self._send_error(req, 502, "bad_gateway", f"app {route.app} is unreachable (connection {reason})")
+
+    def _begin(self, req: _Request, up: _Upstream, reused: bool) -> None:
+        self._up = up
+        up._begin(self, req, reused)
+        if self._write_paused:
+            up._pause_read()
+        self._resume(_P_BUFFER)
+
+    def _retry(self, req: _Request) -> None:
+        route = req.route
+        assert route is not None
+        req.attempts += 1
+        index = self._server._rr % len(route.targets)
+        self._connect_task = self._loop.create_task(self._connect(req, index))
+
+    # -- responses -----------------------------------------------------------------------
+
+    def _write(self, data: bytes) -> None:
+        if not self._closed:
+            self.transport.write(data)  # type: ignore[union-attr]
+
+    def _keep_alive(self, req: _Request) -> bool:
+        return req.keep_alive and req.body_done and not self._eof and not self._server._stopping
+
+    def _send_error(
+        self,
+        req: _Request,
+        status: int,
+        code: str,
+        message: str,
+        *,
+        close: bool = False,
+        links: list[tuple[str, str]] | None = None,
+    ) -> None:
+        keep = not close and self._keep_alive(req)
+        body, ctype = _render_error(status, code, message, req.accept_json, links)
+        parts = [
+            b"HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %d\r\nCache-Control: no-store\r\n"
+            % (status, _PHRASES[status], ctype, len(body))
+        ]
+        if not keep:
+            parts.append(b"Connection: close\r\n")
+        elif not req.http11:
+            parts.append(b"Connection: keep-alive\r\n")
+        parts.append(b"\r\n")
+        if req.method != b"HEAD":
+            parts.append(body)
+        self._write(b"".join(parts))
+        req.responded = True
+        self._finish(req, close=not keep)
+
+    def _finish(self, req: _Request, close: bool) -> None:
+        """The response to `req` (the head of the queue) is complete."""
+        req.finished = True
+        req.sink = None
+        req.body = []
+        queue = self._queue
+        if queue and queue[0] is req:
+            queue.popleft()
+        self._active = None
+        self._up = None
+        self._served += 1
+        if close or self._closed or self._eof:
+            self._close()
+            return
+        self._resume(_P_UPSTREAM)
+        if self._upgrade_wait and not queue:
+            # The app declined the upgrade: what followed is HTTP again.
+            self._upgrade_wait = False
+            data, self._leftover = self._leftover, b""
+            if data:
+                self._feed(data)
+                if self._closed:
+                    return
+        if not any(r.body_done for r in queue):
+            self._resume(_P_QUEUE)
+        if self._server._stopping and not queue and self._parsing is None:
+            self._close()
+            return
+        self._pump()
+
+    def _upstream_failed(self, req: _Request, status: int, code: str, message: str, retry: bool) -> None:
+        self._up = None
+        req.sink = None
+        if self._closed or self._active is not req:
+            return
+        if req.responded:
+            self._close()
+            return
+        if retry and req.attempts == 0 and req.replayable and req.method in _IDEMPOTENT:
+            self._retry(req)
+            return
+        self._send_error(req, status, code, message)
+
+    def _start_tunnel(self, up: _Upstream, tail: bytes) -> None:
+        self._tunnel = True
+        self._upgrade_wait = False
+        self.deadline = None
+        leftover, self._leftover = self._leftover, b""
+        if tail:
+            self._write(tail)
+        if leftover:
+            up._write(leftover)
+        self._resume(_P_QUEUE)
+
+    # -- flow control & lifecycle --------------------------------------------------------
+
+    def _pause(self, reason: int) -> None:
+        if not self._paused and not self._closed:
+            self.transport.pause_reading()  # type: ignore[union-attr]
+            self.deadline = None
+        self._paused |= reason
+
+    def _resume(self, reason: int) -> None:
+        if not self._paused & reason:
+            return
+        self._paused &= ~reason
+        if self._paused or self._closed:
+            return
+        self.transport.resume_reading()  # type: ignore[union-attr]
+        if self._tunnel:
+            self.deadline = None
+            return
+        server = self._server
+        req = self._parsing
+        now = self._loop.time()
+        if req is not None:
+            self.deadline = now + (server.read_timeout if req.headers_done else server.header_timeout)
+        elif not self._queue:
+            self.deadline = now + (server.idle_timeout if self._served else server.header_timeout)
+        else:
+            self.deadline = None
+
+    def _on_timeout(self) -> None:
+        self.deadline = None
+        log.debug("proxy: client %s timed out", self._peer.decode())
+        self._close()
+
+    def _shutdown_if_idle(self) -> None:
+        if self._tunnel or (not self._queue and self._parsing is None):
+            self._close()
+
+    def _detach_upstream(self) -> None:
+        task = self._connect_task
+        if task is not None:
+            self._connect_task = None
+            task.cancel()
+        up = self._up
+        if up is not None:
+            self._up = None
+            if self._tunnel:
+                up._close()
+            else:
+                up._abandon()
+
+    def _close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self.deadline = None
+        self._detach_upstream()
+        self.transport.close()  # type: ignore[union-attr]
+
+    def _abort(self) -> None:
+        self._closed = True
+        self.deadline = None
+        self._detach_upstream()
+        if self.transport is not None:
+            self.transport.abort()
+
+
+# ---------------------------------------------------------------------------------------------
+# upstream side
+
+
+class _Upstream(asyncio.Protocol):
+    __slots__ = (
+        "_closed",
+        "_done",
+        "_eof_body",
+        "_got",
+        "_head_bytes",
+        "_headers",
+        "_interim",
+        "_keep",
+        "_loop",
+        "_mode",
+        "_parser",
+        "_read_paused",
+        "_reason",
+        "_req_chunked",
+        "_req_sent",
+        "_reused",
+        "_server",
+        "_status",
+        "_tunnel",
+        "_write_paused",
+        "client",
+        "deadline",
+        "idle_since",
+        "pooled",
+        "req",
+        "target",
+        "transport",
+    )
+
+    def __init__(self, server: ProxyServer, target: Target) -> None:
+        self._server = server
+        self._loop = server._loop
+        self.target = target
+        self.transport: asyncio.Transport | None = None
+        self.client: _Client | None = None
+        self.req: _Request | None = None
+        self._parser: httptools.HttpResponseParser | None = None
+        self._closed = False
+        self._read_paused = False
+        self._write_paused = False
+        self._tunnel = False
+        self.pooled = False
+        self.idle_since = 0.0
+        self.deadline: float | None = None
+        self._reset()
+
+    def _reset(self) -> None:
+        self._status = 0
+        self._reason = b""
+        self._headers: list[tuple[bytes, bytes, bytes]] = []
+        self._head_bytes = 0
+        self._mode = _M_NONE
+        self._eof_body = False
+        self._done = False
+        self._got = False
+        self._keep = False
+        self._interim = False
+        self._req_sent = False
+        self._req_chunked = False
+        self._reused = False
+
+    # -- asyncio callbacks ---------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's are not subclasses
+        self._server._upstreams.add(self)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._closed = True
+        self.deadline = None
+        server = self._server
+        server._upstreams.discard(self)
+        if self.pooled:
+            server._pool_remove(self)
+            return
+        client = self.client
+        if client is None:
+            return
+        if self._tunnel:
+            self.client = None
+            client._close()
+        elif self._eof_body and self.req is not None and self.req.responded and not self._done:
+            self._done = True
+            self._complete()
+        else:
+            self._fail(502, "bad_gateway", "app closed the connection", retry=not self._got)
+
+    def eof_received(self) -> bool | None:
+        return False
+
+    def data_received(self, data: bytes) -> None:
+        client = self.client
+        if client is None:
+            if not self._closed:
+                log.debug("proxy: unexpected data from idle upstream %s", self.target)
+                self._close()
+            return
+        if self._tunnel:
+            client._write(data)
+            return
+        self._got = True
+        if self.deadline is not None:
+            self.deadline = self._loop.time() + self._server.read_timeout
+        try:
+            self._parser.feed_data(data)  # type: ignore[union-attr]
+        except httptools.HttpParserUpgrade as exc:
+            if self._status == 101 and self.client is not None:
+                self._start_tunnel(data[exc.args[0] :] if exc.args else b"")
+            elif self.client is not None:
+                self._fail(502, "bad_gateway", "app sent an unexpected upgrade", retry=False)
+            return
+        except httptools.HttpParserError as exc:
+            if not self._done and self.client is not None:
+                log.warning("proxy: invalid response from %s: %s", self.target, exc)
+                self._fail(502, "bad_gateway", "app sent an invalid response", retry=False)
+                return
+            self._keep = False
+        except Exception:
+            log.exception("proxy: internal error while relaying a response")
+            self._fail(502, "bad_gateway", "proxy error", retry=False)
+            return
+        if self._done and self.client is not None:
+            self._complete()
+
+    def pause_writing(self) -> None:
+        self._write_paused = True
+        client = self.client
+        if client is not None:
+            client._pause(_P_UPSTREAM)
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        client = self.client
+        if client is not None:
+            client._resume(_P_UPSTREAM)
+
+    # -- httptools callbacks -------------------------------------------------------------
+
+    def on_status(self, reason: bytes) -> None:
+        self._head_bytes += len(reason)
+        self._reason += reason
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._head_bytes += len(name) + len(value) + 4
+        if self._head_bytes > _MAX_HEAD_BYTES or len(self._headers) >= _MAX_HEADERS:
+            raise _BadResponse("response head too large")
+        if self.req is not None and self.req.responded:
+            return  # trailers
+        self._headers.append((name.lower(), name, value))
+
+    def on_headers_complete(self) -> None:
+        client = self.client
+        req = self.req
+        if client is None or req is None:
+            return
+        parser = self._parser
+        assert parser is not None
+        status = parser.get_status_code()
+        self._status = status
+        if status < 200 and status != 101:
+            self._interim = True
+            if req.http11:
+                client._write(self._head(status, self._headers, keep=True, mode=_M_NONE, interim=True))
+            return
+        if status == 101 and not req.upgrade:
+            raise _BadResponse("101 without an upgrade request")
+        cl = False
+        te = False
+        chunked = False
+        for lname, _name, value in self._headers:
+            if lname == b"content-length":
+                cl = True
+            elif lname == b"transfer-encoding":
+                te = True
+                chunked = value.rpartition(b",")[2].strip().lower() == b"chunked"
+        no_body = req.method == b"HEAD" or status in (204, 304) or status == 101
+        if no_body:
+            mode = _M_NONE
+        elif cl and not te:
+            mode = _M_LENGTH
+        else:
+            self._eof_body = not chunked
+            mode = _M_CHUNKED if req.http11 else _M_CLOSE
+        self._mode = mode
+        self._keep = parser.should_keep_alive()
+        keep = mode != _M_CLOSE and client._keep_alive(req)
+        req.close_after = not keep
+        client._write(self._head(status, self._headers, keep=keep, mode=mode, interim=False))
+        req.responded = True
+        if no_body and status != 101:
+            self._done = True
+
+    def on_body(self, data: bytes) -> None:
+        if self._done:
+            return
+        client = self.client
+        if client is None:
+            return
+        if self._mode == _M_CHUNKED:
+            client._write(b"%x\r\n%b\r\n" % (len(data), data))
+        else:
+            client._write(data)
+
+    def on_message_complete(self) -> None:
+        if self._interim:
+            self._interim = False
+            self._headers = []
+            self._reason = b""
+            self._head_bytes = 0
+            return
+        if not self._done:
+            self._keep = self._keep and self._parser.should_keep_alive()  # type: ignore[union-attr]
+            self._done = True
+
+    # -- exchange ------------------------------------------------------------------------
+
+    def _head(
+        self,
+        status: int,
+        headers: list[tuple[bytes, bytes, bytes]],
+        *,
+        keep: bool,
+        mode: int,
+        interim: bool,
+    ) -> bytes:
+        reason = self._reason or _PHRASES.get(status, b"")
+        parts = [b"HTTP/1.1 %d %s\r\n" % (status, reason)]
+        append = parts.append
+        tokens: set[bytes] = set()
+        for lname, _name, value in headers:
+            if lname == b"connection":
+                tokens.update(t.strip().lower() for t in value.split(b","))
+        tokens.discard(b"content-length")
+        for lname, name, value in headers:
+            if lname in _HOP_BY_HOP or lname in tokens:
+                continue
+            if lname == b"content-length" and mode != _M_LENGTH and mode != _M_NONE:
+                continue
+            append(b"%s: %s\r\n" % (name, value))
+        if interim:
+            append(b"\r\n")
+            return b"".join(parts)
+        if status == 101:
+            req = self.req
+            assert req is not None
+            upgrade = req.upgrade_value
+            for lname, _name, value in headers:
+                if lname == b"upgrade":
+                    upgrade = value
+            append(b"Connection: Upgrade\r\nUpgrade: %s\r\n\r\n" % upgrade)
+            return b"".join(parts)
+        if mode == _M_CHUNKED:
+            append(b"Transfer-Encoding: chunked\r\n")
+        if not keep:
+            append(b"Connection: close\r\n")
+        elif self.req is not None and not self.req.http11:
+            append(b"Connection: keep-alive\r\n")
+        append(b"\r\n")
+        return b"".join(parts)
+
+    def _begin(self, client: _Client, req: _Request, reused: bool) -> None:
+        self._reset()
+        self.client = client
+        self.req = req
+        self._reused = reused
+        self._parser = httptools.HttpResponseParser(self)
+        parts = [req.method, b" ", req.url, b" HTTP/1.1\r\n"]
+        extend = parts.extend
+        tokens = req.conn_tokens
+        xff: bytes | None = None
+        for lname, name, value in req.headers:
+            if lname in _REQ_DROP or (tokens is not None and lname in tokens):
+                if lname == b"x-forwarded-for":
+                    xff = value if xff is None else xff + b", " + value
+                continue
+            extend((name, b": ", value, b"\r\n"))
+        peer = client._peer
+        extend((b"X-Forwarded-For: ", xff + b", " + peer if xff else peer, b"\r\n"))
+        parts.append(b"X-Forwarded-Proto: http\r\n")
+        if req.host:
+            extend((b"X-Forwarded-Host: ", req.host, b"\r\n"))
+        if req.upgrade:
+            extend((b"Connection: Upgrade\r\nUpgrade: ", req.upgrade_value, b"\r\n"))
+        chunked = self._req_chunked = req.chunked
+        if chunked:
+            parts.append(b"Transfer-Encoding: chunked\r\n")
+        parts.append(b"\r\n")
+        for chunk in req.body:
+            if chunked:
+                parts.append(b"%x\r\n%b\r\n" % (len(chunk), chunk))
+            else:
+                parts.append(chunk)
+        if req.body_done:
+            req.replayable = True  # the whole body is still in req.body
+            if chunked:
+                parts.append(b"0\r\n\r\n")
+            self._req_sent = True
+            self.deadline = self._loop.time() + self._server.read_timeout
+        else:
+            req.replayable = False
+            req.body = []
+            req.body_size = 0
+            req.sink = self
+        self._write(b"".join(parts))
+
+    def _send_body(self, data: bytes) -> None:
+        if self._req_chunked:
+            self._write(b"%x\r\n%b\r\n" % (len(data), data))
+        else:
+            self._write(data)
+
+    def _end_body(self) -> None:
+        if self._req_chunked:
+            self._write(b"0\r\n\r\n")
+        self._req_sent = True
+        if self.deadline is None and not self._read_paused:
+            self.deadline = self._loop.time() + self._server.read_timeout
+
+    def _complete(self) -> None:
+        client = self.client
+        req = self.req
+        assert client is not None and req is not None
+        if self._mode == _M_CHUNKED:
+            client._write(b"0\r\n\r\n")
+        self.client = None
+        self.req = None
+        self.deadline = None
+        req.sink = None
+        reusable = self._keep and self._req_sent and not self._eof_body and not self._write_paused
+        if reusable and not self._closed:
+            self._server._pool_put(self)
+        else:
+            self._close()
+        client._finish(req, close=req.close_after)
+
+    def _fail(self, status: int, code: str, message: str, retry: bool) -> None:
+        client = self.client
+        req = self.req
+        self.client = None
+        self.req = None
+        self.deadline = None
+        self._abort()
+        if client is not None and req is not None:
+            client._upstream_failed(req, status, code, message, retry and self._reused and not self._got)
+
+    def _on_read_timeout(self) -> None:
+        req = self.req
+        log.warning(
+            "proxy: app %s (%s:%s) did not answer within %.1fs",
+            req.route.app if req is not None and req.route is not None else "?",
+            self.target.host,
+            self.target.port,
+            self._server.read_timeout,
+        )
+        self._fail(504, "gateway_timeout", "app did not respond in time", retry=False)
+
+    def _start_tunnel(self, tail: bytes) -> None:
+        client = self.client
+        assert client is not None
+        self._tunnel = True
+        self.deadline = None
+        req = self.req
+        self.req = None
+        if req is not None:
+            req.finished = True
+        client._start_tunnel(self, tail)
+
+    # -- flow control & lifecycle --------------------------------------------------------
+
+    def _write(self, data: bytes) -> None:
+        if not self._closed:
+            self.transport.write(data)  # type: ignore[union-attr]
+
+    def _pause_read(self) -> None:
+        if not self._read_paused and not self._closed:
+            self._read_paused = True
+            self.transport.pause_reading()  # type: ignore[union-attr]
+            self.deadline = None
+
+    def _resume_read(self) -> None:
+        if self._read_paused:
+            self._read_paused = False
+            if self._closed:
+                return
+            self.transport.resume_reading()  # type: ignore[union-attr]
+            if self.client is not None and self._req_sent and not self._tunnel:
+                self.deadline = self._loop.time() + self._server.read_timeout
+
+    def _abandon(self) -> None:
+        """The client went away mid-exchange: drop the connection."""
+        self.client = None
+        self.req = None
+        self.deadline = None
+        self._abort()
+
+    def _close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self.deadline = None
+            self.transport.close()  # type: ignore[union-attr]
+
+    def _abort(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self.deadline = None
+            self.transport.abort()  # type: ignore[union-attr]
+
+
+# ---------------------------------------------------------------------------------------------
+# server
+
+
+class ProxyServer:
+    """The proxy listener. `set_routes` swaps the route table atomically, without a restart."""
+
+    def __init__(
+        self,
+        host: str = "127.0.0.1",
+        port: int = 8080,
+        domain: str = "lbsolo.localhost",
+        connect_timeout: float = 5.0,
+        read_timeout: float = 60.0,
+        header_timeout: float = 10.0,
+        idle_timeout: float = 75.0,
+    ) -> None:
+        self.host = host
+        self._port = port
+        self.connect_timeout = connect_timeout
+        self.read_timeout = read_timeout
+        self.header_timeout = header_timeout
+        self.idle_timeout = idle_timeout
+        self.table: RouteTable = RouteTable(domain)
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._server: asyncio.Server | None = None
+        self._clients: set[_Client] = set()
+        self._upstreams: set[_Upstream] = set()
+        self._idle: dict[Target, list[_Upstream]] = {}
+        self._rr = 0
+        self._stopping = False
+        self._sweeper: asyncio.TimerHandle | None = None
+        self._sweep_every = max(0.05, min(1.0, min(read_timeout, header_timeout, idle_timeout) / 4))
+
+    @property
+    def domain(self) -> str:
+        return self.table.domain
+
+    def set_routes(self, routes: Mapping[str, Route]) -> None:
+        """Replace the routing table (atomic swap; in-flight requests keep their target)."""
+        self.table = table = RouteTable(self.table.domain, routes)
+        live = table.targets()
+        for target in [t for t in self._idle if t not in live]:
+            for up in self._idle.pop(target):
+                up.pooled = False
+                up._close()
+
+    async def start(self) -> None:
+        if self._server is not None:
+            raise RuntimeError("proxy already started")
+        self._loop = loop = asyncio.get_running_loop()
+        self._stopping = False
+        self._server = await loop.create_server(lambda: _Client(self), self.host, self._port, reuse_address=True)
+        self._port = self._server.sockets[0].getsockname()[1]
+        self._sweeper = loop.call_later(self._sweep_every, self._sweep)
+        log.info("proxy listening on http://%s:%d for *.%s", self.host, self._port, self.table.domain)
+
+    @property
+    def port(self) -> int:
+        return self._port
+
+    async def stop(self, timeout: float = 5.0) -> None:
+        """Stop accepting, let in-flight requests finish for up to `timeout`, then close everything."""
+        server = self._server
+        if server is None:
+            return
+        loop = self._loop
+        assert loop is not None
+        self._stopping = True
+        server.close()
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
+        self._close_idle_pool()
+        for client in list(self._clients):
+            client._shutdown_if_idle()
+        deadline = loop.time() + max(0.0, timeout)
+        while self._clients and loop.time() < deadline:
+            await asyncio.sleep(0.01)
+            self._close_idle_pool()
+        for client in list(self._clients):
+            client._abort()
+        self._close_idle_pool()
+        for up in list(self._upstreams):
+            up._abort()
+        # Let the transports deliver connection_lost so nothing is left half-closed.
+        for _ in range(200):
+            if not self._clients and not self._upstreams:
+                break
+            await asyncio.sleep(0.005)
+        try:
+            await asyncio.wait_for(server.wait_closed(), 1.0)
+        except TimeoutError:
+            log.warning("proxy: listener did not close in time")
+        self._server = None
+        log.info("proxy stopped")
+
+    # -- internals -----------------------------------------------------------------------
+
+    def _pool_get(self, target: Target) -> _Upstream | None:
+        idle = self._idle.get(target)
+        while idle:
+            up = idle.pop()
+            up.pooled = False
+            if not up._closed and not up.transport.is_closing():  # type: ignore[union-attr]
+                return up
+            up._close()
+        return None
+
+    def _pool_put(self, up: _Upstream) -> None:
+        up._resume_read()
+        if self._stopping or up.target not in self.table._targets:
+            up._close()
+            return
+        idle = self._idle.setdefault(up.target, [])
+        if len(idle) >= _POOL_MAX:
+            up._close()
+            return
+        up.pooled = True
+        up.idle_since = self._loop.time()  # type: ignore[union-attr]
+        idle.append(up)
+
+    def _pool_remove(self, up: _Upstream) -> None:
+        up.pooled = False
+        idle = self._idle.get(up.target)
+        if idle is not None:
+            with contextlib.suppress(ValueError):
+                idle.remove(up)
+
+    def _close_idle_pool(self) -> None:
+        idle, self._idle = self._idle, {}
+        for ups in idle.values():
+            for up in ups:
+                up.pooled = False
+                up._close()
+
+    def _sweep(self) -> None:
+        loop = self._loop
+        assert loop is not None
+        now = loop.time()
+        try:
+            for client in list(self._clients):
+                deadline = client.deadline
+                if deadline is not None and deadline <= now:
+                    client._on_timeout()
+                    continue
+                up = client._up
+                if up is not None:
+                    deadline = up.deadline
+                    if deadline is not None and deadline <= now:
+                        up._on_read_timeout()
+            for ups in self._idle.values():
+                for up in [u for u in ups if now - u.idle_since >= _POOL_IDLE]:
+                    ups.remove(up)
+                    up.pooled = False
+                    up._close()
+        except Exception:
+            log.exception("proxy: error in the timeout sweep")
+        if not self._stopping:
+            self._sweeper = loop.call_later(self._sweep_every, self._sweep)

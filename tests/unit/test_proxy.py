@@ -1,0 +1,808 @@
+"""The reverse proxy over real sockets on 127.0.0.1: a tiny asyncio upstream, raw HTTP clients."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+
+import pytest
+
+from lbsolo.proxy import ProxyServer, Route, RouteTable, Target, normalize_host
+
+try:
+    import uvloop
+except ImportError:  # pragma: no cover
+    uvloop = None
+
+DOMAIN = "lbsolo.localhost"
+
+# ---------------------------------------------------------------------------------------------
+# pure decisions
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ("hello.lbsolo.localhost", "hello.lbsolo.localhost"),
+        ("Hello.LBSOLO.localhost:8080", "hello.lbsolo.localhost"),
+        (b"hello.lbsolo.localhost:80", "hello.lbsolo.localhost"),
+        ("hello.lbsolo.localhost.", "hello.lbsolo.localhost"),
+        ("hello.lbsolo.localhost.:8080", "hello.lbsolo.localhost"),
+        ("[::1]:8080", "[::1]"),
+        ("[::1]", "[::1]"),
+        ("[::1", "[::1"),
+        ("::1", "::1"),
+        ("127.0.0.1:9", "127.0.0.1"),
+        ("  spaced.example  ", "spaced.example"),
+        ("", ""),
+        (b"", ""),
+        (None, ""),
+    ],
+)
+def test_normalize_host(raw, expected):
+    assert normalize_host(raw) == expected
+
+
+def test_route_table_matches_only_direct_app_subdomains():
+    hello = Route(app="hello", release="v3", targets=(Target("127.0.0.1", 41000),))
+    idle = Route(app="idle")
+    table = RouteTable("LBSolo.Localhost.", {"idle": idle, "hello": hello})
+    assert table.domain == "lbsolo.localhost"
+    assert table.match("hello.lbsolo.localhost") is hello
+    assert table.match("idle.lbsolo.localhost") is idle
+    assert table.match("nosuch.lbsolo.localhost") is None
+    assert table.match("hello.example.com") is None
+    assert table.match("hello.otherlbsolo.localhost") is None
+    assert table.match("lbsolo.localhost") is None
+    assert table.match(".lbsolo.localhost") is None
+    assert table.match("sub.hello.lbsolo.localhost") is None
+    assert table.match("") is None
+    assert table.apps() == ["hello", "idle"]
+    assert RouteTable(DOMAIN).apps() == []
+
+
+def test_route_table_is_a_snapshot():
+    routes = {"a": Route(app="a")}
+    table = RouteTable(DOMAIN, routes)
+    routes["b"] = Route(app="b")
+    assert table.apps() == ["a"]
+    with pytest.raises(TypeError):
+        table.routes["c"] = Route(app="c")  # type: ignore[index]
+
+
+# ---------------------------------------------------------------------------------------------
+# harness: event loops, a tiny upstream app, a raw client
+
+
+@pytest.fixture(autouse=True)
+def no_errors_logged(caplog):
+    """Internal errors are logged, never raised: make them fail the test."""
+    caplog.set_level(logging.WARNING)
+    yield
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert not errors, [r.getMessage() for r in errors]
+
+
+LOOPS = ["asyncio"] + (["uvloop"] if uvloop is not None else [])
+
+
+@pytest.fixture(params=LOOPS)
+def run(request) -> Callable[[Callable[[], Awaitable[None]]], None]:
+    factory = uvloop.new_event_loop if request.param == "uvloop" else asyncio.new_event_loop
+
+    def runner(scenario: Callable[[], Awaitable[None]]) -> None:
+        with asyncio.Runner(loop_factory=factory) as r:
+            r.run(asyncio.wait_for(scenario(), 20))
+
+    return runner
+
+
+@dataclass
+class Seen:
+    method: str
+    target: str
+    headers: list[tuple[str, str]]
+    body: bytes
+
+    def header(self, name: str) -> str | None:
+        values = [v for k, v in self.headers if k.lower() == name.lower()]
+        return ", ".join(values) if values else None
+
+
+@dataclass
+class App:
+    """A small HTTP/1.1 server with a few behaviours picked by path."""
+
+    seen: list[Seen] = field(default_factory=list)
+    connections: int = 0
+    port: int = 0
+    _server: asyncio.Server | None = None
+    _tasks: set[asyncio.Task] = field(default_factory=set)
+    _writers: set[asyncio.StreamWriter] = field(default_factory=set)
+
+    async def start(self) -> App:
+        self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self
+
+    async def close(self) -> None:
+        assert self._server is not None
+        self._server.close()
+        for w in list(self._writers):
+            w.close()
+        for t in list(self._tasks):
+            t.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._server.wait_closed()
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._tasks.add(task)
+        self._writers.add(writer)
+        self.connections += 1
+        served = 0
+        try:
+            while True:
+                line = await reader.readline()
+                if not line:
+                    break
+                method, target, _version = line.decode().rstrip("\r\n").split(" ")
+                headers = []
+                while (h := await reader.readline()) not in (b"\r\n", b""):
+                    name, _, value = h.decode().partition(":")
+                    headers.append((name.strip(), value.strip()))
+                lower = {k.lower(): v for k, v in headers}
+                if "/die-on-reuse" in target and served > 0:
+                    break  # like an app whose keep-alive timeout just fired
+                if lower.get("transfer-encoding", "").lower() == "chunked":
+                    body = b""
+                    while True:
+                        size = int((await reader.readline()).split(b";")[0], 16)
+                        if size == 0:
+                            while (await reader.readline()) not in (b"\r\n", b""):
+                                pass
+                            break
+                        body += await reader.readexactly(size)
+                        await reader.readexactly(2)
+                else:
+                    body = await reader.readexactly(int(lower.get("content-length", "0")))
+                self.seen.append(Seen(method, target, headers, body))
+                served += 1
+                keep = await self._respond(method, target, lower, body, reader, writer)
+                if not keep or lower.get("connection", "").lower() == "close":
+                    break
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            self._writers.discard(writer)
+            writer.close()
+            with contextlib.suppress(Exception):
+                await writer.wait_closed()
+            self._tasks.discard(task)
+
+    async def _respond(self, method, target, headers, body, reader, writer) -> bool:
+        path, _, query = target.partition("?")
+        if path == "/big":
+            size = int(query)
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % size)
+            if method != "HEAD":
+                block = bytes(range(256)) * 256
+                sent = 0
+                while sent < size:
+                    piece = block[: size - sent]
+                    writer.write(piece)
+                    sent += len(piece)
+                    await writer.drain()
+            await writer.drain()
+            return True
+        if path == "/chunked":
+            writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nX-App: chunky\r\n\r\n")
+            for part in (b"hello ", b"chunked ", b"world"):
+                writer.write(b"%x\r\n%s\r\n" % (len(part), part))
+                await writer.drain()
+            writer.write(b"0\r\nX-Trailer: t\r\n\r\n")
+            await writer.drain()
+            return True
+        if path == "/eof":
+            writer.write(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\nuntil the ")
+            await writer.drain()
+            writer.write(b"connection closes")
+            await writer.drain()
+            return False
+        if path == "/slow":
+            await asyncio.sleep(float(query))
+        if path == "/nocontent":
+            writer.write(b"HTTP/1.1 204 No Content\r\nX-App: yes\r\n\r\n")
+            await writer.drain()
+            return True
+        if path == "/ws":
+            writer.write(b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n")
+            await writer.drain()
+            while data := await reader.read(65536):
+                writer.write(data.upper())
+                await writer.drain()
+            return False
+        if path == "/hop":
+            writer.write(
+                b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: X-Internal\r\n"
+                b"X-Internal: secret\r\nKeep-Alive: timeout=5\r\nX-Public: yes\r\n\r\nok"
+            )
+            await writer.drain()
+            return True
+        doc = {
+            "method": method,
+            "target": target,
+            "body_len": len(body),
+            "body_sha": hashlib.sha256(body).hexdigest(),
+        }
+        payload = json.dumps(doc).encode()
+        writer.write(
+            b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(payload)
+        )
+        if method != "HEAD":
+            writer.write(payload)
+        await writer.drain()
+        return True
+
+
+@dataclass
+class Resp:
+    status: int
+    reason: str
+    headers: list[tuple[str, str]]
+    body: bytes
+
+    def header(self, name: str) -> str | None:
+        values = [v for k, v in self.headers if k.lower() == name.lower()]
+        return ", ".join(values) if values else None
+
+    def json(self):
+        return json.loads(self.body)
+
+
+async def read_response(reader: asyncio.StreamReader, method: str = "GET") -> Resp:
+    line = await reader.readline()
+    assert line, "connection closed before a response"
+    _version, status, reason = line.decode().rstrip("\r\n").split(" ", 2)
+    headers = []
+    while (h := await reader.readline()) not in (b"\r\n", b""):
+        name, _, value = h.decode().partition(":")
+        headers.append((name.strip(), value.strip()))
+    lower = {k.lower(): v for k, v in headers}
+    code = int(status)
+    if method == "HEAD" or code in (204, 304) or code < 200:
+        body = b""
+    elif lower.get("transfer-encoding") == "chunked":
+        body = b""
+        while True:
+            size = int((await reader.readline()).split(b";")[0], 16)
+            if size == 0:
+                assert await reader.readline() == b"\r\n"
+                break
+            body += await reader.readexactly(size)
+            assert await reader.readexactly(2) == b"\r\n"
+    elif "content-length" in lower:
+        body = await reader.readexactly(int(lower["content-length"]))
+    else:
+        body = await reader.read()
+    return Resp(code, reason, headers, body)
+
+
+class Conn:
+    """One raw client connection to the proxy."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader = reader
+        self.writer = writer
+
+    @classmethod
+    async def open(cls, port: int) -> Conn:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        return cls(reader, writer)
+
+    async def send(self, data: bytes) -> None:
+        self.writer.write(data)
+        await self.writer.drain()
+
+    async def request(
+        self,
+        method: str = "GET",
+        path: str = "/",
+        host: str | None = "hello.lbsolo.localhost",
+        headers: dict[str, str] | None = None,
+        body: bytes = b"",
+        version: str = "1.1",
+    ) -> Resp:
+        lines = [f"{method} {path} HTTP/{version}"]
+        if host is not None:
+            lines.append(f"Host: {host}")
+        for k, v in (headers or {}).items():
+            lines.append(f"{k}: {v}")
+        if body and "Transfer-Encoding" not in (headers or {}):
+            lines.append(f"Content-Length: {len(body)}")
+        await self.send(("\r\n".join(lines) + "\r\n\r\n").encode() + body)
+        return await read_response(self.reader, method)
+
+    async def at_eof(self, timeout: float = 2.0) -> bool:
+        try:
+            data = await asyncio.wait_for(self.reader.read(1), timeout)
+        except ConnectionError:
+            return True
+        return data == b""
+
+    async def close(self) -> None:
+        self.writer.close()
+        with contextlib.suppress(Exception):
+            await self.writer.wait_closed()
+
+
+@contextlib.asynccontextmanager
+async def stack(**proxy_kw) -> AsyncIterator[tuple[ProxyServer, App]]:
+    app = await App().start()
+    proxy = ProxyServer(port=0, domain=DOMAIN, **proxy_kw)
+    proxy.set_routes({"hello": Route(app="hello", release="v1", targets=(Target("127.0.0.1", app.port),))})
+    await proxy.start()
+    try:
+        yield proxy, app
+    finally:
+        await proxy.stop(timeout=1.0)
+        await app.close()
+
+
+async def closed_port() -> int:
+    server = await asyncio.start_server(lambda r, w: None, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    server.close()
+    await server.wait_closed()
+    return port
+
+
+# ---------------------------------------------------------------------------------------------
+# routing and forwarding
+
+
+def test_get_is_routed_by_host_and_forwarding_headers_are_set(run):
+    async def scenario():
+        async with stack() as (proxy, app):
+            c = await Conn.open(proxy.port)
+            r = await c.request(
+                path="/some/path?q=1",
+                host=f"Hello.LBSOLO.localhost:{proxy.port}",
+                headers={
+                    "X-Forwarded-For": "10.0.0.1",
+                    "X-Forwarded-Proto": "https",
+                    "Connection": "keep-alive, X-Secret",
+                    "X-Secret": "drop me",
+                    "Keep-Alive": "timeout=5",
+                    "Proxy-Connection": "keep-alive",
+                    "X-Kept": "kept",
+                },
+            )
+            assert r.status == 200
+            assert r.json()["target"] == "/some/path?q=1"
+            [seen] = app.seen
+            assert seen.header("Host") == f"Hello.LBSOLO.localhost:{proxy.port}"
+            assert seen.header("X-Forwarded-For") == "10.0.0.1, 127.0.0.1"
+            assert seen.header("X-Forwarded-Proto") == "http"
+            assert seen.header("X-Forwarded-Host") == f"Hello.LBSOLO.localhost:{proxy.port}"
+            assert seen.header("X-Kept") == "kept"
+            for hop in ("X-Secret", "Keep-Alive", "Proxy-Connection", "Connection"):
+                assert seen.header(hop) is None, hop
+            await c.close()
+
+    run(scenario)
+
+
+def test_hop_by_hop_response_headers_are_removed(run):
+    async def scenario():
+        async with stack() as (proxy, _app):
+            c = await Conn.open(proxy.port)
+            r = await c.request(path="/hop")
+            assert (r.status, r.body) == (200, b"ok")
+            assert r.header("X-Public") == "yes"
+            assert r.header("X-Internal") is None
+            assert r.header("Keep-Alive") is None
+            assert r.header("Connection") is None
+            await c.close()
+
+    run(scenario)
+
+
+def test_keep_alive_serves_two_requests_on_one_connection_and_reuses_upstream(run):
+    async def scenario():
+        async with stack() as (proxy, app):
+            c = await Conn.open(proxy.port)
+            assert (await c.request(path="/one")).json()["target"] == "/one"
+            assert (await c.request(path="/two")).json()["target"] == "/two"
+            await c.close()
+            c = await Conn.open(proxy.port)
+            assert (await c.request(path="/three")).json()["target"] == "/three"
+            await c.close()
+            assert app.connections == 1  # the pooled upstream connection was reused
+
+    run(scenario)
+
+
+def test_pipelined_requests_are_answered_in_order(run):
+    async def scenario():
+        async with stack() as (proxy, _app):
+            c = await Conn.open(proxy.port)
+            raw = b"".join(
+                b"GET /slow?%s HTTP/1.1\r\nHost: hello.lbsolo.localhost\r\n\r\n" % delay
+                for delay in (b"0.2", b"0", b"0.05")
+            )
+            await c.send(raw + b"POST /posted HTTP/1.1\r\nHost: hello.lbsolo.localhost\r\nContent-Length: 3\r\n\r\nabc")
+            targets = [(await read_response(c.reader)).json()["target"] for _ in range(3)]
+            assert targets == ["/slow?0.2", "/slow?0", "/slow?0.05"]
+            last = (await read_response(c.reader)).json()
+            assert (last["target"], last["body_len"]) == ("/posted", 3)
+            await c.close()
+
+    run(scenario)
+
+
+def test_request_bodies_arrive_intact(run):
+    async def scenario():
+        async with stack() as (proxy, app):
+            c = await Conn.open(proxy.port)
+            small = b"name=value&x=1"
+            r = await c.request("POST", "/form", body=small)
+            assert r.json()["body_sha"] == hashlib.sha256(small).hexdigest()
+
+            parts = [b"first-", b"second-" * 100, b"third"]
+            chunked = b"".join(b"%x\r\n%s\r\n" % (len(p), p) for p in parts) + b"0\r\n\r\n"
+            await c.send(
+                b"POST /chunked-up HTTP/1.1\r\nHost: hello.lbsolo.localhost\r\n"
+                b"Transfer-Encoding: chunked\r\n\r\n" + chunked
+            )
+            r = await read_response(c.reader)
+            assert r.json()["body_sha"] == hashlib.sha256(b"".join(parts)).hexdigest()
+            assert app.seen[-1].header("Transfer-Encoding") == "chunked"
+
+            big = bytes(range(256)) * (12 * 1024)  # 3 MiB: goes through backpressure
+            r = await c.request("PUT", "/upload", body=big)
+            assert r.json()["body_len"] == len(big)
+            assert r.json()["body_sha"] == hashlib.sha256(big).hexdigest()
+            await c.close()
+
+    run(scenario)
+
+
+def test_large_response_streams_intact(run):
+    async def scenario():
+        async with stack() as (proxy, _app):
+            c = await Conn.open(proxy.port)
+            size = 5 * 1024 * 1024
+            r = await c.request(path=f"/big?{size}")
+            assert r.status == 200
+            assert r.header("Content-Length") == str(size)
+            expected = (bytes(range(256)) * 256 * (size // 65536 + 1))[:size]
+            assert r.body == expected
+            await c.close()
+
+    run(scenario)
+
+
+def test_slow_reading_client_gets_the_whole_response(run):
+    async def scenario():
+        async with stack() as (proxy, _app):
+            reader, writer = await asyncio.open_connection("127.0.0.1", proxy.port, limit=4096)
+            writer.transport.set_write_buffer_limits(0)
+            size = 2 * 1024 * 1024
+            writer.write(b"GET /big?%d HTTP/1.1\r\nHost: hello.lbsolo.localhost\r\n\r\n" % size)
+            await asyncio.sleep(0.2)  # let every buffer on the way fill up
+            r = await read_response(reader)
+            assert len(r.body) == size
+            writer.close()
+            with contextlib.suppress(Exception):
+                await writer.wait_closed()
+
+    run(scenario)
+
+
+def test_chunked_and_close_delimited_responses(run):
+    async def scenario():
+        async with stack() as (proxy, _app):
+            c = await Conn.open(proxy.port)
+            r = await c.request(path="/chunked")
+            assert (r.body, r.header("X-App")) == (b"hello chunked world", "chunky")
+            r = await c.request(path="/eof")  # re-framed as chunked for an HTTP/1.1 client ...
+            assert r.header("Transfer-Encoding") == "chunked"
+            assert r.body == b"until the connection closes"
+            r = await c.request(path="/one")  # ... which keeps its connection
+            assert r.status == 200
+            await c.close()
+
+            c = await Conn.open(proxy.port)
+            r = await c.request(path="/chunked", version="1.0")  # HTTP/1.0: body until close
+            assert r.header("Transfer-Encoding") is None
+            assert r.body == b"hello chunked world"
+            assert await c.at_eof()
+            await c.close()
+
+    run(scenario)
+
+
+def test_head_and_204_have_no_body_and_keep_the_connection(run):
+    async def scenario():
+        async with stack() as (proxy, _app):
+            c = await Conn.open(proxy.port)
+            r = await c.request("HEAD", "/big?1000")
+            assert (r.status, r.header("Content-Length")) == (200, "1000")
+            r = await c.request("HEAD", "/json")
+            assert r.status == 200 and int(r.header("Content-Length") or 0) > 0
+            r = await c.request(path="/nocontent")
+            assert (r.status, r.header("X-App"), r.header("Transfer-Encoding")) == (204, "yes", None)
+            r = await c.request(path="/after")
+            assert r.json()["target"] == "/after"
+            await c.close()
+
+    run(scenario)
+
+
+def test_http10_client_is_closed_unless_it_asks_for_keep_alive(run):
+    async def scenario():
+        async with stack() as (proxy, _app):
+            c = await Conn.open(proxy.port)
+            r = await c.request(path="/a", version="1.0", headers={"Connection": "keep-alive"})
+            assert r.header("Connection") == "keep-alive"
+            r = await c.request(path="/b", version="1.0")
+            assert r.json()["target"] == "/b"
+            assert r.header("Connection") == "close"
+            assert await c.at_eof()
+            await c.close()
+
+    run(scenario)
+
+
+def test_connection_close_is_honoured(run):
+    async def scenario():
+        async with stack() as (proxy, _app):
+            c = await Conn.open(proxy.port)
+            r = await c.request(path="/x", headers={"Connection": "close"})
+            assert r.status == 200 and r.header("Connection") == "close"
+            assert await c.at_eof()
+            await c.close()
+
+    run(scenario)
+
+
+def test_upgrade_becomes_a_tunnel(run):
+    async def scenario():
+        async with stack() as (proxy, app):
+            c = await Conn.open(proxy.port)
+            await c.send(
+                b"GET /ws HTTP/1.1\r\nHost: hello.lbsolo.localhost\r\n"
+                b"Connection: Upgrade\r\nUpgrade: echo\r\n\r\nearly bytes|"
+            )
+            r = await read_response(c.reader)
+            assert (r.status, r.header("Upgrade"), r.header("Connection")) == (101, "echo", "Upgrade")
+            assert app.seen[0].header("Upgrade") == "echo"
+            await c.send(b"more")
+            got = b""
+            while len(got) < len(b"EARLY BYTES|MORE"):
+                got += await c.reader.read(100)
+            assert got == b"EARLY BYTES|MORE"
+            await c.close()
+
+    run(scenario)
+
+
+# ---------------------------------------------------------------------------------------------
+# errors
+
+
+def test_unknown_host_gets_404_naming_known_apps(run):
+    async def scenario():
+        async with stack() as (proxy, _app):
+            proxy.set_routes({**proxy.table.routes, "<b>x</b>": Route(app="<b>x</b>")})
+            c = await Conn.open(proxy.port)
+            r = await c.request(host=f"nosuch.lbsolo.localhost:{proxy.port}")
+            assert r.status == 404
+            assert r.header("Content-Type") == "text/html; charset=utf-8"
+            page = r.body.decode()
+            assert f'href="http://hello.lbsolo.localhost:{proxy.port}"' in page
+            assert "&lt;b&gt;x&lt;/b&gt;" in page and "<b>x</b>" not in page
+            r = await c.request(host="example.com", headers={"Accept": "application/json"})
+            assert r.status == 404
+            assert r.header("Content-Type") == "application/json"
+            assert r.json()["error"]["code"] == "not_found"
+            r = await c.request(path="/still-alive")  # errors keep the connection
+            assert r.status == 200
+            await c.close()
+
+    run(scenario)
+
+
+def test_app_without_targets_gets_503(run):
+    async def scenario():
+        async with stack() as (proxy, _app):
+            proxy.set_routes({"idle": Route(app="idle")})
+            c = await Conn.open(proxy.port)
+            r = await c.request(host="idle.lbsolo.localhost")
+            assert r.status == 503
+            assert "app idle is not running" in r.body.decode()
+            r = await c.request("HEAD", host="idle.lbsolo.localhost")
+            assert (r.status, r.body) == (503, b"")
+            await c.close()
+
+    run(scenario)
+
+
+def test_closed_target_port_gets_502(run):
+    async def scenario():
+        async with stack() as (proxy, _app):
+            port = await closed_port()
+            proxy.set_routes({"down": Route(app="down", targets=(Target("127.0.0.1", port),))})
+            c = await Conn.open(proxy.port)
+            r = await c.request(host="down.lbsolo.localhost", headers={"Accept": "application/json"})
+            assert r.status == 502
+            assert r.json()["error"]["code"] == "bad_gateway"
+            await c.close()
+
+    run(scenario)
+
+
+def test_dead_replica_is_skipped_when_another_target_answers(run):
+    async def scenario():
+        async with stack() as (proxy, app):
+            port = await closed_port()
+            targets = (Target("127.0.0.1", port), Target("127.0.0.1", app.port))
+            proxy.set_routes({"hello": Route(app="hello", targets=targets)})
+            for i in range(4):
+                c = await Conn.open(proxy.port)
+                assert (await c.request(path=f"/{i}")).status == 200
+                await c.close()
+
+    run(scenario)
+
+
+def test_slow_app_gets_504(run):
+    async def scenario():
+        async with stack(read_timeout=0.3) as (proxy, _app):
+            c = await Conn.open(proxy.port)
+            started = time.monotonic()
+            r = await c.request(path="/slow?3")
+            assert r.status == 504
+            assert time.monotonic() - started < 2
+            await c.close()
+
+    run(scenario)
+
+
+def test_garbage_gets_400_and_the_server_keeps_serving(run):
+    async def scenario():
+        async with stack() as (proxy, _app):
+            c = await Conn.open(proxy.port)
+            await c.send(b"\x16\x03\x01\x00\xa5 this is not http\r\n\r\n")
+            r = await read_response(c.reader)
+            assert r.status == 400 and r.header("Connection") == "close"
+            assert await c.at_eof()
+            await c.close()
+
+            c = await Conn.open(proxy.port)
+            await c.send(b"GET / HTTP/1.1\r\nHost: hello.lbsolo.localhost\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n")
+            assert (await read_response(c.reader)).status == 400
+            await c.close()
+
+            c = await Conn.open(proxy.port)
+            r = await c.request(path="/fine")
+            assert r.status == 200
+            await c.close()
+
+    run(scenario)
+
+
+def test_missing_host_on_http11_gets_400_and_oversized_head_gets_431(run):
+    async def scenario():
+        async with stack() as (proxy, app):
+            c = await Conn.open(proxy.port)
+            r = await c.request(host=None)
+            assert r.status == 400
+            await c.close()
+            c = await Conn.open(proxy.port)
+            r = await c.request(headers={"X-Big": "x" * 70_000})
+            assert r.status == 431
+            await c.close()
+            assert app.seen == []
+
+    run(scenario)
+
+
+def test_idempotent_request_is_retried_when_a_pooled_connection_is_dead(run):
+    async def scenario():
+        async with stack() as (proxy, app):
+            c = await Conn.open(proxy.port)
+            assert (await c.request(path="/die-on-reuse")).status == 200
+            r = await c.request(path="/die-on-reuse/again")
+            assert r.status == 200 and r.json()["target"] == "/die-on-reuse/again"
+            assert app.connections == 2
+            await c.request(path="/die-on-reuse")
+            r = await c.request("POST", "/die-on-reuse", body=b"x")  # not idempotent: no retry
+            assert r.status == 502
+            await c.close()
+
+    run(scenario)
+
+
+def test_slow_headers_are_cut_off(run):
+    async def scenario():
+        async with stack(header_timeout=0.2) as (proxy, _app):
+            c = await Conn.open(proxy.port)
+            await c.send(b"GET / HTTP/1.1\r\nHost: hel")
+            started = time.monotonic()
+            assert await c.at_eof(timeout=3)
+            assert time.monotonic() - started < 2
+            await c.close()
+
+    run(scenario)
+
+
+# ---------------------------------------------------------------------------------------------
+# lifecycle
+
+
+def test_set_routes_takes_effect_for_the_next_request(run):
+    async def scenario():
+        async with stack() as (proxy, app):
+            other = await App().start()
+            try:
+                c = await Conn.open(proxy.port)
+                assert (await c.request(host="new.lbsolo.localhost")).status == 404
+                proxy.set_routes(
+                    {
+                        "hello": Route(app="hello", targets=(Target("127.0.0.1", other.port),)),
+                        "new": Route(app="new", targets=(Target("127.0.0.1", app.port),)),
+                    }
+                )
+                assert (await c.request(path="/n", host="new.lbsolo.localhost")).status == 200
+                assert (await c.request(path="/h")).status == 200
+                assert [s.target for s in app.seen] == ["/n"]
+                assert [s.target for s in other.seen] == ["/h"]
+                await c.close()
+            finally:
+                await other.close()
+
+    run(scenario)
+
+
+def test_stop_lets_in_flight_requests_finish(run):
+    async def scenario():
+        async with stack() as (proxy, _app):
+            idle = await Conn.open(proxy.port)
+            busy = await Conn.open(proxy.port)
+            pending = asyncio.ensure_future(busy.request(path="/slow?0.3"))
+            await asyncio.sleep(0.1)
+            await proxy.stop(timeout=3)
+            r = await pending
+            assert r.status == 200 and r.header("Connection") == "close"
+            assert await idle.at_eof()
+            with pytest.raises(OSError):
+                await Conn.open(proxy.port)
+            await idle.close()
+            await busy.close()
+
+    run(scenario)
+
+
+def test_stop_is_bounded(run):
+    async def scenario():
+        async with stack() as (proxy, _app):
+            c = await Conn.open(proxy.port)
+            pending = asyncio.ensure_future(c.request(path="/slow?10"))
+            await asyncio.sleep(0.1)
+            started = time.monotonic()
+            await proxy.stop(timeout=0.3)
+            assert time.monotonic() - started < 1.5
+            with pytest.raises((AssertionError, ConnectionError, asyncio.IncompleteReadError)):
+                await pending
+            await c.close()
+
+    run(scenario)
