@@ -119,8 +119,8 @@ _IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE", b"TRACE
 _MAX_HEAD_BYTES = 64 * 1024  # request line/status + headers
 _MAX_HEADERS = 128
 _BODY_BUFFER = 256 * 1024  # request body buffered while connecting before reading pauses
-_POOL_MAX = 32  # idle upstream connections kept per target
-_POOL_IDLE = 30.0  # seconds an idle upstream connection is kept
+_POOL_MAX = 128  # idle upstream connections kept per target
+_POOL_IDLE = 3.0  # seconds an idle upstream connection is kept (below common app keep-alive timeouts)
 
 # client read-pause reasons (bit set)
 _P_QUEUE = 1  # a complete request is waiting for its response
@@ -246,10 +246,12 @@ class _Client(asyncio.Protocol):
         "_active",
         "_closed",
         "_connect_task",
+        "_cork",
         "_eof",
         "_head_bytes",
         "_leftover",
         "_loop",
+        "_lost",
         "_parser",
         "_parsing",
         "_paused",
@@ -265,6 +267,7 @@ class _Client(asyncio.Protocol):
         "_write_paused",
         "deadline",
         "transport",
+        "write_deadline",
     )
 
     def __init__(self, server: ProxyServer) -> None:
@@ -277,7 +280,8 @@ class _Client(asyncio.Protocol):
         self._parsing: _Request | None = None
         self._head_bytes = 0
         self._too_large = False
-        self.deadline: float | None = None
+        self.deadline: float | None = None  # waiting for the client to send
+        self.write_deadline: float | None = None  # waiting for the client to read
         self._paused = 0
         self._write_paused = False
         self._up: _Upstream | None = None
@@ -285,7 +289,9 @@ class _Client(asyncio.Protocol):
         self._pumping = False
         self._connect_task: asyncio.Task[None] | None = None
         self._closed = False
+        self._lost = False
         self._eof = False
+        self._cork: list[bytes] | None = None
         self._leftover = b""
         self._upgrade_wait = False
         self._tunnel = False
@@ -306,7 +312,7 @@ class _Client(asyncio.Protocol):
         self.deadline = self._loop.time() + server.header_timeout
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._closed = True
+        self._closed = self._lost = True
         self.deadline = None
         self._server._clients.discard(self)
         self._detach_upstream()
@@ -336,12 +342,14 @@ class _Client(asyncio.Protocol):
 
     def pause_writing(self) -> None:
         self._write_paused = True
+        self.write_deadline = self._loop.time() + self._server.read_timeout
         up = self._up
         if up is not None:
             up._pause_read()
 
     def resume_writing(self) -> None:
         self._write_paused = False
+        self.write_deadline = None
         up = self._up
         if up is not None:
             up._resume_read()
@@ -578,7 +586,10 @@ class _Client(asyncio.Protocol):
     # -- responses -----------------------------------------------------------------------
 
     def _write(self, data: bytes) -> None:
-        if not self._closed:
+        cork = self._cork
+        if cork is not None:
+            cork.append(data)
+        elif not self._closed:
             self.transport.write(data)  # type: ignore[union-attr]
 
     def _keep_alive(self, req: _Request) -> bool:
@@ -694,7 +705,7 @@ class _Client(asyncio.Protocol):
             self.deadline = None
 
     def _on_timeout(self) -> None:
-        self.deadline = None
+        self.deadline = self.write_deadline = None
         log.debug("proxy: client %s timed out", self._peer.decode())
         self._close()
 
@@ -727,7 +738,7 @@ class _Client(asyncio.Protocol):
         self._closed = True
         self.deadline = None
         self._detach_upstream()
-        if self.transport is not None:
+        if self.transport is not None and not self._lost:
             self.transport.abort()
 
 
@@ -746,6 +757,7 @@ class _Upstream(asyncio.Protocol):
         "_interim",
         "_keep",
         "_loop",
+        "_lost",
         "_mode",
         "_parser",
         "_read_paused",
@@ -764,6 +776,7 @@ class _Upstream(asyncio.Protocol):
         "req",
         "target",
         "transport",
+        "write_deadline",
     )
 
     def __init__(self, server: ProxyServer, target: Target) -> None:
@@ -775,12 +788,14 @@ class _Upstream(asyncio.Protocol):
         self.req: _Request | None = None
         self._parser: httptools.HttpResponseParser | None = None
         self._closed = False
+        self._lost = False
         self._read_paused = False
         self._write_paused = False
         self._tunnel = False
         self.pooled = False
         self.idle_since = 0.0
-        self.deadline: float | None = None
+        self.deadline: float | None = None  # waiting for the app to answer
+        self.write_deadline: float | None = None  # waiting for the app to read the request
         self._reset()
 
     def _reset(self) -> None:
@@ -805,7 +820,7 @@ class _Upstream(asyncio.Protocol):
         self._server._upstreams.add(self)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._closed = True
+        self._closed = self._lost = True
         self.deadline = None
         server = self._server
         server._upstreams.discard(self)
@@ -818,8 +833,10 @@ class _Upstream(asyncio.Protocol):
         if self._tunnel:
             self.client = None
             client._close()
-        elif self._eof_body and self.req is not None and self.req.responded and not self._done:
+        elif exc is None and self._eof_body and self.req is not None and self.req.responded and not self._done:
             self._done = True
+            if self._mode == _M_CHUNKED:
+                client._write(b"0\r\n\r\n")
             self._complete()
         else:
             self._fail(502, "bad_gateway", "app closed the connection", retry=not self._got)
@@ -840,35 +857,50 @@ class _Upstream(asyncio.Protocol):
         self._got = True
         if self.deadline is not None:
             self.deadline = self._loop.time() + self._server.read_timeout
+        # Everything this chunk produces for the client goes out in one write.
+        client._cork = cork = []
+        upgrade_at = -1
+        error: Exception | None = None
         try:
             self._parser.feed_data(data)  # type: ignore[union-attr]
         except httptools.HttpParserUpgrade as exc:
-            if self._status == 101 and self.client is not None:
-                self._start_tunnel(data[exc.args[0] :] if exc.args else b"")
-            elif self.client is not None:
+            upgrade_at = exc.args[0] if exc.args else len(data)
+        except httptools.HttpParserError as exc:
+            error = exc
+        except Exception as exc:
+            log.exception("proxy: internal error while relaying a response")
+            error = exc
+        finally:
+            client._cork = None
+            if cork:
+                client._write(cork[0] if len(cork) == 1 else b"".join(cork))
+        if self.client is None:
+            return
+        if upgrade_at >= 0:
+            if self._status == 101:
+                self._start_tunnel(data[upgrade_at:])
+            else:
                 self._fail(502, "bad_gateway", "app sent an unexpected upgrade", retry=False)
             return
-        except httptools.HttpParserError as exc:
-            if not self._done and self.client is not None:
-                log.warning("proxy: invalid response from %s: %s", self.target, exc)
+        if error is not None:
+            if not self._done:
+                log.warning("proxy: invalid response from %s: %s", self.target, error)
                 self._fail(502, "bad_gateway", "app sent an invalid response", retry=False)
                 return
             self._keep = False
-        except Exception:
-            log.exception("proxy: internal error while relaying a response")
-            self._fail(502, "bad_gateway", "proxy error", retry=False)
-            return
-        if self._done and self.client is not None:
+        if self._done:
             self._complete()
 
     def pause_writing(self) -> None:
         self._write_paused = True
         client = self.client
         if client is not None:
+            self.write_deadline = self._loop.time() + self._server.read_timeout
             client._pause(_P_UPSTREAM)
 
     def resume_writing(self) -> None:
         self._write_paused = False
+        self.write_deadline = None
         client = self.client
         if client is not None:
             client._resume(_P_UPSTREAM)
@@ -950,6 +982,8 @@ class _Upstream(asyncio.Protocol):
         if not self._done:
             self._keep = self._keep and self._parser.should_keep_alive()  # type: ignore[union-attr]
             self._done = True
+            if self._mode == _M_CHUNKED and self.client is not None:
+                self.client._write(b"0\r\n\r\n")
 
     # -- exchange ------------------------------------------------------------------------
 
@@ -1059,11 +1093,9 @@ class _Upstream(asyncio.Protocol):
         client = self.client
         req = self.req
         assert client is not None and req is not None
-        if self._mode == _M_CHUNKED:
-            client._write(b"0\r\n\r\n")
         self.client = None
         self.req = None
-        self.deadline = None
+        self.deadline = self.write_deadline = None
         req.sink = None
         reusable = self._keep and self._req_sent and not self._eof_body and not self._write_paused
         if reusable and not self._closed:
@@ -1077,15 +1109,23 @@ class _Upstream(asyncio.Protocol):
         req = self.req
         self.client = None
         self.req = None
-        self.deadline = None
+        self.deadline = self.write_deadline = None
         self._abort()
         if client is not None and req is not None:
             client._upstream_failed(req, status, code, message, retry and self._reused and not self._got)
 
     def _on_read_timeout(self) -> None:
+        if self._tunnel:
+            client = self.client
+            self.client = None
+            self.write_deadline = None
+            self._abort()
+            if client is not None:
+                client._close()
+            return
         req = self.req
         log.warning(
-            "proxy: app %s (%s:%s) did not answer within %.1fs",
+            "proxy: app %s (%s:%s) made no progress for %.1fs",
             req.route.app if req is not None and req.route is not None else "?",
             self.target.host,
             self.target.port,
@@ -1097,7 +1137,7 @@ class _Upstream(asyncio.Protocol):
         client = self.client
         assert client is not None
         self._tunnel = True
-        self.deadline = None
+        self.deadline = self.write_deadline = None
         req = self.req
         self.req = None
         if req is not None:
@@ -1139,9 +1179,9 @@ class _Upstream(asyncio.Protocol):
             self.transport.close()  # type: ignore[union-attr]
 
     def _abort(self) -> None:
-        if not self._closed:
-            self._closed = True
-            self.deadline = None
+        self._closed = True
+        self.deadline = None
+        if not self._lost:
             self.transport.abort()  # type: ignore[union-attr]
 
 
@@ -1288,12 +1328,16 @@ class ProxyServer:
         try:
             for client in list(self._clients):
                 deadline = client.deadline
+                if deadline is None or deadline > now:
+                    deadline = client.write_deadline
                 if deadline is not None and deadline <= now:
                     client._on_timeout()
                     continue
                 up = client._up
                 if up is not None:
                     deadline = up.deadline
+                    if deadline is None or deadline > now:
+                        deadline = up.write_deadline
                     if deadline is not None and deadline <= now:
                         up._on_read_timeout()
             for ups in self._idle.values():

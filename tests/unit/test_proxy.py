@@ -12,6 +12,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from lbsolo.proxy import ProxyServer, Route, RouteTable, Target, normalize_host
 
@@ -98,7 +100,7 @@ def run(request) -> Callable[[Callable[[], Awaitable[None]]], None]:
 
     def runner(scenario: Callable[[], Awaitable[None]]) -> None:
         with asyncio.Runner(loop_factory=factory) as r:
-            r.run(asyncio.wait_for(scenario(), 20))
+            r.run(asyncio.wait_for(scenario(), 10))
 
     return runner
 
@@ -121,6 +123,7 @@ class App:
 
     seen: list[Seen] = field(default_factory=list)
     connections: int = 0
+    sent: int = 0  # body bytes of /big responses handed to the socket
     port: int = 0
     _server: asyncio.Server | None = None
     _tasks: set[asyncio.Task] = field(default_factory=set)
@@ -153,14 +156,19 @@ class App:
                 line = await reader.readline()
                 if not line:
                     break
-                method, target, _version = line.decode().rstrip("\r\n").split(" ")
+                method, target, _version = line.decode("latin-1").rstrip("\r\n").split(" ")
                 headers = []
                 while (h := await reader.readline()) not in (b"\r\n", b""):
-                    name, _, value = h.decode().partition(":")
+                    name, _, value = h.decode("latin-1").partition(":")
                     headers.append((name.strip(), value.strip()))
                 lower = {k.lower(): v for k, v in headers}
                 if "/die-on-reuse" in target and served > 0:
                     break  # like an app whose keep-alive timeout just fired
+                if target == "/stall":
+                    self.seen.append(Seen(method, target, headers, b""))
+                    await asyncio.sleep(30)  # never reads the body
+                if lower.get("expect", "").lower() == "100-continue":
+                    writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
                 if lower.get("transfer-encoding", "").lower() == "chunked":
                     body = b""
                     while True:
@@ -199,6 +207,7 @@ class App:
                     piece = block[: size - sent]
                     writer.write(piece)
                     sent += len(piece)
+                    self.sent += len(piece)
                     await writer.drain()
             await writer.drain()
             return True
@@ -218,6 +227,12 @@ class App:
             return False
         if path == "/slow":
             await asyncio.sleep(float(query))
+        if path == "/garbage":
+            writer.write(b"this is not HTTP\r\n\r\n")
+            await writer.drain()
+            return False
+        if path == "/hangup":
+            return False
         if path == "/nocontent":
             writer.write(b"HTTP/1.1 204 No Content\r\nX-App: yes\r\n\r\n")
             await writer.drain()
@@ -243,9 +258,7 @@ class App:
             "body_sha": hashlib.sha256(body).hexdigest(),
         }
         payload = json.dumps(doc).encode()
-        writer.write(
-            b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(payload)
-        )
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(payload))
         if method != "HEAD":
             writer.write(payload)
         await writer.drain()
@@ -338,6 +351,8 @@ class Conn:
         return data == b""
 
     async def close(self) -> None:
+        if self.writer.transport.get_write_buffer_size():
+            self.writer.transport.abort()  # the proxy is not reading: do not wait for a flush
         self.writer.close()
         with contextlib.suppress(Exception):
             await self.writer.wait_closed()
@@ -436,11 +451,11 @@ def test_pipelined_requests_are_answered_in_order(run):
             c = await Conn.open(proxy.port)
             raw = b"".join(
                 b"GET /slow?%s HTTP/1.1\r\nHost: hello.lbsolo.localhost\r\n\r\n" % delay
-                for delay in (b"0.2", b"0", b"0.05")
+                for delay in (b"0.1", b"0", b"0.03")
             )
             await c.send(raw + b"POST /posted HTTP/1.1\r\nHost: hello.lbsolo.localhost\r\nContent-Length: 3\r\n\r\nabc")
             targets = [(await read_response(c.reader)).json()["target"] for _ in range(3)]
-            assert targets == ["/slow?0.2", "/slow?0", "/slow?0.05"]
+            assert targets == ["/slow?0.1", "/slow?0", "/slow?0.03"]
             last = (await read_response(c.reader)).json()
             assert (last["target"], last["body_len"]) == ("/posted", 3)
             await c.close()
@@ -497,7 +512,7 @@ def test_slow_reading_client_gets_the_whole_response(run):
             writer.transport.set_write_buffer_limits(0)
             size = 2 * 1024 * 1024
             writer.write(b"GET /big?%d HTTP/1.1\r\nHost: hello.lbsolo.localhost\r\n\r\n" % size)
-            await asyncio.sleep(0.2)  # let every buffer on the way fill up
+            await asyncio.sleep(0.1)  # let every buffer on the way fill up
             r = await read_response(reader)
             assert len(r.body) == size
             writer.close()
@@ -650,6 +665,19 @@ def test_closed_target_port_gets_502(run):
     run(scenario)
 
 
+def test_broken_app_responses_get_502(run):
+    async def scenario():
+        async with stack() as (proxy, _app):
+            c = await Conn.open(proxy.port)
+            assert (await c.request(path="/garbage")).status == 502
+            assert (await c.request(path="/hangup")).status == 502
+            assert (await c.request(path="/fine")).status == 200  # same client connection
+            assert (await c.request(path="/hangup")).status == 502  # retried once, then 502
+            await c.close()
+
+    run(scenario)
+
+
 def test_dead_replica_is_skipped_when_another_target_answers(run):
     async def scenario():
         async with stack() as (proxy, app):
@@ -666,7 +694,7 @@ def test_dead_replica_is_skipped_when_another_target_answers(run):
 
 def test_slow_app_gets_504(run):
     async def scenario():
-        async with stack(read_timeout=0.3) as (proxy, _app):
+        async with stack(read_timeout=0.15) as (proxy, _app):
             c = await Conn.open(proxy.port)
             started = time.monotonic()
             r = await c.request(path="/slow?3")
@@ -688,7 +716,9 @@ def test_garbage_gets_400_and_the_server_keeps_serving(run):
             await c.close()
 
             c = await Conn.open(proxy.port)
-            await c.send(b"GET / HTTP/1.1\r\nHost: hello.lbsolo.localhost\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n")
+            await c.send(
+                b"GET / HTTP/1.1\r\nHost: hello.lbsolo.localhost\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n"
+            )
             assert (await read_response(c.reader)).status == 400
             await c.close()
 
@@ -734,7 +764,7 @@ def test_idempotent_request_is_retried_when_a_pooled_connection_is_dead(run):
 
 def test_slow_headers_are_cut_off(run):
     async def scenario():
-        async with stack(header_timeout=0.2) as (proxy, _app):
+        async with stack(header_timeout=0.1) as (proxy, _app):
             c = await Conn.open(proxy.port)
             await c.send(b"GET / HTTP/1.1\r\nHost: hel")
             started = time.monotonic()
@@ -778,8 +808,8 @@ def test_stop_lets_in_flight_requests_finish(run):
         async with stack() as (proxy, _app):
             idle = await Conn.open(proxy.port)
             busy = await Conn.open(proxy.port)
-            pending = asyncio.ensure_future(busy.request(path="/slow?0.3"))
-            await asyncio.sleep(0.1)
+            pending = asyncio.ensure_future(busy.request(path="/slow?0.15"))
+            await asyncio.sleep(0.05)
             await proxy.stop(timeout=3)
             r = await pending
             assert r.status == 200 and r.header("Connection") == "close"
@@ -797,12 +827,153 @@ def test_stop_is_bounded(run):
         async with stack() as (proxy, _app):
             c = await Conn.open(proxy.port)
             pending = asyncio.ensure_future(c.request(path="/slow?10"))
-            await asyncio.sleep(0.1)
+            await asyncio.sleep(0.05)
             started = time.monotonic()
-            await proxy.stop(timeout=0.3)
+            await proxy.stop(timeout=0.15)
             assert time.monotonic() - started < 1.5
             with pytest.raises((AssertionError, ConnectionError, asyncio.IncompleteReadError)):
                 await pending
             await c.close()
 
     run(scenario)
+
+
+def test_response_backpressure_bounds_what_the_proxy_reads(run):
+    async def scenario():
+        async with stack() as (proxy, app):
+            c = await Conn.open(proxy.port)
+            size = 256 * 1024 * 1024
+            await c.send(b"GET /big?%d HTTP/1.1\r\nHost: hello.lbsolo.localhost\r\n\r\n" % size)
+            await asyncio.sleep(0.25)  # the client reads nothing
+            assert 0 < app.sent < 64 * 1024 * 1024
+            await c.close()
+
+    run(scenario)
+
+
+def test_request_backpressure_bounds_what_the_proxy_accepts_and_a_stalled_app_times_out(run):
+    async def scenario():
+        async with stack(read_timeout=0.4) as (proxy, app):
+            c = await Conn.open(proxy.port)
+            size = 256 * 1024 * 1024
+            await c.send(b"PUT /stall HTTP/1.1\r\nHost: hello.lbsolo.localhost\r\nContent-Length: %d\r\n\r\n" % size)
+            block = b"x" * (1024 * 1024)
+            accepted = 0
+
+            async def push():
+                nonlocal accepted
+                while accepted < size:
+                    await c.send(block)
+                    accepted += len(block)
+
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(push(), 0.25)
+            assert [s.target for s in app.seen] == ["/stall"]
+            assert accepted < 64 * 1024 * 1024
+            r = await read_response(c.reader)  # the app never read: 504 once read_timeout passes
+            assert (r.status, r.header("Connection")) == (504, "close")
+            await c.close()
+
+    run(scenario)
+
+
+def test_client_leaving_mid_response_does_not_disturb_others(run):
+    async def scenario():
+        async with stack() as (proxy, _app):
+            c = await Conn.open(proxy.port)
+            await c.send(b"GET /big?%d HTTP/1.1\r\nHost: hello.lbsolo.localhost\r\n\r\n" % (64 * 1024 * 1024))
+            await c.reader.readexactly(100_000)
+            c.writer.transport.abort()
+            await asyncio.sleep(0.05)
+            other = await Conn.open(proxy.port)
+            assert (await other.request(path="/ok")).status == 200
+            await other.close()
+            await c.close()
+
+    run(scenario)
+
+
+def test_pipelined_garbage_after_a_good_request(run):
+    async def scenario():
+        async with stack() as (proxy, _app):
+            c = await Conn.open(proxy.port)
+            await c.send(b"GET /good HTTP/1.1\r\nHost: hello.lbsolo.localhost\r\n\r\nNOT HTTP AT ALL\r\n\r\n")
+            first = await read_response(c.reader)
+            assert first.json()["target"] == "/good"
+            assert (await read_response(c.reader)).status == 400
+            assert await c.at_eof()
+            await c.close()
+
+    run(scenario)
+
+
+def test_expect_100_continue_is_relayed(run):
+    async def scenario():
+        async with stack() as (proxy, _app):
+            c = await Conn.open(proxy.port)
+            await c.send(
+                b"POST /expect HTTP/1.1\r\nHost: hello.lbsolo.localhost\r\n"
+                b"Expect: 100-continue\r\nContent-Length: 5\r\n\r\n"
+            )
+            interim = await read_response(c.reader)
+            assert interim.status == 100
+            await c.send(b"hello")
+            r = await read_response(c.reader)
+            assert r.json()["body_len"] == 5
+            await c.close()
+
+    run(scenario)
+
+
+def test_stop_with_a_client_that_never_reads(run):
+    async def scenario():
+        async with stack() as (proxy, _app):
+            c = await Conn.open(proxy.port)
+            await c.send(b"GET /big?%d HTTP/1.1\r\nHost: hello.lbsolo.localhost\r\n\r\n" % (256 * 1024 * 1024))
+            await asyncio.sleep(0.1)
+            started = time.monotonic()
+            await proxy.stop(timeout=0.1)
+            assert time.monotonic() - started < 1.5
+            c.writer.transport.abort()
+            await c.close()
+
+    run(scenario)
+
+
+PIECES = st.sampled_from(
+    [
+        b"GET / HTTP/1.1\r\n",
+        b"POST /p HTTP/1.1\r\n",
+        b"HEAD /h HTTP/1.0\r\n",
+        b"GET /ws HTTP/1.1\r\n",
+        b"GET /chunked HTTP/1.1\r\n",
+        b"Host: hello.lbsolo.localhost\r\n",
+        b"Host: nosuch.lbsolo.localhost\r\n",
+        b"Content-Length: 3\r\n",
+        b"Transfer-Encoding: chunked\r\n",
+        b"Connection: close\r\n",
+        b"Connection: Upgrade\r\nUpgrade: echo\r\n",
+        b"Expect: 100-continue\r\n",
+        b"\r\n",
+        b"abc",
+        b"3\r\nabc\r\n0\r\n\r\n",
+    ]
+)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(st.one_of(PIECES, st.binary(max_size=12)), max_size=14))
+def test_whatever_a_client_sends_the_proxy_survives(pieces):
+    async def scenario():
+        async with stack() as (proxy, _app):
+            c = await Conn.open(proxy.port)
+            await c.send(b"".join(pieces))
+            c.writer.write_eof()
+            with contextlib.suppress(ConnectionError):
+                await asyncio.wait_for(c.reader.read(), 3)  # the proxy answers what it can, then closes
+            await c.close()
+            ok = await Conn.open(proxy.port)
+            assert (await ok.request(path="/after")).status == 200
+            await ok.close()
+
+    asyncio.run(scenario())
