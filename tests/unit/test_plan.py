@@ -1,7 +1,6 @@
-from lbsolo.proxy import Target
-
 from lbsolo.core import ActionKind, plan, routes_for
 from lbsolo.models import Replica
+from lbsolo.proxy import Target
 
 
 def rep(id, app="hello", release=1, running=True, port=40000, process="web", started="2026-01-01"):
