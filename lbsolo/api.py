@@ -7,6 +7,7 @@ LbsoloError behind them. OpenAPI is served at /openapi.json and browsable at /do
 
 from __future__ import annotations
 
+import asyncio
 import json
 import secrets
 import tempfile
@@ -21,13 +22,71 @@ from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from lbsolo import __version__
-from lbsolo.core import Platform
+from lbsolo.build import LogBuffer
+from lbsolo.core import DeployJob, Platform
 from lbsolo.errors import InvalidInput, LbsoloError, TooLarge, Unauthorized
-from lbsolo.models import validate_app_name
+from lbsolo.logs import matches
+from lbsolo.models import parse_formation, validate_app_name
 
 
 class AppCreate(BaseModel):
     name: str
+
+
+class ConfigChange(BaseModel):
+    set: dict[str, str] = {}
+    unset: list[str] = []
+    secret: bool = False
+
+
+class RollbackRequest(BaseModel):
+    version: int | None = None
+
+
+class ScaleRequest(BaseModel):
+    formation: dict[str, int]
+
+
+class ResourcesRequest(BaseModel):
+    memory: str | None = None
+    cpus: float | None = None
+
+
+class VolumeRequest(BaseModel):
+    name: str
+    path: str
+
+
+class HealthRequest(BaseModel):
+    path: str | None = "/"
+    interval: float | None = None
+    timeout: float | None = None
+    retries: int | None = None
+    grace: float | None = None
+
+
+class RunRequest(BaseModel):
+    command: str
+
+
+def ndjson(obj: dict[str, Any]) -> bytes:
+    return json.dumps(obj).encode() + b"\n"
+
+
+def stream_job(job: DeployJob | None) -> StreamingResponse:
+    """A release-making job as NDJSON: {"line": ...} while it runs, then {"result": ...}."""
+
+    async def body() -> AsyncIterator[bytes]:
+        if job is None:  # the change was stored; there is nothing running to roll out yet
+            yield ndjson({"result": {"ok": True, "release": None}})
+            return
+        async for line in job.output.follow():
+            yield ndjson({"line": line})
+        if job.task is not None:
+            await job.task
+        yield ndjson({"result": job.result})
+
+    return StreamingResponse(body(), media_type="application/x-ndjson")
 
 
 def error_body(code: str, message: str) -> dict[str, Any]:
@@ -86,20 +145,105 @@ def create_api(platform: Platform, token: str) -> FastAPI:
         return await platform.get_app(name)
 
     @api.delete("/api/apps/{name}", dependencies=auth, tags=["apps"])
-    async def destroy_app(name: str, images: bool = False) -> dict[str, Any]:
-        return await platform.destroy_app(name, images=images)
+    async def destroy_app(name: str, images: bool = False, volumes: bool = False) -> dict[str, Any]:
+        return await platform.destroy_app(name, images=images, volumes=volumes)
 
     @api.get("/api/apps/{name}/releases", dependencies=auth, tags=["releases"])
     async def releases(name: str) -> list[dict[str, Any]]:
-        return [r.to_dict() for r in await platform.releases(name)]
+        return await platform.releases(name)
+
+    @api.post("/api/apps/{name}/rollback", dependencies=auth, tags=["releases"])
+    async def rollback(name: str, body: RollbackRequest) -> StreamingResponse:
+        """Roll out an earlier release's image and config as a new release, without rebuilding."""
+        return stream_job(await platform.rollback(name, body.version))
+
+    @api.post("/api/apps/{name}/promote", dependencies=auth, tags=["releases"])
+    async def promote(name: str, to: str) -> StreamingResponse:
+        """Roll out this app's current image on app `to`, with `to`'s own config."""
+        return stream_job(await platform.promote(name, to))
+
+    @api.get("/api/apps/{name}/config", dependencies=auth, tags=["config"])
+    async def get_config(name: str) -> dict[str, str]:
+        """Config vars; secret values are masked."""
+        return await platform.config(name)
+
+    @api.patch("/api/apps/{name}/config", dependencies=auth, tags=["config"])
+    async def change_config(name: str, body: ConfigChange) -> StreamingResponse:
+        """Set and unset config vars; a deployed app gets a new release rolled out."""
+        return stream_job(await platform.set_config(name, body.set, body.unset, body.secret))
+
+    @api.post("/api/apps/{name}/scale", dependencies=auth, tags=["processes"])
+    async def scale(name: str, body: ScaleRequest) -> dict[str, Any]:
+        formation = parse_formation(f"{k}={v}" for k, v in body.formation.items())
+        return await platform.scale(name, formation)
+
+    @api.put("/api/apps/{name}/resources/{process}", dependencies=auth, tags=["processes"])
+    async def resources(name: str, process: str, body: ResourcesRequest) -> StreamingResponse:
+        return stream_job(await platform.set_resources(name, process, body.memory, body.cpus))
+
+    @api.post("/api/apps/{name}/volumes", dependencies=auth, tags=["processes"])
+    async def add_volume(name: str, body: VolumeRequest) -> StreamingResponse:
+        return stream_job(await platform.add_volume(name, body.name, body.path))
+
+    @api.patch("/api/apps/{name}/health", dependencies=auth, tags=["processes"])
+    async def health(name: str, body: HealthRequest) -> dict[str, Any]:
+        """Health check settings; they apply from the next release on."""
+        values = {k: v for k, v in body.model_dump().items() if v is not None or k == "path"}
+        return await platform.set_health(name, values)
 
     @api.get("/api/apps/{name}/ps", dependencies=auth, tags=["processes"])
     async def ps(name: str) -> list[dict[str, Any]]:
         return [r.to_dict() for r in await platform.replicas(name)]
 
-    @api.get("/api/apps/{name}/logs", dependencies=auth, tags=["logs"])
-    async def logs(name: str, tail: Annotated[int, Query(ge=1, le=10000)] = 200) -> list[dict[str, str]]:
-        return await platform.logs(name, tail)
+    @api.post("/api/apps/{name}/run", dependencies=auth, tags=["processes"])
+    async def run_command(name: str, body: RunRequest) -> StreamingResponse:
+        """Run a one-off command in a container of the current release; streams output, then the exit code."""
+        await platform.get_app(name)
+        out = LogBuffer()
+
+        async def work() -> int:
+            try:
+                return await platform.run_command(name, body.command, out)
+            finally:
+                out.close()
+
+        task = asyncio.create_task(work())
+
+        async def body_stream() -> AsyncIterator[bytes]:
+            async for line in out.follow():
+                yield ndjson({"line": line})
+            try:
+                code = await task
+                yield ndjson({"result": {"ok": code == 0, "exit_code": code}})
+            except LbsoloError as e:
+                yield ndjson({"result": {"ok": False, "exit_code": 1, "error": {"code": e.code, "message": e.message}}})
+
+        return StreamingResponse(body_stream(), media_type="application/x-ndjson")
+
+    @api.get("/api/apps/{name}/logs", dependencies=auth, tags=["logs"], response_model=None)
+    async def logs(
+        name: str,
+        tail: Annotated[int, Query(ge=1, le=100000)] = 200,
+        process: str | None = None,
+        release: str | None = None,
+        since: float | None = None,
+        grep: str | None = None,
+        follow: bool = False,
+    ) -> list[dict[str, Any]] | StreamingResponse:
+        """Stored log lines of every replica, old releases included; `follow` streams new ones as NDJSON."""
+        filters = {"process": process, "release": release, "since": since, "grep": grep}
+        lines = await platform.read_logs(name, tail=tail, **filters)
+        if not follow:
+            return [ln.to_dict() for ln in lines]
+
+        async def body() -> AsyncIterator[bytes]:
+            for ln in lines:
+                yield ndjson(ln.to_dict())
+            async for ln in platform.follow_logs(name):
+                if matches(ln, process, release, since, grep):
+                    yield ndjson(ln.to_dict())
+
+        return StreamingResponse(body(), media_type="application/x-ndjson")
 
     @api.post(
         "/api/apps/{name}/deploy",
@@ -111,16 +255,7 @@ def create_api(platform: Platform, token: str) -> FastAPI:
         validate_app_name(name)
         await platform.get_app(name)  # 404 before reading a possibly large body
         context = await receive_upload(request, settings.uploads_dir, settings.max_upload_bytes)
-        job = await platform.deploy(name, context)
-
-        async def stream() -> AsyncIterator[bytes]:
-            async for line in job.output.follow():
-                yield json.dumps({"line": line}).encode() + b"\n"
-            if job.task is not None:
-                await job.task
-            yield json.dumps({"result": job.result}).encode() + b"\n"
-
-        return StreamingResponse(stream(), media_type="application/x-ndjson")
+        return stream_job(await platform.deploy(name, context))
 
     return api
 

@@ -13,14 +13,16 @@ import contextlib
 import logging
 import posixpath
 import tarfile
+import tomllib
 import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from lbsolo.detect import parse_procfile
 from lbsolo.engine import Engine
 from lbsolo.errors import BuildFailed, InvalidInput, LbsoloError
-from lbsolo.models import LABEL_BUILD, Build, BuildStatus, now
+from lbsolo.models import LABEL_BUILD, Build, BuildStatus, HealthCheck, now, validate_process_name
 
 log = logging.getLogger("lbsolo.build")
 
@@ -56,9 +58,21 @@ class LogBuffer:
             await self._changed.wait()
 
 
-def check_context(path: Path) -> None:
-    """Reject archives that are not tars, escape their root, or have no Dockerfile."""
-    has_dockerfile = False
+@dataclass(frozen=True)
+class SourceSpec:
+    """What the source declares about how to run it: Procfile commands and lbsolo.toml settings."""
+
+    processes: dict[str, str] = field(default_factory=dict)
+    health: dict[str, object] = field(default_factory=dict)
+
+
+SPEC_FILES = ("Dockerfile", "Procfile", "lbsolo.toml")
+MAX_SPEC_FILE = 64 * 1024
+
+
+def check_context(path: Path) -> SourceSpec:
+    """Reject archives that are not tars, escape their root, or have no Dockerfile; read the spec."""
+    found: dict[str, bytes] = {}
     try:
         with tarfile.open(path, mode="r:*") as tar:
             for member in tar:
@@ -74,15 +88,37 @@ def check_context(path: Path) -> None:
                         raise InvalidInput(f"link {name!r} points outside the source tree")
                 elif not (member.isfile() or member.isdir()):
                     raise InvalidInput(f"unsupported file type in the uploaded archive: {name!r}")
-                if posixpath.normpath(name) == "Dockerfile" and member.isfile():
-                    has_dockerfile = True
+                norm = posixpath.normpath(name)
+                if norm in SPEC_FILES and member.isfile():
+                    if member.size > MAX_SPEC_FILE:
+                        raise InvalidInput(f"{norm} is larger than {MAX_SPEC_FILE} bytes")
+                    f = tar.extractfile(member)
+                    found[norm] = f.read() if f else b""
     except tarfile.TarError as e:
         raise InvalidInput(f"the upload is not a readable tar archive: {e}") from e
-    if not has_dockerfile:
+    if "Dockerfile" not in found:
         raise InvalidInput(
             "no Dockerfile found in the source (looked for ./Dockerfile at its root); "
             "building without a Dockerfile is not supported yet"
         )
+    return parse_spec(found.get("Procfile"), found.get("lbsolo.toml"))
+
+
+def parse_spec(procfile: bytes | None, app_toml: bytes | None) -> SourceSpec:
+    processes: dict[str, str] = {}
+    health: dict[str, object] = {}
+    if app_toml is not None:
+        try:
+            doc = tomllib.loads(app_toml.decode("utf-8"))
+        except (UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
+            raise InvalidInput(f"lbsolo.toml is not valid TOML: {e}") from e
+        health = dict(doc.get("healthcheck") or {})
+        HealthCheck.from_dict(health)  # validate now, not at rollout
+        for kind, command in (doc.get("processes") or {}).items():
+            processes[validate_process_name(str(kind))] = str(command)
+    if procfile is not None:
+        processes.update(parse_procfile(procfile.decode("utf-8", "replace")))
+    return SourceSpec(processes=processes, health=health)
 
 
 @dataclass
@@ -91,7 +127,9 @@ class BuildJob:
     context: Path
     tag: str
     output: LogBuffer
-    done: asyncio.Future[str] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
+    done: asyncio.Future[tuple[str, SourceSpec]] = field(
+        default_factory=lambda: asyncio.get_running_loop().create_future()
+    )
 
 
 class Builder:
@@ -137,7 +175,7 @@ class Builder:
             loop.call_soon_threadsafe(job.output.append, line)
 
         try:
-            await asyncio.to_thread(check_context, job.context)
+            spec = await asyncio.to_thread(check_context, job.context)
             with job.context.open("rb") as f:
                 image = await asyncio.to_thread(
                     self.engine.build,
@@ -161,7 +199,7 @@ class Builder:
         else:
             build.status, build.image = BuildStatus.SUCCEEDED, image
             if not job.done.done():
-                job.done.set_result(image)
+                job.done.set_result((image, spec))
         finally:
             build.finished_at = now()
             self.on_change(build)

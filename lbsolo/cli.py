@@ -9,21 +9,22 @@ import asyncio
 import functools
 import logging
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from lbsolo import __version__
 from lbsolo.client import Client
 from lbsolo.config import Settings
 from lbsolo.errors import LbsoloError
-from lbsolo.models import validate_app_name
-from lbsolo.source import pack
+from lbsolo.models import parse_formation, validate_app_name
+from lbsolo.source import pack, parse_dotenv
 
 app = typer.Typer(
     help="lbsolo: a one-server PaaS. `lbsolo up`, then `lbsolo deploy`.",
@@ -162,16 +163,23 @@ def deploy(
     settings = Settings.load()
     with pack(path, settings.max_upload_bytes) as archive, Client(settings) as c:
         c.app(name)  # fail on an unknown app before uploading
-        result: dict[str, Any] = {}
-        for event in c.deploy(name, archive):
-            if "line" in event:
-                console.print(event["line"], highlight=False, markup=False, soft_wrap=True)
-            elif "result" in event:
-                result = event["result"]
+        render_job(c.deploy(name, archive), f"deploy of {name}")
+
+
+def render_job(events: Iterator[dict[str, Any]], what: str) -> dict[str, Any]:
+    """Print a release-making job's output as it streams; raise if it failed."""
+    result: dict[str, Any] = {}
+    for event in events:
+        if "line" in event:
+            console.print(event["line"], highlight=False, markup=False, soft_wrap=True)
+        elif "result" in event:
+            result = event["result"]
     if not result.get("ok"):
-        error = result.get("error") or {"message": "the deploy ended without a result"}
-        raise LbsoloError(f"deploy of {name} failed: {error['message'].splitlines()[0]}")
-    console.print(f"[bold green]Deployed {name} {result['release']}[/] → {result['url']}")
+        error = result.get("error") or {"message": "it ended without a result"}
+        raise LbsoloError(f"{what} failed: {error['message'].splitlines()[0]}")
+    if result.get("release"):
+        console.print(f"[bold green]Deployed {result['app']} {result['release']}[/] → {result['url']}")
+    return result
 
 
 @app.command()
@@ -190,27 +198,224 @@ def ps(name: AppArg) -> None:
 @app.command()
 @clean_errors
 def releases(name: AppArg) -> None:
-    """List an app's releases, newest first."""
+    """List an app's releases, newest first: version, status, what changed."""
     with _client() as c:
         rows = c.releases(name)
-    table = Table("release", "status", "created", "image", "error")
+    table = Table("release", "status", "created", "description", "image", "error")
+    colors = {"active": "green", "failed": "red", "deploying": "yellow"}
     for r in reversed(rows):
-        image = r["image"][7:19] if r["image"].startswith("sha256:") else r["image"]
-        table.add_row(f"v{r['version']}", r["status"], _when(r["created_at"]), image, (r.get("error") or "")[:60])
+        image = r["image"].removeprefix("sha256:")[:12]
+        status = f"[{colors.get(r['status'], 'white')}]{r['status']}[/]"
+        error = r["error"].splitlines()[0][:60] if r.get("error") else ""
+        table.add_row(
+            f"v{r['version']}", status, _when(r["created_at"]), escape(r["description"]), image, escape(error)
+        )
     console.print(table if rows else f"{name} has no releases yet")
+
+
+@app.command()
+@clean_errors
+def rollback(
+    name: AppArg,
+    version: Annotated[
+        str | None, typer.Argument(help="Release to go back to, e.g. v3 (default: the previous).")
+    ] = None,
+) -> None:
+    """Roll out an earlier release's image and config again, as a new release, without rebuilding."""
+    number = None
+    if version is not None:
+        if not version.lstrip("v").isdigit():
+            raise LbsoloError(f"expected a release like v3, got {version!r}")
+        number = int(version.lstrip("v"))
+    with _client() as c:
+        render_job(c.stream("POST", f"/api/apps/{name}/rollback", json={"version": number}), f"rollback of {name}")
+
+
+@app.command()
+@clean_errors
+def promote(
+    source: Annotated[str, typer.Argument(help="App whose current image goes out.")],
+    target: Annotated[str, typer.Argument(help="App that receives it, with its own config.")],
+) -> None:
+    """Roll out SOURCE's current image on TARGET with TARGET's config (staging -> production)."""
+    with _client() as c:
+        render_job(c.stream("POST", f"/api/apps/{source}/promote", params={"to": target}), f"promote to {target}")
+
+
+@app.command("config")
+@clean_errors
+def config_show(name: AppArg) -> None:
+    """Show an app's config vars (secret values masked)."""
+    with _client() as c:
+        values = c.request("GET", f"/api/apps/{name}/config")
+    for key, value in values.items():
+        console.print(f"[bold]{key}[/]={escape(value)}", highlight=False)
+    if not values:
+        console.print(f"{name} has no config vars")
+
+
+def _change_config(name: str, values: dict[str, str], unset: list[str], secret: bool) -> None:
+    with _client() as c:
+        body = {"set": values, "unset": unset, "secret": secret}
+        result = render_job(c.stream("PATCH", f"/api/apps/{name}/config", json=body), f"config change of {name}")
+    if not result.get("release"):
+        console.print(f"Config of {name} saved; it applies from the first deploy.")
+
+
+@app.command("config:set")
+@clean_errors
+def config_set(
+    name: AppArg,
+    pairs: Annotated[list[str], typer.Argument(help="KEY=VALUE pairs.")],
+    secret: Annotated[bool, typer.Option("--secret", help="Never show these values again.")] = False,
+) -> None:
+    """Set config vars; a deployed app gets a new release with them."""
+    values = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise LbsoloError(f"expected KEY=VALUE, got {pair!r}")
+        values[key] = value
+    _change_config(name, values, [], secret)
+
+
+@app.command("config:unset")
+@clean_errors
+def config_unset(name: AppArg, keys: Annotated[list[str], typer.Argument(help="Keys to remove.")]) -> None:
+    """Remove config vars; a deployed app gets a new release without them."""
+    _change_config(name, {}, keys, False)
+
+
+@app.command("config:import")
+@clean_errors
+def config_import(
+    name: AppArg,
+    path: Annotated[Path, typer.Argument(help="A .env file of KEY=VALUE lines.")],
+    secret: Annotated[bool, typer.Option("--secret", help="Treat every imported value as secret.")] = False,
+) -> None:
+    """Set every var of a .env file in one release."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as e:
+        raise LbsoloError(f"cannot read {path}: {e.strerror}") from e
+    _change_config(name, parse_dotenv(text), [], secret)
+
+
+@app.command()
+@clean_errors
+def scale(name: AppArg, pairs: Annotated[list[str], typer.Argument(help="TYPE=COUNT, e.g. web=3 worker=1.")]) -> None:
+    """Set how many replicas of each process type run; web replicas join the proxy once healthy."""
+    formation = parse_formation(pairs)
+    with _client() as c:
+        out = c.request("POST", f"/api/apps/{name}/scale", json={"formation": formation}, timeout=None)
+    shown = " ".join(f"{k}={v}" for k, v in sorted(out["formation"].items()))
+    console.print(f"{name} scaled: {shown} ({out['replicas']} web replicas serving)")
+
+
+@app.command("resources:set")
+@clean_errors
+def resources_set(
+    name: AppArg,
+    process: Annotated[str, typer.Argument(help="Process type, e.g. web.")] = "web",
+    memory: Annotated[str | None, typer.Option(help="Memory limit, e.g. 256m.")] = None,
+    cpus: Annotated[float | None, typer.Option(help="CPU limit, e.g. 0.5.")] = None,
+) -> None:
+    """Set memory and CPU limits of a process type (rolled out as a new release)."""
+    with _client() as c:
+        body = {"memory": memory, "cpus": cpus}
+        render_job(c.stream("PUT", f"/api/apps/{name}/resources/{process}", json=body), f"resources of {name}")
+
+
+@app.command("volumes:add")
+@clean_errors
+def volumes_add(name: AppArg, spec: Annotated[str, typer.Argument(help="NAME:/mount/path")]) -> None:
+    """Mount a named persistent volume into every replica, kept across releases."""
+    volume, sep, path = spec.partition(":")
+    if not sep or not volume:
+        raise LbsoloError(f"expected NAME:/path, got {spec!r}")
+    with _client() as c:
+        body = {"name": volume, "path": path}
+        render_job(c.stream("POST", f"/api/apps/{name}/volumes", json=body), f"volumes of {name}")
+
+
+@app.command("healthcheck:set")
+@clean_errors
+def healthcheck_set(
+    name: AppArg,
+    path: Annotated[str | None, typer.Option(help="HTTP path checked with the app's Host header.")] = None,
+    tcp: Annotated[bool, typer.Option("--tcp", help="Only check that the port accepts connections.")] = False,
+    interval: Annotated[float | None, typer.Option(help="Seconds between checks.")] = None,
+    timeout: Annotated[float | None, typer.Option(help="Seconds one check may take.")] = None,
+    retries: Annotated[int | None, typer.Option(help="Passing checks needed in a row.")] = None,
+    grace: Annotated[float | None, typer.Option(help="Seconds after start before checking.")] = None,
+) -> None:
+    """Configure the health check new replicas must pass before they get traffic."""
+    body: dict[str, Any] = {"interval": interval, "timeout": timeout, "retries": retries, "grace": grace}
+    body["path"] = None if tcp else (path or "/")
+    with _client() as c:
+        out = c.request("PATCH", f"/api/apps/{name}/health", json=body)
+    console.print(f"{name} health check: {out} (applies from the next release)", highlight=False)
+
+
+@app.command("run")
+@clean_errors
+def run_command(name: AppArg, command: Annotated[list[str], typer.Argument(help="The command, after --.")]) -> None:
+    """Run a one-off command in a new container of the current release, with its config."""
+    result: dict[str, Any] = {}
+    with _client() as c:
+        for event in c.stream("POST", f"/api/apps/{name}/run", json={"command": " ".join(command)}):
+            if "line" in event:
+                console.print(event["line"], highlight=False, markup=False, soft_wrap=True)
+            elif "result" in event:
+                result = event["result"]
+    if result.get("error"):
+        raise LbsoloError(result["error"]["message"])
+    raise typer.Exit(int(result.get("exit_code", 1)))
+
+
+def _since(value: str | None) -> float | None:
+    """'10m', '2h', '30s', '1d' ago -> a timestamp."""
+    if value is None:
+        return None
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    if len(value) < 2 or value[-1] not in units or not value[:-1].isdigit():
+        raise LbsoloError(f"--since takes e.g. 30s, 10m, 2h or 1d, not {value!r}")
+    return datetime.now(UTC).timestamp() - int(value[:-1]) * units[value[-1]]
 
 
 @app.command()
 @clean_errors
 def logs(
     name: AppArg,
-    tail: Annotated[int, typer.Option("--tail", "-n", help="Lines per replica.")] = 200,
+    tail: Annotated[int, typer.Option("--tail", "-n", help="How many lines.")] = 200,
+    follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing new lines.")] = False,
+    process: Annotated[str | None, typer.Option("--process", "-p", help="Only this process type.")] = None,
+    release: Annotated[str | None, typer.Option("--release", "-r", help="Only this release, e.g. v3.")] = None,
+    since: Annotated[str | None, typer.Option(help="Only lines newer than e.g. 10m.")] = None,
+    grep: Annotated[str | None, typer.Option(help="Only lines containing this text.")] = None,
 ) -> None:
-    """Print an app's recent log lines."""
+    """Print an app's logs, kept across releases and container removal."""
+    params = {"tail": tail, "process": process, "release": release, "since": _since(since), "grep": grep}
+    params = {k: v for k, v in params.items() if v is not None}
     with _client() as c:
-        rows = c.logs(name, tail)
-    for row in rows:
-        console.print(f"[dim]{row['replica']}[/] {row['line']}", highlight=False, soft_wrap=True)
+        if not follow:
+            for row in c.logs(name, params):
+                _print_log(row)
+            return
+        try:
+            for row in c.stream("GET", f"/api/apps/{name}/logs", params={**params, "follow": True}):
+                _print_log(row)
+        except KeyboardInterrupt:
+            return
+
+
+def _print_log(row: dict[str, Any]) -> None:
+    when = datetime.fromtimestamp(row["ts"], UTC).astimezone().strftime("%H:%M:%S")
+    console.print(
+        f"[dim]{when}[/] [cyan]{row['process']}.{row['release']}[/] {escape(row['line'])}",
+        highlight=False,
+        soft_wrap=True,
+    )
 
 
 @app.command()
@@ -218,15 +423,18 @@ def logs(
 def destroy(
     name: AppArg,
     images: Annotated[bool, typer.Option("--images", help="Also remove the app's images.")] = False,
+    volumes: Annotated[bool, typer.Option("--volumes", help="Also remove its volumes (their data is lost).")] = False,
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
 ) -> None:
-    """Remove an app: its containers, route, releases and (with --images) images."""
+    """Remove an app: its containers, route, releases, logs and (with flags) images and volumes."""
     validate_app_name(name)
     if not yes and sys.stdin.isatty():
         typer.confirm(f"Destroy {name} and its containers?", abort=True)
     with _client() as c:
-        out = c.destroy(name, images)
-    console.print(f"Destroyed {name}: {out['containers']} containers, {out['images']} images removed")
+        out = c.destroy(name, images, volumes)
+    console.print(
+        f"Destroyed {name}: {out['containers']} containers, {out['images']} images, {out['volumes']} volumes removed"
+    )
 
 
 @app.command()

@@ -81,8 +81,9 @@ class Client:
     def app(self, name: str) -> dict[str, Any]:
         return self.request("GET", f"/api/apps/{name}")  # type: ignore[no-any-return]
 
-    def destroy(self, name: str, images: bool) -> dict[str, Any]:
-        return self.request("DELETE", f"/api/apps/{name}", params={"images": images})  # type: ignore[no-any-return]
+    def destroy(self, name: str, images: bool, volumes: bool = False) -> dict[str, Any]:
+        params = {"images": images, "volumes": volumes}
+        return self.request("DELETE", f"/api/apps/{name}", params=params)  # type: ignore[no-any-return]
 
     def releases(self, name: str) -> list[dict[str, Any]]:
         return self.request("GET", f"/api/apps/{name}/releases")  # type: ignore[no-any-return]
@@ -90,24 +91,13 @@ class Client:
     def ps(self, name: str) -> list[dict[str, Any]]:
         return self.request("GET", f"/api/apps/{name}/ps")  # type: ignore[no-any-return]
 
-    def logs(self, name: str, tail: int) -> list[dict[str, str]]:
-        return self.request("GET", f"/api/apps/{name}/logs", params={"tail": tail})  # type: ignore[no-any-return]
+    def logs(self, name: str, params: dict[str, Any]) -> list[dict[str, Any]]:
+        return self.request("GET", f"/api/apps/{name}/logs", params=params)  # type: ignore[no-any-return]
 
-    def deploy(self, name: str, archive: IO[bytes]) -> Iterator[dict[str, Any]]:
-        """Upload the archive; yield the daemon's events ({"line"} ... then {"result"})."""
-
-        def body() -> Iterator[bytes]:
-            while chunk := archive.read(256 * 1024):
-                yield chunk
-
+    def stream(self, method: str, path: str, **kwargs: Any) -> Iterator[dict[str, Any]]:
+        """A request whose answer is NDJSON: yield each object as it arrives."""
         try:
-            with self._http.stream(
-                "POST",
-                f"/api/apps/{name}/deploy",
-                content=body(),
-                headers={"Content-Type": "application/x-tar"},
-                timeout=httpx.Timeout(30.0, read=None),
-            ) as response:
+            with self._http.stream(method, path, timeout=httpx.Timeout(30.0, read=None), **kwargs) as response:
                 if not response.is_success:
                     response.read()
                     self._raise_for(response)
@@ -116,3 +106,14 @@ class Client:
                         yield json.loads(line)
         except httpx.TransportError as e:
             raise self._unavailable(e) from e
+
+    def deploy(self, name: str, archive: IO[bytes]) -> Iterator[dict[str, Any]]:
+        """Upload the archive; yield the daemon's events ({"line"} ... then {"result"})."""
+
+        def body() -> Iterator[bytes]:
+            while chunk := archive.read(256 * 1024):
+                yield chunk
+
+        return self.stream(
+            "POST", f"/api/apps/{name}/deploy", content=body(), headers={"Content-Type": "application/x-tar"}
+        )

@@ -40,6 +40,7 @@ class Settings:
     build_memory: str = "2g"
     max_upload_bytes: int = 512 * 1024 * 1024
     stop_timeout: int = 10
+    drain_timeout: float = 30.0
     shutdown_timeout: float = 10.0
     keep_releases: int = 5
 

@@ -1,37 +1,72 @@
 """lbsolo's use cases and its reconcile loop.
 
-Core owns the desired state (apps and their current release, in State) and compares it with
-the containers the engine reports. The decisions are pure functions (`plan`, `routes_for`);
-the Platform class runs them and does the I/O. Core pushes routes and zone records into the
-proxy and DNS through the `publish` callback: those modules never import core.
+Core owns the desired state (apps, their current release and formation, in State) and
+compares it with the containers the engine reports. The decisions are pure functions (`plan`,
+`routes_for`, `rollback_target`); the Platform class runs them and does the I/O. Core pushes
+routes into the proxy and DNS through an Ingress: those modules never import core.
+
+A rollout is a sequence of named steps (models.DeployStep), saved on the release after each:
+release phase -> start new replicas -> wait until healthy -> swap traffic atomically -> drain
+the old replicas -> stop them. Rollouts of one app are serialised by a per-app lock; different
+apps proceed in parallel; the reconcile loop leaves an app alone while its lock is held.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncIterator, Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from lbsolo import run
-from lbsolo.build import Builder, LogBuffer
+from lbsolo.build import Builder, LogBuffer, SourceSpec
 from lbsolo.config import Settings
 from lbsolo.engine import Engine
-from lbsolo.errors import DeployFailed, EngineError, LbsoloError
-from lbsolo.models import App, Build, DeployStep, Release, ReleaseStatus, Replica, validate_app_name
+from lbsolo.errors import Conflict, DeployFailed, EngineError, InvalidInput, LbsoloError, NotFound
+from lbsolo.logs import LogCollector, LogLine, LogStore
+from lbsolo.models import (
+    WEB,
+    App,
+    Build,
+    DeployStep,
+    HealthCheck,
+    Release,
+    ReleaseStatus,
+    Replica,
+    masked_config,
+    validate_app_name,
+    validate_config_key,
+    validate_process_name,
+)
 from lbsolo.proxy import Route, Target
 from lbsolo.state import State
 
 log = logging.getLogger("lbsolo.core")
 
-WEB = "web"
+CRASH_LOOP_AFTER = 5  # restarts in a row without becoming healthy
+
+
+class Ingress(Protocol):
+    """Where core pushes routes: the proxy (and the DNS zone derived from them)."""
+
+    def publish(self, routes: dict[str, Route]) -> None: ...
+
+    async def drain(self, targets: Iterable[Target], timeout: float) -> bool: ...
 
 
 # ---- pure decisions -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Desired:
+    version: int | None
+    formation: Mapping[str, int] = field(default_factory=lambda: {WEB: 1})
 
 
 class ActionKind(StrEnum):
@@ -46,44 +81,52 @@ class Action:
     app: str
     release: int | None = None
     replica: Replica | None = None
+    process: str = WEB
 
 
-def plan(desired: Mapping[str, int | None], actual: list[Replica], replicas: int = 1) -> list[Action]:
-    """What to do so that each app runs `replicas` web replicas of its desired release, and nothing else."""
+def _as_desired(d: Desired | int | None) -> Desired:
+    return d if isinstance(d, Desired) else Desired(d)
+
+
+def plan(desired: Mapping[str, Desired | int | None], actual: list[Replica]) -> list[Action]:
+    """Actions that make each app run its formation of its desired release, and nothing else."""
     actions: list[Action] = []
     by_app: dict[str, list[Replica]] = {}
     for r in actual:
         by_app.setdefault(r.app, []).append(r)
     for app, mine in sorted(by_app.items()):
         if app not in desired:
-            actions += [Action(ActionKind.REMOVE, app, r.release, r) for r in mine]
-    for app, version in sorted(desired.items()):
+            actions += [Action(ActionKind.REMOVE, app, r.release, r, r.process) for r in mine]
+    for app, want in sorted(desired.items()):
+        want = _as_desired(want)
         mine = by_app.get(app, [])
-        current = [r for r in mine if r.release == version and r.process == WEB]
-        stale = [r for r in mine if r not in current]
-        actions += [Action(ActionKind.REMOVE, app, r.release, r) for r in stale]
-        if version is None:
-            continue
-        running = [r for r in current if r.running]
-        stopped = [r for r in current if not r.running]
-        # Keep the oldest running replicas; surplus ones (e.g. started twice) go.
-        running.sort(key=lambda r: (r.started_at, r.id))
-        actions += [Action(ActionKind.REMOVE, app, version, r) for r in running[replicas:]]
-        missing = replicas - len(running)
-        for r in stopped:
-            if missing > 0:
-                actions.append(Action(ActionKind.RESTART, app, version, r))
-                missing -= 1
-            else:
-                actions.append(Action(ActionKind.REMOVE, app, version, r))
-        actions += [Action(ActionKind.RUN, app, version) for _ in range(missing)]
+        version = want.version
+        wanted = {p: n for p, n in want.formation.items() if n > 0} if version is not None else {}
+        for r in mine:
+            if r.release != version or r.process not in wanted:
+                actions.append(Action(ActionKind.REMOVE, app, r.release, r, r.process))
+        for process, count in sorted(wanted.items()):
+            current = [r for r in mine if r.release == version and r.process == process]
+            running = sorted((r for r in current if r.running), key=lambda r: (r.started_at, r.id))
+            stopped = [r for r in current if not r.running]
+            # Keep the oldest running replicas; surplus ones (e.g. started twice) go.
+            actions += [Action(ActionKind.REMOVE, app, version, r, process) for r in running[count:]]
+            missing = count - len(running)
+            for r in stopped:
+                if missing > 0:
+                    actions.append(Action(ActionKind.RESTART, app, version, r, process))
+                    missing -= 1
+                else:
+                    actions.append(Action(ActionKind.REMOVE, app, version, r, process))
+            actions += [Action(ActionKind.RUN, app, version, None, process) for _ in range(missing)]
     return actions
 
 
-def routes_for(desired: Mapping[str, int | None], actual: list[Replica]) -> dict[str, Route]:
-    """The proxy's routes: every app, targeting its running replicas of the desired release."""
+def routes_for(desired: Mapping[str, Desired | int | None], actual: list[Replica]) -> dict[str, Route]:
+    """The proxy's routes: every app, targeting its running web replicas of the desired release."""
     routes = {}
-    for app, version in desired.items():
+    for app, want in desired.items():
+        version = _as_desired(want).version
         targets = tuple(
             Target("127.0.0.1", r.host_port)
             for r in sorted(actual, key=lambda r: r.id)
@@ -91,6 +134,24 @@ def routes_for(desired: Mapping[str, int | None], actual: list[Replica]) -> dict
         )
         routes[app] = Route(app=app, release=f"v{version}" if version else None, targets=targets)
     return routes
+
+
+def rollback_target(releases: list[Release], current: int | None, version: int | None) -> Release:
+    """The release a rollback re-uses: the given version, or the last good one before the current."""
+    if version is not None:
+        for r in releases:
+            if r.version == version:
+                if r.status == ReleaseStatus.FAILED:
+                    raise InvalidInput(f"v{version} never served (it failed); pick another release")
+                if r.version == current:
+                    raise InvalidInput(f"v{version} is already the current release")
+                return r
+        raise NotFound(f"no release v{version}")
+    good = [r for r in releases if r.status != ReleaseStatus.FAILED and r.version != current]
+    before = [r for r in good if current is None or r.version < current]
+    if not before:
+        raise InvalidInput("there is no earlier release to roll back to")
+    return max(before, key=lambda r: r.version)
 
 
 # ---- the platform ---------------------------------------------------------------------------
@@ -113,17 +174,22 @@ class Platform:
         state: State,
         engine: Engine,
         builder: Builder,
-        publish: Callable[[dict[str, Route]], None],
+        ingress: Ingress,
+        logs: LogStore | None = None,
     ) -> None:
         self.settings = settings
         self.state = state
         self.engine = engine
         self.builder = builder
-        self.publish = publish
+        self.ingress = ingress
+        self.logs = logs or LogStore(settings.logs_dir)
+        self.collector = LogCollector(self.logs, engine.follow_logs)
+        self.network = f"lbsolo-{engine.instance}"
         self._locks: dict[str, asyncio.Lock] = {}
-        self._backoff: dict[str, tuple[int, float]] = {}  # app -> (failures, not before)
+        self._restarts: dict[str, tuple[int, float]] = {}  # app -> (restarts in a row, not before)
         self._routes: dict[str, Route] = {}
-        self.jobs: set[asyncio.Task[None]] = set()
+        self._wake = asyncio.Event()
+        self.jobs: set[asyncio.Task[Any]] = set()
 
     def lock(self, app: str) -> asyncio.Lock:
         return self._locks.setdefault(app, asyncio.Lock())
@@ -131,7 +197,19 @@ class Platform:
     def host_header(self, app: str) -> str:
         return f"{app}.{self.settings.domain}"
 
-    # apps
+    def _spawn(self, coro: Any, name: str) -> asyncio.Task[Any]:
+        task = asyncio.create_task(coro, name=name)
+        self.jobs.add(task)
+        task.add_done_callback(self.jobs.discard)
+        return task
+
+    async def _app(self, name: str) -> App:
+        return await asyncio.to_thread(self.state.get_app, name)
+
+    async def _save(self, obj: App | Release) -> None:
+        await asyncio.to_thread(self.state.save_app if isinstance(obj, App) else self.state.save_release, obj)
+
+    # ---- apps
     async def create_app(self, name: str) -> App:
         validate_app_name(name)
         app = await asyncio.to_thread(self.state.create_app, App(name=name))
@@ -143,16 +221,21 @@ class Platform:
         return [self._describe(a) for a in apps]
 
     async def get_app(self, name: str) -> dict[str, Any]:
-        return self._describe(await asyncio.to_thread(self.state.get_app, name))
+        return self._describe(await self._app(name))
 
     def _describe(self, app: App) -> dict[str, Any]:
         route = self._routes.get(app.name)
+        restarts = self._restarts.get(app.name, (0, 0.0))[0]
         if self.lock(app.name).locked():
             status = "deploying"
         elif app.release is None:
             status = "new"
+        elif restarts >= CRASH_LOOP_AFTER:
+            status = "crashloop"
         elif route and route.targets:
             status = "running"
+        elif app.formation.get(WEB, 0) == 0:
+            status = "scaled-down" if not any(app.formation.values()) else "running"
         else:
             status = "down"
         return {
@@ -161,63 +244,80 @@ class Platform:
             "release": f"v{app.release}" if app.release else None,
             "url": self.settings.app_url(app.name),
             "replicas": len(route.targets) if route else 0,
+            "formation": app.formation,
+            "restarts": restarts,
+            "config": masked_config(app.config, app.secrets),
+            "health": app.health,
+            "resources": app.resources,
+            "volumes": app.volumes,
             "created_at": app.created_at,
         }
 
-    async def destroy_app(self, name: str, *, images: bool = False) -> dict[str, Any]:
-        await asyncio.to_thread(self.state.get_app, name)
+    async def destroy_app(self, name: str, *, images: bool = False, volumes: bool = False) -> dict[str, Any]:
+        await self._app(name)
         async with self.lock(name):
             replicas = await asyncio.to_thread(self.engine.list_replicas, name)
+            self._routes.pop(name, None)
+            self.ingress.publish(dict(self._routes))
             await run.stop_replicas(self.engine, replicas, self.settings.stop_timeout)
             await asyncio.to_thread(self.state.delete_app, name)
             removed = await asyncio.to_thread(self.engine.remove_app_images, name) if images else []
-            self._routes.pop(name, None)
-            self.publish(dict(self._routes))
+            vols = await asyncio.to_thread(self.engine.remove_app_volumes, name) if volumes else 0
+            await asyncio.to_thread(self.logs.forget, name)
         self._locks.pop(name, None)
-        return {"name": name, "containers": len(replicas), "images": len(removed)}
+        self._restarts.pop(name, None)
+        return {"name": name, "containers": len(replicas), "images": len(removed), "volumes": vols}
 
-    async def releases(self, name: str) -> list[Release]:
-        await asyncio.to_thread(self.state.get_app, name)
-        return await asyncio.to_thread(self.state.list_releases, name)
+    async def releases(self, name: str) -> list[dict[str, Any]]:
+        app = await self._app(name)
+        rows = await asyncio.to_thread(self.state.list_releases, name)
+        return [{**r.to_dict(), "config": masked_config(r.config, app.secrets)} for r in rows]
 
     async def replicas(self, name: str) -> list[Replica]:
-        await asyncio.to_thread(self.state.get_app, name)
+        await self._app(name)
         return await asyncio.to_thread(self.engine.list_replicas, name)
 
-    async def logs(self, name: str, tail: int = 200) -> list[dict[str, str]]:
-        replicas = await self.replicas(name)
-        out = []
-        for r in sorted(replicas, key=lambda r: (r.release or 0, r.name)):
-            text = await asyncio.to_thread(self.engine.logs, r.id, tail)
-            out += [{"replica": r.name, "line": line} for line in text.splitlines()]
-        return out
+    # ---- logs
+    async def read_logs(self, name: str, **filters: Any) -> list[LogLine]:
+        await self._app(name)
+        await self.logs.flush()
+        return await asyncio.to_thread(self.logs.read, name, **filters)
 
-    # deploy: build -> release -> rollout
+    async def follow_logs(self, name: str) -> AsyncIterator[LogLine]:
+        await self._app(name)
+        async for line in self.logs.follow(name):
+            yield line
+
+    def _watch_logs(self, replicas: Iterable[Replica], adopted: bool = False) -> None:
+        """Follow replicas' output; for ones already running, only what came after the stored lines."""
+        for r in replicas:
+            if r.running and r.release is not None:
+                since = self.logs.last_ts(r.app) if adopted else None
+                self.collector.watch(r.id, r.app, f"v{r.release}", r.process, r.name, since)
+
+    # ---- deploy: build -> release -> rollout
     async def deploy(self, name: str, context: Path) -> DeployJob:
-        app = await asyncio.to_thread(self.state.get_app, name)
+        app = await self._app(name)
         job = DeployJob(app=app.name, output=LogBuffer())
         build_job = self.builder.submit(app.name, context, job.output)
         job.output.append(f"-----> Building {app.name} (build {build_job.build.id})")
-        job.task = asyncio.create_task(self._deploy(job, build_job.done), name=f"deploy-{app.name}")
-        self.jobs.add(job.task)
-        job.task.add_done_callback(self.jobs.discard)
+        job.task = self._spawn(self._deploy(job, build_job.done), f"deploy-{app.name}")
         return job
 
-    async def _deploy(self, job: DeployJob, image: asyncio.Future[str]) -> None:
+    async def _deploy(self, job: DeployJob, built: asyncio.Future[tuple[str, SourceSpec]]) -> None:
         out = job.output
         try:
             try:
-                image_id = await image
+                image_id, spec = await built
             except LbsoloError as e:
                 raise DeployFailed(f"build failed, nothing was released: {e.message}") from e
-            out.append(f"-----> Built image {image_id[7:19] if image_id.startswith('sha256:') else image_id}")
-            async with self.lock(job.app):
-                release = await self._new_release(job.app, image_id)
-                out.append(f"-----> Releasing {release.label}")
-                await self._rollout(release, out)
-            url = self.settings.app_url(job.app)
-            out.append(f"-----> {job.app} {release.label} is serving at {url}")
-            job.result = {"ok": True, "app": job.app, "release": release.label, "url": url}
+            out.append(f"-----> Built image {image_id.removeprefix('sha256:')[:12]}")
+            kinds = ", ".join(sorted(spec.processes)) or "web (the image's CMD)"
+            out.append(f"       processes: {kinds}")
+            release = await self._release(
+                job.app, out, description="deploy", image=image_id, processes=spec.processes, health=spec.health
+            )
+            job.result = self._ok(job.app, release)
         except LbsoloError as e:
             out.append(f" !     {e.message}")
             job.result = {"ok": False, "app": job.app, "error": {"code": e.code, "message": e.message}}
@@ -227,120 +327,488 @@ class Platform:
         finally:
             out.close()
 
-    async def _new_release(self, app: str, image_id: str) -> Release:
-        version = await asyncio.to_thread(self.state.next_version, app)
-        release = Release(app=app, version=version, image=image_id, description="deploy")
-        await asyncio.to_thread(self.engine.tag_image, image_id, f"lbsolo/{app}", release.label)
-        await asyncio.to_thread(self.state.save_release, release)
-        return release
+    def _ok(self, app: str, release: Release) -> dict[str, Any]:
+        return {"ok": True, "app": app, "release": release.label, "url": self.settings.app_url(app)}
+
+    async def _release(
+        self,
+        app_name: str,
+        out: LogBuffer,
+        *,
+        description: str,
+        image: str | None = None,
+        processes: dict[str, str] | None = None,
+        health: dict[str, Any] | None = None,
+        config: dict[str, str] | None = None,
+        base: Release | None = None,
+        app_changes: Any = None,
+    ) -> Release:
+        """Create the next release (from `base` or the current one, with changes) and roll it out."""
+        async with self.lock(app_name):
+            app = await self._app(app_name)
+            if app_changes is not None:
+                app_changes(app)
+            current = await asyncio.to_thread(self.state.get_release, app_name, app.release) if app.release else None
+            source = base or current
+            if image is None and source is None:
+                if app_changes is not None:
+                    await self._save(app)  # nothing runs yet: the change applies to the first deploy
+                raise Conflict(f"{app_name} has no release yet: deploy it first (lbsolo deploy --app {app_name})")
+            version = await asyncio.to_thread(self.state.next_version, app_name)
+            release = Release(
+                app=app_name,
+                version=version,
+                image=image or source.image,  # type: ignore[union-attr]
+                description=description,
+                config=dict(config if config is not None else (base.config if base else app.config)),
+                processes=dict(processes if processes is not None else source.processes),  # type: ignore[union-attr]
+                health={**(health if health is not None else source.health), **(app.health or {})},  # type: ignore[union-attr]
+            )
+            await asyncio.to_thread(self.engine.tag_image, release.image, f"lbsolo/{app_name}", release.label)
+            await self._save(release)
+            out.append(f"-----> Releasing {release.label} ({description})")
+            await self._rollout(app, release, out)
+            return release
 
     async def _step(self, release: Release, step: DeployStep, status: ReleaseStatus | None = None) -> None:
         release.step = step
         if status is not None:
             release.status = status
-        await asyncio.to_thread(self.state.save_release, release)
+        await self._save(release)
 
-    async def _rollout(self, release: Release, out: LogBuffer) -> None:
-        """Start the new replica, wait until it answers, swap traffic, stop the old ones."""
-        app = release.app
-        await self._step(release, DeployStep.START, ReleaseStatus.DEPLOYING)
-        new = await run.start_replica(self.engine, release, process=WEB, port=self.settings.container_port)
-        out.append(f"       started {new.name} on 127.0.0.1:{new.host_port}")
+    def _spec(self, app: App, release: Release, process: str, volumes: dict[str, str]) -> run.ReplicaSpec:
+        limits = app.resources.get(process, {})
+        return run.ReplicaSpec(
+            release=release,
+            process=process,
+            port=self.settings.container_port if process == WEB else None,
+            network=self.network,
+            memory=limits.get("memory"),
+            cpus=limits.get("cpus"),
+            volumes=volumes,
+        )
+
+    async def _volumes(self, app: App) -> dict[str, str]:
+        out = {}
+        for name, path in app.volumes.items():
+            out[await asyncio.to_thread(self.engine.ensure_volume, app.name, name)] = path
+        return out
+
+    async def _rollout(self, app: App, release: Release, out: LogBuffer) -> None:
+        """Named steps; any failure before SWAP leaves the previous release serving untouched."""
+        name = app.name
+        check = HealthCheck.from_dict(release.health)
+        await asyncio.to_thread(self.engine.ensure_network, self.network)
+        volumes = await self._volumes(app)
+        new: list[Replica] = []
         try:
+            if release.command("release"):
+                await self._step(release, DeployStep.RELEASE_PHASE, ReleaseStatus.DEPLOYING)
+                out.append(f"       release phase: {release.command('release')}")
+                code = await asyncio.to_thread(
+                    self.engine.run_once,
+                    app=name,
+                    image=release.image,
+                    command=release.command("release") or "",
+                    env=self._spec(app, release, "release", {}).env(),
+                    network=self.network,
+                    on_output=lambda line: out.append(f"       | {line}"),
+                    timeout=self.settings.deploy_timeout,
+                )
+                if code != 0:
+                    raise DeployFailed(f"the release command exited with {code}; nothing was rolled out")
+            await self._step(release, DeployStep.START, ReleaseStatus.DEPLOYING)
+            formation = {p: n for p, n in app.formation.items() if n > 0 and p in release.process_types()}
+            for process, count in sorted(formation.items()):
+                for _ in range(count):
+                    replica = await run.start_replica(self.engine, self._spec(app, release, process, volumes))
+                    new.append(replica)
+                    where = f" on 127.0.0.1:{replica.host_port}" if replica.host_port else ""
+                    out.append(f"       started {replica.name}{where}")
+            self._watch_logs(new)
             await self._step(release, DeployStep.WAIT_READY)
-            await run.wait_ready(
-                self.engine, new, host_header=self.host_header(app), timeout=self.settings.deploy_timeout
+            await asyncio.gather(
+                *(
+                    run.wait_ready(
+                        self.engine,
+                        r,
+                        check=check,
+                        host_header=self.host_header(name),
+                        timeout=self.settings.deploy_timeout,
+                    )
+                    for r in new
+                )
             )
+            out.append(f"       {len(new)} replica(s) healthy")
         except LbsoloError as e:
             release.status, release.error = ReleaseStatus.FAILED, e.message
-            await asyncio.to_thread(self.state.save_release, release)
-            await run.stop_replicas(self.engine, [new], 0)
+            await self._save(release)
+            await run.stop_replicas(self.engine, new, 0)
             raise DeployFailed(
                 f"{release.label} failed to start; the previous release keeps serving. {e.message}"
             ) from e
+        except BaseException:
+            await asyncio.shield(run.stop_replicas(self.engine, new, 0))
+            raise
+
         await self._step(release, DeployStep.SWAP)
-        current = await asyncio.to_thread(self.engine.list_replicas, app)
-        self._publish_route(app, routes_for({app: release.version}, current)[app])
+        current = await asyncio.to_thread(self.engine.list_replicas, name)
+        self._publish_route(name, routes_for({name: release.version}, current)[name])
         out.append("       traffic switched")
 
+        old = [r for r in current if r.id not in {n.id for n in new}]
+        await self._step(release, DeployStep.DRAIN)
+        old_targets = [Target("127.0.0.1", r.host_port) for r in old if r.process == WEB and r.host_port]
+        if old_targets and not await self.ingress.drain(old_targets, self.settings.drain_timeout):
+            out.append(f"       drain timed out after {self.settings.drain_timeout:.0f}s")
         await self._step(release, DeployStep.STOP_OLD)
-        old = [r for r in current if r.release != release.version or r.process != WEB]
         await run.stop_replicas(self.engine, old, self.settings.stop_timeout)
 
-        previous = await asyncio.to_thread(self.state.get_app, app)
-        for r in await asyncio.to_thread(self.state.list_releases, app):
+        for r in await asyncio.to_thread(self.state.list_releases, name):
             if r.status == ReleaseStatus.ACTIVE and r.version != release.version:
                 r.status = ReleaseStatus.SUPERSEDED
-                await asyncio.to_thread(self.state.save_release, r)
-        previous.release = release.version
-        await asyncio.to_thread(self.state.save_app, previous)
+                await self._save(r)
+        app.release = release.version
+        await self._save(app)
+        self._restarts.pop(name, None)
         await self._step(release, DeployStep.DONE, ReleaseStatus.ACTIVE)
+        out.append(f"-----> {name} {release.label} is serving at {self.settings.app_url(name)}")
+
+    async def _run_job(self, app: str, work: Any) -> DeployJob:
+        """Run a release-making use case in the background; its output streams like a deploy's."""
+        await self._app(app)
+        job = DeployJob(app=app, output=LogBuffer())
+
+        async def body() -> None:
+            try:
+                release = await work(job.output)
+                job.result = self._ok(app, release)
+            except LbsoloError as e:
+                job.output.append(f" !     {e.message}")
+                job.result = {"ok": False, "app": app, "error": {"code": e.code, "message": e.message}}
+            except Exception as e:
+                log.exception("%s of %s crashed", job.task.get_name() if job.task else "job", app)
+                job.output.append(f" !     internal error: {e}")
+                job.result = {"ok": False, "app": app, "error": {"code": "error", "message": str(e)}}
+            finally:
+                job.output.close()
+
+        job.task = self._spawn(body(), f"release-{app}")
+        return job
+
+    # ---- config, rollback, promote, resources, volumes: each makes a release
+    async def config(self, name: str) -> dict[str, str]:
+        app = await self._app(name)
+        return masked_config(app.config, app.secrets)
+
+    async def set_config(
+        self, name: str, values: dict[str, str], unset: list[str], secret: bool = False
+    ) -> DeployJob | None:
+        for key in [*values, *unset]:
+            validate_config_key(key)
+        for key, value in values.items():
+            if len(value) > 32 * 1024 or "\0" in value:
+                raise InvalidInput(f"value of {key} is too long or contains a NUL byte")
+
+        def change(app: App) -> None:
+            app.config.update(values)
+            for key in unset:
+                app.config.pop(key, None)
+            app.secrets = sorted({*app.secrets, *(values if secret else ())} - set(unset))
+
+        app = await self._app(name)
+        if app.release is None:
+            async with self.lock(name):
+                app = await self._app(name)
+                change(app)
+                await self._save(app)
+            return None
+        what = ", ".join([*(f"set {k}" for k in values), *(f"unset {k}" for k in unset)])
+
+        async def work(out: LogBuffer) -> Release:
+            return await self._release(name, out, description=f"config: {what}", app_changes=change)
+
+        return await self._run_job(name, work)
+
+    async def rollback(self, name: str, version: int | None) -> DeployJob:
+        async def work(out: LogBuffer) -> Release:
+            app = await self._app(name)
+            releases = await asyncio.to_thread(self.state.list_releases, name)
+            target = rollback_target(releases, app.release, version)
+            out.append(f"-----> Rolling back {name} to {target.label} (image {target.image[7:19]}, no rebuild)")
+
+            def restore(app: App) -> None:
+                app.config = dict(target.config)
+
+            return await self._release(
+                name, out, description=f"rollback to {target.label}", base=target, app_changes=restore
+            )
+
+        return await self._run_job(name, work)
+
+    async def promote(self, source: str, target: str) -> DeployJob:
+        src = await self._app(source)
+        await self._app(target)
+        if src.release is None:
+            raise Conflict(f"{source} has no release to promote")
+        rel = await asyncio.to_thread(self.state.get_release, source, src.release)
+
+        async def work(out: LogBuffer) -> Release:
+            out.append(f"-----> Promoting {source} {rel.label} to {target} (same image, {target}'s config)")
+            return await self._release(
+                target,
+                out,
+                description=f"promote {source} {rel.label}",
+                image=rel.image,
+                processes=rel.processes,
+                health=rel.health,
+            )
+
+        return await self._run_job(target, work)
+
+    async def set_resources(self, name: str, process: str, memory: str | None, cpus: float | None) -> DeployJob | None:
+        validate_process_name(process)
+        if cpus is not None and not 0.01 <= cpus <= 64:
+            raise InvalidInput("cpus must be between 0.01 and 64")
+        if memory is not None:
+            from lbsolo.engine import parse_memory
+
+            try:
+                if parse_memory(memory) < 6 * 1024 * 1024:
+                    raise InvalidInput("memory must be at least 6m (Docker's minimum)")
+            except ValueError as e:
+                raise InvalidInput(f"invalid memory {memory!r}: use e.g. 256m or 1g") from e
+
+        def change(app: App) -> None:
+            limits = dict(app.resources.get(process, {}))
+            if memory is not None:
+                limits["memory"] = memory
+            if cpus is not None:
+                limits["cpus"] = cpus
+            app.resources[process] = limits
+
+        return await self._app_change(name, f"resources of {process}", change)
+
+    async def add_volume(self, name: str, volume: str, path: str) -> DeployJob | None:
+        validate_process_name(volume.replace("-", "").replace("_", "")[:20] or "x")
+        if not path.startswith("/") or path == "/":
+            raise InvalidInput(f"mount path must be an absolute path other than /: {path!r}")
+
+        def change(app: App) -> None:
+            app.volumes[volume] = path
+
+        return await self._app_change(name, f"volume {volume}:{path}", change)
+
+    async def _app_change(self, name: str, what: str, change: Any) -> DeployJob | None:
+        app = await self._app(name)
+        if app.release is None:
+            async with self.lock(name):
+                app = await self._app(name)
+                change(app)
+                await self._save(app)
+            return None
+
+        async def work(out: LogBuffer) -> Release:
+            return await self._release(name, out, description=what, app_changes=change)
+
+        return await self._run_job(name, work)
+
+    async def set_health(self, name: str, values: dict[str, Any]) -> dict[str, Any]:
+        async with self.lock(name):
+            app = await self._app(name)
+            merged = {**(app.health or {}), **values}
+            HealthCheck.from_dict(merged)
+            app.health = merged
+            await self._save(app)
+        return merged
+
+    # ---- scale
+    async def scale(self, name: str, formation: dict[str, int]) -> dict[str, Any]:
+        async with self.lock(name):
+            app = await self._app(name)
+            if app.release is not None:
+                release = await asyncio.to_thread(self.state.get_release, name, app.release)
+                unknown = set(formation) - set(release.process_types())
+                if unknown:
+                    raise InvalidInput(
+                        f"{name} {release.label} has no process type {', '.join(sorted(unknown))} "
+                        f"(it has: {', '.join(release.process_types())})"
+                    )
+            app.formation = {**app.formation, **formation}
+            await self._save(app)
+            if app.release is not None:
+                await self._converge(app)
+        return await self.get_app(name)
+
+    async def _converge(self, app: App) -> None:
+        """Bring replica counts to the formation: new ones join after passing checks, extra ones drain first."""
+        release = await asyncio.to_thread(self.state.get_release, app.name, app.release)
+        actual = await asyncio.to_thread(self.engine.list_replicas, app.name)
+        actions = plan({app.name: Desired(app.release, app.formation)}, actual)
+        volumes = await self._volumes(app)
+        check = HealthCheck.from_dict(release.health)
+        started = []
+        for a in actions:
+            if a.kind is ActionKind.RUN:
+                started.append(await run.start_replica(self.engine, self._spec(app, release, a.process, volumes)))
+        self._watch_logs(started)
+        results = await asyncio.gather(
+            *(
+                run.wait_ready(
+                    self.engine,
+                    r,
+                    check=check,
+                    host_header=self.host_header(app.name),
+                    timeout=self.settings.deploy_timeout,
+                )
+                for r in started
+            ),
+            return_exceptions=True,
+        )
+        failed = [r for r, res in zip(started, results, strict=True) if isinstance(res, BaseException)]
+        await run.stop_replicas(self.engine, failed, 0)
+        removing = [a.replica for a in actions if a.kind is ActionKind.REMOVE and a.replica]
+        keep = [r for r in await asyncio.to_thread(self.engine.list_replicas, app.name) if r not in removing]
+        self._publish_route(app.name, routes_for({app.name: app.release}, keep)[app.name])
+        targets = [Target("127.0.0.1", r.host_port) for r in removing if r.process == WEB and r.host_port]
+        if targets:
+            await self.ingress.drain(targets, self.settings.drain_timeout)
+        await run.stop_replicas(self.engine, removing, self.settings.stop_timeout)
+        if failed:
+            raise DeployFailed(f"{len(failed)} new replica(s) failed their health checks: {results[0]}")
+
+    # ---- one-off commands
+    async def run_command(self, name: str, command: str, out: LogBuffer) -> int:
+        app = await self._app(name)
+        if app.release is None:
+            raise Conflict(f"{name} has no release yet: deploy it first")
+        release = await asyncio.to_thread(self.state.get_release, name, app.release)
+        await asyncio.to_thread(self.engine.ensure_network, self.network)
+        loop = asyncio.get_running_loop()
+        return await asyncio.to_thread(
+            self.engine.run_once,
+            app=name,
+            image=release.image,
+            command=command,
+            env=self._spec(app, release, "run", {}).env(),
+            network=self.network,
+            on_output=lambda line: loop.call_soon_threadsafe(out.append, line),
+            timeout=self.settings.deploy_timeout * 10,
+        )
 
     def record_build(self, build: Build) -> None:
         self.state.save_build(build)
 
-    # reconcile
+    # ---- reconcile
     def _publish_route(self, app: str, route: Route) -> None:
         self._routes[app] = route
-        self.publish(dict(self._routes))
+        self.ingress.publish(dict(self._routes))
+
+    def wake(self) -> None:
+        """Ask for a reconcile pass now (Docker events call this)."""
+        self._wake.set()
 
     async def reconcile(self) -> list[Action]:
         """One pass: make the engine match the desired state; adopt what already matches."""
         apps = await asyncio.to_thread(self.state.list_apps)
         actual = await asyncio.to_thread(self.engine.list_replicas)
         busy = {a.name for a in apps if self.lock(a.name).locked()}
-        desired = {a.name: a.release for a in apps if a.name not in busy}
-        actions = plan(desired, [r for r in actual if r.app not in busy])
+        desired = {a.name: Desired(a.release, a.formation) for a in apps if a.name not in busy}
+        actions = [a for a in plan(desired, [r for r in actual if r.app not in busy]) if a.app not in busy]
         for action in actions:
             try:
-                await self._act(action)
+                await self._act(action, {a.name: a for a in apps})
             except LbsoloError as e:
                 log.warning("reconcile: %s %s failed: %s", action.kind, action.app, e.message)
         if actions:
             actual = await asyncio.to_thread(self.engine.list_replicas)
+        self._watch_logs((r for r in actual if r.app in desired), adopted=True)
+        self.collector.prune()
         routes = routes_for(desired, actual)
         for app in busy:
             if app in self._routes:
                 routes[app] = self._routes[app]
         if routes != self._routes:
             self._routes = routes
-            self.publish(dict(routes))
+            self.ingress.publish(dict(routes))
+        for app, route in routes.items():
+            if route.targets and not any(a.app == app and a.kind is not ActionKind.REMOVE for a in actions):
+                self._restarts.pop(app, None)
         return actions
 
-    async def _act(self, action: Action) -> None:
+    async def _act(self, action: Action, apps: dict[str, App]) -> None:
         if action.kind is ActionKind.REMOVE:
             assert action.replica is not None
             log.info("removing %s (not wanted)", action.replica.name)
             await asyncio.to_thread(self.engine.stop_and_remove, action.replica.id, self.settings.stop_timeout)
             return
-        failures, not_before = self._backoff.get(action.app, (0, 0.0))
+        restarts, not_before = self._restarts.get(action.app, (0, 0.0))
         if time.monotonic() < not_before:
             return
-        self._backoff[action.app] = (failures + 1, time.monotonic() + min(2.0**failures, 60.0))
+        # Exponential backoff per app: 0.5 s, 1 s, 2 s, ... up to a minute between restarts.
+        self._restarts[action.app] = (restarts + 1, time.monotonic() + min(0.5 * 2.0**restarts, 60.0))
+        if restarts + 1 == CRASH_LOOP_AFTER:
+            log.warning("%s is crash-looping (%d restarts in a row)", action.app, restarts + 1)
         if action.kind is ActionKind.RESTART:
             assert action.replica is not None
             log.info("restarting %s", action.replica.name)
             await asyncio.to_thread(self.engine.start, action.replica.id)
         else:
             assert action.release is not None
+            app = apps[action.app]
             release = await asyncio.to_thread(self.state.get_release, action.app, action.release)
-            log.info("starting a replica of %s %s", action.app, release.label)
-            await run.start_replica(self.engine, release, process=WEB, port=self.settings.container_port)
+            log.info("starting a %s replica of %s %s", action.process, action.app, release.label)
+            await asyncio.to_thread(self.engine.ensure_network, self.network)
+            spec = self._spec(app, release, action.process, await self._volumes(app))
+            replica = await run.start_replica(self.engine, spec)
+            self._watch_logs([replica])
+
+    async def recover(self) -> int:
+        """After a restart: releases whose rollout was interrupted never became current; mark them failed."""
+        count = 0
+        for app in await asyncio.to_thread(self.state.list_apps):
+            for r in await asyncio.to_thread(self.state.list_releases, app.name):
+                if r.status in (ReleaseStatus.PENDING, ReleaseStatus.DEPLOYING) and r.version != app.release:
+                    r.status, r.error = ReleaseStatus.FAILED, f"interrupted at step {r.step} by a daemon restart"
+                    await self._save(r)
+                    count += 1
+        return count
 
     def serving_replicas(self) -> int:
         return sum(len(r.targets) for r in self._routes.values())
-
-    def note_healthy(self) -> None:
-        """Forget the restart backoff of apps that are serving again."""
-        for app, route in self._routes.items():
-            if route.targets:
-                self._backoff.pop(app, None)
 
     async def reconcile_forever(self) -> None:
         while True:
             try:
                 await self.reconcile()
-                self.note_healthy()
             except EngineError as e:
                 log.warning("reconcile skipped: %s", e.message)
-            await asyncio.sleep(self.settings.reconcile_interval)
+            self._wake.clear()
+            try:
+                await asyncio.wait_for(self._wake.wait(), self.settings.reconcile_interval)
+                await asyncio.sleep(0.2)  # let a burst of events settle into one pass
+            except TimeoutError:
+                pass
+
+    async def watch_events(self) -> None:
+        """Wake the reconcile loop on container deaths and removals, as the engine reports them."""
+        loop = asyncio.get_running_loop()
+        ended = asyncio.Event()
+
+        def pump() -> None:
+            # A daemon thread, not to_thread: the event stream blocks forever and must not hold
+            # up the interpreter's exit.
+            try:
+                for event in self.engine.events():
+                    if event["action"] in ("die", "stop", "kill", "destroy", "oom"):
+                        loop.call_soon_threadsafe(self.wake)
+            except Exception as e:
+                log.warning("docker events: %s; retrying", e)
+            with contextlib.suppress(RuntimeError):  # the loop may be closed at shutdown
+                loop.call_soon_threadsafe(ended.set)
+
+        while True:
+            ended.clear()
+            threading.Thread(target=pump, name="docker-events", daemon=True).start()
+            await ended.wait()
+            await asyncio.sleep(2.0)

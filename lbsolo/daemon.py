@@ -17,7 +17,7 @@ import os
 import secrets
 import signal
 import socket
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -30,7 +30,7 @@ from lbsolo.config import Settings
 from lbsolo.core import Platform
 from lbsolo.dns import DNSServer, Zone
 from lbsolo.engine import Engine
-from lbsolo.proxy import ProxyServer, Route
+from lbsolo.proxy import ProxyServer, Route, Target
 from lbsolo.state import State
 
 log = logging.getLogger("lbsolo.daemon")
@@ -60,6 +60,21 @@ def write_private(path: Path, text: str) -> None:
     with os.fdopen(fd, "w") as f:
         f.write(text)
     os.replace(tmp, path)
+
+
+class ProxyIngress:
+    """Core's Ingress: routes go to the proxy, app names to the DNS zone."""
+
+    def __init__(self, proxy: ProxyServer, dns: DNSServer) -> None:
+        self.proxy = proxy
+        self.dns = dns
+
+    def publish(self, routes: dict[str, Route]) -> None:
+        self.proxy.set_routes(routes)
+        self.dns.set_zone(replace(self.dns.zone, apps=frozenset(routes)))
+
+    async def drain(self, targets: Iterable[Target], timeout: float) -> bool:
+        return await self.proxy.wait_drained(targets, timeout)
 
 
 class _APIServer(uvicorn.Server):
@@ -110,12 +125,8 @@ class Daemon:
         zone = Zone(domain=s.domain, ipv4=s.dns_ipv4, ipv6=s.dns_ipv6, strict=s.dns_strict, ttl=s.dns_ttl)
         dns = DNSServer(host=s.dns_host, port=s.dns_port, zone=zone)
 
-        def publish(routes: dict[str, Route]) -> None:
-            proxy.set_routes(routes)
-            dns.set_zone(replace(dns.zone, apps=frozenset(routes)))
-
         builder = Builder(engine, memory=s.build_memory, timeout=s.build_timeout)
-        platform = Platform(s, state, engine, builder, publish)
+        platform = Platform(s, state, engine, builder, ProxyIngress(proxy, dns))
         builder.on_change = platform.record_build
 
         api_sock = _bind(s.api_host, s.api_port)
@@ -130,6 +141,7 @@ class Daemon:
         try:
             await proxy.start()
             await dns.start()
+            await platform.recover()
             actions = await platform.reconcile()  # adopt what runs; start what should
             tasks.append(asyncio.create_task(server.serve(sockets=[api_sock]), name="api"))
             while not server.started:
@@ -138,6 +150,8 @@ class Daemon:
                 await asyncio.sleep(0.01)
             tasks.append(asyncio.create_task(_supervise("builder", builder.run), name="builder"))
             tasks.append(asyncio.create_task(_supervise("reconcile", platform.reconcile_forever), name="reconcile"))
+            tasks.append(asyncio.create_task(_supervise("events", platform.watch_events), name="events"))
+            tasks.append(asyncio.create_task(_supervise("logs", platform.logs.flush_forever), name="logs"))
             api_port = api_sock.getsockname()[1]
             info = {
                 "api": f"http://{s.api_host}:{api_port}",

@@ -1,9 +1,11 @@
 """Authoritative DNS for the lbsolo domain, served over asyncio UDP and TCP.
 
 What it is for: answering queries for ``<domain>`` and ``*.<domain>`` (by default
-``lbsolo.localhost``) with the proxy's address, so that ``<app>.<domain>`` reaches the
-proxy without editing ``/etc/hosts``.  It is authoritative only: it never recurses and
-refuses names outside its domain.
+``lbsolo.localhost``) and for the apps' custom domains with the proxy's address, so
+that ``<app>.<domain>`` reaches the proxy without editing ``/etc/hosts``.  Names outside
+those zones are refused, unless forwarding is on (:mod:`lbsolo.dns_forward`) and the
+client is allowed to recurse.  A per-client rate limit (:mod:`lbsolo.dns_ratelimit`)
+keeps one client from starving the others.
 
 How it is split:
 
@@ -13,9 +15,10 @@ How it is split:
   zone object and per (lowercased question, EDNS present) so that repeated queries only
   patch the message ID, the RD bit and the question bytes (which keeps the case the
   client asked with).
-* :class:`DNSServer` binds UDP and TCP on one port and feeds packets to :func:`answer`.
+* :class:`DNSServer` binds UDP and TCP on one port and feeds packets to :func:`answer`;
+  a REFUSED reply to an allowed client is replaced by the forwarder's answer.
 
-What it must not do: import docker, tinydb or any other lbsolo module, read state on
+What it must not do: import docker, tinydb or lbsolo modules other than its dns_* helpers, read state on
 its own, or block the event loop.  The core pushes records into it with
 :meth:`DNSServer.set_zone`.  It does not use dnslib's threaded server.
 """
@@ -27,12 +30,16 @@ import contextlib
 import ipaddress
 import logging
 import struct
-from collections.abc import Iterable
+from collections.abc import Coroutine, Iterable
 from dataclasses import dataclass
+from typing import Any
 
 from dnslib import AAAA, CLASS, EDNS0, NS, OPCODE, QTYPE, RCODE, RR, SOA, A, DNSHeader, DNSRecord
 
-__all__ = ["DNSServer", "Zone", "answer"]
+from lbsolo.dns_forward import ForwardConfig, Forwarder
+from lbsolo.dns_ratelimit import RateLimit, RateLimiter
+
+__all__ = ["DNSServer", "ForwardConfig", "RateLimit", "Zone", "answer"]
 
 log = logging.getLogger("lbsolo.dns")
 
@@ -73,6 +80,13 @@ class Zone:
 
     ``domain`` is stored lowercase without a trailing dot; ``apps`` are stored
     lowercase.  ``ipv4``/``ipv6`` are validated address literals.
+
+    ``domains`` are custom app domains (``example.com``, ``www.shop.test``): each exact
+    name is answered with the same addresses as the lbsolo domain, as the apex of its
+    own one-name zone (SOA and NS there, NODATA with that SOA for other types).  Names
+    *below* a custom domain are not ours: they are refused (or forwarded, when
+    forwarding is on), so ``mail.example.com`` keeps resolving upstream.  A mapping
+    (domain -> app) is accepted too; only its keys matter here.
     """
 
     domain: str = "lbsolo.localhost"
@@ -81,14 +95,10 @@ class Zone:
     apps: frozenset[str] = frozenset()
     strict: bool = False
     ttl: int = 5
+    domains: frozenset[str] = frozenset()
 
     def __post_init__(self) -> None:
-        domain = str(self.domain).strip().rstrip(".").lower()
-        if not domain or not domain.isascii() or len(domain) > 253:
-            raise ValueError(f"invalid DNS domain: {self.domain!r}")
-        if any(not 0 < len(label) <= 63 for label in domain.split(".")):
-            raise ValueError(f"invalid DNS domain: {self.domain!r}")
-        object.__setattr__(self, "domain", domain)
+        object.__setattr__(self, "domain", _dns_name(self.domain))
         object.__setattr__(self, "ipv4", _addresses(self.ipv4, ipaddress.IPv4Address))
         object.__setattr__(self, "ipv6", _addresses(self.ipv6, ipaddress.IPv6Address))
         apps = [self.apps] if isinstance(self.apps, str) else self.apps
@@ -96,6 +106,18 @@ class Zone:
         if not 0 <= int(self.ttl) < 2**31:
             raise ValueError(f"invalid TTL: {self.ttl!r}")
         object.__setattr__(self, "ttl", int(self.ttl))
+        domains = [self.domains] if isinstance(self.domains, str) else self.domains
+        object.__setattr__(self, "domains", frozenset(_dns_name(d) for d in domains))
+
+
+def _dns_name(value: object) -> str:
+    """``value`` lowercased without the trailing dot, or ValueError if it is no DNS name."""
+    name = str(value).strip().rstrip(".").lower()
+    if not name or not name.isascii() or len(name) > 253:
+        raise ValueError(f"invalid DNS name: {value!r}")
+    if any(not 0 < len(label) <= 63 or label.isspace() for label in name.split(".")):
+        raise ValueError(f"invalid DNS name: {value!r}")
+    return name
 
 
 def _addresses(
@@ -236,13 +258,13 @@ def _answer_slow(query: bytes, zone: Zone) -> bytes | None:
 
     question = request.questions[0]
     reply.questions = [question]
-    kind = _classify(question.qname.label, zone)
+    kind, apex = _classify(question.qname.label, zone)
     if kind == _OUTSIDE or question.qclass not in (_CLASS_IN, _CLASS_ANY):
         header.rcode = RCODE.REFUSED
         return bytes(reply.pack())
 
     header.aa = 1
-    soa = _soa(zone)
+    soa = _soa(zone, apex)
     if kind == _NXDOMAIN:
         header.rcode = RCODE.NXDOMAIN
         reply.add_auth(soa)
@@ -262,7 +284,7 @@ def _answer_slow(query: bytes, zone: Zone) -> bytes | None:
         if qtype in (QTYPE.NS, QTYPE.ANY):
             records.append(RR(qname, QTYPE.NS, CLASS.IN, ttl, NS(zone.domain + ".")))
         if qtype == QTYPE.NS:
-            # Glue: the name server is the apex itself.
+            # Glue: the name server of every zone we serve is the lbsolo apex itself.
             extra = [RR(zone.domain, QTYPE.A, CLASS.IN, ttl, A(ip)) for ip in zone.ipv4]
             extra += [RR(zone.domain, QTYPE.AAAA, CLASS.IN, ttl, AAAA(ip)) for ip in zone.ipv6]
             reply.ar[:0] = extra
@@ -273,27 +295,30 @@ def _answer_slow(query: bytes, zone: Zone) -> bytes | None:
     return bytes(reply.pack())
 
 
-def _classify(labels: tuple[bytes, ...], zone: Zone) -> int:
+def _classify(labels: tuple[bytes, ...], zone: Zone) -> tuple[int, str]:
+    """How ``labels`` relate to ``zone``, and the apex of the zone that holds them."""
+    lowered = tuple(label.lower() for label in labels)
     apex = tuple(zone.domain.encode("ascii").split(b"."))
     size = len(apex)
-    if len(labels) < size:
-        return _OUTSIDE
-    lowered = tuple(label.lower() for label in labels)
-    if lowered[len(lowered) - size :] != apex:
-        return _OUTSIDE
-    if len(lowered) == size:
-        return _APEX
-    if not zone.strict:
-        return _MEMBER
-    if len(lowered) == size + 1 and lowered[0].decode("ascii", "replace") in zone.apps:
-        return _MEMBER
-    return _NXDOMAIN
+    # A label holding a dot or non-ASCII bytes can never equal one of our names.
+    name = b".".join(lowered).decode("ascii", "replace") if all(b"." not in x for x in lowered) else ""
+    if len(lowered) >= size and lowered[len(lowered) - size :] == apex:
+        if len(lowered) == size:
+            return _APEX, zone.domain
+        if not zone.strict or name in zone.domains:
+            return _MEMBER, zone.domain
+        if len(lowered) == size + 1 and lowered[0].decode("ascii", "replace") in zone.apps:
+            return _MEMBER, zone.domain
+        return _NXDOMAIN, zone.domain
+    if name in zone.domains:
+        return _APEX, name
+    return _OUTSIDE, ""
 
 
-def _soa(zone: Zone) -> RR:
+def _soa(zone: Zone, apex: str) -> RR:
     times = (1, _SOA_REFRESH, _SOA_RETRY, _SOA_EXPIRE, zone.ttl)
     rdata = SOA(zone.domain + ".", "hostmaster." + zone.domain + ".", times)
-    return RR(zone.domain + ".", QTYPE.SOA, CLASS.IN, zone.ttl, rdata)
+    return RR(apex + ".", QTYPE.SOA, CLASS.IN, zone.ttl, rdata)
 
 
 def _question_end(message: bytes) -> int:
@@ -335,6 +360,11 @@ def udp_limit(query: bytes) -> int:
 # --------------------------------------------------------------------------- server
 
 
+def _refused(reply: bytes) -> bool:
+    """Is ``reply`` our REFUSED for a standard query (a name outside our zones)?"""
+    return reply[3] & 0x0F == RCODE.REFUSED and not reply[2] & 0x7C
+
+
 class _UDPProtocol(asyncio.DatagramProtocol):
     def __init__(self, server: DNSServer) -> None:
         self._server = server
@@ -345,15 +375,30 @@ class _UDPProtocol(asyncio.DatagramProtocol):
         self.transport = transport  # type: ignore[assignment]
 
     def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        server = self._server
         try:
-            reply = answer(data, self._server.zone)
+            limiter = server.limiter
+            if limiter is not None and not limiter.allow(addr[0]):
+                return  # over its rate: drop, like a lost packet
+            reply = answer(data, server.zone)
             if reply is None or self.transport is None:
+                return
+            forwarder = server.forwarder
+            if forwarder is not None and _refused(reply) and forwarder.allows(addr[0]):
+                server._spawn(self._forward(forwarder, data, reply, addr))
                 return
             if len(reply) > PLAIN_UDP_SIZE and len(reply) > udp_limit(data):
                 reply = truncate(reply)
             self.transport.sendto(reply, addr)
         except Exception:
             log.debug("UDP query from %s failed", addr, exc_info=True)
+
+    async def _forward(self, forwarder: Forwarder, data: bytes, refused: bytes, addr: tuple[str, int]) -> None:
+        reply = await forwarder.resolve(data) or refused
+        if len(reply) > PLAIN_UDP_SIZE and len(reply) > udp_limit(data):
+            reply = truncate(reply)
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.sendto(reply, addr)
 
     def error_received(self, exc: Exception) -> None:
         log.debug("UDP socket error: %s", exc)
@@ -364,16 +409,31 @@ class _UDPProtocol(asyncio.DatagramProtocol):
 
 
 class DNSServer:
-    """Serve :func:`answer` on ``host:port`` over UDP and TCP."""
+    """Serve :func:`answer` on ``host:port`` over UDP and TCP.
 
-    def __init__(self, host: str = "127.0.0.1", port: int = 5354, zone: Zone | None = None) -> None:
+    ``forward``: forward names outside the zones for allowed clients (off by default).
+    ``rate_limit``: per-client token bucket (on by default, generous, loopback exempt);
+    ``None`` turns it off.
+    """
+
+    def __init__(
+        self,
+        host: str = "127.0.0.1",
+        port: int = 5354,
+        zone: Zone | None = None,
+        forward: ForwardConfig | None = None,
+        rate_limit: RateLimit | None = RateLimit(),  # frozen: sharing the default is safe
+    ) -> None:
         self.host = host
         self.zone: Zone = zone if zone is not None else Zone()
+        self.forwarder: Forwarder | None = Forwarder(forward) if forward is not None else None
+        self.limiter: RateLimiter | None = RateLimiter(rate_limit) if rate_limit is not None else None
         self._requested_port = port
         self._port = port
         self._udp: _UDPProtocol | None = None
         self._tcp: asyncio.Server | None = None
         self._tcp_tasks: set[asyncio.Task[None]] = set()
+        self._forward_tasks: set[asyncio.Task[None]] = set()
 
     def set_zone(self, zone: Zone) -> None:
         """Replace the zone; queries received from now on use it."""
@@ -405,6 +465,8 @@ class DNSServer:
                 continue
             self._udp = protocol
             self._port = port
+            if self.forwarder is not None:
+                self.forwarder.ignore(self.host, port)  # never forward to ourselves
             log.debug("DNS server listening on %s:%d (udp+tcp)", self.host, port)
             return
 
@@ -418,7 +480,7 @@ class DNSServer:
                 await asyncio.wait_for(asyncio.shield(udp.closed), timeout)
         if tcp is not None:
             tcp.close()
-        tasks = list(self._tcp_tasks)
+        tasks = [*self._tcp_tasks, *self._forward_tasks]
         for task in tasks:
             task.cancel()
         if tasks:
@@ -426,6 +488,21 @@ class DNSServer:
         if tcp is not None:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(tcp.wait_closed(), timeout)
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        """Run a forwarded query in the background; beyond the cap, drop it."""
+        limit = self.forwarder.config.max_inflight if self.forwarder is not None else 0
+        if len(self._forward_tasks) >= limit:
+            coro.close()
+            return
+        task = asyncio.ensure_future(coro)
+        self._forward_tasks.add(task)
+        task.add_done_callback(self._forward_done)
+
+    def _forward_done(self, task: asyncio.Task[None]) -> None:
+        self._forward_tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.debug("forwarded query failed", exc_info=task.exception())
 
     async def _serve_tcp(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
@@ -435,6 +512,8 @@ class DNSServer:
                 await writer.wait_closed()
             return
         self._tcp_tasks.add(task)
+        peer = writer.get_extra_info("peername")
+        client = str(peer[0]) if isinstance(peer, tuple) and peer else ""
         try:
             while True:
                 async with asyncio.timeout(TCP_IDLE_TIMEOUT):
@@ -442,9 +521,14 @@ class DNSServer:
                     if size < 12:  # cannot be a DNS message: framing is broken
                         return
                     message = await reader.readexactly(size)
+                if self.limiter is not None and not self.limiter.allow(client):
+                    return  # over its rate: close the connection
                 reply = answer(message, self.zone)
                 if reply is None:
                     continue
+                forwarder = self.forwarder
+                if forwarder is not None and _refused(reply) and forwarder.allows(client):
+                    reply = await forwarder.resolve(message) or reply
                 if len(reply) > 0xFFFF:
                     reply = truncate(reply)
                 writer.write(struct.pack("!H", len(reply)) + reply)

@@ -152,6 +152,34 @@ class Engine:
         return removed
 
     # containers
+    def ensure_network(self, name: str) -> None:
+        """A user-defined bridge network where apps reach each other by name."""
+        with _engine_errors(f"network {name}"):
+            if self.client.networks.list(names=[name]):
+                return
+            self.client.networks.create(
+                name, driver="bridge", labels={LABEL_MANAGED: "true", LABEL_INSTANCE: self.instance}
+            )
+
+    def ensure_volume(self, app: str, name: str) -> str:
+        """A named volume of app (created once, kept across releases); returns the engine's name."""
+        full = f"lbsolo-{self.instance}-{app}-{name}"
+        with _engine_errors(f"volume {name}"):
+            try:
+                self.client.volumes.get(full)
+            except docker.errors.NotFound:
+                self.client.volumes.create(full, labels=self.base_labels(app))
+        return full
+
+    def remove_app_volumes(self, app: str) -> int:
+        filters = {"label": [f"{LABEL_INSTANCE}={self.instance}", f"{LABEL_APP}={app}"]}
+        removed = 0
+        with _engine_errors(f"volumes of {app}"):
+            for volume in self.client.volumes.list(filters=filters):
+                volume.remove(force=True)
+                removed += 1
+        return removed
+
     def run(
         self,
         *,
@@ -161,28 +189,118 @@ class Engine:
         image: str,
         name: str,
         env: dict[str, str],
-        port: int,
+        port: int | None,
+        command: str | None = None,
+        network: str | None = None,
+        memory: str | None = None,
+        cpus: float | None = None,
+        volumes: dict[str, str] | None = None,
     ) -> Replica:
-        """Start a container whose port is published on 127.0.0.1 only, at a free host port."""
-        labels = {
-            **self.base_labels(app),
-            LABEL_RELEASE: str(release),
-            LABEL_PROCESS: process,
-            LABEL_PORT: str(port),
-        }
+        """Start a replica; a web port is published on 127.0.0.1 only, at a free host port."""
+        labels = {**self.base_labels(app), LABEL_RELEASE: str(release), LABEL_PROCESS: process}
+        kwargs: dict[str, Any] = {}
+        if port is not None:
+            labels[LABEL_PORT] = str(port)
+            kwargs["ports"] = {f"{port}/tcp": ("127.0.0.1", None)}
+        if command:
+            kwargs["entrypoint"] = ["/bin/sh", "-c"]
+            kwargs["command"] = [command]
+        if memory:
+            kwargs["mem_limit"] = parse_memory(memory)
+        if cpus:
+            kwargs["nano_cpus"] = int(cpus * 1e9)
+        if volumes:
+            kwargs["volumes"] = {vol: {"bind": path, "mode": "rw"} for vol, path in volumes.items()}
+        if network:
+            # Other apps reach this one as `<app>` (web) and `<process>.<app>`.
+            aliases = [f"{process}.{app}"] + ([app] if process == "web" else [])
+            kwargs["network"] = network
+            kwargs["networking_config"] = {network: self.client.api.create_endpoint_config(aliases=aliases)}
         with _engine_errors(f"start {name}"):
-            container = self.client.containers.run(
+            container = self.client.containers.create(
                 image,
                 name=name,
                 detach=True,
                 environment=env,
                 labels=labels,
-                ports={f"{port}/tcp": ("127.0.0.1", None)},
-                hostname=f"{app}-{process}-v{release}",
+                hostname=name.removeprefix("lbsolo-")[:63],
                 init=True,
+                **kwargs,
             )
+            container.start()
             container.reload()
         return self._replica(container)
+
+    def run_once(
+        self,
+        *,
+        app: str,
+        image: str,
+        command: str,
+        env: dict[str, str],
+        network: str | None,
+        on_output: Callable[[str], None],
+        timeout: float,
+    ) -> int:
+        """Run a one-off command in a fresh container of image; stream output; return its exit code."""
+        with _engine_errors(f"run in {app}"):
+            container = self.client.containers.run(
+                image,
+                entrypoint=["/bin/sh", "-c"],
+                command=[command],
+                detach=True,
+                environment=env,
+                labels={**self.base_labels(app), LABEL_PROCESS: "run"},
+                network=network,
+                init=True,
+            )
+            try:
+                buf = b""
+                for chunk in container.logs(stream=True, follow=True):
+                    buf += chunk
+                    *lines, buf = buf.split(b"\n")
+                    for line in lines:
+                        on_output(line.decode("utf-8", "replace"))
+                if buf:
+                    on_output(buf.decode("utf-8", "replace"))
+                result = container.wait(timeout=timeout)
+                return int(result.get("StatusCode", 1))
+            finally:
+                with contextlib.suppress(docker.errors.APIError):
+                    container.remove(force=True)
+
+    def follow_logs(self, container_id: str, since: float | None = None) -> Iterator[str]:
+        """Lines a container prints (stdout and stderr), following until it stops."""
+        with _engine_errors(f"logs of {container_id[:12]}"):
+            container = self.client.containers.get(container_id)
+            stream = container.logs(stream=True, follow=True, since=since or None)
+        buf = b""
+        try:
+            for chunk in stream:
+                buf += chunk
+                *lines, buf = buf.split(b"\n")
+                for line in lines:
+                    yield line.decode("utf-8", "replace")
+        except (docker.errors.DockerException, requests.exceptions.RequestException):
+            return
+        if buf:
+            yield buf.decode("utf-8", "replace")
+
+    def events(self, since: float | None = None) -> Iterator[dict[str, str]]:
+        """Container events of this instance: {"action", "id", "app"}; blocks until the engine goes."""
+        filters = {"type": "container", "label": [f"{LABEL_INSTANCE}={self.instance}"]}
+        with _engine_errors("events"):
+            stream = self.client.events(decode=True, filters=filters, since=since)
+        try:
+            for event in stream:
+                attrs = (event.get("Actor") or {}).get("Attributes") or {}
+                yield {
+                    "action": str(event.get("Action", "")),
+                    "id": str(event.get("id", "")),
+                    "app": attrs.get(LABEL_APP, ""),
+                }
+        except (docker.errors.DockerException, requests.exceptions.RequestException) as e:
+            raise EngineUnavailable(f"event stream ended: {e}") from e
 
     def list_replicas(self, app: str | None = None) -> list[Replica]:
         """Every container of this instance (running or not), optionally of one app."""

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import re
 import time
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -58,9 +59,11 @@ class BuildStatus(StrEnum):
 class DeployStep(StrEnum):
     """The named steps of a rollout, saved on the release as it moves along."""
 
-    START = "start"  # start the new replica(s)
-    WAIT_READY = "wait_ready"  # wait until they accept connections
-    SWAP = "swap"  # point the proxy at them
+    RELEASE_PHASE = "release_phase"  # the Procfile's `release:` command, before anything changes
+    START = "start"  # start the new replicas
+    WAIT_READY = "wait_ready"  # wait until they pass their health checks
+    SWAP = "swap"  # point the proxy at them, atomically
+    DRAIN = "drain"  # old replicas get no new requests; in-flight ones finish
     STOP_OLD = "stop_old"  # stop the previous release's replicas
     DONE = "done"
 
@@ -69,27 +72,110 @@ def now() -> float:
     return round(time.time(), 3)
 
 
+_SECRET_HINTS = ("SECRET", "TOKEN", "PASSWORD", "PASSWD", "API_KEY", "PRIVATE_KEY", "ACCESS_KEY", "CREDENTIAL")
+_CONFIG_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
+RESERVED_CONFIG = frozenset({"PORT", "LBSOLO_APP", "LBSOLO_RELEASE", "LBSOLO_PROCESS"})
+_PROCESS_NAME = re.compile(r"^[a-z][a-z0-9]{0,19}$")
+WEB = "web"
+MASK = "********"
+
+
+def validate_config_key(key: str) -> str:
+    if not _CONFIG_KEY.match(key):
+        raise InvalidInput(f"invalid config key {key!r}: use letters, digits and '_', not starting with a digit")
+    if key in RESERVED_CONFIG:
+        raise InvalidInput(f"config key {key} is set by lbsolo itself")
+    return key
+
+
+def validate_process_name(name: str) -> str:
+    if not _PROCESS_NAME.match(name):
+        raise InvalidInput(f"invalid process type {name!r}: use up to 20 lowercase letters and digits")
+    return name
+
+
+def looks_secret(key: str) -> bool:
+    upper = key.upper()
+    return any(hint in upper for hint in _SECRET_HINTS)
+
+
+def masked_config(config: dict[str, str], secrets: list[str] | set[str]) -> dict[str, str]:
+    """Config as it may be shown: values of secret keys replaced by a mask."""
+    return {k: (MASK if k in secrets or looks_secret(k) else v) for k, v in sorted(config.items())}
+
+
+@dataclass
+class HealthCheck:
+    """How the daemon decides a web replica is ready; checked from outside the container."""
+
+    path: str | None = "/"  # None: the port accepts connections and keeps them open
+    interval: float = 0.5
+    timeout: float = 2.0
+    retries: int = 1  # consecutive successes needed
+    grace: float = 0.0  # seconds after start before the first check
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any] | None) -> HealthCheck:
+        d = d or {}
+        check = cls(
+            path=d.get("path", "/"),
+            interval=float(d.get("interval", 0.5)),
+            timeout=float(d.get("timeout", 2.0)),
+            retries=int(d.get("retries", 1)),
+            grace=float(d.get("grace", 0.0)),
+        )
+        if check.path is not None and not str(check.path).startswith("/"):
+            raise InvalidInput(f"health check path must start with '/': {check.path!r}")
+        if not (0 < check.timeout <= 60 and 0 < check.interval <= 60 and 1 <= check.retries <= 20):
+            raise InvalidInput("health check: timeout and interval in (0, 60] seconds, retries 1-20")
+        return check
+
+
 @dataclass
 class App:
     name: str
     created_at: float = field(default_factory=now)
     release: int | None = None  # version currently meant to serve
+    formation: dict[str, int] = field(default_factory=lambda: {WEB: 1})
+    config: dict[str, str] = field(default_factory=dict)
+    secrets: list[str] = field(default_factory=list)  # keys explicitly marked secret
+    health: dict[str, Any] | None = None  # overrides of the source's health check
+    resources: dict[str, dict[str, Any]] = field(default_factory=dict)  # process -> {memory, cpus}
+    volumes: dict[str, str] = field(default_factory=dict)  # volume name -> mount path
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> App:
-        return cls(name=d["name"], created_at=d.get("created_at", 0.0), release=d.get("release"))
+        return cls(
+            name=d["name"],
+            created_at=d.get("created_at", 0.0),
+            release=d.get("release"),
+            formation=dict(d.get("formation") or {WEB: 1}),
+            config=dict(d.get("config") or {}),
+            secrets=list(d.get("secrets") or []),
+            health=d.get("health"),
+            resources=dict(d.get("resources") or {}),
+            volumes=dict(d.get("volumes") or {}),
+        )
 
 
 @dataclass
 class Release:
+    """Immutable once active: image + config + process commands + health check + version."""
+
     app: str
     version: int
-    image: str  # image id (sha256:...), immutable
+    image: str  # image id (sha256:...), never rebuilt
     build_id: str | None = None
     description: str = ""
+    config: dict[str, str] = field(default_factory=dict)
+    processes: dict[str, str] = field(default_factory=dict)  # type -> command; empty: the image's CMD as web
+    health: dict[str, Any] = field(default_factory=dict)
     status: ReleaseStatus = ReleaseStatus.PENDING
     step: DeployStep | None = None
     error: str | None = None
@@ -98,6 +184,14 @@ class Release:
     @property
     def label(self) -> str:
         return f"v{self.version}"
+
+    def process_types(self) -> list[str]:
+        """The process types this release can run; `web` always (the image's CMD if not declared)."""
+        kinds = {WEB, *self.processes}
+        return sorted(k for k in kinds if k not in ("release", "test"))
+
+    def command(self, process: str) -> str | None:
+        return self.processes.get(process)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -113,6 +207,9 @@ class Release:
             image=d["image"],
             build_id=d.get("build_id"),
             description=d.get("description", ""),
+            config=dict(d.get("config") or {}),
+            processes=dict(d.get("processes") or {}),
+            health=dict(d.get("health") or {}),
             status=ReleaseStatus(d.get("status", "pending")),
             step=DeployStep(d["step"]) if d.get("step") else None,
             error=d.get("error"),
@@ -164,3 +261,19 @@ class Replica:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def parse_formation(items: Iterable[str]) -> dict[str, int]:
+    """`web=3 worker=2` -> {"web": 3, "worker": 2}."""
+    out = {}
+    for item in items:
+        kind, sep, count = item.partition("=")
+        if not sep or not count.strip().isdigit():
+            raise InvalidInput(f"expected TYPE=COUNT, got {item!r}")
+        n = int(count)
+        if n > 50:
+            raise InvalidInput(f"{kind}={n}: at most 50 replicas per process type on one server")
+        out[validate_process_name(kind.strip())] = n
+    if not out:
+        raise InvalidInput("nothing to scale: give TYPE=COUNT pairs, e.g. web=2")
+    return out

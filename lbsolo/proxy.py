@@ -74,7 +74,7 @@ def normalize_host(value: str | bytes | None) -> str:
 class RouteTable:
     """Immutable snapshot of the routes; pure decisions, no I/O."""
 
-    __slots__ = ("_by_name", "_suffix", "_targets", "domain", "routes")
+    __slots__ = ("_by_name", "_by_raw", "_suffix", "_targets", "domain", "routes")
 
     def __init__(self, domain: str, routes: Mapping[str, Route] | None = None) -> None:
         self.domain: str = normalize_host(domain).strip(".")
@@ -87,6 +87,18 @@ class RouteTable:
         self.routes: Mapping[str, Route] = MappingProxyType(copied)
         self._by_name = {name.lower(): route for name, route in copied.items()}
         self._targets = frozenset(t for r in copied.values() for t in r.targets)
+        self._by_raw: dict[bytes, Route | None] = {}  # raw Host header -> match(), filled as hosts are seen
+
+    def match_raw(self, raw_host: bytes) -> Route | None:
+        """`match` for a raw Host header value, memoized (the proxy's per-request lookup)."""
+        try:
+            return self._by_raw[raw_host]
+        except KeyError:
+            pass
+        route = self.match(normalize_host(raw_host))
+        if len(self._by_raw) < 4096:  # bounded: clients choose the Host header
+            self._by_raw[raw_host] = route
+        return route
 
     def match(self, host: str) -> Route | None:
         """The route for an already normalized host `<app>.<domain>`; None for anything else."""
@@ -114,16 +126,20 @@ _HOP_BY_HOP = frozenset(
 )
 # Request headers never forwarded as sent: hop-by-hop ones and those the proxy sets itself.
 _REQ_DROP = _HOP_BY_HOP | {b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host"}
+# Response headers the proxy interprets rather than copies.
+_RESP_SPECIAL = _HOP_BY_HOP | {b"content-length"}
+_CONN_PLAIN = frozenset({b"close", b"keep-alive", b"upgrade", b"content-length", b""})
 _IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE", b"TRACE"})
 
 _MAX_HEAD_BYTES = 64 * 1024  # request line/status + headers
 _MAX_HEADERS = 128
 _BODY_BUFFER = 256 * 1024  # request body buffered while connecting before reading pauses
-_POOL_MAX = 128  # idle upstream connections kept per target
+_PIPELINE_MAX = 8  # complete requests queued on one client connection before reading pauses
+_POOL_MAX = 1024  # idle upstream connections kept per target
 _POOL_IDLE = 3.0  # seconds an idle upstream connection is kept (below common app keep-alive timeouts)
 
 # client read-pause reasons (bit set)
-_P_QUEUE = 1  # a complete request is waiting for its response
+_P_QUEUE = 1  # too many pipelined requests are waiting for their responses
 _P_UPSTREAM = 2  # upstream write buffer full
 _P_BUFFER = 4  # too much body buffered while connecting
 _P_BROKEN = 8  # unparseable input: read nothing more
@@ -446,7 +462,11 @@ class _Client(asyncio.Protocol):
         if sink is not None:
             sink._end_body()
         if not req.finished:
-            self._pause(_P_QUEUE)
+            # Waiting for the app: the upstream's deadline applies, not the client's. Reading goes on
+            # (pipelined requests queue up) so that a plain keep-alive exchange never pauses the socket.
+            self.deadline = None
+            if len(self._queue) >= _PIPELINE_MAX:
+                self._pause(_P_QUEUE)
 
     # -- parsing -------------------------------------------------------------------------
 
@@ -456,6 +476,7 @@ class _Client(asyncio.Protocol):
         except httptools.HttpParserUpgrade as exc:
             self._upgrade_wait = True
             self._leftover = data[exc.args[0] :] if exc.args else b""
+            self._pause(_P_QUEUE)  # until the app accepts or declines the upgrade
         except httptools.HttpParserError as exc:
             self._on_parse_error(exc)
         except Exception:
@@ -516,7 +537,7 @@ class _Client(asyncio.Protocol):
             return
         server = self._server
         table = server.table
-        route = table.match(normalize_host(req.host))
+        route = table.match_raw(req.host)
         if route is None:
             suffix = _port_suffix(req.host)
             links = [(app, f"http://{app}.{table.domain}{suffix}") for app in table.apps()]
@@ -645,8 +666,10 @@ class _Client(asyncio.Protocol):
                 self._feed(data)
                 if self._closed:
                     return
-        if not any(r.body_done for r in queue):
+        if self._paused & _P_QUEUE and len(queue) < _PIPELINE_MAX:
             self._resume(_P_QUEUE)
+        elif not self._paused and not queue and self._parsing is None:
+            self.deadline = self._loop.time() + self._server.idle_timeout
         if self._server._stopping and not queue and self._parsing is None:
             self._close()
             return
@@ -749,6 +772,7 @@ class _Client(asyncio.Protocol):
 class _Upstream(asyncio.Protocol):
     __slots__ = (
         "_closed",
+        "_conn_tokens",
         "_done",
         "_eof_body",
         "_got",
@@ -756,6 +780,7 @@ class _Upstream(asyncio.Protocol):
         "_headers",
         "_interim",
         "_keep",
+        "_length",
         "_loop",
         "_lost",
         "_mode",
@@ -766,8 +791,11 @@ class _Upstream(asyncio.Protocol):
         "_req_sent",
         "_reused",
         "_server",
+        "_stale",
         "_status",
+        "_te",
         "_tunnel",
+        "_upgrade",
         "_write_paused",
         "client",
         "deadline",
@@ -792,6 +820,7 @@ class _Upstream(asyncio.Protocol):
         self._read_paused = False
         self._write_paused = False
         self._tunnel = False
+        self._stale = True  # the response parser must be replaced before the next exchange
         self.pooled = False
         self.idle_since = 0.0
         self.deadline: float | None = None  # waiting for the app to answer
@@ -801,7 +830,11 @@ class _Upstream(asyncio.Protocol):
     def _reset(self) -> None:
         self._status = 0
         self._reason = b""
-        self._headers: list[tuple[bytes, bytes, bytes]] = []
+        self._headers: list[tuple[bytes, bytes, bytes]] = []  # end-to-end ones only
+        self._length: bytes | None = None  # Content-Length value
+        self._te: bytes | None = None  # Transfer-Encoding value
+        self._conn_tokens: set[bytes] | None = None  # Connection header tokens
+        self._upgrade: bytes | None = None
         self._head_bytes = 0
         self._mode = _M_NONE
         self._eof_body = False
@@ -915,9 +948,23 @@ class _Upstream(asyncio.Protocol):
         self._head_bytes += len(name) + len(value) + 4
         if self._head_bytes > _MAX_HEAD_BYTES or len(self._headers) >= _MAX_HEADERS:
             raise _BadResponse("response head too large")
-        if self.req is not None and self.req.responded:
+        req = self.req
+        if req is not None and req.responded:
             return  # trailers
-        self._headers.append((name.lower(), name, value))
+        lname = name.lower()
+        if lname not in _RESP_SPECIAL:
+            self._headers.append((lname, name, value))
+        elif lname == b"content-length":
+            self._length = value
+        elif lname == b"transfer-encoding":
+            self._te = value
+        elif lname == b"connection":
+            tokens = self._conn_tokens
+            if tokens is None:
+                self._conn_tokens = tokens = set()
+            tokens.update(t.strip().lower() for t in value.split(b","))
+        elif lname == b"upgrade":
+            self._upgrade = value
 
     def on_headers_complete(self) -> None:
         client = self.client
@@ -935,19 +982,14 @@ class _Upstream(asyncio.Protocol):
             return
         if status == 101 and not req.upgrade:
             raise _BadResponse("101 without an upgrade request")
-        cl = False
-        te = False
-        chunked = False
-        for lname, _name, value in self._headers:
-            if lname == b"content-length":
-                cl = True
-            elif lname == b"transfer-encoding":
-                te = True
-                chunked = value.rpartition(b",")[2].strip().lower() == b"chunked"
+        te = self._te
+        chunked = te is not None and te.rpartition(b",")[2].strip().lower() == b"chunked"
         no_body = req.method == b"HEAD" or status in (204, 304) or status == 101
         if no_body:
+            # The parser does not know the request method: a fresh one parses the next response.
+            self._stale = True
             mode = _M_NONE
-        elif cl and not te:
+        elif self._length is not None and te is None:
             mode = _M_LENGTH
         else:
             self._eof_body = not chunked
@@ -976,6 +1018,7 @@ class _Upstream(asyncio.Protocol):
         if self._interim:
             self._interim = False
             self._headers = []
+            self._length = self._te = self._upgrade = self._conn_tokens = None
             self._reason = b""
             self._head_bytes = 0
             return
@@ -999,27 +1042,27 @@ class _Upstream(asyncio.Protocol):
         reason = self._reason or _PHRASES.get(status, b"")
         parts = [b"HTTP/1.1 %d %s\r\n" % (status, reason)]
         append = parts.append
-        tokens: set[bytes] = set()
-        for lname, _name, value in headers:
-            if lname == b"connection":
-                tokens.update(t.strip().lower() for t in value.split(b","))
-        tokens.discard(b"content-length")
-        for lname, name, value in headers:
-            if lname in _HOP_BY_HOP or lname in tokens:
-                continue
-            if lname == b"content-length" and mode != _M_LENGTH and mode != _M_NONE:
-                continue
-            append(b"%s: %s\r\n" % (name, value))
+        extend = parts.extend
+        tokens = self._conn_tokens
+        if tokens:
+            tokens -= _CONN_PLAIN
+        if tokens:  # the app named more hop-by-hop headers
+            for lname, name, value in headers:
+                if lname not in tokens:
+                    extend((name, b": ", value, b"\r\n"))
+        else:
+            for _lname, name, value in headers:
+                extend((name, b": ", value, b"\r\n"))
+        length = self._length
+        if length is not None and mode < _M_CHUNKED:  # _M_NONE or _M_LENGTH
+            extend((b"Content-Length: ", length, b"\r\n"))
         if interim:
             append(b"\r\n")
             return b"".join(parts)
         if status == 101:
             req = self.req
             assert req is not None
-            upgrade = req.upgrade_value
-            for lname, _name, value in headers:
-                if lname == b"upgrade":
-                    upgrade = value
+            upgrade = self._upgrade or req.upgrade_value
             append(b"Connection: Upgrade\r\nUpgrade: %s\r\n\r\n" % upgrade)
             return b"".join(parts)
         if mode == _M_CHUNKED:
@@ -1036,7 +1079,9 @@ class _Upstream(asyncio.Protocol):
         self.client = client
         self.req = req
         self._reused = reused
-        self._parser = httptools.HttpResponseParser(self)
+        if self._stale:
+            self._stale = False
+            self._parser = httptools.HttpResponseParser(self)
         parts = [req.method, b" ", req.url, b" HTTP/1.1\r\n"]
         extend = parts.extend
         tokens = req.conn_tokens
@@ -1237,7 +1282,10 @@ class ProxyServer:
             raise RuntimeError("proxy already started")
         self._loop = loop = asyncio.get_running_loop()
         self._stopping = False
-        self._server = await loop.create_server(lambda: _Client(self), self.host, self._port, reuse_address=True)
+        # A deep accept queue: a burst of new connections must not overflow it (SYN retries cost seconds).
+        self._server = await loop.create_server(
+            lambda: _Client(self), self.host, self._port, reuse_address=True, backlog=4096
+        )
         self._port = self._server.sockets[0].getsockname()[1]
         self._sweeper = loop.call_later(self._sweep_every, self._sweep)
         log.info("proxy listening on http://%s:%d for *.%s", self.host, self._port, self.table.domain)

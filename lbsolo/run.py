@@ -1,8 +1,10 @@
-"""Replica lifecycle on the engine: start, wait until ready, stop.
+"""Replica lifecycle on the engine: start, health-check, stop.
 
-Readiness is checked from the daemon, never from inside the image: an HTTP request through
-the port published on 127.0.0.1, carrying the app's own Host header. A bare TCP connect is not
-enough, because Docker's userland proxy accepts connections even when nothing listens inside.
+Health checks run from the daemon, never inside the image: an HTTP GET through the port
+published on 127.0.0.1, carrying the app's own Host header (frameworks reject unknown hosts).
+Without an HTTP path the check is "the port accepts a connection and keeps it open": a bare
+connect is not enough, because Docker's userland proxy accepts connections even when nothing
+listens inside, and then closes them.
 """
 
 from __future__ import annotations
@@ -11,31 +13,65 @@ import asyncio
 import contextlib
 import secrets
 import time
+from dataclasses import dataclass, field
 
 from lbsolo.engine import Engine
 from lbsolo.errors import DeployFailed, EngineError
-from lbsolo.models import Release, Replica
+from lbsolo.models import WEB, HealthCheck, Release, Replica
+
+
+@dataclass(frozen=True)
+class ReplicaSpec:
+    """Everything needed to start one replica of a release's process type."""
+
+    release: Release
+    process: str
+    port: int | None  # the PORT web processes listen on inside the container
+    network: str | None = None
+    memory: str | None = None
+    cpus: float | None = None
+    volumes: dict[str, str] = field(default_factory=dict)  # engine volume name -> mount path
+
+    def env(self) -> dict[str, str]:
+        env = {
+            **self.release.config,
+            "LBSOLO_APP": self.release.app,
+            "LBSOLO_RELEASE": self.release.label,
+            "LBSOLO_PROCESS": self.process,
+        }
+        if self.port is not None:
+            env["PORT"] = str(self.port)
+        return env
 
 
 def replica_name(app: str, version: int, process: str) -> str:
     return f"lbsolo-{app}-{process}-v{version}-{secrets.token_hex(3)}"
 
 
-def replica_env(app: str, release: Release, port: int, config: dict[str, str] | None = None) -> dict[str, str]:
-    return {**(config or {}), "PORT": str(port), "LBSOLO_APP": app, "LBSOLO_RELEASE": release.label}
-
-
-async def start_replica(engine: Engine, release: Release, *, process: str, port: int) -> Replica:
+async def start_replica(engine: Engine, spec: ReplicaSpec) -> Replica:
+    release = spec.release
     return await asyncio.to_thread(
         engine.run,
         app=release.app,
         release=release.version,
-        process=process,
+        process=spec.process,
         image=release.image,
-        name=replica_name(release.app, release.version, process),
-        env=replica_env(release.app, release, port),
-        port=port,
+        name=replica_name(release.app, release.version, spec.process),
+        env=spec.env(),
+        port=spec.port if spec.process == WEB else None,
+        command=release.command(spec.process),
+        network=spec.network,
+        memory=spec.memory,
+        cpus=spec.cpus,
+        volumes=spec.volumes,
     )
+
+
+async def _close(writer: asyncio.StreamWriter | None) -> None:
+    if writer is not None:
+        writer.close()
+        with contextlib.suppress(OSError):
+            await writer.wait_closed()
 
 
 async def http_probe(port: int, host_header: str, path: str = "/", timeout: float = 2.0) -> int | None:
@@ -43,45 +79,76 @@ async def http_probe(port: int, host_header: str, path: str = "/", timeout: floa
     writer = None
     try:
         reader, writer = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port), timeout)
-        writer.write(f"GET {path} HTTP/1.0\r\nHost: {host_header}\r\nUser-Agent: lbsolo-check\r\n\r\n".encode())
+        request = f"GET {path} HTTP/1.0\r\nHost: {host_header}\r\nUser-Agent: lbsolo-health\r\n\r\n"
+        writer.write(request.encode())
         line = await asyncio.wait_for(reader.readline(), timeout)
     except (OSError, TimeoutError):
         return None
     finally:
-        if writer is not None:
-            writer.close()
-            with contextlib.suppress(OSError):
-                await writer.wait_closed()
+        await _close(writer)
     parts = line.split()
     if len(parts) >= 2 and parts[0].startswith(b"HTTP/") and parts[1].isdigit():
         return int(parts[1])
     return None
 
 
-async def wait_ready(engine: Engine, replica: Replica, *, host_header: str, timeout: float) -> None:
-    """Return once the replica answers HTTP; raise DeployFailed (with its logs) otherwise."""
+async def tcp_probe(port: int, timeout: float = 2.0, hold: float = 0.2) -> bool:
+    """Connect and see the connection stay open for `hold` seconds (see the module docstring)."""
+    writer = None
+    try:
+        reader, writer = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port), timeout)
+        try:
+            data = await asyncio.wait_for(reader.read(1), hold)
+        except TimeoutError:
+            return True  # still open, nothing said: something listens
+        return data != b""  # a server that speaks first is up; EOF means nobody is inside
+    except (OSError, TimeoutError):
+        return False
+    finally:
+        await _close(writer)
+
+
+async def check_once(replica: Replica, check: HealthCheck, host_header: str) -> tuple[bool, str]:
+    if replica.host_port is None:
+        return False, "no published port"
+    if check.path is None:
+        ok = await tcp_probe(replica.host_port, check.timeout)
+        return ok, "port accepts connections" if ok else "port does not accept connections"
+    status = await http_probe(replica.host_port, host_header, check.path, check.timeout)
+    if status is None:
+        return False, f"no HTTP answer on GET {check.path}"
+    return status < 400, f"GET {check.path} answered {status}"
+
+
+async def wait_ready(engine: Engine, replica: Replica, *, check: HealthCheck, host_header: str, timeout: float) -> None:
+    """Return once the replica passes `check.retries` checks in a row; raise DeployFailed otherwise."""
     deadline = time.monotonic() + timeout
-    delay = 0.05
+    if check.grace:
+        await asyncio.sleep(min(check.grace, timeout))
+    passed, last = 0, "not checked yet"
+    delay = min(0.05, check.interval)
     while True:
-        if replica.host_port is not None:
-            status = await http_probe(replica.host_port, host_header)
-            if status is not None and status < 500:
-                return
+        if replica.process == WEB:
+            ok, last = await check_once(replica, check, host_header)
+        else:
+            ok, last = replica.running, "running"
+        passed = passed + 1 if ok else 0
+        if passed >= (check.retries if replica.process == WEB else 1):
+            return
         current = await asyncio.to_thread(_inspect, engine, replica)
         if current is None or not current.running:
             logs = await asyncio.to_thread(_logs, engine, replica.id)
-            raise DeployFailed(f"{replica.name} exited before answering HTTP.\n{logs}".rstrip())
+            raise DeployFailed(f"{replica.name} exited before passing its health check.\n{logs}".rstrip())
         replica = current
         if time.monotonic() > deadline:
             logs = await asyncio.to_thread(_logs, engine, replica.id)
-            raise DeployFailed(
-                f"{replica.name} did not answer HTTP on its port within {timeout:.0f}s.\n{logs}".rstrip()
-            )
+            raise DeployFailed(f"{replica.name} failed its health check for {timeout:.0f}s ({last}).\n{logs}".rstrip())
         await asyncio.sleep(delay)
-        delay = min(delay * 2, 0.5)
+        delay = min(delay * 2, check.interval)
 
 
 async def stop_replicas(engine: Engine, replicas: list[Replica], timeout: int) -> None:
+    """SIGTERM, wait up to timeout, SIGKILL, remove: all replicas at once."""
     await asyncio.gather(*(asyncio.to_thread(engine.stop_and_remove, r.id, timeout) for r in replicas))
 
 

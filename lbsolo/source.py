@@ -141,3 +141,25 @@ def pack(root: Path, limit: int) -> IO[bytes]:
         out.close()
         raise
     return out
+
+
+def parse_dotenv(text: str) -> dict[str, str]:
+    """KEY=VALUE lines of a .env file: comments, `export`, and single or double quotes handled."""
+    out = {}
+    for n, raw in enumerate(text.splitlines(), 1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        line = line.removeprefix("export ").strip()
+        key, sep, value = line.partition("=")
+        if not sep or not key.strip():
+            raise InvalidInput(f"line {n} of the .env file is not KEY=VALUE: {raw!r}")
+        value = value.strip()
+        if len(value) >= 2 and value[0] == value[-1] and value[0] in "\"'":
+            quote, value = value[0], value[1:-1]
+            if quote == '"':
+                value = value.replace("\\n", "\n").replace('\\"', '"')
+        elif " #" in value:
+            value = value.split(" #", 1)[0].rstrip()
+        out[key.strip()] = value
+    return out

@@ -7,6 +7,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 RELEASE = os.environ.get("LBSOLO_RELEASE", "dev")
 HOSTNAME = socket.gethostname()
+GREETING = os.environ.get("GREETING", "Hello")
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -19,7 +20,7 @@ class Handler(BaseHTTPRequestHandler):
             body = json.dumps({"release": RELEASE, "hostname": HOSTNAME, "headers": dict(self.headers)})
             self.reply(200, "application/json", body.encode())
         elif self.path == "/":
-            body = f"Hello from lbsolo! release={RELEASE} hostname={HOSTNAME}\n"
+            body = f"{GREETING} from lbsolo! release={RELEASE} hostname={HOSTNAME}\n"
             self.reply(200, "text/plain; charset=utf-8", body.encode())
         else:
             self.reply(404, "text/plain; charset=utf-8", b"not found\n")

@@ -69,6 +69,7 @@ class Daemon:
     dns_port: int = field(default_factory=free_port)
     proc: subprocess.Popen[str] | None = None
     log_path: Path | None = None
+    extra_env: dict[str, str] = field(default_factory=dict)
 
     @property
     def env(self) -> dict[str, str]:
@@ -83,6 +84,7 @@ class Daemon:
             LBSOLO_DEPLOY_TIMEOUT="30",
             COLUMNS="200",
         )
+        env.update(self.extra_env)
         return env
 
     @property
@@ -135,6 +137,16 @@ class Daemon:
             capture_output=True,
             text=True,
             timeout=timeout,
+            cwd=ROOT,
+        )
+
+    def cli_background(self, *args: str) -> subprocess.Popen[str]:
+        return subprocess.Popen(
+            [sys.executable, "-m", "lbsolo", *args],
+            env=self.env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            text=True,
             cwd=ROOT,
         )
 

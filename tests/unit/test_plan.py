@@ -1,5 +1,8 @@
-from lbsolo.core import ActionKind, plan, routes_for
-from lbsolo.models import Replica
+import pytest
+
+from lbsolo.core import ActionKind, Desired, plan, rollback_target, routes_for
+from lbsolo.errors import InvalidInput, NotFound
+from lbsolo.models import Release, ReleaseStatus, Replica, parse_formation
 from lbsolo.proxy import Target
 
 
@@ -55,3 +58,52 @@ def test_routes_skip_stopped_and_other_releases():
     actual = [rep("a", release=1, running=False), rep("b", release=2, port=42000), rep("w", process="worker")]
     assert routes_for({"hello": 1}, actual)["hello"].targets == ()
     assert routes_for({"hello": 2}, actual)["hello"].targets == (Target("127.0.0.1", 42000),)
+
+
+def test_formation_runs_each_process_type_and_removes_scaled_down_ones():
+    actual = [rep("w1"), rep("k1", process="worker", port=None), rep("k2", process="worker", port=None)]
+    desired = {"hello": Desired(1, {"web": 3, "worker": 1})}
+    got = kinds(plan(desired, actual))
+    assert got.count((ActionKind.RUN, "hello", None)) == 2
+    removed = [k for k in got if k[0] is ActionKind.REMOVE]
+    assert len(removed) == 1 and removed[0][2] in ("k1", "k2")
+
+
+def test_process_scaled_to_zero_is_removed():
+    actual = [rep("w1"), rep("k1", process="worker", port=None)]
+    assert kinds(plan({"hello": Desired(1, {"web": 1, "worker": 0})}, actual)) == [(ActionKind.REMOVE, "hello", "k1")]
+
+
+def rel(version, status=ReleaseStatus.SUPERSEDED):
+    return Release(app="hello", version=version, image=f"sha256:{version}", status=status)
+
+
+def test_rollback_goes_to_the_previous_good_release():
+    releases = [rel(1), rel(2), rel(3, ReleaseStatus.FAILED), rel(4, ReleaseStatus.ACTIVE)]
+    assert rollback_target(releases, 4, None).version == 2
+    assert rollback_target(releases, 4, 1).version == 1
+
+
+@pytest.mark.parametrize(("version", "error"), [(3, InvalidInput), (4, InvalidInput), (9, NotFound)])
+def test_rollback_refuses_failed_current_and_unknown_releases(version, error):
+    releases = [rel(1), rel(2), rel(3, ReleaseStatus.FAILED), rel(4, ReleaseStatus.ACTIVE)]
+    with pytest.raises(error):
+        rollback_target(releases, 4, version)
+
+
+def test_rollback_needs_an_earlier_release():
+    with pytest.raises(InvalidInput, match="no earlier release"):
+        rollback_target([rel(1, ReleaseStatus.ACTIVE)], 1, None)
+
+
+@pytest.mark.parametrize(
+    ("items", "expected"), [(["web=3"], {"web": 3}), (["web=1", "worker=0"], {"web": 1, "worker": 0})]
+)
+def test_parse_formation(items, expected):
+    assert parse_formation(items) == expected
+
+
+@pytest.mark.parametrize("items", [[], ["web"], ["web=x"], ["Web=1"], ["web=99"]])
+def test_parse_formation_rejects(items):
+    with pytest.raises(InvalidInput):
+        parse_formation(items)

@@ -1,0 +1,115 @@
+#!/usr/bin/env bash
+# Proxy benchmark: wrk against nginx, Caddy and lbsolo's proxy, all proxying the same upstream
+# (an nginx answering 'hello world' on 127.0.0.1:9101), in one run on this machine.
+# Prints req/s, p50, p99 and errors per target at 64 and 512 connections, lbsolo's ratios, a
+# 1,000-connection run against lbsolo and its RSS while holding 1,000 idle keep-alive connections.
+# Targets (PRODUCT.md): at 64 connections lbsolo >= 0.4x nginx and >= 1.0x Caddy req/s, p99 <= 2.5x
+# nginx's; no errors at 1,000 connections. Needs Debian's nginx-light, caddy and wrk.
+# Usage: bench/proxy.sh [seconds]
+set -uo pipefail
+cd "$(dirname "$0")/.."
+D=${1:-8}
+T=$(mktemp -d)
+trap 'kill $(jobs -p) 2>/dev/null; wait 2>/dev/null; rm -rf "$T"' EXIT
+
+# The upstream and the two anchors, configured as ../shared/bench/proxy_anchors.sh does.
+cat >"$T/up.conf" <<NG
+worker_processes 1; daemon off; pid $T/up.pid; error_log $T/up.err;
+events { worker_connections 4096; }
+http { access_log off; server { listen 127.0.0.1:9101; location / { return 200 "hello world\n"; } } }
+NG
+cat >"$T/px.conf" <<NG
+worker_processes 1; daemon off; pid $T/px.pid; error_log $T/px.err;
+events { worker_connections 4096; }
+http { access_log off;
+  upstream app { server 127.0.0.1:9101; keepalive 64; }
+  server { listen 127.0.0.1:9102; location / { proxy_pass http://app; proxy_http_version 1.1; proxy_set_header Connection ""; proxy_set_header Host \$host; proxy_set_header X-Forwarded-For \$remote_addr; } } }
+NG
+cat >"$T/Caddyfile" <<CF
+{
+  admin off
+  auto_https off
+}
+http://:9103 {
+  reverse_proxy 127.0.0.1:9101
+}
+CF
+nginx -c "$T/up.conf" -e "$T/up.err" &
+nginx -c "$T/px.conf" -e "$T/px.err" &
+XDG_DATA_HOME=$T XDG_CONFIG_HOME=$T caddy run --config "$T/Caddyfile" --adapter caddyfile >"$T/caddy.log" 2>&1 &
+
+# lbsolo's proxy alone, on uvloop like the daemon runs it.
+.venv/bin/python - >"$T/lbsolo.log" 2>&1 <<'PY' &
+import asyncio
+import uvloop
+from lbsolo.proxy import ProxyServer, Route, Target
+
+async def main() -> None:
+    proxy = ProxyServer("127.0.0.1", 9104, "lbsolo.localhost")
+    proxy.set_routes({"bench": Route("bench", "v1", (Target("127.0.0.1", 9101),))})
+    await proxy.start()
+    await asyncio.Event().wait()
+
+uvloop.run(main())
+PY
+LB_PID=$!
+sleep 2
+
+to_ms() { awk '{v=$1; if (v ~ /us$/) {sub(/us$/,"",v); v/=1000} else if (v ~ /ms$/) {sub(/ms$/,"",v)} else if (v ~ /s$/) {sub(/s$/,"",v); v*=1000}; printf "%.3f", v}'; }
+
+run() {  # name port conns [host]
+  local hdr=()
+  [ -n "${4:-}" ] && hdr=(-H "Host: $4")
+  out=$(wrk -t1 -c"$3" -d"${D}s" --latency "${hdr[@]}" "http://127.0.0.1:$2/" 2>&1)
+  rps=$(echo "$out" | awk '/Requests\/sec/ {print $2}')
+  p50=$(echo "$out" | awk '$1=="50%" {print $2}' | to_ms)
+  p99=$(echo "$out" | awk '$1=="99%" {print $2}' | to_ms)
+  err=$(echo "$out" | grep -E 'Non-2xx|Socket errors' | tr -s ' \n' ' ')
+  printf '%-7s c=%-4s rps=%-9s p50=%sms p99=%sms %s\n' "$1" "$3" "$rps" "$p50" "$p99" "${err:-errors=0}"
+  echo "$rps $p99" >"$T/$1.$3"
+}
+
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "n/a" }'; }
+
+for c in 64 512; do
+  run direct 9101 "$c"
+  run nginx 9102 "$c"
+  run caddy 9103 "$c"
+  run lbsolo 9104 "$c" bench.lbsolo.localhost
+  read -r lr lp <"$T/lbsolo.$c"; read -r nr np <"$T/nginx.$c"; read -r cr cp <"$T/caddy.$c"
+  echo "  c=$c lbsolo/nginx rps=$(ratio "$lr" "$nr") (target >= 0.4)  lbsolo/caddy rps=$(ratio "$lr" "$cr") (target >= 1.0)  p99 lbsolo/nginx=$(ratio "$lp" "$np") (target <= 2.5)"
+done
+run lbsolo 9104 1000 bench.lbsolo.localhost
+
+# RSS of the proxy while it holds 1,000 idle keep-alive connections (each served one request).
+.venv/bin/python - "$LB_PID" <<'PY'
+import socket, sys, time
+
+def rss_mb(pid: str) -> float:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return 0.0
+
+pid = sys.argv[1]
+before = rss_mb(pid)
+socks = []
+for _ in range(1000):
+    s = socket.create_connection(("127.0.0.1", 9104))
+    s.sendall(b"GET / HTTP/1.1\r\nHost: bench.lbsolo.localhost\r\n\r\n")
+    socks.append(s)
+ok = 0
+for s in socks:
+    data = b""
+    while b"hello world" not in data:
+        chunk = s.recv(4096)
+        if not chunk:
+            break
+        data += chunk
+    ok += data.startswith(b"HTTP/1.1 200")
+time.sleep(0.5)
+print(f"lbsolo  RSS with 1000 idle keep-alive connections: {rss_mb(pid):.1f} MB ({ok}/1000 answered; {before:.1f} MB before)")
+for s in socks:
+    s.close()
+PY

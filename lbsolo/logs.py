@@ -1,0 +1,180 @@
+"""Logs that outlive containers: every replica's output, stored per app on disk.
+
+Lines arrive from collector threads (one per followed replica) through the event loop, are
+kept in a short in-memory buffer for live followers, and are appended to `<logs>/<app>.log` as
+JSON lines in batches off the loop. Files rotate by size and only a few old ones are kept.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import threading
+import time
+from collections import defaultdict
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+log = logging.getLogger("lbsolo.logs")
+
+
+@dataclass(frozen=True, slots=True)
+class LogLine:
+    ts: float
+    app: str
+    release: str
+    process: str
+    replica: str
+    line: str
+
+    def to_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+
+def matches(line: LogLine, process: str | None, release: str | None, since: float | None, grep: str | None) -> bool:
+    return (
+        (process is None or line.process == process)
+        and (release is None or line.release == release)
+        and (since is None or line.ts >= since)
+        and (grep is None or grep in line.line)
+    )
+
+
+class LogStore:
+    def __init__(self, directory: Path, max_bytes: int = 5 * 1024 * 1024, keep: int = 3) -> None:
+        self.directory = directory
+        self.max_bytes = max_bytes
+        self.keep = keep
+        self._pending: dict[str, list[LogLine]] = defaultdict(list)
+        self._followers: dict[str, set[asyncio.Queue[LogLine]]] = defaultdict(set)
+        self._lock = threading.Lock()  # file writes (flush thread) vs reads (API threads)
+
+    def path(self, app: str) -> Path:
+        return self.directory / f"{app}.log"
+
+    # writing
+    def append(self, line: LogLine) -> None:
+        """Called on the loop: buffer for the next flush, hand to live followers."""
+        self._pending[line.app].append(line)
+        for q in self._followers.get(line.app, ()):
+            if q.qsize() < 10_000:
+                q.put_nowait(line)
+
+    def _write(self, batches: dict[str, list[LogLine]]) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        with self._lock:
+            for app, lines in batches.items():
+                path = self.path(app)
+                with path.open("a", encoding="utf-8") as f:
+                    f.write("".join(json.dumps(ln.to_dict(), separators=(",", ":")) + "\n" for ln in lines))
+                if path.stat().st_size > self.max_bytes:
+                    self._rotate(path)
+
+    def _rotate(self, path: Path) -> None:
+        for i in range(self.keep - 1, 0, -1):
+            older = path.with_suffix(f".log.{i}")
+            if older.exists():
+                older.replace(path.with_suffix(f".log.{i + 1}"))
+        path.replace(path.with_suffix(".log.1"))
+        path.with_suffix(f".log.{self.keep}").unlink(missing_ok=True)
+
+    async def flush(self) -> None:
+        if not self._pending:
+            return
+        batches, self._pending = dict(self._pending), defaultdict(list)
+        await asyncio.to_thread(self._write, batches)
+
+    async def flush_forever(self, interval: float = 0.5) -> None:
+        try:
+            while True:
+                await asyncio.sleep(interval)
+                await self.flush()
+        finally:
+            await self.flush()
+
+    def forget(self, app: str) -> None:
+        with self._lock:
+            for p in self.directory.glob(f"{app}.log*"):
+                p.unlink(missing_ok=True)
+
+    def last_ts(self, app: str) -> float | None:
+        path = self.path(app)
+        return path.stat().st_mtime if path.exists() else None
+
+    # reading
+    def _files(self, app: str) -> list[Path]:
+        olds = [self.path(app).with_suffix(f".log.{i}") for i in range(self.keep, 0, -1)]
+        return [p for p in [*olds, self.path(app)] if p.exists()]
+
+    def _iter_file_lines(self, app: str) -> Iterator[LogLine]:
+        with self._lock:
+            files = self._files(app)
+            for p in files:
+                with p.open(encoding="utf-8", errors="replace") as f:
+                    for raw in f:
+                        with contextlib.suppress(ValueError, TypeError):
+                            yield LogLine(**json.loads(raw))
+
+    def read(
+        self,
+        app: str,
+        tail: int = 200,
+        process: str | None = None,
+        release: str | None = None,
+        since: float | None = None,
+        grep: str | None = None,
+    ) -> list[LogLine]:
+        """The last `tail` stored lines that match (blocking: call through to_thread)."""
+        out: list[LogLine] = []
+        for ln in self._iter_file_lines(app):
+            if matches(ln, process, release, since, grep):
+                out.append(ln)
+                if len(out) > tail * 2:
+                    del out[: len(out) - tail]
+        pending = [ln for ln in self._pending.get(app, []) if matches(ln, process, release, since, grep)]
+        return (out + pending)[-tail:]
+
+    async def follow(self, app: str) -> AsyncIterator[LogLine]:
+        q: asyncio.Queue[LogLine] = asyncio.Queue()
+        self._followers[app].add(q)
+        try:
+            while True:
+                yield await q.get()
+        finally:
+            self._followers[app].discard(q)
+
+
+class LogCollector:
+    """Follows each running replica's output in a thread and feeds the store through the loop."""
+
+    def __init__(self, store: LogStore, follow: Callable[[str, float | None], Iterator[str]]) -> None:
+        self.store = store
+        self._follow = follow
+        self._threads: dict[str, threading.Thread] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def watch(self, replica_id: str, app: str, release: str, process: str, name: str, since: float | None) -> None:
+        thread = self._threads.get(replica_id)
+        if thread is not None and thread.is_alive():
+            return
+        loop = self._loop = asyncio.get_running_loop()
+
+        def pump() -> None:
+            try:
+                for text in self._follow(replica_id, since):
+                    line = LogLine(time.time(), app, release, process, name, text)
+                    loop.call_soon_threadsafe(self.store.append, line)
+            except Exception as e:  # the engine or the container went away, or the loop closed
+                log.debug("log follower of %s ended: %s", name, e)
+
+        thread = threading.Thread(target=pump, name=f"logs-{name}", daemon=True)
+        self._threads[replica_id] = thread
+        thread.start()
+
+    def prune(self) -> None:
+        for rid, thread in list(self._threads.items()):
+            if not thread.is_alive():
+                del self._threads[rid]
