@@ -10,19 +10,22 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
+import io
 import logging
 import posixpath
 import tarfile
+import tempfile
 import tomllib
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from lbsolo.detect import parse_procfile
+from lbsolo.detect import Detection, detect, parse_procfile
 from lbsolo.engine import Engine
 from lbsolo.errors import BuildFailed, InvalidInput, LbsoloError
-from lbsolo.models import LABEL_BUILD, Build, BuildStatus, HealthCheck, now, validate_process_name
+from lbsolo.models import LABEL_BUILD, LABEL_SOURCE, Build, BuildStatus, HealthCheck, now, validate_process_name
 
 log = logging.getLogger("lbsolo.build")
 
@@ -70,8 +73,8 @@ SPEC_FILES = ("Dockerfile", "Procfile", "lbsolo.toml")
 MAX_SPEC_FILE = 64 * 1024
 
 
-def check_context(path: Path) -> SourceSpec:
-    """Reject archives that are not tars, escape their root, or have no Dockerfile; read the spec."""
+def check_context(path: Path) -> tuple[SourceSpec, bool]:
+    """Reject archives that are not tars or escape their root; read the spec; say if a Dockerfile is there."""
     found: dict[str, bytes] = {}
     try:
         with tarfile.open(path, mode="r:*") as tar:
@@ -96,12 +99,24 @@ def check_context(path: Path) -> SourceSpec:
                     found[norm] = f.read() if f else b""
     except tarfile.TarError as e:
         raise InvalidInput(f"the upload is not a readable tar archive: {e}") from e
-    if "Dockerfile" not in found:
-        raise InvalidInput(
-            "no Dockerfile found in the source (looked for ./Dockerfile at its root); "
-            "building without a Dockerfile is not supported yet"
-        )
-    return parse_spec(found.get("Procfile"), found.get("lbsolo.toml"))
+    return parse_spec(found.get("Procfile"), found.get("lbsolo.toml")), "Dockerfile" in found
+
+
+def add_generated_dockerfile(path: Path, base_images: Mapping[str, str] | None = None) -> Detection:
+    """For a source without a Dockerfile: detect its kind and append the generated Dockerfile to the tar.
+
+    Only called after check_context accepted the archive, so extracting it is safe.
+    """
+    with tempfile.TemporaryDirectory(prefix="lbsolo-detect-") as tmp:
+        with tarfile.open(path, mode="r:") as tar:
+            tar.extractall(tmp, filter="data")
+        detection = detect(Path(tmp), base_images)
+    data = detection.dockerfile.encode()
+    info = tarfile.TarInfo("Dockerfile")
+    info.size, info.mode = len(data), 0o644
+    with tarfile.open(path, mode="a:") as tar:
+        tar.addfile(info, io.BytesIO(data))
+    return detection
 
 
 def parse_spec(procfile: bytes | None, app_toml: bytes | None) -> SourceSpec:
@@ -119,6 +134,12 @@ def parse_spec(procfile: bytes | None, app_toml: bytes | None) -> SourceSpec:
     if procfile is not None:
         processes.update(parse_procfile(procfile.decode("utf-8", "replace")))
     return SourceSpec(processes=processes, health=health)
+
+
+def file_digest(path: Path) -> str:
+    """The source's identity: the sha256 of the uploaded archive (the CLI packs deterministically)."""
+    with path.open("rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 @dataclass
@@ -141,11 +162,13 @@ class Builder:
         *,
         memory: str,
         timeout: float,
+        base_images: Mapping[str, str] | None = None,
         on_change: Callable[[Build], None] | None = None,
     ) -> None:
         self.engine = engine
         self.memory = memory
         self.timeout = timeout
+        self.base_images = dict(base_images or {})
         self.on_change = on_change or (lambda b: None)
         self._queue: asyncio.Queue[BuildJob] = asyncio.Queue()
 
@@ -175,18 +198,27 @@ class Builder:
             loop.call_soon_threadsafe(job.output.append, line)
 
         try:
-            spec = await asyncio.to_thread(check_context, job.context)
-            with job.context.open("rb") as f:
-                image = await asyncio.to_thread(
-                    self.engine.build,
-                    f,
-                    app=build.app,
-                    tag=job.tag,
-                    labels={LABEL_BUILD: build.id},
-                    memory=self.memory,
-                    timeout=self.timeout,
-                    on_line=on_line,
-                )
+            spec, has_dockerfile = await asyncio.to_thread(check_context, job.context)
+            if not has_dockerfile:
+                detection = await asyncio.to_thread(add_generated_dockerfile, job.context, self.base_images)
+                on_line(f"-----> No Dockerfile: detected {detection.kind} ({'; '.join(detection.reasons)})")
+                spec = SourceSpec(processes={**detection.processes, **spec.processes}, health=spec.health)
+            source = await asyncio.to_thread(file_digest, job.context)
+            image = await asyncio.to_thread(self.engine.find_image, build.app, {LABEL_SOURCE: source})
+            if image is not None:
+                on_line(f"-----> Same source as an earlier build ({source[:12]}): re-using its image, no build")
+            else:
+                with job.context.open("rb") as f:
+                    image = await asyncio.to_thread(
+                        self.engine.build,
+                        f,
+                        app=build.app,
+                        tag=job.tag,
+                        labels={LABEL_BUILD: build.id, LABEL_SOURCE: source},
+                        memory=self.memory,
+                        timeout=self.timeout,
+                        on_line=on_line,
+                    )
         except LbsoloError as e:
             build.status, build.error = BuildStatus.FAILED, e.message
             if not job.done.done():

@@ -22,6 +22,7 @@ from rich.table import Table
 from lbsolo import __version__
 from lbsolo.client import Client
 from lbsolo.config import Settings
+from lbsolo.detect import detect
 from lbsolo.errors import LbsoloError
 from lbsolo.models import parse_formation, validate_app_name
 from lbsolo.source import pack, parse_dotenv
@@ -160,6 +161,7 @@ def deploy(
     """Build PATH on the daemon and roll it out as a new release, streaming the build output."""
     name = app_name or path.resolve().name
     validate_app_name(name)
+    detect(path)  # a source lbsolo cannot build fails here, before anything is uploaded
     settings = Settings.load()
     with pack(path, settings.max_upload_bytes) as archive, Client(settings) as c:
         c.app(name)  # fail on an unknown app before uploading
@@ -180,6 +182,18 @@ def render_job(events: Iterator[dict[str, Any]], what: str) -> dict[str, Any]:
     if result.get("release"):
         console.print(f"[bold green]Deployed {result['app']} {result['release']}[/] → {result['url']}")
     return result
+
+
+@app.command("detect")
+@clean_errors
+def detect_command(path: Annotated[Path, typer.Argument(help="Source directory.")] = Path(".")) -> None:
+    """Show how PATH would be built: its kind, processes, and the Dockerfile (generated if it has none)."""
+    found = detect(path)
+    console.print(f"[bold]{found.kind}[/]: " + "; ".join(found.reasons), highlight=False)
+    for kind, command in found.processes.items():
+        console.print(f"  {kind}: {command}", highlight=False, markup=False)
+    console.rule("Dockerfile")
+    console.print(found.dockerfile, highlight=False, markup=False, end="")
 
 
 @app.command()

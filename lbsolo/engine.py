@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import time
 from collections.abc import Callable, Iterator
 from typing import IO, Any
 
@@ -38,6 +39,8 @@ def _engine_errors(what: str) -> Iterator[None]:
         raise EngineError(f"{what}: not found ({e.explanation or e})") from e
     except docker.errors.APIError as e:
         raise EngineError(f"{what}: {e.explanation or e}") from e
+    except requests.exceptions.ReadTimeout as e:
+        raise EngineError(f"{what}: the engine did not answer in time ({e})") from e
     except (docker.errors.DockerException, requests.exceptions.ConnectionError) as e:
         raise EngineUnavailable(f"{what}: the Docker engine is not reachable ({e})") from e
 
@@ -105,7 +108,10 @@ class Engine:
                 container_limits=limits,
                 timeout=int(timeout),
             )
+            started = time.monotonic()
             for chunk in stream:
+                if time.monotonic() - started > timeout:
+                    raise BuildFailed(f"build of {app} timed out after {timeout:.0f}s (LBSOLO_BUILD_TIMEOUT)")
                 if "stream" in chunk:
                     for line in str(chunk["stream"]).splitlines():
                         if line.strip():
@@ -123,6 +129,13 @@ class Engine:
             with _engine_errors(f"inspect image {tag}"):
                 image_id = str(self.client.images.get(tag).id)
         return image_id
+
+    def find_image(self, app: str, labels: dict[str, str]) -> str | None:
+        """The id of an image this instance built for app with all these labels, if one is left."""
+        wanted = [f"{LABEL_INSTANCE}={self.instance}", f"{LABEL_APP}={app}", *(f"{k}={v}" for k, v in labels.items())]
+        with _engine_errors(f"find image of {app}"):
+            images = self.client.images.list(filters={"label": wanted})
+        return str(images[0].id) if images else None
 
     def tag_image(self, image: str, repository: str, tag: str) -> None:
         with _engine_errors(f"tag {image}"):

@@ -20,6 +20,7 @@ LABEL_APP = "lbsolo.app"
 LABEL_RELEASE = "lbsolo.release"
 LABEL_PROCESS = "lbsolo.process"
 LABEL_BUILD = "lbsolo.build"
+LABEL_SOURCE = "lbsolo.source"  # sha256 of the uploaded source archive
 LABEL_PORT = "lbsolo.port"
 LABEL_INSTANCE = "lbsolo.instance"  # which lbsolo home owns it (several may share an engine)
 

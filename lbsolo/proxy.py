@@ -20,7 +20,7 @@ import html
 import json
 import logging
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 from http import HTTPStatus
 from types import MappingProxyType
@@ -136,6 +136,7 @@ _MAX_HEADERS = 128
 _BODY_BUFFER = 256 * 1024  # request body buffered while connecting before reading pauses
 _PIPELINE_MAX = 8  # complete requests queued on one client connection before reading pauses
 _POOL_MAX = 1024  # idle upstream connections kept per target
+_EJECT_SECONDS = 5.0  # a target that refused a connection gets no new requests for this long
 _POOL_IDLE = 3.0  # seconds an idle upstream connection is kept (below common app keep-alive timeouts)
 
 # client read-pause reasons (bit set)
@@ -276,6 +277,7 @@ class _Client(asyncio.Protocol):
         "_queue",
         "_served",
         "_server",
+        "_target",
         "_too_large",
         "_tunnel",
         "_up",
@@ -312,6 +314,7 @@ class _Client(asyncio.Protocol):
         self._upgrade_wait = False
         self._tunnel = False
         self._served = 0
+        self._target: Target | None = None  # where the current exchange (or tunnel) goes, for drain
 
     # -- asyncio callbacks ---------------------------------------------------------------
 
@@ -549,24 +552,25 @@ class _Client(asyncio.Protocol):
             self._send_error(req, 503, "app_not_running", f"app {route.app} is not running")
             return
         req.route = route
-        index = server._rr
-        server._rr = index + 1
-        index %= len(targets)
-        up = server._pool_get(targets[index])
+        target = server._pick(targets)
+        self._track(target)
+        up = server._pool_get(target)
         if up is not None:
             self._begin(req, up, reused=True)
         else:
-            self._connect_task = self._loop.create_task(self._connect(req, index))
+            self._connect_task = self._loop.create_task(self._connect(req, target))
 
-    async def _connect(self, req: _Request, start: int) -> None:
+    async def _connect(self, req: _Request, first: Target) -> None:
+        """Open a connection to `first`, else to the route's other targets (nothing was sent yet)."""
         server = self._server
         route = req.route
         assert route is not None
-        targets = route.targets
-        count = len(targets)
         reason = "refused"
-        for i in range(count):
-            target = targets[(start + i) % count]
+        tried: list[Target] = []
+        target: Target | None = first
+        while target is not None:
+            tried.append(target)
+            self._track(target)
             try:
                 async with asyncio.timeout(server.connect_timeout):
                     _, up = await self._loop.create_connection(
@@ -574,18 +578,20 @@ class _Client(asyncio.Protocol):
                     )
             except TimeoutError:
                 reason = "timed out"
+                server._eject(target)
                 log.warning("proxy: connecting to %s:%s for app %s timed out", target.host, target.port, route.app)
-                continue
             except OSError as exc:
                 reason = exc.strerror or str(exc)
+                server._eject(target)
                 log.warning("proxy: cannot connect to %s:%s for app %s: %s", target.host, target.port, route.app, exc)
-                continue
-            self._connect_task = None
-            if self._closed or self._active is not req:
-                up._close()
+            else:
+                self._connect_task = None
+                if self._closed or self._active is not req:
+                    up._close()
+                    return
+                self._begin(req, up, reused=False)
                 return
-            self._begin(req, up, reused=False)
-            return
+            target = server._pick_other(route, tried)
         self._connect_task = None
         if not self._closed and self._active is req:
             self._send_error(req, 502, "bad_gateway", f"app {route.app} is unreachable (connection {reason})")
@@ -598,11 +604,44 @@ class _Client(asyncio.Protocol):
         self._resume(_P_BUFFER)
 
     def _retry(self, req: _Request) -> None:
-        route = req.route
-        assert route is not None
+        """Send an idempotent request again on a fresh connection, to the least busy target."""
+        route = self._server.table.routes.get(req.route.app) if req.route is not None else None
+        if route is None or not route.targets:
+            self._send_error(req, 502, "bad_gateway", "app closed the connection")
+            return
         req.attempts += 1
-        index = self._server._rr % len(route.targets)
-        self._connect_task = self._loop.create_task(self._connect(req, index))
+        req.route = route
+        target = self._server._pick(route.targets)
+        self._track(target)
+        self._connect_task = self._loop.create_task(self._connect(req, target))
+
+    # -- in-flight accounting (drain) -----------------------------------------------------
+
+    def _track(self, target: Target) -> None:
+        """Count this connection's current exchange (or tunnel) against `target`."""
+        old = self._target
+        if old == target:
+            return
+        if old is not None:
+            self._untrack()
+        self._target = target
+        inflight = self._server._inflight
+        inflight[target] = inflight.get(target, 0) + 1
+
+    def _untrack(self) -> None:
+        target = self._target
+        if target is None:
+            return
+        self._target = None
+        server = self._server
+        inflight = server._inflight
+        left = inflight.get(target, 1) - 1
+        if left > 0:
+            inflight[target] = left
+        else:
+            inflight.pop(target, None)
+            if server._drain_waiters:
+                server._drained.set()
 
     # -- responses -----------------------------------------------------------------------
 
@@ -654,6 +693,8 @@ class _Client(asyncio.Protocol):
         self._active = None
         self._up = None
         self._served += 1
+        if self._target is not None:
+            self._untrack()
         if close or self._closed or self._eof:
             self._close()
             return
@@ -737,6 +778,7 @@ class _Client(asyncio.Protocol):
             self._close()
 
     def _detach_upstream(self) -> None:
+        self._untrack()
         task = self._connect_task
         if task is not None:
             self._connect_task = None
@@ -1259,7 +1301,11 @@ class ProxyServer:
         self._clients: set[_Client] = set()
         self._upstreams: set[_Upstream] = set()
         self._idle: dict[Target, list[_Upstream]] = {}
-        self._rr = 0
+        self._rr = 0  # round-robin tie-break between equally busy targets
+        self._inflight: dict[Target, int] = {}  # requests (and tunnels) in progress per target
+        self._ejected: dict[Target, float] = {}  # target -> loop time until which it gets no new requests
+        self._drained = asyncio.Event()
+        self._drain_waiters = 0
         self._stopping = False
         self._sweeper: asyncio.TimerHandle | None = None
         self._sweep_every = max(0.05, min(1.0, min(read_timeout, header_timeout, idle_timeout) / 4))
@@ -1272,10 +1318,39 @@ class ProxyServer:
         """Replace the routing table (atomic swap; in-flight requests keep their target)."""
         self.table = table = RouteTable(self.table.domain, routes)
         live = table.targets()
+        for target in [t for t in self._ejected if t not in live]:
+            del self._ejected[target]
         for target in [t for t in self._idle if t not in live]:
             for up in self._idle.pop(target):
                 up.pooled = False
                 up._close()
+
+    def in_flight(self, target: Target) -> int:
+        """Requests (and WebSocket tunnels) to `target` in progress now, whichever route sent them."""
+        return self._inflight.get(target, 0)
+
+    async def wait_drained(self, targets: Iterable[Target], timeout: float) -> bool:
+        """Wait until nothing is in flight to `targets`; False if some still are after `timeout` seconds.
+
+        Call it after `set_routes` has removed the targets: they get no new requests from then on.
+        """
+        targets = tuple(targets)
+        inflight = self._inflight
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + max(0.0, timeout)
+        self._drain_waiters += 1
+        try:
+            while any(t in inflight for t in targets):
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    return False
+                self._drained.clear()
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(remaining):
+                        await self._drained.wait()
+            return True
+        finally:
+            self._drain_waiters -= 1
 
     async def start(self) -> None:
         if self._server is not None:
@@ -1331,6 +1406,49 @@ class ProxyServer:
         log.info("proxy stopped")
 
     # -- internals -----------------------------------------------------------------------
+
+    def _pick(self, targets: tuple[Target, ...]) -> Target:
+        """The target with the fewest requests in flight, skipping ejected ones; round-robin on ties."""
+        if len(targets) == 1:
+            return targets[0]
+        inflight = self._inflight
+        ejected = self._ejected
+        count = len(targets)
+        rr = self._rr
+        self._rr = rr + 1
+        best: Target | None = None
+        best_load = 1 << 62
+        for i in range(count):
+            target = targets[(rr + i) % count]
+            if ejected and target in ejected and self._is_ejected(target):
+                continue
+            load = inflight.get(target, 0)
+            if load < best_load:
+                best = target
+                best_load = load
+        return best if best is not None else targets[rr % count]
+
+    def _pick_other(self, route: Route, tried: list[Target]) -> Target | None:
+        """Another target of the app's current route after a failed connect; None when none is left."""
+        current = self.table.routes.get(route.app)
+        candidates = [t for t in (current.targets if current else ()) if t not in tried]
+        healthy = [t for t in candidates if not self._is_ejected(t)]
+        if healthy or candidates:
+            return self._pick(tuple(healthy or candidates))
+        return None
+
+    def _eject(self, target: Target) -> None:
+        """Passive health check: a target that refused a connection is skipped for a while."""
+        self._ejected[target] = self._loop.time() + _EJECT_SECONDS  # type: ignore[union-attr]
+
+    def _is_ejected(self, target: Target) -> bool:
+        until = self._ejected.get(target)
+        if until is None:
+            return False
+        if until > self._loop.time():  # type: ignore[union-attr]
+            return True
+        del self._ejected[target]
+        return False
 
     def _pool_get(self, target: Target) -> _Upstream | None:
         idle = self._idle.get(target)

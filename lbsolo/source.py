@@ -115,11 +115,6 @@ def pack(root: Path, limit: int) -> IO[bytes]:
     root = Path(root)
     if not root.is_dir():
         raise InvalidInput(f"{root} is not a directory")
-    if not (root / "Dockerfile").is_file():
-        raise InvalidInput(
-            f"no Dockerfile in {root} (looked for {root / 'Dockerfile'}); "
-            "building without a Dockerfile is not supported yet"
-        )
     ignore = root / ".dockerignore"
     rules = parse_ignore(ignore.read_text(encoding="utf-8", errors="replace")) if ignore.is_file() else []
     out = tempfile.TemporaryFile()  # noqa: SIM115 - handed to the caller, who closes it

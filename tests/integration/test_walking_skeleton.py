@@ -88,11 +88,11 @@ def test_deploy_hello_and_reach_it_through_proxy_and_dns(daemon, docker_client):
     assert "listening" in logs.stdout
 
 
-def test_directory_without_dockerfile_is_refused(daemon, tmp_path):
+def test_directory_lbsolo_cannot_build_is_refused(daemon, tmp_path):
     (tmp_path / "app.py").write_text("print('hi')\n")
     out = daemon.cli("deploy", str(tmp_path), "--app", "hello")
     assert out.returncode == 1
-    assert "no Dockerfile" in out.stderr
+    assert "cannot tell how to build" in out.stderr and "Dockerfile" in out.stderr
     assert "release=v1" in daemon.get("hello").text
 
 

@@ -47,10 +47,9 @@ def test_pack_honours_dockerignore_and_skips_git(tmp_path):
         assert _names(archive) == [".dockerignore", "Dockerfile", "app.py"]
 
 
-def test_pack_requires_a_dockerfile(tmp_path):
-    (tmp_path / "app.py").write_text("print(1)\n")
-    with pytest.raises(InvalidInput, match="no Dockerfile"):
-        pack(tmp_path, 10_000_000)
+def test_pack_requires_a_directory(tmp_path):
+    with pytest.raises(InvalidInput, match="not a directory"):
+        pack(tmp_path / "nope", 10_000_000)
 
 
 def test_pack_enforces_the_size_limit(tmp_path):
