@@ -69,6 +69,7 @@ _NXDOMAIN = 3
 
 _CLASS_IN = 1
 _CLASS_ANY = 255
+_BADVERS = 16  # extended RCODE: upper 8 bits in the OPT record, lower 4 (0) in the header
 
 # Our OPT pseudo-record, exactly as dnslib packs EDNS0(udp_len=EDNS_UDP_SIZE).
 _OPT_WIRE = b"\x00\x00\x29" + struct.pack("!H", EDNS_UDP_SIZE) + b"\x00\x00\x00\x00\x00\x00"
@@ -201,8 +202,11 @@ def _answer_fast(query: bytes, zone: Zone) -> bytes | object | None:
         arcount == b"\x00\x01"
         and n >= qend + 11
         and query[qend : qend + 3] == b"\x00\x00\x29"
+        and query[qend + 6] == 0  # EDNS version 0; others get BADVERS from the slow path
         and n == qend + 11 + int.from_bytes(query[qend + 9 : qend + 11], "big")
     ):
+        # Options (e.g. a dig-style COOKIE) are ignored, as RFC 7873 allows a server that
+        # does not implement them; the cached reply carries our bare OPT record.
         edns = True
     else:
         return _MISS
@@ -245,8 +249,13 @@ def _answer_slow(query: bytes, zone: Zone) -> bytes | None:
     req_header = request.header
     header = DNSHeader(id=req_header.id, bitmap=0, qr=1, opcode=req_header.opcode, rd=req_header.rd)
     reply = DNSRecord(header)
-    if any(rr.rtype == QTYPE.OPT for rr in request.ar):
+    opts = [rr for rr in request.ar if rr.rtype == QTYPE.OPT]
+    if opts:
         reply.add_ar(EDNS0(udp_len=EDNS_UDP_SIZE))
+        if (opts[0].ttl >> 16) & 0xFF != 0:  # an EDNS version we do not speak (RFC 6891 6.1.3)
+            reply.questions = list(request.questions)
+            reply.ar[-1] = EDNS0(udp_len=EDNS_UDP_SIZE, ext_rcode=_BADVERS >> 4)
+            return bytes(reply.pack())
 
     if req_header.opcode != OPCODE.QUERY:
         reply.questions = list(request.questions)

@@ -136,9 +136,9 @@ def system_upstreams(
 
 @dataclass(slots=True)
 class _Entry:
-    """An upstream answer and when it was received (for TTL ageing)."""
+    """An upstream answer (kept encoded: far smaller than dnslib objects) and when it came."""
 
-    reply: DNSRecord
+    wire: bytes
     stored: float
     expires: float
 
@@ -274,7 +274,7 @@ class Forwarder:
                 last = reply  # this upstream cannot help; another one might
                 continue
             return self._entry(reply)
-        return None if last is None else _Entry(last, self.clock(), self.clock())
+        return None if last is None else _Entry(bytes(last.pack()), self.clock(), self.clock())
 
     def _entry(self, reply: DNSRecord) -> _Entry:
         now = self.clock()
@@ -287,7 +287,7 @@ class Forwarder:
             ttl = min(min(soas[0].ttl, soas[0].rdata.times[4]), self.config.max_negative_ttl) if soas else 0
         else:
             ttl = 0
-        return _Entry(reply, now, now + max(ttl, 0))
+        return _Entry(bytes(reply.pack()), now, now + max(ttl, 0))
 
 
 def _matches(reply: DNSRecord, qid: int, key: tuple[str, int, int]) -> bool:
@@ -374,7 +374,7 @@ def _reply_for(request: DNSRecord, entry: _Entry | None, now: float) -> bytes:
     if entry is None:
         header.rcode = RCODE.SERVFAIL
     else:
-        upstream = entry.reply
+        upstream = DNSRecord.parse(entry.wire)
         header.rcode = upstream.header.rcode
         age = max(0, int(now - entry.stored))
         for section, add in ((upstream.rr, reply.add_answer), (upstream.auth, reply.add_auth)):

@@ -19,14 +19,19 @@ import contextlib
 import html
 import json
 import logging
+import os
+import re
+import time
 from collections import deque
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 from http import HTTPStatus
 from types import MappingProxyType
-from typing import cast
+from typing import Any, cast
 
 import httptools
+
+from lbsolo.proxy_metrics import AppStats, access_line, prometheus_text
 
 __all__ = ["ProxyServer", "Route", "RouteTable", "Target", "normalize_host"]
 
@@ -48,6 +53,7 @@ class Route:
     app: str
     release: str | None = None
     targets: tuple[Target, ...] = ()
+    max_body: int | None = None  # bytes; larger request bodies get 413
 
 
 def normalize_host(value: str | bytes | None) -> str:
@@ -125,10 +131,13 @@ _HOP_BY_HOP = frozenset(
     {b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer", b"transfer-encoding", b"upgrade"}
 )
 # Request headers never forwarded as sent: hop-by-hop ones and those the proxy sets itself.
-_REQ_DROP = _HOP_BY_HOP | {b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host"}
+_REQ_DROP = _HOP_BY_HOP | {b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host", b"x-request-id"}
+# A client's X-Request-Id is kept when it is 1-200 printable ASCII characters.
+_REQUEST_ID_OK = re.compile(rb"[\x21-\x7e][\x20-\x7e]{0,199}").fullmatch
 # Response headers the proxy interprets rather than copies.
-_RESP_SPECIAL = _HOP_BY_HOP | {b"content-length"}
+_RESP_SPECIAL = _HOP_BY_HOP | {b"content-length", b"x-request-id"}
 _CONN_PLAIN = frozenset({b"close", b"keep-alive", b"upgrade", b"content-length", b""})
+_UNROUTED = "(unrouted)"  # metrics key of requests that matched no app
 _IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE", b"TRACE"})
 
 _MAX_HEAD_BYTES = 64 * 1024  # request line/status + headers
@@ -136,6 +145,9 @@ _MAX_HEADERS = 128
 _BODY_BUFFER = 256 * 1024  # request body buffered while connecting before reading pauses
 _PIPELINE_MAX = 8  # complete requests queued on one client connection before reading pauses
 _POOL_MAX = 1024  # idle upstream connections kept per target
+# Request timing for metrics: uvloop's loop.time() is cached per iteration at millisecond resolution.
+_now = time.monotonic
+_LOG_FLUSH_EVERY = 0.5  # seconds between access-log flushes
 _EJECT_SECONDS = 5.0  # a target that refused a connection gets no new requests for this long
 _POOL_IDLE = 3.0  # seconds an idle upstream connection is kept (below common app keep-alive timeouts)
 
@@ -156,6 +168,10 @@ _PHRASES = {s.value: s.phrase.encode() for s in HTTPStatus}
 
 
 class _HeadTooLarge(Exception):
+    pass
+
+
+class _BodyTooLarge(Exception):
     pass
 
 
@@ -202,56 +218,41 @@ def _port_suffix(raw_host: bytes) -> str:
 
 
 class _Request:
-    __slots__ = (
-        "accept_json",
-        "attempts",
-        "body",
-        "body_done",
-        "body_size",
-        "chunked",
-        "close_after",
-        "conn_tokens",
-        "error",
-        "finished",
-        "headers",
-        "headers_done",
-        "host",
-        "http11",
-        "keep_alive",
-        "method",
-        "replayable",
-        "responded",
-        "route",
-        "sink",
-        "upgrade",
-        "upgrade_value",
-        "url",
-    )
+    """One request on a client connection. Class attributes are the defaults: creating one is cheap."""
+
+    method = b"GET"
+    url = b""
+    http11 = True
+    headers_done = False
+    host = b""
+    keep_alive = False
+    chunked = False
+    has_length = False
+    content_length = 0
+    received = 0  # body bytes so far
+    limit: int | None = None  # the route's maximum body size, once routed
+    upgrade = False
+    upgrade_value = b""
+    accept_json = False
+    conn_tokens: frozenset[bytes] | None = None
+    request_id = b""
+    body_size = 0
+    body_done = False
+    error: tuple[int, str, str] | None = None  # answer this instead of proxying
+    sink: _Upstream | None = None  # upstream currently streaming the body
+    responded = False  # response head written to the client
+    finished = False
+    close_after = False
+    replayable = False
+    attempts = 0
+    route: Route | None = None
+    status = 0  # of the response, for metrics and the access log
+    started = 0.0  # monotonic time of the first byte
+    upstream_time: float | None = None  # seconds from sending to the app until its response head
 
     def __init__(self) -> None:
-        self.method = b"GET"
-        self.url = b""
-        self.http11 = True
         self.headers: list[tuple[bytes, bytes, bytes]] = []  # (lowercase name, name, value)
-        self.headers_done = False
-        self.host = b""
-        self.keep_alive = False
-        self.chunked = False
-        self.upgrade = False
-        self.upgrade_value = b""
-        self.accept_json = False
-        self.conn_tokens: frozenset[bytes] | None = None
         self.body: list[bytes] = []  # buffered until an upstream takes it
-        self.body_size = 0
-        self.body_done = False
-        self.error: tuple[int, str, str] | None = None  # answer this instead of proxying
-        self.sink: _Upstream | None = None  # upstream currently streaming the body
-        self.responded = False  # response head written to the client
-        self.finished = False
-        self.close_after = False
-        self.replayable = False
-        self.attempts = 0
-        self.route: Route | None = None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -261,14 +262,19 @@ class _Request:
 class _Client(asyncio.Protocol):
     __slots__ = (
         "_active",
+        "_body_too_large",
+        "_bytes_in",
+        "_bytes_out",
         "_closed",
         "_connect_task",
         "_cork",
         "_eof",
         "_head_bytes",
+        "_in_mark",
         "_leftover",
         "_loop",
         "_lost",
+        "_out_mark",
         "_parser",
         "_parsing",
         "_paused",
@@ -298,6 +304,7 @@ class _Client(asyncio.Protocol):
         self._parsing: _Request | None = None
         self._head_bytes = 0
         self._too_large = False
+        self._body_too_large = False
         self.deadline: float | None = None  # waiting for the client to send
         self.write_deadline: float | None = None  # waiting for the client to read
         self._paused = 0
@@ -315,6 +322,8 @@ class _Client(asyncio.Protocol):
         self._tunnel = False
         self._served = 0
         self._target: Target | None = None  # where the current exchange (or tunnel) goes, for drain
+        self._bytes_in = self._bytes_out = 0  # on this connection; the marks are where the last request ended
+        self._in_mark = self._out_mark = 0
 
     # -- asyncio callbacks ---------------------------------------------------------------
 
@@ -337,6 +346,7 @@ class _Client(asyncio.Protocol):
         self._detach_upstream()
 
     def data_received(self, data: bytes) -> None:
+        self._bytes_in += len(data)
         if self._tunnel:
             up = self._up
             if up is not None:
@@ -376,8 +386,9 @@ class _Client(asyncio.Protocol):
     # -- httptools callbacks -------------------------------------------------------------
 
     def on_message_begin(self) -> None:
-        self._parsing = _Request()
+        self._parsing = req = _Request()
         self._head_bytes = 0
+        req.started = _now()
         if not self._paused:
             self.deadline = self._loop.time() + self._server.header_timeout
 
@@ -424,6 +435,15 @@ class _Client(asyncio.Protocol):
                 tokens.update(t.strip().lower() for t in value.split(b","))
             elif lname == b"transfer-encoding":
                 req.chunked = True
+                if value.rpartition(b",")[2].strip().lower() != b"chunked":
+                    req.error = (400, "bad_request", "unsupported Transfer-Encoding")
+            elif lname == b"content-length":
+                req.has_length = True
+                if value.isdigit():
+                    req.content_length = int(value)
+            elif lname == b"x-request-id":
+                if _REQUEST_ID_OK(value):
+                    req.request_id = value
             elif lname == b"accept":
                 low = value.lower()
                 req.accept_json = b"application/json" in low and b"text/html" not in low
@@ -432,10 +452,15 @@ class _Client(asyncio.Protocol):
         if tokens:
             tokens.discard(b"host")
             req.conn_tokens = frozenset(tokens)
+        if not req.request_id:
+            req.request_id = self._server._new_request_id()
         if method == b"CONNECT":
             req.error = (405, "method_not_allowed", "CONNECT is not supported by this proxy")
         elif hosts > 1 or (hosts == 0 and req.http11):
             req.error = (400, "bad_request", "missing or duplicate Host header")
+        elif req.chunked and req.has_length:
+            # Request smuggling: front and back ends could disagree on where this body ends.
+            req.error = (400, "bad_request", "both Content-Length and Transfer-Encoding")
         if upgrade:
             req.chunked = False
         self._queue.append(req)
@@ -445,6 +470,11 @@ class _Client(asyncio.Protocol):
     def on_body(self, data: bytes) -> None:
         req = self._parsing
         assert req is not None
+        req.received += len(data)
+        limit = req.limit
+        if limit is not None and req.received > limit:
+            self._body_too_large = True
+            raise _BodyTooLarge
         sink = req.sink
         if sink is not None:
             sink._send_body(data)
@@ -495,6 +525,8 @@ class _Client(asyncio.Protocol):
             return  # bytes after a `Connection: close` request: ignored
         if self._too_large:
             status, message = 431, "request head too large"
+        elif self._body_too_large:
+            status, message = 413, "request body too large"
         else:
             status, message = 400, "malformed request"
         log.debug("proxy: bad request from %s: %s", self._peer.decode(), exc)
@@ -552,6 +584,17 @@ class _Client(asyncio.Protocol):
             self._send_error(req, 503, "app_not_running", f"app {route.app} is not running")
             return
         req.route = route
+        limit = route.max_body
+        if limit is not None:
+            if req.content_length > limit or req.received > limit:
+                # Not read any further: the connection cannot be reused.
+                self._pause(_P_BROKEN)
+                self._parsing = None
+                self._send_error(
+                    req, 413, "body_too_large", f"the body limit of app {route.app} is {limit} bytes", close=True
+                )
+                return
+            req.limit = limit
         target = server._pick(targets)
         self._track(target)
         up = server._pool_get(target)
@@ -650,6 +693,7 @@ class _Client(asyncio.Protocol):
         if cork is not None:
             cork.append(data)
         elif not self._closed:
+            self._bytes_out += len(data)
             self.transport.write(data)  # type: ignore[union-attr]
 
     def _keep_alive(self, req: _Request) -> bool:
@@ -667,9 +711,12 @@ class _Client(asyncio.Protocol):
     ) -> None:
         keep = not close and self._keep_alive(req)
         body, ctype = _render_error(status, code, message, req.accept_json, links)
+        if not req.request_id:
+            req.request_id = self._server._new_request_id()
+        req.status = status
         parts = [
             b"HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %d\r\nCache-Control: no-store\r\n"
-            % (status, _PHRASES[status], ctype, len(body))
+            b"X-Request-Id: %s\r\n" % (status, _PHRASES[status], ctype, len(body), req.request_id)
         ]
         if not keep:
             parts.append(b"Connection: close\r\n")
@@ -695,6 +742,7 @@ class _Client(asyncio.Protocol):
         self._served += 1
         if self._target is not None:
             self._untrack()
+        self._record(req)
         if close or self._closed or self._eof:
             self._close()
             return
@@ -715,6 +763,40 @@ class _Client(asyncio.Protocol):
             self._close()
             return
         self._pump()
+
+    def _record(self, req: _Request) -> None:
+        """Count a finished exchange in its app's metrics and buffer its access-log entry."""
+        server = self._server
+        now = _now()
+        route = req.route
+        app = route.app if route is not None else _UNROUTED
+        stats = server._stats.get(app)
+        if stats is None:
+            stats = server._stats[app] = AppStats()
+        bytes_in = self._bytes_in - self._in_mark
+        self._in_mark = self._bytes_in
+        bytes_out = self._bytes_out - self._out_mark
+        self._out_mark = self._bytes_out
+        duration = now - req.started
+        stats.observe(req.status, bytes_in, bytes_out, duration)
+        buffer = server._log_buffer
+        if buffer is not None:
+            buffer.append(
+                (
+                    now,
+                    app,
+                    route.release if route is not None else None,
+                    req.method,
+                    req.url,
+                    req.status,
+                    bytes_in,
+                    bytes_out,
+                    duration,
+                    req.upstream_time,
+                    req.request_id,
+                    self._peer,
+                )
+            )
 
     def _upstream_failed(self, req: _Request, status: int, code: str, message: str, retry: bool) -> None:
         self._up = None
@@ -771,6 +853,20 @@ class _Client(asyncio.Protocol):
     def _on_timeout(self) -> None:
         self.deadline = self.write_deadline = None
         log.debug("proxy: client %s timed out", self._peer.decode())
+        req = self._parsing
+        queue = self._queue
+        # A request arriving too slowly (slowloris) gets 408 if it is the next one to be answered.
+        if (
+            req is not None
+            and not self._write_paused
+            and not self._closed
+            and ((not req.headers_done and not queue) or (req.headers_done and queue[0] is req and not req.responded))
+        ):
+            self._detach_upstream()
+            self._pause(_P_BROKEN)
+            self._parsing = None
+            self._send_error(req, 408, "request_timeout", "the request was not received in time", close=True)
+            return
         self._close()
 
     def _shutdown_if_idle(self) -> None:
@@ -832,6 +928,7 @@ class _Upstream(asyncio.Protocol):
         "_req_chunked",
         "_req_sent",
         "_reused",
+        "_sent_at",
         "_server",
         "_stale",
         "_status",
@@ -863,6 +960,7 @@ class _Upstream(asyncio.Protocol):
         self._write_paused = False
         self._tunnel = False
         self._stale = True  # the response parser must be replaced before the next exchange
+        self._sent_at = 0.0
         self.pooled = False
         self.idle_since = 0.0
         self.deadline: float | None = None  # waiting for the app to answer
@@ -1024,6 +1122,8 @@ class _Upstream(asyncio.Protocol):
             return
         if status == 101 and not req.upgrade:
             raise _BadResponse("101 without an upgrade request")
+        req.status = status
+        req.upstream_time = _now() - self._sent_at
         te = self._te
         chunked = te is not None and te.rpartition(b",")[2].strip().lower() == b"chunked"
         no_body = req.method == b"HEAD" or status in (204, 304) or status == 101
@@ -1107,6 +1207,9 @@ class _Upstream(asyncio.Protocol):
             upgrade = self._upgrade or req.upgrade_value
             append(b"Connection: Upgrade\r\nUpgrade: %s\r\n\r\n" % upgrade)
             return b"".join(parts)
+        req = self.req
+        if req is not None:
+            extend((b"X-Request-Id: ", req.request_id, b"\r\n"))
         if mode == _M_CHUNKED:
             append(b"Transfer-Encoding: chunked\r\n")
         if not keep:
@@ -1121,6 +1224,7 @@ class _Upstream(asyncio.Protocol):
         self.client = client
         self.req = req
         self._reused = reused
+        self._sent_at = _now()
         if self._stale:
             self._stale = False
             self._parser = httptools.HttpResponseParser(self)
@@ -1136,7 +1240,7 @@ class _Upstream(asyncio.Protocol):
             extend((name, b": ", value, b"\r\n"))
         peer = client._peer
         extend((b"X-Forwarded-For: ", xff + b", " + peer if xff else peer, b"\r\n"))
-        parts.append(b"X-Forwarded-Proto: http\r\n")
+        extend((b"X-Forwarded-Proto: http\r\nX-Request-Id: ", req.request_id, b"\r\n"))
         if req.host:
             extend((b"X-Forwarded-Host: ", req.host, b"\r\n"))
         if req.upgrade:
@@ -1229,6 +1333,7 @@ class _Upstream(asyncio.Protocol):
         self.req = None
         if req is not None:
             req.finished = True
+            client._record(req)
         client._start_tunnel(self, tail)
 
     # -- flow control & lifecycle --------------------------------------------------------
@@ -1288,6 +1393,7 @@ class ProxyServer:
         read_timeout: float = 60.0,
         header_timeout: float = 10.0,
         idle_timeout: float = 75.0,
+        access_log: Callable[[str], None] | None = None,
     ) -> None:
         self.host = host
         self._port = port
@@ -1306,6 +1412,13 @@ class ProxyServer:
         self._ejected: dict[Target, float] = {}  # target -> loop time until which it gets no new requests
         self._drained = asyncio.Event()
         self._drain_waiters = 0
+        self._stats: dict[str, AppStats] = {}
+        self._access_log = access_log
+        # Access-log entries wait here as tuples; a timer formats and hands them over off the hot path.
+        self._log_buffer: list[tuple[Any, ...]] | None = [] if access_log is not None else None
+        self._flusher: asyncio.TimerHandle | None = None
+        self._id_prefix = os.urandom(6).hex().encode()
+        self._id_count = 0
         self._stopping = False
         self._sweeper: asyncio.TimerHandle | None = None
         self._sweep_every = max(0.05, min(1.0, min(read_timeout, header_timeout, idle_timeout) / 4))
@@ -1324,6 +1437,14 @@ class ProxyServer:
             for up in self._idle.pop(target):
                 up.pooled = False
                 up._close()
+
+    def metrics(self) -> dict[str, dict[str, Any]]:
+        """Per-app counters since start (JSON-able): requests by status class, bytes, latency histogram."""
+        return {app: self._stats[app].to_dict() for app in sorted(self._stats)}
+
+    def prometheus(self) -> str:
+        """The same counters in Prometheus text exposition format."""
+        return prometheus_text(self._stats)
 
     def in_flight(self, target: Target) -> int:
         """Requests (and WebSocket tunnels) to `target` in progress now, whichever route sent them."""
@@ -1363,6 +1484,8 @@ class ProxyServer:
         )
         self._port = self._server.sockets[0].getsockname()[1]
         self._sweeper = loop.call_later(self._sweep_every, self._sweep)
+        if self._access_log is not None:
+            self._flusher = loop.call_later(_LOG_FLUSH_EVERY, self._flush_access_log)
         log.info("proxy listening on http://%s:%d for *.%s", self.host, self._port, self.table.domain)
 
     @property
@@ -1403,9 +1526,33 @@ class ProxyServer:
         except TimeoutError:
             log.warning("proxy: listener did not close in time")
         self._server = None
+        if self._flusher is not None:
+            self._flusher.cancel()
+            self._flusher = None
+        self._flush_access_log()
         log.info("proxy stopped")
 
     # -- internals -----------------------------------------------------------------------
+
+    def _new_request_id(self) -> bytes:
+        """Unique per process and cheap: a random prefix chosen at start and a counter."""
+        self._id_count = count = self._id_count + 1
+        return b"%s%08x" % (self._id_prefix, count)
+
+    def _flush_access_log(self) -> None:
+        buffer = self._log_buffer
+        sink = self._access_log
+        if buffer and sink is not None:
+            self._log_buffer = []
+            # Entries carry monotonic time; convert to wall time once per flush.
+            offset = time.time() - _now()
+            try:
+                for entry in buffer:
+                    sink(access_line((entry[0] + offset, *entry[1:])))
+            except Exception:
+                log.exception("proxy: access log writer failed; %d lines dropped", len(buffer))
+        if self._server is not None and not self._stopping and self._loop is not None:
+            self._flusher = self._loop.call_later(_LOG_FLUSH_EVERY, self._flush_access_log)
 
     def _pick(self, targets: tuple[Target, ...]) -> Target:
         """The target with the fewest requests in flight, skipping ejected ones; round-robin on ties."""

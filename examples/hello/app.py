@@ -12,6 +12,7 @@ GREETING = os.environ.get("GREETING", "Hello")
 
 class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True  # headers and body go out in separate writes
 
     def do_GET(self) -> None:
         if self.path == "/up":

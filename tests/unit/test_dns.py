@@ -504,3 +504,29 @@ def test_fixed_port_with_busy_tcp_fails_cleanly() -> None:
             await server.stop()
 
         asyncio.run(main())
+
+
+# --------------------------------------------------------------------------- EDNS details
+
+
+def test_dig_style_cookie_query_is_served_from_the_fast_path() -> None:
+    from lbsolo.dns import _MISS, _answer_fast
+
+    cookie = dns.edns.GenericOption(dns.edns.OptionType.COOKIE, b"\x01\x02\x03\x04\x05\x06\x07\x08")
+    query = make("Web.lbsolo.localhost", use_edns=0, payload=1232, options=[cookie])
+    query.flags |= dns.flags.AD  # dig sets AD by default
+    wire = query.to_wire()
+    assert _answer_fast(wire, ZONE) is not _MISS
+    reply = dns.message.from_wire(answer(wire, ZONE))  # type: ignore[arg-type]
+    assert query.is_response(reply)
+    assert reply.edns == 0 and not reply.options  # cookies are not implemented: ignored, not echoed
+    assert rdatas(reply) == ["127.0.0.1"]
+    assert reply.question[0].name.to_text() == "Web.lbsolo.localhost."
+
+
+def test_unknown_edns_version_is_badvers() -> None:
+    query = make("web.lbsolo.localhost", use_edns=1)
+    reply = dns.message.from_wire(answer(query.to_wire(), ZONE))  # type: ignore[arg-type]
+    assert query.is_response(reply)
+    assert reply.rcode() == dns.rcode.BADVERS
+    assert reply.edns == 0 and reply.answer == []

@@ -768,6 +768,8 @@ def test_slow_headers_are_cut_off(run):
             c = await Conn.open(proxy.port)
             await c.send(b"GET / HTTP/1.1\r\nHost: hel")
             started = time.monotonic()
+            r = await read_response(c.reader)
+            assert r.status == 408 and r.header("Connection") == "close"
             assert await c.at_eof(timeout=3)
             assert time.monotonic() - started < 2
             await c.close()
