@@ -148,6 +148,25 @@ def create_api(platform: Platform, token: str) -> FastAPI:
     async def destroy_app(name: str, images: bool = False, volumes: bool = False) -> dict[str, Any]:
         return await platform.destroy_app(name, images=images, volumes=volumes)
 
+    @api.post("/api/gc", dependencies=auth, tags=["disk"])
+    async def gc(app: str | None = None, dry_run: bool = False) -> dict[str, Any]:
+        """Remove images beyond each app's last releases (settings.keep_releases) and build leftovers."""
+        return await platform.gc(app, dry_run)
+
+    @api.get("/api/disk", dependencies=auth, tags=["disk"])
+    async def disk() -> dict[str, int]:
+        """Bytes of lbsolo-built images per app."""
+        return await platform.disk_usage()
+
+    @api.get("/api/apps/{name}/builds", dependencies=auth, tags=["builds"])
+    async def builds(name: str) -> list[dict[str, Any]]:
+        return [b.to_dict() for b in await platform.builds(name)]
+
+    @api.get("/api/apps/{name}/builds/{build_id}/log", dependencies=auth, tags=["builds"])
+    async def build_log(name: str, build_id: str) -> list[str]:
+        """A stored build log; `latest` for the newest build."""
+        return await platform.build_log(name, None if build_id == "latest" else build_id)
+
     @api.get("/api/apps/{name}/releases", dependencies=auth, tags=["releases"])
     async def releases(name: str) -> list[dict[str, Any]]:
         return await platform.releases(name)

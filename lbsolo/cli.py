@@ -130,12 +130,68 @@ def apps_list() -> None:
     """List apps: name, status, release, URL."""
     with _client() as c:
         rows = c.apps()
-    table = Table("name", "status", "release", "replicas", "url")
+        disk = c.request("GET", "/api/disk")
+    table = Table("name", "status", "release", "replicas", "images", "url")
     colors = {"running": "green", "down": "red", "deploying": "yellow"}
     for a in rows:
         status = f"[{colors.get(a['status'], 'white')}]{a['status']}[/]"
-        table.add_row(a["name"], status, a["release"] or "-", str(a["replicas"]), a["url"])
+        table.add_row(
+            a["name"], status, a["release"] or "-", str(a["replicas"]), _size(disk.get(a["name"], 0)), a["url"]
+        )
     console.print(table if rows else "No apps yet: lbsolo apps:create NAME")
+
+
+def _size(n: int) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n} B"
+
+
+@app.command()
+@clean_errors
+def gc(
+    name: Annotated[str | None, typer.Argument(help="Only this app.")] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Only show what would go.")] = False,
+) -> None:
+    """Remove images older than each app's last releases (LBSOLO_KEEP_RELEASES) and build leftovers."""
+    params: dict[str, Any] = {"dry_run": dry_run}
+    if name:
+        params["app"] = name
+    with _client() as c:
+        out = c.request("POST", "/api/gc", params=params, timeout=None)
+    verb = "would remove" if dry_run else "removed"
+    for image in out["removed"]:
+        tags = ", ".join(image["tags"]) or image["id"][7:19]
+        console.print(f"{verb} {image['app']}: {tags} ({_size(image['size'])})", highlight=False)
+    console.print(f"{len(out['removed'])} image(s), {_size(out['bytes'])} {verb}")
+
+
+@app.command()
+@clean_errors
+def builds(name: AppArg) -> None:
+    """List an app's builds, newest first."""
+    with _client() as c:
+        rows = c.request("GET", f"/api/apps/{name}/builds")
+    table = Table("build", "status", "started", "finished", "image", "error")
+    for b in reversed(rows):
+        image = (b.get("image") or "").removeprefix("sha256:")[:12]
+        error = (b.get("error") or "").splitlines()[0][:60] if b.get("error") else ""
+        table.add_row(b["id"], b["status"], _when(b["created_at"]), _when(b.get("finished_at")), image, escape(error))
+    console.print(table if rows else f"{name} has no builds yet")
+
+
+@app.command("builds:logs")
+@clean_errors
+def builds_logs(
+    name: AppArg, build_id: Annotated[str | None, typer.Argument(help="Build id (default: the latest).")] = None
+) -> None:
+    """Print a build's stored output."""
+    with _client() as c:
+        lines = c.request("GET", f"/api/apps/{name}/builds/{build_id or 'latest'}/log")
+    for line in lines:
+        console.print(line, highlight=False, markup=False, soft_wrap=True)
 
 
 @app.command("apps:create")
@@ -157,15 +213,37 @@ def deploy(
     app_name: Annotated[
         str | None, typer.Option("--app", "-a", help="App name (default: the directory's name).")
     ] = None,
+    watch_: Annotated[bool, typer.Option("--watch", "-w", help="Redeploy whenever a file changes.")] = False,
 ) -> None:
     """Build PATH on the daemon and roll it out as a new release, streaming the build output."""
     name = app_name or path.resolve().name
     validate_app_name(name)
-    detect(path)  # a source lbsolo cannot build fails here, before anything is uploaded
     settings = Settings.load()
-    with pack(path, settings.max_upload_bytes) as archive, Client(settings) as c:
-        c.app(name)  # fail on an unknown app before uploading
-        render_job(c.deploy(name, archive), f"deploy of {name}")
+
+    def once() -> None:
+        detect(path)  # a source lbsolo cannot build fails here, before anything is uploaded
+        with pack(path, settings.max_upload_bytes) as archive, Client(settings) as c:
+            c.app(name)  # fail on an unknown app before uploading
+            render_job(c.deploy(name, archive), f"deploy of {name}")
+
+    once()
+    if not watch_:
+        return
+    from lbsolo.watch import watch
+
+    def again() -> None:
+        console.rule(f"change in {path}: redeploying {name}")
+        try:
+            once()
+        except LbsoloError as e:  # keep watching: the next save may fix it
+            err.print(f"[bold red]error:[/] {escape(e.message)}")
+        console.print(f"[dim]watching {path} (Ctrl+C to stop)[/]")
+
+    console.print(f"[dim]watching {path} (Ctrl+C to stop)[/]")
+    try:
+        watch(path, again)
+    except KeyboardInterrupt:
+        console.print("stopped watching")
 
 
 def render_job(events: Iterator[dict[str, Any]], what: str) -> dict[str, Any]:

@@ -154,6 +154,13 @@ def rollback_target(releases: list[Release], current: int | None, version: int |
     return max(before, key=lambda r: r.version)
 
 
+def images_to_remove(releases: list[Release], current: int | None, images: list[str], keep: int) -> list[str]:
+    """Image ids beyond the last `keep` releases' (the current one always kept), so rollback stays instant."""
+    recent = sorted(releases, key=lambda r: r.version, reverse=True)[:keep]
+    wanted = {r.image for r in recent} | {r.image for r in releases if r.version == current}
+    return [i for i in images if i not in wanted]
+
+
 # ---- the platform ---------------------------------------------------------------------------
 
 
@@ -301,10 +308,10 @@ class Platform:
         job = DeployJob(app=app.name, output=LogBuffer())
         build_job = self.builder.submit(app.name, context, job.output)
         job.output.append(f"-----> Building {app.name} (build {build_job.build.id})")
-        job.task = self._spawn(self._deploy(job, build_job.done), f"deploy-{app.name}")
+        job.task = self._spawn(self._deploy(job, build_job.done, build_job.build.id), f"deploy-{app.name}")
         return job
 
-    async def _deploy(self, job: DeployJob, built: asyncio.Future[tuple[str, SourceSpec]]) -> None:
+    async def _deploy(self, job: DeployJob, built: asyncio.Future[tuple[str, SourceSpec]], build_id: str) -> None:
         out = job.output
         try:
             try:
@@ -314,10 +321,18 @@ class Platform:
             out.append(f"-----> Built image {image_id.removeprefix('sha256:')[:12]}")
             kinds = ", ".join(sorted(spec.processes)) or "web (the image's CMD)"
             out.append(f"       processes: {kinds}")
+            if spec.processes.get("test"):
+                await self._test_phase(job.app, image_id, spec.processes["test"], out)
             release = await self._release(
                 job.app, out, description="deploy", image=image_id, processes=spec.processes, health=spec.health
             )
             job.result = self._ok(job.app, release)
+            try:
+                cleaned = await self.gc(job.app)
+                if cleaned["removed"]:
+                    out.append(f"       removed {len(cleaned['removed'])} old image(s) (keeping the last releases')")
+            except LbsoloError as e:
+                log.warning("image clean-up of %s failed: %s", job.app, e.message)
         except LbsoloError as e:
             out.append(f" !     {e.message}")
             job.result = {"ok": False, "app": job.app, "error": {"code": e.code, "message": e.message}}
@@ -326,6 +341,49 @@ class Platform:
             job.result = {"ok": False, "app": job.app, "error": {"code": "error", "message": str(e)}}
         finally:
             out.close()
+            await asyncio.to_thread(self._store_build_log, build_id, out.lines)
+
+    def _store_build_log(self, build_id: str, lines: list[str]) -> None:
+        directory = self.settings.logs_dir / "builds"
+        directory.mkdir(parents=True, exist_ok=True)
+        (directory / f"{build_id}.log").write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+    async def builds(self, name: str) -> list[Build]:
+        await self._app(name)
+        return await asyncio.to_thread(self.state.list_builds, name)
+
+    async def build_log(self, name: str, build_id: str | None) -> list[str]:
+        builds = await self.builds(name)
+        if not builds:
+            raise NotFound(f"{name} has no builds")
+        build = builds[-1] if build_id is None else next((b for b in builds if b.id.startswith(build_id)), None)
+        if build is None:
+            raise NotFound(f"{name} has no build {build_id}")
+        path = self.settings.logs_dir / "builds" / f"{build.id}.log"
+        if not path.exists():
+            return [f"(build {build.id} is {build.status}; its log is not stored yet)"]
+        return (await asyncio.to_thread(path.read_text, encoding="utf-8")).splitlines()
+
+    async def _test_phase(self, app_name: str, image: str, command: str, out: LogBuffer) -> None:
+        """The Procfile's `test:` command, in the new image with the app's config, before any release."""
+        app = await self._app(app_name)
+        out.append(f"-----> Test phase: {command}")
+        await asyncio.to_thread(self.engine.ensure_network, self.network)
+        loop = asyncio.get_running_loop()
+        env = {**app.config, "LBSOLO_APP": app_name, "LBSOLO_PROCESS": "test"}
+        code = await asyncio.to_thread(
+            self.engine.run_once,
+            app=app_name,
+            image=image,
+            command=command,
+            env=env,
+            network=self.network,
+            on_output=lambda line: loop.call_soon_threadsafe(out.append, f"       | {line}"),
+            timeout=self.settings.build_timeout,
+        )
+        if code != 0:
+            raise DeployFailed(f"the test phase failed (exit {code}); nothing was released")
+        out.append("       tests passed")
 
     def _ok(self, app: str, release: Release) -> dict[str, Any]:
         return {"ok": True, "app": app, "release": release.label, "url": self.settings.app_url(app)}
@@ -403,6 +461,7 @@ class Platform:
         new: list[Replica] = []
         try:
             if release.command("release"):
+                loop = asyncio.get_running_loop()
                 await self._step(release, DeployStep.RELEASE_PHASE, ReleaseStatus.DEPLOYING)
                 out.append(f"       release phase: {release.command('release')}")
                 code = await asyncio.to_thread(
@@ -412,7 +471,7 @@ class Platform:
                     command=release.command("release") or "",
                     env=self._spec(app, release, "release", {}).env(),
                     network=self.network,
-                    on_output=lambda line: out.append(f"       | {line}"),
+                    on_output=lambda line: loop.call_soon_threadsafe(out.append, f"       | {line}"),
                     timeout=self.settings.deploy_timeout,
                 )
                 if code != 0:
@@ -621,6 +680,32 @@ class Platform:
             app.health = merged
             await self._save(app)
         return merged
+
+    # ---- disk: image retention
+    async def gc(self, name: str | None = None, dry_run: bool = False) -> dict[str, Any]:
+        """Remove images older than the last `keep_releases` releases of each app, and build leftovers."""
+        apps = [await self._app(name)] if name else await asyncio.to_thread(self.state.list_apps)
+        removed: list[dict[str, Any]] = []
+        for app in apps:
+            images = await asyncio.to_thread(self.engine.app_images, app.name)
+            releases = await asyncio.to_thread(self.state.list_releases, app.name)
+            doomed = set(
+                images_to_remove(releases, app.release, [i["id"] for i in images], self.settings.keep_releases)
+            )
+            for image in images:
+                if image["id"] in doomed and (
+                    dry_run or await asyncio.to_thread(self.engine.remove_image, image["id"])
+                ):
+                    removed.append({"app": app.name, "id": image["id"], "size": image["size"], "tags": image["tags"]})
+        freed = 0 if dry_run else await asyncio.to_thread(self.engine.prune_build_leftovers)
+        return {"removed": removed, "bytes": sum(i["size"] for i in removed) + freed, "dry_run": dry_run}
+
+    async def disk_usage(self) -> dict[str, int]:
+        """Bytes of images per app (layers shared between images are counted once per image)."""
+        usage: dict[str, int] = {}
+        for image in await asyncio.to_thread(self.engine.app_images):
+            usage[image["app"]] = usage.get(image["app"], 0) + image["size"]
+        return usage
 
     # ---- scale
     async def scale(self, name: str, formation: dict[str, int]) -> dict[str, Any]:

@@ -150,6 +150,38 @@ class Engine:
             raise EngineError(f"inspect image {image}: {e}") from e
         return True
 
+    def app_images(self, app: str | None = None) -> list[dict[str, Any]]:
+        """Images this instance built (of one app or all): id, app, size in bytes, tags, created."""
+        labels = [f"{LABEL_INSTANCE}={self.instance}"] + ([f"{LABEL_APP}={app}"] if app else [])
+        with _engine_errors("list images"):
+            images = self.client.images.list(filters={"label": labels})
+        return [
+            {
+                "id": str(i.id),
+                "app": (i.labels or {}).get(LABEL_APP, ""),
+                "size": int(i.attrs.get("Size", 0)),
+                "tags": list(i.tags),
+                "created": str(i.attrs.get("Created", "")),
+            }
+            for i in images
+        ]
+
+    def remove_image(self, image_id: str) -> bool:
+        try:
+            self.client.images.remove(image_id, force=True, noprune=False)
+        except docker.errors.ImageNotFound:
+            return True
+        except docker.errors.APIError as e:
+            log.warning("could not remove image %s: %s", image_id[:19], e.explanation or e)
+            return False
+        return True
+
+    def prune_build_leftovers(self) -> int:
+        """Dangling images from this instance's builds (intermediate layers); returns bytes freed."""
+        with _engine_errors("prune images"):
+            out = self.client.images.prune(filters={"dangling": True, "label": f"{LABEL_INSTANCE}={self.instance}"})
+        return int(out.get("SpaceReclaimed") or 0)
+
     def remove_app_images(self, app: str) -> list[str]:
         """Remove every image this instance built for app; returns their ids."""
         removed = []

@@ -54,6 +54,9 @@ class Route:
     release: str | None = None
     targets: tuple[Target, ...] = ()
     max_body: int | None = None  # bytes; larger request bodies get 413
+    # Custom domains also routed to the app (any case, any port), each optionally with a path
+    # prefix that only this app serves on that domain: ("example.com", "shop.example.com/api").
+    domains: tuple[str, ...] = ()
 
 
 def normalize_host(value: str | bytes | None) -> str:
@@ -77,37 +80,86 @@ def normalize_host(value: str | bytes | None) -> str:
     return host
 
 
-class RouteTable:
-    """Immutable snapshot of the routes; pure decisions, no I/O."""
+def _split_domain(entry: str) -> tuple[str, str]:
+    """A `Route.domains` entry as (normalized host, path prefix without a trailing slash, or "")."""
+    host, slash, path = entry.strip().partition("/")
+    prefix = ("/" + path).rstrip("/") if slash else ""
+    return normalize_host(host), prefix
 
-    __slots__ = ("_by_name", "_by_raw", "_suffix", "_targets", "domain", "routes")
+
+def _under(path: bytes, prefix: bytes) -> bool:
+    """Whether a request target's path is `prefix` or below it (`/api` matches `/api`, `/api/x`, `/api?q`)."""
+    if not path.startswith(prefix):
+        return False
+    rest = path[len(prefix) : len(prefix) + 1]
+    return rest in (b"", b"/", b"?")
+
+
+class RouteTable:
+    """Immutable snapshot of the routes; pure decisions, no I/O.
+
+    A request is routed by its Host: a custom domain of a route (`Route.domains`, optionally with a
+    path prefix: `example.com/api`; the longest matching prefix wins), else `<app>.<domain>`.
+    """
+
+    __slots__ = ("_by_host", "_by_name", "_by_raw", "_prefixed", "_suffix", "_targets", "domain", "routes")
 
     def __init__(self, domain: str, routes: Mapping[str, Route] | None = None) -> None:
         self.domain: str = normalize_host(domain).strip(".")
         self._suffix = "." + self.domain
         copied: dict[str, Route] = {}
         for name, route in (routes or {}).items():
-            if not isinstance(route.targets, tuple):
-                route = replace(route, targets=tuple(route.targets))
+            if not isinstance(route.targets, tuple) or not isinstance(route.domains, tuple):
+                route = replace(route, targets=tuple(route.targets), domains=tuple(route.domains))
             copied[name] = route
         self.routes: Mapping[str, Route] = MappingProxyType(copied)
         self._by_name = {name.lower(): route for name, route in copied.items()}
         self._targets = frozenset(t for r in copied.values() for t in r.targets)
-        self._by_raw: dict[bytes, Route | None] = {}  # raw Host header -> match(), filled as hosts are seen
+        self._by_host: dict[str, Route] = {}  # custom domain -> route
+        prefixed: dict[str, list[tuple[bytes, Route]]] = {}  # custom domain -> [(path prefix, route)]
+        for name in sorted(copied):  # the first app (by name) to claim a domain keeps it
+            route = copied[name]
+            for entry in route.domains:
+                host, prefix = _split_domain(entry)
+                if not host:
+                    continue
+                if prefix:
+                    prefixed.setdefault(host, []).append((prefix.encode(), route))
+                else:
+                    self._by_host.setdefault(host, route)
+        self._prefixed = {h: sorted(v, key=lambda pr: -len(pr[0])) for h, v in prefixed.items()}
+        # raw Host header -> (route by host alone, path-prefix routes of that host), filled as hosts are seen
+        self._by_raw: dict[bytes, tuple[Route | None, list[tuple[bytes, Route]] | None]] = {}
 
-    def match_raw(self, raw_host: bytes) -> Route | None:
-        """`match` for a raw Host header value, memoized (the proxy's per-request lookup)."""
+    def match_raw(self, raw_host: bytes, target: bytes = b"/") -> Route | None:
+        """`match` for a raw Host header value and request target, memoized (the per-request lookup)."""
         try:
-            return self._by_raw[raw_host]
+            route, prefixes = self._by_raw[raw_host]
         except KeyError:
-            pass
-        route = self.match(normalize_host(raw_host))
-        if len(self._by_raw) < 4096:  # bounded: clients choose the Host header
-            self._by_raw[raw_host] = route
+            host = normalize_host(raw_host)
+            route, prefixes = self._match_host(host), self._prefixed.get(host)
+            if len(self._by_raw) < 4096:  # bounded: clients choose the Host header
+                self._by_raw[raw_host] = (route, prefixes)
+        if prefixes is not None:
+            for prefix, candidate in prefixes:
+                if _under(target, prefix):
+                    return candidate
         return route
 
-    def match(self, host: str) -> Route | None:
-        """The route for an already normalized host `<app>.<domain>`; None for anything else."""
+    def match(self, host: str, path: str = "/") -> Route | None:
+        """The route for an already normalized host (and a request path); None when no app is there."""
+        prefixes = self._prefixed.get(host)
+        if prefixes is not None:
+            raw = path.encode("latin-1")
+            for prefix, route in prefixes:
+                if _under(raw, prefix):
+                    return route
+        return self._match_host(host)
+
+    def _match_host(self, host: str) -> Route | None:
+        route = self._by_host.get(host)
+        if route is not None:
+            return route
         suffix = self._suffix
         if not host.endswith(suffix):
             return None
@@ -572,7 +624,7 @@ class _Client(asyncio.Protocol):
             return
         server = self._server
         table = server.table
-        route = table.match_raw(req.host)
+        route = table.match_raw(req.host, req.url)
         if route is None:
             suffix = _port_suffix(req.host)
             links = [(app, f"http://{app}.{table.domain}{suffix}") for app in table.apps()]

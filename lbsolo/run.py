@@ -15,6 +15,7 @@ import secrets
 import time
 from dataclasses import dataclass, field
 
+from lbsolo.detect import exec_command
 from lbsolo.engine import Engine
 from lbsolo.errors import DeployFailed, EngineError
 from lbsolo.models import WEB, HealthCheck, Release, Replica
@@ -59,7 +60,7 @@ async def start_replica(engine: Engine, spec: ReplicaSpec) -> Replica:
         name=replica_name(release.app, release.version, spec.process),
         env=spec.env(),
         port=spec.port if spec.process == WEB else None,
-        command=release.command(spec.process),
+        command=exec_command(command) if (command := release.command(spec.process)) else None,
         network=spec.network,
         memory=spec.memory,
         cpus=spec.cpus,

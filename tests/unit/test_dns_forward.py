@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 import struct
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -15,6 +16,8 @@ import dns.rcode
 import dnslib
 import pytest
 from dnslib import QTYPE, RR, SOA, A, DNSRecord
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from lbsolo.dns import DNSServer, ForwardConfig, Zone
 from lbsolo.dns_forward import Forwarder, parse_upstream, system_upstreams
@@ -415,5 +418,30 @@ def test_resolve_ignores_what_it_cannot_forward() -> None:
         assert await forwarder.resolve(bytes(axfr.pack())) is None
         response = DNSRecord.question("example.org").reply()
         assert await forwarder.resolve(bytes(response.pack())) is None
+
+    asyncio.run(main())
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.binary(max_size=300))
+def test_resolve_never_raises_on_random_bytes(data: bytes) -> None:
+    async def main() -> None:
+        # Upstream: a closed loopback port, so anything forwardable fails fast (ICMP refused).
+        forwarder = Forwarder(ForwardConfig(upstreams=("127.0.0.1:9",), timeout=0.2))
+        result = await forwarder.resolve(data)
+        assert result is None or isinstance(result, bytes)
+
+    asyncio.run(main())
+
+
+def test_server_with_forwarding_survives_garbage_and_keeps_answering() -> None:
+    async def main() -> None:
+        async with upstream() as fake, server(ForwardConfig(upstreams=(fake.address,))) as srv:
+            junk = [b"", b"\x00" * 12, b"\x12\x34\x01\x00\x00\x01" + b"\xff" * 30, bytes(range(256))]
+            junk.append(bytes(DNSRecord.question("example.org").pack())[:-3])
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+                for data in junk:
+                    sock.sendto(data, ("127.0.0.1", srv.port))
+            assert addresses(await udp(srv, "example.org")) == ["192.0.2.1"]
 
     asyncio.run(main())

@@ -1,6 +1,6 @@
 import pytest
 
-from lbsolo.core import ActionKind, Desired, plan, rollback_target, routes_for
+from lbsolo.core import ActionKind, Desired, images_to_remove, plan, rollback_target, routes_for
 from lbsolo.errors import InvalidInput, NotFound
 from lbsolo.models import Release, ReleaseStatus, Replica, parse_formation
 from lbsolo.proxy import Target
@@ -107,3 +107,11 @@ def test_parse_formation(items, expected):
 def test_parse_formation_rejects(items):
     with pytest.raises(InvalidInput):
         parse_formation(items)
+
+
+def test_image_retention_keeps_the_last_releases_and_the_current_one():
+    releases = [rel(v) for v in range(1, 9)]
+    images = [f"sha256:{v}" for v in range(1, 9)] + ["sha256:orphan"]
+    assert images_to_remove(releases, 8, images, keep=5) == ["sha256:1", "sha256:2", "sha256:3", "sha256:orphan"]
+    # a rollback to v2 keeps v2's image even though it is old
+    assert "sha256:2" not in images_to_remove(releases, 2, images, keep=5)
