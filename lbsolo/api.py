@@ -25,8 +25,10 @@ from lbsolo import __version__
 from lbsolo.build import LogBuffer
 from lbsolo.core import DeployJob, Platform
 from lbsolo.errors import InvalidInput, LbsoloError, TooLarge, Unauthorized
+from lbsolo.git import create_git_router
 from lbsolo.logs import matches
 from lbsolo.models import parse_formation, validate_app_name
+from lbsolo.web import create_web_router
 
 
 class AppCreate(BaseModel):
@@ -93,7 +95,7 @@ def error_body(code: str, message: str) -> dict[str, Any]:
     return {"error": {"code": code, "message": message}}
 
 
-def create_api(platform: Platform, token: str) -> FastAPI:
+def create_api(platform: Platform, token: str, api_url: str = "") -> FastAPI:
     settings = platform.settings
 
     def require_token(request: Request) -> None:
@@ -276,6 +278,15 @@ def create_api(platform: Platform, token: str) -> FastAPI:
         context = await receive_upload(request, settings.uploads_dir, settings.max_upload_bytes)
         return stream_job(await platform.deploy(name, context))
 
+    api.include_router(create_git_router(platform, token, api_url))
+
+    @api.get("/api/apps/{name}/git", dependencies=auth, tags=["git"])
+    async def git_remote(name: str) -> dict[str, str]:
+        """The app's git remote: push to it with the API token as the password."""
+        await platform.get_app(name)
+        return {"url": f"{api_url}/git/{name}.git"}
+
+    api.include_router(create_web_router(platform, token))
     return api
 
 

@@ -529,6 +529,42 @@ def destroy(
     )
 
 
+@app.command("git:remote")
+@clean_errors
+def git_remote(name: AppArg) -> None:
+    """Print the git remote of an app: `git push lbsolo main` then builds and rolls it out."""
+    settings = Settings.load()
+    with Client(settings) as c:
+        url = c.request("GET", f"/api/apps/{name}/git")["url"]
+        token = c.token
+    scheme, _, rest = url.partition("://")
+    console.print(f"git remote add lbsolo {scheme}://lbsolo:{token}@{rest}", highlight=False, soft_wrap=True)
+    console.print("[dim]then: git push lbsolo main (the token is the password; keep the remote private)[/]")
+
+
+@app.command("git-hook", hidden=True)
+def git_hook(name: str) -> None:
+    """Run by the post-receive hook of an app's repository: deploy the pushed main/master branch."""
+    import subprocess
+    import tempfile
+
+    pushed = [line.split() for line in sys.stdin.read().splitlines() if len(line.split()) == 3]
+    branches = {ref.removeprefix("refs/heads/"): new for _, new, ref in pushed if ref.startswith("refs/heads/")}
+    branch = next((b for b in ("main", "master") if b in branches), None)
+    if branch is None or set(branches[branch]) == {"0"}:
+        console.print(f"lbsolo: only main or master deploys; pushed {', '.join(branches) or 'nothing'}")
+        return
+    with tempfile.TemporaryFile() as archive:
+        subprocess.run(["git", "archive", "--format=tar", branches[branch]], stdout=archive, check=True)
+        archive.seek(0)
+        try:
+            with Client(Settings.load()) as c:
+                render_job(c.deploy(name, archive), f"deploy of {name}")
+        except LbsoloError as e:
+            console.print(f"lbsolo: {e.message}", highlight=False)
+            raise typer.Exit(1) from None
+
+
 @app.command()
 def version() -> None:
     """Print lbsolo's version."""

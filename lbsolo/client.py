@@ -20,7 +20,9 @@ class Client:
     def __init__(self, settings: Settings, timeout: float = 30.0) -> None:
         self.settings = settings
         self.url = self._find_url(settings)
-        self._http = httpx.Client(base_url=self.url, timeout=timeout, headers=self._auth_header())
+        self.token = self._find_token()
+        auth = {"Authorization": f"Bearer {self.token}"} if self.token else {}
+        self._http = httpx.Client(base_url=self.url, timeout=timeout, headers=auth)
 
     @staticmethod
     def _find_url(settings: Settings) -> str:
@@ -31,14 +33,14 @@ class Client:
         except (OSError, ValueError, KeyError):
             return f"http://{settings.api_host}:{settings.api_port}"
 
-    def _auth_header(self) -> dict[str, str]:
+    def _find_token(self) -> str:
         token = os.environ.get("LBSOLO_TOKEN", "")
         if not token:
             try:
                 token = self.settings.token_path.read_text().strip()
             except OSError:
                 token = ""
-        return {"Authorization": f"Bearer {token}"} if token else {}
+        return token
 
     def close(self) -> None:
         self._http.close()

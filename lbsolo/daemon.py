@@ -130,8 +130,9 @@ class Daemon:
         builder.on_change = platform.record_build
 
         api_sock = _bind(s.api_host, s.api_port)
+        api_url = f"http://{s.api_host}:{api_sock.getsockname()[1]}"
         server = _APIServer(
-            uvicorn.Config(create_api(platform, token), lifespan="off", log_level="warning", access_log=False)
+            uvicorn.Config(create_api(platform, token, api_url), lifespan="off", log_level="warning", access_log=False)
         )
         tasks: list[asyncio.Task[None]] = []
         loop = asyncio.get_running_loop()

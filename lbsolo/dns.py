@@ -86,8 +86,9 @@ class Zone:
     name is answered with the same addresses as the lbsolo domain, as the apex of its
     own one-name zone (SOA and NS there, NODATA with that SOA for other types).  Names
     *below* a custom domain are not ours: they are refused (or forwarded, when
-    forwarding is on), so ``mail.example.com`` keeps resolving upstream.  A mapping
-    (domain -> app) is accepted too; only its keys matter here.
+    forwarding is on), so ``mail.example.com`` keeps resolving upstream, unless a
+    wildcard entry ``*.example.com`` claims them.  A mapping (domain -> app) is accepted
+    too; only its keys matter here.
     """
 
     domain: str = "lbsolo.localhost"
@@ -116,8 +117,11 @@ def _dns_name(value: object) -> str:
     name = str(value).strip().rstrip(".").lower()
     if not name or not name.isascii() or len(name) > 253:
         raise ValueError(f"invalid DNS name: {value!r}")
-    if any(not 0 < len(label) <= 63 or label.isspace() for label in name.split(".")):
+    labels = name.split(".")
+    if any(not 0 < len(label) <= 63 or label.isspace() for label in labels):
         raise ValueError(f"invalid DNS name: {value!r}")
+    if "*" in name and ("*" in name[1:] or len(labels) < 2 or labels[0] != "*"):
+        raise ValueError(f"invalid DNS name (a wildcard must be a leading '*.'): {value!r}")
     return name
 
 
@@ -321,6 +325,12 @@ def _classify(labels: tuple[bytes, ...], zone: Zone) -> tuple[int, str]:
         return _NXDOMAIN, zone.domain
     if name in zone.domains:
         return _APEX, name
+    # "*.shop.test" covers every name below shop.test (the closest wildcard wins); the
+    # SOA for negative answers is then shop.test's.
+    for i in range(1, len(lowered)):
+        parent = name.split(".", i)[-1]
+        if "*." + parent in zone.domains:
+            return _MEMBER, parent
     return _OUTSIDE, ""
 
 

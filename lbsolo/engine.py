@@ -45,6 +45,18 @@ def _engine_errors(what: str) -> Iterator[None]:
         raise EngineUnavailable(f"{what}: the Docker engine is not reachable ({e})") from e
 
 
+def _until_timeout(stream: Iterator[dict[str, Any]], app: str, timeout: float) -> Iterator[dict[str, Any]]:
+    """The build's output stream; a silent step longer than the timeout ends the build."""
+    try:
+        yield from stream
+    except requests.exceptions.ConnectionError as e:
+        if "timed out" in str(e).lower() or isinstance(e.__context__, TimeoutError):
+            raise BuildFailed(f"build of {app} timed out after {timeout:.0f}s (LBSOLO_BUILD_TIMEOUT)") from e
+        raise
+    except requests.exceptions.ReadTimeout as e:
+        raise BuildFailed(f"build of {app} timed out after {timeout:.0f}s (LBSOLO_BUILD_TIMEOUT)") from e
+
+
 def parse_memory(value: str) -> int:
     """'512m' -> bytes. Accepts b, k, m, g suffixes (Docker's convention)."""
     v = value.strip().lower()
@@ -109,7 +121,7 @@ class Engine:
                 timeout=int(timeout),
             )
             started = time.monotonic()
-            for chunk in stream:
+            for chunk in _until_timeout(stream, app, timeout):
                 if time.monotonic() - started > timeout:
                     raise BuildFailed(f"build of {app} timed out after {timeout:.0f}s (LBSOLO_BUILD_TIMEOUT)")
                 if "stream" in chunk:

@@ -27,7 +27,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 from http import HTTPStatus
 from types import MappingProxyType
-from typing import Any, cast
+from typing import Any, NamedTuple, cast
 
 import httptools
 
@@ -38,9 +38,8 @@ __all__ = ["ProxyServer", "Route", "RouteTable", "Target", "normalize_host"]
 log = logging.getLogger("lbsolo.proxy")
 
 
-@dataclass(frozen=True, slots=True)
-class Target:
-    """One upstream address (a replica's published port)."""
+class Target(NamedTuple):
+    """One upstream address (a replica's published port). A tuple: hashing it is cheap (hot path)."""
 
     host: str
     port: int
@@ -184,6 +183,9 @@ _HOP_BY_HOP = frozenset(
 )
 # Request headers never forwarded as sent: hop-by-hop ones and those the proxy sets itself.
 _REQ_DROP = _HOP_BY_HOP | {b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host", b"x-request-id"}
+# Request headers looked at while copying; of those, the ones copied as they are.
+_REQ_COPIED = frozenset({b"host", b"content-length", b"accept"})
+_REQ_SPECIAL = _REQ_DROP | _REQ_COPIED
 # A client's X-Request-Id is kept when it is 1-200 printable ASCII characters.
 _REQUEST_ID_OK = re.compile(rb"[\x21-\x7e][\x20-\x7e]{0,199}").fullmatch
 # Response headers the proxy interprets rather than copies.
@@ -286,7 +288,8 @@ class _Request:
     upgrade = False
     upgrade_value = b""
     accept_json = False
-    conn_tokens: frozenset[bytes] | None = None
+    head = b""  # request line and end-to-end headers as sent to the app
+    xff = b""  # X-Forwarded-For from the client
     request_id = b""
     body_size = 0
     body_done = False
@@ -303,7 +306,7 @@ class _Request:
     upstream_time: float | None = None  # seconds from sending to the app until its response head
 
     def __init__(self) -> None:
-        self.headers: list[tuple[bytes, bytes, bytes]] = []  # (lowercase name, name, value)
+        self.headers: list[tuple[bytes, bytes]] = []
         self.body: list[bytes] = []  # buffered until an upstream takes it
 
 
@@ -461,10 +464,11 @@ class _Client(asyncio.Protocol):
             if self._head_bytes > 2 * _MAX_HEAD_BYTES:
                 raise _HeadTooLarge
             return
-        if self._head_bytes > _MAX_HEAD_BYTES or len(req.headers) >= _MAX_HEADERS:
+        headers = req.headers
+        if self._head_bytes > _MAX_HEAD_BYTES or len(headers) >= _MAX_HEADERS:
             self._too_large = True
             raise _HeadTooLarge
-        req.headers.append((name.lower(), name, value))
+        headers.append((name, value))
 
     def on_headers_complete(self) -> None:
         req = self._parsing
@@ -475,12 +479,20 @@ class _Client(asyncio.Protocol):
         req.http11 = parser.get_http_version() not in ("1.0", "0.9")
         req.keep_alive = parser.should_keep_alive()
         req.upgrade = upgrade = parser.should_upgrade()
+        # One pass: note what the proxy acts on, and copy the end-to-end headers for the app.
         hosts = 0
         tokens: set[bytes] | None = None
-        for lname, _name, value in req.headers:
+        parts = [method, b" ", req.url, b" HTTP/1.1\r\n"]
+        extend = parts.extend
+        for name, value in req.headers:
+            lname = name.lower()
+            if lname not in _REQ_SPECIAL:
+                extend((name, b": ", value, b"\r\n"))
+                continue
             if lname == b"host":
                 hosts += 1
                 req.host = value
+                extend((name, b": ", value, b"\r\n"))
             elif lname == b"connection":
                 if tokens is None:
                     tokens = set()
@@ -493,17 +505,28 @@ class _Client(asyncio.Protocol):
                 req.has_length = True
                 if value.isdigit():
                     req.content_length = int(value)
+                extend((name, b": ", value, b"\r\n"))
             elif lname == b"x-request-id":
                 if _REQUEST_ID_OK(value):
                     req.request_id = value
             elif lname == b"accept":
                 low = value.lower()
                 req.accept_json = b"application/json" in low and b"text/html" not in low
+                extend((name, b": ", value, b"\r\n"))
             elif lname == b"upgrade":
                 req.upgrade_value = value
+            elif lname == b"x-forwarded-for":
+                req.xff = value if not req.xff else req.xff + b", " + value
         if tokens:
+            tokens -= _CONN_PLAIN
             tokens.discard(b"host")
-            req.conn_tokens = frozenset(tokens)
+            if tokens:  # the client named more hop-by-hop headers: copy again without them
+                del parts[4:]
+                for name, value in req.headers:
+                    lname = name.lower()
+                    if lname not in tokens and (lname not in _REQ_SPECIAL or lname in _REQ_COPIED):
+                        extend((name, b": ", value, b"\r\n"))
+        req.head = b"".join(parts)
         if not req.request_id:
             req.request_id = self._server._new_request_id()
         if method == b"CONNECT":
@@ -715,7 +738,7 @@ class _Client(asyncio.Protocol):
     def _track(self, target: Target) -> None:
         """Count this connection's current exchange (or tunnel) against `target`."""
         old = self._target
-        if old == target:
+        if old is target:
             return
         if old is not None:
             self._untrack()
@@ -962,7 +985,6 @@ class _Client(asyncio.Protocol):
 class _Upstream(asyncio.Protocol):
     __slots__ = (
         "_closed",
-        "_conn_tokens",
         "_done",
         "_eof_body",
         "_got",
@@ -1022,10 +1044,9 @@ class _Upstream(asyncio.Protocol):
     def _reset(self) -> None:
         self._status = 0
         self._reason = b""
-        self._headers: list[tuple[bytes, bytes, bytes]] = []  # end-to-end ones only
+        self._headers: list[tuple[bytes, bytes]] = []
         self._length: bytes | None = None  # Content-Length value
         self._te: bytes | None = None  # Transfer-Encoding value
-        self._conn_tokens: set[bytes] | None = None  # Connection header tokens
         self._upgrade: bytes | None = None
         self._head_bytes = 0
         self._mode = _M_NONE
@@ -1082,6 +1103,8 @@ class _Upstream(asyncio.Protocol):
         self._got = True
         if self.deadline is not None:
             self.deadline = self._loop.time() + self._server.read_timeout
+        if not self._status:  # still in the response head
+            self._head_bytes += len(data)
         # Everything this chunk produces for the client goes out in one write.
         client._cork = cork = []
         upgrade_at = -1
@@ -1100,6 +1123,9 @@ class _Upstream(asyncio.Protocol):
             if cork:
                 client._write(cork[0] if len(cork) == 1 else b"".join(cork))
         if self.client is None:
+            return
+        if not self._status and self._head_bytes > _MAX_HEAD_BYTES and error is None:
+            self._fail(502, "bad_gateway", "app sent a response head that is too large", retry=False)
             return
         if upgrade_at >= 0:
             if self._status == 101:
@@ -1133,30 +1159,11 @@ class _Upstream(asyncio.Protocol):
     # -- httptools callbacks -------------------------------------------------------------
 
     def on_status(self, reason: bytes) -> None:
-        self._head_bytes += len(reason)
         self._reason += reason
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self._head_bytes += len(name) + len(value) + 4
-        if self._head_bytes > _MAX_HEAD_BYTES or len(self._headers) >= _MAX_HEADERS:
-            raise _BadResponse("response head too large")
-        req = self.req
-        if req is not None and req.responded:
-            return  # trailers
-        lname = name.lower()
-        if lname not in _RESP_SPECIAL:
-            self._headers.append((lname, name, value))
-        elif lname == b"content-length":
-            self._length = value
-        elif lname == b"transfer-encoding":
-            self._te = value
-        elif lname == b"connection":
-            tokens = self._conn_tokens
-            if tokens is None:
-                self._conn_tokens = tokens = set()
-            tokens.update(t.strip().lower() for t in value.split(b","))
-        elif lname == b"upgrade":
-            self._upgrade = value
+        # Kept minimal (called per header); sizes are checked in data_received, meaning in _classify.
+        self._headers.append((name, value))
 
     def on_headers_complete(self) -> None:
         client = self.client
@@ -1167,10 +1174,15 @@ class _Upstream(asyncio.Protocol):
         assert parser is not None
         status = parser.get_status_code()
         self._status = status
+        headers = self._headers
+        self._headers = []  # trailers, if any, land here and are dropped
+        if len(headers) > _MAX_HEADERS:
+            raise _BadResponse("too many response headers")
+        parts = self._classify(status, headers)
         if status < 200 and status != 101:
             self._interim = True
             if req.http11:
-                client._write(self._head(status, self._headers, keep=True, mode=_M_NONE, interim=True))
+                client._write(self._head(status, parts, keep=True, mode=_M_NONE, interim=True))
             return
         if status == 101 and not req.upgrade:
             raise _BadResponse("101 without an upgrade request")
@@ -1192,7 +1204,7 @@ class _Upstream(asyncio.Protocol):
         self._keep = parser.should_keep_alive()
         keep = mode != _M_CLOSE and client._keep_alive(req)
         req.close_after = not keep
-        client._write(self._head(status, self._headers, keep=keep, mode=mode, interim=False))
+        client._write(self._head(status, parts, keep=keep, mode=mode, interim=False))
         req.responded = True
         if no_body and status != 101:
             self._done = True
@@ -1212,9 +1224,9 @@ class _Upstream(asyncio.Protocol):
         if self._interim:
             self._interim = False
             self._headers = []
-            self._length = self._te = self._upgrade = self._conn_tokens = None
             self._reason = b""
             self._head_bytes = 0
+            self._status = 0
             return
         if not self._done:
             self._keep = self._keep and self._parser.should_keep_alive()  # type: ignore[union-attr]
@@ -1224,29 +1236,40 @@ class _Upstream(asyncio.Protocol):
 
     # -- exchange ------------------------------------------------------------------------
 
-    def _head(
-        self,
-        status: int,
-        headers: list[tuple[bytes, bytes, bytes]],
-        *,
-        keep: bool,
-        mode: int,
-        interim: bool,
-    ) -> bytes:
-        reason = self._reason or _PHRASES.get(status, b"")
-        parts = [b"HTTP/1.1 %d %s\r\n" % (status, reason)]
-        append = parts.append
+    def _classify(self, status: int, headers: list[tuple[bytes, bytes]]) -> list[bytes]:
+        """One pass over the response headers: note the framing ones, copy the end-to-end ones."""
+        parts = [b"HTTP/1.1 %d %s\r\n" % (status, self._reason or _PHRASES.get(status, b""))]
         extend = parts.extend
-        tokens = self._conn_tokens
+        self._length = self._te = self._upgrade = None
+        tokens: set[bytes] | None = None
+        for name, value in headers:
+            lname = name.lower()
+            if lname not in _RESP_SPECIAL:
+                extend((name, b": ", value, b"\r\n"))
+            elif lname == b"content-length":
+                self._length = value
+            elif lname == b"transfer-encoding":
+                self._te = value
+            elif lname == b"connection":
+                if value != b"keep-alive" and value != b"close":
+                    if tokens is None:
+                        tokens = set()
+                    tokens.update(t.strip().lower() for t in value.split(b","))
+            elif lname == b"upgrade":
+                self._upgrade = value
         if tokens:
             tokens -= _CONN_PLAIN
-        if tokens:  # the app named more hop-by-hop headers
-            for lname, name, value in headers:
-                if lname not in tokens:
-                    extend((name, b": ", value, b"\r\n"))
-        else:
-            for _lname, name, value in headers:
-                extend((name, b": ", value, b"\r\n"))
+            if tokens:  # the app named more hop-by-hop headers: copy again without them
+                del parts[1:]
+                for name, value in headers:
+                    lname = name.lower()
+                    if lname not in _RESP_SPECIAL and lname not in tokens:
+                        extend((name, b": ", value, b"\r\n"))
+        return parts
+
+    def _head(self, status: int, parts: list[bytes], *, keep: bool, mode: int, interim: bool) -> bytes:
+        append = parts.append
+        extend = parts.extend
         length = self._length
         if length is not None and mode < _M_CHUNKED:  # _M_NONE or _M_LENGTH
             extend((b"Content-Length: ", length, b"\r\n"))
@@ -1280,19 +1303,17 @@ class _Upstream(asyncio.Protocol):
         if self._stale:
             self._stale = False
             self._parser = httptools.HttpResponseParser(self)
-        parts = [req.method, b" ", req.url, b" HTTP/1.1\r\n"]
-        extend = parts.extend
-        tokens = req.conn_tokens
-        xff: bytes | None = None
-        for lname, name, value in req.headers:
-            if lname in _REQ_DROP or (tokens is not None and lname in tokens):
-                if lname == b"x-forwarded-for":
-                    xff = value if xff is None else xff + b", " + value
-                continue
-            extend((name, b": ", value, b"\r\n"))
+        xff = req.xff
         peer = client._peer
-        extend((b"X-Forwarded-For: ", xff + b", " + peer if xff else peer, b"\r\n"))
-        extend((b"X-Forwarded-Proto: http\r\nX-Request-Id: ", req.request_id, b"\r\n"))
+        parts = [
+            req.head,
+            b"X-Forwarded-For: ",
+            xff + b", " + peer if xff else peer,
+            b"\r\nX-Forwarded-Proto: http\r\nX-Request-Id: ",
+            req.request_id,
+            b"\r\n",
+        ]
+        extend = parts.extend
         if req.host:
             extend((b"X-Forwarded-Host: ", req.host, b"\r\n"))
         if req.upgrade:

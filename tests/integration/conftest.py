@@ -140,6 +140,9 @@ class Daemon:
             cwd=ROOT,
         )
 
+    def cli_argv(self, *args: str) -> list[str]:
+        return [sys.executable, "-m", "lbsolo", *args]
+
     def cli_background(self, *args: str) -> subprocess.Popen[str]:
         return subprocess.Popen(
             [sys.executable, "-m", "lbsolo", *args],

@@ -128,3 +128,18 @@ def test_custom_domains_appear_and_disappear_with_set_zone() -> None:
             await server.stop()
 
     asyncio.run(main())
+
+
+def test_wildcard_custom_domain_covers_names_below_it() -> None:
+    zone = Zone(domains=frozenset({"*.shop.test", "exact.shop.test", "*.a.b.test"}))
+    for name in ("www.shop.test", "A.B.Shop.Test", "exact.shop.test", "x.a.b.test"):
+        reply = ask(name, zone=zone)
+        assert reply.rcode() == dns.rcode.NOERROR and reply.flags & dns.flags.AA
+        assert rdatas(reply) == ["127.0.0.1"]
+    nodata = ask("www.shop.test", "MX", zone=zone)
+    assert nodata.answer == [] and nodata.authority[0].name.to_text() == "shop.test."
+    for name in ("shop.test", "a.b.test", "other.test"):  # the wildcard's parent itself is not covered
+        assert ask(name, zone=zone).rcode() == dns.rcode.REFUSED
+    for bad in ("*", "a.*.test", "**.test", "*x.test"):
+        with pytest.raises(ValueError):
+            Zone(domains=frozenset({bad}))

@@ -1,0 +1,142 @@
+"""`git push lbsolo main`: a git remote per app over smart HTTP, served by the real `git http-backend`.
+
+Each app gets a bare repository under `$LBSOLO_HOME/git/<app>.git`. Pushes are authenticated
+with HTTP Basic (any user name, the API token as password). The repository's post-receive hook
+runs `lbsolo git-hook <app>`, which archives the pushed commit and deploys it through the API,
+so the build and rollout output appears in the push as `remote:` lines.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import os
+import secrets
+import shlex
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+from fastapi import APIRouter, Request, Response
+from fastapi.responses import StreamingResponse
+
+from lbsolo.core import Platform
+from lbsolo.errors import EngineError, Unauthorized
+from lbsolo.models import validate_app_name
+
+HOOK = """#!/bin/sh
+# Installed by lbsolo: deploy what was pushed. Output goes back to `git push` as remote: lines.
+exec {python} -m lbsolo git-hook {app}
+"""
+
+
+def basic_password(header: str) -> str | None:
+    """The password of an HTTP Basic Authorization header, or None."""
+    scheme, _, value = header.partition(" ")
+    if scheme.lower() != "basic":
+        return None
+    try:
+        decoded = base64.b64decode(value.strip(), validate=True).decode("utf-8")
+    except (binascii.Error, UnicodeDecodeError):
+        return None
+    _, sep, password = decoded.partition(":")
+    return password if sep else None
+
+
+async def _git(*args: str, cwd: Path | None = None) -> None:
+    proc = await asyncio.create_subprocess_exec(
+        "git", *args, cwd=cwd, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE
+    )
+    _, err = await proc.communicate()
+    if proc.returncode != 0:
+        raise EngineError(f"git {args[0]} failed: {err.decode(errors='replace').strip()}")
+
+
+async def ensure_repo(root: Path, app: str) -> Path:
+    """The app's bare repository, created on first use with the deploy hook installed."""
+    repo = root / f"{app}.git"
+    if not (repo / "HEAD").exists():
+        root.mkdir(parents=True, exist_ok=True)
+        await _git("init", "--bare", "--quiet", "--initial-branch=main", str(repo))
+        await _git("config", "http.receivepack", "true", cwd=repo)
+    hook = repo / "hooks" / "post-receive"
+    text = HOOK.format(python=shlex.quote(sys.executable), app=shlex.quote(app))
+    if not hook.exists() or hook.read_text() != text:
+        hook.write_text(text)
+        hook.chmod(0o755)
+    return repo
+
+
+def create_git_router(platform: Platform, token: str, api_url: str) -> APIRouter:
+    router = APIRouter(tags=["git"])
+    root = platform.settings.home / "git"
+
+    @router.api_route("/git/{app}.git/{path:path}", methods=["GET", "POST"], include_in_schema=False)
+    async def git_http(app: str, path: str, request: Request) -> Response:
+        password = basic_password(request.headers.get("authorization", ""))
+        if password is None or not secrets.compare_digest(password.encode(), token.encode()):
+            exc = Unauthorized("git needs the API token as the password (see: lbsolo git:remote APP)")
+            return Response(exc.message + "\n", status_code=401, headers={"WWW-Authenticate": 'Basic realm="lbsolo"'})
+        validate_app_name(app)
+        await platform.get_app(app)  # 404 for unknown apps
+        await ensure_repo(root, app)
+        env = {
+            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+            "HOME": str(platform.settings.home),
+            "GIT_PROJECT_ROOT": str(root),
+            "GIT_HTTP_EXPORT_ALL": "1",
+            "PATH_INFO": f"/{app}.git/{path}",
+            "REQUEST_METHOD": request.method,
+            "QUERY_STRING": request.url.query,
+            "CONTENT_TYPE": request.headers.get("content-type", ""),
+            "REMOTE_USER": "lbsolo",
+            "REMOTE_ADDR": request.client.host if request.client else "",
+            # what the post-receive hook needs to call the API back
+            "LBSOLO_API_URL": api_url,
+            "LBSOLO_TOKEN": token,
+            "LBSOLO_HOME": str(platform.settings.home),
+        }
+        if request.headers.get("content-encoding"):
+            env["HTTP_CONTENT_ENCODING"] = request.headers["content-encoding"]
+        if request.headers.get("git-protocol"):
+            env["GIT_PROTOCOL"] = request.headers["git-protocol"]
+        proc = await asyncio.create_subprocess_exec(
+            "git",
+            "http-backend",
+            env=env,
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.DEVNULL,
+        )
+        assert proc.stdin is not None and proc.stdout is not None
+
+        async def feed() -> None:
+            assert proc.stdin is not None
+            try:
+                async for chunk in request.stream():
+                    proc.stdin.write(chunk)
+                    await proc.stdin.drain()
+            finally:
+                proc.stdin.close()
+
+        feeder = asyncio.create_task(feed())
+        status, headers = 200, {}
+        while line := (await proc.stdout.readline()).rstrip(b"\r\n"):
+            key, _, value = line.decode("latin-1").partition(":")
+            if key.lower() == "status":
+                status = int(value.strip().split()[0])
+            else:
+                headers[key.strip()] = value.strip()
+        media_type = headers.pop("Content-Type", None)
+
+        async def body() -> AsyncIterator[bytes]:
+            assert proc.stdout is not None
+            while chunk := await proc.stdout.read(64 * 1024):
+                yield chunk
+            await feeder
+            await proc.wait()
+
+        return StreamingResponse(body(), status_code=status, headers=headers, media_type=media_type)
+
+    return router

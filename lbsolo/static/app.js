@@ -1,0 +1,70 @@
+// lbsolo web UI: the live log tail with its filter, and a quiet refresh of the apps list.
+// Plain JavaScript, no build step. Text from the server only ever goes in through textContent.
+"use strict";
+
+const MAX_LINES = 2000;
+
+function logTail(pre) {
+  const filter = document.getElementById("log-filter");
+  const state = document.getElementById("log-state");
+  let needle = "";
+
+  const setState = (name, text) => {
+    state.dataset.state = name;
+    state.textContent = text;
+  };
+  const show = (row) => {
+    row.hidden = needle !== "" && !row.dataset.text.includes(needle);
+  };
+
+  filter.addEventListener("input", () => {
+    needle = filter.value.toLowerCase();
+    for (const row of pre.children) show(row);
+  });
+
+  const source = new EventSource(pre.dataset.stream);
+  source.onopen = () => setState("live", "live");
+  source.onerror = () => setState(source.readyState === EventSource.CLOSED ? "closed" : "reconnecting",
+    source.readyState === EventSource.CLOSED ? "disconnected" : "reconnecting…");
+  source.onmessage = (event) => {
+    const line = JSON.parse(event.data);
+    const stuck = pre.scrollTop + pre.clientHeight >= pre.scrollHeight - 4;
+    const row = document.createElement("div");
+    const meta = document.createElement("span");
+    meta.className = "meta";
+    meta.textContent = `${new Date(line.ts * 1000).toLocaleTimeString()} ${line.process}.${line.release} `;
+    row.append(meta, document.createTextNode(line.line));
+    row.dataset.text = `${line.process}.${line.release} ${line.line}`.toLowerCase();
+    show(row);
+    pre.append(row);
+    while (pre.childElementCount > MAX_LINES) pre.firstElementChild.remove();
+    if (stuck) pre.scrollTop = pre.scrollHeight;
+  };
+}
+
+function refresh(section) {
+  const every = Number(section.dataset.refresh) * 1000;
+  setInterval(async () => {
+    if (document.hidden) return;
+    try {
+      const response = await fetch(location.href, { credentials: "same-origin" });
+      if (!response.ok || response.redirected) return;
+      const page = new DOMParser().parseFromString(await response.text(), "text/html");
+      for (const id of [section.id, "recent"]) {
+        const fresh = page.getElementById(id);
+        const old = document.getElementById(id);
+        if (fresh && old) old.replaceWith(fresh);
+      }
+      section = document.getElementById(section.id);
+    } catch (e) {
+      // The daemon may be restarting; the next tick tries again.
+    }
+  }, every);
+}
+
+document.addEventListener("DOMContentLoaded", () => {
+  const pre = document.getElementById("logs");
+  if (pre && window.EventSource) logTail(pre);
+  const live = document.querySelector("[data-refresh]");
+  if (live) refresh(live);
+});

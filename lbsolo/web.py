@@ -1,0 +1,488 @@
+"""The web UI: server-rendered pages over core.Platform, served by the API's process under /ui/.
+
+Login takes the admin token and hands out a session cookie (HttpOnly, SameSite=Strict) that is
+signed with a key derived from that token, so sessions survive a daemon restart and die with
+the token. Every state-changing form carries a per-session CSRF token. Templates autoescape,
+and a strict Content-Security-Policy allows only lbsolo's own script file, so a value such as
+`<script>` in a config var can only ever show up as text.
+
+This module renders and redirects; it decides nothing about apps: each form calls one Platform
+use case. It must not import the engine, the state store or the CLI.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import hashlib
+import hmac
+import json
+import secrets
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, quote, urlsplit
+
+import jinja2
+from fastapi import APIRouter, Request
+from fastapi.responses import HTMLResponse, RedirectResponse, Response, StreamingResponse
+
+from lbsolo.core import DeployJob, Platform
+from lbsolo.errors import InvalidInput, LbsoloError
+from lbsolo.logs import LogLine
+from lbsolo.models import WEB, parse_formation, validate_app_name
+
+COOKIE = "lbsolo_session"
+SESSION_MAX_AGE = 24 * 3600
+MAX_FORM_BYTES = 256 * 1024  # a config value may be 32 KiB; anything far beyond is not a form of ours
+LOG_BACKLOG = 200
+KEEPALIVE_SECONDS = 15.0
+
+PACKAGE = Path(__file__).resolve().parent
+TEMPLATES = PACKAGE / "templates" / "web"
+STATIC = PACKAGE / "static"
+CONTENT_TYPES = {
+    ".css": "text/css; charset=utf-8",
+    ".js": "text/javascript; charset=utf-8",
+    ".svg": "image/svg+xml",
+    ".ico": "image/x-icon",
+    ".png": "image/png",
+}
+SECURITY_HEADERS = {
+    "Content-Security-Policy": (
+        "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
+        "form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
+    ),
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "same-origin",
+    "Cache-Control": "no-store",
+}
+
+
+# ---- sessions and CSRF: pure, no sockets ---------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Session:
+    id: str
+    expires: int
+
+
+def _b64(raw: bytes) -> str:
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+
+class Sessions:
+    """Signed, stateless session cookies and their CSRF tokens, keyed off the admin token.
+
+    A cookie is `<id>.<expires>.<signature>`. Logging out revokes the id in memory until it
+    would have expired anyway; the browser drops the cookie at the same moment.
+    """
+
+    def __init__(self, token: str, max_age: int = SESSION_MAX_AGE, clock: Callable[[], float] = time.time) -> None:
+        self._token = token.encode()
+        self._key = hmac.new(self._token, b"lbsolo web session v1", hashlib.sha256).digest()
+        self.max_age = max_age
+        self._clock = clock
+        self._revoked: dict[str, int] = {}
+
+    def _sign(self, message: str) -> str:
+        return _b64(hmac.new(self._key, message.encode(), hashlib.sha256).digest())
+
+    def check_token(self, given: str) -> bool:
+        return hmac.compare_digest(given.strip().encode(), self._token)
+
+    def issue(self) -> tuple[Session, str]:
+        """A new session and the cookie value that proves it."""
+        session = Session(secrets.token_urlsafe(18), int(self._clock()) + self.max_age)
+        payload = f"{session.id}.{session.expires}"
+        return session, f"{payload}.{self._sign(payload)}"
+
+    def verify(self, cookie: str | None) -> Session | None:
+        if not cookie or len(cookie) > 200:
+            return None
+        sid, _, rest = cookie.partition(".")
+        expires, _, signature = rest.partition(".")
+        if not sid or not expires.isdigit() or not signature:
+            return None
+        if not hmac.compare_digest(signature.encode(), self._sign(f"{sid}.{expires}").encode()):
+            return None
+        if int(expires) <= self._clock() or sid in self._revoked:
+            return None
+        return Session(sid, int(expires))
+
+    def revoke(self, session: Session) -> None:
+        now = self._clock()
+        self._revoked = {sid: exp for sid, exp in self._revoked.items() if exp > now}
+        self._revoked[session.id] = session.expires
+
+    def csrf_token(self, session: Session) -> str:
+        return self._sign(f"csrf:{session.id}")
+
+    def check_csrf(self, session: Session, given: str | None) -> bool:
+        if not given:
+            return False
+        return hmac.compare_digest(given.encode(), self.csrf_token(session).encode())
+
+
+def same_origin(origin: str | None, host: str | None) -> bool:
+    """A form post's Origin header, when the browser sends one, must name this very host."""
+    if not origin:
+        return True
+    if origin == "null" or not host:
+        return False
+    return urlsplit(origin).netloc.lower() == host.lower()
+
+
+def safe_next(target: str | None) -> str:
+    """Where to go after login: only a page of the UI itself, never another site."""
+    if target and target.startswith("/ui/") and not target.startswith("//") and "\\" not in target:
+        return target
+    return "/ui/"
+
+
+def parse_form(body: bytes) -> dict[str, str]:
+    """An urlencoded form body; a repeated field keeps its last value."""
+    try:
+        fields = parse_qs(body.decode("utf-8"), keep_blank_values=True, max_num_fields=50)
+    except (UnicodeDecodeError, ValueError) as e:
+        raise InvalidInput(f"unreadable form: {e}") from e
+    return {k: v[-1] for k, v in fields.items()}
+
+
+def sse_event(data: dict[str, Any], event_id: str | None = None) -> bytes:
+    head = f"id: {event_id}\n" if event_id else ""
+    return f"{head}data: {json.dumps(data, separators=(',', ':'))}\n\n".encode()
+
+
+def job_outcome(job: DeployJob | None, what: str) -> tuple[str, str]:
+    """A finished job as a flash message: (kind, text)."""
+    if job is None:
+        return "ok", f"{what}: saved; it applies from the first deploy"
+    result = job.result
+    if result.get("ok"):
+        return "ok", f"{what}: {result.get('release')} is live"
+    error = result.get("error") or {}
+    return "error", f"{what} failed: {error.get('message', 'unknown error')}"
+
+
+def _when(ts: float | None) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts)) if ts else ""
+
+
+def _static_versions() -> dict[str, tuple[bytes, str]]:
+    files = {}
+    for path in sorted(STATIC.glob("*")):
+        if path.is_file() and path.suffix in CONTENT_TYPES:
+            body = path.read_bytes()
+            files[path.name] = (body, hashlib.sha256(body).hexdigest()[:10])
+    return files
+
+
+def _templates(static: dict[str, tuple[bytes, str]]) -> jinja2.Environment:
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(TEMPLATES),
+        autoescape=jinja2.select_autoescape(["html"]),
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    env.filters["when"] = _when
+    env.globals["static"] = lambda name: f"/ui/static/{name}?v={static[name][1]}"
+    return env
+
+
+# ---- the router ----------------------------------------------------------------------------
+
+
+def create_web_router(platform: Platform, token: str) -> APIRouter:
+    router = APIRouter(include_in_schema=False)
+    sessions = Sessions(token)
+    static = _static_versions()
+    templates = _templates(static)
+    flashes: dict[str, tuple[str, str]] = {}  # session id -> the message the next page shows
+
+    def render(name: str, status: int = 200, **context: Any) -> HTMLResponse:
+        html = templates.get_template(name).render(**context)
+        return HTMLResponse(html, status_code=status, headers=SECURITY_HEADERS)
+
+    def page(request: Request, name: str, session: Session, status: int = 200, **context: Any) -> HTMLResponse:
+        flash = flashes.pop(session.id, None)
+        return render(name, status, csrf=sessions.csrf_token(session), flash=flash, **context)
+
+    def current(request: Request) -> Session | None:
+        return sessions.verify(request.cookies.get(COOKIE))
+
+    def to_login(request: Request) -> RedirectResponse:
+        target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+        return RedirectResponse(f"/ui/login?next={quote(target, safe='/')}", status_code=303)
+
+    def forbidden(reason: str) -> HTMLResponse:
+        return render("error.html", 403, title="Forbidden", message=reason)
+
+    async def form_of(request: Request) -> dict[str, str] | Response:
+        """The posted form, or the response that refuses it (wrong origin or type, too big)."""
+        if not same_origin(request.headers.get("origin"), request.headers.get("host")):
+            return forbidden("This form was posted from another site.")
+        kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if kind not in ("", "application/x-www-form-urlencoded"):
+            return render("error.html", 415, title="Unsupported form", message="Post the UI's own forms.")
+        body = b""
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > MAX_FORM_BYTES:
+                return render("error.html", 413, title="Too large", message="The form is too large.")
+        try:
+            return parse_form(body)
+        except InvalidInput as e:
+            return render("error.html", 400, title="Bad form", message=e.message)
+
+    async def checked_post(request: Request) -> tuple[Session, dict[str, str]] | Response:
+        session = current(request)
+        if session is None:
+            return to_login(request)
+        form = await form_of(request)
+        if isinstance(form, Response):
+            return form
+        if not sessions.check_csrf(session, form.get("csrf")):
+            return forbidden("The form's CSRF token is missing or stale: reload the page and try again.")
+        return session, form
+
+    def back_to_app(session: Session, name: str, kind: str, message: str) -> RedirectResponse:
+        flashes[session.id] = (kind, message)
+        return RedirectResponse(f"/ui/apps/{quote(name)}", status_code=303)
+
+    # ---- login, logout, static
+    @router.get("/")
+    async def root() -> RedirectResponse:
+        return RedirectResponse("/ui/", status_code=307)
+
+    @router.get("/ui")
+    async def ui_root() -> RedirectResponse:
+        return RedirectResponse("/ui/", status_code=307)
+
+    @router.get("/ui/static/{name}")
+    async def static_file(name: str) -> Response:
+        if name not in static:
+            return Response("not found\n", status_code=404, media_type="text/plain")
+        body, _ = static[name]
+        content_type = CONTENT_TYPES[Path(name).suffix]
+        # Pages ask for ?v=<hash of the file>: a new version is a new URL, so caching forever is safe.
+        headers = {"Cache-Control": "public, max-age=31536000, immutable", "X-Content-Type-Options": "nosniff"}
+        return Response(body, media_type=content_type, headers=headers)
+
+    @router.get("/ui/login")
+    async def login_page(request: Request, next: str = "/ui/") -> Response:
+        if current(request) is not None:
+            return RedirectResponse(safe_next(next), status_code=303)
+        return render("login.html", next=safe_next(next), error=None)
+
+    @router.post("/ui/login")
+    async def login(request: Request) -> Response:
+        form = await form_of(request)
+        if isinstance(form, Response):
+            return form
+        target = safe_next(form.get("next"))
+        if not sessions.check_token(form.get("token", "")):
+            return render("login.html", 401, next=target, error="That is not the admin token.")
+        _, cookie = sessions.issue()
+        response = RedirectResponse(target, status_code=303)
+        response.set_cookie(
+            COOKIE,
+            cookie,
+            max_age=sessions.max_age,
+            path="/",
+            httponly=True,
+            samesite="strict",
+            secure=request.url.scheme == "https",
+        )
+        return response
+
+    @router.post("/ui/logout")
+    async def logout(request: Request) -> Response:
+        checked = await checked_post(request)
+        if isinstance(checked, Response):
+            return checked
+        session, _ = checked
+        sessions.revoke(session)
+        flashes.pop(session.id, None)
+        response = RedirectResponse("/ui/login", status_code=303)
+        response.delete_cookie(COOKIE, path="/", httponly=True, samesite="strict")
+        return response
+
+    # ---- pages
+    @router.get("/ui/")
+    async def dashboard(request: Request) -> Response:
+        session = current(request)
+        if session is None:
+            return to_login(request)
+        apps = await platform.list_apps()
+        per_app = await asyncio.gather(*(platform.releases(a["name"]) for a in apps), return_exceptions=True)
+        recent = sorted(
+            (r for rows in per_app if isinstance(rows, list) for r in rows),
+            key=lambda r: r.get("created_at") or 0,
+            reverse=True,
+        )[:10]
+        return page(request, "dashboard.html", session, apps=apps, recent=recent)
+
+    @router.get("/ui/apps/{name}")
+    async def app_page(request: Request, name: str) -> Response:
+        session = current(request)
+        if session is None:
+            return to_login(request)
+        try:
+            app = await platform.get_app(name)
+            releases = await platform.releases(name)
+            replicas = [r.to_dict() for r in await platform.replicas(name)]
+        except LbsoloError as e:
+            return page(request, "error.html", session, e.status, title="Not available", message=e.message)
+        current_version = int(app["release"][1:]) if app["release"] else None
+        return page(
+            request,
+            "app.html",
+            session,
+            app=app,
+            releases=list(reversed(releases)),
+            current=current_version,
+            replicas=replicas,
+            web=app["formation"].get(WEB, 0),
+        )
+
+    @router.get("/ui/apps/{name}/logs/stream")
+    async def log_stream(request: Request, name: str) -> Response:
+        """Server-sent events: the recent lines, then new ones as they arrive; keep-alives between."""
+        if current(request) is None:
+            return Response("log in first\n", status_code=401, media_type="text/plain")
+        try:
+            await platform.get_app(name)
+        except LbsoloError as e:
+            return Response(e.message + "\n", status_code=e.status, media_type="text/plain")
+        since = _float(request.headers.get("last-event-id"))
+        return StreamingResponse(
+            _log_events(platform, name, since),
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
+        )
+
+    # ---- forms: each calls one use case, waits for it and goes back to the app page
+    @router.post("/ui/apps/{name}/config")
+    async def config_set(request: Request, name: str) -> Response:
+        checked = await checked_post(request)
+        if isinstance(checked, Response):
+            return checked
+        session, form = checked
+        key = form.get("key", "").strip()
+        try:
+            validate_app_name(name)
+            job = await platform.set_config(name, {key: form.get("value", "")}, [], form.get("secret") == "on")
+            if job is not None and job.task is not None:
+                await job.task
+            return back_to_app(session, name, *job_outcome(job, f"set {key}"))
+        except LbsoloError as e:
+            return _flash_error(session, name, e, flashes)
+
+    @router.post("/ui/apps/{name}/config/unset")
+    async def config_unset(request: Request, name: str) -> Response:
+        checked = await checked_post(request)
+        if isinstance(checked, Response):
+            return checked
+        session, form = checked
+        key = form.get("key", "").strip()
+        try:
+            validate_app_name(name)
+            job = await platform.set_config(name, {}, [key], False)
+            if job is not None and job.task is not None:
+                await job.task
+            return back_to_app(session, name, *job_outcome(job, f"unset {key}"))
+        except LbsoloError as e:
+            return _flash_error(session, name, e, flashes)
+
+    @router.post("/ui/apps/{name}/rollback")
+    async def rollback(request: Request, name: str) -> Response:
+        checked = await checked_post(request)
+        if isinstance(checked, Response):
+            return checked
+        session, form = checked
+        version = form.get("version", "").strip().lstrip("v")
+        try:
+            validate_app_name(name)
+            if not version.isdigit():
+                raise InvalidInput(f"not a release version: {version!r}")
+            job = await platform.rollback(name, int(version))
+            if job.task is not None:
+                await job.task
+            return back_to_app(session, name, *job_outcome(job, f"rollback to v{version}"))
+        except LbsoloError as e:
+            return _flash_error(session, name, e, flashes)
+
+    @router.post("/ui/apps/{name}/scale")
+    async def scale(request: Request, name: str) -> Response:
+        checked = await checked_post(request)
+        if isinstance(checked, Response):
+            return checked
+        session, form = checked
+        count = form.get("web", "").strip()
+        try:
+            validate_app_name(name)
+            app = await platform.scale(name, parse_formation([f"{WEB}={count}"]))
+            return back_to_app(session, name, "ok", f"scaled web to {app['formation'].get(WEB, 0)}")
+        except LbsoloError as e:
+            return _flash_error(session, name, e, flashes)
+
+    return router
+
+
+def _flash_error(session: Session, name: str, e: LbsoloError, flashes: dict[str, tuple[str, str]]) -> RedirectResponse:
+    flashes[session.id] = ("error", e.message)
+    try:
+        validate_app_name(name)
+    except InvalidInput:
+        return RedirectResponse("/ui/", status_code=303)
+    return RedirectResponse(f"/ui/apps/{quote(name)}", status_code=303)
+
+
+def _float(raw: str | None) -> float | None:
+    try:
+        return float(raw) if raw else None
+    except ValueError:
+        return None
+
+
+def _key(line: LogLine) -> tuple[float, str, str]:
+    return (line.ts, line.replica, line.line)
+
+
+async def _log_events(platform: Platform, name: str, since: float | None) -> AsyncIterator[bytes]:
+    """Recent lines then live ones, as SSE; the event id is the line's time, for reconnects."""
+    queue: asyncio.Queue[LogLine] = asyncio.Queue(maxsize=10_000)
+
+    async def pump() -> None:
+        async for line in platform.follow_logs(name):
+            if not queue.full():  # a reader this far behind loses lines rather than memory
+                queue.put_nowait(line)
+
+    # Follow first, then read the backlog: a line landing in between shows up in both; drop the copy.
+    follower = asyncio.create_task(pump(), name=f"ui-logs-{name}")
+    try:
+        await asyncio.sleep(0)
+        # Strictly after the last line a reconnecting browser saw (ids are the lines' timestamps).
+        recent = await platform.read_logs(name, tail=LOG_BACKLOG, since=None if since is None else since + 1e-6)
+        seen = {_key(ln) for ln in recent}
+        newest = recent[-1].ts if recent else 0.0
+        for line in recent:
+            yield sse_event(line.to_dict(), repr(line.ts))
+        while True:
+            try:
+                line = await asyncio.wait_for(queue.get(), KEEPALIVE_SECONDS)
+            except TimeoutError:
+                yield b": keep-alive\n\n"
+                continue
+            if line.ts <= newest and _key(line) in seen:
+                continue
+            yield sse_event(line.to_dict(), repr(line.ts))
+    finally:
+        follower.cancel()
+        with contextlib.suppress(asyncio.CancelledError, LbsoloError):
+            await follower

@@ -1,0 +1,247 @@
+"""The builder on the real engine: git push, apps without a Dockerfile, image reuse, the test
+phase, build limits, hostile uploads, watch mode and image retention."""
+
+from __future__ import annotations
+
+import io
+import shutil
+import signal
+import subprocess
+import tarfile
+import time
+
+import httpx
+import pytest
+
+from .conftest import EXAMPLES, Daemon, remove_instance
+
+pytestmark = pytest.mark.docker
+
+
+@pytest.fixture(scope="module")
+def daemon(docker_client, tmp_path_factory):
+    d = Daemon(home=tmp_path_factory.mktemp("builder") / "home")
+    d.extra_env = {
+        "LBSOLO_DEPLOY_TIMEOUT": "15",
+        "LBSOLO_BUILD_TIMEOUT": "12",
+        "LBSOLO_BUILD_MEMORY": "128m",
+        "LBSOLO_MAX_UPLOAD_BYTES": "2000000",
+    }
+    d.start()
+    try:
+        yield d
+    finally:
+        d.stop()
+        remove_instance(docker_client, d.instance)
+
+
+def git(cwd, *args):
+    env = {"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t",
+           "PATH": "/usr/bin:/bin", "HOME": str(cwd), "GIT_TERMINAL_PROMPT": "0"}  # fmt: skip
+    return subprocess.run(["git", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+
+
+def test_git_push_deploys_and_a_second_push_rolls_out_v2(daemon, tmp_path):
+    assert daemon.cli("apps:create", "pushed").returncode == 0
+    remote = daemon.cli("git:remote", "pushed")
+    assert remote.returncode == 0, remote.stderr
+    url = remote.stdout.split("git remote add lbsolo ")[1].split()[0]
+    src = tmp_path / "repo"
+    shutil.copytree(EXAMPLES / "hello", src)
+    assert git(src, "init", "-q", "-b", "main").returncode == 0
+    git(src, "add", ".")
+    git(src, "commit", "-qm", "one")
+    push = git(src, "push", url, "main")
+    assert push.returncode == 0, push.stderr
+    assert "remote: -----> Building pushed" in push.stderr
+    assert "release=v1" in daemon.get("pushed").text
+
+    app = src / "app.py"
+    app.write_text(app.read_text().replace('"GREETING", "Hello"', '"GREETING", "Pushed"'))
+    git(src, "commit", "-qam", "two")
+    push = git(src, "push", url, "main")
+    assert push.returncode == 0, push.stderr
+    r = daemon.get("pushed")
+    assert r.text.startswith("Pushed from lbsolo!") and "release=v2" in r.text
+
+    wrong = url.replace(daemon.token, "not-the-token")
+    assert git(src, "push", wrong, "main").returncode != 0
+
+
+@pytest.mark.parametrize(
+    ("example", "expected"),
+    [("python-procfile", "python-procfile"), ("static", "lbsolo static example"), ("node", "lbsolo node example")],
+)
+def test_examples_without_dockerfile_deploy_and_answer(daemon, example, expected):
+    assert daemon.cli("apps:create", example).returncode == 0
+    out = daemon.cli("deploy", str(EXAMPLES / example), "--app", example)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "No Dockerfile: detected" in out.stdout
+    r = daemon.get(example)
+    assert r.status_code == 200 and expected in r.text
+
+
+def test_worker_process_runs_without_a_route(daemon, docker_client):
+    out = daemon.cli("scale", "python-procfile", "worker=1")
+    assert out.returncode == 0, out.stderr
+    workers = docker_client.containers.list(
+        filters={"label": [f"lbsolo.instance={daemon.instance}", "lbsolo.app=python-procfile", "lbsolo.process=worker"]}
+    )
+    assert len(workers) == 1 and all(b is None for b in workers[0].ports.values())  # exposed, never published
+
+
+def test_detect_prints_the_generated_dockerfile(daemon):
+    out = daemon.cli("detect", str(EXAMPLES / "static"))
+    assert out.returncode == 0 and "FROM busybox" in out.stdout
+
+
+def test_identical_source_reuses_the_image(daemon):
+    out = daemon.cli("deploy", str(EXAMPLES / "static"), "--app", "static")
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "re-using its image" in out.stdout and "Step 1" not in out.stdout
+
+
+def test_failing_test_phase_stops_the_deploy(daemon, tmp_path):
+    src = tmp_path / "tested"
+    shutil.copytree(EXAMPLES / "hello", src)
+    (src / "Procfile").write_text("web: python app.py\ntest: echo running tests && exit 1\n")
+    out = daemon.cli("deploy", str(src), "--app", "pushed")
+    assert out.returncode == 1
+    assert "running tests" in out.stdout and "test phase failed" in out.stderr
+    assert "release=v2" in daemon.get("pushed").text
+    builds = daemon.cli("builds:logs", "pushed")
+    assert "running tests" in builds.stdout
+
+
+def test_build_over_its_time_or_memory_fails_clearly_and_v2_keeps_serving(daemon, tmp_path):
+    slow = tmp_path / "slow"
+    slow.mkdir()
+    (slow / "Dockerfile").write_text("FROM python:3.12-slim\nRUN sleep 40\n")
+    t0 = time.monotonic()
+    out = daemon.cli("deploy", str(slow), "--app", "pushed")
+    assert out.returncode == 1 and "timed out" in out.stderr
+    assert time.monotonic() - t0 < 35
+    hungry = tmp_path / "hungry"
+    hungry.mkdir()
+    (hungry / "Dockerfile").write_text(
+        'FROM python:3.12-slim\nRUN python -c "b = bytearray(400 * 1024 * 1024); print(len(b))"\n'
+    )
+    out = daemon.cli("deploy", str(hungry), "--app", "pushed")
+    assert out.returncode == 1 and "build failed" in out.stderr
+    assert "release=v2" in daemon.get("pushed").text
+    assert httpx.get(f"{daemon.api}/healthz").status_code == 200
+
+
+def _tar(members):
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        for name, data, linkname in members:
+            info = tarfile.TarInfo(name)
+            if linkname:
+                info.type, info.linkname = tarfile.SYMTYPE, linkname
+                tar.addfile(info)
+            else:
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize(
+    "members",
+    [
+        [("Dockerfile", b"FROM busybox\n", None), ("../escape", b"x", None)],
+        [("Dockerfile", b"FROM busybox\n", None), ("/etc/evil", b"x", None)],
+        [("Dockerfile", b"FROM busybox\n", None), ("link", b"", "../../etc/passwd")],
+    ],
+)
+def test_hostile_archives_are_rejected(daemon, members):
+    r = httpx.post(
+        f"{daemon.api}/api/apps/pushed/deploy",
+        content=_tar(members),
+        headers={"Authorization": f"Bearer {daemon.token}"},
+        timeout=30,
+    )
+    body = "".join(r.iter_lines()) if r.status_code == 200 else r.text
+    assert "unsafe path" in body or "outside the source tree" in body
+    assert "release=v2" in daemon.get("pushed").text
+
+
+def test_oversized_upload_is_refused(daemon, tmp_path):
+    def chunks():
+        for _ in range(40):
+            yield b"\0" * 100_000
+
+    r = httpx.post(  # streamed (chunked): the limit is enforced while reading
+        f"{daemon.api}/api/apps/pushed/deploy",
+        content=chunks(),
+        headers={"Authorization": f"Bearer {daemon.token}"},
+        timeout=30,
+    )
+    assert r.status_code == 413 and r.json()["error"]["code"] == "too_large"
+    big = tmp_path / "big"
+    shutil.copytree(EXAMPLES / "hello", big)
+    (big / "blob.bin").write_bytes(b"\0" * 3_000_000)
+    out = daemon.cli("deploy", str(big), "--app", "pushed")  # the CLI refuses before uploading
+    assert out.returncode == 1 and "over" in out.stderr
+    assert "release=v2" in daemon.get("pushed").text
+
+
+def test_watch_mode_redeploys_on_save(daemon, tmp_path):
+    src = tmp_path / "watched"
+    shutil.copytree(EXAMPLES / "hello", src)
+    assert daemon.cli("apps:create", "watched").returncode == 0
+    log = (tmp_path / "watch.log").open("w")
+    proc = subprocess.Popen(
+        [*daemon.cli_argv("deploy", str(src), "--app", "watched", "--watch")],
+        env=daemon.env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    log.close()
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if daemon.get("watched").status_code == 200:
+                break
+            time.sleep(0.3)
+        app = src / "app.py"
+        time.sleep(1)
+        app.write_text(app.read_text().replace('"GREETING", "Hello"', '"GREETING", "Watched"'))
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if daemon.get("watched").text.startswith("Watched from lbsolo!"):
+                break
+            time.sleep(0.3)
+        assert daemon.get("watched").text.startswith("Watched from lbsolo!"), (tmp_path / "watch.log").read_text()
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def test_retention_keeps_the_last_five_releases_images(daemon, docker_client, tmp_path):
+    stranger = docker_client.images.get("busybox:latest")
+    stranger.tag("lbsolo-test-unlabelled", "keep")
+    try:
+        assert daemon.cli("apps:create", "kept").returncode == 0
+        src = tmp_path / "kept"
+        shutil.copytree(EXAMPLES / "static", src)
+        for i in range(8):
+            (src / "index.html").write_text(f"<p>lbsolo static example {i}</p>\n")
+            out = daemon.cli("deploy", str(src), "--app", "kept")
+            assert out.returncode == 0, out.stdout + out.stderr
+        images = docker_client.images.list(filters={"label": [f"lbsolo.instance={daemon.instance}", "lbsolo.app=kept"]})
+        assert len(images) == 5
+        releases = daemon.api_get("/api/apps/kept/releases").json()
+        kept_ids = {i.id for i in images}
+        assert {r["image"] for r in releases[-5:]} == kept_ids
+        assert docker_client.images.get("lbsolo-test-unlabelled:keep").id == stranger.id
+        out = daemon.cli("rollback", "kept", "v4")
+        assert out.returncode == 0, out.stdout + out.stderr
+        assert "example 3" in daemon.get("kept").text
+    finally:
+        docker_client.images.remove("lbsolo-test-unlabelled:keep")

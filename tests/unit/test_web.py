@@ -1,0 +1,356 @@
+"""The web UI without Docker: session cookies, CSRF tokens and form checks as pure functions, then
+the router in-process against a hand-written fake Platform (login, redirects, CSRF, escaping)."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from typing import Any
+
+import httpx
+import pytest
+from fastapi import FastAPI
+
+from lbsolo.build import LogBuffer
+from lbsolo.core import DeployJob
+from lbsolo.errors import NotFound
+from lbsolo.models import masked_config, validate_config_key
+from lbsolo.web import (
+    COOKIE,
+    Session,
+    Sessions,
+    create_web_router,
+    job_outcome,
+    parse_form,
+    safe_next,
+    same_origin,
+    sse_event,
+)
+
+TOKEN = "admin-token-for-tests"
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+# ---- sessions --------------------------------------------------------------------------------
+
+
+def test_issued_cookie_verifies_until_it_expires():
+    clock = Clock()
+    sessions = Sessions(TOKEN, max_age=60, clock=clock)
+    session, cookie = sessions.issue()
+    assert sessions.verify(cookie) == session
+    clock.now += 59
+    assert sessions.verify(cookie) == session
+    clock.now += 1
+    assert sessions.verify(cookie) is None
+
+
+@pytest.mark.parametrize(
+    "tamper",
+    [
+        lambda c: c[:-1] + ("A" if c[-1] != "A" else "B"),  # signature
+        lambda c: "x" + c,  # session id
+        lambda c: c.replace(".", ".9", 1),  # expiry pushed out
+        lambda c: c.rsplit(".", 1)[0],  # no signature
+        lambda c: "",
+        lambda c: "a.b.c",
+        lambda c: c + "." + "A" * 300,
+    ],
+)
+def test_tampered_cookie_is_refused(tamper):
+    sessions = Sessions(TOKEN)
+    _, cookie = sessions.issue()
+    assert sessions.verify(tamper(cookie)) is None
+
+
+def test_cookie_of_another_token_is_refused():
+    _, cookie = Sessions("another-token").issue()
+    assert Sessions(TOKEN).verify(cookie) is None
+    assert Sessions(TOKEN).verify(None) is None
+
+
+def test_sessions_survive_a_restart_but_not_a_logout():
+    session, cookie = Sessions(TOKEN).issue()
+    restarted = Sessions(TOKEN)
+    assert restarted.verify(cookie) == session
+    restarted.revoke(session)
+    assert restarted.verify(cookie) is None
+
+
+def test_revoked_ids_are_forgotten_once_expired():
+    clock = Clock()
+    sessions = Sessions(TOKEN, max_age=10, clock=clock)
+    old, _ = sessions.issue()
+    sessions.revoke(old)
+    clock.now += 11
+    new, _ = sessions.issue()
+    sessions.revoke(new)
+    assert set(sessions._revoked) == {new.id}
+
+
+def test_csrf_token_is_per_session_and_checked():
+    sessions = Sessions(TOKEN)
+    a, _ = sessions.issue()
+    b, _ = sessions.issue()
+    token = sessions.csrf_token(a)
+    assert sessions.check_csrf(a, token)
+    assert not sessions.check_csrf(b, token)
+    assert not sessions.check_csrf(a, None)
+    assert not sessions.check_csrf(a, "")
+    assert not sessions.check_csrf(a, token[:-1])
+    assert Sessions("other").csrf_token(a) != token
+    assert not sessions.check_csrf(Session(a.id, a.expires), token + "x")
+
+
+def test_admin_token_check():
+    sessions = Sessions(TOKEN)
+    assert sessions.check_token(TOKEN)
+    assert sessions.check_token(f" {TOKEN}\n")
+    assert not sessions.check_token("")
+    assert not sessions.check_token(TOKEN[:-1])
+
+
+# ---- small decisions ---------------------------------------------------------------------------
+
+
+def test_same_origin():
+    assert same_origin(None, "127.0.0.1:7780")
+    assert same_origin("http://127.0.0.1:7780", "127.0.0.1:7780")
+    assert same_origin("http://LBSOLO.localhost:8080", "lbsolo.localhost:8080")
+    assert not same_origin("http://evil.example", "127.0.0.1:7780")
+    assert not same_origin("http://127.0.0.1:7781", "127.0.0.1:7780")
+    assert not same_origin("null", "127.0.0.1:7780")
+    assert not same_origin("http://127.0.0.1:7780", None)
+
+
+@pytest.mark.parametrize(
+    ("given", "expected"),
+    [
+        (None, "/ui/"),
+        ("/ui/apps/hello", "/ui/apps/hello"),
+        ("//evil.example/ui/", "/ui/"),
+        ("https://evil.example/", "/ui/"),
+        ("/ui/\\evil", "/ui/"),
+        ("/api/apps", "/ui/"),
+    ],
+)
+def test_safe_next(given, expected):
+    assert safe_next(given) == expected
+
+
+def test_parse_form():
+    assert parse_form(b"key=A&value=%3Cscript%3E&value=last&empty=") == {"key": "A", "value": "last", "empty": ""}
+    with pytest.raises(Exception, match="unreadable"):
+        parse_form(b"\xff\xfe")
+
+
+def test_sse_event():
+    assert sse_event({"line": "a\nb"}, "1.5") == b'id: 1.5\ndata: {"line":"a\\nb"}\n\n'
+
+
+def test_job_outcome():
+    assert job_outcome(None, "set A")[0] == "ok"
+    job = DeployJob(app="a", output=LogBuffer(), result={"ok": True, "release": "v3"})
+    assert job_outcome(job, "set A") == ("ok", "set A: v3 is live")
+    job.result = {"ok": False, "error": {"code": "deploy_failed", "message": "boom"}}
+    assert job_outcome(job, "rollback to v1") == ("error", "rollback to v1 failed: boom")
+
+
+# ---- the router against a fake platform -------------------------------------------------------
+
+
+class FakePlatform:
+    """Just the Platform use cases the UI calls, over dicts."""
+
+    def __init__(self) -> None:
+        self.config: dict[str, str] = {"GREETING": "hi", "DB_PASSWORD": "hunter2"}
+        self.calls: list[tuple[Any, ...]] = []
+        self.web = 1
+
+    def _app(self) -> dict[str, Any]:
+        return {
+            "name": "hello",
+            "status": "running",
+            "release": "v2",
+            "url": "http://hello.lbsolo.localhost:8080",
+            "replicas": 1,
+            "formation": {"web": self.web},
+            "restarts": 0,
+            "config": masked_config(self.config, []),
+        }
+
+    async def list_apps(self) -> list[dict[str, Any]]:
+        return [self._app()]
+
+    async def get_app(self, name: str) -> dict[str, Any]:
+        if name != "hello":
+            raise NotFound(f"no app {name}")
+        return self._app()
+
+    async def releases(self, name: str) -> list[dict[str, Any]]:
+        await self.get_app(name)
+        return [
+            {"app": name, "version": 1, "status": "superseded", "description": "deploy", "created_at": 1.0},
+            {"app": name, "version": 2, "status": "active", "description": "deploy", "created_at": 2.0},
+        ]
+
+    async def replicas(self, name: str) -> list[Any]:
+        await self.get_app(name)
+        return []
+
+    async def _job(self) -> DeployJob:
+        job = DeployJob(app="hello", output=LogBuffer(), result={"ok": True, "release": "v3"})
+
+        async def done() -> None:
+            await asyncio.sleep(0)
+
+        job.task = asyncio.create_task(done())
+        return job
+
+    async def set_config(self, name: str, values: dict[str, str], unset: list[str], secret: bool) -> DeployJob:
+        await self.get_app(name)
+        for key in [*values, *unset]:
+            validate_config_key(key)
+        self.calls.append(("config", values, unset, secret))
+        self.config.update(values)
+        return await self._job()
+
+    async def rollback(self, name: str, version: int | None) -> DeployJob:
+        self.calls.append(("rollback", version))
+        return await self._job()
+
+    async def scale(self, name: str, formation: dict[str, int]) -> dict[str, Any]:
+        self.calls.append(("scale", formation))
+        self.web = formation["web"]
+        return self._app()
+
+
+@pytest.fixture
+def platform() -> FakePlatform:
+    return FakePlatform()
+
+
+class Client:
+    """The router in-process through httpx's ASGI transport, on one event loop kept across calls."""
+
+    def __init__(self, app: FastAPI) -> None:
+        self.loop = asyncio.new_event_loop()
+        transport = httpx.ASGITransport(app=app)
+        self.http = httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1:7780")
+
+    def get(self, path: str, **kw: Any) -> httpx.Response:
+        return self.loop.run_until_complete(self.http.get(path, **kw))
+
+    def post(self, path: str, **kw: Any) -> httpx.Response:
+        return self.loop.run_until_complete(self.http.post(path, **kw))
+
+    def close(self) -> None:
+        self.loop.run_until_complete(self.http.aclose())
+        self.loop.close()
+
+
+@pytest.fixture
+def client(platform):
+    app = FastAPI()
+    app.include_router(create_web_router(platform, TOKEN))  # type: ignore[arg-type]
+    c = Client(app)
+    yield c
+    c.close()
+
+
+def login(client: Client) -> str:
+    r = client.post("/ui/login", data={"token": TOKEN, "next": "/ui/apps/hello"})
+    assert r.status_code == 303 and r.headers["location"] == "/ui/apps/hello"
+    cookie = r.headers["set-cookie"]
+    assert "HttpOnly" in cookie and "SameSite=strict" in cookie and "Path=/" in cookie
+    page = client.get("/ui/apps/hello")
+    assert page.status_code == 200
+    return re.search(r'name="csrf" value="([^"]+)"', page.text).group(1)
+
+
+def test_pages_redirect_to_login_without_a_session(client):
+    assert client.get("/").headers["location"] == "/ui/"
+    for path in ("/ui/", "/ui/apps/hello", "/ui/apps/nosuch"):
+        r = client.get(path)
+        assert r.status_code == 303
+        assert r.headers["location"].startswith("/ui/login?next=")
+    assert client.get("/ui/apps/hello/logs/stream").status_code == 401
+    r = client.post("/ui/apps/hello/config", data={"key": "A", "value": "1"})
+    assert r.status_code == 303 and r.headers["location"].startswith("/ui/login")
+
+
+def test_wrong_token_stays_on_login(client):
+    r = client.post("/ui/login", data={"token": "nope"})
+    assert r.status_code == 401 and "not the admin token" in r.text
+    assert COOKIE not in r.headers.get("set-cookie", "")
+
+
+def test_forms_need_the_csrf_token(client, platform):
+    csrf = login(client)
+    assert client.post("/ui/apps/hello/config", data={"key": "A", "value": "1"}).status_code == 403
+    assert client.post("/ui/apps/hello/config", data={"key": "A", "value": "1", "csrf": "x"}).status_code == 403
+    assert client.post("/ui/apps/hello/rollback", data={"version": "1"}).status_code == 403
+    assert client.post("/ui/apps/hello/scale", data={"web": "2"}).status_code == 403
+    assert client.post("/ui/logout").status_code == 403
+    other_site = client.post(
+        "/ui/apps/hello/config", data={"key": "A", "value": "1", "csrf": csrf}, headers={"Origin": "http://evil"}
+    )
+    assert other_site.status_code == 403
+    assert platform.calls == []
+
+    r = client.post("/ui/apps/hello/config", data={"key": "A", "value": "1", "csrf": csrf})
+    assert r.status_code == 303 and r.headers["location"] == "/ui/apps/hello"
+    assert "set A: v3 is live" in client.get("/ui/apps/hello").text
+    assert client.post("/ui/apps/hello/rollback", data={"version": "v1", "csrf": csrf}).status_code == 303
+    assert client.post("/ui/apps/hello/scale", data={"web": "3", "csrf": csrf}).status_code == 303
+    assert platform.calls == [("config", {"A": "1"}, [], False), ("rollback", 1), ("scale", {"web": 3})]
+
+
+def test_bad_input_comes_back_as_a_flash(client, platform):
+    csrf = login(client)
+    r = client.post("/ui/apps/hello/scale", data={"web": "many", "csrf": csrf})
+    assert r.status_code == 303
+    assert "expected TYPE=COUNT" in client.get("/ui/apps/hello").text
+    client.post("/ui/apps/hello/config", data={"key": "1BAD", "value": "x", "csrf": csrf})
+    assert "invalid config key" in client.get("/ui/apps/hello").text
+    assert platform.calls == []
+
+
+def test_output_is_escaped_and_secrets_masked(client, platform):
+    platform.config["XSS"] = "<script>alert(1)</script>"
+    login(client)
+    page = client.get("/ui/apps/hello")
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page.text
+    assert "<script>alert(1)" not in page.text
+    assert "hunter2" not in page.text
+    assert "script-src 'self'" in page.headers["content-security-policy"]
+
+
+def test_logout_ends_the_session(client):
+    csrf = login(client)
+    r = client.post("/ui/logout", data={"csrf": csrf})
+    assert r.status_code == 303 and r.headers["location"] == "/ui/login"
+    assert client.get("/ui/").status_code == 303
+
+
+def test_unknown_app_page_is_a_404_page(client):
+    login(client)
+    r = client.get("/ui/apps/nosuch")
+    assert r.status_code == 404 and "no app nosuch" in r.text
+
+
+def test_static_files_are_versioned_and_cached(client):
+    r = client.get("/ui/static/app.css")
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/css")
+    assert "immutable" in r.headers["cache-control"]
+    assert client.get("/ui/static/../web.py").status_code == 404
+    assert client.get("/ui/static/nosuch.js").status_code == 404
+    login(client)
+    assert re.search(r'/ui/static/app\.js\?v=[0-9a-f]{10}"', client.get("/ui/").text)
