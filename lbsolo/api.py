@@ -67,6 +67,11 @@ class HealthRequest(BaseModel):
     grace: float | None = None
 
 
+class DomainsChange(BaseModel):
+    add: list[str] = []
+    remove: list[str] = []
+
+
 class RunRequest(BaseModel):
     command: str
 
@@ -211,6 +216,11 @@ def create_api(platform: Platform, token: str, api_url: str = "") -> FastAPI:
         """Health check settings; they apply from the next release on."""
         values = {k: v for k, v in body.model_dump().items() if v is not None or k == "path"}
         return await platform.set_health(name, values)
+
+    @api.patch("/api/apps/{name}/domains", dependencies=auth, tags=["domains"])
+    async def domains(name: str, body: DomainsChange) -> list[str]:
+        """Add or remove custom domains; the proxy routes them and the DNS answers for them at once."""
+        return await platform.set_domains(name, body.add, body.remove)
 
     @api.get("/api/apps/{name}/ps", dependencies=auth, tags=["processes"])
     async def ps(name: str) -> list[dict[str, Any]]:

@@ -529,6 +529,59 @@ def destroy(
     )
 
 
+@app.command("domains")
+@clean_errors
+def domains_list(name: AppArg) -> None:
+    """List an app's custom domains."""
+    with _client() as c:
+        found = c.app(name)["domains"]
+    console.print("\n".join(found) if found else f"{name} has no custom domains", highlight=False)
+
+
+@app.command("domains:add")
+@clean_errors
+def domains_add(name: AppArg, domains: Annotated[list[str], typer.Argument(help="e.g. example.com")]) -> None:
+    """Route custom domains to an app (proxy and DNS both follow at once)."""
+    with _client() as c:
+        found = c.request("PATCH", f"/api/apps/{name}/domains", json={"add": domains})
+    console.print(f"{name} domains: {', '.join(found)}", highlight=False)
+
+
+@app.command("domains:remove")
+@clean_errors
+def domains_remove(name: AppArg, domains: Annotated[list[str], typer.Argument(help="e.g. example.com")]) -> None:
+    """Stop routing custom domains to an app."""
+    with _client() as c:
+        found = c.request("PATCH", f"/api/apps/{name}/domains", json={"remove": domains})
+    console.print(f"{name} domains: {', '.join(found) or 'none'}", highlight=False)
+
+
+@app.command("dns:setup")
+@clean_errors
+def dns_setup(
+    apply: Annotated[
+        bool, typer.Option("--apply", help="Write the files and restart the resolver (needs root).")
+    ] = False,
+    system: Annotated[
+        str | None, typer.Option(help="linux-resolved, linux-other or macos (default: detected).")
+    ] = None,
+) -> None:
+    """Print (or apply) the steps that make this machine's resolver ask lbsolo for its domain."""
+    import subprocess
+
+    from lbsolo.dnssetup import apply_plan, detect_system, setup_plan
+
+    settings = Settings.load()
+    plan = setup_plan(settings.domain, settings.dns_host, settings.dns_port, system or detect_system())
+    console.print(plan.text, highlight=False, markup=False)
+    if apply:
+        try:
+            written = apply_plan(plan, run=lambda cmd: subprocess.run(cmd, check=True))
+        except (OSError, subprocess.CalledProcessError) as e:
+            raise LbsoloError(f"could not apply the DNS setup: {e}") from e
+        console.print(f"applied: {', '.join(map(str, written))}")
+
+
 @app.command("git:remote")
 @clean_errors
 def git_remote(name: AppArg) -> None:

@@ -29,6 +29,11 @@ class Settings:
     dns_port: int = 5354
     dns_strict: bool = False
     dns_ttl: int = 5
+    # Forwarding of names outside lbsolo's zones: off by default, and then only for `dns_allow`.
+    dns_forward: bool = False
+    dns_upstreams: str = ""  # comma-separated host[:port]; empty: /etc/resolv.conf
+    dns_allow: str = ""  # comma-separated CIDRs; empty: loopback only
+    dns_rate_qps: float = 2000.0  # per client (loopback exempt); 0 turns the limit off
     # Address(es) the DNS answers with: where the proxy can be reached. Empty = derived.
     public_ipv4: str = ""
     public_ipv6: str = ""

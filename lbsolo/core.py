@@ -19,7 +19,7 @@ import logging
 import threading
 import time
 from collections.abc import AsyncIterator, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from pathlib import Path
 from typing import Any, Protocol
@@ -42,6 +42,7 @@ from lbsolo.models import (
     masked_config,
     validate_app_name,
     validate_config_key,
+    validate_domain,
     validate_process_name,
 )
 from lbsolo.proxy import Route, Target
@@ -67,6 +68,7 @@ class Ingress(Protocol):
 class Desired:
     version: int | None
     formation: Mapping[str, int] = field(default_factory=lambda: {WEB: 1})
+    domains: tuple[str, ...] = ()
 
 
 class ActionKind(StrEnum):
@@ -126,13 +128,14 @@ def routes_for(desired: Mapping[str, Desired | int | None], actual: list[Replica
     """The proxy's routes: every app, targeting its running web replicas of the desired release."""
     routes = {}
     for app, want in desired.items():
-        version = _as_desired(want).version
+        want = _as_desired(want)
+        version = want.version
         targets = tuple(
             Target("127.0.0.1", r.host_port)
             for r in sorted(actual, key=lambda r: r.id)
             if r.app == app and r.release == version and r.process == WEB and r.running and r.host_port
         )
-        routes[app] = Route(app=app, release=f"v{version}" if version else None, targets=targets)
+        routes[app] = Route(app=app, release=f"v{version}" if version else None, targets=targets, domains=want.domains)
     return routes
 
 
@@ -216,6 +219,10 @@ class Platform:
     async def _save(self, obj: App | Release) -> None:
         await asyncio.to_thread(self.state.save_app if isinstance(obj, App) else self.state.save_release, obj)
 
+    @staticmethod
+    def _desired(app: App, version: int | None = None) -> Desired:
+        return Desired(app.release if version is None else version, app.formation, tuple(app.domains))
+
     # ---- apps
     async def create_app(self, name: str) -> App:
         validate_app_name(name)
@@ -257,6 +264,7 @@ class Platform:
             "health": app.health,
             "resources": app.resources,
             "volumes": app.volumes,
+            "domains": app.domains,
             "created_at": app.created_at,
         }
 
@@ -512,7 +520,7 @@ class Platform:
 
         await self._step(release, DeployStep.SWAP)
         current = await asyncio.to_thread(self.engine.list_replicas, name)
-        self._publish_route(name, routes_for({name: release.version}, current)[name])
+        self._publish_route(name, routes_for({name: self._desired(app, release.version)}, current)[name])
         out.append("       traffic switched")
 
         old = [r for r in current if r.id not in {n.id for n in new}]
@@ -672,6 +680,25 @@ class Platform:
 
         return await self._run_job(name, work)
 
+    async def set_domains(self, name: str, add: list[str], remove: list[str]) -> list[str]:
+        """Custom domains: routed by the proxy and answered by the DNS as soon as they change."""
+        added = [validate_domain(d) for d in add]
+        removed = {validate_domain(d) for d in remove}
+        async with self.lock(name):
+            app = await self._app(name)
+            for other in await asyncio.to_thread(self.state.list_apps):
+                clash = set(added) & set(other.domains)
+                if other.name != name and clash:
+                    raise Conflict(f"{', '.join(sorted(clash))} already belongs to {other.name}")
+            missing = removed - set(app.domains)
+            if missing:
+                raise NotFound(f"{name} has no domain {', '.join(sorted(missing))}")
+            app.domains = sorted((set(app.domains) | set(added)) - removed)
+            await self._save(app)
+            route = self._routes.get(name, Route(app=name))
+            self._publish_route(name, replace(route, domains=tuple(app.domains)))
+        return app.domains
+
     async def set_health(self, name: str, values: dict[str, Any]) -> dict[str, Any]:
         async with self.lock(name):
             app = await self._app(name)
@@ -754,7 +781,7 @@ class Platform:
         await run.stop_replicas(self.engine, failed, 0)
         removing = [a.replica for a in actions if a.kind is ActionKind.REMOVE and a.replica]
         keep = [r for r in await asyncio.to_thread(self.engine.list_replicas, app.name) if r not in removing]
-        self._publish_route(app.name, routes_for({app.name: app.release}, keep)[app.name])
+        self._publish_route(app.name, routes_for({app.name: self._desired(app)}, keep)[app.name])
         targets = [Target("127.0.0.1", r.host_port) for r in removing if r.process == WEB and r.host_port]
         if targets:
             await self.ingress.drain(targets, self.settings.drain_timeout)
@@ -798,7 +825,7 @@ class Platform:
         apps = await asyncio.to_thread(self.state.list_apps)
         actual = await asyncio.to_thread(self.engine.list_replicas)
         busy = {a.name for a in apps if self.lock(a.name).locked()}
-        desired = {a.name: Desired(a.release, a.formation) for a in apps if a.name not in busy}
+        desired = {a.name: self._desired(a) for a in apps if a.name not in busy}
         actions = [a for a in plan(desired, [r for r in actual if r.app not in busy]) if a.app not in busy]
         for action in actions:
             try:

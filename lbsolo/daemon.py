@@ -28,7 +28,7 @@ from lbsolo.api import create_api
 from lbsolo.build import Builder
 from lbsolo.config import Settings
 from lbsolo.core import Platform
-from lbsolo.dns import DNSServer, Zone
+from lbsolo.dns import DNSServer, ForwardConfig, RateLimit, Zone
 from lbsolo.engine import Engine
 from lbsolo.proxy import ProxyServer, Route, Target
 from lbsolo.state import State
@@ -71,7 +71,8 @@ class ProxyIngress:
 
     def publish(self, routes: dict[str, Route]) -> None:
         self.proxy.set_routes(routes)
-        self.dns.set_zone(replace(self.dns.zone, apps=frozenset(routes)))
+        domains = frozenset(d.split("/", 1)[0] for r in routes.values() for d in r.domains)
+        self.dns.set_zone(replace(self.dns.zone, apps=frozenset(routes), domains=domains))
 
     async def drain(self, targets: Iterable[Target], timeout: float) -> bool:
         return await self.proxy.wait_drained(targets, timeout)
@@ -123,7 +124,13 @@ class Daemon:
 
         proxy = ProxyServer(host=s.proxy_host, port=s.proxy_port, domain=s.domain)
         zone = Zone(domain=s.domain, ipv4=s.dns_ipv4, ipv6=s.dns_ipv6, strict=s.dns_strict, ttl=s.dns_ttl)
-        dns = DNSServer(host=s.dns_host, port=s.dns_port, zone=zone)
+        forward = None
+        if s.dns_forward:
+            upstreams = tuple(u.strip() for u in s.dns_upstreams.split(",") if u.strip())
+            allow = tuple(a.strip() for a in s.dns_allow.split(",") if a.strip())
+            forward = ForwardConfig(upstreams=upstreams, **({"allow": allow} if allow else {}))
+        limit = RateLimit(qps=s.dns_rate_qps, burst=s.dns_rate_qps * 2) if s.dns_rate_qps > 0 else None
+        dns = DNSServer(host=s.dns_host, port=s.dns_port, zone=zone, forward=forward, rate_limit=limit)
 
         builder = Builder(engine, memory=s.build_memory, timeout=s.build_timeout)
         platform = Platform(s, state, engine, builder, ProxyIngress(proxy, dns))

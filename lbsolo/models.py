@@ -81,6 +81,18 @@ WEB = "web"
 MASK = "********"
 
 
+_LABEL = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
+
+
+def validate_domain(name: str) -> str:
+    """A custom domain: lowercase DNS name of two or more labels, optional leading `*.`; returns it normalised."""
+    domain = name.strip().lower().rstrip(".")
+    labels = domain.removeprefix("*.").split(".")
+    if len(domain) > 253 or len(labels) < 2 or not all(_LABEL.match(label) for label in labels):
+        raise InvalidInput(f"invalid domain {name!r}: expected a DNS name such as example.com or *.example.com")
+    return domain
+
+
 def validate_config_key(key: str) -> str:
     if not _CONFIG_KEY.match(key):
         raise InvalidInput(f"invalid config key {key!r}: use letters, digits and '_', not starting with a digit")
@@ -146,6 +158,7 @@ class App:
     health: dict[str, Any] | None = None  # overrides of the source's health check
     resources: dict[str, dict[str, Any]] = field(default_factory=dict)  # process -> {memory, cpus}
     volumes: dict[str, str] = field(default_factory=dict)  # volume name -> mount path
+    domains: list[str] = field(default_factory=list)  # custom domains routed to the app
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -162,6 +175,7 @@ class App:
             health=d.get("health"),
             resources=dict(d.get("resources") or {}),
             volumes=dict(d.get("volumes") or {}),
+            domains=list(d.get("domains") or []),
         )
 
 

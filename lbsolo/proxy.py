@@ -188,8 +188,10 @@ _REQ_COPIED = frozenset({b"host", b"content-length", b"accept"})
 _REQ_SPECIAL = _REQ_DROP | _REQ_COPIED
 # A client's X-Request-Id is kept when it is 1-200 printable ASCII characters.
 _REQUEST_ID_OK = re.compile(rb"[\x21-\x7e][\x20-\x7e]{0,199}").fullmatch
-# Response headers the proxy interprets rather than copies.
-_RESP_SPECIAL = _HOP_BY_HOP | {b"content-length", b"x-request-id"}
+# Response headers dropped without a look (the framing ones are handled one by one).
+_RESP_DROPPED = tuple(
+    b"\r\n" + name + b":" for name in (b"keep-alive", b"proxy-connection", b"te", b"trailer", b"x-request-id")
+)
 _CONN_PLAIN = frozenset({b"close", b"keep-alive", b"upgrade", b"content-length", b""})
 _UNROUTED = "(unrouted)"  # metrics key of requests that matched no app
 _IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE", b"TRACE"})
@@ -982,6 +984,20 @@ class _Client(asyncio.Protocol):
 # upstream side
 
 
+def _cut(block: bytes, low: bytes, pattern: bytes) -> tuple[bytes, bytes, list[bytes]]:
+    """Remove every `pattern` ("\\r\\nname:") header line from a head block; also return their values."""
+    values = []
+    start = len(pattern)
+    while (pos := low.find(pattern)) >= 0:
+        end = low.find(b"\r\n", pos + 2)
+        if end < 0:
+            end = len(low)
+        values.append(block[pos + start : end].strip())
+        block = block[:pos] + block[end:]
+        low = low[:pos] + low[end:]
+    return block, low, values
+
+
 class _Upstream(asyncio.Protocol):
     __slots__ = (
         "_closed",
@@ -989,7 +1005,7 @@ class _Upstream(asyncio.Protocol):
         "_eof_body",
         "_got",
         "_head_bytes",
-        "_headers",
+        "_head_buf",
         "_interim",
         "_keep",
         "_length",
@@ -1044,7 +1060,7 @@ class _Upstream(asyncio.Protocol):
     def _reset(self) -> None:
         self._status = 0
         self._reason = b""
-        self._headers: list[tuple[bytes, bytes]] = []
+        self._head_buf = b""  # the response head as received (the start of a response)
         self._length: bytes | None = None  # Content-Length value
         self._te: bytes | None = None  # Transfer-Encoding value
         self._upgrade: bytes | None = None
@@ -1105,6 +1121,7 @@ class _Upstream(asyncio.Protocol):
             self.deadline = self._loop.time() + self._server.read_timeout
         if not self._status:  # still in the response head
             self._head_bytes += len(data)
+            self._head_buf += data
         # Everything this chunk produces for the client goes out in one write.
         client._cork = cork = []
         upgrade_at = -1
@@ -1158,12 +1175,8 @@ class _Upstream(asyncio.Protocol):
 
     # -- httptools callbacks -------------------------------------------------------------
 
-    def on_status(self, reason: bytes) -> None:
-        self._reason += reason
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        # Kept minimal (called per header); sizes are checked in data_received, meaning in _classify.
-        self._headers.append((name, value))
+    # No on_status/on_header: httptools then makes no Python call per header. The response head is
+    # read from the raw bytes in _classify, with C-level bytes operations.
 
     def on_headers_complete(self) -> None:
         client = self.client
@@ -1174,11 +1187,7 @@ class _Upstream(asyncio.Protocol):
         assert parser is not None
         status = parser.get_status_code()
         self._status = status
-        headers = self._headers
-        self._headers = []  # trailers, if any, land here and are dropped
-        if len(headers) > _MAX_HEADERS:
-            raise _BadResponse("too many response headers")
-        parts = self._classify(status, headers)
+        parts = self._classify(status)
         if status < 200 and status != 101:
             self._interim = True
             if req.http11:
@@ -1223,9 +1232,7 @@ class _Upstream(asyncio.Protocol):
     def on_message_complete(self) -> None:
         if self._interim:
             self._interim = False
-            self._headers = []
-            self._reason = b""
-            self._head_bytes = 0
+            self._head_bytes = len(self._head_buf)
             self._status = 0
             return
         if not self._done:
@@ -1236,36 +1243,43 @@ class _Upstream(asyncio.Protocol):
 
     # -- exchange ------------------------------------------------------------------------
 
-    def _classify(self, status: int, headers: list[tuple[bytes, bytes]]) -> list[bytes]:
-        """One pass over the response headers: note the framing ones, copy the end-to-end ones."""
-        parts = [b"HTTP/1.1 %d %s\r\n" % (status, self._reason or _PHRASES.get(status, b""))]
-        extend = parts.extend
+    def _classify(self, status: int) -> list[bytes]:
+        """Read the response head just parsed: note the framing headers, keep the end-to-end ones.
+
+        Returns the status line and the kept headers, CRLF-terminated, as the first part of the head.
+        """
+        buf = self._head_buf
+        end = buf.find(b"\r\n\r\n")
+        if end < 0:
+            raise _BadResponse("response head without CRLF line ends")
+        self._head_buf = buf[end + 4 :]  # after a 1xx: the start of the next response
+        eol = buf.find(b"\r\n", 0, end + 2)
+        line = buf[8:eol]  # after "HTTP/1.x": " 200 OK"
+        if line.count(b" ") < 2:
+            line = b" %d %s" % (status, _PHRASES.get(status, b""))
+        block = buf[eol:end]  # "\r\nName: value" per header
+        if block.count(b"\r\n") > _MAX_HEADERS:
+            raise _BadResponse("too many response headers")
+        low = block.lower()
         self._length = self._te = self._upgrade = None
-        tokens: set[bytes] | None = None
-        for name, value in headers:
-            lname = name.lower()
-            if lname not in _RESP_SPECIAL:
-                extend((name, b": ", value, b"\r\n"))
-            elif lname == b"content-length":
-                self._length = value
-            elif lname == b"transfer-encoding":
-                self._te = value
-            elif lname == b"connection":
-                if value != b"keep-alive" and value != b"close":
-                    if tokens is None:
-                        tokens = set()
-                    tokens.update(t.strip().lower() for t in value.split(b","))
-            elif lname == b"upgrade":
-                self._upgrade = value
-        if tokens:
-            tokens -= _CONN_PLAIN
-            if tokens:  # the app named more hop-by-hop headers: copy again without them
-                del parts[1:]
-                for name, value in headers:
-                    lname = name.lower()
-                    if lname not in _RESP_SPECIAL and lname not in tokens:
-                        extend((name, b": ", value, b"\r\n"))
-        return parts
+        if b"\r\ncontent-length:" in low:
+            block, low, values = _cut(block, low, b"\r\ncontent-length:")
+            self._length = values[0]
+        if b"\r\nconnection:" in low:
+            block, low, values = _cut(block, low, b"\r\nconnection:")
+            tokens = {t.strip() for v in values for t in v.lower().split(b",")} - _CONN_PLAIN
+            for token in tokens:  # more hop-by-hop headers named by the app
+                block, low, _ = _cut(block, low, b"\r\n" + token + b":")
+        if b"\r\ntransfer-encoding:" in low:
+            block, low, values = _cut(block, low, b"\r\ntransfer-encoding:")
+            self._te = b", ".join(values)
+        if b"\r\nupgrade:" in low:
+            block, low, values = _cut(block, low, b"\r\nupgrade:")
+            self._upgrade = values[0]
+        for pattern in _RESP_DROPPED:
+            if pattern in low:
+                block, low, _ = _cut(block, low, pattern)
+        return [b"HTTP/1.1" + line + block + b"\r\n"]
 
     def _head(self, status: int, parts: list[bytes], *, keep: bool, mode: int, interim: bool) -> bytes:
         append = parts.append

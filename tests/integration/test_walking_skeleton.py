@@ -11,6 +11,7 @@ import dns.message
 import dns.query
 import dns.rcode
 import dns.rdatatype
+import httpx
 import pytest
 
 from .conftest import EXAMPLES
@@ -172,6 +173,32 @@ def test_sigterm_stops_the_daemon_gracefully_and_leaves_apps_running(daemon, doc
     assert container.status == "running"
     daemon.start()
     assert "release=v3" in daemon.get("hello").text
+
+
+def _a(daemon, name):
+    q = dns.message.make_query(name, dns.rdatatype.A)
+    return dns.query.udp(q, "127.0.0.1", port=daemon.dns_port, timeout=3)
+
+
+def test_custom_domains_reach_proxy_and_dns_and_go_away(daemon):
+    out = daemon.cli("domains:add", "hello", "Shop.Example.TEST")
+    assert out.returncode == 0, out.stderr
+    r = httpx.get(f"http://127.0.0.1:{daemon.proxy_port}/", headers={"Host": "shop.example.test"}, timeout=10)
+    assert r.status_code == 200 and "release=v3" in r.text
+    answer = _a(daemon, "shop.example.test")
+    assert [rr.address for rrset in answer.answer for rr in rrset] == ["127.0.0.1"]
+    assert daemon.cli("domains:add", "idle", "shop.example.test").returncode == 1  # one owner per domain
+    assert daemon.cli("domains:add", "hello", "not a domain").returncode == 1
+    assert daemon.cli("domains:remove", "hello", "shop.example.test").returncode == 0
+    r = httpx.get(f"http://127.0.0.1:{daemon.proxy_port}/", headers={"Host": "shop.example.test"}, timeout=10)
+    assert r.status_code == 404
+    assert _a(daemon, "shop.example.test").rcode() == dns.rcode.REFUSED
+
+
+def test_dns_setup_prints_the_steps(daemon):
+    out = daemon.cli("dns:setup", "--system", "linux-resolved")
+    assert out.returncode == 0
+    assert f"127.0.0.1:{daemon.dns_port}" in out.stdout and "lbsolo.localhost" in out.stdout
 
 
 def test_destroy_removes_containers_route_and_images(daemon, docker_client):

@@ -155,6 +155,19 @@ def test_set_config_through_the_form_makes_a_release(daemon, page):
     screenshot(page, "web-app.png")
 
 
+def test_pages_fit_a_phone_width_screen(page):
+    phone = page.context.new_page()
+    try:
+        phone.set_viewport_size({"width": 390, "height": 844})
+        for path, shot in (("/ui/", "web-dashboard-phone.png"), (f"/ui/apps/{APP}", "web-app-phone.png")):
+            phone.goto(path)
+            expect(phone.locator("main h1")).to_be_visible()
+            assert phone.evaluate("() => document.documentElement.scrollWidth <= window.innerWidth"), path
+            screenshot(phone, shot)
+    finally:
+        phone.close()
+
+
 def test_scale_web_through_the_form(daemon, page):
     page.fill("#web-count", "2")
     page.click("#scale-form button[type=submit]")
