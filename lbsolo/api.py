@@ -17,7 +17,7 @@ from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -133,6 +133,16 @@ def create_api(platform: Platform, token: str, api_url: str = "") -> FastAPI:
     async def healthz() -> dict[str, Any]:
         """Liveness only: says nothing about apps, so it needs no token."""
         return {"ok": True}
+
+    @api.get("/metrics", dependencies=auth, tags=["metrics"], response_class=PlainTextResponse)
+    async def metrics() -> str:
+        """Per-app proxy counters and latency histograms, in Prometheus text format."""
+        return platform.ingress.prometheus()
+
+    @api.get("/api/apps/{name}/metrics", dependencies=auth, tags=["metrics"])
+    async def app_metrics(name: str) -> dict[str, Any]:
+        """One app's request counters, bytes and latency histogram since the daemon started."""
+        return await platform.request_metrics(name)
 
     @api.get("/api/info", dependencies=auth, tags=["daemon"])
     async def info() -> dict[str, Any]:

@@ -529,6 +529,22 @@ def destroy(
     )
 
 
+@app.command()
+@clean_errors
+def metrics(name: AppArg) -> None:
+    """Show an app's request counters and latency since the daemon started."""
+    with _client() as c:
+        data = c.request("GET", f"/api/apps/{name}/metrics")
+    if not data:
+        console.print(f"{name} has served no requests since the daemon started")
+        return
+    table = Table(show_header=False, box=None)
+    for key, value in data.items():
+        shown = ", ".join(f"{k}={v}" for k, v in value.items()) if isinstance(value, dict) else str(value)
+        table.add_row(key, escape(shown))
+    console.print(table)
+
+
 @app.command("domains")
 @clean_errors
 def domains_list(name: AppArg) -> None:

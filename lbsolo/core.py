@@ -60,6 +60,10 @@ class Ingress(Protocol):
 
     async def drain(self, targets: Iterable[Target], timeout: float) -> bool: ...
 
+    def metrics(self) -> dict[str, dict[str, Any]]: ...
+
+    def prometheus(self) -> str: ...
+
 
 # ---- pure decisions -------------------------------------------------------------------------
 
@@ -291,6 +295,12 @@ class Platform:
     async def replicas(self, name: str) -> list[Replica]:
         await self._app(name)
         return await asyncio.to_thread(self.engine.list_replicas, name)
+
+    # ---- metrics
+    async def request_metrics(self, name: str) -> dict[str, Any]:
+        """The proxy's counters for one app since the daemon started."""
+        await self._app(name)
+        return self.ingress.metrics().get(name, {})
 
     # ---- logs
     async def read_logs(self, name: str, **filters: Any) -> list[LogLine]:

@@ -77,6 +77,31 @@ class ProxyIngress:
     async def drain(self, targets: Iterable[Target], timeout: float) -> bool:
         return await self.proxy.wait_drained(targets, timeout)
 
+    def metrics(self) -> dict[str, dict[str, Any]]:
+        return self.proxy.metrics()
+
+    def prometheus(self) -> str:
+        return self.proxy.prometheus()
+
+
+class AccessLog:
+    """The proxy's access lines, appended to `<logs>/access.log` through a buffer flushed every second."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._file = path.open("a", encoding="utf-8", buffering=1 << 16)
+
+    def write(self, line: str) -> None:
+        self._file.write(line + "\n")
+
+    async def flush_forever(self) -> None:
+        try:
+            while True:
+                await asyncio.sleep(1.0)
+                await asyncio.to_thread(self._file.flush)
+        finally:
+            self._file.close()
+
 
 class _APIServer(uvicorn.Server):
     def capture_signals(self) -> contextlib.AbstractContextManager[None]:
@@ -122,7 +147,8 @@ class Daemon:
         docker_version = await asyncio.to_thread(engine.ping)
         state = await asyncio.to_thread(State, s.state_path)
 
-        proxy = ProxyServer(host=s.proxy_host, port=s.proxy_port, domain=s.domain)
+        access = AccessLog(s.logs_dir / "access.log")
+        proxy = ProxyServer(host=s.proxy_host, port=s.proxy_port, domain=s.domain, access_log=access.write)
         zone = Zone(domain=s.domain, ipv4=s.dns_ipv4, ipv6=s.dns_ipv6, strict=s.dns_strict, ttl=s.dns_ttl)
         forward = None
         if s.dns_forward:
@@ -160,6 +186,7 @@ class Daemon:
             tasks.append(asyncio.create_task(_supervise("reconcile", platform.reconcile_forever), name="reconcile"))
             tasks.append(asyncio.create_task(_supervise("events", platform.watch_events), name="events"))
             tasks.append(asyncio.create_task(_supervise("logs", platform.logs.flush_forever), name="logs"))
+            tasks.append(asyncio.create_task(access.flush_forever(), name="access-log"))
             api_port = api_sock.getsockname()[1]
             info = {
                 "api": f"http://{s.api_host}:{api_port}",

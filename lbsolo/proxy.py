@@ -1004,8 +1004,8 @@ class _Upstream(asyncio.Protocol):
         "_done",
         "_eof_body",
         "_got",
-        "_head_bytes",
         "_head_buf",
+        "_head_bytes",
         "_interim",
         "_keep",
         "_length",
@@ -1014,7 +1014,6 @@ class _Upstream(asyncio.Protocol):
         "_mode",
         "_parser",
         "_read_paused",
-        "_reason",
         "_req_chunked",
         "_req_sent",
         "_reused",
@@ -1059,7 +1058,6 @@ class _Upstream(asyncio.Protocol):
 
     def _reset(self) -> None:
         self._status = 0
-        self._reason = b""
         self._head_buf = b""  # the response head as received (the start of a response)
         self._length: bytes | None = None  # Content-Length value
         self._te: bytes | None = None  # Transfer-Encoding value
@@ -1252,7 +1250,8 @@ class _Upstream(asyncio.Protocol):
         end = buf.find(b"\r\n\r\n")
         if end < 0:
             raise _BadResponse("response head without CRLF line ends")
-        self._head_buf = buf[end + 4 :]  # after a 1xx: the start of the next response
+        # After a 1xx the rest is the start of the next response; otherwise it is body: not kept.
+        self._head_buf = buf[end + 4 :] if status < 200 and status != 101 else b""
         eol = buf.find(b"\r\n", 0, end + 2)
         line = buf[8:eol]  # after "HTTP/1.x": " 200 OK"
         if line.count(b" ") < 2:
