@@ -136,6 +136,24 @@ def parse_spec(procfile: bytes | None, app_toml: bytes | None) -> SourceSpec:
     return SourceSpec(processes=processes, health=health)
 
 
+def append_labels(path: Path, labels: dict[str, str]) -> None:
+    """End the archive's Dockerfile with one LABEL instruction carrying all of lbsolo's labels.
+
+    The engine's own `labels` build option adds one build step per label; a single instruction
+    costs one. The updated Dockerfile is appended to the tar: the last entry of a name wins.
+    """
+    with tarfile.open(path, mode="r:") as tar:
+        member = tar.getmember("Dockerfile")
+        f = tar.extractfile(member)
+        text = f.read().decode("utf-8", "replace") if f else ""
+    pairs = " ".join(f'{key}="{value}"' for key, value in sorted(labels.items()))
+    data = (text.rstrip("\n") + f"\nLABEL {pairs}\n").encode()
+    info = tarfile.TarInfo("Dockerfile")
+    info.size, info.mode = len(data), 0o644
+    with tarfile.open(path, mode="a:") as tar:
+        tar.addfile(info, io.BytesIO(data))
+
+
 def file_digest(path: Path) -> str:
     """The source's identity: the sha256 of the uploaded archive (the CLI packs deterministically)."""
     with path.open("rb") as f:
@@ -208,13 +226,14 @@ class Builder:
             if image is not None:
                 on_line(f"-----> Same source as an earlier build ({source[:12]}): re-using its image, no build")
             else:
+                labels = {**self.engine.base_labels(build.app), LABEL_BUILD: build.id, LABEL_SOURCE: source}
+                await asyncio.to_thread(append_labels, job.context, labels)
                 with job.context.open("rb") as f:
                     image = await asyncio.to_thread(
                         self.engine.build,
                         f,
                         app=build.app,
                         tag=job.tag,
-                        labels={LABEL_BUILD: build.id, LABEL_SOURCE: source},
                         memory=self.memory,
                         timeout=self.timeout,
                         on_line=on_line,

@@ -22,7 +22,6 @@ from rich.table import Table
 from lbsolo import __version__
 from lbsolo.client import Client
 from lbsolo.config import Settings
-from lbsolo.detect import detect
 from lbsolo.errors import LbsoloError
 from lbsolo.models import parse_formation, validate_app_name
 from lbsolo.source import pack, parse_dotenv
@@ -220,6 +219,8 @@ def deploy(
     validate_app_name(name)
     settings = Settings.load()
 
+    from lbsolo.detect import detect  # jinja2 and friends: only for the verbs that need them
+
     def once() -> None:
         detect(path)  # a source lbsolo cannot build fails here, before anything is uploaded
         with pack(path, settings.max_upload_bytes) as archive, Client(settings) as c:
@@ -266,6 +267,8 @@ def render_job(events: Iterator[dict[str, Any]], what: str) -> dict[str, Any]:
 @clean_errors
 def detect_command(path: Annotated[Path, typer.Argument(help="Source directory.")] = Path(".")) -> None:
     """Show how PATH would be built: its kind, processes, and the Dockerfile (generated if it has none)."""
+    from lbsolo.detect import detect
+
     found = detect(path)
     console.print(f"[bold]{found.kind}[/]: " + "; ".join(found.reasons), highlight=False)
     for kind, command in found.processes.items():

@@ -100,12 +100,14 @@ class Engine:
         *,
         app: str,
         tag: str,
-        labels: dict[str, str],
         memory: str,
         timeout: float,
         on_line: Callable[[str], None],
     ) -> str:
-        """Build a tar context with its Dockerfile; stream output to on_line; return image id."""
+        """Build a tar context with its Dockerfile; stream output to on_line; return image id.
+
+        The Dockerfile must already carry lbsolo's labels (see build.append_labels).
+        """
         image_id = None
         limits = {"memory": parse_memory(memory), "memswap": -1}
         with _engine_errors(f"build of {app}"):
@@ -113,7 +115,6 @@ class Engine:
                 fileobj=context,
                 custom_context=True,
                 tag=tag,
-                labels={**self.base_labels(app), **labels},
                 rm=True,
                 forcerm=True,
                 decode=True,
@@ -418,3 +419,39 @@ class Engine:
             host_port=host_port,
             started_at=str(state.get("StartedAt", "")),
         )
+
+    def stats(self, container_id: str) -> dict[str, float]:
+        """One container's resource use now: cpu_percent (of one CPU), mem_bytes, mem_limit, and
+        net_rx / net_tx (bytes since it started). Blocks about a second: the engine takes two readings."""
+        with _engine_errors(f"stats of {container_id[:12]}"):
+            raw = self.client.api.stats(container_id, stream=False)
+        return self._stats_numbers(raw or {})
+
+    @staticmethod
+    def _stats_numbers(raw: dict[str, Any]) -> dict[str, float]:
+        """Plain numbers from a `docker stats` document (cgroup v1 or v2), the way the docker CLI counts."""
+        cpu = raw.get("cpu_stats") or {}
+        pre = raw.get("precpu_stats") or {}
+        cpu_delta = ((cpu.get("cpu_usage") or {}).get("total_usage") or 0) - (
+            (pre.get("cpu_usage") or {}).get("total_usage") or 0
+        )
+        system_delta = (cpu.get("system_cpu_usage") or 0) - (pre.get("system_cpu_usage") or 0)
+        online = cpu.get("online_cpus") or len((cpu.get("cpu_usage") or {}).get("percpu_usage") or []) or 1
+        cpu_percent = cpu_delta / system_delta * online * 100.0 if cpu_delta > 0 and system_delta > 0 else 0.0
+        memory = raw.get("memory_stats") or {}
+        detail = memory.get("stats") or {}
+        # Page cache the kernel can drop is not the app's memory: v1 reports it as total_inactive_file.
+        cache = detail.get("inactive_file", detail.get("total_inactive_file", 0)) or 0
+        usage = memory.get("usage") or 0
+        mem_bytes = usage - cache if cache < usage else usage
+        rx = tx = 0
+        for net in (raw.get("networks") or {}).values():
+            rx += net.get("rx_bytes") or 0
+            tx += net.get("tx_bytes") or 0
+        return {
+            "cpu_percent": round(float(cpu_percent), 3),
+            "mem_bytes": float(mem_bytes),
+            "mem_limit": float(memory.get("limit") or 0),
+            "net_rx": float(rx),
+            "net_tx": float(tx),
+        }

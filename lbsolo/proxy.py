@@ -1,276 +1,72 @@
-"""lbsolo's HTTP/1.1 reverse proxy: routes `<app>.<domain>` to the app's running replicas.
+"""lbsolo's HTTP/1.1 reverse proxy: routes `<app>.<domain>` (and custom domains) to app replicas.
 
-It runs inside the daemon's event loop (uvloop or the default loop). Client connections are
-`asyncio.Protocol`s parsed with httptools; upstream responses are parsed with httptools too.
-Bodies are streamed in both directions with transport-level backpressure, never buffered whole.
-Upstream connections are kept alive in a small per-target idle pool. WebSocket and other
-`Upgrade` requests become a raw byte tunnel once the app answers `101 Switching Protocols`.
+It runs inside the daemon's event loop (uvloop or the default loop). This module holds the client
+side (`asyncio.Protocol` parsed with httptools; keep-alive, pipelining, streaming bodies with
+backpressure, timeouts, limits, error pages) and `ProxyServer` (listeners, upstream connection
+pools, least-outstanding-requests balancing, passive ejection, drain, metrics, access log).
+Its parts: `proxy_routes` (the routing table), `proxy_http` (shared HTTP constants and helpers),
+`proxy_upstream` (the app side of an exchange, and WebSocket tunnels), `proxy_metrics`; TLS
+certificates come from `lbsolo.tls`.
 
 What it must not do: know about containers, releases or state. It never imports docker,
-tinydb or any other lbsolo module. The core decides routes and pushes them in with
+tinydb or lbsolo modules other than those parts. The core decides routes and pushes them in with
 `ProxyServer.set_routes`; the proxy only reads the current immutable `RouteTable` snapshot.
-It must never let one client connection break another, and never log per request at INFO.
+It must never let one client connection break another, and never log per request: the hot path
+only counts and appends a tuple for the access log, formatted off the hot path.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import html
-import json
 import logging
 import os
-import re
+import ssl
 import time
+from bisect import bisect_left
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, replace
-from http import HTTPStatus
-from types import MappingProxyType
-from typing import Any, NamedTuple, cast
+from typing import Any, cast
 
 import httptools
 
-from lbsolo.proxy_metrics import AppStats, access_line, prometheus_text
+from lbsolo.proxy_http import (
+    _CONN_PLAIN,
+    _MAX_HEAD_BYTES,
+    _MAX_HEADERS,
+    _P_BROKEN,
+    _P_BUFFER,
+    _P_EOF,
+    _P_QUEUE,
+    _P_UPSTREAM,
+    _PHRASES,
+    _REQ_COPIED,
+    _REQ_SPECIAL,
+    _REQUEST_ID_OK,
+    _BodyTooLarge,
+    _HeadTooLarge,
+    _now,
+    _port_suffix,
+    _render_error,
+)
+from lbsolo.proxy_metrics import LATENCY_BUCKETS, AppStats, access_line, prometheus_text
+from lbsolo.proxy_routes import Route, RouteTable, Target, normalize_host
+from lbsolo.proxy_upstream import _Upstream
 
 __all__ = ["ProxyServer", "Route", "RouteTable", "Target", "normalize_host"]
 
 log = logging.getLogger("lbsolo.proxy")
 
-
-class Target(NamedTuple):
-    """One upstream address (a replica's published port). A tuple: hashing it is cheap (hot path)."""
-
-    host: str
-    port: int
-
-
-@dataclass(frozen=True, slots=True)
-class Route:
-    """Where an app's traffic goes; no targets means the app is not running (503)."""
-
-    app: str
-    release: str | None = None
-    targets: tuple[Target, ...] = ()
-    max_body: int | None = None  # bytes; larger request bodies get 413
-    # Custom domains also routed to the app (any case, any port), each optionally with a path
-    # prefix that only this app serves on that domain: ("example.com", "shop.example.com/api").
-    domains: tuple[str, ...] = ()
-
-
-def normalize_host(value: str | bytes | None) -> str:
-    """A Host header value reduced to the host: lowercase, no port, no trailing dot.
-
-    IPv6 literals keep their brackets (`[::1]:8080` -> `[::1]`); "" when missing.
-    """
-    if not value:
-        return ""
-    if isinstance(value, bytes):
-        value = value.decode("latin-1")
-    host = value.strip().lower()
-    if host.startswith("["):
-        end = host.find("]")
-        if end != -1:
-            host = host[: end + 1]
-    elif host.count(":") == 1:
-        host = host.partition(":")[0]
-    if host.endswith("."):
-        host = host[:-1]
-    return host
-
-
-def _split_domain(entry: str) -> tuple[str, str]:
-    """A `Route.domains` entry as (normalized host, path prefix without a trailing slash, or "")."""
-    host, slash, path = entry.strip().partition("/")
-    prefix = ("/" + path).rstrip("/") if slash else ""
-    return normalize_host(host), prefix
-
-
-def _under(path: bytes, prefix: bytes) -> bool:
-    """Whether a request target's path is `prefix` or below it (`/api` matches `/api`, `/api/x`, `/api?q`)."""
-    if not path.startswith(prefix):
-        return False
-    rest = path[len(prefix) : len(prefix) + 1]
-    return rest in (b"", b"/", b"?")
-
-
-class RouteTable:
-    """Immutable snapshot of the routes; pure decisions, no I/O.
-
-    A request is routed by its Host: a custom domain of a route (`Route.domains`, optionally with a
-    path prefix: `example.com/api`; the longest matching prefix wins), else `<app>.<domain>`.
-    """
-
-    __slots__ = ("_by_host", "_by_name", "_by_raw", "_prefixed", "_suffix", "_targets", "domain", "routes")
-
-    def __init__(self, domain: str, routes: Mapping[str, Route] | None = None) -> None:
-        self.domain: str = normalize_host(domain).strip(".")
-        self._suffix = "." + self.domain
-        copied: dict[str, Route] = {}
-        for name, route in (routes or {}).items():
-            if not isinstance(route.targets, tuple) or not isinstance(route.domains, tuple):
-                route = replace(route, targets=tuple(route.targets), domains=tuple(route.domains))
-            copied[name] = route
-        self.routes: Mapping[str, Route] = MappingProxyType(copied)
-        self._by_name = {name.lower(): route for name, route in copied.items()}
-        self._targets = frozenset(t for r in copied.values() for t in r.targets)
-        self._by_host: dict[str, Route] = {}  # custom domain -> route
-        prefixed: dict[str, list[tuple[bytes, Route]]] = {}  # custom domain -> [(path prefix, route)]
-        for name in sorted(copied):  # the first app (by name) to claim a domain keeps it
-            route = copied[name]
-            for entry in route.domains:
-                host, prefix = _split_domain(entry)
-                if not host:
-                    continue
-                if prefix:
-                    prefixed.setdefault(host, []).append((prefix.encode(), route))
-                else:
-                    self._by_host.setdefault(host, route)
-        self._prefixed = {h: sorted(v, key=lambda pr: -len(pr[0])) for h, v in prefixed.items()}
-        # raw Host header -> (route by host alone, path-prefix routes of that host), filled as hosts are seen
-        self._by_raw: dict[bytes, tuple[Route | None, list[tuple[bytes, Route]] | None]] = {}
-
-    def match_raw(self, raw_host: bytes, target: bytes = b"/") -> Route | None:
-        """`match` for a raw Host header value and request target, memoized (the per-request lookup)."""
-        try:
-            route, prefixes = self._by_raw[raw_host]
-        except KeyError:
-            host = normalize_host(raw_host)
-            route, prefixes = self._match_host(host), self._prefixed.get(host)
-            if len(self._by_raw) < 4096:  # bounded: clients choose the Host header
-                self._by_raw[raw_host] = (route, prefixes)
-        if prefixes is not None:
-            for prefix, candidate in prefixes:
-                if _under(target, prefix):
-                    return candidate
-        return route
-
-    def match(self, host: str, path: str = "/") -> Route | None:
-        """The route for an already normalized host (and a request path); None when no app is there."""
-        prefixes = self._prefixed.get(host)
-        if prefixes is not None:
-            raw = path.encode("latin-1")
-            for prefix, route in prefixes:
-                if _under(raw, prefix):
-                    return route
-        return self._match_host(host)
-
-    def _match_host(self, host: str) -> Route | None:
-        route = self._by_host.get(host)
-        if route is not None:
-            return route
-        suffix = self._suffix
-        if not host.endswith(suffix):
-            return None
-        label = host[: -len(suffix)]
-        if not label or "." in label:
-            return None
-        return self._by_name.get(label)
-
-    def apps(self) -> list[str]:
-        return sorted(self.routes)
-
-    def targets(self) -> frozenset[Target]:
-        """Every target of every route."""
-        return self._targets
-
-
-# ---------------------------------------------------------------------------------------------
-# protocol constants
-
-_HOP_BY_HOP = frozenset(
-    {b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer", b"transfer-encoding", b"upgrade"}
-)
-# Request headers never forwarded as sent: hop-by-hop ones and those the proxy sets itself.
-_REQ_DROP = _HOP_BY_HOP | {b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host", b"x-request-id"}
-# Request headers looked at while copying; of those, the ones copied as they are.
-_REQ_COPIED = frozenset({b"host", b"content-length", b"accept"})
-_REQ_SPECIAL = _REQ_DROP | _REQ_COPIED
-# A client's X-Request-Id is kept when it is 1-200 printable ASCII characters.
-_REQUEST_ID_OK = re.compile(rb"[\x21-\x7e][\x20-\x7e]{0,199}").fullmatch
-# Response headers dropped without a look (the framing ones are handled one by one).
-_RESP_DROPPED = tuple(
-    b"\r\n" + name + b":" for name in (b"keep-alive", b"proxy-connection", b"te", b"trailer", b"x-request-id")
-)
-_CONN_PLAIN = frozenset({b"close", b"keep-alive", b"upgrade", b"content-length", b""})
+# Tuning of the server side.
 _UNROUTED = "(unrouted)"  # metrics key of requests that matched no app
 _IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE", b"TRACE"})
-
-_MAX_HEAD_BYTES = 64 * 1024  # request line/status + headers
-_MAX_HEADERS = 128
 _BODY_BUFFER = 256 * 1024  # request body buffered while connecting before reading pauses
 _PIPELINE_MAX = 8  # complete requests queued on one client connection before reading pauses
 _POOL_MAX = 1024  # idle upstream connections kept per target
-# Request timing for metrics: uvloop's loop.time() is cached per iteration at millisecond resolution.
-_now = time.monotonic
 _LOG_FLUSH_EVERY = 0.5  # seconds between access-log flushes
 _EJECT_SECONDS = 5.0  # a target that refused a connection gets no new requests for this long
+_CONNECTING_MAX = 64  # connection attempts in progress per target; more requests queue for one
 _POOL_IDLE = 3.0  # seconds an idle upstream connection is kept (below common app keep-alive timeouts)
-
-# client read-pause reasons (bit set)
-_P_QUEUE = 1  # too many pipelined requests are waiting for their responses
-_P_UPSTREAM = 2  # upstream write buffer full
-_P_BUFFER = 4  # too much body buffered while connecting
-_P_BROKEN = 8  # unparseable input: read nothing more
-_P_EOF = 16  # client half-closed; transport stopped reading
-
-# response body framing towards the client
-_M_NONE = 0
-_M_LENGTH = 1
-_M_CHUNKED = 2
-_M_CLOSE = 3
-
-_PHRASES = {s.value: s.phrase.encode() for s in HTTPStatus}
-
-
-class _HeadTooLarge(Exception):
-    pass
-
-
-class _BodyTooLarge(Exception):
-    pass
-
-
-class _BadResponse(Exception):
-    pass
-
-
-def _render_error(
-    status: int, code: str, message: str, as_json: bool, links: list[tuple[str, str]] | None
-) -> tuple[bytes, bytes]:
-    if as_json:
-        doc = {"error": {"code": code, "message": message}}
-        return json.dumps(doc).encode(), b"application/json"
-    title = html.escape(f"{status} {HTTPStatus(status).phrase}")
-    parts = [
-        '<!doctype html>\n<html><head><meta charset="utf-8"><title>',
-        title,
-        "</title></head>\n<body><h1>",
-        title,
-        "</h1>\n<p>",
-        html.escape(message),
-        "</p>\n",
-    ]
-    if links is not None:
-        if links:
-            parts.append("<p>Apps on this server:</p>\n<ul>\n")
-            for name, url in links:
-                parts.append(f'<li><a href="{html.escape(url)}">{html.escape(name)}</a></li>\n')
-            parts.append("</ul>\n")
-        else:
-            parts.append("<p>No apps on this server yet.</p>\n")
-    parts.append("<hr><p><small>lbsolo</small></p></body></html>\n")
-    return "".join(parts).encode(), b"text/html; charset=utf-8"
-
-
-def _port_suffix(raw_host: bytes) -> str:
-    """':<port>' from a Host header value, '' when absent or 80."""
-    host = raw_host.decode("latin-1").strip()
-    tail = host.rpartition("]")[2] if host.startswith("[") else host
-    _, sep, port = tail.rpartition(":")
-    if sep and port.isdigit() and port != "80":
-        return ":" + port
-    return ""
 
 
 class _Request:
@@ -336,6 +132,7 @@ class _Client(asyncio.Protocol):
         "_parsing",
         "_paused",
         "_peer",
+        "_proto",
         "_pumping",
         "_queue",
         "_served",
@@ -345,14 +142,16 @@ class _Client(asyncio.Protocol):
         "_tunnel",
         "_up",
         "_upgrade_wait",
+        "_waiting_for",
         "_write_paused",
         "deadline",
         "transport",
         "write_deadline",
     )
 
-    def __init__(self, server: ProxyServer) -> None:
+    def __init__(self, server: ProxyServer, https: bool = False) -> None:
         self._server = server
+        self._proto = b"https" if https else b"http"
         self._loop = server._loop
         self._parser = httptools.HttpRequestParser(self)
         self.transport: asyncio.Transport | None = None
@@ -379,6 +178,7 @@ class _Client(asyncio.Protocol):
         self._tunnel = False
         self._served = 0
         self._target: Target | None = None  # where the current exchange (or tunnel) goes, for drain
+        self._waiting_for: Target | None = None  # queued for a connection to this target
         self._bytes_in = self._bytes_out = 0  # on this connection; the marks are where the last request ended
         self._in_mark = self._out_mark = 0
 
@@ -530,7 +330,9 @@ class _Client(asyncio.Protocol):
                         extend((name, b": ", value, b"\r\n"))
         req.head = b"".join(parts)
         if not req.request_id:
-            req.request_id = self._server._new_request_id()
+            server = self._server
+            server._id_count = count = server._id_count + 1
+            req.request_id = b"%s%08x" % (server._id_prefix, count)
         if method == b"CONNECT":
             req.error = (405, "method_not_allowed", "CONNECT is not supported by this proxy")
         elif hosts > 1 or (hosts == 0 and req.http11):
@@ -649,7 +451,8 @@ class _Client(asyncio.Protocol):
             return
         server = self._server
         table = server.table
-        route = table.match_raw(req.host, req.url)
+        hit = table._by_raw.get(req.host)
+        route = hit[0] if hit is not None and hit[1] is None else table.match_raw(req.host, req.url)
         if route is None:
             suffix = _port_suffix(req.host)
             links = [(app, f"http://{app}.{table.domain}{suffix}") for app in table.apps()]
@@ -672,16 +475,35 @@ class _Client(asyncio.Protocol):
                 )
                 return
             req.limit = limit
-        target = server._pick(targets)
-        self._track(target)
+        target = targets[0] if len(targets) == 1 else server._pick(targets)
+        if self._target is not target:
+            self._track(target)
         up = server._pool_get(target)
         if up is not None:
             self._begin(req, up, reused=True)
+        elif server._connecting.get(target, 0) >= _CONNECTING_MAX:
+            # Enough connections are being opened to this target: wait for one of them, or for one
+            # that frees up, rather than flooding the app's accept queue (SYN retries cost seconds).
+            self._waiting_for = target
+            server._waiting.setdefault(target, deque()).append(self)
         else:
             self._connect_task = self._loop.create_task(self._connect(req, target))
 
     async def _connect(self, req: _Request, first: Target) -> None:
         """Open a connection to `first`, else to the route's other targets (nothing was sent yet)."""
+        try:
+            await self._connect_to(req, first)
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # a bug must not leave the client waiting forever
+            log.exception("proxy: internal error while connecting to an app")
+            self._connect_task = None
+            if not self._closed and self._active is req and not req.responded:
+                self._send_error(req, 502, "bad_gateway", "internal proxy error", close=True)
+            else:
+                self._abort()
+
+    async def _connect_to(self, req: _Request, first: Target) -> None:
         server = self._server
         route = req.route
         assert route is not None
@@ -691,6 +513,9 @@ class _Client(asyncio.Protocol):
         while target is not None:
             tried.append(target)
             self._track(target)
+            connecting = server._connecting
+            connecting[target] = connecting.get(target, 0) + 1
+            counted = True
             try:
                 async with asyncio.timeout(server.connect_timeout):
                     _, up = await self._loop.create_connection(
@@ -706,11 +531,16 @@ class _Client(asyncio.Protocol):
                 log.warning("proxy: cannot connect to %s:%s for app %s: %s", target.host, target.port, route.app, exc)
             else:
                 self._connect_task = None
+                counted = False
+                server._connected(target)
                 if self._closed or self._active is not req:
-                    up._close()
+                    server._pool_put(up)  # a fresh connection: someone else can use it
                     return
                 self._begin(req, up, reused=False)
                 return
+            finally:
+                if counted:  # failed or cancelled
+                    server._connected(target)
             target = server._pick_other(route, tried)
         self._connect_task = None
         if not self._closed and self._active is req:
@@ -721,7 +551,8 @@ class _Client(asyncio.Protocol):
         up._begin(self, req, reused)
         if self._write_paused:
             up._pause_read()
-        self._resume(_P_BUFFER)
+        if self._paused & _P_BUFFER:
+            self._resume(_P_BUFFER)
 
     def _retry(self, req: _Request) -> None:
         """Send an idempotent request again on a fresh connection, to the least busy target."""
@@ -823,7 +654,8 @@ class _Client(asyncio.Protocol):
         if close or self._closed or self._eof:
             self._close()
             return
-        self._resume(_P_UPSTREAM)
+        if self._paused & _P_UPSTREAM:
+            self._resume(_P_UPSTREAM)
         if self._upgrade_wait and not queue:
             # The app declined the upgrade: what followed is HTTP again.
             self._upgrade_wait = False
@@ -839,7 +671,8 @@ class _Client(asyncio.Protocol):
         if self._server._stopping and not queue and self._parsing is None:
             self._close()
             return
-        self._pump()
+        if queue:
+            self._pump()
 
     def _record(self, req: _Request) -> None:
         """Count a finished exchange in its app's metrics and buffer its access-log entry."""
@@ -855,7 +688,13 @@ class _Client(asyncio.Protocol):
         bytes_out = self._bytes_out - self._out_mark
         self._out_mark = self._bytes_out
         duration = now - req.started
-        stats.observe(req.status, bytes_in, bytes_out, duration)
+        # AppStats.observe, inlined (hot path)
+        cls = req.status // 100
+        stats.by_class[cls if 0 < cls < 6 else 0] += 1
+        stats.bytes_in += bytes_in
+        stats.bytes_out += bytes_out
+        stats.buckets[bisect_left(LATENCY_BUCKETS, duration)] += 1
+        stats.latency_sum += duration
         buffer = server._log_buffer
         if buffer is not None:
             buffer.append(
@@ -951,6 +790,7 @@ class _Client(asyncio.Protocol):
             self._close()
 
     def _detach_upstream(self) -> None:
+        self._waiting_for = None  # skipped when its turn comes
         self._untrack()
         task = self._connect_task
         if task is not None:
@@ -981,489 +821,6 @@ class _Client(asyncio.Protocol):
 
 
 # ---------------------------------------------------------------------------------------------
-# upstream side
-
-
-def _cut(block: bytes, low: bytes, pattern: bytes) -> tuple[bytes, bytes, list[bytes]]:
-    """Remove every `pattern` ("\\r\\nname:") header line from a head block; also return their values."""
-    values = []
-    start = len(pattern)
-    while (pos := low.find(pattern)) >= 0:
-        end = low.find(b"\r\n", pos + 2)
-        if end < 0:
-            end = len(low)
-        values.append(block[pos + start : end].strip())
-        block = block[:pos] + block[end:]
-        low = low[:pos] + low[end:]
-    return block, low, values
-
-
-class _Upstream(asyncio.Protocol):
-    __slots__ = (
-        "_closed",
-        "_done",
-        "_eof_body",
-        "_got",
-        "_head_buf",
-        "_head_bytes",
-        "_interim",
-        "_keep",
-        "_length",
-        "_loop",
-        "_lost",
-        "_mode",
-        "_parser",
-        "_read_paused",
-        "_req_chunked",
-        "_req_sent",
-        "_reused",
-        "_sent_at",
-        "_server",
-        "_stale",
-        "_status",
-        "_te",
-        "_tunnel",
-        "_upgrade",
-        "_write_paused",
-        "client",
-        "deadline",
-        "idle_since",
-        "pooled",
-        "req",
-        "target",
-        "transport",
-        "write_deadline",
-    )
-
-    def __init__(self, server: ProxyServer, target: Target) -> None:
-        self._server = server
-        self._loop = server._loop
-        self.target = target
-        self.transport: asyncio.Transport | None = None
-        self.client: _Client | None = None
-        self.req: _Request | None = None
-        self._parser: httptools.HttpResponseParser | None = None
-        self._closed = False
-        self._lost = False
-        self._read_paused = False
-        self._write_paused = False
-        self._tunnel = False
-        self._stale = True  # the response parser must be replaced before the next exchange
-        self._sent_at = 0.0
-        self.pooled = False
-        self.idle_since = 0.0
-        self.deadline: float | None = None  # waiting for the app to answer
-        self.write_deadline: float | None = None  # waiting for the app to read the request
-        self._reset()
-
-    def _reset(self) -> None:
-        self._status = 0
-        self._head_buf = b""  # the response head as received (the start of a response)
-        self._length: bytes | None = None  # Content-Length value
-        self._te: bytes | None = None  # Transfer-Encoding value
-        self._upgrade: bytes | None = None
-        self._head_bytes = 0
-        self._mode = _M_NONE
-        self._eof_body = False
-        self._done = False
-        self._got = False
-        self._keep = False
-        self._interim = False
-        self._req_sent = False
-        self._req_chunked = False
-        self._reused = False
-
-    # -- asyncio callbacks ---------------------------------------------------------------
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = cast(asyncio.Transport, transport)  # uvloop's are not subclasses
-        self._server._upstreams.add(self)
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self._closed = self._lost = True
-        self.deadline = None
-        server = self._server
-        server._upstreams.discard(self)
-        if self.pooled:
-            server._pool_remove(self)
-            return
-        client = self.client
-        if client is None:
-            return
-        if self._tunnel:
-            self.client = None
-            client._close()
-        elif exc is None and self._eof_body and self.req is not None and self.req.responded and not self._done:
-            self._done = True
-            if self._mode == _M_CHUNKED:
-                client._write(b"0\r\n\r\n")
-            self._complete()
-        else:
-            self._fail(502, "bad_gateway", "app closed the connection", retry=not self._got)
-
-    def eof_received(self) -> bool | None:
-        return False
-
-    def data_received(self, data: bytes) -> None:
-        client = self.client
-        if client is None:
-            if not self._closed:
-                log.debug("proxy: unexpected data from idle upstream %s", self.target)
-                self._close()
-            return
-        if self._tunnel:
-            client._write(data)
-            return
-        self._got = True
-        if self.deadline is not None:
-            self.deadline = self._loop.time() + self._server.read_timeout
-        if not self._status:  # still in the response head
-            self._head_bytes += len(data)
-            self._head_buf += data
-        # Everything this chunk produces for the client goes out in one write.
-        client._cork = cork = []
-        upgrade_at = -1
-        error: Exception | None = None
-        try:
-            self._parser.feed_data(data)  # type: ignore[union-attr]
-        except httptools.HttpParserUpgrade as exc:
-            upgrade_at = exc.args[0] if exc.args else len(data)
-        except httptools.HttpParserError as exc:
-            error = exc
-        except Exception as exc:
-            log.exception("proxy: internal error while relaying a response")
-            error = exc
-        finally:
-            client._cork = None
-            if cork:
-                client._write(cork[0] if len(cork) == 1 else b"".join(cork))
-        if self.client is None:
-            return
-        if not self._status and self._head_bytes > _MAX_HEAD_BYTES and error is None:
-            self._fail(502, "bad_gateway", "app sent a response head that is too large", retry=False)
-            return
-        if upgrade_at >= 0:
-            if self._status == 101:
-                self._start_tunnel(data[upgrade_at:])
-            else:
-                self._fail(502, "bad_gateway", "app sent an unexpected upgrade", retry=False)
-            return
-        if error is not None:
-            if not self._done:
-                log.warning("proxy: invalid response from %s: %s", self.target, error)
-                self._fail(502, "bad_gateway", "app sent an invalid response", retry=False)
-                return
-            self._keep = False
-        if self._done:
-            self._complete()
-
-    def pause_writing(self) -> None:
-        self._write_paused = True
-        client = self.client
-        if client is not None:
-            self.write_deadline = self._loop.time() + self._server.read_timeout
-            client._pause(_P_UPSTREAM)
-
-    def resume_writing(self) -> None:
-        self._write_paused = False
-        self.write_deadline = None
-        client = self.client
-        if client is not None:
-            client._resume(_P_UPSTREAM)
-
-    # -- httptools callbacks -------------------------------------------------------------
-
-    # No on_status/on_header: httptools then makes no Python call per header. The response head is
-    # read from the raw bytes in _classify, with C-level bytes operations.
-
-    def on_headers_complete(self) -> None:
-        client = self.client
-        req = self.req
-        if client is None or req is None:
-            return
-        parser = self._parser
-        assert parser is not None
-        status = parser.get_status_code()
-        self._status = status
-        parts = self._classify(status)
-        if status < 200 and status != 101:
-            self._interim = True
-            if req.http11:
-                client._write(self._head(status, parts, keep=True, mode=_M_NONE, interim=True))
-            return
-        if status == 101 and not req.upgrade:
-            raise _BadResponse("101 without an upgrade request")
-        req.status = status
-        req.upstream_time = _now() - self._sent_at
-        te = self._te
-        chunked = te is not None and te.rpartition(b",")[2].strip().lower() == b"chunked"
-        no_body = req.method == b"HEAD" or status in (204, 304) or status == 101
-        if no_body:
-            # The parser does not know the request method: a fresh one parses the next response.
-            self._stale = True
-            mode = _M_NONE
-        elif self._length is not None and te is None:
-            mode = _M_LENGTH
-        else:
-            self._eof_body = not chunked
-            mode = _M_CHUNKED if req.http11 else _M_CLOSE
-        self._mode = mode
-        self._keep = parser.should_keep_alive()
-        keep = mode != _M_CLOSE and client._keep_alive(req)
-        req.close_after = not keep
-        client._write(self._head(status, parts, keep=keep, mode=mode, interim=False))
-        req.responded = True
-        if no_body and status != 101:
-            self._done = True
-
-    def on_body(self, data: bytes) -> None:
-        if self._done:
-            return
-        client = self.client
-        if client is None:
-            return
-        if self._mode == _M_CHUNKED:
-            client._write(b"%x\r\n%b\r\n" % (len(data), data))
-        else:
-            client._write(data)
-
-    def on_message_complete(self) -> None:
-        if self._interim:
-            self._interim = False
-            self._head_bytes = len(self._head_buf)
-            self._status = 0
-            return
-        if not self._done:
-            self._keep = self._keep and self._parser.should_keep_alive()  # type: ignore[union-attr]
-            self._done = True
-            if self._mode == _M_CHUNKED and self.client is not None:
-                self.client._write(b"0\r\n\r\n")
-
-    # -- exchange ------------------------------------------------------------------------
-
-    def _classify(self, status: int) -> list[bytes]:
-        """Read the response head just parsed: note the framing headers, keep the end-to-end ones.
-
-        Returns the status line and the kept headers, CRLF-terminated, as the first part of the head.
-        """
-        buf = self._head_buf
-        end = buf.find(b"\r\n\r\n")
-        if end < 0:
-            raise _BadResponse("response head without CRLF line ends")
-        # After a 1xx the rest is the start of the next response; otherwise it is body: not kept.
-        self._head_buf = buf[end + 4 :] if status < 200 and status != 101 else b""
-        eol = buf.find(b"\r\n", 0, end + 2)
-        line = buf[8:eol]  # after "HTTP/1.x": " 200 OK"
-        if line.count(b" ") < 2:
-            line = b" %d %s" % (status, _PHRASES.get(status, b""))
-        block = buf[eol:end]  # "\r\nName: value" per header
-        if block.count(b"\r\n") > _MAX_HEADERS:
-            raise _BadResponse("too many response headers")
-        low = block.lower()
-        self._length = self._te = self._upgrade = None
-        if b"\r\ncontent-length:" in low:
-            block, low, values = _cut(block, low, b"\r\ncontent-length:")
-            self._length = values[0]
-        if b"\r\nconnection:" in low:
-            block, low, values = _cut(block, low, b"\r\nconnection:")
-            tokens = {t.strip() for v in values for t in v.lower().split(b",")} - _CONN_PLAIN
-            for token in tokens:  # more hop-by-hop headers named by the app
-                block, low, _ = _cut(block, low, b"\r\n" + token + b":")
-        if b"\r\ntransfer-encoding:" in low:
-            block, low, values = _cut(block, low, b"\r\ntransfer-encoding:")
-            self._te = b", ".join(values)
-        if b"\r\nupgrade:" in low:
-            block, low, values = _cut(block, low, b"\r\nupgrade:")
-            self._upgrade = values[0]
-        for pattern in _RESP_DROPPED:
-            if pattern in low:
-                block, low, _ = _cut(block, low, pattern)
-        return [b"HTTP/1.1" + line + block + b"\r\n"]
-
-    def _head(self, status: int, parts: list[bytes], *, keep: bool, mode: int, interim: bool) -> bytes:
-        append = parts.append
-        extend = parts.extend
-        length = self._length
-        if length is not None and mode < _M_CHUNKED:  # _M_NONE or _M_LENGTH
-            extend((b"Content-Length: ", length, b"\r\n"))
-        if interim:
-            append(b"\r\n")
-            return b"".join(parts)
-        if status == 101:
-            req = self.req
-            assert req is not None
-            upgrade = self._upgrade or req.upgrade_value
-            append(b"Connection: Upgrade\r\nUpgrade: %s\r\n\r\n" % upgrade)
-            return b"".join(parts)
-        req = self.req
-        if req is not None:
-            extend((b"X-Request-Id: ", req.request_id, b"\r\n"))
-        if mode == _M_CHUNKED:
-            append(b"Transfer-Encoding: chunked\r\n")
-        if not keep:
-            append(b"Connection: close\r\n")
-        elif self.req is not None and not self.req.http11:
-            append(b"Connection: keep-alive\r\n")
-        append(b"\r\n")
-        return b"".join(parts)
-
-    def _begin(self, client: _Client, req: _Request, reused: bool) -> None:
-        self._reset()
-        self.client = client
-        self.req = req
-        self._reused = reused
-        self._sent_at = _now()
-        if self._stale:
-            self._stale = False
-            self._parser = httptools.HttpResponseParser(self)
-        xff = req.xff
-        peer = client._peer
-        parts = [
-            req.head,
-            b"X-Forwarded-For: ",
-            xff + b", " + peer if xff else peer,
-            b"\r\nX-Forwarded-Proto: http\r\nX-Request-Id: ",
-            req.request_id,
-            b"\r\n",
-        ]
-        extend = parts.extend
-        if req.host:
-            extend((b"X-Forwarded-Host: ", req.host, b"\r\n"))
-        if req.upgrade:
-            extend((b"Connection: Upgrade\r\nUpgrade: ", req.upgrade_value, b"\r\n"))
-        chunked = self._req_chunked = req.chunked
-        if chunked:
-            parts.append(b"Transfer-Encoding: chunked\r\n")
-        parts.append(b"\r\n")
-        for chunk in req.body:
-            if chunked:
-                parts.append(b"%x\r\n%b\r\n" % (len(chunk), chunk))
-            else:
-                parts.append(chunk)
-        if req.body_done:
-            req.replayable = True  # the whole body is still in req.body
-            if chunked:
-                parts.append(b"0\r\n\r\n")
-            self._req_sent = True
-            self.deadline = self._loop.time() + self._server.read_timeout
-        else:
-            req.replayable = False
-            req.body = []
-            req.body_size = 0
-            req.sink = self
-        self._write(b"".join(parts))
-
-    def _send_body(self, data: bytes) -> None:
-        if self._req_chunked:
-            self._write(b"%x\r\n%b\r\n" % (len(data), data))
-        else:
-            self._write(data)
-
-    def _end_body(self) -> None:
-        if self._req_chunked:
-            self._write(b"0\r\n\r\n")
-        self._req_sent = True
-        if self.deadline is None and not self._read_paused:
-            self.deadline = self._loop.time() + self._server.read_timeout
-
-    def _complete(self) -> None:
-        client = self.client
-        req = self.req
-        assert client is not None and req is not None
-        self.client = None
-        self.req = None
-        self.deadline = self.write_deadline = None
-        req.sink = None
-        reusable = self._keep and self._req_sent and not self._eof_body and not self._write_paused
-        if reusable and not self._closed:
-            self._server._pool_put(self)
-        else:
-            self._close()
-        client._finish(req, close=req.close_after)
-
-    def _fail(self, status: int, code: str, message: str, retry: bool) -> None:
-        client = self.client
-        req = self.req
-        self.client = None
-        self.req = None
-        self.deadline = self.write_deadline = None
-        self._abort()
-        if client is not None and req is not None:
-            client._upstream_failed(req, status, code, message, retry and self._reused and not self._got)
-
-    def _on_read_timeout(self) -> None:
-        if self._tunnel:
-            client = self.client
-            self.client = None
-            self.write_deadline = None
-            self._abort()
-            if client is not None:
-                client._close()
-            return
-        req = self.req
-        log.warning(
-            "proxy: app %s (%s:%s) made no progress for %.1fs",
-            req.route.app if req is not None and req.route is not None else "?",
-            self.target.host,
-            self.target.port,
-            self._server.read_timeout,
-        )
-        self._fail(504, "gateway_timeout", "app did not respond in time", retry=False)
-
-    def _start_tunnel(self, tail: bytes) -> None:
-        client = self.client
-        assert client is not None
-        self._tunnel = True
-        self.deadline = self.write_deadline = None
-        req = self.req
-        self.req = None
-        if req is not None:
-            req.finished = True
-            client._record(req)
-        client._start_tunnel(self, tail)
-
-    # -- flow control & lifecycle --------------------------------------------------------
-
-    def _write(self, data: bytes) -> None:
-        if not self._closed:
-            self.transport.write(data)  # type: ignore[union-attr]
-
-    def _pause_read(self) -> None:
-        if not self._read_paused and not self._closed:
-            self._read_paused = True
-            self.transport.pause_reading()  # type: ignore[union-attr]
-            self.deadline = None
-
-    def _resume_read(self) -> None:
-        if self._read_paused:
-            self._read_paused = False
-            if self._closed:
-                return
-            self.transport.resume_reading()  # type: ignore[union-attr]
-            if self.client is not None and self._req_sent and not self._tunnel:
-                self.deadline = self._loop.time() + self._server.read_timeout
-
-    def _abandon(self) -> None:
-        """The client went away mid-exchange: drop the connection."""
-        self.client = None
-        self.req = None
-        self.deadline = None
-        self._abort()
-
-    def _close(self) -> None:
-        if not self._closed:
-            self._closed = True
-            self.deadline = None
-            self.transport.close()  # type: ignore[union-attr]
-
-    def _abort(self) -> None:
-        self._closed = True
-        self.deadline = None
-        if not self._lost:
-            self.transport.abort()  # type: ignore[union-attr]
-
-
-# ---------------------------------------------------------------------------------------------
 # server
 
 
@@ -1480,6 +837,8 @@ class ProxyServer:
         header_timeout: float = 10.0,
         idle_timeout: float = 75.0,
         access_log: Callable[[str], None] | None = None,
+        https_port: int | None = None,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         self.host = host
         self._port = port
@@ -1497,8 +856,14 @@ class ProxyServer:
         self._inflight: dict[Target, int] = {}  # requests (and tunnels) in progress per target
         self._ejected: dict[Target, float] = {}  # target -> loop time until which it gets no new requests
         self._drained = asyncio.Event()
+        self._connecting: dict[Target, int] = {}  # connection attempts in progress per target
+        self._waiting: dict[Target, deque[_Client]] = {}  # requests queued for a connection per target
         self._drain_waiters = 0
         self._stats: dict[str, AppStats] = {}
+        # HTTPS listener: `tls` is a server context, e.g. lbsolo.tls.CertStore(...).server_context().
+        self._https_port = https_port
+        self._tls = tls
+        self._tls_server: asyncio.Server | None = None
         self._access_log = access_log
         # Access-log entries wait here as tuples; a timer formats and hands them over off the hot path.
         self._log_buffer: list[tuple[Any, ...]] | None = [] if access_log is not None else None
@@ -1569,10 +934,27 @@ class ProxyServer:
             lambda: _Client(self), self.host, self._port, reuse_address=True, backlog=4096
         )
         self._port = self._server.sockets[0].getsockname()[1]
+        if self._tls is not None and self._https_port is not None:
+            self._tls_server = await loop.create_server(
+                lambda: _Client(self, https=True),
+                self.host,
+                self._https_port,
+                ssl=self._tls,
+                reuse_address=True,
+                backlog=4096,
+                ssl_handshake_timeout=self.header_timeout,
+            )
+            self._https_port = self._tls_server.sockets[0].getsockname()[1]
+            log.info("proxy listening on https://%s:%d", self.host, self._https_port)
         self._sweeper = loop.call_later(self._sweep_every, self._sweep)
         if self._access_log is not None:
             self._flusher = loop.call_later(_LOG_FLUSH_EVERY, self._flush_access_log)
         log.info("proxy listening on http://%s:%d for *.%s", self.host, self._port, self.table.domain)
+
+    @property
+    def https_port(self) -> int | None:
+        """The HTTPS listener's port (None without TLS)."""
+        return self._https_port if self._tls is not None else None
 
     @property
     def port(self) -> int:
@@ -1587,6 +969,9 @@ class ProxyServer:
         assert loop is not None
         self._stopping = True
         server.close()
+        tls_server = self._tls_server
+        if tls_server is not None:
+            tls_server.close()
         if self._sweeper is not None:
             self._sweeper.cancel()
             self._sweeper = None
@@ -1609,9 +994,11 @@ class ProxyServer:
             await asyncio.sleep(0.005)
         try:
             await asyncio.wait_for(server.wait_closed(), 1.0)
+            if tls_server is not None:
+                await asyncio.wait_for(tls_server.wait_closed(), 1.0)
         except TimeoutError:
             log.warning("proxy: listener did not close in time")
-        self._server = None
+        self._server = self._tls_server = None
         if self._flusher is not None:
             self._flusher.cancel()
             self._flusher = None
@@ -1693,8 +1080,40 @@ class ProxyServer:
             up._close()
         return None
 
+    def _connected(self, target: Target) -> None:
+        """A connection attempt to `target` ended: let the next queued request open its own."""
+        left = self._connecting.get(target, 1) - 1
+        if left > 0:
+            self._connecting[target] = left
+        else:
+            self._connecting.pop(target, None)
+        waiter = self._next_waiter(target)
+        if waiter is not None:
+            req = waiter._active
+            assert req is not None
+            waiter._connect_task = self._loop.create_task(waiter._connect(req, target))  # type: ignore[union-attr]
+
+    def _next_waiter(self, target: Target) -> _Client | None:
+        waiting = self._waiting.get(target)
+        while waiting:
+            client = waiting.popleft()
+            if client._waiting_for is target and not client._closed and client._active is not None:
+                client._waiting_for = None
+                return client
+        if waiting is not None:
+            del self._waiting[target]
+        return None
+
     def _pool_put(self, up: _Upstream) -> None:
-        up._resume_read()
+        if up._read_paused:
+            up._resume_read()
+        if self._waiting and not self._stopping and not up._closed:
+            waiter = self._next_waiter(up.target)
+            if waiter is not None:
+                req = waiter._active
+                assert req is not None
+                waiter._begin(req, up, reused=True)
+                return
         if self._stopping or up.target not in self.table._targets:
             up._close()
             return

@@ -127,7 +127,10 @@ async def wait_ready(engine: Engine, replica: Replica, *, check: HealthCheck, ho
     if check.grace:
         await asyncio.sleep(min(check.grace, timeout))
     passed, last = 0, "not checked yet"
-    delay = min(0.05, check.interval)
+    # Poll fast while the app starts (most answer within a second), at the check interval after.
+    delay = min(0.02, check.interval)
+    fast_until = time.monotonic() + 5.0
+    next_inspect = time.monotonic() + 0.5
     while True:
         if replica.process == WEB:
             ok, last = await check_once(replica, check, host_header)
@@ -136,16 +139,18 @@ async def wait_ready(engine: Engine, replica: Replica, *, check: HealthCheck, ho
         passed = passed + 1 if ok else 0
         if passed >= (check.retries if replica.process == WEB else 1):
             return
-        current = await asyncio.to_thread(_inspect, engine, replica)
-        if current is None or not current.running:
-            logs = await asyncio.to_thread(_logs, engine, replica.id)
-            raise DeployFailed(f"{replica.name} exited before passing its health check.\n{logs}".rstrip())
-        replica = current
+        if ok or time.monotonic() >= next_inspect:
+            current = await asyncio.to_thread(_inspect, engine, replica)
+            if current is None or not current.running:
+                logs = await asyncio.to_thread(_logs, engine, replica.id)
+                raise DeployFailed(f"{replica.name} exited before passing its health check.\n{logs}".rstrip())
+            replica = current
+            next_inspect = time.monotonic() + 0.5
         if time.monotonic() > deadline:
             logs = await asyncio.to_thread(_logs, engine, replica.id)
             raise DeployFailed(f"{replica.name} failed its health check for {timeout:.0f}s ({last}).\n{logs}".rstrip())
-        await asyncio.sleep(delay)
-        delay = min(delay * 2, check.interval)
+        await asyncio.sleep(delay if passed == 0 else check.interval)
+        delay = min(delay * 1.5, 0.1 if time.monotonic() < fast_until else check.interval)
 
 
 async def stop_replicas(engine: Engine, replicas: list[Replica], timeout: int) -> None:

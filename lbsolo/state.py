@@ -143,3 +143,42 @@ class State:
         with self._lock:
             rows = self._builds.search(Query().app == app)
         return sorted((Build.from_dict(d) for d in rows), key=lambda b: b.created_at)
+
+    # webhooks (plain dicts: the notifier owns their shape)
+    def list_webhooks(self) -> list[dict[str, Any]]:
+        with self._lock:
+            rows = self._db.table("webhooks").all()
+        return sorted((dict(r) for r in rows), key=lambda r: (r.get("created_at", 0), r["id"]))
+
+    def add_webhook(self, doc: dict[str, Any]) -> None:
+        with self._lock:
+            table = self._db.table("webhooks")
+            if table.contains(Query().id == doc["id"]):
+                raise Conflict(f"webhook {doc['id']} already exists")
+            table.insert(dict(doc))
+
+    def delete_webhook(self, webhook_id: str) -> bool:
+        with self._lock:
+            return bool(self._db.table("webhooks").remove(Query().id == webhook_id))
+
+    # extra API tokens (plain dicts holding only a hash of each token)
+    def list_tokens(self) -> list[dict[str, Any]]:
+        with self._lock:
+            rows = self._db.table("tokens").all()
+        return sorted((dict(r) for r in rows), key=lambda r: (r.get("created_at", 0), r["id"]))
+
+    def add_token(self, doc: dict[str, Any]) -> None:
+        q = Query()
+        with self._lock:
+            table = self._db.table("tokens")
+            if table.contains((q.id == doc["id"]) | (q.name == doc["name"])):
+                raise Conflict(f"a token named {doc['name']!r} already exists")
+            table.insert(dict(doc))
+
+    def delete_token(self, token_id: str) -> bool:
+        with self._lock:
+            return bool(self._db.table("tokens").remove(Query().id == token_id))
+
+    def touch_token(self, token_id: str, ts: float) -> None:
+        with self._lock:
+            self._db.table("tokens").update({"last_used": ts}, Query().id == token_id)

@@ -463,6 +463,21 @@ def test_pipelined_requests_are_answered_in_order(run):
     run(scenario)
 
 
+def test_a_long_pipeline_pauses_reading_and_is_answered_in_order(run):
+    async def scenario():
+        async with stack() as (proxy, app):
+            c = await Conn.open(proxy.port)
+            raw = b"".join(b"GET /p%d HTTP/1.1\r\nHost: hello.lbsolo.localhost\r\n\r\n" % i for i in range(40))
+            await c.send(raw)
+            targets = [(await read_response(c.reader)).json()["target"] for _ in range(40)]
+            assert targets == [f"/p{i}" for i in range(40)]
+            assert (await c.request(path="/after")).status == 200  # reading resumed
+            assert len(app.seen) == 41
+            await c.close()
+
+    run(scenario)
+
+
 def test_request_bodies_arrive_intact(run):
     async def scenario():
         async with stack() as (proxy, app):

@@ -8,6 +8,7 @@ import socket
 import struct
 import time
 
+from lbsolo import proxy as proxy_module
 from lbsolo.proxy import Route, Target
 from tests.unit.test_proxy import App, Conn, closed_port, no_errors_logged, run, stack
 
@@ -127,4 +128,20 @@ def test_a_refusing_target_is_ejected_and_requests_are_retried_elsewhere(run, ca
             assert proxy._is_ejected(dead) is (len(refused) == 1)
 
     caplog.set_level(logging.WARNING)
+    run(scenario)
+
+
+def test_requests_queue_for_a_connection_when_many_are_being_opened(run, monkeypatch):
+    monkeypatch.setattr(proxy_module, "_CONNECTING_MAX", 1)
+
+    async def scenario():
+        async with stack() as (proxy, app):
+            conns = [await Conn.open(proxy.port) for _ in range(12)]
+            results = await asyncio.gather(*(c.request(path="/slow?0.02") for c in conns))
+            assert [r.status for r in results] == [200] * 12
+            assert len(app.seen) == 12
+            assert not proxy._waiting and not proxy._connecting
+            for c in conns:
+                await c.close()
+
     run(scenario)

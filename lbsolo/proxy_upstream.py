@@ -1,0 +1,504 @@
+"""The proxy's upstream side: one connection to an app replica, relaying one exchange at a time.
+
+It writes the request the client side prepared, reads the app's response with httptools and
+streams it back to the client connection, with backpressure both ways; pooled between exchanges
+by `ProxyServer`; a byte tunnel after `101 Switching Protocols`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import TYPE_CHECKING, cast
+
+import httptools
+
+from lbsolo.proxy_http import (
+    _CONN_PLAIN,
+    _M_CHUNKED,
+    _M_CLOSE,
+    _M_LENGTH,
+    _M_NONE,
+    _MAX_HEAD_BYTES,
+    _MAX_HEADERS,
+    _P_UPSTREAM,
+    _PHRASES,
+    _RESP_DROPPED,
+    _BadResponse,
+    _cut,
+    _now,
+)
+from lbsolo.proxy_routes import Target
+
+if TYPE_CHECKING:
+    from lbsolo.proxy import ProxyServer, _Client, _Request
+
+log = logging.getLogger("lbsolo.proxy")
+
+
+class _Upstream(asyncio.Protocol):
+    __slots__ = (
+        "_closed",
+        "_done",
+        "_eof_body",
+        "_got",
+        "_head_buf",
+        "_head_bytes",
+        "_interim",
+        "_keep",
+        "_length",
+        "_loop",
+        "_lost",
+        "_mode",
+        "_parser",
+        "_read_paused",
+        "_req_chunked",
+        "_req_sent",
+        "_reused",
+        "_sent_at",
+        "_server",
+        "_stale",
+        "_status",
+        "_te",
+        "_tunnel",
+        "_upgrade",
+        "_write_paused",
+        "client",
+        "deadline",
+        "idle_since",
+        "pooled",
+        "req",
+        "target",
+        "transport",
+        "write_deadline",
+    )
+
+    def __init__(self, server: ProxyServer, target: Target) -> None:
+        self._server = server
+        self._loop = server._loop
+        self.target = target
+        self.transport: asyncio.Transport | None = None
+        self.client: _Client | None = None
+        self.req: _Request | None = None
+        self._parser: httptools.HttpResponseParser | None = None
+        self._closed = False
+        self._lost = False
+        self._read_paused = False
+        self._write_paused = False
+        self._tunnel = False
+        self._stale = True  # the response parser must be replaced before the next exchange
+        self._sent_at = 0.0
+        self._length: bytes | None = None  # Content-Length value
+        self._te: bytes | None = None  # Transfer-Encoding value
+        self._upgrade: bytes | None = None
+        self._mode = _M_NONE
+        self._keep = False
+        self._req_chunked = False
+        self._reused = False
+        self.pooled = False
+        self.idle_since = 0.0
+        self.deadline: float | None = None  # waiting for the app to answer
+        self.write_deadline: float | None = None  # waiting for the app to read the request
+        self._reset()
+
+    def _reset(self) -> None:
+        """Per-exchange state (the rest is set for every response before it is read)."""
+        self._status = 0
+        self._head_buf = b""  # the response head as received (the start of a response)
+        self._head_bytes = 0
+        self._eof_body = False
+        self._done = False
+        self._got = False
+        self._interim = False
+        self._req_sent = False
+
+    # -- asyncio callbacks ---------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's are not subclasses
+        self._server._upstreams.add(self)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._closed = self._lost = True
+        self.deadline = None
+        server = self._server
+        server._upstreams.discard(self)
+        if self.pooled:
+            server._pool_remove(self)
+            return
+        client = self.client
+        if client is None:
+            return
+        if self._tunnel:
+            self.client = None
+            client._close()
+        elif exc is None and self._eof_body and self.req is not None and self.req.responded and not self._done:
+            self._done = True
+            if self._mode == _M_CHUNKED:
+                client._write(b"0\r\n\r\n")
+            self._complete()
+        else:
+            self._fail(502, "bad_gateway", "app closed the connection", retry=not self._got)
+
+    def eof_received(self) -> bool | None:
+        return False
+
+    def data_received(self, data: bytes) -> None:
+        client = self.client
+        if client is None:
+            if not self._closed:
+                log.debug("proxy: unexpected data from idle upstream %s", self.target)
+                self._close()
+            return
+        if self._tunnel:
+            client._write(data)
+            return
+        self._got = True
+        if self.deadline is not None:
+            self.deadline = self._loop.time() + self._server.read_timeout
+        if not self._status:  # still in the response head
+            self._head_bytes += len(data)
+            self._head_buf += data
+        # Everything this chunk produces for the client goes out in one write.
+        client._cork = cork = []
+        upgrade_at = -1
+        error: Exception | None = None
+        try:
+            self._parser.feed_data(data)  # type: ignore[union-attr]
+        except httptools.HttpParserUpgrade as exc:
+            upgrade_at = exc.args[0] if exc.args else len(data)
+        except httptools.HttpParserError as exc:
+            error = exc
+        except Exception as exc:
+            log.exception("proxy: internal error while relaying a response")
+            error = exc
+        finally:
+            client._cork = None
+            if cork:
+                client._write(cork[0] if len(cork) == 1 else b"".join(cork))
+        if self.client is None:
+            return
+        if not self._status and self._head_bytes > _MAX_HEAD_BYTES and error is None:
+            self._fail(502, "bad_gateway", "app sent a response head that is too large", retry=False)
+            return
+        if upgrade_at >= 0:
+            if self._status == 101:
+                self._start_tunnel(data[upgrade_at:])
+            else:
+                self._fail(502, "bad_gateway", "app sent an unexpected upgrade", retry=False)
+            return
+        if error is not None:
+            if not self._done:
+                log.warning("proxy: invalid response from %s: %s", self.target, error)
+                self._fail(502, "bad_gateway", "app sent an invalid response", retry=False)
+                return
+            self._keep = False
+        if self._done:
+            self._complete()
+
+    def pause_writing(self) -> None:
+        self._write_paused = True
+        client = self.client
+        if client is not None:
+            self.write_deadline = self._loop.time() + self._server.read_timeout
+            client._pause(_P_UPSTREAM)
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        self.write_deadline = None
+        client = self.client
+        if client is not None:
+            client._resume(_P_UPSTREAM)
+
+    # -- httptools callbacks -------------------------------------------------------------
+
+    # No on_status/on_header: httptools then makes no Python call per header. The response head is
+    # read from the raw bytes in _classify, with C-level bytes operations.
+
+    def on_headers_complete(self) -> None:
+        client = self.client
+        req = self.req
+        if client is None or req is None:
+            return
+        parser = self._parser
+        assert parser is not None
+        status = parser.get_status_code()
+        self._status = status
+        parts = self._classify(status)
+        if status < 200 and status != 101:
+            self._interim = True
+            if req.http11:
+                client._write(self._head(status, parts, keep=True, mode=_M_NONE, interim=True))
+            return
+        if status == 101 and not req.upgrade:
+            raise _BadResponse("101 without an upgrade request")
+        req.status = status
+        req.upstream_time = _now() - self._sent_at
+        te = self._te
+        chunked = te is not None and te.rpartition(b",")[2].strip().lower() == b"chunked"
+        no_body = req.method == b"HEAD" or status in (204, 304) or status == 101
+        if no_body:
+            # The parser does not know the request method: a fresh one parses the next response.
+            self._stale = True
+            mode = _M_NONE
+        elif self._length is not None and te is None:
+            mode = _M_LENGTH
+        else:
+            self._eof_body = not chunked
+            mode = _M_CHUNKED if req.http11 else _M_CLOSE
+        self._mode = mode
+        self._keep = parser.should_keep_alive()
+        keep = mode != _M_CLOSE and client._keep_alive(req)
+        req.close_after = not keep
+        client._write(self._head(status, parts, keep=keep, mode=mode, interim=False))
+        req.responded = True
+        if no_body and status != 101:
+            self._done = True
+
+    def on_body(self, data: bytes) -> None:
+        if self._done:
+            return
+        client = self.client
+        if client is None:
+            return
+        if self._mode == _M_CHUNKED:
+            client._write(b"%x\r\n%b\r\n" % (len(data), data))
+        else:
+            client._write(data)
+
+    def on_message_complete(self) -> None:
+        if self._interim:
+            self._interim = False
+            self._head_bytes = len(self._head_buf)
+            self._status = 0
+            return
+        if not self._done:
+            self._keep = self._keep and self._parser.should_keep_alive()  # type: ignore[union-attr]
+            self._done = True
+            if self._mode == _M_CHUNKED and self.client is not None:
+                self.client._write(b"0\r\n\r\n")
+
+    # -- exchange ------------------------------------------------------------------------
+
+    def _classify(self, status: int) -> list[bytes]:
+        """Read the response head just parsed: note the framing headers, keep the end-to-end ones.
+
+        Returns the status line and the kept headers, CRLF-terminated, as the first part of the head.
+        """
+        buf = self._head_buf
+        end = buf.find(b"\r\n\r\n")
+        if end < 0:
+            raise _BadResponse("response head without CRLF line ends")
+        # After a 1xx the rest is the start of the next response; otherwise it is body: not kept.
+        self._head_buf = buf[end + 4 :] if status < 200 and status != 101 else b""
+        eol = buf.find(b"\r\n", 0, end + 2)
+        line = buf[8:eol]  # after "HTTP/1.x": " 200 OK"
+        if line.count(b" ") < 2:
+            line = b" %d %s" % (status, _PHRASES.get(status, b""))
+        block = buf[eol:end]  # "\r\nName: value" per header
+        if block.count(b"\r\n") > _MAX_HEADERS:
+            raise _BadResponse("too many response headers")
+        low = block.lower()
+        self._length = self._te = self._upgrade = None
+        if b"\r\ncontent-length:" in low:
+            block, low, values = _cut(block, low, b"\r\ncontent-length:")
+            self._length = values[0]
+        if b"\r\nconnection:" in low:
+            block, low, values = _cut(block, low, b"\r\nconnection:")
+            tokens = {t.strip() for v in values for t in v.lower().split(b",")} - _CONN_PLAIN
+            for token in tokens:  # more hop-by-hop headers named by the app
+                block, low, _ = _cut(block, low, b"\r\n" + token + b":")
+        if b"\r\ntransfer-encoding:" in low:
+            block, low, values = _cut(block, low, b"\r\ntransfer-encoding:")
+            self._te = b", ".join(values)
+        if b"\r\nupgrade:" in low:
+            block, low, values = _cut(block, low, b"\r\nupgrade:")
+            self._upgrade = values[0]
+        for pattern in _RESP_DROPPED:
+            if pattern in low:
+                block, low, _ = _cut(block, low, pattern)
+        return [b"HTTP/1.1" + line + block + b"\r\n"]
+
+    def _head(self, status: int, parts: list[bytes], *, keep: bool, mode: int, interim: bool) -> bytes:
+        append = parts.append
+        extend = parts.extend
+        length = self._length
+        if length is not None and mode < _M_CHUNKED:  # _M_NONE or _M_LENGTH
+            extend((b"Content-Length: ", length, b"\r\n"))
+        if interim:
+            append(b"\r\n")
+            return b"".join(parts)
+        if status == 101:
+            req = self.req
+            assert req is not None
+            upgrade = self._upgrade or req.upgrade_value
+            append(b"Connection: Upgrade\r\nUpgrade: %s\r\n\r\n" % upgrade)
+            return b"".join(parts)
+        req = self.req
+        if req is not None:
+            extend((b"X-Request-Id: ", req.request_id, b"\r\n"))
+        if mode == _M_CHUNKED:
+            append(b"Transfer-Encoding: chunked\r\n")
+        if not keep:
+            append(b"Connection: close\r\n")
+        elif self.req is not None and not self.req.http11:
+            append(b"Connection: keep-alive\r\n")
+        append(b"\r\n")
+        return b"".join(parts)
+
+    def _begin(self, client: _Client, req: _Request, reused: bool) -> None:
+        self._reset()
+        self.client = client
+        self.req = req
+        self._reused = reused
+        self._sent_at = _now()
+        if self._stale:
+            self._stale = False
+            self._parser = httptools.HttpResponseParser(self)
+        xff = req.xff
+        peer = client._peer
+        parts = [
+            req.head,
+            b"X-Forwarded-For: ",
+            xff + b", " + peer if xff else peer,
+            b"\r\nX-Forwarded-Proto: ",
+            client._proto,
+            b"\r\nX-Request-Id: ",
+            req.request_id,
+            b"\r\n",
+        ]
+        extend = parts.extend
+        if req.host:
+            extend((b"X-Forwarded-Host: ", req.host, b"\r\n"))
+        if req.upgrade:
+            extend((b"Connection: Upgrade\r\nUpgrade: ", req.upgrade_value, b"\r\n"))
+        chunked = self._req_chunked = req.chunked
+        if chunked:
+            parts.append(b"Transfer-Encoding: chunked\r\n")
+        parts.append(b"\r\n")
+        for chunk in req.body:
+            if chunked:
+                parts.append(b"%x\r\n%b\r\n" % (len(chunk), chunk))
+            else:
+                parts.append(chunk)
+        if req.body_done:
+            req.replayable = True  # the whole body is still in req.body
+            if chunked:
+                parts.append(b"0\r\n\r\n")
+            self._req_sent = True
+            self.deadline = self._loop.time() + self._server.read_timeout
+        else:
+            req.replayable = False
+            req.body = []
+            req.body_size = 0
+            req.sink = self
+        self._write(b"".join(parts))
+
+    def _send_body(self, data: bytes) -> None:
+        if self._req_chunked:
+            self._write(b"%x\r\n%b\r\n" % (len(data), data))
+        else:
+            self._write(data)
+
+    def _end_body(self) -> None:
+        if self._req_chunked:
+            self._write(b"0\r\n\r\n")
+        self._req_sent = True
+        if self.deadline is None and not self._read_paused:
+            self.deadline = self._loop.time() + self._server.read_timeout
+
+    def _complete(self) -> None:
+        client = self.client
+        req = self.req
+        assert client is not None and req is not None
+        self.client = None
+        self.req = None
+        self.deadline = self.write_deadline = None
+        req.sink = None
+        reusable = self._keep and self._req_sent and not self._eof_body and not self._write_paused
+        if reusable and not self._closed:
+            self._server._pool_put(self)
+        else:
+            self._close()
+        client._finish(req, close=req.close_after)
+
+    def _fail(self, status: int, code: str, message: str, retry: bool) -> None:
+        client = self.client
+        req = self.req
+        self.client = None
+        self.req = None
+        self.deadline = self.write_deadline = None
+        self._abort()
+        if client is not None and req is not None:
+            client._upstream_failed(req, status, code, message, retry and self._reused and not self._got)
+
+    def _on_read_timeout(self) -> None:
+        if self._tunnel:
+            client = self.client
+            self.client = None
+            self.write_deadline = None
+            self._abort()
+            if client is not None:
+                client._close()
+            return
+        req = self.req
+        log.warning(
+            "proxy: app %s (%s:%s) made no progress for %.1fs",
+            req.route.app if req is not None and req.route is not None else "?",
+            self.target.host,
+            self.target.port,
+            self._server.read_timeout,
+        )
+        self._fail(504, "gateway_timeout", "app did not respond in time", retry=False)
+
+    def _start_tunnel(self, tail: bytes) -> None:
+        client = self.client
+        assert client is not None
+        self._tunnel = True
+        self.deadline = self.write_deadline = None
+        req = self.req
+        self.req = None
+        if req is not None:
+            req.finished = True
+            client._record(req)
+        client._start_tunnel(self, tail)
+
+    # -- flow control & lifecycle --------------------------------------------------------
+
+    def _write(self, data: bytes) -> None:
+        if not self._closed:
+            self.transport.write(data)  # type: ignore[union-attr]
+
+    def _pause_read(self) -> None:
+        if not self._read_paused and not self._closed:
+            self._read_paused = True
+            self.transport.pause_reading()  # type: ignore[union-attr]
+            self.deadline = None
+
+    def _resume_read(self) -> None:
+        if self._read_paused:
+            self._read_paused = False
+            if self._closed:
+                return
+            self.transport.resume_reading()  # type: ignore[union-attr]
+            if self.client is not None and self._req_sent and not self._tunnel:
+                self.deadline = self._loop.time() + self._server.read_timeout
+
+    def _abandon(self) -> None:
+        """The client went away mid-exchange: drop the connection."""
+        self.client = None
+        self.req = None
+        self.deadline = None
+        self._abort()
+
+    def _close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self.deadline = None
+            self.transport.close()  # type: ignore[union-attr]
+
+    def _abort(self) -> None:
+        self._closed = True
+        self.deadline = None
+        if not self._lost:
+            self.transport.abort()  # type: ignore[union-attr]
