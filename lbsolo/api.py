@@ -22,12 +22,17 @@ from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from lbsolo import __version__
+from lbsolo.api_ops import create_ops_router
 from lbsolo.build import LogBuffer
 from lbsolo.core import DeployJob, Platform
 from lbsolo.errors import InvalidInput, LbsoloError, TooLarge, Unauthorized
+from lbsolo.events import EventBus
 from lbsolo.git import create_git_router
 from lbsolo.logs import matches
 from lbsolo.models import parse_formation, validate_app_name
+from lbsolo.notify import WebhookNotifier
+from lbsolo.stats import StatsSampler
+from lbsolo.tokens import TokenStore
 from lbsolo.web import create_web_router
 
 
@@ -100,13 +105,27 @@ def error_body(code: str, message: str) -> dict[str, Any]:
     return {"error": {"code": code, "message": message}}
 
 
-def create_api(platform: Platform, token: str, api_url: str = "") -> FastAPI:
+def create_api(
+    platform: Platform,
+    token: str,
+    api_url: str = "",
+    *,
+    bus: EventBus | None = None,
+    notifier: WebhookNotifier | None = None,
+    sampler: StatsSampler | None = None,
+    tokens: TokenStore | None = None,
+) -> FastAPI:
     settings = platform.settings
 
     def require_token(request: Request) -> None:
+        # A plain def: FastAPI runs it in a worker thread, where checking extra tokens may touch state.
         header = request.headers.get("authorization", "")
         scheme, _, given = header.partition(" ")
-        if scheme.lower() != "bearer" or not secrets.compare_digest(given.strip().encode(), token.encode()):
+        given = given.strip()
+        ok = scheme.lower() == "bearer" and (
+            secrets.compare_digest(given.encode(), token.encode()) or (tokens is not None and tokens.verify(given))
+        )
+        if not ok:
             raise Unauthorized("missing or wrong API token (see `lbsolo` on the daemon's machine: ~/.lbsolo/token)")
 
     api = FastAPI(
@@ -307,6 +326,8 @@ def create_api(platform: Platform, token: str, api_url: str = "") -> FastAPI:
         return {"url": f"{api_url}/git/{name}.git"}
 
     api.include_router(create_web_router(platform, token))
+    if bus is not None and notifier is not None and sampler is not None and tokens is not None:
+        api.include_router(create_ops_router(platform, bus, notifier, sampler, tokens, require_token))
     return api
 
 

@@ -548,6 +548,91 @@ def metrics(name: AppArg) -> None:
     console.print(table)
 
 
+@app.command()
+@clean_errors
+def events(
+    name: Annotated[str | None, typer.Argument(help="Only this app.")] = None,
+    n: Annotated[int, typer.Option("-n", help="How many recent events.")] = 30,
+) -> None:
+    """Show recent events: deploys, releases, crashes, config changes, scaling."""
+    params: dict[str, Any] = {"n": n}
+    if name:
+        params["app"] = name
+    with _client() as c:
+        rows = c.request("GET", "/api/events", params=params)
+    for e in rows:
+        console.print(
+            f"[dim]{_when(e['ts'])}[/] [cyan]{e['kind']}[/] {escape(e.get('app') or '-')}: {escape(e['message'])}"
+        )
+
+
+@app.command("tokens")
+@clean_errors
+def tokens_list() -> None:
+    """List extra API tokens (only their prefixes are known)."""
+    with _client() as c:
+        rows = c.request("GET", "/api/tokens")
+    table = Table("id", "name", "prefix", "created", "last used")
+    for t in rows:
+        table.add_row(t["id"], t["name"], t["prefix"] + "…", _when(t["created_at"]), _when(t.get("last_used")))
+    console.print(table if rows else "No extra tokens; the admin token is in $LBSOLO_HOME/token")
+
+
+@app.command("tokens:create")
+@clean_errors
+def tokens_create(name: Annotated[str, typer.Argument(help="What the token is for, e.g. ci.")]) -> None:
+    """Create an API token; it is shown once and stored only as a hash."""
+    with _client() as c:
+        out = c.request("POST", "/api/tokens", json={"name": name})
+    console.print(out["token"], highlight=False, markup=False)
+    err.print(f"token {out['id']} ({name}) created; it is not shown again")
+
+
+@app.command("tokens:revoke")
+@clean_errors
+def tokens_revoke(token: Annotated[str, typer.Argument(help="Token id or name.")]) -> None:
+    """Revoke an API token at once."""
+    with _client() as c:
+        c.request("DELETE", f"/api/tokens/{token}")
+    console.print(f"revoked {token}")
+
+
+@app.command("webhooks")
+@clean_errors
+def webhooks_list() -> None:
+    """List outbound webhooks."""
+    with _client() as c:
+        rows = c.request("GET", "/api/webhooks")
+    table = Table("id", "url", "app", "events", "slack")
+    for w in rows:
+        table.add_row(w["id"], w["url"], w.get("app") or "(all)", ", ".join(w.get("kinds") or ["*"]), str(w["slack"]))
+    console.print(table if rows else "No webhooks")
+
+
+@app.command("webhooks:add")
+@clean_errors
+def webhooks_add(
+    url: Annotated[str, typer.Argument(help="http(s) URL that receives POSTed events.")],
+    app_name: Annotated[str | None, typer.Option("--app", "-a", help="Only this app's events.")] = None,
+    kinds: Annotated[list[str] | None, typer.Option("--event", "-e", help="Event kinds, e.g. deploy.*")] = None,
+    slack: Annotated[bool, typer.Option("--slack", help="Slack-compatible payload.")] = False,
+) -> None:
+    """Send events to a URL, signed with a secret (X-Lbsolo-Signature: sha256=HMAC)."""
+    body = {"url": url, "app": app_name, "kinds": kinds or None, "slack": slack}
+    with _client() as c:
+        out = c.request("POST", "/api/webhooks", json=body)
+    console.print(f"webhook {out['id']} added; secret: {out.get('secret', '(hidden)')}", highlight=False)
+
+
+@app.command("webhooks:remove")
+@clean_errors
+def webhooks_remove(hook_id: Annotated[str, typer.Argument(help="Webhook id.")]) -> None:
+    """Stop sending events to a webhook."""
+    with _client() as c:
+        c.request("DELETE", f"/api/webhooks/{hook_id}")
+    console.print(f"removed {hook_id}")
+
+
 @app.command("domains")
 @clean_errors
 def domains_list(name: AppArg) -> None:

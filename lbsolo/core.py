@@ -29,6 +29,7 @@ from lbsolo.build import Builder, LogBuffer, SourceSpec
 from lbsolo.config import Settings
 from lbsolo.engine import Engine
 from lbsolo.errors import Conflict, DeployFailed, EngineError, InvalidInput, LbsoloError, NotFound
+from lbsolo.events import EventBus, EventKind
 from lbsolo.logs import LogCollector, LogLine, LogStore
 from lbsolo.models import (
     WEB,
@@ -190,8 +191,10 @@ class Platform:
         builder: Builder,
         ingress: Ingress,
         logs: LogStore | None = None,
+        bus: EventBus | None = None,
     ) -> None:
         self.settings = settings
+        self.bus = bus or EventBus()
         self.state = state
         self.engine = engine
         self.builder = builder
@@ -232,6 +235,7 @@ class Platform:
         validate_app_name(name)
         app = await asyncio.to_thread(self.state.create_app, App(name=name))
         self._publish_route(name, Route(app=name))
+        self.bus.emit(EventKind.APP_CREATED, name, f"{name} created")
         return app
 
     async def list_apps(self) -> list[dict[str, Any]]:
@@ -280,6 +284,7 @@ class Platform:
             self.ingress.publish(dict(self._routes))
             await run.stop_replicas(self.engine, replicas, self.settings.stop_timeout)
             await asyncio.to_thread(self.state.delete_app, name)
+            self.bus.emit(EventKind.APP_DESTROYED, name, f"{name} destroyed", containers=len(replicas))
             removed = await asyncio.to_thread(self.engine.remove_app_images, name) if images else []
             vols = await asyncio.to_thread(self.engine.remove_app_volumes, name) if volumes else 0
             await asyncio.to_thread(self.logs.forget, name)
@@ -326,6 +331,7 @@ class Platform:
         job = DeployJob(app=app.name, output=LogBuffer())
         build_job = self.builder.submit(app.name, context, job.output)
         job.output.append(f"-----> Building {app.name} (build {build_job.build.id})")
+        self.bus.emit(EventKind.DEPLOY_STARTED, app.name, f"deploy of {app.name} started", build=build_job.build.id)
         job.task = self._spawn(self._deploy(job, build_job.done, build_job.build.id), f"deploy-{app.name}")
         return job
 
@@ -345,6 +351,7 @@ class Platform:
                 job.app, out, description="deploy", image=image_id, processes=spec.processes, health=spec.health
             )
             job.result = self._ok(job.app, release)
+            self._emit_result(job)
             try:
                 cleaned = await self.gc(job.app)
                 if cleaned["removed"]:
@@ -354,9 +361,11 @@ class Platform:
         except LbsoloError as e:
             out.append(f" !     {e.message}")
             job.result = {"ok": False, "app": job.app, "error": {"code": e.code, "message": e.message}}
+            self._emit_result(job)
         except Exception as e:
             log.exception("deploy of %s crashed", job.app)
             job.result = {"ok": False, "app": job.app, "error": {"code": "error", "message": str(e)}}
+            self._emit_result(job)
         finally:
             out.close()
             await asyncio.to_thread(self._store_build_log, build_id, out.lines)
@@ -403,6 +412,21 @@ class Platform:
             raise DeployFailed(f"the test phase failed (exit {code}); nothing was released")
         out.append("       tests passed")
 
+    def _emit_result(self, job: DeployJob) -> None:
+        r = job.result
+        if r.get("ok"):
+            self.bus.emit(
+                EventKind.DEPLOY_SUCCEEDED,
+                job.app,
+                f"{job.app} {r['release']} is serving",
+                release=r["release"],
+                url=r["url"],
+            )
+        else:
+            error = r.get("error") or {}
+            message = str(error.get("message", "failed")).splitlines()[0]
+            self.bus.emit(EventKind.DEPLOY_FAILED, job.app, message, code=error.get("code", "error"))
+
     def _ok(self, app: str, release: Release) -> dict[str, Any]:
         return {"ok": True, "app": app, "release": release.label, "url": self.settings.app_url(app)}
 
@@ -442,6 +466,10 @@ class Platform:
             )
             await asyncio.to_thread(self.engine.tag_image, release.image, f"lbsolo/{app_name}", release.label)
             await self._save(release)
+            self.bus.emit(
+                EventKind.RELEASE_CREATED, app_name, f"{release.label}: {description}", release=release.label,
+                description=description,
+            )  # fmt: skip
             out.append(f"-----> Releasing {release.label} ({description})")
             await self._rollout(app, release, out)
             return release
@@ -569,6 +597,7 @@ class Platform:
                 job.result = {"ok": False, "app": app, "error": {"code": "error", "message": str(e)}}
             finally:
                 job.output.close()
+                self._emit_result(job)
 
         job.task = self._spawn(body(), f"release-{app}")
         return job
@@ -593,6 +622,8 @@ class Platform:
                 app.config.pop(key, None)
             app.secrets = sorted({*app.secrets, *(values if secret else ())} - set(unset))
 
+        # Keys only: values (secrets among them) never go into events or webhooks.
+        self.bus.emit(EventKind.CONFIG_CHANGED, name, "config changed", set=sorted(values), unset=sorted(unset))
         app = await self._app(name)
         if app.release is None:
             async with self.lock(name):
@@ -758,6 +789,8 @@ class Platform:
                     )
             app.formation = {**app.formation, **formation}
             await self._save(app)
+            shown = ", ".join(f"{k}={v}" for k, v in sorted(app.formation.items()))
+            self.bus.emit(EventKind.SCALED, name, shown, formation=app.formation)
             if app.release is not None:
                 await self._converge(app)
         return await self.get_app(name)
@@ -874,7 +907,13 @@ class Platform:
         if action.kind is ActionKind.RESTART:
             assert action.replica is not None
             log.info("restarting %s", action.replica.name)
+            self.bus.emit(
+                EventKind.REPLICA_CRASHED, action.app, f"{action.replica.name} stopped", replica=action.replica.name
+            )
             await asyncio.to_thread(self.engine.start, action.replica.id)
+            self.bus.emit(
+                EventKind.REPLICA_RESTARTED, action.app, f"{action.replica.name} restarted", restarts=restarts + 1
+            )
         else:
             assert action.release is not None
             app = apps[action.app]
@@ -884,6 +923,7 @@ class Platform:
             spec = self._spec(app, release, action.process, await self._volumes(app))
             replica = await run.start_replica(self.engine, spec)
             self._watch_logs([replica])
+            self.bus.emit(EventKind.REPLICA_RESTARTED, action.app, f"{replica.name} started", restarts=restarts + 1)
 
     async def recover(self) -> int:
         """After a restart: releases whose rollout was interrupted never became current; mark them failed."""

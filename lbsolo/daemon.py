@@ -30,8 +30,12 @@ from lbsolo.config import Settings
 from lbsolo.core import Platform
 from lbsolo.dns import DNSServer, ForwardConfig, RateLimit, Zone
 from lbsolo.engine import Engine
+from lbsolo.events import EventBus
+from lbsolo.notify import WebhookNotifier
 from lbsolo.proxy import ProxyServer, Route, Target
 from lbsolo.state import State
+from lbsolo.stats import StatsSampler
+from lbsolo.tokens import TokenStore
 
 log = logging.getLogger("lbsolo.daemon")
 
@@ -159,13 +163,23 @@ class Daemon:
         dns = DNSServer(host=s.dns_host, port=s.dns_port, zone=zone, forward=forward, rate_limit=limit)
 
         builder = Builder(engine, memory=s.build_memory, timeout=s.build_timeout)
-        platform = Platform(s, state, engine, builder, ProxyIngress(proxy, dns))
+        bus = EventBus()
+        platform = Platform(s, state, engine, builder, ProxyIngress(proxy, dns), bus=bus)
         builder.on_change = platform.record_build
+        notifier = WebhookNotifier(state, bus)
+        sampler = StatsSampler(engine, interval=5.0, requests=proxy.metrics)
+        bus.add_listener(sampler.on_event)
+        tokens = await asyncio.to_thread(TokenStore, state)
 
         api_sock = _bind(s.api_host, s.api_port)
         api_url = f"http://{s.api_host}:{api_sock.getsockname()[1]}"
         server = _APIServer(
-            uvicorn.Config(create_api(platform, token, api_url), lifespan="off", log_level="warning", access_log=False)
+            uvicorn.Config(
+                create_api(platform, token, api_url, bus=bus, notifier=notifier, sampler=sampler, tokens=tokens),
+                lifespan="off",
+                log_level="warning",
+                access_log=False,
+            )
         )
         tasks: list[asyncio.Task[None]] = []
         loop = asyncio.get_running_loop()
@@ -175,6 +189,7 @@ class Daemon:
         try:
             await proxy.start()
             await dns.start()
+            await notifier.start()
             await platform.recover()
             actions = await platform.reconcile()  # adopt what runs; start what should
             tasks.append(asyncio.create_task(server.serve(sockets=[api_sock]), name="api"))
@@ -187,6 +202,7 @@ class Daemon:
             tasks.append(asyncio.create_task(_supervise("events", platform.watch_events), name="events"))
             tasks.append(asyncio.create_task(_supervise("logs", platform.logs.flush_forever), name="logs"))
             tasks.append(asyncio.create_task(access.flush_forever(), name="access-log"))
+            tasks.append(asyncio.create_task(_supervise("stats", sampler.run), name="stats"))
             api_port = api_sock.getsockname()[1]
             info = {
                 "api": f"http://{s.api_host}:{api_port}",
@@ -207,6 +223,8 @@ class Daemon:
             await self._stop.wait()
         finally:
             await self._shutdown(server, proxy, dns, platform, tasks)
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(notifier.aclose(), 3)
             api_sock.close()
             await asyncio.to_thread(state.close)
             engine.close()

@@ -300,14 +300,16 @@ class _Upstream(asyncio.Protocol):
             raise _BadResponse("too many response headers")
         low = block.lower()
         self._length = self._te = self._upgrade = None
-        if b"\r\ncontent-length:" in low:
-            block, low, values = _cut(block, low, b"\r\ncontent-length:")
-            self._length = values[0]
+        pos = low.find(b"\r\ncontent-length:")
+        if pos >= 0:  # left in place: it is kept unless the body is re-framed (see _head)
+            end = low.find(b"\r\n", pos + 2)
+            self._length = block[pos + 17 : end if end >= 0 else len(block)].strip()
         if b"\r\nconnection:" in low:
             block, low, values = _cut(block, low, b"\r\nconnection:")
-            tokens = {t.strip() for v in values for t in v.lower().split(b",")} - _CONN_PLAIN
-            for token in tokens:  # more hop-by-hop headers named by the app
-                block, low, _ = _cut(block, low, b"\r\n" + token + b":")
+            if len(values) != 1 or values[0].lower() not in _CONN_PLAIN:
+                tokens = {t.strip() for v in values for t in v.lower().split(b",")} - _CONN_PLAIN
+                for token in tokens:  # more hop-by-hop headers named by the app
+                    block, low, _ = _cut(block, low, b"\r\n" + token + b":")
         if b"\r\ntransfer-encoding:" in low:
             block, low, values = _cut(block, low, b"\r\ntransfer-encoding:")
             self._te = b", ".join(values)
@@ -322,9 +324,10 @@ class _Upstream(asyncio.Protocol):
     def _head(self, status: int, parts: list[bytes], *, keep: bool, mode: int, interim: bool) -> bytes:
         append = parts.append
         extend = parts.extend
-        length = self._length
-        if length is not None and mode < _M_CHUNKED:  # _M_NONE or _M_LENGTH
-            extend((b"Content-Length: ", length, b"\r\n"))
+        if self._length is not None and mode >= _M_CHUNKED:  # re-framed: its Content-Length must go
+            head = parts[0][:-2]
+            head, _, _ = _cut(head, head.lower(), b"\r\ncontent-length:")
+            parts[0] = head + b"\r\n"
         if interim:
             append(b"\r\n")
             return b"".join(parts)
