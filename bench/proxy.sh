@@ -38,14 +38,15 @@ nginx -c "$T/up.conf" -e "$T/up.err" &
 nginx -c "$T/px.conf" -e "$T/px.err" &
 XDG_DATA_HOME=$T XDG_CONFIG_HOME=$T caddy run --config "$T/Caddyfile" --adapter caddyfile >"$T/caddy.log" 2>&1 &
 
-# lbsolo's proxy alone, on uvloop like the daemon runs it.
+# lbsolo's proxy alone, on uvloop like the daemon runs it (access log and metrics on).
 .venv/bin/python - >"$T/lbsolo.log" 2>&1 <<'PY' &
-import asyncio
+import asyncio, os
 import uvloop
 from lbsolo.proxy import ProxyServer, Route, Target
 
 async def main() -> None:
-    proxy = ProxyServer("127.0.0.1", 9104, "lbsolo.localhost")
+    sink = open(os.devnull, "w")  # access log on, as in the daemon; the lines go nowhere
+    proxy = ProxyServer("127.0.0.1", 9104, "lbsolo.localhost", access_log=lambda line: sink.write(line + "\n"))
     proxy.set_routes({"bench": Route("bench", "v1", (Target("127.0.0.1", 9101),))})
     await proxy.start()
     await asyncio.Event().wait()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import socket
 import urllib.parse
 from collections.abc import Iterable, Iterator
 from typing import IO, Any
@@ -20,10 +21,28 @@ from lbsolo.errors import APIError, DaemonUnavailable
 JSONish = dict[str, Any] | list[Any]
 
 
+class _UnixConnection(http.client.HTTPConnection):
+    def __init__(self, path: str, timeout: float | None) -> None:
+        super().__init__("localhost", timeout=timeout)
+        self._path = path
+
+    def connect(self) -> None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(self.timeout)
+        try:
+            sock.connect(self._path)
+        except OSError:
+            sock.close()
+            raise
+        self.sock = sock
+
+
 class Client:
     def __init__(self, settings: Settings, timeout: float = 30.0) -> None:
         self.settings = settings
         self.url = self._find_url(settings)
+        # The local CLI prefers the daemon's unix socket (only this user can open it).
+        self.socket = "" if os.environ.get("LBSOLO_API_URL") else self._find_socket(settings)
         self.token = self._find_token()
         self.timeout = timeout
         parts = urllib.parse.urlsplit(self.url)
@@ -39,6 +58,14 @@ class Client:
             return str(json.loads(settings.runtime_path.read_text())["api_url"])
         except (OSError, ValueError, KeyError):
             return f"http://{settings.api_host}:{settings.api_port}"
+
+    @staticmethod
+    def _find_socket(settings: Settings) -> str:
+        try:
+            path = str(json.loads(settings.runtime_path.read_text())["socket"])
+        except (OSError, ValueError, KeyError):
+            return ""
+        return path if path and os.path.exists(path) else ""
 
     def _find_token(self) -> str:
         token = os.environ.get("LBSOLO_TOKEN", "")
@@ -83,7 +110,12 @@ class Client:
         elif content is not None:
             body = content
             all_headers.setdefault("Transfer-Encoding", "chunked")
-        conn = http.client.HTTPConnection(self._host, self._port, timeout=self.timeout if timeout == -1.0 else timeout)
+        limit = self.timeout if timeout == -1.0 else timeout
+        conn = (
+            _UnixConnection(self.socket, limit)
+            if self.socket
+            else http.client.HTTPConnection(self._host, self._port, timeout=limit)
+        )
         try:
             conn.request(method, target, body=body, headers=all_headers, encode_chunked=content is not None)
             return conn, conn.getresponse()

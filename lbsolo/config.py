@@ -91,6 +91,11 @@ class Settings:
         return self.home / "daemon.json"
 
     @property
+    def socket_path(self) -> Path:
+        """The API's unix socket (mode 0600) for the local CLI."""
+        return self.home / "api.sock"
+
+    @property
     def uploads_dir(self) -> Path:
         return self.home / "uploads"
 

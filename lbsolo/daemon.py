@@ -69,11 +69,14 @@ def write_private(path: Path, text: str) -> None:
 class ProxyIngress:
     """Core's Ingress: routes go to the proxy, app names to the DNS zone."""
 
-    def __init__(self, proxy: ProxyServer, dns: DNSServer) -> None:
+    def __init__(self, proxy: ProxyServer, dns: DNSServer, own: Route | None = None) -> None:
         self.proxy = proxy
         self.dns = dns
+        self.own = own  # lbsolo's own UI and API at lbsolo.<domain>
 
     def publish(self, routes: dict[str, Route]) -> None:
+        if self.own is not None:
+            routes = {**routes, self.own.app: self.own}
         self.proxy.set_routes(routes)
         domains = frozenset(d.split("/", 1)[0] for r in routes.values() for d in r.domains)
         self.dns.set_zone(replace(self.dns.zone, apps=frozenset(routes), domains=domains))
@@ -123,6 +126,30 @@ def _bind(host: str, port: int) -> socket.socket:
     return sock
 
 
+def _is_loopback(host: str) -> bool:
+    return host in ("localhost", "::1") or host.startswith("127.")
+
+
+def _bind_unix(path: Path) -> socket.socket | None:
+    """The API for the local CLI on a unix socket only its owner can open (0600); None if impossible."""
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    old = os.umask(0o177)
+    try:
+        sock.bind(str(path))
+    except OSError as e:  # e.g. a path longer than the 108 bytes unix sockets allow
+        sock.close()
+        log.warning("no API unix socket at %s (%s); the CLI will use TCP", path, e)
+        return None
+    finally:
+        os.umask(old)
+    os.chmod(path, 0o600)
+    sock.listen(128)
+    sock.setblocking(False)
+    return sock
+
+
 async def _supervise(name: str, factory: Callable[[], Awaitable[None]]) -> None:
     """Run a long-lived task; log and restart it if it dies, with a short pause."""
     while True:
@@ -164,7 +191,8 @@ class Daemon:
 
         builder = Builder(engine, memory=s.build_memory, timeout=s.build_timeout)
         bus = EventBus()
-        platform = Platform(s, state, engine, builder, ProxyIngress(proxy, dns), bus=bus)
+        ingress = ProxyIngress(proxy, dns)
+        platform = Platform(s, state, engine, builder, ingress, bus=bus)
         builder.on_change = platform.record_build
         notifier = WebhookNotifier(state, bus)
         sampler = StatsSampler(engine, interval=5.0, requests=proxy.metrics)
@@ -173,6 +201,16 @@ class Daemon:
 
         api_sock = _bind(s.api_host, s.api_port)
         api_url = f"http://{s.api_host}:{api_sock.getsockname()[1]}"
+        loopback = "127.0.0.1" if s.api_host in ("0.0.0.0", "", "127.0.0.1") else s.api_host
+        ingress.own = Route(app="lbsolo", targets=(Target(loopback, api_sock.getsockname()[1]),))
+        ingress.publish({})
+        unix_sock = _bind_unix(s.socket_path)
+        if not _is_loopback(s.api_host):
+            log.warning(
+                "THE API LISTENS ON %s WITHOUT TLS: the token crosses the network in clear text. "
+                "Bind it to 127.0.0.1 and reach it through the proxy or an SSH tunnel.",
+                s.api_host,
+            )
         server = _APIServer(
             uvicorn.Config(
                 create_api(platform, token, api_url, bus=bus, notifier=notifier, sampler=sampler, tokens=tokens),
@@ -192,7 +230,7 @@ class Daemon:
             await notifier.start()
             await platform.recover()
             actions = await platform.reconcile()  # adopt what runs; start what should
-            tasks.append(asyncio.create_task(server.serve(sockets=[api_sock]), name="api"))
+            tasks.append(asyncio.create_task(server.serve(sockets=[api_sock, *([unix_sock] if unix_sock else [])]), name="api"))
             while not server.started:
                 if tasks[0].done():
                     await tasks[0]
@@ -216,7 +254,13 @@ class Daemon:
                 "actions": len(actions),
                 "pid": os.getpid(),
             }
-            runtime = {"api_url": info["api"], "proxy_port": proxy.port, "dns_port": dns.port, "pid": os.getpid()}
+            runtime = {
+                "api_url": info["api"],
+                "socket": str(s.socket_path) if unix_sock else "",
+                "proxy_port": proxy.port,
+                "dns_port": dns.port,
+                "pid": os.getpid(),
+            }
             await asyncio.to_thread(write_private, s.runtime_path, json.dumps(runtime))
             if on_ready:
                 on_ready(info)
@@ -226,6 +270,10 @@ class Daemon:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(notifier.aclose(), 3)
             api_sock.close()
+            if unix_sock is not None:
+                unix_sock.close()
+                with contextlib.suppress(OSError):
+                    s.socket_path.unlink()
             await asyncio.to_thread(state.close)
             engine.close()
             with contextlib.suppress(OSError):

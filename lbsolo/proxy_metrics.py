@@ -7,9 +7,9 @@ when an access log is configured, appends a tuple to a list; everything that for
 
 from __future__ import annotations
 
-import json
 import time
 from bisect import bisect_left
+from json.encoder import encode_basestring_ascii as _json_str  # C-accelerated
 from typing import Any
 
 __all__ = ["LATENCY_BUCKETS", "AppStats", "access_line", "prometheus_text"]
@@ -98,27 +98,26 @@ def prometheus_text(stats: dict[str, AppStats]) -> str:
     return "\n".join(out) + "\n"
 
 
+_second: list[Any] = [-1, ""]  # the last formatted second: lines come in bursts within one
+
+
 def access_line(entry: tuple[Any, ...]) -> str:
     """One JSON access-log line from the tuple the proxy buffered.
 
     The tuple is (wall time, app, release, method, path, status, bytes in, bytes out,
-    duration s, upstream s or None, request id, client address).
+    duration s, upstream s or None, request id, client address). Formatted by hand with
+    json's C string encoder: tens of thousands of lines a second must stay cheap.
     """
     at, app, release, method, path, status, bytes_in, bytes_out, duration, upstream, request_id, peer = entry
-    return json.dumps(
-        {
-            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(at)) + f".{int(at % 1 * 1000):03d}Z",
-            "app": app,
-            "release": release,
-            "method": method.decode("latin-1"),
-            "path": path.decode("latin-1"),
-            "status": status,
-            "bytes_in": bytes_in,
-            "bytes_out": bytes_out,
-            "duration_ms": round(duration * 1000, 3),
-            "upstream_ms": None if upstream is None else round(upstream * 1000, 3),
-            "request_id": request_id.decode("latin-1"),
-            "client": peer.decode("latin-1"),
-        },
-        separators=(",", ":"),
+    second = int(at)
+    if second != _second[0]:
+        _second[:] = [second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))]
+    return (
+        f'{{"ts":"{_second[1]}.{int(at % 1 * 1000):03d}Z","app":{_json_str(app)},'
+        f'"release":{"null" if release is None else _json_str(release)},'
+        f'"method":{_json_str(method.decode("latin-1"))},"path":{_json_str(path.decode("latin-1"))},'
+        f'"status":{status},"bytes_in":{bytes_in},"bytes_out":{bytes_out},'
+        f'"duration_ms":{duration * 1000:.3f},'
+        f'"upstream_ms":{"null" if upstream is None else format(upstream * 1000, ".3f")},'
+        f'"request_id":{_json_str(request_id.decode("latin-1"))},"client":{_json_str(peer.decode("latin-1"))}}}'
     )
