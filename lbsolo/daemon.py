@@ -230,7 +230,9 @@ class Daemon:
             await notifier.start()
             await platform.recover()
             actions = await platform.reconcile()  # adopt what runs; start what should
-            tasks.append(asyncio.create_task(server.serve(sockets=[api_sock, *([unix_sock] if unix_sock else [])]), name="api"))
+            tasks.append(
+                asyncio.create_task(server.serve(sockets=[api_sock, *([unix_sock] if unix_sock else [])]), name="api")
+            )
             while not server.started:
                 if tasks[0].done():
                     await tasks[0]
