@@ -112,12 +112,13 @@ def access_line(entry: tuple[Any, ...]) -> str:
     second = int(at)
     if second != _second[0]:
         _second[:] = [second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))]
+    # app, method and client address need no escaping (a validated name, a token, an address).
     return (
-        f'{{"ts":"{_second[1]}.{int(at % 1 * 1000):03d}Z","app":{_json_str(app)},'
+        f'{{"ts":"{_second[1]}.{int(at % 1 * 1000):03d}Z","app":"{app}",'
         f'"release":{"null" if release is None else _json_str(release)},'
-        f'"method":{_json_str(method.decode("latin-1"))},"path":{_json_str(path.decode("latin-1"))},'
+        f'"method":"{method.decode("latin-1")}","path":{_json_str(path.decode("latin-1"))},'
         f'"status":{status},"bytes_in":{bytes_in},"bytes_out":{bytes_out},'
         f'"duration_ms":{duration * 1000:.3f},'
         f'"upstream_ms":{"null" if upstream is None else format(upstream * 1000, ".3f")},'
-        f'"request_id":{_json_str(request_id.decode("latin-1"))},"client":{_json_str(peer.decode("latin-1"))}}}'
+        f'"request_id":{_json_str(request_id.decode("latin-1"))},"client":"{peer.decode("latin-1")}"}}'
     )
