@@ -624,19 +624,8 @@ class Platform:
 
         # Keys only: values (secrets among them) never go into events or webhooks.
         self.bus.emit(EventKind.CONFIG_CHANGED, name, "config changed", set=sorted(values), unset=sorted(unset))
-        app = await self._app(name)
-        if app.release is None:
-            async with self.lock(name):
-                app = await self._app(name)
-                change(app)
-                await self._save(app)
-            return None
         what = ", ".join([*(f"set {k}" for k in values), *(f"unset {k}" for k in unset)])
-
-        async def work(out: LogBuffer) -> Release:
-            return await self._release(name, out, description=f"config: {what}", app_changes=change)
-
-        return await self._run_job(name, work)
+        return await self._app_change(name, f"config: {what}", change)
 
     async def rollback(self, name: str, version: int | None) -> DeployJob:
         async def work(out: LogBuffer) -> Release:
@@ -708,6 +697,7 @@ class Platform:
         return await self._app_change(name, f"volume {volume}:{path}", change)
 
     async def _app_change(self, name: str, what: str, change: Any) -> DeployJob | None:
+        """Apply a change to the app; a deployed app gets it as a new release, rolled out."""
         app = await self._app(name)
         if app.release is None:
             async with self.lock(name):

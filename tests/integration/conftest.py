@@ -179,12 +179,19 @@ def remove_instance(client: docker.DockerClient, instance: str) -> None:
             client.images.remove(image.id, force=True)
 
 
-@pytest.fixture(scope="module")
-def daemon(docker_client, tmp_path_factory) -> Iterator[Daemon]:
-    d = Daemon(home=tmp_path_factory.mktemp("lbsolo") / "home")
+@contextlib.contextmanager
+def running_daemon(docker_client, home: Path, extra_env: dict[str, str] | None = None) -> Iterator[Daemon]:
+    """`lbsolo up` with its own home and ports; everything it created is removed afterwards."""
+    d = Daemon(home=home, extra_env=dict(extra_env or {}))
     d.start()
     try:
         yield d
     finally:
         d.stop()
         remove_instance(docker_client, d.instance)
+
+
+@pytest.fixture(scope="module")
+def daemon(docker_client, tmp_path_factory) -> Iterator[Daemon]:
+    with running_daemon(docker_client, tmp_path_factory.mktemp("lbsolo") / "home") as d:
+        yield d

@@ -13,20 +13,15 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import httpx
 import pytest
 
-from .conftest import EXAMPLES, Daemon, remove_instance
+from .conftest import EXAMPLES, running_daemon
 
 pytestmark = pytest.mark.docker
 
 
 @pytest.fixture(scope="module")
 def daemon(docker_client, tmp_path_factory):
-    d = Daemon(home=tmp_path_factory.mktemp("api") / "home")
-    d.start()
-    try:
+    with running_daemon(docker_client, tmp_path_factory.mktemp("api") / "home") as d:
         yield d
-    finally:
-        d.stop()
-        remove_instance(docker_client, d.instance)
 
 
 class Receiver:

@@ -13,26 +13,24 @@ import time
 import httpx
 import pytest
 
-from .conftest import EXAMPLES, Daemon, remove_instance
+from .conftest import EXAMPLES, running_daemon
 
 pytestmark = pytest.mark.docker
 
 
 @pytest.fixture(scope="module")
 def daemon(docker_client, tmp_path_factory):
-    d = Daemon(home=tmp_path_factory.mktemp("builder") / "home")
-    d.extra_env = {
-        "LBSOLO_DEPLOY_TIMEOUT": "15",
-        "LBSOLO_BUILD_TIMEOUT": "12",
-        "LBSOLO_BUILD_MEMORY": "128m",
-        "LBSOLO_MAX_UPLOAD_BYTES": "2000000",
-    }
-    d.start()
-    try:
+    with running_daemon(
+        docker_client,
+        tmp_path_factory.mktemp("builder") / "home",
+        {
+            "LBSOLO_DEPLOY_TIMEOUT": "15",
+            "LBSOLO_BUILD_TIMEOUT": "12",
+            "LBSOLO_BUILD_MEMORY": "128m",
+            "LBSOLO_MAX_UPLOAD_BYTES": "2000000",
+        },
+    ) as d:
         yield d
-    finally:
-        d.stop()
-        remove_instance(docker_client, d.instance)
 
 
 def git(cwd, *args):

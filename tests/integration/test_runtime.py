@@ -12,21 +12,19 @@ from collections import Counter
 import httpx
 import pytest
 
-from .conftest import EXAMPLES, Daemon, remove_instance
+from .conftest import EXAMPLES, Daemon, running_daemon
 
 pytestmark = pytest.mark.docker
 
 
 @pytest.fixture(scope="module")
 def daemon(docker_client, tmp_path_factory):
-    d = Daemon(home=tmp_path_factory.mktemp("runtime") / "home")
-    d.extra_env = {"LBSOLO_DEPLOY_TIMEOUT": "8", "LBSOLO_DRAIN_TIMEOUT": "5"}
-    d.start()
-    try:
+    with running_daemon(
+        docker_client,
+        tmp_path_factory.mktemp("runtime") / "home",
+        {"LBSOLO_DEPLOY_TIMEOUT": "8", "LBSOLO_DRAIN_TIMEOUT": "5"},
+    ) as d:
         yield d
-    finally:
-        d.stop()
-        remove_instance(docker_client, d.instance)
 
 
 def running(docker_client, daemon, app, process=None):

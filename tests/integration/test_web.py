@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
-from .conftest import EXAMPLES, ROOT, Daemon, remove_instance
+from .conftest import EXAMPLES, ROOT, running_daemon
 
 playwright_api = pytest.importorskip("playwright.sync_api")
 expect = playwright_api.expect
@@ -39,14 +38,9 @@ SLOW = 60_000  # ms: a rollout on a busy 2-core machine
 
 
 @pytest.fixture(scope="module")
-def daemon(docker_client, tmp_path_factory) -> Iterator[Daemon]:
-    d = Daemon(home=tmp_path_factory.mktemp("web") / "home")
-    d.start()
-    try:
+def daemon(docker_client, tmp_path_factory):
+    with running_daemon(docker_client, tmp_path_factory.mktemp("web") / "home") as d:
         yield d
-    finally:
-        d.stop()
-        remove_instance(docker_client, d.instance)
 
 
 @pytest.fixture(scope="module")
