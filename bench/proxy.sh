@@ -80,6 +80,9 @@ for c in 64 512; do
   read -r lr lp <"$T/lbsolo.$c"; read -r nr np <"$T/nginx.$c"; read -r cr cp <"$T/caddy.$c"
   echo "  c=$c lbsolo/nginx rps=$(ratio "$lr" "$nr") (target >= 0.4)  lbsolo/caddy rps=$(ratio "$lr" "$cr") (target >= 1.0)  p99 lbsolo/nginx=$(ratio "$lp" "$np") (target <= 2.5)"
 done
+# 1,000 connections: lbsolo must have no errors; the anchors are shown for context.
+run nginx 9102 1000
+run caddy 9103 1000
 run lbsolo 9104 1000 bench.lbsolo.localhost
 
 # RSS of the proxy while it holds 1,000 idle keep-alive connections (each served one request).

@@ -288,6 +288,9 @@ class Platform:
             removed = await asyncio.to_thread(self.engine.remove_app_images, name) if images else []
             vols = await asyncio.to_thread(self.engine.remove_app_volumes, name) if volumes else 0
             await asyncio.to_thread(self.logs.forget, name)
+            if not await asyncio.to_thread(self.state.list_apps):
+                # The last app is gone: don't leave a network (and its address pool) behind.
+                await asyncio.to_thread(self.engine.remove_network, self.network)
         self._locks.pop(name, None)
         self._restarts.pop(name, None)
         return {"name": name, "containers": len(replicas), "images": len(removed), "volumes": vols}

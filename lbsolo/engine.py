@@ -219,6 +219,17 @@ class Engine:
                 name, driver="bridge", labels={LABEL_MANAGED: "true", LABEL_INSTANCE: self.instance}
             )
 
+    def remove_network(self, name: str) -> None:
+        """Remove this instance's network if nothing is attached to it any more."""
+        try:
+            for network in self.client.networks.list(names=[name]):
+                if (network.attrs.get("Labels") or {}).get(LABEL_INSTANCE) == self.instance:
+                    network.remove()
+        except docker.errors.APIError as e:
+            log.info("network %s kept: %s", name, e.explanation or e)
+        except (docker.errors.DockerException, requests.exceptions.ConnectionError) as e:
+            raise EngineUnavailable(f"remove network {name}: {e}") from e
+
     def ensure_volume(self, app: str, name: str) -> str:
         """A named volume of app (created once, kept across releases); returns the engine's name."""
         full = f"lbsolo-{self.instance}-{app}-{name}"

@@ -103,10 +103,10 @@ class _Request:
     status = 0  # of the response, for metrics and the access log
     started = 0.0  # monotonic time of the first byte
     upstream_time: float | None = None  # seconds from sending to the app until its response head
+    body: list[bytes] | tuple[()] = ()  # buffered until an upstream takes it (a list once there is some)
 
     def __init__(self) -> None:
         self.headers: list[tuple[bytes, bytes]] = []
-        self.body: list[bytes] = []  # buffered until an upstream takes it
 
 
 # ---------------------------------------------------------------------------------------------
@@ -359,7 +359,10 @@ class _Client(asyncio.Protocol):
         if sink is not None:
             sink._send_body(data)
         elif not req.finished:
-            req.body.append(data)
+            if req.body:
+                req.body.append(data)
+            else:
+                req.body = [data]
             req.body_size += len(data)
             if req.body_size > _BODY_BUFFER:
                 self._pause(_P_BUFFER)
@@ -642,7 +645,7 @@ class _Client(asyncio.Protocol):
         """The response to `req` (the head of the queue) is complete."""
         req.finished = True
         req.sink = None
-        req.body = []
+        req.body = ()
         queue = self._queue
         if queue and queue[0] is req:
             queue.popleft()

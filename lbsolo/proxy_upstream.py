@@ -392,7 +392,7 @@ class _Upstream(asyncio.Protocol):
             self.deadline = self._loop.time() + self._server.read_timeout
         else:
             req.replayable = False
-            req.body = []
+            req.body = ()
             req.body_size = 0
             req.sink = self
         self._write(b"".join(parts))

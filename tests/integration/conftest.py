@@ -177,6 +177,12 @@ def remove_instance(client: docker.DockerClient, instance: str) -> None:
     for image in client.images.list(filters=filters):
         with contextlib.suppress(docker.errors.APIError):
             client.images.remove(image.id, force=True)
+    for network in client.networks.list(filters=filters):
+        with contextlib.suppress(docker.errors.APIError):
+            network.remove()
+    for volume in client.volumes.list(filters=filters):
+        with contextlib.suppress(docker.errors.APIError):
+            volume.remove(force=True)
 
 
 @contextlib.contextmanager
