@@ -535,13 +535,16 @@ def destroy(
 @app.command()
 @clean_errors
 def metrics(name: AppArg) -> None:
-    """Show an app's request counters and latency since the daemon started."""
+    """Show an app's CPU, memory, network and request rate now, and its proxy counters since start."""
     with _client() as c:
+        stats = c.request("GET", f"/api/apps/{name}/stats")["latest"]
         data = c.request("GET", f"/api/apps/{name}/metrics")
-    if not data:
-        console.print(f"{name} has served no requests since the daemon started")
-        return
     table = Table(show_header=False, box=None)
+    units = {"cpu": "%", "mem": "B", "net_rx": "B/s", "net_tx": "B/s", "rps": "req/s", "latency_ms": "ms"}
+    for key, unit in units.items():
+        value = stats.get(key)
+        shown = "-" if value is None else (_size(int(value)) if unit == "B" else f"{value:.1f} {unit}")
+        table.add_row(key, shown)
     for key, value in data.items():
         shown = ", ".join(f"{k}={v}" for k, v in value.items()) if isinstance(value, dict) else str(value)
         table.add_row(key, escape(shown))
