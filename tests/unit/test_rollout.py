@@ -1,0 +1,200 @@
+"""The rollout state machine, with a hand-written fake engine and ingress and real sockets.
+
+A rollout must move traffic only after the new replicas answer their health check, then drain
+and stop the old ones, saving each named step; a release that never gets healthy is marked
+failed and the old replicas keep serving, untouched.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+import pytest
+
+from lbsolo.build import Builder
+from lbsolo.config import Settings
+from lbsolo.core import Platform
+from lbsolo.errors import DeployFailed
+from lbsolo.models import App, DeployStep, Release, ReleaseStatus, Replica
+from lbsolo.proxy import Route, Target
+from lbsolo.state import State
+
+
+class FakeEngine:
+    """Containers as records; each new web replica 'listens' on the port the test chose."""
+
+    instance = "test"
+
+    def __init__(self, port_for_release: dict[int, int]) -> None:
+        self.port_for_release = port_for_release
+        self.replicas: dict[str, Replica] = {}
+        self.calls: list[str] = []
+        self._n = 0
+
+    def ensure_network(self, name: str) -> None:
+        pass
+
+    def ensure_volume(self, app: str, name: str) -> str:
+        return name
+
+    def tag_image(self, image: str, repository: str, tag: str) -> None:
+        pass
+
+    def run(self, *, app: str, release: int, process: str, name: str, port: int | None, **_: Any) -> Replica:
+        self._n += 1
+        r = Replica(
+            id=f"c{self._n}", name=name, app=app, release=release, process=process, running=True,
+            status="running", host_port=self.port_for_release[release] if port else None, started_at=str(self._n),
+        )  # fmt: skip
+        self.replicas[r.id] = r
+        self.calls.append(f"run v{release}")
+        return r
+
+    def list_replicas(self, app: str | None = None) -> list[Replica]:
+        return [r for r in self.replicas.values() if app is None or r.app == app]
+
+    def stop_and_remove(self, container_id: str, timeout: int) -> None:
+        r = self.replicas.pop(container_id, None)
+        if r is not None:
+            self.calls.append(f"stop v{r.release}")
+
+    def logs(self, container_id: str, tail: int = 200) -> str:
+        return "fake logs"
+
+    def follow_logs(self, container_id: str, since: float | None = None) -> Iterator[str]:
+        return iter(())
+
+    def app_images(self, app: str | None = None) -> list[dict[str, Any]]:
+        return []
+
+
+class FakeIngress:
+    def __init__(self, engine: FakeEngine) -> None:
+        self.engine = engine
+        self.routes: dict[str, Route] = {}
+
+    def publish(self, routes: dict[str, Route]) -> None:
+        self.routes = routes
+        targets = ",".join(str(t.port) for r in routes.values() for t in r.targets)
+        self.engine.calls.append(f"publish {targets}")
+
+    async def drain(self, targets: Iterable[Target], timeout: float) -> bool:
+        self.engine.calls.append(f"drain {','.join(str(t.port) for t in targets)}")
+        return True
+
+    def metrics(self) -> dict[str, dict[str, Any]]:
+        return {}
+
+    def prometheus(self) -> str:
+        return ""
+
+
+class StepRecorder(State):
+    def __init__(self, *args: Any, **kw: Any) -> None:
+        super().__init__(*args, **kw)
+        self.steps: list[str | None] = []
+
+    def save_release(self, release: Release) -> None:
+        self.steps.append(release.step and str(release.step))
+        super().save_release(release)
+
+
+async def _http_server() -> tuple[asyncio.Server, int]:
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    return server, server.sockets[0].getsockname()[1]
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def _platform(tmp_path, ports: dict[int, int]) -> tuple[Platform, FakeEngine, FakeIngress, StepRecorder]:
+    settings = Settings.load(home=tmp_path, deploy_timeout=1.5, drain_timeout=1.0)
+    state = StepRecorder(tmp_path / "state.json")
+    engine = FakeEngine(ports)
+    ingress = FakeIngress(engine)
+    builder = Builder(engine, memory="1g", timeout=10)  # type: ignore[arg-type]
+    platform = Platform(settings, state, engine, builder, ingress)  # type: ignore[arg-type]
+    await platform.create_app("web1")
+    return platform, engine, ingress, state
+
+
+async def _release(platform: Platform, image: str) -> Release:
+    from lbsolo.build import LogBuffer
+
+    return await platform._release(
+        "web1", LogBuffer(), description="test", image=image, processes={}, health={"path": "/", "interval": 0.1}
+    )
+
+
+def test_successful_rollout_swaps_then_drains_then_stops_the_old_replica(tmp_path):
+    async def main() -> None:
+        server, port = await _http_server()
+        try:
+            platform, engine, _, state = await _platform(tmp_path, {1: port, 2: port})
+            await _release(platform, "sha256:one")
+            engine.calls.clear()
+            state.steps.clear()
+            release = await _release(platform, "sha256:two")
+            assert release.status is ReleaseStatus.ACTIVE
+            # traffic moves first, then the old replica drains, then it stops: never the other way round
+            assert engine.calls == ["run v2", f"publish {port}", f"drain {port}", "stop v1"]
+            expected = [None, "start", "wait_ready", "swap", "drain", "stop_old", "done"]
+            assert state.steps[: len(expected)] == expected
+            assert [r.release for r in engine.list_replicas()] == [2]
+            app = state.get_app("web1")
+            assert app.release == 2
+            assert state.get_release("web1", 1).status is ReleaseStatus.SUPERSEDED
+            platform.collector.prune()
+        finally:
+            server.close()
+            await server.wait_closed()
+
+    asyncio.run(main())
+
+
+def test_release_that_never_gets_healthy_is_failed_and_the_old_one_is_untouched(tmp_path):
+    async def main() -> None:
+        server, port = await _http_server()
+        try:
+            platform, engine, ingress, state = await _platform(tmp_path, {1: port, 2: _closed_port()})
+            await _release(platform, "sha256:one")
+            before = dict(ingress.routes)
+            engine.calls.clear()
+            with pytest.raises(DeployFailed, match="previous release keeps serving"):
+                await _release(platform, "sha256:two")
+            assert ingress.routes == before  # no swap happened
+            assert engine.calls == ["run v2", "stop v2"]  # only the new replica went away
+            assert [r.release for r in engine.list_replicas()] == [1]
+            failed = state.get_release("web1", 2)
+            assert failed.status is ReleaseStatus.FAILED and failed.step is DeployStep.WAIT_READY
+            assert state.get_app("web1").release == 1
+        finally:
+            server.close()
+            await server.wait_closed()
+
+    asyncio.run(main())
+
+
+def test_recover_marks_interrupted_rollouts_failed(tmp_path):
+    async def main() -> None:
+        platform, _, _, state = await _platform(tmp_path, {})
+        state.save_app(App("web1", release=1))
+        state.save_release(Release("web1", 1, "sha256:a", status=ReleaseStatus.ACTIVE))
+        state.save_release(Release("web1", 2, "sha256:b", status=ReleaseStatus.DEPLOYING, step=DeployStep.WAIT_READY))
+        assert await platform.recover() == 1
+        assert state.get_release("web1", 2).status is ReleaseStatus.FAILED
+        assert state.get_release("web1", 1).status is ReleaseStatus.ACTIVE
+
+    asyncio.run(main())
