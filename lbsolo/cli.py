@@ -70,6 +70,7 @@ AppArg = Annotated[str, typer.Argument(help="App name.")]
 def up(
     proxy_host: Annotated[str | None, typer.Option(help="Proxy address (0.0.0.0 on a VPS).")] = None,
     proxy_port: Annotated[int | None, typer.Option(help="Proxy port (80 on a VPS).")] = None,
+    https_port: Annotated[int | None, typer.Option(help="Proxy HTTPS port, 0 for none (443 on a VPS).")] = None,
     api_host: Annotated[str | None, typer.Option(help="API address.")] = None,
     api_port: Annotated[int | None, typer.Option(help="API port.")] = None,
     dns_host: Annotated[str | None, typer.Option(help="DNS address.")] = None,
@@ -84,6 +85,7 @@ def up(
     settings = Settings.load(
         proxy_host=proxy_host,
         proxy_port=proxy_port,
+        proxy_https_port=https_port,
         api_host=api_host,
         api_port=api_port,
         dns_host=dns_host,
@@ -687,6 +689,17 @@ def dns_setup(
         except (OSError, subprocess.CalledProcessError) as e:
             raise LbsoloError(f"could not apply the DNS setup: {e}") from e
         console.print(f"applied: {', '.join(map(str, written))}")
+
+
+@app.command("tls:trust")
+@clean_errors
+def tls_trust() -> None:
+    """Print how to make this machine trust lbsolo's local CA (for https://<app>.<domain>)."""
+    from lbsolo.tls import LocalCA
+
+    settings = Settings.load()
+    ca = LocalCA(settings.tls_dir).load_or_create()
+    console.print(ca.trust_instructions(), highlight=False, markup=False)
 
 
 @app.command("git:remote")

@@ -25,6 +25,9 @@ class Settings:
     api_port: int = 7780
     proxy_host: str = "127.0.0.1"
     proxy_port: int = 8080
+    # HTTPS listener of the proxy (0: off). Certificates for the lbsolo domain come from a local
+    # CA made on first use under $LBSOLO_HOME/tls (`lbsolo tls:trust` says how to trust it).
+    proxy_https_port: int = 0
     dns_host: str = "127.0.0.1"
     dns_port: int = 5354
     dns_strict: bool = False
@@ -94,6 +97,10 @@ class Settings:
     def socket_path(self) -> Path:
         """The API's unix socket (mode 0600) for the local CLI."""
         return self.home / "api.sock"
+
+    @property
+    def tls_dir(self) -> Path:
+        return self.home / "tls"
 
     @property
     def uploads_dir(self) -> Path:

@@ -179,7 +179,20 @@ class Daemon:
         state = await asyncio.to_thread(State, s.state_path)
 
         access = AccessLog(s.logs_dir / "access.log")
-        proxy = ProxyServer(host=s.proxy_host, port=s.proxy_port, domain=s.domain, access_log=access.write)
+        tls = None
+        if s.proxy_https_port:
+            from lbsolo.tls import CertStore, LocalCA
+
+            ca = await asyncio.to_thread(LocalCA(s.tls_dir).load_or_create)
+            tls = CertStore(s.domain, ca, s.tls_dir / "certs").server_context()
+        proxy = ProxyServer(
+            host=s.proxy_host,
+            port=s.proxy_port,
+            domain=s.domain,
+            access_log=access.write,
+            https_port=s.proxy_https_port or None,
+            tls=tls,
+        )
         zone = Zone(domain=s.domain, ipv4=s.dns_ipv4, ipv6=s.dns_ipv6, strict=s.dns_strict, ttl=s.dns_ttl)
         forward = None
         if s.dns_forward:
@@ -246,7 +259,8 @@ class Daemon:
             api_port = api_sock.getsockname()[1]
             info = {
                 "api": f"http://{s.api_host}:{api_port}",
-                "proxy": f"http://{s.proxy_host}:{proxy.port}",
+                "proxy": f"http://{s.proxy_host}:{proxy.port}"
+                + (f", https://{s.proxy_host}:{proxy.https_port}" if proxy.https_port else ""),
                 "dns": f"{s.dns_host}:{dns.port} (udp+tcp)",
                 "domain": s.domain,
                 "home": str(s.home),

@@ -6,6 +6,8 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import socket
+import ssl
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -13,14 +15,18 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import httpx
 import pytest
 
-from .conftest import EXAMPLES, running_daemon
+from .conftest import EXAMPLES, free_port, running_daemon
 
 pytestmark = pytest.mark.docker
 
 
 @pytest.fixture(scope="module")
 def daemon(docker_client, tmp_path_factory):
-    with running_daemon(docker_client, tmp_path_factory.mktemp("api") / "home") as d:
+    https = free_port()
+    with running_daemon(
+        docker_client, tmp_path_factory.mktemp("api") / "home", {"LBSOLO_PROXY_HTTPS_PORT": str(https)}
+    ) as d:
+        d.https_port = https
         yield d
 
 
@@ -112,3 +118,18 @@ def test_request_metrics_count_proxied_requests(daemon):
     assert data, data
     assert "site" in daemon.api_get("/metrics").text
     assert daemon.cli("metrics", "site").returncode == 0
+
+
+def test_https_with_the_local_ca(daemon):
+    trust = daemon.cli("tls:trust")
+    assert trust.returncode == 0
+    ca = daemon.home / "tls" / "ca.pem"
+    assert ca.exists() and str(ca) in trust.stdout
+    context = ssl.create_default_context(cafile=str(ca))
+    raw = socket.create_connection(("127.0.0.1", daemon.https_port), timeout=10)
+    with context.wrap_socket(raw, server_hostname="site.lbsolo.localhost") as tls:
+        tls.sendall(b"GET / HTTP/1.1\r\nHost: site.lbsolo.localhost\r\nConnection: close\r\n\r\n")
+        data = b""
+        while chunk := tls.recv(65536):
+            data += chunk
+    assert data.startswith(b"HTTP/1.1 200") and b"lbsolo static example" in data
