@@ -520,6 +520,7 @@ class Platform:
                     command=release.command("release") or "",
                     env=self._spec(app, release, "release", {}).env(),
                     network=self.network,
+                    volumes=volumes,
                     on_output=lambda line: loop.call_soon_threadsafe(out.append, f"       | {line}"),
                     timeout=self.settings.deploy_timeout,
                 )
@@ -840,6 +841,7 @@ class Platform:
             command=command,
             env=self._spec(app, release, "run", {}).env(),
             network=self.network,
+            volumes=await self._volumes(app),
             on_output=lambda line: loop.call_soon_threadsafe(out.append, line),
             timeout=self.settings.deploy_timeout * 10,
         )

@@ -310,8 +310,10 @@ class Engine:
         network: str | None,
         on_output: Callable[[str], None],
         timeout: float,
+        volumes: dict[str, str] | None = None,
     ) -> int:
         """Run a one-off command in a fresh container of image; stream output; return its exit code."""
+        mounts = {vol: {"bind": path, "mode": "rw"} for vol, path in (volumes or {}).items()}
         with _engine_errors(f"run in {app}"):
             container = self.client.containers.run(
                 image,
@@ -322,6 +324,7 @@ class Engine:
                 labels={**self.base_labels(app), LABEL_PROCESS: "run"},
                 network=network,
                 init=True,
+                volumes=mounts or None,
             )
             try:
                 buf = b""

@@ -229,3 +229,20 @@ def test_killed_replica_is_serving_again_within_5s(daemon, docker_client):
         time.sleep(0.1)
     assert time.monotonic() - t0 < 5
     assert daemon.get("zd").status_code == 200
+
+
+def test_resources_and_volumes_apply_as_releases_and_data_persists(daemon, docker_client):
+    out = daemon.cli("resources:set", "zd", "web", "--memory", "96m", "--cpus", "0.5")
+    assert out.returncode == 0, out.stdout + out.stderr
+    [web] = running(docker_client, daemon, "zd", "web")
+    assert web.attrs["HostConfig"]["Memory"] == 96 * 1024 * 1024
+    assert web.attrs["HostConfig"]["NanoCpus"] == 500_000_000
+    out = daemon.cli("volumes:add", "zd", "data:/data")
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert daemon.cli("run", "zd", "--", "echo kept > /data/marker").returncode == 0
+    out = daemon.cli("deploy", str(EXAMPLES / "hello"), "--app", "zd")
+    assert out.returncode == 0, out.stdout + out.stderr
+    [web] = running(docker_client, daemon, "zd", "web")
+    assert web.exec_run(["cat", "/data/marker"]).output.strip() == b"kept"
+    assert daemon.cli("resources:set", "zd", "web", "--memory", "1k").returncode == 1
+    assert daemon.cli("volumes:add", "zd", "data:relative").returncode == 1
