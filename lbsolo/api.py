@@ -77,6 +77,11 @@ class DomainsChange(BaseModel):
     remove: list[str] = []
 
 
+class GitDeploy(BaseModel):
+    url: str
+    ref: str | None = None
+
+
 class RunRequest(BaseModel):
     command: str
 
@@ -318,6 +323,16 @@ def create_api(
         return stream_job(await platform.deploy(name, context))
 
     api.include_router(create_git_router(platform, token, api_url))
+
+    @api.post("/api/apps/{name}/deploy/git", dependencies=auth, tags=["deploy"])
+    async def deploy_git(name: str, body: GitDeploy) -> StreamingResponse:
+        """Clone a git URL the daemon can reach (a local path too) at a ref, then build and roll it out."""
+        return stream_job(await platform.deploy_git(name, body.url, body.ref))
+
+    @api.get("/api/apps/{name}/hook", dependencies=auth, tags=["git"])
+    async def hook(name: str) -> dict[str, str]:
+        """The app's inbound push webhook: URL and secret (GitHub/Gitea HMAC, or GitLab token)."""
+        return {"url": f"{api_url}/hooks/{name}", "secret": await platform.hook_secret(name)}
 
     @api.get("/api/apps/{name}/git", dependencies=auth, tags=["git"])
     async def git_remote(name: str) -> dict[str, str]:

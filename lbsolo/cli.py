@@ -215,11 +215,20 @@ def deploy(
         str | None, typer.Option("--app", "-a", help="App name (default: the directory's name).")
     ] = None,
     watch_: Annotated[bool, typer.Option("--watch", "-w", help="Redeploy whenever a file changes.")] = False,
+    git: Annotated[str | None, typer.Option("--git", help="Deploy a git URL[#ref] the daemon can reach.")] = None,
 ) -> None:
     """Build PATH on the daemon and roll it out as a new release, streaming the build output."""
+    settings = Settings.load()
+    if git is not None:
+        url, _, ref = git.partition("#")
+        name = app_name or Path(url.rstrip("/")).name.removesuffix(".git")
+        validate_app_name(name)
+        with Client(settings) as c:
+            body = {"url": url, "ref": ref or None}
+            render_job(c.stream("POST", f"/api/apps/{name}/deploy/git", json=body), f"deploy of {name}")
+        return
     name = app_name or path.resolve().name
     validate_app_name(name)
-    settings = Settings.load()
 
     from lbsolo.detect import detect  # jinja2 and friends: only for the verbs that need them
 
@@ -713,6 +722,16 @@ def git_remote(name: AppArg) -> None:
     scheme, _, rest = url.partition("://")
     console.print(f"git remote add lbsolo {scheme}://lbsolo:{token}@{rest}", highlight=False, soft_wrap=True)
     console.print("[dim]then: git push lbsolo main (the token is the password; keep the remote private)[/]")
+
+
+@app.command("hooks:url")
+@clean_errors
+def hooks_url(name: AppArg) -> None:
+    """Print the inbound push webhook of an app (GitHub, GitLab, Gitea) and its secret."""
+    with _client() as c:
+        out = c.request("GET", f"/api/apps/{name}/hook")
+    console.print(f"URL:    {out['url']}\nsecret: {out['secret']}", highlight=False)
+    console.print("[dim]content type application/json; push events to main or master deploy[/]")
 
 
 @app.command("git-hook", hidden=True)

@@ -16,6 +16,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import secrets
+import shutil
+import tempfile
 import threading
 import time
 from collections.abc import AsyncIterator, Iterable, Mapping
@@ -30,6 +33,7 @@ from lbsolo.config import Settings
 from lbsolo.engine import Engine
 from lbsolo.errors import Conflict, DeployFailed, EngineError, InvalidInput, LbsoloError, NotFound
 from lbsolo.events import EventBus, EventKind
+from lbsolo.git import clone
 from lbsolo.logs import LogCollector, LogLine, LogStore
 from lbsolo.models import (
     WEB,
@@ -47,6 +51,7 @@ from lbsolo.models import (
     validate_process_name,
 )
 from lbsolo.proxy import Route, Target
+from lbsolo.source import pack
 from lbsolo.state import State
 
 log = logging.getLogger("lbsolo.core")
@@ -337,6 +342,34 @@ class Platform:
         self.bus.emit(EventKind.DEPLOY_STARTED, app.name, f"deploy of {app.name} started", build=build_job.build.id)
         job.task = self._spawn(self._deploy(job, build_job.done, build_job.build.id), f"deploy-{app.name}")
         return job
+
+    async def deploy_git(self, name: str, url: str, ref: str | None) -> DeployJob:
+        """Deploy a git URL (a path the daemon can read works too) at a branch, tag or commit."""
+        await self._app(name)
+        self.settings.uploads_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(prefix="git-", dir=self.settings.uploads_dir) as tmp:
+            commit = await clone(url, ref, Path(tmp) / "src")
+            archive = Path(tmp).with_suffix(".tar")
+
+            def pack_to_file() -> None:
+                with pack(Path(tmp) / "src", self.settings.max_upload_bytes) as packed, archive.open("wb") as f:
+                    shutil.copyfileobj(packed, f)
+
+            await asyncio.to_thread(pack_to_file)
+        job = await self.deploy(name, archive)
+        job.output.append(f"       source: {url} at {commit[:12]}")
+        return job
+
+    async def hook_secret(self, name: str, create: bool = True) -> str:
+        """The app's inbound webhook secret; made on first request."""
+        async with self.lock(name):
+            app = await self._app(name)
+            if not app.hook_secret:
+                if not create:
+                    raise NotFound(f"{name} has no webhook yet (see: lbsolo hooks:url {name})")
+                app.hook_secret = secrets.token_urlsafe(24)
+                await self._save(app)
+        return app.hook_secret
 
     async def _deploy(self, job: DeployJob, built: asyncio.Future[tuple[str, SourceSpec]], build_id: str) -> None:
         out = job.output

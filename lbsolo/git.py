@@ -11,19 +11,25 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import hashlib
+import hmac
+import json
 import os
 import secrets
 import shlex
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import StreamingResponse
 
-from lbsolo.core import Platform
-from lbsolo.errors import EngineError, Unauthorized
+from lbsolo.errors import EngineError, InvalidInput, NotFound, Unauthorized
 from lbsolo.models import validate_app_name
+
+if TYPE_CHECKING:  # the router is handed the platform; core itself uses clone() from here
+    from lbsolo.core import Platform
 
 HOOK = """#!/bin/sh
 # Installed by lbsolo: deploy what was pushed. Output goes back to `git push` as remote: lines.
@@ -68,9 +74,87 @@ async def ensure_repo(root: Path, app: str) -> Path:
     return repo
 
 
+async def clone(url: str, ref: str | None, into: Path, timeout: float = 300.0) -> str:
+    """Fetch url at ref (branch, tag or commit) into a new directory; return the commit checked out."""
+    if url.startswith("-") or (ref or "").startswith("-"):
+        raise InvalidInput("a git URL or ref cannot start with '-'")
+    is_sha = ref is not None and len(ref) >= 7 and all(c in "0123456789abcdef" for c in ref.lower())
+    args = ["clone", "--quiet"]
+    if ref and not is_sha:
+        args += ["--depth", "1", "--branch", ref]
+    elif not ref:
+        args += ["--depth", "1"]
+    try:
+        await asyncio.wait_for(_git(*args, "--", url, str(into)), timeout)
+        if is_sha:
+            await asyncio.wait_for(_git("checkout", "--quiet", str(ref), cwd=into), timeout)
+    except TimeoutError as e:
+        raise InvalidInput(f"git clone of {url} took longer than {timeout:.0f}s") from e
+    except EngineError as e:
+        raise InvalidInput(f"cannot fetch {url}{'#' + ref if ref else ''}: {e.message}") from e
+    proc = await asyncio.create_subprocess_exec(
+        "git", "rev-parse", "HEAD", cwd=into, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL
+    )
+    out, _ = await proc.communicate()
+    return out.decode().strip()
+
+
+def push_from_payload(headers: Mapping[str, str], body: bytes, secret: str) -> tuple[str, str, str] | None:
+    """(clone URL, branch, commit) of a GitHub, GitLab or Gitea push event whose signature checks out.
+
+    Raises Unauthorized for a missing or wrong signature; None for events that are not pushes.
+    """
+    expected = hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+    github = headers.get("x-hub-signature-256", "")
+    gitea = headers.get("x-gitea-signature", "") or headers.get("x-gogs-signature", "")
+    gitlab = headers.get("x-gitlab-token", "")
+    ok = (
+        (github and hmac.compare_digest(github.removeprefix("sha256="), expected))
+        or (gitea and hmac.compare_digest(gitea, expected))
+        or (gitlab and hmac.compare_digest(gitlab.encode(), secret.encode()))
+    )
+    if not ok:
+        raise Unauthorized("webhook signature missing or wrong (use the secret from `lbsolo hooks:url APP`)")
+    event = headers.get("x-github-event") or headers.get("x-gitea-event") or headers.get("x-gitlab-event", "")
+    if event.lower() not in ("push", "push hook"):
+        return None
+    try:
+        payload = json.loads(body)
+        repo = payload.get("repository") or {}
+        project = payload.get("project") or {}
+        url = repo.get("clone_url") or project.get("git_http_url") or repo.get("git_http_url")
+        ref, commit = str(payload["ref"]), str(payload.get("after") or payload.get("checkout_sha") or "")
+    except (ValueError, KeyError, TypeError, AttributeError) as e:
+        raise InvalidInput(f"not a push payload: {e}") from e
+    if not url or not ref.startswith("refs/heads/"):
+        return None
+    return str(url), ref.removeprefix("refs/heads/"), commit
+
+
 def create_git_router(platform: Platform, token: str, api_url: str) -> APIRouter:
     router = APIRouter(tags=["git"])
     root = platform.settings.home / "git"
+
+    @router.post("/hooks/{app}", tags=["git"], status_code=202)
+    async def push_webhook(app: str, request: Request) -> dict[str, object]:
+        """Inbound push webhook (GitHub, GitLab, Gitea): rebuilds and rolls out the pushed main/master.
+
+        Authenticated by the app's hook secret (HMAC signature or GitLab token), not the API token.
+        """
+        try:
+            validate_app_name(app)
+            secret = await platform.hook_secret(app, create=False)
+        except (InvalidInput, NotFound) as e:  # say nothing about which apps exist
+            raise Unauthorized("no webhook is configured here (see: lbsolo hooks:url APP)") from e
+        body = await request.body()
+        push = push_from_payload({k.lower(): v for k, v in request.headers.items()}, body, secret)
+        if push is None:
+            return {"deploying": False, "reason": "not a push event"}
+        url, branch, commit = push
+        if branch not in ("main", "master"):
+            return {"deploying": False, "reason": f"only main or master deploy; pushed {branch}"}
+        job = await platform.deploy_git(app, url, commit or branch)
+        return {"deploying": True, "app": app, "ref": commit or branch, "job": job.app}
 
     @router.api_route("/git/{app}.git/{path:path}", methods=["GET", "POST"], include_in_schema=False)
     async def git_http(app: str, path: str, request: Request) -> Response:

@@ -159,6 +159,7 @@ class App:
     resources: dict[str, dict[str, Any]] = field(default_factory=dict)  # process -> {memory, cpus}
     volumes: dict[str, str] = field(default_factory=dict)  # volume name -> mount path
     domains: list[str] = field(default_factory=list)  # custom domains routed to the app
+    hook_secret: str = ""  # authenticates inbound push webhooks
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -176,6 +177,7 @@ class App:
             resources=dict(d.get("resources") or {}),
             volumes=dict(d.get("volumes") or {}),
             domains=list(d.get("domains") or []),
+            hook_secret=str(d.get("hook_secret") or ""),
         )
 
 

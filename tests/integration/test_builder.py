@@ -3,7 +3,10 @@ phase, build limits, hostile uploads, watch mode and image retention."""
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import io
+import json
 import shutil
 import signal
 import subprocess
@@ -243,3 +246,36 @@ def test_retention_keeps_the_last_five_releases_images(daemon, docker_client, tm
         assert "example 3" in daemon.get("kept").text
     finally:
         docker_client.images.remove("lbsolo-test-unlabelled:keep")
+
+
+def test_deploy_from_a_git_url_and_from_a_signed_push_webhook(daemon, tmp_path):
+    src = tmp_path / "upstream"
+    shutil.copytree(EXAMPLES / "hello", src)
+    git(src, "init", "-q", "-b", "main")
+    git(src, "add", ".")
+    git(src, "commit", "-qm", "one")
+    assert daemon.cli("apps:create", "fromgit").returncode == 0
+    out = daemon.cli("deploy", "--git", f"{src}#main", "--app", "fromgit")
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "release=v1" in daemon.get("fromgit").text
+
+    app = src / "app.py"
+    app.write_text(app.read_text().replace('"GREETING", "Hello"', '"GREETING", "Hooked"'))
+    git(src, "commit", "-qam", "two")
+    commit = git(src, "rev-parse", "HEAD").stdout.strip()
+    hook = daemon.cli("hooks:url", "fromgit")
+    assert hook.returncode == 0
+    url = hook.stdout.split("URL:")[1].split()[0]
+    secret = hook.stdout.split("secret:")[1].split()[0]
+    body = json.dumps({"ref": "refs/heads/main", "after": commit, "repository": {"clone_url": str(src)}}).encode()
+    signature = "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+    headers = {"X-GitHub-Event": "push", "Content-Type": "application/json"}
+    bad = httpx.post(url, content=body, headers={**headers, "X-Hub-Signature-256": "sha256=00"}, timeout=30)
+    assert bad.status_code == 401
+    r = httpx.post(url, content=body, headers={**headers, "X-Hub-Signature-256": signature}, timeout=60)
+    assert r.status_code == 202 and r.json()["deploying"], r.text
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not daemon.get("fromgit").text.startswith("Hooked"):
+        time.sleep(0.3)
+    assert daemon.get("fromgit").text.startswith("Hooked from lbsolo!")
+    assert daemon.cli("deploy", "--git", str(tmp_path / "nope"), "--app", "fromgit").returncode == 1
