@@ -203,6 +203,11 @@ def create_api(
     async def builds(name: str) -> list[dict[str, Any]]:
         return [b.to_dict() for b in await platform.builds(name)]
 
+    @api.post("/api/apps/{name}/builds/cancel", dependencies=auth, tags=["builds"])
+    async def cancel_builds(name: str, build_id: str | None = None) -> dict[str, list[str]]:
+        """Cancel the app's queued or running builds (or one of them); a running build stops at its next step."""
+        return {"cancelled": await platform.cancel_builds(name, build_id)}
+
     @api.get("/api/apps/{name}/builds/{build_id}/log", dependencies=auth, tags=["builds"])
     async def build_log(name: str, build_id: str) -> list[str]:
         """A stored build log; `latest` for the newest build."""
@@ -316,11 +321,19 @@ def create_api(
         tags=["deploy"],
         summary="Upload a tar of the source; the response streams NDJSON build and rollout output.",
     )
-    async def deploy(name: str, request: Request) -> StreamingResponse:
+    async def deploy(
+        name: str, request: Request, build_arg: Annotated[list[str] | None, Query()] = None
+    ) -> StreamingResponse:
         validate_app_name(name)
         await platform.get_app(name)  # 404 before reading a possibly large body
+        args = {}
+        for item in build_arg or []:
+            key, sep, value = item.partition("=")
+            if not sep or not key:
+                raise InvalidInput(f"build args are KEY=VALUE, got {item!r}")
+            args[key] = value
         context = await receive_upload(request, settings.uploads_dir, settings.max_upload_bytes)
-        return stream_job(await platform.deploy(name, context))
+        return stream_job(await platform.deploy(name, context, args))
 
     api.include_router(create_git_router(platform, token, api_url))
 

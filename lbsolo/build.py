@@ -19,7 +19,7 @@ import tempfile
 import tomllib
 import uuid
 from collections.abc import AsyncIterator, Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from lbsolo.detect import Detection, detect, parse_procfile
@@ -67,6 +67,8 @@ class SourceSpec:
 
     processes: dict[str, str] = field(default_factory=dict)
     health: dict[str, object] = field(default_factory=dict)
+    base_images: dict[str, str] = field(default_factory=dict)  # [build] base_images in lbsolo.toml
+    build_args: dict[str, str] = field(default_factory=dict)  # [build] args in lbsolo.toml
 
 
 SPEC_FILES = ("Dockerfile", "Procfile", "lbsolo.toml")
@@ -131,9 +133,16 @@ def parse_spec(procfile: bytes | None, app_toml: bytes | None) -> SourceSpec:
         HealthCheck.from_dict(health)  # validate now, not at rollout
         for kind, command in (doc.get("processes") or {}).items():
             processes[validate_process_name(str(kind))] = str(command)
+        build = doc.get("build") or {}
+        if not isinstance(build, dict):
+            raise InvalidInput("[build] in lbsolo.toml must be a table")
+        base_images = {str(k): str(v) for k, v in (build.get("base_images") or {}).items()}
+        build_args = {str(k): str(v) for k, v in (build.get("args") or {}).items()}
+    else:
+        base_images, build_args = {}, {}
     if procfile is not None:
         processes.update(parse_procfile(procfile.decode("utf-8", "replace")))
-    return SourceSpec(processes=processes, health=health)
+    return SourceSpec(processes=processes, health=health, base_images=base_images, build_args=build_args)
 
 
 def append_labels(path: Path, labels: dict[str, str]) -> None:
@@ -166,6 +175,8 @@ class BuildJob:
     context: Path
     tag: str
     output: LogBuffer
+    build_args: dict[str, str] = field(default_factory=dict)
+    cancelled: bool = False
     done: asyncio.Future[tuple[str, SourceSpec]] = field(
         default_factory=lambda: asyncio.get_running_loop().create_future()
     )
@@ -189,10 +200,27 @@ class Builder:
         self.base_images = dict(base_images or {})
         self.on_change = on_change or (lambda b: None)
         self._queue: asyncio.Queue[BuildJob] = asyncio.Queue()
+        self.jobs: dict[str, BuildJob] = {}  # queued or running
 
-    def submit(self, app: str, context: Path, output: LogBuffer) -> BuildJob:
+    def cancel(self, app: str, build_id: str | None = None) -> list[str]:
+        """Cancel an app's queued or running builds (a running one stops at its next output line)."""
+        cancelled = []
+        for job in list(self.jobs.values()):
+            if job.build.app == app and (build_id is None or job.build.id.startswith(build_id)):
+                job.cancelled = True
+                cancelled.append(job.build.id)
+        return cancelled
+
+    def submit(self, app: str, context: Path, output: LogBuffer, build_args: dict[str, str] | None = None) -> BuildJob:
         build = Build(id=uuid.uuid4().hex[:12], app=app)
-        job = BuildJob(build=build, context=context, tag=f"lbsolo/{app}:build-{build.id}", output=output)
+        job = BuildJob(
+            build=build,
+            context=context,
+            tag=f"lbsolo/{app}:build-{build.id}",
+            output=output,
+            build_args=dict(build_args or {}),
+        )
+        self.jobs[build.id] = job
         self.on_change(build)
         self._queue.put_nowait(job)
         return job
@@ -213,14 +241,19 @@ class Builder:
         self.on_change(build)
 
         def on_line(line: str) -> None:
+            if job.cancelled:  # raised in the build thread: the engine's stream is abandoned
+                raise BuildFailed("the build was cancelled")
             loop.call_soon_threadsafe(job.output.append, line)
 
         try:
+            if job.cancelled:
+                raise BuildFailed("the build was cancelled before it started")
             spec, has_dockerfile = await asyncio.to_thread(check_context, job.context)
             if not has_dockerfile:
-                detection = await asyncio.to_thread(add_generated_dockerfile, job.context, self.base_images)
+                images = {**self.base_images, **spec.base_images}
+                detection = await asyncio.to_thread(add_generated_dockerfile, job.context, images)
                 on_line(f"-----> No Dockerfile: detected {detection.kind} ({'; '.join(detection.reasons)})")
-                spec = SourceSpec(processes={**detection.processes, **spec.processes}, health=spec.health)
+                spec = replace(spec, processes={**detection.processes, **spec.processes})
             source = await asyncio.to_thread(file_digest, job.context)
             image = await asyncio.to_thread(self.engine.find_image, build.app, {LABEL_SOURCE: source})
             if image is not None:
@@ -234,6 +267,7 @@ class Builder:
                         f,
                         app=build.app,
                         tag=job.tag,
+                        build_args={**spec.build_args, **job.build_args},
                         memory=self.memory,
                         timeout=self.timeout,
                         on_line=on_line,
@@ -252,6 +286,7 @@ class Builder:
             if not job.done.done():
                 job.done.set_result((image, spec))
         finally:
+            self.jobs.pop(build.id, None)
             build.finished_at = now()
             self.on_change(build)
             with contextlib.suppress(OSError):

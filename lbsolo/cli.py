@@ -183,6 +183,17 @@ def builds(name: AppArg) -> None:
     console.print(table if rows else f"{name} has no builds yet")
 
 
+@app.command("builds:cancel")
+@clean_errors
+def builds_cancel(
+    name: AppArg, build_id: Annotated[str | None, typer.Argument(help="Build id (default: all of the app's).")] = None
+) -> None:
+    """Cancel an app's queued or running builds; the release that is serving stays."""
+    with _client() as c:
+        out = c.request("POST", f"/api/apps/{name}/builds/cancel", params={"build_id": build_id})
+    console.print(f"cancelled: {', '.join(out['cancelled']) or 'nothing was building'}")
+
+
 @app.command("builds:logs")
 @clean_errors
 def builds_logs(
@@ -216,6 +227,7 @@ def deploy(
     ] = None,
     watch_: Annotated[bool, typer.Option("--watch", "-w", help="Redeploy whenever a file changes.")] = False,
     git: Annotated[str | None, typer.Option("--git", help="Deploy a git URL[#ref] the daemon can reach.")] = None,
+    build_arg: Annotated[list[str] | None, typer.Option("--build-arg", help="KEY=VALUE for the build.")] = None,
 ) -> None:
     """Build PATH on the daemon and roll it out as a new release, streaming the build output."""
     settings = Settings.load()
@@ -236,7 +248,7 @@ def deploy(
         detect(path)  # a source lbsolo cannot build fails here, before anything is uploaded
         with pack(path, settings.max_upload_bytes) as archive, Client(settings) as c:
             c.app(name)  # fail on an unknown app before uploading
-            render_job(c.deploy(name, archive), f"deploy of {name}")
+            render_job(c.deploy(name, archive, build_arg), f"deploy of {name}")
 
     once()
     if not watch_:

@@ -191,15 +191,19 @@ class Client:
     def logs(self, name: str, params: dict[str, Any]) -> list[dict[str, Any]]:
         return self.request("GET", f"/api/apps/{name}/logs", params=params)  # type: ignore[no-any-return]
 
-    def deploy(self, name: str, archive: IO[bytes]) -> Iterator[dict[str, Any]]:
+    def deploy(self, name: str, archive: IO[bytes], build_args: list[str] | None = None) -> Iterator[dict[str, Any]]:
         """Upload the archive; yield the daemon's events ({"line"} ... then {"result"})."""
 
         def body() -> Iterator[bytes]:
             while chunk := archive.read(256 * 1024):
                 yield chunk
 
+        query = urllib.parse.urlencode([("build_arg", a) for a in build_args or []])
         return self.stream(
-            "POST", f"/api/apps/{name}/deploy", content=body(), headers={"Content-Type": "application/x-tar"}
+            "POST",
+            f"/api/apps/{name}/deploy" + (f"?{query}" if query else ""),
+            content=body(),
+            headers={"Content-Type": "application/x-tar"},
         )
 
 

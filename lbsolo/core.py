@@ -334,10 +334,10 @@ class Platform:
                 self.collector.watch(r.id, r.app, f"v{r.release}", r.process, r.name, since)
 
     # ---- deploy: build -> release -> rollout
-    async def deploy(self, name: str, context: Path) -> DeployJob:
+    async def deploy(self, name: str, context: Path, build_args: dict[str, str] | None = None) -> DeployJob:
         app = await self._app(name)
         job = DeployJob(app=app.name, output=LogBuffer())
-        build_job = self.builder.submit(app.name, context, job.output)
+        build_job = self.builder.submit(app.name, context, job.output, build_args)
         job.output.append(f"-----> Building {app.name} (build {build_job.build.id})")
         self.bus.emit(EventKind.DEPLOY_STARTED, app.name, f"deploy of {app.name} started", build=build_job.build.id)
         job.task = self._spawn(self._deploy(job, build_job.done, build_job.build.id), f"deploy-{app.name}")
@@ -410,6 +410,10 @@ class Platform:
         directory = self.settings.logs_dir / "builds"
         directory.mkdir(parents=True, exist_ok=True)
         (directory / f"{build_id}.log").write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+    async def cancel_builds(self, name: str, build_id: str | None = None) -> list[str]:
+        await self._app(name)
+        return self.builder.cancel(name, build_id)
 
     async def builds(self, name: str) -> list[Build]:
         await self._app(name)

@@ -103,6 +103,7 @@ class Engine:
         memory: str,
         timeout: float,
         on_line: Callable[[str], None],
+        build_args: dict[str, str] | None = None,
     ) -> str:
         """Build a tar context with its Dockerfile; stream output to on_line; return image id.
 
@@ -119,6 +120,7 @@ class Engine:
                 forcerm=True,
                 decode=True,
                 container_limits=limits,
+                buildargs=build_args or None,
                 timeout=int(timeout),
             )
             started = time.monotonic()

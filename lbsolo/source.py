@@ -76,6 +76,31 @@ def parse_ignore(text: str) -> list[Rule]:
     return rules
 
 
+def gitignore_as_dockerignore(text: str) -> str:
+    """A .gitignore's patterns in .dockerignore terms: unanchored patterns match at any depth."""
+    out = []
+    for raw in text.splitlines():
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        negated = line.startswith("!")
+        body = line[1:] if negated else line
+        anchored = body.startswith("/") or "/" in body.rstrip("/")
+        body = body.strip("/") if anchored else "**/" + body.rstrip("/")
+        out.append(("!" if negated else "") + body)
+    return "\n".join(out)
+
+
+def ignore_rules(root: Path) -> list[Rule]:
+    """The rules for a source tree: its .dockerignore, else its .gitignore, else none."""
+    dockerignore, gitignore = root / ".dockerignore", root / ".gitignore"
+    if dockerignore.is_file():
+        return parse_ignore(dockerignore.read_text(encoding="utf-8", errors="replace"))
+    if gitignore.is_file():
+        return parse_ignore(gitignore_as_dockerignore(gitignore.read_text(encoding="utf-8", errors="replace")))
+    return []
+
+
 def is_ignored(path: str, rules: list[Rule]) -> bool:
     """Whether a relative, '/'-separated path is excluded by the rules."""
     ignored = False
@@ -115,8 +140,7 @@ def pack(root: Path, limit: int) -> IO[bytes]:
     root = Path(root)
     if not root.is_dir():
         raise InvalidInput(f"{root} is not a directory")
-    ignore = root / ".dockerignore"
-    rules = parse_ignore(ignore.read_text(encoding="utf-8", errors="replace")) if ignore.is_file() else []
+    rules = ignore_rules(root)
     out = tempfile.TemporaryFile()  # noqa: SIM115 - handed to the caller, who closes it
     try:
         with tarfile.open(fileobj=out, mode="w", format=tarfile.PAX_FORMAT) as tar:

@@ -15,7 +15,7 @@ from pathlib import Path
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 
-from lbsolo.source import ALWAYS_SKIPPED, Rule, is_ignored, parse_ignore
+from lbsolo.source import ALWAYS_SKIPPED, Rule, ignore_rules, is_ignored
 
 
 def relevant(root: Path, path: str, rules: list[Rule]) -> bool:
@@ -56,8 +56,7 @@ def watch(
 ) -> None:
     """Call on_change after each burst of relevant changes under root, until stop is set (or Ctrl+C)."""
     root = Path(os.path.abspath(root))
-    ignore = root / ".dockerignore"
-    rules = parse_ignore(ignore.read_text(encoding="utf-8", errors="replace")) if ignore.is_file() else []
+    rules = ignore_rules(root)
     handler = _Changes(root, rules)
     observer = Observer()
     observer.schedule(handler, str(root), recursive=True)

@@ -279,3 +279,41 @@ def test_deploy_from_a_git_url_and_from_a_signed_push_webhook(daemon, tmp_path):
         time.sleep(0.3)
     assert daemon.get("fromgit").text.startswith("Hooked from lbsolo!")
     assert daemon.cli("deploy", "--git", str(tmp_path / "nope"), "--app", "fromgit").returncode == 1
+
+
+def test_build_args_reach_the_build_and_builds_can_be_cancelled(daemon, tmp_path):
+    src = tmp_path / "args"
+    shutil.copytree(EXAMPLES / "hello", src)
+    dockerfile = src / "Dockerfile"
+    dockerfile.write_text(
+        dockerfile.read_text().replace("WORKDIR /app\n", "WORKDIR /app\nARG FLAVOUR\nRUN echo $FLAVOUR > /flavour\n")
+    )
+    assert daemon.cli("apps:create", "args").returncode == 0
+    out = daemon.cli("deploy", str(src), "--app", "args", "--build-arg", "FLAVOUR=vanilla")
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "vanilla" in daemon.cli("run", "args", "--", "cat /flavour").stdout
+
+    slow = tmp_path / "slow-build"
+    shutil.copytree(src, slow)
+    (slow / "Dockerfile").write_text("FROM python:3.12-slim\nRUN echo start && sleep 6 && echo more\nRUN echo done\n")
+    log = (tmp_path / "deploy.log").open("w")
+    proc = subprocess.Popen(
+        daemon.cli_argv("deploy", str(slow), "--app", "args"), env=daemon.env, stdout=log, stderr=subprocess.STDOUT
+    )
+    log.close()
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            builds = daemon.api_get("/api/apps/args/builds").json()
+            if builds and builds[-1]["status"] == "running":
+                break
+            time.sleep(0.2)
+        out = daemon.cli("builds:cancel", "args")
+        assert out.returncode == 0 and "cancelled:" in out.stdout and "nothing" not in out.stdout
+        assert proc.wait(timeout=60) == 1
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert "cancelled" in (tmp_path / "deploy.log").read_text()
+    assert daemon.get("args").status_code == 200

@@ -52,3 +52,13 @@ def test_rejects_non_tar(tmp_path):
     path.write_bytes(b"this is not a tar archive at all" * 40)
     with pytest.raises(InvalidInput):
         check_context(path)
+
+
+def test_lbsolo_toml_build_section(tmp_path):
+    toml = (
+        '[build]\nbase_images = { python = "python:3.11-slim" }\n'
+        'args = { PIP_INDEX_URL = "http://127.0.0.1:1/simple" }\n'
+    )
+    spec, _ = check_context(_tar(tmp_path, [("Dockerfile", "file", "FROM x"), ("lbsolo.toml", "file", toml)]))
+    assert spec.base_images == {"python": "python:3.11-slim"}
+    assert spec.build_args == {"PIP_INDEX_URL": "http://127.0.0.1:1/simple"}

@@ -16,3 +16,30 @@ def test_valid_names(name):
 def test_invalid_names(name):
     with pytest.raises(InvalidInput, match="invalid app name"):
         validate_app_name(name)
+
+
+def test_push_payloads_of_github_gitlab_and_gitea():
+    import hashlib
+    import hmac
+    import json
+
+    from lbsolo.errors import Unauthorized
+    from lbsolo.git import push_from_payload
+
+    body = json.dumps({"ref": "refs/heads/main", "after": "abc123", "repository": {"clone_url": "https://x/r.git"}})
+    raw = body.encode()
+    sig = hmac.new(b"s3", raw, hashlib.sha256).hexdigest()
+    github = {"x-github-event": "push", "x-hub-signature-256": "sha256=" + sig}
+    assert push_from_payload(github, raw, "s3") == ("https://x/r.git", "main", "abc123")
+    assert push_from_payload({"x-gitea-event": "push", "x-gitea-signature": sig}, raw, "s3")[1] == "main"
+    gitlab = json.dumps({"ref": "refs/heads/dev", "checkout_sha": "f00", "project": {"git_http_url": "http://g/p.git"}})
+    assert push_from_payload({"x-gitlab-event": "Push Hook", "x-gitlab-token": "s3"}, gitlab.encode(), "s3") == (
+        "http://g/p.git",
+        "dev",
+        "f00",
+    )
+    assert push_from_payload({"x-github-event": "ping", "x-hub-signature-256": "sha256=" + sig}, raw, "s3") is None
+    with pytest.raises(Unauthorized):
+        push_from_payload({"x-github-event": "push", "x-hub-signature-256": "sha256=00"}, raw, "s3")
+    with pytest.raises(Unauthorized):
+        push_from_payload({"x-gitlab-token": "wrong"}, raw, "s3")

@@ -57,3 +57,23 @@ def test_pack_enforces_the_size_limit(tmp_path):
     (tmp_path / "big.bin").write_bytes(b"\0" * 200_000)
     with pytest.raises(TooLarge):
         pack(tmp_path, 100_000)
+
+
+def test_gitignore_is_used_when_there_is_no_dockerignore(tmp_path):
+    (tmp_path / "Dockerfile").write_text("FROM scratch\n")
+    (tmp_path / ".gitignore").write_text("*.log\n/build/\nnode_modules\n!keep.log\n")
+    (tmp_path / "a.log").write_text("x")
+    (tmp_path / "keep.log").write_text("x")
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "b.log").write_text("x")
+    (tmp_path / "src" / "node_modules").mkdir()
+    (tmp_path / "src" / "node_modules" / "m.js").write_text("x")
+    (tmp_path / "build").mkdir()
+    (tmp_path / "build" / "out").write_text("x")
+    (tmp_path / "src" / "build").mkdir()
+    (tmp_path / "src" / "build" / "kept").write_text("x")
+    with pack(tmp_path, 10_000_000) as archive:
+        names = [n for n in _names(archive) if "." in n or "/" in n]
+    assert "a.log" not in names and "src/b.log" not in names and "src/node_modules/m.js" not in names
+    assert "build/out" not in names
+    assert "keep.log" in names and "src/build/kept" in names and ".gitignore" in names
