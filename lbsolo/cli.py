@@ -5,7 +5,6 @@ The only module that imports typer and rich. It never opens the state itself.
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import logging
 import sys
@@ -111,6 +110,8 @@ def up(
         table.add_row("apps", f"{info['apps']} ({info['replicas']} replicas serving)")
         console.print(table)
         console.print("Press Ctrl+C to stop (apps keep running).", style="dim")
+
+    import asyncio
 
     try:
         import uvloop

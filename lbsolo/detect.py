@@ -11,6 +11,7 @@ Order: the app's own Dockerfile wins; then Python (requirements.txt or pyproject
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 import shlex
@@ -20,10 +21,12 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 from types import MappingProxyType
-
-from jinja2 import Environment, PackageLoader, StrictUndefined
+from typing import TYPE_CHECKING
 
 from lbsolo.errors import InvalidInput
+
+if TYPE_CHECKING:
+    import jinja2
 
 # Port the generated images listen on unless the PORT env var says otherwise at run time.
 DEFAULT_PORT = 5000
@@ -55,14 +58,20 @@ _SHELL_WORDS = frozenset(
     ("!", "{", "(", "case", "for", "if", "until", "while", "exec", ".", "source", "eval", "cd", "export", "set", "trap")
 )
 
-_templates = Environment(
-    loader=PackageLoader("lbsolo", "templates"),
-    autoescape=False,  # Dockerfiles, not HTML
-    undefined=StrictUndefined,
-    keep_trailing_newline=True,
-    trim_blocks=True,
-    lstrip_blocks=True,
-)
+
+@functools.cache
+def _templates() -> jinja2.Environment:
+    # Made on first use: the CLI imports this module on every deploy and jinja2 costs ~30 ms.
+    import jinja2
+
+    return jinja2.Environment(
+        loader=jinja2.PackageLoader("lbsolo", "templates"),
+        autoescape=False,  # Dockerfiles, not HTML
+        undefined=jinja2.StrictUndefined,
+        keep_trailing_newline=True,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
 
 
 class Kind(StrEnum):
@@ -117,13 +126,17 @@ def detect(root: Path, base_images: Mapping[str, str] | None = None) -> Detectio
     context, web = render(root, processes, reasons)
     if web is not None:
         processes.setdefault("web", web)
-    text = _templates.get_template(f"{kind}.Dockerfile.j2").render(
-        title=_TITLES[kind],
-        base_image=images[kind],
-        port=DEFAULT_PORT,
-        reasons=reasons,
-        cmd=exec_command(web) if web is not None else None,
-        **context,
+    text = (
+        _templates()
+        .get_template(f"{kind}.Dockerfile.j2")
+        .render(
+            title=_TITLES[kind],
+            base_image=images[kind],
+            port=DEFAULT_PORT,
+            reasons=reasons,
+            cmd=exec_command(web) if web is not None else None,
+            **context,
+        )
     )
     return Detection(kind, text, processes, DEFAULT_PORT, reasons)
 
