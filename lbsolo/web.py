@@ -20,7 +20,7 @@ import hmac
 import json
 import secrets
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -367,6 +367,17 @@ def create_web_router(platform: Platform, token: str) -> APIRouter:
         )
 
     # ---- forms: each calls one use case, waits for it and goes back to the app page
+    async def finish_job(session: Any, name: str, start: Callable[[], Awaitable[Any]], what: str) -> Response:
+        """Start a release-making job, wait for it, and go back to the app page with its outcome."""
+        try:
+            validate_app_name(name)
+            job = await start()
+            if job is not None and job.task is not None:
+                await job.task
+            return back_to_app(session, name, *job_outcome(job, what))
+        except LbsoloError as e:
+            return _flash_error(session, name, e, flashes)
+
     @router.post("/ui/apps/{name}/config")
     async def config_set(request: Request, name: str) -> Response:
         checked = await checked_post(request)
@@ -374,14 +385,8 @@ def create_web_router(platform: Platform, token: str) -> APIRouter:
             return checked
         session, form = checked
         key = form.get("key", "").strip()
-        try:
-            validate_app_name(name)
-            job = await platform.set_config(name, {key: form.get("value", "")}, [], form.get("secret") == "on")
-            if job is not None and job.task is not None:
-                await job.task
-            return back_to_app(session, name, *job_outcome(job, f"set {key}"))
-        except LbsoloError as e:
-            return _flash_error(session, name, e, flashes)
+        values, secret = {key: form.get("value", "")}, form.get("secret") == "on"
+        return await finish_job(session, name, lambda: platform.set_config(name, values, [], secret), f"set {key}")
 
     @router.post("/ui/apps/{name}/config/unset")
     async def config_unset(request: Request, name: str) -> Response:
@@ -390,14 +395,7 @@ def create_web_router(platform: Platform, token: str) -> APIRouter:
             return checked
         session, form = checked
         key = form.get("key", "").strip()
-        try:
-            validate_app_name(name)
-            job = await platform.set_config(name, {}, [key], False)
-            if job is not None and job.task is not None:
-                await job.task
-            return back_to_app(session, name, *job_outcome(job, f"unset {key}"))
-        except LbsoloError as e:
-            return _flash_error(session, name, e, flashes)
+        return await finish_job(session, name, lambda: platform.set_config(name, {}, [key], False), f"unset {key}")
 
     @router.post("/ui/apps/{name}/rollback")
     async def rollback(request: Request, name: str) -> Response:
@@ -406,16 +404,13 @@ def create_web_router(platform: Platform, token: str) -> APIRouter:
             return checked
         session, form = checked
         version = form.get("version", "").strip().lstrip("v")
-        try:
-            validate_app_name(name)
+
+        async def start() -> Any:
             if not version.isdigit():
                 raise InvalidInput(f"not a release version: {version!r}")
-            job = await platform.rollback(name, int(version))
-            if job.task is not None:
-                await job.task
-            return back_to_app(session, name, *job_outcome(job, f"rollback to v{version}"))
-        except LbsoloError as e:
-            return _flash_error(session, name, e, flashes)
+            return await platform.rollback(name, int(version))
+
+        return await finish_job(session, name, start, f"rollback to v{version}")
 
     @router.post("/ui/apps/{name}/scale")
     async def scale(request: Request, name: str) -> Response:
