@@ -1,8 +1,8 @@
 import pytest
 
-from lbsolo.core import ActionKind, Desired, images_to_remove, plan, rollback_target, routes_for
 from lbsolo.errors import InvalidInput, NotFound
 from lbsolo.models import Release, ReleaseStatus, Replica, parse_formation
+from lbsolo.plan import ActionKind, Desired, images_to_remove, plan, rollback_target, routes_for
 from lbsolo.proxy import Target
 
 

@@ -1,0 +1,114 @@
+"""The scheduler's pure decisions: desired state + what the engine reports -> what to do.
+
+No I/O and no clock: core runs these and does the work. Unit-tested without Docker.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+from lbsolo.errors import InvalidInput, NotFound
+from lbsolo.models import WEB, Release, ReleaseStatus, Replica
+from lbsolo.proxy import Route, Target
+
+
+@dataclass(frozen=True)
+class Desired:
+    version: int | None
+    formation: Mapping[str, int] = field(default_factory=lambda: {WEB: 1})
+    domains: tuple[str, ...] = ()
+
+
+class ActionKind(StrEnum):
+    RUN = "run"  # start a new replica of the desired release
+    RESTART = "restart"  # start an existing stopped replica of the desired release
+    REMOVE = "remove"  # stop and remove a replica nobody wants
+
+
+@dataclass(frozen=True)
+class Action:
+    kind: ActionKind
+    app: str
+    release: int | None = None
+    replica: Replica | None = None
+    process: str = WEB
+
+
+def _as_desired(d: Desired | int | None) -> Desired:
+    return d if isinstance(d, Desired) else Desired(d)
+
+
+def plan(desired: Mapping[str, Desired | int | None], actual: list[Replica]) -> list[Action]:
+    """Actions that make each app run its formation of its desired release, and nothing else."""
+    actions: list[Action] = []
+    by_app: dict[str, list[Replica]] = {}
+    for r in actual:
+        by_app.setdefault(r.app, []).append(r)
+    for app, mine in sorted(by_app.items()):
+        if app not in desired:
+            actions += [Action(ActionKind.REMOVE, app, r.release, r, r.process) for r in mine]
+    for app, want in sorted(desired.items()):
+        want = _as_desired(want)
+        mine = by_app.get(app, [])
+        version = want.version
+        wanted = {p: n for p, n in want.formation.items() if n > 0} if version is not None else {}
+        for r in mine:
+            if r.release != version or r.process not in wanted:
+                actions.append(Action(ActionKind.REMOVE, app, r.release, r, r.process))
+        for process, count in sorted(wanted.items()):
+            current = [r for r in mine if r.release == version and r.process == process]
+            running = sorted((r for r in current if r.running), key=lambda r: (r.started_at, r.id))
+            stopped = [r for r in current if not r.running]
+            # Keep the oldest running replicas; surplus ones (e.g. started twice) go.
+            actions += [Action(ActionKind.REMOVE, app, version, r, process) for r in running[count:]]
+            missing = count - len(running)
+            for r in stopped:
+                if missing > 0:
+                    actions.append(Action(ActionKind.RESTART, app, version, r, process))
+                    missing -= 1
+                else:
+                    actions.append(Action(ActionKind.REMOVE, app, version, r, process))
+            actions += [Action(ActionKind.RUN, app, version, None, process) for _ in range(missing)]
+    return actions
+
+
+def routes_for(desired: Mapping[str, Desired | int | None], actual: list[Replica]) -> dict[str, Route]:
+    """The proxy's routes: every app, targeting its running web replicas of the desired release."""
+    routes = {}
+    for app, want in desired.items():
+        want = _as_desired(want)
+        version = want.version
+        targets = tuple(
+            Target("127.0.0.1", r.host_port)
+            for r in sorted(actual, key=lambda r: r.id)
+            if r.app == app and r.release == version and r.process == WEB and r.running and r.host_port
+        )
+        routes[app] = Route(app=app, release=f"v{version}" if version else None, targets=targets, domains=want.domains)
+    return routes
+
+
+def rollback_target(releases: list[Release], current: int | None, version: int | None) -> Release:
+    """The release a rollback re-uses: the given version, or the last good one before the current."""
+    if version is not None:
+        for r in releases:
+            if r.version == version:
+                if r.status == ReleaseStatus.FAILED:
+                    raise InvalidInput(f"v{version} never served (it failed); pick another release")
+                if r.version == current:
+                    raise InvalidInput(f"v{version} is already the current release")
+                return r
+        raise NotFound(f"no release v{version}")
+    good = [r for r in releases if r.status != ReleaseStatus.FAILED and r.version != current]
+    before = [r for r in good if current is None or r.version < current]
+    if not before:
+        raise InvalidInput("there is no earlier release to roll back to")
+    return max(before, key=lambda r: r.version)
+
+
+def images_to_remove(releases: list[Release], current: int | None, images: list[str], keep: int) -> list[str]:
+    """Image ids beyond the last `keep` releases' (the current one always kept), so rollback stays instant."""
+    recent = sorted(releases, key=lambda r: r.version, reverse=True)[:keep]
+    wanted = {r.image for r in recent} | {r.image for r in releases if r.version == current}
+    return [i for i in images if i not in wanted]
