@@ -8,6 +8,7 @@ from __future__ import annotations
 import functools
 import logging
 import sys
+import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -272,18 +273,26 @@ def deploy(
 
 
 def render_job(events: Iterator[dict[str, Any]], what: str) -> dict[str, Any]:
-    """Print a release-making job's output as it streams; raise if it failed."""
+    """Print a release-making job's output as it streams, with a live step and elapsed-time line; raise if it failed."""
     result: dict[str, Any] = {}
-    for event in events:
-        if "line" in event:
-            console.print(event["line"], highlight=False, markup=False, soft_wrap=True)
-        elif "result" in event:
-            result = event["result"]
+    started = time.monotonic()
+    stage = "waiting for the daemon"
+    with console.status(stage) as status:
+        for event in events:
+            if "line" in event:
+                line = event["line"]
+                console.print(line, highlight=False, markup=False, soft_wrap=True)
+                if line.startswith(("Step ", "-----> ")):
+                    stage = line.removeprefix("-----> ")[:70]
+            elif "result" in event:
+                result = event["result"]
+            status.update(f"{escape(stage)}  [dim]{time.monotonic() - started:.1f}s[/]")
     if not result.get("ok"):
         error = result.get("error") or {"message": "it ended without a result"}
         raise LbsoloError(f"{what} failed: {error['message'].splitlines()[0]}")
     if result.get("release"):
-        console.print(f"[bold green]Deployed {result['app']} {result['release']}[/] → {result['url']}")
+        elapsed = time.monotonic() - started
+        console.print(f"[bold green]Deployed {result['app']} {result['release']}[/] → {result['url']} ({elapsed:.1f}s)")
     return result
 
 
