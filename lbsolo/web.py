@@ -325,7 +325,9 @@ def create_web_router(platform: Platform, token: str) -> APIRouter:
             key=lambda r: r.get("created_at") or 0,
             reverse=True,
         )[:10]
-        return page(request, "dashboard.html", session, apps=apps, recent=recent)
+        bus = getattr(platform, "bus", None)
+        events = [e.to_dict() for e in reversed(bus.recent(20))] if bus is not None else []
+        return page(request, "dashboard.html", session, apps=apps, recent=recent, events=events)
 
     @router.get("/ui/apps/{name}")
     async def app_page(request: Request, name: str) -> Response:

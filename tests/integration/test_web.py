@@ -114,6 +114,9 @@ def test_login_then_see_an_app_deployed_from_the_cli(daemon, page):
     expect(row.locator("a.url")).to_have_attribute("href", url)
     expect(row).to_contain_text("v1")
     expect(page.locator("#recent")).to_contain_text(f"{APP} v1")
+    page.reload()
+    expect(page.locator("#events")).to_contain_text("deploy.succeeded")
+    expect(page.locator("#events")).to_contain_text(APP)
     screenshot(page, "web-dashboard.png")
 
 
