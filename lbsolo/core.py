@@ -97,6 +97,7 @@ class Platform:
     ) -> None:
         self.settings = settings
         self.bus = bus or EventBus()
+        self.stats: Any = None  # the daemon's StatsSampler, for the UI's graphs
         self.state = state
         self.engine = engine
         self.builder = builder

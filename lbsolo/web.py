@@ -169,6 +169,19 @@ def job_outcome(job: DeployJob | None, what: str) -> tuple[str, str]:
     return "error", f"{what} failed: {error.get('message', 'unknown error')}"
 
 
+def sparkline(points: list[tuple[float, float]], width: int = 240, height: int = 40) -> dict[str, Any]:
+    """Scale (ts, value) points into an SVG polyline `points` string; also the last value."""
+    if not points:
+        return {"points": "", "last": None, "width": width, "height": height}
+    if len(points) == 1:  # one sample so far: a flat line at its level
+        points = [(points[0][0] - 1, points[0][1]), points[0]]
+    t0, t1 = points[0][0], points[-1][0]
+    top = max(v for _, v in points) or 1.0
+    span = (t1 - t0) or 1.0
+    coords = " ".join(f"{(t - t0) / span * width:.1f},{height - v / top * (height - 2) - 1:.1f}" for t, v in points)
+    return {"points": coords, "last": points[-1][1], "width": width, "height": height}
+
+
 def _when(ts: float | None) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts)) if ts else ""
 
@@ -312,6 +325,16 @@ def create_web_router(platform: Platform, token: str) -> APIRouter:
         response.delete_cookie(COOKIE, path="/", httponly=True, samesite="strict")
         return response
 
+    def graphs(name: str) -> list[dict[str, Any]]:
+        """Last 10 minutes of CPU, memory and requests/s as SVG polyline points (empty before the first sample)."""
+        sampler = getattr(platform, "stats", None)
+        out = []
+        for metric, label, unit in (("cpu", "CPU", "%"), ("mem", "Memory", "MB"), ("rps", "Requests", "/s")):
+            series = sampler.series(name, metric, "10m") if sampler is not None else []
+            points = [(t, v / 1e6 if metric == "mem" else v) for t, v in series]
+            out.append({"label": label, "unit": unit, **sparkline(points)})
+        return out
+
     # ---- pages
     @router.get("/ui/")
     async def dashboard(request: Request) -> Response:
@@ -345,6 +368,7 @@ def create_web_router(platform: Platform, token: str) -> APIRouter:
             request,
             "app.html",
             session,
+            graphs=graphs(name),
             app=app,
             releases=list(reversed(releases)),
             current=current_version,

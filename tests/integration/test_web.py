@@ -152,6 +152,22 @@ def test_set_config_through_the_form_makes_a_release(daemon, page):
     screenshot(page, "web-app.png")
 
 
+def test_app_page_graphs_cpu_memory_and_requests(daemon, page):
+    for _ in range(5):
+        daemon.get(APP)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        page.goto(f"/ui/apps/{APP}")
+        if page.locator("#graphs polyline").count() >= 2:
+            break
+        time.sleep(2)
+    graphs = page.locator("#graphs")
+    expect(graphs).to_contain_text("CPU")
+    expect(graphs).to_contain_text("Memory")
+    assert page.locator("#graphs polyline").count() >= 2  # CPU and memory were sampled from Docker
+    screenshot(page, "web-app.png")
+
+
 def test_pages_fit_a_phone_width_screen(page):
     phone = page.context.new_page()
     try:

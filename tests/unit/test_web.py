@@ -354,3 +354,13 @@ def test_static_files_are_versioned_and_cached(client):
     assert client.get("/ui/static/nosuch.js").status_code == 404
     login(client)
     assert re.search(r'/ui/static/app\.js\?v=[0-9a-f]{10}"', client.get("/ui/").text)
+
+
+def test_sparkline_scales_points_into_the_box():
+    from lbsolo.web import sparkline
+
+    assert sparkline([])["points"] == ""
+    one = sparkline([(100.0, 5.0)], width=100, height=10)
+    assert one["points"] == "0.0,1.0 100.0,1.0" and one["last"] == 5.0
+    many = sparkline([(0.0, 0.0), (5.0, 2.0), (10.0, 4.0)], width=100, height=10)
+    assert many["points"] == "0.0,9.0 50.0,5.0 100.0,1.0"
