@@ -155,7 +155,7 @@ def test_set_config_through_the_form_makes_a_release(daemon, page):
 def test_app_page_graphs_cpu_memory_and_requests(daemon, page):
     for _ in range(5):
         daemon.get(APP)
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         page.goto(f"/ui/apps/{APP}")
         if page.locator("#graphs polyline").count() >= 2:
