@@ -98,6 +98,7 @@ class Platform:
         self.settings = settings
         self.bus = bus or EventBus()
         self.stats: Any = None  # the daemon's StatsSampler, for the UI's graphs
+        self.notifier: Any = None  # the daemon's WebhookNotifier, for the UI's delivery list
         self.state = state
         self.engine = engine
         self.builder = builder

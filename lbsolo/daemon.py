@@ -211,6 +211,7 @@ class Daemon:
         sampler = StatsSampler(engine, interval=5.0, requests=proxy.metrics)
         bus.add_listener(sampler.on_event)
         platform.stats = sampler  # the web UI draws its graphs from it
+        platform.notifier = notifier  # ... and lists webhook deliveries
         tokens = await asyncio.to_thread(TokenStore, state)
 
         api_sock = _bind(s.api_host, s.api_port)

@@ -325,14 +325,14 @@ def create_web_router(platform: Platform, token: str) -> APIRouter:
         response.delete_cookie(COOKIE, path="/", httponly=True, samesite="strict")
         return response
 
-    def graphs(name: str) -> list[dict[str, Any]]:
+    def graphs(name: str, width: int = 240, height: int = 40) -> list[dict[str, Any]]:
         """Last 10 minutes of CPU, memory and requests/s as SVG polyline points (empty before the first sample)."""
         sampler = getattr(platform, "stats", None)
         out = []
         for metric, label, unit in (("cpu", "CPU", "%"), ("mem", "Memory", "MB"), ("rps", "Requests", "/s")):
             series = sampler.series(name, metric, "10m") if sampler is not None else []
             points = [(t, v / 1e6 if metric == "mem" else v) for t, v in series]
-            out.append({"label": label, "unit": unit, **sparkline(points)})
+            out.append({"metric": metric, "label": label, "unit": unit, **sparkline(points, width, height)})
         return out
 
     # ---- pages
@@ -350,7 +350,8 @@ def create_web_router(platform: Platform, token: str) -> APIRouter:
         )[:10]
         bus = getattr(platform, "bus", None)
         events = [e.to_dict() for e in reversed(bus.recent(20))] if bus is not None else []
-        return page(request, "dashboard.html", session, apps=apps, recent=recent, events=events)
+        small = {a["name"]: graphs(a["name"], 80, 20) for a in apps}
+        return page(request, "dashboard.html", session, apps=apps, recent=recent, events=events, graphs=small)
 
     @router.get("/ui/apps/{name}")
     async def app_page(request: Request, name: str) -> Response:
@@ -375,6 +376,19 @@ def create_web_router(platform: Platform, token: str) -> APIRouter:
             replicas=replicas,
             web=app["formation"].get(WEB, 0),
         )
+
+    @router.get("/ui/webhooks")
+    async def webhooks_page(request: Request) -> Response:
+        """Outbound webhooks and their recent delivery attempts."""
+        session = current(request)
+        if session is None:
+            return to_login(request)
+        notifier = getattr(platform, "notifier", None)
+        hooks = []
+        for hook in notifier.webhooks() if notifier is not None else []:
+            attempts = [d.to_dict() for d in reversed(notifier.deliveries(hook.id))][:20]
+            hooks.append({**hook.public(), "deliveries": attempts})
+        return page(request, "webhooks.html", session, hooks=hooks)
 
     @router.get("/ui/apps/{name}/logs/stream")
     async def log_stream(request: Request, name: str) -> Response:
