@@ -466,6 +466,21 @@ def create_web_router(platform: Platform, token: str) -> APIRouter:
         except LbsoloError as e:
             return _flash_error(session, name, e, flashes)
 
+    @router.post("/ui/apps/{name}/domains")
+    async def domains(request: Request, name: str) -> Response:
+        checked = await checked_post(request)
+        if isinstance(checked, Response):
+            return checked
+        session, form = checked
+        domain = form.get("domain", "").strip()
+        remove = form.get("action") == "remove"
+        try:
+            validate_app_name(name)
+            await platform.set_domains(name, [] if remove else [domain], [domain] if remove else [])
+            return back_to_app(session, name, "ok", f"{'removed' if remove else 'added'} {domain}")
+        except LbsoloError as e:
+            return _flash_error(session, name, e, flashes)
+
     return router
 
 

@@ -284,6 +284,21 @@ def test_dashboard_graphs_and_webhook_deliveries_are_shown(daemon, page):
         server.server_close()
 
 
+def test_custom_domains_from_the_app_page(daemon, page):
+    page.goto(f"/ui/apps/{APP}")
+    if "/ui/login" in page.url:
+        page.fill("#token", daemon.token)
+        page.click("button[type=submit]")
+        page.goto(f"/ui/apps/{APP}")
+    page.locator("#domain-form input[name=domain]").fill("ui.example.test")
+    page.locator("#domain-form button").click()
+    expect(page.locator("#domains li[data-domain='ui.example.test']")).to_be_visible()
+    r = httpx.get(f"http://127.0.0.1:{daemon.proxy_port}/", headers={"Host": "ui.example.test"}, timeout=10)
+    assert r.status_code == 200
+    page.locator("#domains li[data-domain='ui.example.test'] button").click()
+    expect(page.locator("#domains li[data-domain='ui.example.test']")).to_have_count(0)
+
+
 def test_screenshots_were_saved():
     for name in ("web-dashboard.png", "web-app.png"):
         path = ARTIFACTS / name
