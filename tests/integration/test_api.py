@@ -133,3 +133,12 @@ def test_https_with_the_local_ca(daemon):
         while chunk := tls.recv(65536):
             data += chunk
     assert data.startswith(b"HTTP/1.1 200") and b"lbsolo static example" in data
+
+
+def test_ui_and_api_are_reachable_at_the_reserved_host_through_the_proxy(daemon):
+    proxied = f"http://127.0.0.1:{daemon.proxy_port}"
+    host = {"Host": "lbsolo.lbsolo.localhost"}
+    assert httpx.get(f"{proxied}/healthz", headers=host, timeout=10).json() == {"ok": True}
+    assert httpx.get(f"{proxied}/api/apps", headers=host, timeout=10).status_code == 401
+    login = httpx.get(f"{proxied}/ui/", headers=host, timeout=10)
+    assert login.status_code in (302, 303, 307) and "/ui/login" in login.headers["location"]
