@@ -418,6 +418,14 @@ def create_web_router(platform: Platform, token: str) -> APIRouter:
         except LbsoloError as e:
             return _flash_error(session, name, e, flashes)
 
+    async def finish_change(session: Any, name: str, change: Callable[[], Awaitable[str]]) -> Response:
+        """Apply a change that makes no release; back to the app page with what it did, or why not."""
+        try:
+            validate_app_name(name)
+            return back_to_app(session, name, "ok", await change())
+        except LbsoloError as e:
+            return _flash_error(session, name, e, flashes)
+
     @router.post("/ui/apps/{name}/config")
     async def config_set(request: Request, name: str) -> Response:
         checked = await checked_post(request)
@@ -459,12 +467,12 @@ def create_web_router(platform: Platform, token: str) -> APIRouter:
             return checked
         session, form = checked
         count = form.get("web", "").strip()
-        try:
-            validate_app_name(name)
+
+        async def change() -> str:
             app = await platform.scale(name, parse_formation([f"{WEB}={count}"]))
-            return back_to_app(session, name, "ok", f"scaled web to {app['formation'].get(WEB, 0)}")
-        except LbsoloError as e:
-            return _flash_error(session, name, e, flashes)
+            return f"scaled web to {app['formation'].get(WEB, 0)}"
+
+        return await finish_change(session, name, change)
 
     @router.post("/ui/apps/{name}/domains")
     async def domains(request: Request, name: str) -> Response:
@@ -474,12 +482,12 @@ def create_web_router(platform: Platform, token: str) -> APIRouter:
         session, form = checked
         domain = form.get("domain", "").strip()
         remove = form.get("action") == "remove"
-        try:
-            validate_app_name(name)
+
+        async def change() -> str:
             await platform.set_domains(name, [] if remove else [domain], [domain] if remove else [])
-            return back_to_app(session, name, "ok", f"{'removed' if remove else 'added'} {domain}")
-        except LbsoloError as e:
-            return _flash_error(session, name, e, flashes)
+            return f"{'removed' if remove else 'added'} {domain}"
+
+        return await finish_change(session, name, change)
 
     return router
 
