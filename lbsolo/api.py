@@ -18,7 +18,7 @@ from typing import Annotated, Any
 from fastapi import Depends, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from lbsolo import __version__
@@ -75,6 +75,47 @@ class HealthRequest(BaseModel):
 class DomainsChange(BaseModel):
     add: list[str] = []
     remove: list[str] = []
+
+
+class ErrorDetail(BaseModel):
+    code: str
+    message: str
+
+
+class ErrorBody(BaseModel):
+    """The one error shape of the API."""
+
+    error: ErrorDetail
+
+
+ERRORS: dict[int | str, dict[str, Any]] = {
+    status: {"model": ErrorBody, "description": what}
+    for status, what in ((404, "Not found"), (409, "Conflict"), (422, "Invalid input"))
+}
+
+
+class StaticRouteCreate(BaseModel):
+    name: str = Field(description="Served at <name>.<domain>; the same rules as an app name, and not an app's.")
+    to: str = Field(description="HOST:PORT on this machine: an IP literal or localhost, e.g. 127.0.0.1:9000.")
+    domains: list[str] = Field(default=[], description="Extra hosts routed to it, e.g. grafana.example.com.")
+
+
+class StaticRouteOut(BaseModel):
+    name: str
+    to: str
+    domains: list[str]
+    url: str
+    created_at: float
+
+
+class HttpsChange(BaseModel):
+    redirect: bool | None = Field(default=None, description="Answer plain-HTTP requests with 308 to https://.")
+
+
+class HttpsOut(BaseModel):
+    name: str
+    redirect: bool
+    active: bool = Field(description="Whether the proxy has an HTTPS listener (without one, no redirect happens).")
 
 
 class GitDeploy(BaseModel):
@@ -260,6 +301,31 @@ def create_api(
     async def domains(name: str, body: DomainsChange) -> list[str]:
         """Add or remove custom domains; the proxy routes them and the DNS answers for them at once."""
         return await platform.set_domains(name, body.add, body.remove)
+
+    @api.get("/api/apps/{name}/https", dependencies=auth, tags=["domains"], responses=ERRORS)
+    async def get_https(name: str) -> HttpsOut:
+        """The app's HTTPS settings."""
+        return HttpsOut(**await platform.https(name))
+
+    @api.patch("/api/apps/{name}/https", dependencies=auth, tags=["domains"], responses=ERRORS)
+    async def change_https(name: str, body: HttpsChange) -> HttpsOut:
+        """Turn the HTTP -> HTTPS redirect on or off; the proxy follows at once."""
+        return HttpsOut(**await platform.set_https(name, body.redirect))
+
+    @api.get("/api/routes", dependencies=auth, tags=["routes"])
+    async def static_routes() -> list[StaticRouteOut]:
+        """Static routes: <name>.<domain> (and extra hosts) to a service on this machine that lbsolo does not run."""
+        return [StaticRouteOut(**r) for r in await platform.static_routes()]
+
+    @api.post("/api/routes", dependencies=auth, tags=["routes"], status_code=201, responses=ERRORS)
+    async def add_static_route(body: StaticRouteCreate) -> StaticRouteOut:
+        """Add a static route; the proxy routes it and the DNS answers for it at once."""
+        return StaticRouteOut(**await platform.add_static_route(body.name, body.to, body.domains))
+
+    @api.delete("/api/routes/{name}", dependencies=auth, tags=["routes"], responses=ERRORS)
+    async def remove_static_route(name: str) -> dict[str, str]:
+        await platform.remove_static_route(name)
+        return {"removed": name}
 
     @api.get("/api/apps/{name}/ps", dependencies=auth, tags=["processes"])
     async def ps(name: str) -> list[dict[str, Any]]:

@@ -696,6 +696,61 @@ def domains_remove(name: AppArg, domains: Annotated[list[str], typer.Argument(he
     console.print(f"{name} domains: {', '.join(found) or 'none'}", highlight=False)
 
 
+@app.command("apps:https")
+@clean_errors
+def apps_https(
+    name: AppArg,
+    redirect: Annotated[
+        bool | None, typer.Option("--redirect/--no-redirect", help="Send plain-HTTP requests to https:// (308).")
+    ] = None,
+) -> None:
+    """Show or change an app's HTTPS settings: with --redirect, http:// requests get a 308 to https://."""
+    with _client() as c:
+        if redirect is None:
+            out = c.request("GET", f"/api/apps/{name}/https")
+        else:
+            out = c.request("PATCH", f"/api/apps/{name}/https", json={"redirect": redirect})
+    state = "on" if out["redirect"] else "off"
+    note = "" if out["active"] or not out["redirect"] else " (no effect until the proxy has HTTPS: up --https-port)"
+    console.print(f"{name}: HTTP -> HTTPS redirect {state}{note}", highlight=False)
+
+
+@app.command("routes")
+@clean_errors
+def routes_list() -> None:
+    """List static routes: hosts routed to services on this machine that lbsolo does not run."""
+    with _client() as c:
+        rows = c.request("GET", "/api/routes")
+    table = Table("name", "to", "url", "domains")
+    for r in rows:
+        table.add_row(r["name"], r["to"], r["url"], ", ".join(r["domains"]))
+    console.print(table if rows else "No static routes (add one: lbsolo routes:add NAME --to 127.0.0.1:PORT)")
+
+
+@app.command("routes:add")
+@clean_errors
+def routes_add(
+    name: Annotated[str, typer.Argument(help="Served at <name>.<domain>; not an app's name.")],
+    to: Annotated[str, typer.Option("--to", help="HOST:PORT on this machine, e.g. 127.0.0.1:3000.")],
+    domains: Annotated[list[str] | None, typer.Option("--domain", "-d", help="Also route this host.")] = None,
+) -> None:
+    """Route <name>.<domain> to a service on this machine that lbsolo does not run (proxy and DNS follow)."""
+    validate_app_name(name, "route name")
+    with _client() as c:
+        out = c.request("POST", "/api/routes", json={"name": name, "to": to, "domains": domains or []})
+    extra = f" and {', '.join(out['domains'])}" if out["domains"] else ""
+    console.print(f"{out['url']}{extra} -> {out['to']}", highlight=False)
+
+
+@app.command("routes:remove")
+@clean_errors
+def routes_remove(name: Annotated[str, typer.Argument(help="Static route name.")]) -> None:
+    """Stop routing a static route."""
+    with _client() as c:
+        c.request("DELETE", f"/api/routes/{name}")
+    console.print(f"removed {name}", highlight=False)
+
+
 @app.command("dns:setup")
 @clean_errors
 def dns_setup(

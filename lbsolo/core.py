@@ -43,13 +43,23 @@ from lbsolo.models import (
     Release,
     ReleaseStatus,
     Replica,
+    StaticRoute,
     masked_config,
     validate_app_name,
     validate_config_key,
     validate_domain,
     validate_process_name,
 )
-from lbsolo.plan import Action, ActionKind, Desired, images_to_remove, plan, rollback_target, routes_for
+from lbsolo.plan import (
+    Action,
+    ActionKind,
+    Desired,
+    images_to_remove,
+    plan,
+    rollback_target,
+    routes_for,
+    static_routes_for,
+)
 from lbsolo.proxy import Route, Target
 from lbsolo.source import pack
 from lbsolo.state import State
@@ -108,7 +118,9 @@ class Platform:
         self.network = f"lbsolo-{engine.instance}"
         self._locks: dict[str, asyncio.Lock] = {}
         self._restarts: dict[str, tuple[int, float]] = {}  # app -> (restarts in a row, not before)
-        self._routes: dict[str, Route] = {}
+        self._routes: dict[str, Route] = {}  # per app
+        self._static: dict[str, Route] = {}  # static routes, by name (never an app's name)
+        self._static_lock = asyncio.Lock()
         self._wake = asyncio.Event()
         self.jobs: set[asyncio.Task[Any]] = set()
 
@@ -132,7 +144,9 @@ class Platform:
 
     @staticmethod
     def _desired(app: App, version: int | None = None) -> Desired:
-        return Desired(app.release if version is None else version, app.formation, tuple(app.domains))
+        return Desired(
+            app.release if version is None else version, app.formation, tuple(app.domains), app.https_redirect
+        )
 
     # ---- apps
     async def create_app(self, name: str) -> App:
@@ -177,6 +191,7 @@ class Platform:
             "resources": app.resources,
             "volumes": app.volumes,
             "domains": app.domains,
+            "https_redirect": app.https_redirect,
             "created_at": app.created_at,
         }
 
@@ -185,7 +200,7 @@ class Platform:
         async with self.lock(name):
             replicas = await asyncio.to_thread(self.engine.list_replicas, name)
             self._routes.pop(name, None)
-            self.ingress.publish(dict(self._routes))
+            self._push()
             await run.stop_replicas(self.engine, replicas, self.settings.stop_timeout)
             await asyncio.to_thread(self.state.delete_app, name)
             self.bus.emit(EventKind.APP_DESTROYED, name, f"{name} destroyed", containers=len(replicas))
@@ -661,6 +676,10 @@ class Platform:
                 clash = set(added) & set(other.domains)
                 if other.name != name and clash:
                     raise Conflict(f"{', '.join(sorted(clash))} already belongs to {other.name}")
+            for static in await asyncio.to_thread(self.state.list_routes):
+                clash = set(added) & set(static.domains)
+                if clash:
+                    raise Conflict(f"{', '.join(sorted(clash))} already belongs to static route {static.name}")
             missing = removed - set(app.domains)
             if missing:
                 raise NotFound(f"{name} has no domain {', '.join(sorted(missing))}")
@@ -669,6 +688,62 @@ class Platform:
             route = self._routes.get(name, Route(app=name))
             self._publish_route(name, replace(route, domains=tuple(app.domains)))
         return app.domains
+
+    async def https(self, name: str) -> dict[str, Any]:
+        return self._https(await self._app(name))
+
+    async def set_https(self, name: str, redirect: bool | None) -> dict[str, Any]:
+        """`redirect` sends the app's plain-HTTP requests to https:// (308) from now on; None changes nothing."""
+        if redirect is None:
+            return await self.https(name)
+        # Under the app's lock: a rollout in progress saves the app and its route when it ends.
+        async with self.lock(name):
+            app = await self._app(name)
+            if redirect != app.https_redirect:
+                app.https_redirect = redirect
+                await self._save(app)
+                route = self._routes.get(name, Route(app=name))
+                self._publish_route(name, replace(route, https_redirect=redirect))
+        return self._https(app)
+
+    def _https(self, app: App) -> dict[str, Any]:
+        # Without an HTTPS listener the flag is kept but has no effect; say so instead of hiding it.
+        return {"name": app.name, "redirect": app.https_redirect, "active": bool(self.settings.proxy_https_port)}
+
+    # ---- static routes: services on this machine that lbsolo does not run
+    async def load_static_routes(self) -> None:
+        """At startup: put the stored static routes into the proxy and DNS."""
+        statics = await asyncio.to_thread(self.state.list_routes)
+        self._static = static_routes_for(statics)
+        self._push()
+
+    async def static_routes(self) -> list[dict[str, Any]]:
+        return [self._describe_static(r) for r in await asyncio.to_thread(self.state.list_routes)]
+
+    def _describe_static(self, route: StaticRoute) -> dict[str, Any]:
+        return {**route.to_dict(), "url": self.settings.app_url(route.name)}
+
+    async def add_static_route(self, name: str, to: str, domains: Iterable[str] = ()) -> dict[str, Any]:
+        """Route `<name>.<domain>` (and `domains`) to `to`; the name must not be an app's (state checks it)."""
+        route = StaticRoute.create(name, to, domains)
+        async with self._static_lock:
+            taken = {d: a.name for a in await asyncio.to_thread(self.state.list_apps) for d in a.domains}
+            taken |= {
+                d: f"static route {r.name}" for r in await asyncio.to_thread(self.state.list_routes) for d in r.domains
+            }
+            clash = sorted(d for d in route.domains if d in taken)
+            if clash:
+                raise Conflict(f"{', '.join(clash)} already belongs to {taken[clash[0]]}")
+            await asyncio.to_thread(self.state.add_route, route)
+            self._static = {**self._static, **static_routes_for([route])}
+            self._push()
+        return self._describe_static(route)
+
+    async def remove_static_route(self, name: str) -> None:
+        async with self._static_lock:
+            await asyncio.to_thread(self.state.delete_route, name)
+            self._static = {k: v for k, v in self._static.items() if k != name}
+            self._push()
 
     async def set_health(self, name: str, values: dict[str, Any]) -> dict[str, Any]:
         async with self.lock(name):
@@ -788,7 +863,11 @@ class Platform:
     # ---- reconcile
     def _publish_route(self, app: str, route: Route) -> None:
         self._routes[app] = route
-        self.ingress.publish(dict(self._routes))
+        self._push()
+
+    def _push(self) -> None:
+        """Hand the proxy (and DNS) every route at once, apps' and static ones: one atomic swap."""
+        self.ingress.publish({**self._static, **self._routes})
 
     def wake(self) -> None:
         """Ask for a reconcile pass now (Docker events call this)."""
@@ -816,7 +895,7 @@ class Platform:
                 routes[app] = self._routes[app]
         if routes != self._routes:
             self._routes = routes
-            self.ingress.publish(dict(routes))
+            self._push()
         for app, route in routes.items():
             if route.targets and not any(a.app == app and a.kind is not ActionKind.REMOVE for a in actions):
                 self._restarts.pop(app, None)

@@ -244,6 +244,7 @@ class Daemon:
             await dns.start()
             await notifier.start()
             await platform.recover()
+            await platform.load_static_routes()
             actions = await platform.reconcile()  # adopt what runs; start what should
             tasks.append(
                 asyncio.create_task(server.serve(sockets=[api_sock, *([unix_sock] if unix_sock else [])]), name="api")

@@ -5,6 +5,7 @@ Plain dataclasses with to/from dict for the state store; no I/O, no outside syst
 
 from __future__ import annotations
 
+import ipaddress
 import re
 import time
 from collections.abc import Iterable
@@ -28,18 +29,57 @@ _APP_NAME = re.compile(r"^[a-z](?:[a-z0-9-]{0,28}[a-z0-9])?$")
 RESERVED_NAMES = frozenset({"www", "api", "lbsolo", "ns", "admin", "localhost"})
 
 
-def validate_app_name(name: str) -> str:
-    """Return the name if it can be both a DNS label and a Docker name part, else raise."""
+def validate_app_name(name: str, what: str = "app name") -> str:
+    """Return the name if it can be both a DNS label and a Docker name part, else raise.
+
+    Static routes share the namespace (`<name>.<domain>`), so their names go through here too.
+    """
     if not isinstance(name, str) or not _APP_NAME.match(name):
         raise InvalidInput(
-            f"invalid app name {name!r}: use 1-30 lowercase letters, digits and '-', "
+            f"invalid {what} {name!r}: use 1-30 lowercase letters, digits and '-', "
             "starting with a letter and not ending with '-' (it becomes a DNS label)"
         )
     if "--" in name:
-        raise InvalidInput(f"invalid app name {name!r}: '--' is not allowed")
+        raise InvalidInput(f"invalid {what} {name!r}: '--' is not allowed")
     if name in RESERVED_NAMES:
-        raise InvalidInput(f"invalid app name {name!r}: reserved for lbsolo itself")
+        raise InvalidInput(f"invalid {what} {name!r}: reserved for lbsolo itself")
     return name
+
+
+def parse_address(value: str) -> tuple[str, int]:
+    """A static route's target `host:port` as (host, port); the host is an IP literal or `localhost`.
+
+    Names other than localhost are refused: resolving them would put a DNS lookup (and its
+    failures) in the proxy's connect path, and a name could quietly point off the machine.
+    IPv6 literals are written in brackets: `[::1]:8080`.
+    """
+    text = value.strip() if isinstance(value, str) else ""
+    hint = "expected HOST:PORT with an IP address or localhost, e.g. 127.0.0.1:9000 or [::1]:9000"
+    if text.startswith("["):
+        host, sep, port = text[1:].partition("]:")
+    else:
+        host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isascii() or not port.isdigit():
+        raise InvalidInput(f"invalid address {value!r}: {hint}")
+    number = int(port)
+    if not 1 <= number <= 65535:
+        raise InvalidInput(f"invalid address {value!r}: the port must be 1-65535")
+    host, bracketed = host.lower(), text.startswith("[")
+    if host == "localhost":
+        if bracketed:
+            raise InvalidInput(f"invalid address {value!r}: {hint}")
+        return host, number
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        raise InvalidInput(f"invalid address {value!r}: {hint}") from None
+    if (ip.version == 6) != bracketed:
+        raise InvalidInput(f"invalid address {value!r}: {hint}")
+    return str(ip), number
+
+
+def format_address(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 class ReleaseStatus(StrEnum):
@@ -160,6 +200,7 @@ class App:
     volumes: dict[str, str] = field(default_factory=dict)  # volume name -> mount path
     domains: list[str] = field(default_factory=list)  # custom domains routed to the app
     hook_secret: str = ""  # authenticates inbound push webhooks
+    https_redirect: bool = False  # plain-HTTP requests get a 308 to https:// (when the proxy has HTTPS)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -178,6 +219,40 @@ class App:
             volumes=dict(d.get("volumes") or {}),
             domains=list(d.get("domains") or []),
             hook_secret=str(d.get("hook_secret") or ""),
+            https_redirect=bool(d.get("https_redirect", False)),
+        )
+
+
+@dataclass
+class StaticRoute:
+    """A route to a service on this machine that lbsolo does not run: `<name>.<domain>` -> `to`.
+
+    It shares the app namespace (DNS and Host routing); an app and a route never have the same name.
+    """
+
+    name: str
+    to: str  # host:port, as `format_address` writes it
+    domains: list[str] = field(default_factory=list)  # extra hosts routed to it
+    created_at: float = field(default_factory=now)
+
+    @classmethod
+    def create(cls, name: str, to: str, domains: Iterable[str] = ()) -> StaticRoute:
+        """A validated route: the name like an app's, the address an IP literal or localhost with a port."""
+        validate_app_name(name, "route name")
+        return cls(
+            name=name, to=format_address(*parse_address(to)), domains=sorted({validate_domain(d) for d in domains})
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> StaticRoute:
+        return cls(
+            name=d["name"],
+            to=d["to"],
+            domains=list(d.get("domains") or []),
+            created_at=d.get("created_at", 0.0),
         )
 
 

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 
 from lbsolo.errors import InvalidInput, NotFound
-from lbsolo.models import WEB, Release, ReleaseStatus, Replica
+from lbsolo.models import WEB, Release, ReleaseStatus, Replica, StaticRoute, parse_address
 from lbsolo.proxy import Route, Target
 
 
@@ -19,6 +19,7 @@ class Desired:
     version: int | None
     formation: Mapping[str, int] = field(default_factory=lambda: {WEB: 1})
     domains: tuple[str, ...] = ()
+    https_redirect: bool = False
 
 
 class ActionKind(StrEnum):
@@ -85,7 +86,25 @@ def routes_for(desired: Mapping[str, Desired | int | None], actual: list[Replica
             for r in sorted(actual, key=lambda r: r.id)
             if r.app == app and r.release == version and r.process == WEB and r.running and r.host_port
         )
-        routes[app] = Route(app=app, release=f"v{version}" if version else None, targets=targets, domains=want.domains)
+        routes[app] = Route(
+            app=app,
+            release=f"v{version}" if version else None,
+            targets=targets,
+            domains=want.domains,
+            https_redirect=want.https_redirect,
+        )
+    return routes
+
+
+def static_routes_for(statics: list[StaticRoute]) -> dict[str, Route]:
+    """The proxy's routes for static routes: one fixed target each, on this machine."""
+    routes = {}
+    for s in statics:
+        host, port = parse_address(s.to)
+        # The proxy connects to addresses, never names: localhost becomes 127.0.0.1 here.
+        routes[s.name] = Route(
+            app=s.name, targets=(Target("127.0.0.1" if host == "localhost" else host, port),), domains=tuple(s.domains)
+        )
     return routes
 
 

@@ -32,6 +32,9 @@ class Route:
     # Custom domains also routed to the app (any case, any port), each optionally with a path
     # prefix that only this app serves on that domain: ("example.com", "shop.example.com/api").
     domains: tuple[str, ...] = ()
+    # Plain-HTTP requests are answered with a 308 to https:// instead of being proxied (only when
+    # the proxy has an HTTPS listener). A flag read once per request, after the route lookup.
+    https_redirect: bool = False
 
 
 def normalize_host(value: str | bytes | None) -> str:

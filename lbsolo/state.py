@@ -19,7 +19,7 @@ from tinydb import Query, TinyDB
 from tinydb.storages import Storage
 
 from lbsolo.errors import Conflict, NotFound
-from lbsolo.models import App, Build, Release
+from lbsolo.models import App, Build, Release, StaticRoute
 
 
 class AtomicJSONStorage(Storage):
@@ -74,6 +74,7 @@ class State:
         self._apps = self._db.table("apps")
         self._releases = self._db.table("releases")
         self._builds = self._db.table("builds")
+        self._routes = self._db.table("routes")  # static routes
 
     def close(self) -> None:
         self._db.close()
@@ -98,6 +99,9 @@ class State:
         with self._lock:
             if self._apps.contains(Query().name == app.name):
                 raise Conflict(f"app {app.name!r} already exists")
+            # Apps and static routes share <name>.<domain>; checked under the same lock as the insert.
+            if self._routes.contains(Query().name == app.name):
+                raise Conflict(f"{app.name!r} is a static route (remove it first: lbsolo routes:remove {app.name})")
             self._apps.insert(app.to_dict())
         return app
 
@@ -133,6 +137,28 @@ class State:
         q = Query()
         with self._lock:
             self._releases.upsert(release.to_dict(), (q.app == release.app) & (q.version == release.version))
+
+    # static routes
+    def list_routes(self) -> list[StaticRoute]:
+        with self._lock:
+            rows = self._routes.all()
+        return sorted((StaticRoute.from_dict(d) for d in rows), key=lambda r: r.name)
+
+    def add_route(self, route: StaticRoute) -> StaticRoute:
+        q = Query()
+        with self._lock:
+            if self._apps.contains(q.name == route.name):
+                raise Conflict(f"{route.name!r} is an app; a static route cannot take its name")
+            if self._routes.contains(q.name == route.name):
+                raise Conflict(f"static route {route.name!r} already exists")
+            self._routes.insert(route.to_dict())
+        return route
+
+    def delete_route(self, name: str) -> None:
+        with self._lock:
+            removed = self._routes.remove(Query().name == name)
+        if not removed:
+            raise NotFound(f"no static route {name!r}")
 
     # builds
     def save_build(self, build: Build) -> None:
