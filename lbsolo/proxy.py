@@ -463,6 +463,18 @@ class _Client(asyncio.Protocol):
             host = normalize_host(req.host) or "(none)"
             self._send_error(req, 404, "not_found", f"no app is served at {host}", links=links)
             return
+        if route.https_redirect and self._proto == b"http" and (port := server.https_port) is not None:
+            # The app is HTTPS-only: answer 308 here; the app never sees plain HTTP. One flag read
+            # per request otherwise. Imported here: only redirected requests need the helper.
+            from lbsolo.proxy_http import _https_redirect
+
+            req.route = route
+            keep = self._keep_alive(req)  # a body not yet read is not read: the connection closes
+            self._write(_https_redirect(normalize_host(req.host), req.url, port, req.request_id, keep, req.http11))
+            req.status = 308
+            req.responded = True
+            self._finish(req, close=not keep)
+            return
         targets = route.targets
         if not targets:
             self._send_error(req, 503, "app_not_running", f"app {route.app} is not running")

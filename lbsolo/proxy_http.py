@@ -110,3 +110,27 @@ def _cut(block: bytes, low: bytes, pattern: bytes) -> tuple[bytes, bytes, list[b
         block = block[:pos] + block[end:]
         low = low[:pos] + low[end:]
     return block, low, values
+
+
+def _https_redirect(host: str, target: bytes, https_port: int, request_id: bytes, keep: bool, http11: bool) -> bytes:
+    """A complete 308 response sending a plain-HTTP request to the same host and path over HTTPS.
+
+    `host` is the normalized Host (no port); the port is written unless it is 443; the request target
+    keeps its query. An absolute-form target (`http://host/path`) keeps only its path. 308 rather than
+    301: clients repeat the method and body, so a POST is not turned into a GET.
+    """
+    if not target.startswith(b"/"):
+        _, sep, rest = target.partition(b"://")
+        slash = rest.find(b"/") if sep else -1
+        target = rest[slash:] if slash >= 0 else b"/"
+    port = b"" if https_port == 443 else b":%d" % https_port
+    parts = [
+        b"HTTP/1.1 308 Permanent Redirect\r\nLocation: https://%s%s%s\r\nContent-Length: 0\r\n"
+        b"X-Request-Id: %s\r\n" % (host.encode("latin-1"), port, target, request_id)
+    ]
+    if not keep:
+        parts.append(b"Connection: close\r\n")
+    elif not http11:
+        parts.append(b"Connection: keep-alive\r\n")
+    parts.append(b"\r\n")
+    return b"".join(parts)
