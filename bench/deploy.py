@@ -8,6 +8,7 @@ Usage: .venv/bin/python bench/deploy.py [rounds]   (needs a Docker engine and th
 from __future__ import annotations
 
 import os
+import secrets
 import shutil
 import socket
 import statistics
@@ -54,6 +55,12 @@ def change(src: Path, marker: str) -> None:
     app.write_text(text[:start] + marker + text[end:])
 
 
+def raw_build(src: Path) -> str:
+    """`docker build` of the source, as a user would run it; the image id."""
+    cmd = ["docker", "build", "-q", "-t", "lbsolo-bench-raw", str(src)]
+    return subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.strip()
+
+
 def main() -> None:
     rounds = int(sys.argv[1]) if len(sys.argv) > 1 else 3
     work = Path(tempfile.mkdtemp(prefix="lbsolo-bench-"))
@@ -69,14 +76,18 @@ def main() -> None:
     lbsolo = [sys.executable, "-m", "lbsolo"]
     daemon = subprocess.Popen([*lbsolo, "up"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     ours, raw = [], []
+    raw_images: list[str] = []
+    # The classic builder keys COPY's cache on the file's content: a marker seen in an earlier run
+    # would be a cache hit, not a build of a change. A per-run nonce keeps every change new.
+    nonce = secrets.token_hex(3)
     try:
         while get(f"http://127.0.0.1:{env['LBSOLO_API_PORT']}/healthz") is None:
             time.sleep(0.05)
         subprocess.run([*lbsolo, "apps:create", "bench"], env=env, check=True, capture_output=True)
         subprocess.run([*lbsolo, "deploy", str(src), "--app", "bench"], env=env, check=True, capture_output=True)
-        subprocess.run(["docker", "build", "-q", "-t", "lbsolo-bench-raw", str(src)], check=True, capture_output=True)
+        raw_images.append(raw_build(src))
         for i in range(rounds):
-            marker = f"Ours{i}"
+            marker = f"Ours{i}-{nonce}"
             change(src, marker)
             t0 = time.monotonic()
             proc = subprocess.Popen([*lbsolo, "deploy", str(src), "--app", "bench"], env=env, stdout=subprocess.DEVNULL)
@@ -84,12 +95,10 @@ def main() -> None:
             ours.append(time.monotonic() - t0)
             proc.wait()
 
-            marker = f"Raw{i}"
+            marker = f"Raw{i}-{nonce}"
             change(src, marker)
             t0 = time.monotonic()
-            subprocess.run(
-                ["docker", "build", "-q", "-t", "lbsolo-bench-raw", str(src)], check=True, capture_output=True
-            )
+            raw_images.append(raw_build(src))
             cid = subprocess.run(
                 ["docker", "run", "-d", "--label", "lbsolo.bench=1", "-p", "127.0.0.1::5000", "lbsolo-bench-raw"],
                 check=True, capture_output=True, text=True,
@@ -106,7 +115,7 @@ def main() -> None:
         subprocess.run([*lbsolo, "destroy", "bench", "--images", "--yes"], env=env, capture_output=True)
         daemon.terminate()
         daemon.wait(timeout=30)
-        subprocess.run(["docker", "rmi", "-f", "lbsolo-bench-raw"], capture_output=True)
+        subprocess.run(["docker", "rmi", "-f", "lbsolo-bench-raw", *raw_images], capture_output=True)
         shutil.rmtree(work, ignore_errors=True)
     a, b = statistics.median(ours), statistics.median(raw)
     print(f"machine: {os.uname().machine}, {os.cpu_count()} cores; {rounds} rounds, medians")
