@@ -3,8 +3,12 @@
 For hosts under the lbsolo domain, a CA generated on first start (kept in a directory, key
 readable by the owner only) issues one certificate per host on demand; a client that trusts
 the CA's certificate gets valid HTTPS for `app.<domain>`. User-supplied certificates for custom
-domains are picked by SNI first. ACME can later plug in as another source of certificates
-(`CertStore.add`). No I/O beyond the CA directory; no other lbsolo module imported.
+domains are picked by SNI first.
+
+Where certificates come from is one seam, `CertificateSource`: `CertStore` asks its sources, in
+order, for a host it has no certificate for. `LocalCASource` (the local CA, for the lbsolo domain)
+is the one source today; an ACME client plugs in as another source, without changes here.
+No I/O beyond the CA directory; no other lbsolo module imported.
 """
 
 from __future__ import annotations
@@ -14,14 +18,16 @@ import ipaddress
 import os
 import ssl
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Protocol
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-__all__ = ["CertStore", "LocalCA"]
+__all__ = ["CertStore", "CertificateSource", "LocalCA", "LocalCASource"]
 
 _CA_DAYS = 3650
 _LEAF_DAYS = 397  # what browsers accept for a leaf certificate
@@ -150,6 +156,36 @@ class LocalCA:
         )
 
 
+class CertificateSource(Protocol):
+    """Issues certificates for hosts that have no user-supplied one; where ACME plugs in.
+
+    `issue` runs inside the TLS handshake, on the event loop: it must answer at once, from memory
+    or a local file. A source that has to ask someone (an ACME CA) answers None for now, orders
+    the certificate in the background, and calls `CertStore.remove(host)` once it has it (and
+    after each renewal), so the next handshake asks again. A source that does not serve a host
+    answers None and the next source is asked.
+    """
+
+    def issue(self, host: str) -> tuple[bytes, bytes] | None:
+        """(certificate chain, private key) in PEM for `host`, or None."""
+        ...
+
+
+class LocalCASource:
+    """The local CA as a certificate source: the lbsolo domain and its subdomains, nothing else."""
+
+    def __init__(self, ca: LocalCA, domain: str) -> None:
+        self.ca = ca
+        self.domain = domain.lower().strip(".")
+
+    def issue(self, host: str) -> tuple[bytes, bytes] | None:
+        # A certificate for a name outside the domain would be trusted only by machines that
+        # trust this CA anyway, and would hide a missing real certificate: refuse instead.
+        if host == self.domain or host.endswith("." + self.domain):
+            return self.ca.issue(host)
+        return None
+
+
 def _context(cert_pem: bytes, key_pem: bytes, directory: Path) -> ssl.SSLContext:
     """A server context for one certificate (the ssl module loads chains from files only)."""
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
@@ -167,15 +203,26 @@ class CertStore:
     """Chooses the certificate for each TLS handshake by SNI.
 
     Order: a user certificate for the exact host, then one for its wildcard (`*.example.com`),
-    then — for the lbsolo domain and its subdomains — a certificate issued by the local CA.
+    then one from the first `CertificateSource` that has one (kept until `remove`). By default
+    the only source is the local CA, for the lbsolo domain and its subdomains.
     """
 
-    def __init__(self, domain: str, ca: LocalCA | None = None, directory: Path | str | None = None) -> None:
+    def __init__(
+        self,
+        domain: str,
+        ca: LocalCA | None = None,
+        directory: Path | str | None = None,
+        *,
+        sources: Sequence[CertificateSource] | None = None,
+    ) -> None:
         self.domain = domain.lower().strip(".")
         self.ca = ca
         self._dir = Path(directory) if directory is not None else (ca.directory if ca else Path(tempfile.gettempdir()))
         self._user: dict[str, ssl.SSLContext] = {}
         self._issued: dict[str, ssl.SSLContext] = {}
+        if sources is None:
+            sources = [LocalCASource(ca, self.domain)] if ca is not None else []
+        self.sources: tuple[CertificateSource, ...] = tuple(sources)
 
     def add(self, host: str, cert_pem: bytes, key_pem: bytes) -> None:
         """Use this certificate (chain, PEM) and key for `host` (`*.example.com` for a wildcard)."""
@@ -183,7 +230,10 @@ class CertStore:
         self._user[host.lower().strip(".")] = _context(cert_pem, key_pem, self._dir)
 
     def remove(self, host: str) -> None:
-        self._user.pop(host.lower().strip("."), None)
+        """Forget the host's certificate (user-supplied or issued); the next handshake asks the sources again."""
+        name = host.lower().strip(".")
+        self._user.pop(name, None)
+        self._issued.pop(name, None)
 
     def context_for(self, server_name: str | None) -> ssl.SSLContext | None:
         name = (server_name or self.domain).lower().strip(".")
@@ -192,13 +242,17 @@ class CertStore:
             ctx = self._user.get("*." + name.partition(".")[2])
         if ctx is not None:
             return ctx
-        if self.ca is None or not (name == self.domain or name.endswith("." + self.domain)):
-            return None
         ctx = self._issued.get(name)
-        if ctx is None:
-            self._dir.mkdir(parents=True, exist_ok=True)
-            ctx = self._issued[name] = _context(*self.ca.issue(name), self._dir)
-        return ctx
+        if ctx is not None:
+            return ctx
+        for source in self.sources:
+            pem = source.issue(name)
+            if pem is not None:
+                self._dir.mkdir(parents=True, exist_ok=True)
+                ctx = self._issued[name] = _context(*pem, self._dir)
+                return ctx
+        # Not remembered: a source that answered None now (an ACME order in flight) may answer later.
+        return None
 
     def server_context(self) -> ssl.SSLContext:
         """The listener's context: picks a certificate per handshake from the SNI name."""
