@@ -14,18 +14,19 @@ import hashlib
 import io
 import logging
 import posixpath
+import re
 import tarfile
 import tempfile
 import tomllib
 import uuid
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from lbsolo.detect import Detection, detect, parse_procfile
 from lbsolo.engine import Engine
 from lbsolo.errors import BuildFailed, InvalidInput, LbsoloError
-from lbsolo.models import LABEL_BUILD, LABEL_SOURCE, Build, BuildStatus, HealthCheck, now, validate_process_name
+from lbsolo.models import Build, BuildStatus, HealthCheck, now, validate_process_name
 
 log = logging.getLogger("lbsolo.build")
 
@@ -145,22 +146,60 @@ def parse_spec(procfile: bytes | None, app_toml: bytes | None) -> SourceSpec:
     return SourceSpec(processes=processes, health=health, base_images=base_images, build_args=build_args)
 
 
-def append_labels(path: Path, labels: dict[str, str]) -> None:
-    """End the archive's Dockerfile with one LABEL instruction carrying all of lbsolo's labels.
+def label_dockerfile(text: str, labels: Mapping[str, str]) -> str:
+    """The Dockerfile with one LABEL instruction carrying lbsolo's labels, right after its last FROM.
 
-    The engine's own `labels` build option adds one build step per label; a single instruction
-    costs one. The updated Dockerfile is appended to the tar: the last entry of a name wins.
+    There, with the same labels every time, the step is a build-cache hit from the second build
+    on; at the end it would follow the changed files and run (and cost a step) on every build.
+    The labels reach only the final stage's image, which is the one lbsolo runs. Nothing per
+    build goes here: the source hash and the build id are kept in the build's record instead.
+    """
+    lines = text.splitlines()
+    escape = "\\"
+    for line in lines:  # parser directives come first: `# escape=`` ` changes the continuation character
+        directive = re.match(r"#\s*(\w+)\s*=\s*(\S+)\s*$", line.strip())
+        if not directive:
+            break
+        if directive.group(1).lower() == "escape":
+            escape = directive.group(2)
+    after = len(lines)  # no FROM at all: the engine rejects the Dockerfile, the LABEL changes nothing
+    in_from = continued = False
+    for i, line in enumerate(lines):
+        stripped = line.strip()
+        if not continued:
+            if not stripped or stripped.startswith("#"):
+                continue
+            in_from = stripped.split(None, 1)[0].upper() == "FROM"
+        elif stripped.startswith("#"):  # comments inside a continued instruction are dropped by the engine
+            continue
+        continued = stripped.endswith(escape)
+        if in_from and not continued:
+            after = i + 1
+    pairs = " ".join(f'{key}="{value}"' for key, value in sorted(labels.items()))
+    return "\n".join([*lines[:after], f"LABEL {pairs}", *lines[after:]]) + "\n"
+
+
+def label_context(path: Path, labels: Mapping[str, str]) -> None:
+    """Put lbsolo's labels into the archive's Dockerfile (see label_dockerfile).
+
+    The engine's own `labels` build option adds one uncached build step per label instead. The
+    updated Dockerfile is appended to the tar: the last entry of a name wins.
     """
     with tarfile.open(path, mode="r:") as tar:
         member = tar.getmember("Dockerfile")
         f = tar.extractfile(member)
         text = f.read().decode("utf-8", "replace") if f else ""
-    pairs = " ".join(f'{key}="{value}"' for key, value in sorted(labels.items()))
-    data = (text.rstrip("\n") + f"\nLABEL {pairs}\n").encode()
+    data = label_dockerfile(text, labels).encode()
     info = tarfile.TarInfo("Dockerfile")
     info.size, info.mode = len(data), 0o644
     with tarfile.open(path, mode="a:") as tar:
         tar.addfile(info, io.BytesIO(data))
+
+
+def reusable_images(builds: Iterable[Build], source: str) -> list[str]:
+    """Images of earlier successful builds of this very source, newest first (they may be gone since)."""
+    same = (b for b in builds if b.source == source and b.status is BuildStatus.SUCCEEDED)
+    return [b.image for b in sorted(same, key=lambda b: b.created_at, reverse=True) if b.image]
 
 
 def file_digest(path: Path) -> str:
@@ -193,12 +232,14 @@ class Builder:
         timeout: float,
         base_images: Mapping[str, str] | None = None,
         on_change: Callable[[Build], None] | None = None,
+        builds: Callable[[str], list[Build]] | None = None,
     ) -> None:
         self.engine = engine
         self.memory = memory
         self.timeout = timeout
         self.base_images = dict(base_images or {})
         self.on_change = on_change or (lambda b: None)
+        self.builds = builds or (lambda app: [])  # an app's earlier builds, from the state
         self._queue: asyncio.Queue[BuildJob] = asyncio.Queue()
         self.jobs: dict[str, BuildJob] = {}  # queued or running
 
@@ -234,6 +275,12 @@ class Builder:
             finally:
                 self._queue.task_done()
 
+    def _reusable_image(self, app: str, source: str) -> str | None:
+        for image in reusable_images(self.builds(app), source):
+            if self.engine.image_exists(image):  # image retention may have removed it since
+                return image
+        return None
+
     async def _build(self, job: BuildJob) -> None:
         loop = asyncio.get_running_loop()
         build = job.build
@@ -254,13 +301,12 @@ class Builder:
                 detection = await asyncio.to_thread(add_generated_dockerfile, job.context, images)
                 on_line(f"-----> No Dockerfile: detected {detection.kind} ({'; '.join(detection.reasons)})")
                 spec = replace(spec, processes={**detection.processes, **spec.processes})
-            source = await asyncio.to_thread(file_digest, job.context)
-            image = await asyncio.to_thread(self.engine.find_image, build.app, {LABEL_SOURCE: source})
+            build.source = source = await asyncio.to_thread(file_digest, job.context)
+            image = await asyncio.to_thread(self._reusable_image, build.app, source)
             if image is not None:
                 on_line(f"-----> Same source as an earlier build ({source[:12]}): re-using its image, no build")
             else:
-                labels = {**self.engine.base_labels(build.app), LABEL_BUILD: build.id, LABEL_SOURCE: source}
-                await asyncio.to_thread(append_labels, job.context, labels)
+                await asyncio.to_thread(label_context, job.context, self.engine.base_labels(build.app))
                 with job.context.open("rb") as f:
                     image = await asyncio.to_thread(
                         self.engine.build,

@@ -202,7 +202,7 @@ class Daemon:
         limit = RateLimit(qps=s.dns_rate_qps, burst=s.dns_rate_qps * 2) if s.dns_rate_qps > 0 else None
         dns = DNSServer(host=s.dns_host, port=s.dns_port, zone=zone, forward=forward, rate_limit=limit)
 
-        builder = Builder(engine, memory=s.build_memory, timeout=s.build_timeout)
+        builder = Builder(engine, memory=s.build_memory, timeout=s.build_timeout, builds=state.list_builds)
         bus = EventBus()
         ingress = ProxyIngress(proxy, dns)
         platform = Platform(s, state, engine, builder, ingress, bus=bus)

@@ -107,7 +107,7 @@ class Engine:
     ) -> str:
         """Build a tar context with its Dockerfile; stream output to on_line; return image id.
 
-        The Dockerfile must already carry lbsolo's labels (see build.append_labels).
+        The Dockerfile must already carry lbsolo's labels (see build.label_dockerfile).
         """
         image_id = None
         limits = {"memory": parse_memory(memory), "memswap": -1}
@@ -144,13 +144,6 @@ class Engine:
             with _engine_errors(f"inspect image {tag}"):
                 image_id = str(self.client.images.get(tag).id)
         return image_id
-
-    def find_image(self, app: str, labels: dict[str, str]) -> str | None:
-        """The id of an image this instance built for app with all these labels, if one is left."""
-        wanted = [f"{LABEL_INSTANCE}={self.instance}", f"{LABEL_APP}={app}", *(f"{k}={v}" for k, v in labels.items())]
-        with _engine_errors(f"find image of {app}"):
-            images = self.client.images.list(filters={"label": wanted})
-        return str(images[0].id) if images else None
 
     def tag_image(self, image: str, repository: str, tag: str) -> None:
         with _engine_errors(f"tag {image}"):
@@ -362,7 +355,7 @@ class Engine:
 
     def events(self, since: float | None = None) -> Iterator[dict[str, str]]:
         """Container events of this instance: {"action", "id", "app"}; blocks until the engine goes."""
-        filters = {"type": "container", "label": [f"{LABEL_INSTANCE}={self.instance}"]}
+        filters = {"type": "container", "label": [f"{LABEL_INSTANCE}={self.instance}", LABEL_PROCESS]}
         with _engine_errors("events"):
             stream = self.client.events(decode=True, filters=filters, since=since)
         try:
@@ -378,7 +371,9 @@ class Engine:
 
     def list_replicas(self, app: str | None = None) -> list[Replica]:
         """Every container of this instance (running or not), optionally of one app."""
-        labels = [f"{LABEL_MANAGED}=true", f"{LABEL_INSTANCE}={self.instance}"]
+        # Build steps run in containers of the image being built, which carries lbsolo's labels
+        # from right after FROM on: only the containers lbsolo started have a process label.
+        labels = [f"{LABEL_MANAGED}=true", f"{LABEL_INSTANCE}={self.instance}", LABEL_PROCESS]
         if app is not None:
             labels.append(f"{LABEL_APP}={app}")
         with _engine_errors("list containers"):

@@ -20,8 +20,6 @@ LABEL_MANAGED = "lbsolo.managed"
 LABEL_APP = "lbsolo.app"
 LABEL_RELEASE = "lbsolo.release"
 LABEL_PROCESS = "lbsolo.process"
-LABEL_BUILD = "lbsolo.build"
-LABEL_SOURCE = "lbsolo.source"  # sha256 of the uploaded source archive
 LABEL_PORT = "lbsolo.port"
 LABEL_INSTANCE = "lbsolo.instance"  # which lbsolo home owns it (several may share an engine)
 
@@ -318,6 +316,7 @@ class Build:
     error: str | None = None
     created_at: float = field(default_factory=now)
     finished_at: float | None = None
+    source: str | None = None  # sha256 of the uploaded archive: the same source again re-uses `image`
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -334,6 +333,7 @@ class Build:
             error=d.get("error"),
             created_at=d.get("created_at", 0.0),
             finished_at=d.get("finished_at"),
+            source=d.get("source"),
         )
 
 
