@@ -29,7 +29,7 @@ from lbsolo.errors import InvalidInput, LbsoloError, TooLarge, Unauthorized
 from lbsolo.events import EventBus
 from lbsolo.git import create_git_router
 from lbsolo.logs import matches
-from lbsolo.models import parse_formation, validate_app_name
+from lbsolo.models import APP_NAME_PATTERN, parse_formation, validate_app_name
 from lbsolo.notify import WebhookNotifier
 from lbsolo.stats import StatsSampler
 from lbsolo.tokens import TokenStore
@@ -95,9 +95,18 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 
 
 class StaticRouteCreate(BaseModel):
-    name: str = Field(description="Served at <name>.<domain>; the same rules as an app name, and not an app's.")
-    to: str = Field(description="HOST:PORT on this machine: an IP literal or localhost, e.g. 127.0.0.1:9000.")
-    domains: list[str] = Field(default=[], description="Extra hosts routed to it, e.g. grafana.example.com.")
+    name: str = Field(
+        pattern=APP_NAME_PATTERN,
+        description="Served at <name>.<domain>; the same rules as an app name, and not an app's.",
+    )
+    to: str = Field(
+        max_length=64,
+        pattern=r"^(?:\[[0-9A-Za-z:.%]+\]|[0-9A-Za-z.]+):[0-9]{1,5}$",
+        description="HOST:PORT on this machine: an IP literal or localhost, e.g. 127.0.0.1:9000 or [::1]:9000.",
+    )
+    domains: list[str] = Field(
+        default=[], max_length=50, description="Extra hosts routed to it, e.g. grafana.example.com."
+    )
 
 
 class StaticRouteOut(BaseModel):

@@ -23,7 +23,8 @@ LABEL_PROCESS = "lbsolo.process"
 LABEL_PORT = "lbsolo.port"
 LABEL_INSTANCE = "lbsolo.instance"  # which lbsolo home owns it (several may share an engine)
 
-_APP_NAME = re.compile(r"^[a-z](?:[a-z0-9-]{0,28}[a-z0-9])?$")
+APP_NAME_PATTERN = r"^[a-z](?:[a-z0-9-]{0,28}[a-z0-9])?$"  # also documented in the OpenAPI schema
+_APP_NAME = re.compile(APP_NAME_PATTERN)
 RESERVED_NAMES = frozenset({"www", "api", "lbsolo", "ns", "admin", "localhost"})
 
 
