@@ -512,10 +512,12 @@ class Platform:
             raise
 
         await self._step(release, DeployStep.SWAP)
-        current = await asyncio.to_thread(self.engine.list_replicas, name)
-        self._publish_route(name, routes_for({name: self._desired(app, release.version)}, current)[name])
+        # The new replicas just passed their checks: they are the route, with no engine round
+        # trip between the check and the swap. Who is old is asked of the engine after.
+        self._publish_route(name, routes_for({name: self._desired(app, release.version)}, new)[name])
         out.append("       traffic switched")
 
+        current = await asyncio.to_thread(self.engine.list_replicas, name)
         old = [r for r in current if r.id not in {n.id for n in new}]
         await self._step(release, DeployStep.DRAIN)
         old_targets = [Target("127.0.0.1", r.host_port) for r in old if r.process == WEB and r.host_port]
