@@ -34,6 +34,7 @@ from lbsolo.proxy_http import (
     _CONN_PLAIN,
     _MAX_HEAD_BYTES,
     _MAX_HEADERS,
+    _NOT_SIMPLE,
     _P_BROKEN,
     _P_BUFFER,
     _P_EOF,
@@ -43,6 +44,7 @@ from lbsolo.proxy_http import (
     _REQ_COPIED,
     _REQ_SPECIAL,
     _REQUEST_ID_OK,
+    _SIMPLE_REQUEST,
     _BodyTooLarge,
     _HeadTooLarge,
     _now,
@@ -104,9 +106,7 @@ class _Request:
     started = 0.0  # monotonic time of the first byte
     upstream_time: float | None = None  # seconds from sending to the app until its response head
     body: list[bytes] | tuple[()] = ()  # buffered until an upstream takes it (a list once there is some)
-
-    def __init__(self) -> None:
-        self.headers: list[tuple[bytes, bytes]] = []
+    headers: list[tuple[bytes, bytes]]  # as parsed (set by the parser path only)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -215,6 +215,12 @@ class _Client(asyncio.Protocol):
         if self._upgrade_wait:
             self._leftover += data
             return
+        if self._parsing is None and not self._queue and not self._paused:
+            req = self._simple_request(data)
+            if req is not None:
+                self._queue.append(req)
+                self._pump()
+                return
         self._feed(data)
 
     def eof_received(self) -> bool | None:
@@ -245,6 +251,7 @@ class _Client(asyncio.Protocol):
 
     def on_message_begin(self) -> None:
         self._parsing = req = _Request()
+        req.headers = []
         self._head_bytes = 0
         req.started = _now()
         if not self._paused:
@@ -385,6 +392,45 @@ class _Client(asyncio.Protocol):
                 self._pause(_P_QUEUE)
 
     # -- parsing -------------------------------------------------------------------------
+
+    def _simple_request(self, data: bytes) -> _Request | None:
+        """The fast path: `data` is exactly one whole GET or HEAD with plain end-to-end headers.
+
+        Most requests arrive so; they skip the parser's callbacks. None, having changed nothing,
+        for anything else: the parser path takes it and answers or rejects it.
+        """
+        found = _SIMPLE_REQUEST(data)
+        if found is None or len(data) > _MAX_HEAD_BYTES:
+            return None
+        method, url, minor, block = found.groups()
+        low = block.lower()
+        pos = low.find(b"\r\nhost:")
+        if (
+            pos < 0
+            or _NOT_SIMPLE(low) is not None
+            or low.find(b"\r\nhost:", pos + 7) >= 0
+            or block.count(b"\r\n") > _MAX_HEADERS
+        ):
+            return None
+        end = low.find(b"\r\n", pos + 7)
+        req = _Request()
+        req.started = _now()
+        req.method = method
+        req.url = url
+        req.http11 = req.keep_alive = minor == b"1"  # HTTP/1.0 keeps alive only when asked (not simple)
+        req.host = block[pos + 7 : end if end >= 0 else len(block)].strip()
+        req.headers_done = req.body_done = True
+        req.head = b"%s %s HTTP/1.1%s\r\n" % (method, url, block)
+        pos = low.find(b"\r\naccept:")
+        if pos >= 0:
+            end = low.find(b"\r\n", pos + 9)
+            accept = low[pos + 9 : end if end >= 0 else len(low)]
+            req.accept_json = accept.find(b"application/json") >= 0 and accept.find(b"text/html") < 0
+        server = self._server
+        server._id_count = count = server._id_count + 1
+        req.request_id = b"%s%08x" % (server._id_prefix, count)
+        self.deadline = None  # waiting for the app now: the upstream's deadline applies
+        return req
 
     def _feed(self, data: bytes) -> None:
         try:

@@ -21,10 +21,40 @@ _REQ_COPIED = frozenset({b"host", b"content-length", b"accept"})
 _REQ_SPECIAL = _REQ_DROP | _REQ_COPIED
 # A client's X-Request-Id is kept when it is 1-200 printable ASCII characters.
 _REQUEST_ID_OK = re.compile(rb"[\x21-\x7e][\x20-\x7e]{0,199}").fullmatch
+# Header lines as RFC 9110 allows them: a token name, a value without control bytes, CRLF line ends
+# and no obsolete line folding. The fast paths accept a head only when all of it matches; anything
+# else goes through httptools, which answers or rejects it.
+_HEADER_LINES = rb"(?:\r\n[!#$%&'*+\-.^_`|~0-9A-Za-z]+:[\t\x20-\x7e\x80-\xff]*)*"
+# A whole bodiless request, the most common kind: GET or HEAD of an origin-form target.
+_SIMPLE_REQUEST = re.compile(rb"(GET|HEAD) (/[\x21-\x7e]*) HTTP/1\.([01])(" + _HEADER_LINES + rb")\r\n\r\n").fullmatch
+# Request headers that need the parser's path (framing, hop-by-hop, or set or checked by the proxy).
+_NOT_SIMPLE = re.compile(
+    rb"\r\n(?:connection|keep-alive|proxy-connection|te|trailer|transfer-encoding|upgrade|content-length"
+    rb"|expect|x-forwarded-for|x-forwarded-proto|x-forwarded-host|x-request-id):"
+).search
+# An HTTP/1.1 response head with a final status.
+_FINAL_RESPONSE = re.compile(
+    rb"HTTP/1\.1 ([2-5][0-9][0-9])(?: [\t\x20-\x7e\x80-\xff]*)?" + _HEADER_LINES + rb"\r\n\r\n"
+).match
 # Response headers dropped without a look (the framing ones are handled one by one).
 _RESP_DROPPED = tuple(
     b"\r\n" + name + b":" for name in (b"keep-alive", b"proxy-connection", b"te", b"trailer", b"x-request-id")
 )
+# Any response header that is hop-by-hop or set by the proxy (searched in the lower-cased head block).
+_RESP_HOP = re.compile(
+    rb"\r\n(?:connection|transfer-encoding|upgrade|keep-alive|proxy-connection|te|trailer|x-request-id):"
+).search
+# The response fast path's view of a head block: its Content-Length values (digits only), and its
+# hop-by-hop header lines as (name, value), matched case-insensitively and removed in one call each.
+_CONTENT_LENGTH = re.compile(rb"\r\ncontent-length:[ \t]*([0-9]+)[ \t]*(?=\r\n|$)", re.IGNORECASE).findall
+_HOP_LINES_RE = re.compile(
+    rb"\r\n(connection|transfer-encoding|upgrade|keep-alive|proxy-connection|te|trailer|x-request-id):([^\r]*)",
+    re.IGNORECASE,
+)
+_HOP_LINES = _HOP_LINES_RE.findall
+_HOP_LINES_SUB = _HOP_LINES_RE.sub
+_REFRAMING = frozenset({b"transfer-encoding", b"upgrade"})  # hop-by-hop lines that change the framing
+_CONN_HEADER = (b"Connection: close\r\n", b"Connection: keep-alive\r\n")  # by keep-alive
 _CONN_PLAIN = frozenset({b"close", b"keep-alive", b"upgrade", b"content-length", b""})
 
 _MAX_HEAD_BYTES = 64 * 1024  # request line/status + headers

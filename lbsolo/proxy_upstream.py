@@ -14,7 +14,12 @@ from typing import TYPE_CHECKING, cast
 import httptools
 
 from lbsolo.proxy_http import (
+    _CONN_HEADER,
     _CONN_PLAIN,
+    _CONTENT_LENGTH,
+    _FINAL_RESPONSE,
+    _HOP_LINES,
+    _HOP_LINES_SUB,
     _M_CHUNKED,
     _M_CLOSE,
     _M_LENGTH,
@@ -23,7 +28,9 @@ from lbsolo.proxy_http import (
     _MAX_HEADERS,
     _P_UPSTREAM,
     _PHRASES,
+    _REFRAMING,
     _RESP_DROPPED,
+    _RESP_HOP,
     _BadResponse,
     _cut,
     _now,
@@ -39,6 +46,7 @@ log = logging.getLogger("lbsolo.proxy")
 class _Upstream(asyncio.Protocol):
     __slots__ = (
         "_closed",
+        "_conn_close",
         "_done",
         "_eof_body",
         "_got",
@@ -91,6 +99,7 @@ class _Upstream(asyncio.Protocol):
         self._length: bytes | None = None  # Content-Length value
         self._te: bytes | None = None  # Transfer-Encoding value
         self._upgrade: bytes | None = None
+        self._conn_close = False  # the response's Connection header says close
         self._mode = _M_NONE
         self._keep = False
         self._req_chunked = False
@@ -152,6 +161,8 @@ class _Upstream(asyncio.Protocol):
             return
         if self._tunnel:
             client._write(data)
+            return
+        if not self._status and not self._head_buf and self._relay_whole(client, data):
             return
         self._got = True
         if self.deadline is not None:
@@ -280,6 +291,63 @@ class _Upstream(asyncio.Protocol):
 
     # -- exchange ------------------------------------------------------------------------
 
+    def _relay_whole(self, client: _Client, data: bytes) -> bool:
+        """The fast path: a whole response with a Content-Length body in one read, sent on in one write.
+
+        Most small responses arrive so. It takes exactly the responses the parser path would relay
+        unchanged (the head it writes is the one `_classify` and `_head` would make), and returns
+        False, having sent nothing, for anything else.
+        """
+        req = self.req
+        found = _FINAL_RESPONSE(data)
+        if found is None or req is None or req.method == b"HEAD":
+            return False
+        body_at = found.end()
+        eol = data.find(b"\r\n")
+        block = data[eol : body_at - 4]
+        lengths = _CONTENT_LENGTH(block)
+        status = int(found[1])
+        if (
+            len(lengths) != 1
+            or int(lengths[0]) != len(data) - body_at
+            or status == 204
+            or status == 304
+            or block.count(b"\r\n") > _MAX_HEADERS
+        ):
+            return False
+        close = False
+        hops = _HOP_LINES(block)
+        if hops:
+            for name, value in hops:
+                name = name.lower()
+                if name == b"connection":
+                    value = value.strip().lower()
+                    if value not in _CONN_PLAIN:
+                        return False  # it names more hop-by-hop headers
+                    close = close or value == b"close"
+                elif name in _REFRAMING:
+                    return False
+            block = _HOP_LINES_SUB(b"", block)
+        self._got = True
+        self._length = lengths[0]
+        self._status = req.status = status
+        req.upstream_time = _now() - self._sent_at
+        self._mode = _M_LENGTH
+        self._keep = not close
+        keep = client._keep_alive(req)
+        req.close_after = not keep
+        line = data[8:eol]  # " 200 OK"
+        if line.count(b" ") < 2:
+            line = b" %d %s" % (status, _PHRASES.get(status, b""))
+        client._write(
+            b"HTTP/1.1%s%s\r\nX-Request-Id: %s\r\n%s\r\n%s"
+            % (line, block, req.request_id, b"" if keep and req.http11 else _CONN_HEADER[keep], data[body_at:])
+        )
+        req.responded = True
+        self._done = True
+        self._complete()
+        return True
+
     def _classify(self, status: int) -> list[bytes]:
         """Read the response head just parsed: note the framing headers, keep the end-to-end ones.
 
@@ -300,26 +368,38 @@ class _Upstream(asyncio.Protocol):
             raise _BadResponse("too many response headers")
         low = block.lower()
         self._length = self._te = self._upgrade = None
+        self._conn_close = False
         pos = low.find(b"\r\ncontent-length:")
         if pos >= 0:  # left in place: it is kept unless the body is re-framed (see _head)
             end = low.find(b"\r\n", pos + 2)
             self._length = block[pos + 17 : end if end >= 0 else len(block)].strip()
-        if b"\r\nconnection:" in low:
+        if _RESP_HOP(low) is not None:
+            block = self._strip_hop(block, low)
+        return [b"HTTP/1.1" + line + block + b"\r\n"]
+
+    def _strip_hop(self, block: bytes, low: bytes) -> bytes:
+        """Remove the hop-by-hop headers from a head block, noting Connection: close and the framing."""
+        # find() rather than `in`: bytes.__contains__ first tries its argument as an int, and the
+        # TypeError it raises and clears costs more than the search.
+        if low.find(b"\r\nconnection:") >= 0:
             block, low, values = _cut(block, low, b"\r\nconnection:")
-            if len(values) != 1 or values[0].lower() not in _CONN_PLAIN:
-                tokens = {t.strip() for v in values for t in v.lower().split(b",")} - _CONN_PLAIN
-                for token in tokens:  # more hop-by-hop headers named by the app
+            if len(values) == 1 and (plain := values[0].lower()) in _CONN_PLAIN:
+                self._conn_close = plain == b"close"
+            else:
+                tokens = {t.strip() for v in values for t in v.lower().split(b",")}
+                self._conn_close = b"close" in tokens
+                for token in tokens - _CONN_PLAIN:  # more hop-by-hop headers named by the app
                     block, low, _ = _cut(block, low, b"\r\n" + token + b":")
-        if b"\r\ntransfer-encoding:" in low:
+        if low.find(b"\r\ntransfer-encoding:") >= 0:
             block, low, values = _cut(block, low, b"\r\ntransfer-encoding:")
             self._te = b", ".join(values)
-        if b"\r\nupgrade:" in low:
+        if low.find(b"\r\nupgrade:") >= 0:
             block, low, values = _cut(block, low, b"\r\nupgrade:")
             self._upgrade = values[0]
         for pattern in _RESP_DROPPED:
-            if pattern in low:
+            if low.find(pattern) >= 0:
                 block, low, _ = _cut(block, low, pattern)
-        return [b"HTTP/1.1" + line + block + b"\r\n"]
+        return block
 
     def _head(self, status: int, parts: list[bytes], *, keep: bool, mode: int, interim: bool) -> bytes:
         append = parts.append
