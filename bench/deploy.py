@@ -7,6 +7,7 @@ Usage: .venv/bin/python bench/deploy.py [rounds]   (needs a Docker engine and th
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import shutil
@@ -90,8 +91,17 @@ def main() -> None:
             marker = f"Ours{i}-{nonce}"
             change(src, marker)
             t0 = time.monotonic()
-            proc = subprocess.Popen([*lbsolo, "deploy", str(src), "--app", "bench"], env=env, stdout=subprocess.DEVNULL)
-            wait_for(marker, f"http://127.0.0.1:{proxy}/", "bench.lbsolo.localhost")
+            output = work / f"deploy-{i}.log"
+            with output.open("wb") as out:
+                deploy = [*lbsolo, "deploy", str(src), "--app", "bench"]
+                proc = subprocess.Popen(deploy, env=env, stdout=out, stderr=out)
+            try:
+                wait_for(marker, f"http://127.0.0.1:{proxy}/", "bench.lbsolo.localhost")
+            except SystemExit:
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    proc.wait(timeout=30)
+                print(output.read_text(errors="replace"), file=sys.stderr)  # what the deploy said
+                raise
             ours.append(time.monotonic() - t0)
             proc.wait()
 
