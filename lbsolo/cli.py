@@ -5,8 +5,8 @@ The only module that imports typer and rich. It never opens the state itself.
 
 from __future__ import annotations
 
+import copy
 import functools
-import logging
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -15,9 +15,11 @@ from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import typer
+import typer.main
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
+from typer.models import CommandInfo, TyperInfo
 
 from lbsolo import __version__
 from lbsolo.client import Client
@@ -80,7 +82,9 @@ def up(
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log debug details.")] = False,
 ) -> None:
     """Start the daemon: API, scheduler, builder, HTTP proxy and DNS in one process."""
-    from lbsolo.daemon import Daemon  # the daemon's imports are only needed here
+    import logging  # like the daemon's imports, only needed here: every other verb starts without them
+
+    from lbsolo.daemon import Daemon
 
     settings = Settings.load(
         proxy_host=proxy_host,
@@ -840,5 +844,26 @@ def version() -> None:
     console.print(f"lbsolo {__version__}")
 
 
+def app_for(args: list[str]) -> typer.Typer:
+    """The app to run for these arguments: one with only the verb asked for, when there is one.
+
+    typer turns every registered verb into a click command on each start, some 50 ms for all of
+    them, paid by every call of the CLI; help, completion and typos (click suggests the nearest
+    verb) need them all.
+    """
+    verb = args[0] if args else ""
+    chosen = [c for c in app.registered_commands if _verb(c) == verb]
+    if len(chosen) != 1:
+        return app
+    single = copy.copy(app)
+    single.registered_commands = chosen
+    single.registered_callback = TyperInfo()  # still a group, so the verb's name is still expected first
+    return single
+
+
+def _verb(command: CommandInfo) -> str:
+    return command.name or typer.main.get_command_name(getattr(command.callback, "__name__", ""))
+
+
 def main() -> None:
-    app()
+    app_for(sys.argv[1:])()
