@@ -47,6 +47,7 @@ from lbsolo.proxy_http import (
     _SIMPLE_REQUEST,
     _BodyTooLarge,
     _HeadTooLarge,
+    _https_redirect,
     _now,
     _port_suffix,
     _render_error,
@@ -65,8 +66,8 @@ _IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE", b"TRACE
 _BODY_BUFFER = 256 * 1024  # request body buffered while connecting before reading pauses
 _PIPELINE_MAX = 8  # complete requests queued on one client connection before reading pauses
 _POOL_MAX = 1024  # idle upstream connections kept per target
-_LOG_FLUSH_EVERY = 0.2  # seconds between access-log flushes
-_LOG_SLICE = 200  # access-log lines formatted per loop iteration (about a millisecond)
+_FOLD_EVERY = 0.2  # seconds between folds of finished exchanges into metrics and access log
+_FOLD_SLICE = 200  # finished exchanges folded per loop iteration (about a millisecond)
 _EJECT_SECONDS = 5.0  # a target that refused a connection gets no new requests for this long
 _CONNECTING_MAX = 64  # connection attempts in progress per target; more requests queue for one
 _POOL_IDLE = 3.0  # seconds an idle upstream connection is kept (below common app keep-alive timeouts)
@@ -511,9 +512,7 @@ class _Client(asyncio.Protocol):
             return
         if route.https_redirect and self._proto == b"http" and (port := server.https_port) is not None:
             # The app is HTTPS-only: answer 308 here; the app never sees plain HTTP. One flag read
-            # per request otherwise. Imported here: only redirected requests need the helper.
-            from lbsolo.proxy_http import _https_redirect
-
+            # per request otherwise.
             req.route = route
             keep = self._keep_alive(req)  # a body not yet read is not read: the connection closes
             self._write(_https_redirect(normalize_host(req.host), req.url, port, req.request_id, keep, req.http11))
@@ -737,44 +736,28 @@ class _Client(asyncio.Protocol):
             self._pump()
 
     def _record(self, req: _Request) -> None:
-        """Count a finished exchange in its app's metrics and buffer its access-log entry."""
-        server = self._server
+        """Note a finished exchange. Its app's metrics and its access-log line are made from the note
+        off the hot path (`ProxyServer._fold`)."""
         now = _now()
-        route = req.route
-        app = route.app if route is not None else _UNROUTED
-        stats = server._stats.get(app)
-        if stats is None:
-            stats = server._stats[app] = AppStats()
-        bytes_in = self._bytes_in - self._in_mark
-        self._in_mark = self._bytes_in
-        bytes_out = self._bytes_out - self._out_mark
-        self._out_mark = self._bytes_out
-        duration = now - req.started
-        # AppStats.observe, inlined (hot path)
-        cls = req.status // 100
-        stats.by_class[cls if 0 < cls < 6 else 0] += 1
-        stats.bytes_in += bytes_in
-        stats.bytes_out += bytes_out
-        stats.buckets[bisect_left(LATENCY_BUCKETS, duration)] += 1
-        stats.latency_sum += duration
-        buffer = server._log_buffer
-        if buffer is not None:
-            buffer.append(
-                (
-                    now,
-                    app,
-                    route.release if route is not None else None,
-                    req.method,
-                    req.url,
-                    req.status,
-                    bytes_in,
-                    bytes_out,
-                    duration,
-                    req.upstream_time,
-                    req.request_id,
-                    self._peer,
-                )
+        bytes_in = self._bytes_in
+        bytes_out = self._bytes_out
+        self._server._finished.append(
+            (
+                now,
+                req.route,
+                req.method,
+                req.url,
+                req.status,
+                bytes_in - self._in_mark,
+                bytes_out - self._out_mark,
+                now - req.started,
+                req.upstream_time,
+                req.request_id,
+                self._peer,
             )
+        )
+        self._in_mark = bytes_in
+        self._out_mark = bytes_out
 
     def _upstream_failed(self, req: _Request, status: int, code: str, message: str, retry: bool) -> None:
         self._up = None
@@ -927,9 +910,10 @@ class ProxyServer:
         self._tls = tls
         self._tls_server: asyncio.Server | None = None
         self._access_log = access_log
-        # Access-log entries wait here as tuples; a timer formats and hands them over off the hot path.
-        self._log_buffer: list[tuple[Any, ...]] | None = [] if access_log is not None else None
-        self._flusher: asyncio.TimerHandle | None = None
+        # Finished exchanges wait here as tuples; a timer folds them into the metrics and formats
+        # their access-log lines off the hot path (see _Client._record for the fields).
+        self._finished: list[tuple[Any, ...]] = []
+        self._folder: asyncio.TimerHandle | None = None
         self._id_prefix = os.urandom(6).hex().encode()
         self._id_count = 0
         self._stopping = False
@@ -953,10 +937,12 @@ class ProxyServer:
 
     def metrics(self) -> dict[str, dict[str, Any]]:
         """Per-app counters since start (JSON-able): requests by status class, bytes, latency histogram."""
+        self._fold(everything=True)
         return {app: self._stats[app].to_dict() for app in sorted(self._stats)}
 
     def prometheus(self) -> str:
         """The same counters in Prometheus text exposition format."""
+        self._fold(everything=True)
         return prometheus_text(self._stats)
 
     def in_flight(self, target: Target) -> int:
@@ -1009,8 +995,7 @@ class ProxyServer:
             self._https_port = self._tls_server.sockets[0].getsockname()[1]
             log.info("proxy listening on https://%s:%d", self.host, self._https_port)
         self._sweeper = loop.call_later(self._sweep_every, self._sweep)
-        if self._access_log is not None:
-            self._flusher = loop.call_later(_LOG_FLUSH_EVERY, self._flush_access_log)
+        self._folder = loop.call_later(_FOLD_EVERY, self._fold)
         log.info("proxy listening on http://%s:%d for *.%s", self.host, self._port, self.table.domain)
 
     @property
@@ -1061,10 +1046,10 @@ class ProxyServer:
         except TimeoutError:
             log.warning("proxy: listener did not close in time")
         self._server = self._tls_server = None
-        if self._flusher is not None:
-            self._flusher.cancel()
-            self._flusher = None
-        self._flush_access_log(everything=True)
+        if self._folder is not None:
+            self._folder.cancel()
+            self._folder = None
+        self._fold(everything=True)
         log.info("proxy stopped")
 
     # -- internals -----------------------------------------------------------------------
@@ -1074,31 +1059,59 @@ class ProxyServer:
         self._id_count = count = self._id_count + 1
         return b"%s%08x" % (self._id_prefix, count)
 
-    def _flush_access_log(self, everything: bool = False) -> None:
-        """Format and hand over buffered access-log lines, a slice at a time so requests interleave."""
-        buffer = self._log_buffer
-        sink = self._access_log
+    def _fold(self, everything: bool = False) -> None:
+        """Count finished exchanges in their apps' metrics and hand over their access-log lines.
+
+        A slice at a time from the timer, so that requests interleave; everything when asked.
+        """
+        finished = self._finished
         more = False
-        if buffer and sink is not None:
-            if everything or len(buffer) <= _LOG_SLICE:
-                batch, self._log_buffer = buffer, []
+        if finished:
+            if everything or len(finished) <= _FOLD_SLICE:
+                batch, self._finished = finished, []
             else:
-                batch = buffer[:_LOG_SLICE]
-                del buffer[:_LOG_SLICE]
+                batch = finished[:_FOLD_SLICE]
+                del finished[:_FOLD_SLICE]
                 more = True
-            # Entries carry monotonic time; convert to wall time once per slice.
-            offset = time.time() - _now()
-            try:
-                for entry in batch:
-                    sink(access_line((entry[0] + offset, *entry[1:])))
-            except Exception:
-                log.exception("proxy: access log writer failed; %d lines dropped", len(batch))
+            stats = self._stats
+            last_route: Route | None = None
+            counters = AppStats()
+            for entry in batch:
+                route = entry[1]
+                if route is not last_route:  # runs of one app's requests are common
+                    last_route = route
+                    app = route.app if route is not None else _UNROUTED
+                    counters = stats.get(app) or stats.setdefault(app, AppStats())
+                # AppStats.observe, inlined
+                cls = entry[4] // 100
+                counters.by_class[cls if 0 < cls < 6 else 0] += 1
+                counters.bytes_in += entry[5]
+                counters.bytes_out += entry[6]
+                duration = entry[7]
+                counters.buckets[bisect_left(LATENCY_BUCKETS, duration)] += 1
+                counters.latency_sum += duration
+            sink = self._access_log
+            if sink is not None:
+                # Entries carry monotonic time; convert to wall time once per slice.
+                offset = time.time() - _now()
+                try:
+                    for entry in batch:
+                        route = entry[1]
+                        sink(
+                            access_line(
+                                (
+                                    entry[0] + offset,
+                                    route.app if route is not None else _UNROUTED,
+                                    route.release if route is not None else None,
+                                    *entry[2:],
+                                )
+                            )
+                        )
+                except Exception:
+                    log.exception("proxy: access log writer failed; %d lines dropped", len(batch))
         loop = self._loop
-        if self._server is not None and not self._stopping and loop is not None:
-            if more:
-                self._flusher = loop.call_later(0, self._flush_access_log)
-            else:
-                self._flusher = loop.call_later(_LOG_FLUSH_EVERY, self._flush_access_log)
+        if self._server is not None and not self._stopping and loop is not None and not everything:
+            self._folder = loop.call_later(0 if more else _FOLD_EVERY, self._fold)
 
     def _pick(self, targets: tuple[Target, ...]) -> Target:
         """The target with the fewest requests in flight, skipping ejected ones; round-robin on ties."""

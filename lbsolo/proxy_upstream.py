@@ -440,21 +440,23 @@ class _Upstream(asyncio.Protocol):
             self._parser = httptools.HttpResponseParser(self)
         xff = req.xff
         peer = client._peer
-        parts = [
+        head = b"%sX-Forwarded-For: %s\r\nX-Forwarded-Proto: %s\r\nX-Request-Id: %s\r\n" % (
             req.head,
-            b"X-Forwarded-For: ",
             xff + b", " + peer if xff else peer,
-            b"\r\nX-Forwarded-Proto: ",
             client._proto,
-            b"\r\nX-Request-Id: ",
             req.request_id,
-            b"\r\n",
-        ]
-        extend = parts.extend
+        )
         if req.host:
-            extend((b"X-Forwarded-Host: ", req.host, b"\r\n"))
+            head += b"X-Forwarded-Host: %s\r\n" % req.host
+        if req.body_done and not req.body and not req.chunked and not req.upgrade:  # most requests
+            req.replayable = True
+            self._req_sent = True
+            self.deadline = self._loop.time() + self._server.read_timeout
+            self._write(head + b"\r\n")
+            return
+        parts = [head]
         if req.upgrade:
-            extend((b"Connection: Upgrade\r\nUpgrade: ", req.upgrade_value, b"\r\n"))
+            parts.append(b"Connection: Upgrade\r\nUpgrade: %s\r\n" % req.upgrade_value)
         chunked = self._req_chunked = req.chunked
         if chunked:
             parts.append(b"Transfer-Encoding: chunked\r\n")

@@ -115,7 +115,7 @@ def test_a_failing_access_log_writer_does_not_break_serving(run, caplog):
         try:
             c = await Conn.open(proxy.port)
             assert (await c.request(host="x.lbsolo.localhost")).status == 404
-            proxy._flush_access_log()
+            proxy._fold()
             assert (await c.request(host="x.lbsolo.localhost")).status == 404
             await c.close()
         finally:
