@@ -302,7 +302,7 @@ class _Client(asyncio.Protocol):
                 continue
             if lname == b"host":
                 hosts += 1
-                req.host = value
+                req.host = value.rstrip()  # httptools strips leading whitespace only
                 extend((name, b": ", value, b"\r\n"))
             elif lname == b"connection":
                 if tokens is None:

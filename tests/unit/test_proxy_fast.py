@@ -1,0 +1,124 @@
+"""The proxy's fast paths (a whole simple request, a whole Content-Length response) must send exactly
+the bytes the parser path sends. Each case is relayed twice: once whole (fast path) and once split
+in two reads (the parser path), through the real protocol objects over hand-written transports."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from lbsolo.proxy import ProxyServer, Route, Target, _Client
+from lbsolo.proxy_upstream import _Upstream
+
+
+class Transport:
+    """Records what the protocol writes; enough of asyncio.Transport for the proxy."""
+
+    def __init__(self) -> None:
+        self.written: list[bytes] = []
+        self.closed = False
+
+    def write(self, data: bytes) -> None:
+        self.written.append(data)
+
+    def get_extra_info(self, name: str, default: object = None) -> object:
+        return ("127.0.0.7", 40000) if name == "peername" else default
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+    def close(self) -> None:
+        self.closed = True
+
+    def abort(self) -> None:
+        self.closed = True
+
+
+def relay(request: bytes, response: bytes, split: bool) -> tuple[bytes, bytes, bool, bool]:
+    """Relay one exchange; return (bytes sent to the app, bytes sent to the client, client closed, upstream pooled)."""
+
+    async def run() -> tuple[bytes, bytes, bool, bool]:
+        server = ProxyServer("127.0.0.1", 0, "lbsolo.localhost")
+        target = Target("127.0.0.1", 9)
+        server.set_routes({"web": Route("web", "v1", (target,))})
+        server._loop = asyncio.get_running_loop()
+        server._id_prefix = b"fixed"
+        client, to_client = _Client(server), Transport()
+        client.connection_made(to_client)  # type: ignore[arg-type]
+        up, to_app = _Upstream(server, target), Transport()
+        up.connection_made(to_app)  # type: ignore[arg-type]
+        server._pool_put(up)
+        for part in (request[:10], request[10:]) if split else (request,):
+            client.data_received(part)
+        for part in (response[:12], response[12:]) if split else (response,):
+            up.data_received(part)
+        pooled = up in server._idle.get(target, [])
+        return b"".join(to_app.written), b"".join(to_client.written), to_client.closed, pooled
+
+    return asyncio.run(run())
+
+
+GET = b"GET /a?b=c HTTP/1.1\r\nHost: web.lbsolo.localhost\r\nAccept: */*\r\nUser-Agent: t\r\n\r\n"
+
+RESPONSES = [
+    b"HTTP/1.1 200 OK\r\nServer: x\r\nContent-Length: 5\r\nConnection: keep-alive\r\n\r\nhello",
+    b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nConnection: close\r\n\r\nhello",
+    b"HTTP/1.1 404 Not Found\r\nContent-Type: text/plain\r\nContent-Length: 0\r\n\r\n",
+    b"HTTP/1.1 200\r\nContent-Length: 2\r\nKeep-Alive: timeout=5\r\nX-Request-Id: app\r\nTE: x\r\n\r\nok",
+    b"HTTP/1.1 201 Created\r\ncontent-length:  3 \r\nx-a: \xe9\r\nCONNECTION: Keep-Alive\r\n\r\nabc",
+    b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nConnection: keep-alive, X-Hop\r\nX-Hop: 1\r\n\r\nabc",
+]
+
+
+@pytest.mark.parametrize("response", RESPONSES)
+def test_whole_response_is_relayed_as_the_parser_path_relays_it(response: bytes) -> None:
+    assert relay(GET, response, split=False) == relay(GET, response, split=True)
+
+
+REQUESTS = [
+    GET,
+    b"HEAD / HTTP/1.1\r\nHost: web.lbsolo.localhost\r\n\r\n",
+    b"GET / HTTP/1.0\r\nHost: web.lbsolo.localhost\r\n\r\n",
+    b"GET / HTTP/1.1\r\nhost: web.lbsolo.localhost\r\nACCEPT: application/json\r\n\r\n",
+    b"GET / HTTP/1.1\r\nHost: web.lbsolo.localhost\r\nConnection: keep-alive\r\n\r\n",
+    b"GET / HTTP/1.1\r\nHost: web.lbsolo.localhost\r\nX-Forwarded-For: 10.0.0.1\r\nX-Request-Id: abc\r\n\r\n",
+    b"GET http://web.lbsolo.localhost/x HTTP/1.1\r\nHost: web.lbsolo.localhost\r\n\r\n",
+]
+
+
+@pytest.mark.parametrize("request_bytes", REQUESTS)
+def test_whole_request_is_forwarded_as_the_parser_path_forwards_it(request_bytes: bytes) -> None:
+    response = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+    assert relay(request_bytes, response, split=False) == relay(request_bytes, response, split=True)
+
+
+@pytest.mark.parametrize(
+    "request_bytes",
+    [
+        b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",  # two Hosts: 400
+        b"GET / HTTP/1.1\r\nUser-Agent: t\r\n\r\n",  # no Host: 400
+        b"GET / HTTP/1.1\r\nHost: web.lbsolo.localhost\r\nX: a\x01b\r\n\r\n",  # control byte: 400
+        b"GET / HTTP/1.1\r\nHost: web.lbsolo.localhost\r\n folded\r\n\r\n",  # obsolete folding: 400
+        b"GET /\x7f HTTP/1.1\r\nHost: web.lbsolo.localhost\r\n\r\n",  # DEL in the target: 400
+    ],
+)
+def test_bad_requests_are_refused_whole_or_split(request_bytes: bytes) -> None:
+    whole = relay(request_bytes, b"", split=False)
+    assert whole == relay(request_bytes, b"", split=True)
+    to_app, to_client, closed, _ = whole
+    assert to_app == b"" and to_client.startswith(b"HTTP/1.1 400 ") and closed
+
+
+def test_fast_paths_keep_the_connections_reusable() -> None:
+    to_app, to_client, closed, pooled = relay(GET, RESPONSES[0], split=False)
+    assert to_app.startswith(b"GET /a?b=c HTTP/1.1\r\nHost: web.lbsolo.localhost\r\n")
+    assert b"X-Forwarded-For: 127.0.0.7\r\n" in to_app and b"X-Forwarded-Host: web.lbsolo.localhost\r\n" in to_app
+    assert to_client.startswith(b"HTTP/1.1 200 OK\r\n") and to_client.endswith(b"\r\n\r\nhello")
+    assert b"Connection" not in to_client and not closed and pooled
