@@ -123,6 +123,7 @@ class Platform:
         self._static_lock = asyncio.Lock()
         self._wake = asyncio.Event()
         self.jobs: set[asyncio.Task[Any]] = set()
+        self._build_saved: asyncio.Task[None] | None = None  # the last build record write
 
     def lock(self, app: str) -> asyncio.Lock:
         return self._locks.setdefault(app, asyncio.Lock())
@@ -418,8 +419,10 @@ class Platform:
                 processes=dict(processes if processes is not None else source.processes),  # type: ignore[union-attr]
                 health={**(health if health is not None else source.health), **(app.health or {})},  # type: ignore[union-attr]
             )
-            await asyncio.to_thread(self.engine.tag_image, release.image, f"lbsolo/{app_name}", release.label)
-            await self._save(release)
+            await asyncio.gather(
+                asyncio.to_thread(self.engine.tag_image, release.image, f"lbsolo/{app_name}", release.label),
+                self._save(release),
+            )
             self.bus.emit(
                 EventKind.RELEASE_CREATED, app_name, f"{release.label}: {description}", release=release.label,
                 description=description,
@@ -486,19 +489,24 @@ class Platform:
                     where = f" on 127.0.0.1:{replica.host_port}" if replica.host_port else ""
                     out.append(f"       started {replica.name}{where}")
             self._watch_logs(new)
-            await self._step(release, DeployStep.WAIT_READY)
-            await asyncio.gather(
-                *(
-                    run.wait_ready(
-                        self.engine,
-                        r,
-                        check=check,
-                        host_header=self.host_header(name),
-                        timeout=self.settings.deploy_timeout,
+            # The step is written while the checks run (a state write is an fsync or two), and
+            # finished before anything else touches the release.
+            saving = asyncio.ensure_future(self._step(release, DeployStep.WAIT_READY))
+            try:
+                await asyncio.gather(
+                    *(
+                        run.wait_ready(
+                            self.engine,
+                            r,
+                            check=check,
+                            host_header=self.host_header(name),
+                            timeout=self.settings.deploy_timeout,
+                        )
+                        for r in new
                     )
-                    for r in new
                 )
-            )
+            finally:
+                await saving
             out.append(f"       {len(new)} replica(s) healthy")
         except LbsoloError as e:
             release.status, release.error = ReleaseStatus.FAILED, e.message
@@ -511,10 +519,10 @@ class Platform:
             await asyncio.shield(run.stop_replicas(self.engine, new, 0))
             raise
 
-        await self._step(release, DeployStep.SWAP)
         # The new replicas just passed their checks: they are the route, with no engine round
-        # trip between the check and the swap. Who is old is asked of the engine after.
+        # trip or state write between the check and the swap. Who is old is asked of the engine after.
         self._publish_route(name, routes_for({name: self._desired(app, release.version)}, new)[name])
+        await self._step(release, DeployStep.SWAP)
         out.append("       traffic switched")
 
         current = await asyncio.to_thread(self.engine.list_replicas, name)
@@ -860,7 +868,22 @@ class Platform:
         )
 
     def record_build(self, build: Build) -> None:
-        self.state.save_build(build)
+        """Save a build's record off the event loop, in the order its changes happen.
+
+        The builder calls this as a build is queued, starts and ends; a state write (an fsync or
+        two) would otherwise hold up the upload's answer and the build itself.
+        """
+        previous, snapshot = self._build_saved, replace(build)
+
+        async def save() -> None:
+            if previous is not None:
+                await asyncio.wait([previous])  # its failure was logged by its own task
+            try:
+                await asyncio.to_thread(self.state.save_build, snapshot)
+            except Exception:
+                log.exception("saving build %s failed", snapshot.id)
+
+        self._build_saved = self._spawn(save(), f"save-build-{build.id}")
 
     # ---- reconcile
     def _publish_route(self, app: str, route: Route) -> None:
