@@ -715,6 +715,13 @@ class _Client(asyncio.Protocol):
         if close or self._closed or self._eof:
             self._close()
             return
+        if not queue and not self._paused and not self._upgrade_wait and self._parsing is None:
+            # The usual end of a keep-alive exchange: wait for the next request.
+            if self._server._stopping:
+                self._close()
+            else:
+                self.deadline = self._loop.time() + self._server.idle_timeout
+            return
         if self._paused & _P_UPSTREAM:
             self._resume(_P_UPSTREAM)
         if self._upgrade_wait and not queue:
