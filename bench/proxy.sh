@@ -46,7 +46,7 @@ from lbsolo.proxy import ProxyServer, Route, Target
 
 async def main() -> None:
     sink = open(os.devnull, "w")  # access log on, as in the daemon; the lines go nowhere
-    proxy = ProxyServer("127.0.0.1", 9104, "lbsolo.localhost", access_log=lambda line: sink.write(line + "\n"))
+    proxy = ProxyServer("127.0.0.1", 9104, "lbsolo.localhost", access_log=sink.write)
     proxy.set_routes({"bench": Route("bench", "v1", (Target("127.0.0.1", 9101),))})
     await proxy.start()
     await asyncio.Event().wait()

@@ -98,8 +98,9 @@ class AccessLog:
         path.parent.mkdir(parents=True, exist_ok=True)
         self._file = path.open("a", encoding="utf-8", buffering=1 << 16)
 
-    def write(self, line: str) -> None:
-        self._file.write(line + "\n")
+    def write(self, lines: str) -> None:
+        """Append newline-terminated lines (the proxy hands them over in batches)."""
+        self._file.write(lines)
 
     async def flush_forever(self) -> None:
         try:

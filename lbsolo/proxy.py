@@ -52,7 +52,7 @@ from lbsolo.proxy_http import (
     _port_suffix,
     _render_error,
 )
-from lbsolo.proxy_metrics import LATENCY_BUCKETS, AppStats, access_line, prometheus_text
+from lbsolo.proxy_metrics import LATENCY_BUCKETS, AppStats, access_lines, prometheus_text
 from lbsolo.proxy_routes import Route, RouteTable, Target, normalize_host
 from lbsolo.proxy_upstream import _Upstream
 
@@ -62,6 +62,7 @@ log = logging.getLogger("lbsolo.proxy")
 
 # Tuning of the server side.
 _UNROUTED = "(unrouted)"  # metrics key of requests that matched no app
+_NO_ROUTE = Route(_UNROUTED)
 _IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE", b"TRACE"})
 _BODY_BUFFER = 256 * 1024  # request body buffered while connecting before reading pauses
 _PIPELINE_MAX = 8  # complete requests queued on one client connection before reading pauses
@@ -748,10 +749,12 @@ class _Client(asyncio.Protocol):
         now = _now()
         bytes_in = self._bytes_in
         bytes_out = self._bytes_out
+        route = req.route or _NO_ROUTE
         self._server._finished.append(
             (
                 now,
-                req.route,
+                route.app,
+                route.release,
                 req.method,
                 req.url,
                 req.status,
@@ -877,7 +880,10 @@ class _Client(asyncio.Protocol):
 
 
 class ProxyServer:
-    """The proxy listener. `set_routes` swaps the route table atomically, without a restart."""
+    """The proxy listener. `set_routes` swaps the route table atomically, without a restart.
+
+    `access_log` is handed JSON access-log lines in batches: one string of newline-terminated lines.
+    """
 
     def __init__(
         self,
@@ -1081,39 +1087,26 @@ class ProxyServer:
                 del finished[:_FOLD_SLICE]
                 more = True
             stats = self._stats
-            last_route: Route | None = None
+            last_app = None
             counters = AppStats()
             for entry in batch:
-                route = entry[1]
-                if route is not last_route:  # runs of one app's requests are common
-                    last_route = route
-                    app = route.app if route is not None else _UNROUTED
+                app = entry[1]
+                if app is not last_app:  # runs of one app's requests are common
+                    last_app = app
                     counters = stats.get(app) or stats.setdefault(app, AppStats())
                 # AppStats.observe, inlined
-                cls = entry[4] // 100
+                cls = entry[5] // 100
                 counters.by_class[cls if 0 < cls < 6 else 0] += 1
-                counters.bytes_in += entry[5]
-                counters.bytes_out += entry[6]
-                duration = entry[7]
+                counters.bytes_in += entry[6]
+                counters.bytes_out += entry[7]
+                duration = entry[8]
                 counters.buckets[bisect_left(LATENCY_BUCKETS, duration)] += 1
                 counters.latency_sum += duration
             sink = self._access_log
             if sink is not None:
-                # Entries carry monotonic time; convert to wall time once per slice.
-                offset = time.time() - _now()
                 try:
-                    for entry in batch:
-                        route = entry[1]
-                        sink(
-                            access_line(
-                                (
-                                    entry[0] + offset,
-                                    route.app if route is not None else _UNROUTED,
-                                    route.release if route is not None else None,
-                                    *entry[2:],
-                                )
-                            )
-                        )
+                    # Entries carry monotonic time; access_lines converts it to wall time.
+                    sink(access_lines(batch, time.time() - _now()))
                 except Exception:
                     log.exception("proxy: access log writer failed; %d lines dropped", len(batch))
         loop = self._loop

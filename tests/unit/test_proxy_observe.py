@@ -81,7 +81,7 @@ def test_prometheus_text_is_cumulative_and_escapes_labels():
 def test_access_log_lines_are_written_off_the_hot_path(run):
     async def scenario():
         lines: list[str] = []
-        async with stack(access_log=lines.append) as (proxy, _app):
+        async with stack(access_log=lambda batch: lines.extend(batch.splitlines())) as (proxy, _app):
             c = await Conn.open(proxy.port)
             r = await c.request("POST", path="/p?q=1", body=b"hello", headers={"X-Request-Id": "rid-1"})
             assert r.status == 200
