@@ -437,6 +437,21 @@ class Platform:
             release.status = status
         await self._save(release)
 
+    @contextlib.asynccontextmanager
+    async def _stepping(
+        self, release: Release, step: DeployStep, status: ReleaseStatus | None = None
+    ) -> AsyncIterator[None]:
+        """Save the step while its work runs, and have it on disk before the block ends.
+
+        A state write (an fsync or two) first would delay the rollout by as much; finishing it
+        inside the block keeps the saves of one release in order.
+        """
+        saving = asyncio.ensure_future(self._step(release, step, status))
+        try:
+            yield
+        finally:
+            await saving
+
     def _spec(self, app: App, release: Release, process: str, volumes: dict[str, str]) -> run.ReplicaSpec:
         limits = app.resources.get(process, {})
         return run.ReplicaSpec(
@@ -480,19 +495,16 @@ class Platform:
                 )
                 if code != 0:
                     raise DeployFailed(f"the release command exited with {code}; nothing was rolled out")
-            await self._step(release, DeployStep.START, ReleaseStatus.DEPLOYING)
             formation = {p: n for p, n in app.formation.items() if n > 0 and p in release.process_types()}
-            for process, count in sorted(formation.items()):
-                for _ in range(count):
-                    replica = await run.start_replica(self.engine, self._spec(app, release, process, volumes))
-                    new.append(replica)
-                    where = f" on 127.0.0.1:{replica.host_port}" if replica.host_port else ""
-                    out.append(f"       started {replica.name}{where}")
+            async with self._stepping(release, DeployStep.START, ReleaseStatus.DEPLOYING):
+                for process, count in sorted(formation.items()):
+                    for _ in range(count):
+                        replica = await run.start_replica(self.engine, self._spec(app, release, process, volumes))
+                        new.append(replica)
+                        where = f" on 127.0.0.1:{replica.host_port}" if replica.host_port else ""
+                        out.append(f"       started {replica.name}{where}")
             self._watch_logs(new)
-            # The step is written while the checks run (a state write is an fsync or two), and
-            # finished before anything else touches the release.
-            saving = asyncio.ensure_future(self._step(release, DeployStep.WAIT_READY))
-            try:
+            async with self._stepping(release, DeployStep.WAIT_READY):
                 await asyncio.gather(
                     *(
                         run.wait_ready(
@@ -505,8 +517,6 @@ class Platform:
                         for r in new
                     )
                 )
-            finally:
-                await saving
             out.append(f"       {len(new)} replica(s) healthy")
         except LbsoloError as e:
             release.status, release.error = ReleaseStatus.FAILED, e.message
