@@ -219,9 +219,10 @@ class _Client(asyncio.Protocol):
             return
         if self._parsing is None and not self._queue and not self._paused:
             req = self._simple_request(data)
-            if req is not None:
+            if req is not None:  # nothing else is queued or in progress: it goes out at once
                 self._queue.append(req)
-                self._pump()
+                self._active = req
+                self._dispatch(req)
                 return
         self._feed(data)
 
