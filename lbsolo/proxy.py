@@ -111,6 +111,38 @@ class _Request:
     headers: list[tuple[bytes, bytes]]  # as parsed (set by the parser path only)
 
 
+# Simple requests already read by the fast path: raw request -> (method, target, Host, head as sent
+# to the app, HTTP/1.1, wants JSON errors). Bounded: cleared when full.
+_KNOWN_REQUESTS: dict[bytes, tuple[bytes, bytes, bytes, bytes, bool, bool]] = {}
+
+
+def _read_simple_request(data: bytes) -> tuple[bytes, bytes, bytes, bytes, bool, bool] | None:
+    """What the request fast path needs of `data`, or None when it is not exactly one whole GET or
+    HEAD with a single Host and no header the proxy acts on (framing, hop-by-hop, forwarding)."""
+    found = _SIMPLE_REQUEST(data)
+    if found is None or len(data) > _MAX_HEAD_BYTES:
+        return None
+    method, url, minor, block = found.groups()
+    low = block.lower()
+    pos = low.find(b"\r\nhost:")
+    if (
+        pos < 0
+        or _NOT_SIMPLE(low) is not None
+        or low.find(b"\r\nhost:", pos + 7) >= 0
+        or block.count(b"\r\n") > _MAX_HEADERS
+    ):
+        return None
+    end = low.find(b"\r\n", pos + 7)
+    host = block[pos + 7 : end if end >= 0 else len(block)].strip()
+    accept_json = False
+    pos = low.find(b"\r\naccept:")
+    if pos >= 0:
+        end = low.find(b"\r\n", pos + 9)
+        accept = low[pos + 9 : end if end >= 0 else len(low)]
+        accept_json = accept.find(b"application/json") >= 0 and accept.find(b"text/html") < 0
+    return method, url, host, b"%s %s HTTP/1.1%s\r\n" % (method, url, block), minor == b"1", accept_json
+
+
 # ---------------------------------------------------------------------------------------------
 # client side
 
@@ -402,33 +434,22 @@ class _Client(asyncio.Protocol):
         Most requests arrive so; they skip the parser's callbacks. None, having changed nothing,
         for anything else: the parser path takes it and answers or rejects it.
         """
-        found = _SIMPLE_REQUEST(data)
-        if found is None or len(data) > _MAX_HEAD_BYTES:
-            return None
-        method, url, minor, block = found.groups()
-        low = block.lower()
-        pos = low.find(b"\r\nhost:")
-        if (
-            pos < 0
-            or _NOT_SIMPLE(low) is not None
-            or low.find(b"\r\nhost:", pos + 7) >= 0
-            or block.count(b"\r\n") > _MAX_HEADERS
-        ):
-            return None
-        end = low.find(b"\r\n", pos + 7)
+        # Clients repeat the very same request head (pollers, health checks, API clients): what it
+        # means is worked out once and remembered.
+        known = _KNOWN_REQUESTS.get(data)
+        if known is None:
+            known = _read_simple_request(data)
+            if known is None:
+                return None
+            if len(data) <= 2048:
+                if len(_KNOWN_REQUESTS) >= 256:
+                    _KNOWN_REQUESTS.clear()
+                _KNOWN_REQUESTS[data] = known
         req = _Request()
         req.started = _now()
-        req.method = method
-        req.url = url
-        req.http11 = req.keep_alive = minor == b"1"  # HTTP/1.0 keeps alive only when asked (not simple)
-        req.host = block[pos + 7 : end if end >= 0 else len(block)].strip()
+        req.method, req.url, req.host, req.head, http11, req.accept_json = known
+        req.http11 = req.keep_alive = http11  # HTTP/1.0 keeps alive only when asked (not simple)
         req.headers_done = req.body_done = True
-        req.head = b"%s %s HTTP/1.1%s\r\n" % (method, url, block)
-        pos = low.find(b"\r\naccept:")
-        if pos >= 0:
-            end = low.find(b"\r\n", pos + 9)
-            accept = low[pos + 9 : end if end >= 0 else len(low)]
-            req.accept_json = accept.find(b"application/json") >= 0 and accept.find(b"text/html") < 0
         server = self._server
         server._id_count = count = server._id_count + 1
         req.request_id = b"%s%08x" % (server._id_prefix, count)

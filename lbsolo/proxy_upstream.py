@@ -299,52 +299,34 @@ class _Upstream(asyncio.Protocol):
         False, having sent nothing, for anything else.
         """
         req = self.req
-        found = _FINAL_RESPONSE(data)
-        if found is None or req is None or req.method == b"HEAD":
+        end = data.find(b"\r\n\r\n")
+        if end < 0 or req is None or req.method == b"HEAD":
             return False
-        body_at = found.end()
-        eol = data.find(b"\r\n")
-        block = data[eol : body_at - 4]
-        lengths = _CONTENT_LENGTH(block)
-        status = int(found[1])
-        if (
-            len(lengths) != 1
-            or int(lengths[0]) != len(data) - body_at
-            or status == 204
-            or status == 304
-            or block.count(b"\r\n") > _MAX_HEADERS
-        ):
+        head = data[:end]
+        # An app answers with the same head many times over (it changes with the Date, each second):
+        # what the head means is worked out once and remembered.
+        known = _KNOWN_HEADS.get(head)
+        if known is None:
+            known = _read_whole_head(data, end)
+            if known is None:
+                return False
+            if len(head) <= 2048:
+                if len(_KNOWN_HEADS) >= 256:
+                    _KNOWN_HEADS.clear()
+                _KNOWN_HEADS[head] = known
+        status, length, close, kept = known
+        if length != len(data) - end - 4:
             return False
-        close = False
-        hops = _HOP_LINES(block)
-        if hops:
-            for name, value in hops:
-                name = name.lower()
-                if name == b"connection":
-                    value = value.strip().lower()
-                    if value not in _CONN_PLAIN:
-                        return False  # it names more hop-by-hop headers
-                    close = close or value == b"close"
-                elif name in _REFRAMING:
-                    return False
-            block = _HOP_LINES_SUB(b"", block)
-        self._got = True
-        self._length = lengths[0]
-        self._status = req.status = status
+        req.status = status
         req.upstream_time = _now() - self._sent_at
-        self._mode = _M_LENGTH
         self._keep = not close
-        keep = client._keep_alive(req)
+        keep = req.keep_alive and req.body_done and not client._eof and not self._server._stopping
         req.close_after = not keep
-        line = data[8:eol]  # " 200 OK"
-        if line.count(b" ") < 2:
-            line = b" %d %s" % (status, _PHRASES.get(status, b""))
         client._write(
-            b"HTTP/1.1%s%s\r\nX-Request-Id: %s\r\n%s\r\n%s"
-            % (line, block, req.request_id, b"" if keep and req.http11 else _CONN_HEADER[keep], data[body_at:])
+            b"%s\r\nX-Request-Id: %s\r\n%s\r\n%s"
+            % (kept, req.request_id, b"" if keep and req.http11 else _CONN_HEADER[keep], data[end + 4 :])
         )
         req.responded = True
-        self._done = True
         self._complete()
         return True
 
@@ -587,3 +569,40 @@ class _Upstream(asyncio.Protocol):
         self.deadline = None
         if not self._lost:
             self.transport.abort()  # type: ignore[union-attr]
+
+
+# Response heads already read by the fast path: raw head -> (status, Content-Length, Connection:
+# close, the head as sent on without its hop-by-hop lines). Bounded: cleared when full.
+_KNOWN_HEADS: dict[bytes, tuple[int, int, bool, bytes]] = {}
+
+
+def _read_whole_head(data: bytes, end: int) -> tuple[int, int, bool, bytes] | None:
+    """What the response fast path needs of a head (`data[:end]`), or None when it is not for it:
+    not a valid HTTP/1.1 head with a final status, not exactly one Content-Length, no body allowed,
+    or hop-by-hop headers that change the framing or name other headers."""
+    found = _FINAL_RESPONSE(data)
+    if found is None or found.end() != end + 4:
+        return None
+    status = int(found[1])
+    eol = data.find(b"\r\n")
+    block = data[eol:end]
+    lengths = _CONTENT_LENGTH(block)
+    if len(lengths) != 1 or status == 204 or status == 304 or block.count(b"\r\n") > _MAX_HEADERS:
+        return None
+    close = False
+    hops = _HOP_LINES(block)
+    if hops:
+        for name, value in hops:
+            name = name.lower()
+            if name == b"connection":
+                value = value.strip().lower()
+                if value not in _CONN_PLAIN:
+                    return None  # it names more hop-by-hop headers
+                close = close or value == b"close"
+            elif name in _REFRAMING:
+                return None
+        block = _HOP_LINES_SUB(b"", block)
+    line = data[8:eol]  # " 200 OK"
+    if line.count(b" ") < 2:
+        line = b" %d %s" % (status, _PHRASES.get(status, b""))
+    return status, int(lengths[0]), close, b"HTTP/1.1" + line + block
