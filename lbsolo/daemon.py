@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import hashlib
 import json
 import logging
@@ -282,6 +283,10 @@ class Daemon:
                 "pid": os.getpid(),
             }
             await asyncio.to_thread(write_private, s.runtime_path, json.dumps(runtime))
+            # What is alive now (modules, the API's routes, the templates) lives as long as the daemon:
+            # kept out of the collector's full passes, which would otherwise stall the proxy for
+            # milliseconds now and then.
+            gc.freeze()
             if on_ready:
                 on_ready(info)
             await self._stop.wait()
