@@ -7,18 +7,16 @@ from __future__ import annotations
 
 import copy
 import functools
+import itertools
 import sys
 import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar, cast
 
 import typer
 import typer.main
-from rich.console import Console
-from rich.markup import escape
-from rich.table import Table
 from typer.models import CommandInfo, TyperInfo
 
 from lbsolo import __version__
@@ -28,14 +26,51 @@ from lbsolo.errors import LbsoloError
 from lbsolo.models import parse_formation, validate_app_name
 from lbsolo.source import pack, parse_dotenv
 
+if TYPE_CHECKING:
+    from rich.console import Console
+    from rich.table import Table as RichTable
+
 app = typer.Typer(
     help="lbsolo: a one-server PaaS. `lbsolo up`, then `lbsolo deploy`.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-console = Console()
-err = Console(stderr=True)
+
+
+# rich loads on first use, not at start (some 45 ms): a deploy's upload goes out, and the daemon
+# starts building, before render_job's live display needs it.
+class _LazyConsole:
+    """A rich Console, made on first use."""
+
+    def __init__(self, **options: Any) -> None:
+        self._options = options
+        self._console: Console | None = None
+
+    def __getattr__(self, name: str) -> Any:
+        if self._console is None:
+            from rich.console import Console
+
+            self._console = Console(**self._options)
+        return getattr(self._console, name)
+
+
+def escape(markup: str) -> str:
+    """rich's markup escape."""
+    from rich.markup import escape as rich_escape
+
+    return rich_escape(markup)
+
+
+def Table(*columns: Any, **options: Any) -> RichTable:
+    """rich's Table (named like the class it stands in for)."""
+    from rich.table import Table as RichTable
+
+    return RichTable(*columns, **options)
+
+
+console = cast("Console", _LazyConsole())
+err = cast("Console", _LazyConsole(stderr=True))
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -281,8 +316,10 @@ def render_job(events: Iterator[dict[str, Any]], what: str) -> dict[str, Any]:
     result: dict[str, Any] = {}
     started = time.monotonic()
     stage = "waiting for the daemon"
+    events = iter(events)
+    first = list(itertools.islice(events, 1))  # the request (a deploy's upload) goes out before rich loads
     with console.status(stage) as status:
-        for event in events:
+        for event in itertools.chain(first, events):
             if "line" in event:
                 line = event["line"]
                 console.print(line, highlight=False, markup=False, soft_wrap=True)
