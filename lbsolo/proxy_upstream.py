@@ -587,7 +587,13 @@ def _read_whole_head(data: bytes, end: int) -> tuple[int, int, bool, bytes] | No
     eol = data.find(b"\r\n")
     block = data[eol:end]
     lengths = _CONTENT_LENGTH(block)
-    if len(lengths) != 1 or status == 204 or status == 304 or block.count(b"\r\n") > _MAX_HEADERS:
+    if (
+        len(lengths) != 1
+        or block.lower().count(b"\r\ncontent-length:") != 1  # another one, even if invalid, goes to the parser
+        or status == 204
+        or status == 304
+        or block.count(b"\r\n") > _MAX_HEADERS
+    ):
         return None
     close = False
     hops = _HOP_LINES(block)

@@ -7,6 +7,8 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from lbsolo.proxy import ProxyServer, Route, Target, _Client
 from lbsolo.proxy_upstream import _Upstream
@@ -122,3 +124,46 @@ def test_fast_paths_keep_the_connections_reusable() -> None:
     assert b"X-Forwarded-For: 127.0.0.7\r\n" in to_app and b"X-Forwarded-Host: web.lbsolo.localhost\r\n" in to_app
     assert to_client.startswith(b"HTTP/1.1 200 OK\r\n") and to_client.endswith(b"\r\n\r\nhello")
     assert b"Connection" not in to_client and not closed and pooled
+
+
+# Property: for generated heads, whole (fast path when it applies) and split (parser path) agree.
+_NAMES = (b"Host", b"host", b"Accept", b"User-Agent", b"X-A", b"Cookie", b"Connection", b"Keep-Alive")
+_token = st.sampled_from(
+    [*_NAMES, b"X-Request-Id", b"X-Forwarded-For", b"Content-Length", b"Transfer-Encoding", b"Upgrade", b"TE", b"Via"]
+)
+_value = st.binary(min_size=1, max_size=12).map(lambda v: v.strip(b" \t")).filter(bool)
+_headers = st.lists(st.tuples(_token, _value), max_size=5)
+
+
+def _head(first: bytes, headers: list[tuple[bytes, bytes]]) -> bytes:
+    return first + b"".join(b"\r\n%s: %s" % h for h in headers) + b"\r\n\r\n"
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    method=st.sampled_from([b"GET", b"HEAD", b"POST"]),
+    target=st.binary(max_size=8).map(lambda t: b"/" + t.replace(b" ", b"")),
+    minor=st.sampled_from([b"0", b"1"]),
+    headers=_headers,
+)
+def test_generated_requests_fast_or_not_are_forwarded_alike(method, target, minor, headers) -> None:
+    headers = [(b"Host", b"web.lbsolo.localhost"), *headers]
+    request = _head(method + b" " + target + b" HTTP/1." + minor, headers)
+    if b"Content-Length" in request or b"Transfer-Encoding" in request:
+        return  # a body would follow: covered by the parser tests
+    response = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+    assert relay(request, response, split=False) == relay(request, response, split=True)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    status=st.sampled_from([b"200 OK", b"201", b"204 No Content", b"304 Not Modified", b"404 Not Found", b"500 X"]),
+    headers=_headers,
+    body=st.binary(max_size=6),
+    length=st.sampled_from([None, 0, 1, 6]),
+)
+def test_generated_responses_fast_or_not_are_relayed_alike(status, headers, body, length) -> None:
+    if length is not None:
+        headers = [*headers, (b"Content-Length", b"%d" % length)]
+    response = _head(b"HTTP/1.1 " + status, headers) + body
+    assert relay(GET, response, split=False) == relay(GET, response, split=True)
