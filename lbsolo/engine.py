@@ -435,7 +435,10 @@ class Engine:
         """One container's resource use now: cpu_percent (of one CPU), mem_bytes, mem_limit, and
         net_rx / net_tx (bytes since it started). Blocks about a second: the engine takes two readings."""
         with _engine_errors(f"stats of {container_id[:12]}"):
-            raw = self.client.api.stats(container_id, stream=False)
+            try:
+                raw = self.client.api.stats(container_id, stream=False)
+            except ValueError as e:  # the container went away mid-answer: a cut-off JSON document
+                raise EngineError(f"stats of {container_id[:12]}: incomplete answer ({e})") from e
         return self._stats_numbers(raw or {})
 
     @staticmethod
