@@ -199,6 +199,9 @@ def _context(cert_pem: bytes, key_pem: bytes, directory: Path) -> ssl.SSLContext
     return ctx
 
 
+_ISSUED_MAX = 512  # certificates from sources kept per store
+
+
 class CertStore:
     """Chooses the certificate for each TLS handshake by SNI.
 
@@ -242,14 +245,19 @@ class CertStore:
             ctx = self._user.get("*." + name.partition(".")[2])
         if ctx is not None:
             return ctx
-        ctx = self._issued.get(name)
+        issued = self._issued
+        ctx = issued.pop(name, None)
         if ctx is not None:
+            issued[name] = ctx  # most recently used last
             return ctx
         for source in self.sources:
             pem = source.issue(name)
             if pem is not None:
                 self._dir.mkdir(parents=True, exist_ok=True)
-                ctx = self._issued[name] = _context(*pem, self._dir)
+                # Clients choose the SNI name: keep a bounded number, forgetting the least recently used.
+                while len(issued) >= _ISSUED_MAX:
+                    del issued[next(iter(issued))]
+                ctx = issued[name] = _context(*pem, self._dir)
                 return ctx
         # Not remembered: a source that answered None now (an ACME order in flight) may answer later.
         return None

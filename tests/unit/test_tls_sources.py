@@ -75,3 +75,17 @@ def test_a_handshake_for_a_custom_domain_gets_the_sources_certificate(tmp_path: 
             assert (status, san) == (200, "hello.lbsolo.localhost")
 
     asyncio.run(asyncio.wait_for(scenario(), 10))
+
+
+def test_issued_certificates_are_bounded_least_recently_used_first(tmp_path, monkeypatch) -> None:
+    import lbsolo.tls as tls
+
+    monkeypatch.setattr(tls, "_ISSUED_MAX", 3)
+    ca = tls.LocalCA(tmp_path / "ca")
+    store = tls.CertStore("lbsolo.localhost", ca, tmp_path / "certs")
+    for name in ("a", "b", "c"):
+        assert store.context_for(f"{name}.lbsolo.localhost") is not None
+    first = store.context_for("a.lbsolo.localhost")  # used again: now the most recent
+    store.context_for("d.lbsolo.localhost")  # full: b, the least recently used, goes
+    assert list(store._issued) == ["c.lbsolo.localhost", "a.lbsolo.localhost", "d.lbsolo.localhost"]
+    assert store.context_for("a.lbsolo.localhost") is first
