@@ -249,7 +249,7 @@ class _Client(asyncio.Protocol):
         if self._upgrade_wait:
             self._leftover += data
             return
-        if self._parsing is None and not self._queue and not self._paused:
+        if self._parsing is None and not self._queue and not self._paused and data.endswith(b"\r\n\r\n"):
             req = self._simple_request(data)
             if req is not None:  # nothing else is queued or in progress: it goes out at once
                 self._queue.append(req)
