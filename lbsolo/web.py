@@ -18,6 +18,7 @@ import contextlib
 import hashlib
 import hmac
 import json
+import re
 import secrets
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -153,6 +154,11 @@ def parse_form(body: bytes) -> dict[str, str]:
     return {k: v[-1] for k, v in fields.items()}
 
 
+def split_domains(text: str) -> list[str]:
+    """A form field of extra hosts, separated by commas and/or whitespace; validation is the model's."""
+    return [d for d in re.split(r"[\s,]+", text) if d]
+
+
 def sse_event(data: dict[str, Any], event_id: str | None = None) -> bytes:
     head = f"id: {event_id}\n" if event_id else ""
     return f"{head}data: {json.dumps(data, separators=(',', ':'))}\n\n".encode()
@@ -263,9 +269,12 @@ def create_web_router(platform: Platform, token: str) -> APIRouter:
             return forbidden("The form's CSRF token is missing or stale: reload the page and try again.")
         return session, form
 
-    def back_to_app(session: Session, name: str, kind: str, message: str) -> RedirectResponse:
+    def back_to(session: Session, path: str, kind: str, message: str) -> RedirectResponse:
         flashes[session.id] = (kind, message)
-        return RedirectResponse(f"/ui/apps/{quote(name)}", status_code=303)
+        return RedirectResponse(path, status_code=303)
+
+    def back_to_app(session: Session, name: str, kind: str, message: str) -> RedirectResponse:
+        return back_to(session, f"/ui/apps/{quote(name)}", kind, message)
 
     # ---- login, logout, static
     @router.get("/")
@@ -362,6 +371,7 @@ def create_web_router(platform: Platform, token: str) -> APIRouter:
             app = await platform.get_app(name)
             releases = await platform.releases(name)
             replicas = [r.to_dict() for r in await platform.replicas(name)]
+            https = await platform.https(name)
         except LbsoloError as e:
             return page(request, "error.html", session, e.status, title="Not available", message=e.message)
         current_version = int(app["release"][1:]) if app["release"] else None
@@ -375,6 +385,7 @@ def create_web_router(platform: Platform, token: str) -> APIRouter:
             current=current_version,
             replicas=replicas,
             web=app["formation"].get(WEB, 0),
+            https=https,
         )
 
     @router.get("/ui/webhooks")
@@ -389,6 +400,14 @@ def create_web_router(platform: Platform, token: str) -> APIRouter:
             attempts = [d.to_dict() for d in reversed(notifier.deliveries(hook.id))][:20]
             hooks.append({**hook.public(), "deliveries": attempts})
         return page(request, "webhooks.html", session, hooks=hooks)
+
+    @router.get("/ui/routes")
+    async def routes_page(request: Request) -> Response:
+        """Static routes: hosts the proxy sends to services on this machine that lbsolo does not run."""
+        session = current(request)
+        if session is None:
+            return to_login(request)
+        return page(request, "routes.html", session, routes=await platform.static_routes())
 
     @router.get("/ui/apps/{name}/logs/stream")
     async def log_stream(request: Request, name: str) -> Response:
@@ -488,6 +507,51 @@ def create_web_router(platform: Platform, token: str) -> APIRouter:
             return f"{'removed' if remove else 'added'} {domain}"
 
         return await finish_change(session, name, change)
+
+    @router.post("/ui/apps/{name}/https")
+    async def https_redirect(request: Request, name: str) -> Response:
+        checked = await checked_post(request)
+        if isinstance(checked, Response):
+            return checked
+        session, form = checked
+        # Only the button's own two values mean something; anything else would silently pick a side.
+        choice = {"on": True, "off": False}.get(form.get("redirect", ""))
+
+        async def change() -> str:
+            if choice is None:
+                raise InvalidInput("redirect must be on or off")
+            state = await platform.set_https(name, choice)
+            done = f"HTTPS redirect {'on' if state['redirect'] else 'off'}"
+            return done if state["active"] else f"{done} (no effect until the proxy has an HTTPS listener)"
+
+        return await finish_change(session, name, change)
+
+    # ---- static routes: their forms go back to the routes page, whose flash says what happened
+    @router.post("/ui/routes")
+    async def route_add(request: Request) -> Response:
+        checked = await checked_post(request)
+        if isinstance(checked, Response):
+            return checked
+        session, form = checked
+        name = form.get("name", "").strip()
+        try:
+            route = await platform.add_static_route(name, form.get("to", ""), split_domains(form.get("domains", "")))
+        except LbsoloError as e:
+            return back_to(session, "/ui/routes", "error", e.message)
+        return back_to(session, "/ui/routes", "ok", f"added route {route['name']} to {route['to']}")
+
+    @router.post("/ui/routes/remove")
+    async def route_remove(request: Request) -> Response:
+        checked = await checked_post(request)
+        if isinstance(checked, Response):
+            return checked
+        session, form = checked
+        name = form.get("name", "").strip()
+        try:
+            await platform.remove_static_route(name)
+        except LbsoloError as e:
+            return back_to(session, "/ui/routes", "error", e.message)
+        return back_to(session, "/ui/routes", "ok", f"removed route {name}")
 
     return router
 

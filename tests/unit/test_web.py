@@ -13,8 +13,8 @@ from fastapi import FastAPI
 
 from lbsolo.build import LogBuffer
 from lbsolo.core import DeployJob
-from lbsolo.errors import NotFound
-from lbsolo.models import masked_config, validate_config_key
+from lbsolo.errors import Conflict, NotFound
+from lbsolo.models import StaticRoute, masked_config, validate_config_key
 from lbsolo.web import (
     COOKIE,
     Session,
@@ -24,6 +24,7 @@ from lbsolo.web import (
     parse_form,
     safe_next,
     same_origin,
+    split_domains,
     sse_event,
 )
 
@@ -155,6 +156,11 @@ def test_sse_event():
     assert sse_event({"line": "a\nb"}, "1.5") == b'id: 1.5\ndata: {"line":"a\\nb"}\n\n'
 
 
+def test_split_domains():
+    assert split_domains("") == []
+    assert split_domains(" a.test, b.test  c.test,,\n") == ["a.test", "b.test", "c.test"]
+
+
 def test_job_outcome():
     assert job_outcome(None, "set A")[0] == "ok"
     job = DeployJob(app="a", output=LogBuffer(), result={"ok": True, "release": "v3"})
@@ -173,6 +179,9 @@ class FakePlatform:
         self.config: dict[str, str] = {"GREETING": "hi", "DB_PASSWORD": "hunter2"}
         self.calls: list[tuple[Any, ...]] = []
         self.web = 1
+        self.redirect = False
+        self.https_port: int | None = None
+        self.routes: dict[str, dict[str, Any]] = {}
 
     def _app(self) -> dict[str, Any]:
         return {
@@ -231,6 +240,33 @@ class FakePlatform:
         self.web = formation["web"]
         return self._app()
 
+    async def https(self, name: str) -> dict[str, Any]:
+        await self.get_app(name)
+        return {"name": name, "redirect": self.redirect, "active": bool(self.https_port)}
+
+    async def set_https(self, name: str, redirect: bool | None) -> dict[str, Any]:
+        await self.get_app(name)
+        self.calls.append(("https", redirect))
+        if redirect is not None:
+            self.redirect = redirect
+        return await self.https(name)
+
+    async def static_routes(self) -> list[dict[str, Any]]:
+        return list(self.routes.values())
+
+    async def add_static_route(self, name: str, to: str, domains: list[str]) -> dict[str, Any]:
+        route = StaticRoute.create(name, to, domains)  # the real validation, as core does
+        if name == "hello":
+            raise Conflict(f"{name!r} is an app; a static route cannot take its name")
+        self.calls.append(("route:add", name, route.to, route.domains))
+        self.routes[name] = {**route.to_dict(), "url": f"http://{name}.lbsolo.localhost:8080"}
+        return self.routes[name]
+
+    async def remove_static_route(self, name: str) -> None:
+        if self.routes.pop(name, None) is None:
+            raise NotFound(f"no static route {name!r}")
+        self.calls.append(("route:remove", name))
+
 
 @pytest.fixture
 def platform() -> FakePlatform:
@@ -277,7 +313,7 @@ def login(client: Client) -> str:
 
 def test_pages_redirect_to_login_without_a_session(client):
     assert client.get("/").headers["location"] == "/ui/"
-    for path in ("/ui/", "/ui/apps/hello", "/ui/apps/nosuch"):
+    for path in ("/ui/", "/ui/apps/hello", "/ui/apps/nosuch", "/ui/routes"):
         r = client.get(path)
         assert r.status_code == 303
         assert r.headers["location"].startswith("/ui/login?next=")
@@ -299,6 +335,9 @@ def test_forms_need_the_csrf_token(client, platform):
     assert client.post("/ui/apps/hello/rollback", data={"version": "1"}).status_code == 403
     assert client.post("/ui/apps/hello/scale", data={"web": "2"}).status_code == 403
     assert client.post("/ui/logout").status_code == 403
+    assert client.post("/ui/apps/hello/https", data={"redirect": "on"}).status_code == 403
+    assert client.post("/ui/routes", data={"name": "db", "to": "127.0.0.1:5432", "csrf": "x"}).status_code == 403
+    assert client.post("/ui/routes/remove", data={"name": "db"}).status_code == 403
     other_site = client.post(
         "/ui/apps/hello/config", data={"key": "A", "value": "1", "csrf": csrf}, headers={"Origin": "http://evil"}
     )
@@ -331,6 +370,97 @@ def test_output_is_escaped_and_secrets_masked(client, platform):
     assert "<script>alert(1)" not in page.text
     assert "hunter2" not in page.text
     assert "script-src 'self'" in page.headers["content-security-policy"]
+
+
+def test_https_redirect_is_shown_and_toggled(client, platform):
+    csrf = login(client)
+    page = client.get("/ui/apps/hello").text
+    assert 'id="https-state">served as they are' in page
+    assert 'name="redirect" value="on"' in page
+    assert 'id="https-inactive"' in page  # no HTTPS listener: the flag would do nothing yet
+
+    r = client.post("/ui/apps/hello/https", data={"redirect": "on", "csrf": csrf})
+    assert r.status_code == 303 and r.headers["location"] == "/ui/apps/hello"
+    page = client.get("/ui/apps/hello").text
+    assert "HTTPS redirect on (no effect until the proxy has an HTTPS listener)" in page
+    assert 'id="https-state">redirected' in page and 'name="redirect" value="off"' in page
+
+    platform.https_port = 8443
+    client.post("/ui/apps/hello/https", data={"redirect": "off", "csrf": csrf})
+    page = client.get("/ui/apps/hello").text
+    assert "HTTPS redirect off</p>" in page and 'id="https-inactive"' not in page
+    assert platform.calls == [("https", True), ("https", False)]
+
+
+def test_https_redirect_form_refuses_other_values_and_unknown_apps(client, platform):
+    csrf = login(client)
+    client.post("/ui/apps/hello/https", data={"redirect": "yes", "csrf": csrf})
+    assert "redirect must be on or off" in client.get("/ui/apps/hello").text
+    r = client.post("/ui/apps/nosuch/https", data={"redirect": "on", "csrf": csrf})
+    assert r.headers["location"] == "/ui/apps/nosuch"
+    assert platform.calls == []
+
+
+def test_routes_page_adds_and_removes_static_routes(client, platform):
+    csrf = login(client)
+    page = client.get("/ui/routes")
+    assert page.status_code == 200 and "No static routes." in page.text
+    assert 'href="/ui/routes"' in client.get("/ui/").text  # linked from the nav
+
+    form = {"name": "grafana", "to": "127.0.0.1:3000", "domains": "g.example.test, metrics.example.test", "csrf": csrf}
+    r = client.post("/ui/routes", data=form)
+    assert r.status_code == 303 and r.headers["location"] == "/ui/routes"
+    page = client.get("/ui/routes").text
+    assert "added route grafana to 127.0.0.1:3000" in page
+    assert '<tr data-route="grafana">' in page
+    assert 'href="http://grafana.lbsolo.localhost:8080"' in page
+    assert 'href="http://metrics.example.test"' in page
+    assert platform.calls == [("route:add", "grafana", "127.0.0.1:3000", ["g.example.test", "metrics.example.test"])]
+
+    r = client.post("/ui/routes/remove", data={"name": "grafana", "csrf": csrf})
+    assert r.status_code == 303 and r.headers["location"] == "/ui/routes"
+    page = client.get("/ui/routes").text
+    assert "removed route grafana" in page and "data-route=" not in page
+
+
+@pytest.mark.parametrize(
+    ("form", "message"),
+    [
+        ({"name": "Bad_Name", "to": "127.0.0.1:3000"}, "invalid route name"),
+        ({"name": "db", "to": "db.internal:5432"}, "invalid address"),
+        ({"name": "db", "to": "127.0.0.1:99999"}, "the port must be 1-65535"),
+        ({"name": "db", "to": "127.0.0.1:5432", "domains": "not a domain!"}, "invalid domain"),
+        ({"name": "hello", "to": "127.0.0.1:5432"}, "is an app; a static route cannot take its name"),
+    ],
+)
+def test_route_errors_come_back_as_a_flash(client, platform, form, message):
+    csrf = login(client)
+    r = client.post("/ui/routes", data={**form, "csrf": csrf})
+    assert r.status_code == 303 and r.headers["location"] == "/ui/routes"
+    page = client.get("/ui/routes").text
+    assert 'class="flash flash-error"' in page and message in page
+    assert platform.routes == {}
+
+
+def test_removing_an_unknown_route_is_a_flash(client):
+    csrf = login(client)
+    client.post("/ui/routes/remove", data={"name": "nosuch", "csrf": csrf})
+    assert "no static route &#39;nosuch&#39;" in client.get("/ui/routes").text
+
+
+def test_route_values_are_escaped(client, platform):
+    # Core validates names and domains; the page must not rely on that to stay inert.
+    evil = '"><script>alert(1)</script>'
+    platform.routes[evil] = {"name": evil, "to": "127.0.0.1:1", "domains": [evil], "url": f"http://{evil}"}
+    login(client)
+    page = client.get("/ui/routes").text
+    assert "<script>alert(1)" not in page
+    assert "&#34;&gt;&lt;script&gt;alert(1)&lt;/script&gt;" in page
+    # A hostile value echoed back in an error flash is escaped too.
+    csrf = re.search(r'name="csrf" value="([^"]+)"', page).group(1)
+    client.post("/ui/routes", data={"name": evil, "to": "127.0.0.1:1", "csrf": csrf})
+    page = client.get("/ui/routes").text
+    assert "invalid route name" in page and "<script>alert(1)" not in page
 
 
 def test_logout_ends_the_session(client):
