@@ -44,17 +44,8 @@ _RESP_DROPPED = tuple(
 _RESP_HOP = re.compile(
     rb"\r\n(?:connection|transfer-encoding|upgrade|keep-alive|proxy-connection|te|trailer|x-request-id):"
 ).search
-# The response fast path's view of a head block: its Content-Length values (digits only), and its
-# hop-by-hop header lines as (name, value), matched case-insensitively and removed in one call each.
-_CONTENT_LENGTH = re.compile(rb"\r\ncontent-length:[ \t]*([0-9]+)[ \t]*(?=\r\n|$)", re.IGNORECASE).findall
-_HOP_LINES_RE = re.compile(
-    rb"\r\n(connection|transfer-encoding|upgrade|keep-alive|proxy-connection|te|trailer|x-request-id):([^\r]*)",
-    re.IGNORECASE,
-)
-_HOP_LINES = _HOP_LINES_RE.findall
-_HOP_LINES_SUB = _HOP_LINES_RE.sub
-_REFRAMING = frozenset({b"transfer-encoding", b"upgrade"})  # hop-by-hop lines that change the framing
-_CONN_HEADER = (b"Connection: close\r\n", b"Connection: keep-alive\r\n")  # by keep-alive
+# Connection header towards the client, by keep-alive, when its HTTP version assumes otherwise.
+_CONN_HEADER = (b"Connection: close\r\n", b"Connection: keep-alive\r\n")
 _CONN_PLAIN = frozenset({b"close", b"keep-alive", b"upgrade", b"content-length", b""})
 
 _MAX_HEAD_BYTES = 64 * 1024  # request line/status + headers

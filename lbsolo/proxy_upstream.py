@@ -16,10 +16,7 @@ import httptools
 from lbsolo.proxy_http import (
     _CONN_HEADER,
     _CONN_PLAIN,
-    _CONTENT_LENGTH,
     _FINAL_RESPONSE,
-    _HOP_LINES,
-    _HOP_LINES_SUB,
     _M_CHUNKED,
     _M_CLOSE,
     _M_LENGTH,
@@ -28,7 +25,6 @@ from lbsolo.proxy_http import (
     _MAX_HEADERS,
     _P_UPSTREAM,
     _PHRASES,
-    _REFRAMING,
     _RESP_DROPPED,
     _RESP_HOP,
     _BadResponse,
@@ -322,10 +318,7 @@ class _Upstream(asyncio.Protocol):
         self._keep = not close
         keep = req.keep_alive and req.body_done and not client._eof and not self._server._stopping
         req.close_after = not keep
-        client._write(
-            b"%s\r\nX-Request-Id: %s\r\n%s\r\n%s"
-            % (kept, req.request_id, b"" if keep and req.http11 else _CONN_HEADER[keep], data[end + 4 :])
-        )
+        client._write(b"%s\r\n%s%s" % (kept, _closing_lines(req.request_id, keep, req.http11), data[end + 4 :]))
         req.responded = True
         self._complete()
         return True
@@ -356,36 +349,11 @@ class _Upstream(asyncio.Protocol):
             end = low.find(b"\r\n", pos + 2)
             self._length = block[pos + 17 : end if end >= 0 else len(block)].strip()
         if _RESP_HOP(low) is not None:
-            block = self._strip_hop(block, low)
+            block, self._conn_close, self._te, self._upgrade = _strip_hop(block, low)
         return [b"HTTP/1.1" + line + block + b"\r\n"]
-
-    def _strip_hop(self, block: bytes, low: bytes) -> bytes:
-        """Remove the hop-by-hop headers from a head block, noting Connection: close and the framing."""
-        # find() rather than `in`: bytes.__contains__ first tries its argument as an int, and the
-        # TypeError it raises and clears costs more than the search.
-        if low.find(b"\r\nconnection:") >= 0:
-            block, low, values = _cut(block, low, b"\r\nconnection:")
-            if len(values) == 1 and (plain := values[0].lower()) in _CONN_PLAIN:
-                self._conn_close = plain == b"close"
-            else:
-                tokens = {t.strip() for v in values for t in v.lower().split(b",")}
-                self._conn_close = b"close" in tokens
-                for token in tokens - _CONN_PLAIN:  # more hop-by-hop headers named by the app
-                    block, low, _ = _cut(block, low, b"\r\n" + token + b":")
-        if low.find(b"\r\ntransfer-encoding:") >= 0:
-            block, low, values = _cut(block, low, b"\r\ntransfer-encoding:")
-            self._te = b", ".join(values)
-        if low.find(b"\r\nupgrade:") >= 0:
-            block, low, values = _cut(block, low, b"\r\nupgrade:")
-            self._upgrade = values[0]
-        for pattern in _RESP_DROPPED:
-            if low.find(pattern) >= 0:
-                block, low, _ = _cut(block, low, pattern)
-        return block
 
     def _head(self, status: int, parts: list[bytes], *, keep: bool, mode: int, interim: bool) -> bytes:
         append = parts.append
-        extend = parts.extend
         if self._length is not None and mode >= _M_CHUNKED:  # re-framed: its Content-Length must go
             head = parts[0][:-2]
             head, _, _ = _cut(head, head.lower(), b"\r\ncontent-length:")
@@ -400,15 +368,10 @@ class _Upstream(asyncio.Protocol):
             append(b"Connection: Upgrade\r\nUpgrade: %s\r\n\r\n" % upgrade)
             return b"".join(parts)
         req = self.req
-        if req is not None:
-            extend((b"X-Request-Id: ", req.request_id, b"\r\n"))
+        assert req is not None
         if mode == _M_CHUNKED:
             append(b"Transfer-Encoding: chunked\r\n")
-        if not keep:
-            append(b"Connection: close\r\n")
-        elif self.req is not None and not self.req.http11:
-            append(b"Connection: keep-alive\r\n")
-        append(b"\r\n")
+        append(_closing_lines(req.request_id, keep, req.http11))
         return b"".join(parts)
 
     def _begin(self, client: _Client, req: _Request, reused: bool) -> None:
@@ -578,37 +541,68 @@ _KNOWN_HEADS: dict[bytes, tuple[int, int, bool, bytes]] = {}
 
 def _read_whole_head(data: bytes, end: int) -> tuple[int, int, bool, bytes] | None:
     """What the response fast path needs of a head (`data[:end]`), or None when it is not for it:
-    not a valid HTTP/1.1 head with a final status, not exactly one Content-Length, no body allowed,
-    or hop-by-hop headers that change the framing or name other headers."""
+    not a valid HTTP/1.1 head with a final status, not exactly one Content-Length (digits), a
+    status without a body, or a Transfer-Encoding or Upgrade."""
     found = _FINAL_RESPONSE(data)
     if found is None or found.end() != end + 4:
         return None
     status = int(found[1])
     eol = data.find(b"\r\n")
     block = data[eol:end]
-    lengths = _CONTENT_LENGTH(block)
+    low = block.lower()
+    pos = low.find(b"\r\ncontent-length:")
     if (
-        len(lengths) != 1
-        or block.lower().count(b"\r\ncontent-length:") != 1  # another one, even if invalid, goes to the parser
+        pos < 0
+        or low.find(b"\r\ncontent-length:", pos + 17) >= 0  # another one, even an invalid one: the parser's
         or status == 204
         or status == 304
         or block.count(b"\r\n") > _MAX_HEADERS
     ):
         return None
+    stop = low.find(b"\r\n", pos + 17)
+    length = block[pos + 17 : stop if stop >= 0 else len(block)].strip()
+    if not length.isdigit():
+        return None
     close = False
-    hops = _HOP_LINES(block)
-    if hops:
-        for name, value in hops:
-            name = name.lower()
-            if name == b"connection":
-                value = value.strip().lower()
-                if value not in _CONN_PLAIN:
-                    return None  # it names more hop-by-hop headers
-                close = close or value == b"close"
-            elif name in _REFRAMING:
-                return None
-        block = _HOP_LINES_SUB(b"", block)
+    if _RESP_HOP(low) is not None:
+        block, close, te, upgrade = _strip_hop(block, low)
+        if te is not None or upgrade is not None:
+            return None
     line = data[8:eol]  # " 200 OK"
     if line.count(b" ") < 2:
         line = b" %d %s" % (status, _PHRASES.get(status, b""))
-    return status, int(lengths[0]), close, b"HTTP/1.1" + line + block
+    return status, int(length), close, b"HTTP/1.1" + line + block
+
+
+def _strip_hop(block: bytes, low: bytes) -> tuple[bytes, bool, bytes | None, bytes | None]:
+    """A response head block (and its lower-cased copy) without its hop-by-hop headers; also
+    whether Connection says close, and the Transfer-Encoding and Upgrade values (None if absent)."""
+    close = False
+    te = upgrade = None
+    # find() rather than `in`: bytes.__contains__ first tries its argument as an int, and the
+    # TypeError it raises and clears costs more than the search.
+    if low.find(b"\r\nconnection:") >= 0:
+        block, low, values = _cut(block, low, b"\r\nconnection:")
+        if len(values) == 1 and (plain := values[0].lower()) in _CONN_PLAIN:
+            close = plain == b"close"
+        else:
+            tokens = {t.strip() for v in values for t in v.lower().split(b",")}
+            close = b"close" in tokens
+            for token in tokens - _CONN_PLAIN:  # more hop-by-hop headers named by the app
+                block, low, _ = _cut(block, low, b"\r\n" + token + b":")
+    if low.find(b"\r\ntransfer-encoding:") >= 0:
+        block, low, values = _cut(block, low, b"\r\ntransfer-encoding:")
+        te = b", ".join(values)
+    if low.find(b"\r\nupgrade:") >= 0:
+        block, low, values = _cut(block, low, b"\r\nupgrade:")
+        upgrade = values[0]
+    for pattern in _RESP_DROPPED:
+        if low.find(pattern) >= 0:
+            block, low, _ = _cut(block, low, pattern)
+    return block, close, te, upgrade
+
+
+def _closing_lines(request_id: bytes, keep: bool, http11: bool) -> bytes:
+    """The end of a response head towards the client: its request id, a Connection header when
+    the client's HTTP version would assume otherwise, and the blank line."""
+    return b"X-Request-Id: %s\r\n%s\r\n" % (request_id, b"" if keep and http11 else _CONN_HEADER[keep])
