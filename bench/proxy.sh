@@ -9,6 +9,13 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 D=${1:-8}
+# Another process on one of the ports would be measured instead of the one started here.
+for port in 9101 9102 9103 9104; do
+  if ss -ltn "sport = :$port" | grep -q LISTEN; then
+    echo "bench/proxy.sh: port $port is in use; stop what listens there first" >&2
+    exit 1
+  fi
+done
 T=$(mktemp -d)
 trap 'kill $(jobs -p) 2>/dev/null; wait 2>/dev/null; rm -rf "$T"' EXIT
 
