@@ -23,7 +23,6 @@ import logging
 import os
 import ssl
 import time
-from bisect import bisect_left
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, cast
@@ -52,7 +51,7 @@ from lbsolo.proxy_http import (
     _port_suffix,
     _render_error,
 )
-from lbsolo.proxy_metrics import LATENCY_BUCKETS, AppStats, access_lines, prometheus_text
+from lbsolo.proxy_metrics import AppStats, access_lines, prometheus_text
 from lbsolo.proxy_routes import Route, RouteTable, Target, normalize_host
 from lbsolo.proxy_upstream import _Upstream
 
@@ -1109,21 +1108,13 @@ class ProxyServer:
                 del finished[:_FOLD_SLICE]
                 more = True
             stats = self._stats
-            last_app = None
-            counters = AppStats()
+            app = None
+            counters: AppStats | None = None
             for entry in batch:
-                app = entry[1]
-                if app is not last_app:  # runs of one app's requests are common
-                    last_app = app
+                if counters is None or entry[1] != app:  # runs of one app's requests are common
+                    app = entry[1]
                     counters = stats.get(app) or stats.setdefault(app, AppStats())
-                # AppStats.observe, inlined
-                cls = entry[5] // 100
-                counters.by_class[cls if 0 < cls < 6 else 0] += 1
-                counters.bytes_in += entry[6]
-                counters.bytes_out += entry[7]
-                duration = entry[8]
-                counters.buckets[bisect_left(LATENCY_BUCKETS, duration)] += 1
-                counters.latency_sum += duration
+                counters.observe(entry[5], entry[6], entry[7], entry[8])
             sink = self._access_log
             if sink is not None:
                 try:

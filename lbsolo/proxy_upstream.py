@@ -316,7 +316,7 @@ class _Upstream(asyncio.Protocol):
         req.status = status
         req.upstream_time = _now() - self._sent_at
         self._keep = not close
-        keep = req.keep_alive and req.body_done and not client._eof and not self._server._stopping
+        keep = client._keep_alive(req)
         req.close_after = not keep
         client._write(b"%s\r\n%s%s" % (kept, _closing_lines(req.request_id, keep, req.http11), data[end + 4 :]))
         req.responded = True
