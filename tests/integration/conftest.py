@@ -13,9 +13,11 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import docker
@@ -201,3 +203,30 @@ def running_daemon(docker_client, home: Path, extra_env: dict[str, str] | None =
 def daemon(docker_client, tmp_path_factory) -> Iterator[Daemon]:
     with running_daemon(docker_client, tmp_path_factory.mktemp("lbsolo") / "home") as d:
         yield d
+
+
+@contextlib.contextmanager
+def host_service() -> Iterator[int]:
+    """A service on this machine that lbsolo does not run (static routes point at such): a plain
+    HTTP server on a loopback port, answering GET with its path and the Host it saw."""
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            body = f"static service: {self.path} for {self.headers['Host']}".encode()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server.server_address[1]
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)

@@ -8,9 +8,7 @@ from __future__ import annotations
 
 import socket
 import ssl
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import dns.message
 import dns.query
@@ -18,7 +16,7 @@ import dns.rdatatype
 import httpx
 import pytest
 
-from .conftest import Daemon, free_port, running_daemon
+from .conftest import Daemon, free_port, host_service, running_daemon
 
 pytestmark = pytest.mark.docker
 
@@ -34,28 +32,8 @@ def daemon(docker_client, tmp_path_factory) -> Iterator[Daemon]:
 
 @pytest.fixture
 def service() -> Iterator[int]:
-    """A service on this machine that lbsolo does not run: answers with its path and the Host it saw."""
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            body = f"static service: {self.path} for {self.headers['Host']}".encode()
-            self.send_response(200)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *args: object) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield server.server_address[1]
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(5)
+    with host_service() as port:
+        yield port
 
 
 def _a(daemon: Daemon, name: str) -> list[str]:

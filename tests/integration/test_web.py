@@ -16,7 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from .conftest import EXAMPLES, ROOT, running_daemon
+from .conftest import EXAMPLES, ROOT, host_service, running_daemon
 
 playwright_api = pytest.importorskip("playwright.sync_api")
 expect = playwright_api.expect
@@ -301,48 +301,27 @@ def test_custom_domains_from_the_app_page(daemon, page):
 
 
 def test_static_route_from_the_routes_page(daemon, page):
-    import threading
-    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            body = b"static service"
-            self.send_response(200)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *args: object) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
+    with host_service() as port:
         page.goto("/ui/")
         page.click("nav a[href='/ui/routes']")
         form = page.locator("#route-form")
         form.locator("input[name=name]").fill(APP)  # an app's name: refused, and said so
-        form.locator("input[name=to]").fill(f"127.0.0.1:{server.server_address[1]}")
+        form.locator("input[name=to]").fill(f"127.0.0.1:{port}")
         form.locator("button[type=submit]").click()
         expect(page.locator(".flash-error")).to_contain_text("is an app")
         form.locator("input[name=name]").fill("uiroute")
-        form.locator("input[name=to]").fill(f"127.0.0.1:{server.server_address[1]}")
+        form.locator("input[name=to]").fill(f"127.0.0.1:{port}")
         form.locator("input[name=domains]").fill("route.example.test")
         form.locator("button[type=submit]").click()
         row = page.locator("#routes tr[data-route='uiroute']")
         expect(row).to_contain_text("route.example.test")
         expect(row.locator("a.url")).to_have_attribute("href", f"http://uiroute.lbsolo.localhost:{daemon.proxy_port}")
         r = httpx.get(f"http://127.0.0.1:{daemon.proxy_port}/", headers={"Host": "route.example.test"}, timeout=10)
-        assert r.text == "static service"
+        assert r.text == "static service: / for route.example.test"
         screenshot(page, "web-routes.png")
         row.locator("button", has_text="Remove").click()
         expect(page.locator(".flash-ok")).to_contain_text("removed route uiroute")
         expect(page.locator("#routes tr[data-route='uiroute']")).to_have_count(0)
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(5)
 
 
 def test_screenshots_were_saved():
