@@ -527,18 +527,25 @@ def create_web_router(platform: Platform, token: str) -> APIRouter:
         return await finish_change(session, name, change)
 
     # ---- static routes: their forms go back to the routes page, whose flash says what happened
+    async def finish_route_change(session: Session, change: Callable[[], Awaitable[str]]) -> Response:
+        try:
+            return back_to(session, "/ui/routes", "ok", await change())
+        except LbsoloError as e:
+            return back_to(session, "/ui/routes", "error", e.message)
+
     @router.post("/ui/routes")
     async def route_add(request: Request) -> Response:
         checked = await checked_post(request)
         if isinstance(checked, Response):
             return checked
         session, form = checked
-        name = form.get("name", "").strip()
-        try:
-            route = await platform.add_static_route(name, form.get("to", ""), split_domains(form.get("domains", "")))
-        except LbsoloError as e:
-            return back_to(session, "/ui/routes", "error", e.message)
-        return back_to(session, "/ui/routes", "ok", f"added route {route['name']} to {route['to']}")
+
+        async def change() -> str:
+            name, to, domains = form.get("name", "").strip(), form.get("to", ""), split_domains(form.get("domains", ""))
+            route = await platform.add_static_route(name, to, domains)
+            return f"added route {route['name']} to {route['to']}"
+
+        return await finish_route_change(session, change)
 
     @router.post("/ui/routes/remove")
     async def route_remove(request: Request) -> Response:
@@ -547,11 +554,12 @@ def create_web_router(platform: Platform, token: str) -> APIRouter:
             return checked
         session, form = checked
         name = form.get("name", "").strip()
-        try:
+
+        async def change() -> str:
             await platform.remove_static_route(name)
-        except LbsoloError as e:
-            return back_to(session, "/ui/routes", "error", e.message)
-        return back_to(session, "/ui/routes", "ok", f"removed route {name}")
+            return f"removed route {name}"
+
+        return await finish_route_change(session, change)
 
     return router
 
