@@ -84,6 +84,23 @@ class Ingress(Protocol):
 # ---- the platform ---------------------------------------------------------------------------
 
 
+class AppLock(asyncio.Lock):
+    """One app's lock, counting how often it was taken.
+
+    A reader that finds the same count before and after its reads knows no change of the app
+    began or ended in between.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.taken = 0
+
+    async def acquire(self) -> bool:
+        await super().acquire()
+        self.taken += 1
+        return True
+
+
 @dataclass
 class DeployJob:
     app: str
@@ -116,7 +133,7 @@ class Platform:
         self.logs = logs or LogStore(settings.logs_dir)
         self.collector = LogCollector(self.logs, engine.follow_logs)
         self.network = f"lbsolo-{engine.instance}"
-        self._locks: dict[str, asyncio.Lock] = {}
+        self._locks: dict[str, AppLock] = {}
         self._restarts: dict[str, tuple[int, float]] = {}  # app -> (restarts in a row, not before)
         self._routes: dict[str, Route] = {}  # per app
         self._static: dict[str, Route] = {}  # static routes, by name (never an app's name)
@@ -125,8 +142,20 @@ class Platform:
         self.jobs: set[asyncio.Task[Any]] = set()
         self._build_saved: asyncio.Task[None] | None = None  # the last build record write
 
-    def lock(self, app: str) -> asyncio.Lock:
-        return self._locks.setdefault(app, asyncio.Lock())
+    def lock(self, app: str) -> AppLock:
+        return self._locks.setdefault(app, AppLock())
+
+    def _lock_marks(self) -> dict[str, tuple[AppLock, int]]:
+        return {name: (lock, lock.taken) for name, lock in self._locks.items()}
+
+    def _unsettled(self, app: str, marks: dict[str, tuple[AppLock, int]]) -> bool:
+        """Whether a change of `app` is running, or ran, since `marks` were taken."""
+        lock = self._locks.get(app)
+        if lock is None:
+            return app in marks  # destroyed meanwhile
+        if lock.locked():
+            return True
+        return marks.get(app, (lock, 0)) != (lock, lock.taken)
 
     def host_header(self, app: str) -> str:
         return f"{app}.{self.settings.domain}"
@@ -910,12 +939,17 @@ class Platform:
 
     async def reconcile(self) -> list[Action]:
         """One pass: make the engine match the desired state; adopt what already matches."""
+        # A rollout may begin or end while this pass reads: its app is left to it, else the pass
+        # would act on (and route to) the release it saw, which the rollout is replacing.
+        marks = self._lock_marks()
         apps = await asyncio.to_thread(self.state.list_apps)
         actual = await asyncio.to_thread(self.engine.list_replicas)
-        busy = {a.name for a in apps if self.lock(a.name).locked()}
+        busy = {a.name for a in apps if self._unsettled(a.name, marks)}
         desired = {a.name: self._desired(a) for a in apps if a.name not in busy}
         actions = [a for a in plan(desired, [r for r in actual if r.app not in busy]) if a.app not in busy]
         for action in actions:
+            if self._unsettled(action.app, marks):
+                continue
             try:
                 await self._act(action, {a.name: a for a in apps})
             except LbsoloError as e:
@@ -925,8 +959,8 @@ class Platform:
         self._watch_logs((r for r in actual if r.app in desired), adopted=True)
         self.collector.prune()
         routes = routes_for(desired, actual)
-        for app in busy:
-            if app in self._routes:
+        for app in [*busy, *routes]:
+            if self._unsettled(app, marks) and app in self._routes:
                 routes[app] = self._routes[app]
         if routes != self._routes:
             self._routes = routes

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import threading
 from collections.abc import Iterable, Iterator
 from typing import Any
 
@@ -196,5 +197,52 @@ def test_recover_marks_interrupted_rollouts_failed(tmp_path):
         assert await platform.recover() == 1
         assert state.get_release("web1", 2).status is ReleaseStatus.FAILED
         assert state.get_release("web1", 1).status is ReleaseStatus.ACTIVE
+
+    asyncio.run(main())
+
+
+class HeldEngine(FakeEngine):
+    """Its next full listing is taken at once, then held until the test lets it return."""
+
+    def __init__(self, port_for_release: dict[int, int]) -> None:
+        super().__init__(port_for_release)
+        self.hold: threading.Event | None = None
+        self.listed = threading.Event()
+
+    def list_replicas(self, app: str | None = None) -> list[Replica]:
+        listing = super().list_replicas(app)
+        if app is None and self.hold is not None:
+            hold, self.hold = self.hold, None
+            self.listed.set()
+            hold.wait(5)
+        return listing
+
+
+def test_a_reconcile_pass_that_read_before_a_rollout_ended_leaves_that_app_to_it(tmp_path):
+    # The pass read the app at v1 and listed v1's replica; the rollout to v2 then ran to the end
+    # while the listing was held. Routing to what the pass saw would send traffic to v1's
+    # stopped replica (a 502) until the next pass.
+    async def main() -> None:
+        one, port1 = await _http_server()
+        two, port2 = await _http_server()
+        try:
+            platform, _, ingress, _ = await _platform(tmp_path, {})
+            engine = HeldEngine({1: port1, 2: port2})
+            platform.engine = engine
+            await _release(platform, "sha256:one")
+            hold = engine.hold = threading.Event()
+            reconciling = asyncio.create_task(platform.reconcile())
+            await asyncio.to_thread(engine.listed.wait, 5)
+            await _release(platform, "sha256:two")
+            assert ingress.routes["web1"].targets == (Target("127.0.0.1", port2),)
+            hold.set()
+            actions = await reconciling
+            assert actions == []
+            assert ingress.routes["web1"].targets == (Target("127.0.0.1", port2),)
+            assert [r.release for r in engine.list_replicas()] == [2]
+        finally:
+            for server in (one, two):
+                server.close()
+                await server.wait_closed()
 
     asyncio.run(main())
