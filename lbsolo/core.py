@@ -181,8 +181,9 @@ class Platform:
     # ---- apps
     async def create_app(self, name: str) -> App:
         validate_app_name(name)
-        app = await asyncio.to_thread(self.state.create_app, App(name=name))
-        self._publish_route(name, Route(app=name))
+        async with self.lock(name):  # a reconcile pass that read the apps before this keeps its route
+            app = await asyncio.to_thread(self.state.create_app, App(name=name))
+            self._publish_route(name, Route(app=name))
         self.bus.emit(EventKind.APP_CREATED, name, f"{name} created")
         return app
 
@@ -959,9 +960,9 @@ class Platform:
         self._watch_logs((r for r in actual if r.app in desired), adopted=True)
         self.collector.prune()
         routes = routes_for(desired, actual)
-        for app in [*busy, *routes]:
-            if self._unsettled(app, marks) and app in self._routes:
-                routes[app] = self._routes[app]
+        for app, route in self._routes.items():
+            if self._unsettled(app, marks):
+                routes[app] = route
         if routes != self._routes:
             self._routes = routes
             self._push()

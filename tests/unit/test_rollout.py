@@ -234,12 +234,14 @@ def test_a_reconcile_pass_that_read_before_a_rollout_ended_leaves_that_app_to_it
             reconciling = asyncio.create_task(platform.reconcile())
             await asyncio.to_thread(engine.listed.wait, 5)
             await _release(platform, "sha256:two")
+            await platform.create_app("web2")  # created after the pass read the apps
             assert ingress.routes["web1"].targets == (Target("127.0.0.1", port2),)
             hold.set()
             actions = await reconciling
             assert actions == []
             assert ingress.routes["web1"].targets == (Target("127.0.0.1", port2),)
             assert [r.release for r in engine.list_replicas()] == [2]
+            assert "web2" in ingress.routes
         finally:
             for server in (one, two):
                 server.close()
