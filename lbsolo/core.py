@@ -1,47 +1,40 @@
-"""lbsolo's use cases and its reconcile loop.
+"""lbsolo's use cases: apps, deploys, releases, config, scale, routes, disk.
 
-Core owns the desired state (apps, their current release and formation, in State) and
-compares it with the containers the engine reports. The decisions are pure functions (`plan`,
-`routes_for`, `rollback_target`); the Platform class runs them and does the I/O. Core pushes
-routes into the proxy and DNS through an Ingress: those modules never import core.
+Core owns the desired state (apps, their current release and formation, in State). The
+decisions are pure functions (`plan`, `routes_for`, `rollback_target`); the Platform class runs
+them and does the I/O. Core pushes routes into the proxy and DNS through an Ingress: those
+modules never import core.
 
-A rollout is a sequence of named steps (models.DeployStep), saved on the release after each:
-release phase -> start new replicas -> wait until healthy -> swap traffic atomically -> drain
-the old replicas -> stop them. Rollouts of one app are serialised by a per-app lock; different
-apps proceed in parallel; the reconcile loop leaves an app alone while its lock is held.
+Platform is assembled from three parts: the use cases here, the rollout steps that put a
+release in service (rollout.py), and the reconcile loop and route table (scheduler.py).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import secrets
 import shutil
 import tempfile
-import threading
-import time
 from collections.abc import AsyncIterator, Iterable
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 from lbsolo import run
 from lbsolo.build import Builder, LogBuffer, SourceSpec
 from lbsolo.config import Settings
 from lbsolo.engine import Engine
-from lbsolo.errors import Conflict, DeployFailed, EngineError, InvalidInput, LbsoloError, NotFound
+from lbsolo.errors import Conflict, DeployFailed, InvalidInput, LbsoloError, NotFound
 from lbsolo.events import EventBus, EventKind
-from lbsolo.git import clone
+from lbsolo.gitclone import clone
 from lbsolo.logs import LogCollector, LogLine, LogStore
 from lbsolo.models import (
     WEB,
     App,
     Build,
-    DeployStep,
     HealthCheck,
     Release,
-    ReleaseStatus,
     Replica,
     StaticRoute,
     masked_config,
@@ -51,65 +44,21 @@ from lbsolo.models import (
     validate_process_name,
 )
 from lbsolo.plan import (
-    Action,
-    ActionKind,
     Desired,
     images_to_remove,
-    plan,
     rollback_target,
-    routes_for,
     static_routes_for,
 )
-from lbsolo.proxy import Route, Target
+from lbsolo.proxy import Route
+from lbsolo.rollout import DeployJob, Rollouts
+from lbsolo.scheduler import CRASH_LOOP_AFTER, AppLock, Ingress, Scheduler
 from lbsolo.source import pack
 from lbsolo.state import State
 
 log = logging.getLogger("lbsolo.core")
 
-CRASH_LOOP_AFTER = 5  # restarts in a row without becoming healthy
 
-
-class Ingress(Protocol):
-    """Where core pushes routes: the proxy (and the DNS zone derived from them)."""
-
-    def publish(self, routes: dict[str, Route]) -> None: ...
-
-    async def drain(self, targets: Iterable[Target], timeout: float) -> bool: ...
-
-    def metrics(self) -> dict[str, dict[str, Any]]: ...
-
-    def prometheus(self) -> str: ...
-
-
-# ---- the platform ---------------------------------------------------------------------------
-
-
-class AppLock(asyncio.Lock):
-    """One app's lock, counting how often it was taken.
-
-    A reader that finds the same count before and after its reads knows no change of the app
-    began or ended in between.
-    """
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.taken = 0
-
-    async def acquire(self) -> bool:
-        await super().acquire()
-        self.taken += 1
-        return True
-
-
-@dataclass
-class DeployJob:
-    app: str
-    output: LogBuffer
-    result: dict[str, Any] = field(default_factory=dict)
-    task: asyncio.Task[None] | None = None
-
-
-class Platform:
+class Platform(Scheduler, Rollouts):
     """The use cases the API calls, and the reconcile loop the daemon supervises."""
 
     def __init__(
@@ -141,21 +90,6 @@ class Platform:
         self._wake = asyncio.Event()
         self.jobs: set[asyncio.Task[Any]] = set()
         self._build_saved: asyncio.Task[None] | None = None  # the last build record write
-
-    def lock(self, app: str) -> AppLock:
-        return self._locks.setdefault(app, AppLock())
-
-    def _lock_marks(self) -> dict[str, tuple[AppLock, int]]:
-        return {name: (lock, lock.taken) for name, lock in self._locks.items()}
-
-    def _unsettled(self, app: str, marks: dict[str, tuple[AppLock, int]]) -> bool:
-        """Whether a change of `app` is running, or ran, since `marks` were taken."""
-        lock = self._locks.get(app)
-        if lock is None:
-            return app in marks  # destroyed meanwhile
-        if lock.locked():
-            return True
-        return marks.get(app, (lock, 0)) != (lock, lock.taken)
 
     def host_header(self, app: str) -> str:
         return f"{app}.{self.settings.domain}"
@@ -396,216 +330,6 @@ class Platform:
         if code != 0:
             raise DeployFailed(f"the test phase failed (exit {code}); nothing was released")
         out.append("       tests passed")
-
-    def _emit_result(self, job: DeployJob) -> None:
-        r = job.result
-        if r.get("ok"):
-            self.bus.emit(
-                EventKind.DEPLOY_SUCCEEDED,
-                job.app,
-                f"{job.app} {r['release']} is serving",
-                release=r["release"],
-                url=r["url"],
-            )
-        else:
-            error = r.get("error") or {}
-            message = str(error.get("message", "failed")).splitlines()[0]
-            self.bus.emit(EventKind.DEPLOY_FAILED, job.app, message, code=error.get("code", "error"))
-
-    def _ok(self, app: str, release: Release) -> dict[str, Any]:
-        return {"ok": True, "app": app, "release": release.label, "url": self.settings.app_url(app)}
-
-    async def _release(
-        self,
-        app_name: str,
-        out: LogBuffer,
-        *,
-        description: str,
-        image: str | None = None,
-        processes: dict[str, str] | None = None,
-        health: dict[str, Any] | None = None,
-        config: dict[str, str] | None = None,
-        base: Release | None = None,
-        app_changes: Any = None,
-    ) -> Release:
-        """Create the next release (from `base` or the current one, with changes) and roll it out."""
-        async with self.lock(app_name):
-            app = await self._app(app_name)
-            if app_changes is not None:
-                app_changes(app)
-            current = await asyncio.to_thread(self.state.get_release, app_name, app.release) if app.release else None
-            source = base or current
-            if image is None and source is None:
-                if app_changes is not None:
-                    await self._save(app)  # nothing runs yet: the change applies to the first deploy
-                raise Conflict(f"{app_name} has no release yet: deploy it first (lbsolo deploy --app {app_name})")
-            version = await asyncio.to_thread(self.state.next_version, app_name)
-            release = Release(
-                app=app_name,
-                version=version,
-                image=image or source.image,  # type: ignore[union-attr]
-                description=description,
-                config=dict(config if config is not None else (base.config if base else app.config)),
-                processes=dict(processes if processes is not None else source.processes),  # type: ignore[union-attr]
-                health={**(health if health is not None else source.health), **(app.health or {})},  # type: ignore[union-attr]
-            )
-            await asyncio.gather(
-                asyncio.to_thread(self.engine.tag_image, release.image, f"lbsolo/{app_name}", release.label),
-                self._save(release),
-            )
-            self.bus.emit(
-                EventKind.RELEASE_CREATED, app_name, f"{release.label}: {description}", release=release.label,
-                description=description,
-            )  # fmt: skip
-            out.append(f"-----> Releasing {release.label} ({description})")
-            await self._rollout(app, release, out)
-            return release
-
-    async def _step(self, release: Release, step: DeployStep, status: ReleaseStatus | None = None) -> None:
-        release.step = step
-        if status is not None:
-            release.status = status
-        await self._save(release)
-
-    @contextlib.asynccontextmanager
-    async def _stepping(
-        self, release: Release, step: DeployStep, status: ReleaseStatus | None = None
-    ) -> AsyncIterator[None]:
-        """Save the step while its work runs, and have it on disk before the block ends.
-
-        A state write (an fsync or two) first would delay the rollout by as much; finishing it
-        inside the block keeps the saves of one release in order.
-        """
-        saving = asyncio.ensure_future(self._step(release, step, status))
-        try:
-            yield
-        finally:
-            await saving
-
-    def _spec(self, app: App, release: Release, process: str, volumes: dict[str, str]) -> run.ReplicaSpec:
-        limits = app.resources.get(process, {})
-        return run.ReplicaSpec(
-            release=release,
-            process=process,
-            port=self.settings.container_port if process == WEB else None,
-            network=self.network,
-            memory=limits.get("memory"),
-            cpus=limits.get("cpus"),
-            volumes=volumes,
-        )
-
-    async def _volumes(self, app: App) -> dict[str, str]:
-        out = {}
-        for name, path in app.volumes.items():
-            out[await asyncio.to_thread(self.engine.ensure_volume, app.name, name)] = path
-        return out
-
-    async def _rollout(self, app: App, release: Release, out: LogBuffer) -> None:
-        """Named steps; any failure before SWAP leaves the previous release serving untouched."""
-        name = app.name
-        check = HealthCheck.from_dict(release.health)
-        await asyncio.to_thread(self.engine.ensure_network, self.network)
-        volumes = await self._volumes(app)
-        new: list[Replica] = []
-        try:
-            if release.command("release"):
-                loop = asyncio.get_running_loop()
-                await self._step(release, DeployStep.RELEASE_PHASE, ReleaseStatus.DEPLOYING)
-                out.append(f"       release phase: {release.command('release')}")
-                code = await asyncio.to_thread(
-                    self.engine.run_once,
-                    app=name,
-                    image=release.image,
-                    command=release.command("release") or "",
-                    env=self._spec(app, release, "release", {}).env(),
-                    network=self.network,
-                    volumes=volumes,
-                    on_output=lambda line: loop.call_soon_threadsafe(out.append, f"       | {line}"),
-                    timeout=self.settings.deploy_timeout,
-                )
-                if code != 0:
-                    raise DeployFailed(f"the release command exited with {code}; nothing was rolled out")
-            formation = {p: n for p, n in app.formation.items() if n > 0 and p in release.process_types()}
-            async with self._stepping(release, DeployStep.START, ReleaseStatus.DEPLOYING):
-                for process, count in sorted(formation.items()):
-                    for _ in range(count):
-                        replica = await run.start_replica(self.engine, self._spec(app, release, process, volumes))
-                        new.append(replica)
-                        where = f" on 127.0.0.1:{replica.host_port}" if replica.host_port else ""
-                        out.append(f"       started {replica.name}{where}")
-            self._watch_logs(new)
-            async with self._stepping(release, DeployStep.WAIT_READY):
-                await asyncio.gather(
-                    *(
-                        run.wait_ready(
-                            self.engine,
-                            r,
-                            check=check,
-                            host_header=self.host_header(name),
-                            timeout=self.settings.deploy_timeout,
-                        )
-                        for r in new
-                    )
-                )
-            out.append(f"       {len(new)} replica(s) healthy")
-        except LbsoloError as e:
-            release.status, release.error = ReleaseStatus.FAILED, e.message
-            await self._save(release)
-            await run.stop_replicas(self.engine, new, 0)
-            raise DeployFailed(
-                f"{release.label} failed to start; the previous release keeps serving. {e.message}"
-            ) from e
-        except BaseException:
-            await asyncio.shield(run.stop_replicas(self.engine, new, 0))
-            raise
-
-        # The new replicas just passed their checks: they are the route, with no engine round
-        # trip or state write between the check and the swap. Who is old is asked of the engine after.
-        self._publish_route(name, routes_for({name: self._desired(app, release.version)}, new)[name])
-        await self._step(release, DeployStep.SWAP)
-        out.append("       traffic switched")
-
-        current = await asyncio.to_thread(self.engine.list_replicas, name)
-        old = [r for r in current if r.id not in {n.id for n in new}]
-        await self._step(release, DeployStep.DRAIN)
-        old_targets = [Target("127.0.0.1", r.host_port) for r in old if r.process == WEB and r.host_port]
-        if old_targets and not await self.ingress.drain(old_targets, self.settings.drain_timeout):
-            out.append(f"       drain timed out after {self.settings.drain_timeout:.0f}s")
-        await self._step(release, DeployStep.STOP_OLD)
-        await run.stop_replicas(self.engine, old, self.settings.stop_timeout)
-
-        for r in await asyncio.to_thread(self.state.list_releases, name):
-            if r.status == ReleaseStatus.ACTIVE and r.version != release.version:
-                r.status = ReleaseStatus.SUPERSEDED
-                await self._save(r)
-        app.release = release.version
-        await self._save(app)
-        self._restarts.pop(name, None)
-        await self._step(release, DeployStep.DONE, ReleaseStatus.ACTIVE)
-        out.append(f"-----> {name} {release.label} is serving at {self.settings.app_url(name)}")
-
-    async def _run_job(self, app: str, work: Any) -> DeployJob:
-        """Run a release-making use case in the background; its output streams like a deploy's."""
-        await self._app(app)
-        job = DeployJob(app=app, output=LogBuffer())
-
-        async def body() -> None:
-            try:
-                release = await work(job.output)
-                job.result = self._ok(app, release)
-            except LbsoloError as e:
-                job.output.append(f" !     {e.message}")
-                job.result = {"ok": False, "app": app, "error": {"code": e.code, "message": e.message}}
-            except Exception as e:
-                log.exception("%s of %s crashed", job.task.get_name() if job.task else "job", app)
-                job.output.append(f" !     internal error: {e}")
-                job.result = {"ok": False, "app": app, "error": {"code": "error", "message": str(e)}}
-            finally:
-                job.output.close()
-                self._emit_result(job)
-
-        job.task = self._spawn(body(), f"release-{app}")
-        return job
 
     # ---- config, rollback, promote, resources, volumes: each makes a release
     async def config(self, name: str) -> dict[str, str]:
@@ -850,43 +574,6 @@ class Platform:
                 await self._converge(app)
         return await self.get_app(name)
 
-    async def _converge(self, app: App) -> None:
-        """Bring replica counts to the formation: new ones join after passing checks, extra ones drain first."""
-        release = await asyncio.to_thread(self.state.get_release, app.name, app.release)
-        actual = await asyncio.to_thread(self.engine.list_replicas, app.name)
-        actions = plan({app.name: Desired(app.release, app.formation)}, actual)
-        volumes = await self._volumes(app)
-        check = HealthCheck.from_dict(release.health)
-        started = []
-        for a in actions:
-            if a.kind is ActionKind.RUN:
-                started.append(await run.start_replica(self.engine, self._spec(app, release, a.process, volumes)))
-        self._watch_logs(started)
-        results = await asyncio.gather(
-            *(
-                run.wait_ready(
-                    self.engine,
-                    r,
-                    check=check,
-                    host_header=self.host_header(app.name),
-                    timeout=self.settings.deploy_timeout,
-                )
-                for r in started
-            ),
-            return_exceptions=True,
-        )
-        failed = [r for r, res in zip(started, results, strict=True) if isinstance(res, BaseException)]
-        await run.stop_replicas(self.engine, failed, 0)
-        removing = [a.replica for a in actions if a.kind is ActionKind.REMOVE and a.replica]
-        keep = [r for r in await asyncio.to_thread(self.engine.list_replicas, app.name) if r not in removing]
-        self._publish_route(app.name, routes_for({app.name: self._desired(app)}, keep)[app.name])
-        targets = [Target("127.0.0.1", r.host_port) for r in removing if r.process == WEB and r.host_port]
-        if targets:
-            await self.ingress.drain(targets, self.settings.drain_timeout)
-        await run.stop_replicas(self.engine, removing, self.settings.stop_timeout)
-        if failed:
-            raise DeployFailed(f"{len(failed)} new replica(s) failed their health checks: {results[0]}")
-
     # ---- one-off commands
     async def run_command(self, name: str, command: str, out: LogBuffer) -> int:
         app = await self._app(name)
@@ -924,133 +611,3 @@ class Platform:
                 log.exception("saving build %s failed", snapshot.id)
 
         self._build_saved = self._spawn(save(), f"save-build-{build.id}")
-
-    # ---- reconcile
-    def _publish_route(self, app: str, route: Route) -> None:
-        self._routes[app] = route
-        self._push()
-
-    def _push(self) -> None:
-        """Hand the proxy (and DNS) every route at once, apps' and static ones: one atomic swap."""
-        self.ingress.publish({**self._static, **self._routes})
-
-    def wake(self) -> None:
-        """Ask for a reconcile pass now (Docker events call this)."""
-        self._wake.set()
-
-    async def reconcile(self) -> list[Action]:
-        """One pass: make the engine match the desired state; adopt what already matches."""
-        # A rollout may begin or end while this pass reads: its app is left to it, else the pass
-        # would act on (and route to) the release it saw, which the rollout is replacing.
-        marks = self._lock_marks()
-        apps = await asyncio.to_thread(self.state.list_apps)
-        actual = await asyncio.to_thread(self.engine.list_replicas)
-        busy = {a.name for a in apps if self._unsettled(a.name, marks)}
-        desired = {a.name: self._desired(a) for a in apps if a.name not in busy}
-        actions = [a for a in plan(desired, [r for r in actual if r.app not in busy]) if a.app not in busy]
-        for action in actions:
-            if self._unsettled(action.app, marks):
-                continue
-            try:
-                await self._act(action, {a.name: a for a in apps})
-            except LbsoloError as e:
-                log.warning("reconcile: %s %s failed: %s", action.kind, action.app, e.message)
-        if actions:
-            actual = await asyncio.to_thread(self.engine.list_replicas)
-        self._watch_logs((r for r in actual if r.app in desired), adopted=True)
-        self.collector.prune()
-        routes = routes_for(desired, actual)
-        for app, route in self._routes.items():
-            if self._unsettled(app, marks):
-                routes[app] = route
-        if routes != self._routes:
-            self._routes = routes
-            self._push()
-        for app, route in routes.items():
-            if route.targets and not any(a.app == app and a.kind is not ActionKind.REMOVE for a in actions):
-                self._restarts.pop(app, None)
-        return actions
-
-    async def _act(self, action: Action, apps: dict[str, App]) -> None:
-        if action.kind is ActionKind.REMOVE:
-            assert action.replica is not None
-            log.info("removing %s (not wanted)", action.replica.name)
-            await asyncio.to_thread(self.engine.stop_and_remove, action.replica.id, self.settings.stop_timeout)
-            return
-        restarts, not_before = self._restarts.get(action.app, (0, 0.0))
-        if time.monotonic() < not_before:
-            return
-        # Exponential backoff per app: 0.5 s, 1 s, 2 s, ... up to a minute between restarts.
-        self._restarts[action.app] = (restarts + 1, time.monotonic() + min(0.5 * 2.0**restarts, 60.0))
-        if restarts + 1 == CRASH_LOOP_AFTER:
-            log.warning("%s is crash-looping (%d restarts in a row)", action.app, restarts + 1)
-        if action.kind is ActionKind.RESTART:
-            assert action.replica is not None
-            log.info("restarting %s", action.replica.name)
-            self.bus.emit(
-                EventKind.REPLICA_CRASHED, action.app, f"{action.replica.name} stopped", replica=action.replica.name
-            )
-            await asyncio.to_thread(self.engine.start, action.replica.id)
-            self.bus.emit(
-                EventKind.REPLICA_RESTARTED, action.app, f"{action.replica.name} restarted", restarts=restarts + 1
-            )
-        else:
-            assert action.release is not None
-            app = apps[action.app]
-            release = await asyncio.to_thread(self.state.get_release, action.app, action.release)
-            log.info("starting a %s replica of %s %s", action.process, action.app, release.label)
-            await asyncio.to_thread(self.engine.ensure_network, self.network)
-            spec = self._spec(app, release, action.process, await self._volumes(app))
-            replica = await run.start_replica(self.engine, spec)
-            self._watch_logs([replica])
-            self.bus.emit(EventKind.REPLICA_RESTARTED, action.app, f"{replica.name} started", restarts=restarts + 1)
-
-    async def recover(self) -> int:
-        """After a restart: releases whose rollout was interrupted never became current; mark them failed."""
-        count = 0
-        for app in await asyncio.to_thread(self.state.list_apps):
-            for r in await asyncio.to_thread(self.state.list_releases, app.name):
-                if r.status in (ReleaseStatus.PENDING, ReleaseStatus.DEPLOYING) and r.version != app.release:
-                    r.status, r.error = ReleaseStatus.FAILED, f"interrupted at step {r.step} by a daemon restart"
-                    await self._save(r)
-                    count += 1
-        return count
-
-    def serving_replicas(self) -> int:
-        return sum(len(r.targets) for r in self._routes.values())
-
-    async def reconcile_forever(self) -> None:
-        while True:
-            try:
-                await self.reconcile()
-            except EngineError as e:
-                log.warning("reconcile skipped: %s", e.message)
-            self._wake.clear()
-            try:
-                await asyncio.wait_for(self._wake.wait(), self.settings.reconcile_interval)
-                await asyncio.sleep(0.2)  # let a burst of events settle into one pass
-            except TimeoutError:
-                pass
-
-    async def watch_events(self) -> None:
-        """Wake the reconcile loop on container deaths and removals, as the engine reports them."""
-        loop = asyncio.get_running_loop()
-        ended = asyncio.Event()
-
-        def pump() -> None:
-            # A daemon thread, not to_thread: the event stream blocks forever and must not hold
-            # up the interpreter's exit.
-            try:
-                for event in self.engine.events():
-                    if event["action"] in ("die", "stop", "kill", "destroy", "oom"):
-                        loop.call_soon_threadsafe(self.wake)
-            except Exception as e:
-                log.warning("docker events: %s; retrying", e)
-            with contextlib.suppress(RuntimeError):  # the loop may be closed at shutdown
-                loop.call_soon_threadsafe(ended.set)
-
-        while True:
-            ended.clear()
-            threading.Thread(target=pump, name="docker-events", daemon=True).start()
-            await ended.wait()
-            await asyncio.sleep(2.0)

@@ -25,10 +25,11 @@ from typing import TYPE_CHECKING
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import StreamingResponse
 
-from lbsolo.errors import EngineError, InvalidInput, NotFound, Unauthorized
+from lbsolo.errors import InvalidInput, NotFound, Unauthorized
+from lbsolo.gitclone import run_git
 from lbsolo.models import validate_app_name
 
-if TYPE_CHECKING:  # the router is handed the platform; core itself uses clone() from here
+if TYPE_CHECKING:  # the router is handed the platform
     from lbsolo.core import Platform
 
 HOOK = """#!/bin/sh
@@ -50,53 +51,19 @@ def basic_password(header: str) -> str | None:
     return password if sep else None
 
 
-async def _git(*args: str, cwd: Path | None = None) -> None:
-    proc = await asyncio.create_subprocess_exec(
-        "git", *args, cwd=cwd, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE
-    )
-    _, err = await proc.communicate()
-    if proc.returncode != 0:
-        raise EngineError(f"git {args[0]} failed: {err.decode(errors='replace').strip()}")
-
-
 async def ensure_repo(root: Path, app: str) -> Path:
     """The app's bare repository, created on first use with the deploy hook installed."""
     repo = root / f"{app}.git"
     if not (repo / "HEAD").exists():
         root.mkdir(parents=True, exist_ok=True)
-        await _git("init", "--bare", "--quiet", "--initial-branch=main", str(repo))
-        await _git("config", "http.receivepack", "true", cwd=repo)
+        await run_git("init", "--bare", "--quiet", "--initial-branch=main", str(repo))
+        await run_git("config", "http.receivepack", "true", cwd=repo)
     hook = repo / "hooks" / "post-receive"
     text = HOOK.format(python=shlex.quote(sys.executable), app=shlex.quote(app))
     if not hook.exists() or hook.read_text() != text:
         hook.write_text(text)
         hook.chmod(0o755)
     return repo
-
-
-async def clone(url: str, ref: str | None, into: Path, timeout: float = 300.0) -> str:
-    """Fetch url at ref (branch, tag or commit) into a new directory; return the commit checked out."""
-    if url.startswith("-") or (ref or "").startswith("-"):
-        raise InvalidInput("a git URL or ref cannot start with '-'")
-    is_sha = ref is not None and len(ref) >= 7 and all(c in "0123456789abcdef" for c in ref.lower())
-    args = ["clone", "--quiet"]
-    if ref and not is_sha:
-        args += ["--depth", "1", "--branch", ref]
-    elif not ref:
-        args += ["--depth", "1"]
-    try:
-        await asyncio.wait_for(_git(*args, "--", url, str(into)), timeout)
-        if is_sha:
-            await asyncio.wait_for(_git("checkout", "--quiet", str(ref), cwd=into), timeout)
-    except TimeoutError as e:
-        raise InvalidInput(f"git clone of {url} took longer than {timeout:.0f}s") from e
-    except EngineError as e:
-        raise InvalidInput(f"cannot fetch {url}{'#' + ref if ref else ''}: {e.message}") from e
-    proc = await asyncio.create_subprocess_exec(
-        "git", "rev-parse", "HEAD", cwd=into, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL
-    )
-    out, _ = await proc.communicate()
-    return out.decode().strip()
 
 
 def push_from_payload(headers: Mapping[str, str], body: bytes, secret: str) -> tuple[str, str, str] | None:

@@ -1,0 +1,235 @@
+"""The reconcile loop: make the engine match the desired state, and publish the routes.
+
+Each pass reads the apps (their release and formation) and the containers the engine reports,
+asks `plan` what to start, restart or remove, does it, and hands the proxy and DNS every route
+in one swap. A crashed replica is restarted with an exponential backoff per app. The engine's
+events wake the loop early; it runs every few seconds anyway.
+
+Rollouts and other changes of one app hold its AppLock; a pass leaves an app alone when a
+change of it ran at any time during the pass, since what the pass read may already be stale.
+This is a part of core's Platform (a mixin over the state Platform sets up); it must not make
+releases or build anything.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import threading
+import time
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any, Protocol
+
+from lbsolo import run
+from lbsolo.errors import EngineError, LbsoloError
+from lbsolo.events import EventBus, EventKind
+from lbsolo.models import App, ReleaseStatus
+from lbsolo.plan import Action, ActionKind, plan, routes_for
+from lbsolo.proxy import Route, Target
+
+if TYPE_CHECKING:
+    from lbsolo.config import Settings
+    from lbsolo.engine import Engine
+    from lbsolo.logs import LogCollector
+    from lbsolo.state import State
+
+log = logging.getLogger("lbsolo.core")
+
+CRASH_LOOP_AFTER = 5  # restarts in a row without becoming healthy
+
+
+class Ingress(Protocol):
+    """Where core pushes routes: the proxy (and the DNS zone derived from them)."""
+
+    def publish(self, routes: dict[str, Route]) -> None: ...
+
+    async def drain(self, targets: Iterable[Target], timeout: float) -> bool: ...
+
+    def metrics(self) -> dict[str, dict[str, Any]]: ...
+
+    def prometheus(self) -> str: ...
+
+
+class AppLock(asyncio.Lock):
+    """One app's lock, counting how often it was taken.
+
+    A reader that finds the same count before and after its reads knows no change of the app
+    began or ended in between.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.taken = 0
+
+    async def acquire(self) -> bool:
+        await super().acquire()
+        self.taken += 1
+        return True
+
+
+class Scheduler:
+    """Platform's reconcile loop and route table."""
+
+    # Set up by Platform.__init__.
+    settings: Settings
+    state: State
+    engine: Engine
+    ingress: Ingress
+    bus: EventBus
+    collector: LogCollector
+    network: str
+    _locks: dict[str, AppLock]
+    _restarts: dict[str, tuple[int, float]]  # app -> (restarts in a row, not before)
+    _routes: dict[str, Route]  # per app
+    _static: dict[str, Route]  # static routes, by name (never an app's name)
+    _wake: asyncio.Event
+    # Platform's and the rollout's helpers.
+    _desired: Any
+    _spec: Any
+    _volumes: Any
+    _watch_logs: Any
+
+    def lock(self, app: str) -> AppLock:
+        return self._locks.setdefault(app, AppLock())
+
+    def _lock_marks(self) -> dict[str, tuple[AppLock, int]]:
+        return {name: (lock, lock.taken) for name, lock in self._locks.items()}
+
+    def _unsettled(self, app: str, marks: dict[str, tuple[AppLock, int]]) -> bool:
+        """Whether a change of `app` is running, or ran, since `marks` were taken."""
+        lock = self._locks.get(app)
+        if lock is None:
+            return app in marks  # destroyed meanwhile
+        if lock.locked():
+            return True
+        return marks.get(app, (lock, 0)) != (lock, lock.taken)
+
+    def _publish_route(self, app: str, route: Route) -> None:
+        self._routes[app] = route
+        self._push()
+
+    def _push(self) -> None:
+        """Hand the proxy (and DNS) every route at once, apps' and static ones: one atomic swap."""
+        self.ingress.publish({**self._static, **self._routes})
+
+    def wake(self) -> None:
+        """Ask for a reconcile pass now (Docker events call this)."""
+        self._wake.set()
+
+    async def reconcile(self) -> list[Action]:
+        """One pass: make the engine match the desired state; adopt what already matches."""
+        # A rollout may begin or end while this pass reads: its app is left to it, else the pass
+        # would act on (and route to) the release it saw, which the rollout is replacing.
+        marks = self._lock_marks()
+        apps = await asyncio.to_thread(self.state.list_apps)
+        actual = await asyncio.to_thread(self.engine.list_replicas)
+        busy = {a.name for a in apps if self._unsettled(a.name, marks)}
+        desired = {a.name: self._desired(a) for a in apps if a.name not in busy}
+        actions = [a for a in plan(desired, [r for r in actual if r.app not in busy]) if a.app not in busy]
+        for action in actions:
+            if self._unsettled(action.app, marks):
+                continue
+            try:
+                await self._act(action, {a.name: a for a in apps})
+            except LbsoloError as e:
+                log.warning("reconcile: %s %s failed: %s", action.kind, action.app, e.message)
+        if actions:
+            actual = await asyncio.to_thread(self.engine.list_replicas)
+        self._watch_logs((r for r in actual if r.app in desired), adopted=True)
+        self.collector.prune()
+        routes = routes_for(desired, actual)
+        for app, route in self._routes.items():
+            if self._unsettled(app, marks):
+                routes[app] = route
+        if routes != self._routes:
+            self._routes = routes
+            self._push()
+        for app, route in routes.items():
+            if route.targets and not any(a.app == app and a.kind is not ActionKind.REMOVE for a in actions):
+                self._restarts.pop(app, None)
+        return actions
+
+    async def _act(self, action: Action, apps: dict[str, App]) -> None:
+        if action.kind is ActionKind.REMOVE:
+            assert action.replica is not None
+            log.info("removing %s (not wanted)", action.replica.name)
+            await asyncio.to_thread(self.engine.stop_and_remove, action.replica.id, self.settings.stop_timeout)
+            return
+        restarts, not_before = self._restarts.get(action.app, (0, 0.0))
+        if time.monotonic() < not_before:
+            return
+        # Exponential backoff per app: 0.5 s, 1 s, 2 s, ... up to a minute between restarts.
+        self._restarts[action.app] = (restarts + 1, time.monotonic() + min(0.5 * 2.0**restarts, 60.0))
+        if restarts + 1 == CRASH_LOOP_AFTER:
+            log.warning("%s is crash-looping (%d restarts in a row)", action.app, restarts + 1)
+        if action.kind is ActionKind.RESTART:
+            assert action.replica is not None
+            log.info("restarting %s", action.replica.name)
+            self.bus.emit(
+                EventKind.REPLICA_CRASHED, action.app, f"{action.replica.name} stopped", replica=action.replica.name
+            )
+            await asyncio.to_thread(self.engine.start, action.replica.id)
+            self.bus.emit(
+                EventKind.REPLICA_RESTARTED, action.app, f"{action.replica.name} restarted", restarts=restarts + 1
+            )
+        else:
+            assert action.release is not None
+            app = apps[action.app]
+            release = await asyncio.to_thread(self.state.get_release, action.app, action.release)
+            log.info("starting a %s replica of %s %s", action.process, action.app, release.label)
+            await asyncio.to_thread(self.engine.ensure_network, self.network)
+            spec = self._spec(app, release, action.process, await self._volumes(app))
+            replica = await run.start_replica(self.engine, spec)
+            self._watch_logs([replica])
+            self.bus.emit(EventKind.REPLICA_RESTARTED, action.app, f"{replica.name} started", restarts=restarts + 1)
+
+    async def recover(self) -> int:
+        """After a restart: releases whose rollout was interrupted never became current; mark them failed."""
+        count = 0
+        for app in await asyncio.to_thread(self.state.list_apps):
+            for r in await asyncio.to_thread(self.state.list_releases, app.name):
+                if r.status in (ReleaseStatus.PENDING, ReleaseStatus.DEPLOYING) and r.version != app.release:
+                    r.status, r.error = ReleaseStatus.FAILED, f"interrupted at step {r.step} by a daemon restart"
+                    await self._save(r)
+                    count += 1
+        return count
+
+    def serving_replicas(self) -> int:
+        return sum(len(r.targets) for r in self._routes.values())
+
+    async def reconcile_forever(self) -> None:
+        while True:
+            try:
+                await self.reconcile()
+            except EngineError as e:
+                log.warning("reconcile skipped: %s", e.message)
+            self._wake.clear()
+            try:
+                await asyncio.wait_for(self._wake.wait(), self.settings.reconcile_interval)
+                await asyncio.sleep(0.2)  # let a burst of events settle into one pass
+            except TimeoutError:
+                pass
+
+    async def watch_events(self) -> None:
+        """Wake the reconcile loop on container deaths and removals, as the engine reports them."""
+        loop = asyncio.get_running_loop()
+        ended = asyncio.Event()
+
+        def pump() -> None:
+            # A daemon thread, not to_thread: the event stream blocks forever and must not hold
+            # up the interpreter's exit.
+            try:
+                for event in self.engine.events():
+                    if event["action"] in ("die", "stop", "kill", "destroy", "oom"):
+                        loop.call_soon_threadsafe(self.wake)
+            except Exception as e:
+                log.warning("docker events: %s; retrying", e)
+            with contextlib.suppress(RuntimeError):  # the loop may be closed at shutdown
+                loop.call_soon_threadsafe(ended.set)
+
+        while True:
+            ended.clear()
+            threading.Thread(target=pump, name="docker-events", daemon=True).start()
+            await ended.wait()
+            await asyncio.sleep(2.0)
