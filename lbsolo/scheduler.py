@@ -52,20 +52,24 @@ class Ingress(Protocol):
 
 
 class AppLock(asyncio.Lock):
-    """One app's lock, counting how often it was taken.
+    """One app's lock, counting how often it changed hands (taken, and let go).
 
-    A reader that finds the same count before and after its reads knows no change of the app
-    began or ended in between.
+    A reader that finds it free and at the same count after its reads as before them knows no
+    change of the app began, ran or ended in between.
     """
 
     def __init__(self) -> None:
         super().__init__()
-        self.taken = 0
+        self.turns = 0
 
     async def acquire(self) -> bool:
         await super().acquire()
-        self.taken += 1
+        self.turns += 1
         return True
+
+    def release(self) -> None:
+        super().release()
+        self.turns += 1
 
 
 class Scheduler:
@@ -94,7 +98,7 @@ class Scheduler:
         return self._locks.setdefault(app, AppLock())
 
     def _lock_marks(self) -> dict[str, tuple[AppLock, int]]:
-        return {name: (lock, lock.taken) for name, lock in self._locks.items()}
+        return {name: (lock, lock.turns) for name, lock in self._locks.items()}
 
     def _unsettled(self, app: str, marks: dict[str, tuple[AppLock, int]]) -> bool:
         """Whether a change of `app` is running, or ran, since `marks` were taken."""
@@ -103,7 +107,7 @@ class Scheduler:
             return app in marks  # destroyed meanwhile
         if lock.locked():
             return True
-        return marks.get(app, (lock, 0)) != (lock, lock.taken)
+        return marks.get(app, (lock, 0)) != (lock, lock.turns)
 
     def _publish_route(self, app: str, route: Route) -> None:
         self._routes[app] = route

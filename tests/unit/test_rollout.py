@@ -202,49 +202,78 @@ def test_recover_marks_interrupted_rollouts_failed(tmp_path):
 
 
 class HeldEngine(FakeEngine):
-    """Its next full listing is taken at once, then held until the test lets it return."""
+    """A listing asked to be held is taken at once, then held until the test lets it return.
+
+    `hold(None)` holds the reconcile pass's next full listing; `hold("web1")` the next listing
+    of that app's replicas (a rollout asks for it right after its swap).
+    """
 
     def __init__(self, port_for_release: dict[int, int]) -> None:
         super().__init__(port_for_release)
-        self.hold: threading.Event | None = None
-        self.listed = threading.Event()
+        self._holds: dict[str | None, tuple[threading.Event, threading.Event]] = {}
+
+    def hold(self, app: str | None) -> tuple[threading.Event, threading.Event]:
+        """(listed, go): set when the listing was taken; set it to let the listing return."""
+        self._holds[app] = (threading.Event(), threading.Event())
+        return self._holds[app]
 
     def list_replicas(self, app: str | None = None) -> list[Replica]:
         listing = super().list_replicas(app)
-        if app is None and self.hold is not None:
-            hold, self.hold = self.hold, None
-            self.listed.set()
-            hold.wait(5)
+        held = self._holds.pop(app, None)
+        if held is not None:
+            held[0].set()
+            held[1].wait(5)
         return listing
 
 
-def test_a_reconcile_pass_that_read_before_a_rollout_ended_leaves_that_app_to_it(tmp_path):
+async def _two_releases(tmp_path, test) -> None:
+    one, port1 = await _http_server()
+    two, port2 = await _http_server()
+    try:
+        platform, _, ingress, _ = await _platform(tmp_path, {})
+        engine = HeldEngine({1: port1, 2: port2})
+        platform.engine = engine
+        await _release(platform, "sha256:one")
+        await test(platform, engine, ingress)
+        assert ingress.routes["web1"].targets == (Target("127.0.0.1", port2),)
+        assert [r.release for r in engine.list_replicas()] == [2]
+    finally:
+        for server in (one, two):
+            server.close()
+            await server.wait_closed()
+
+
+def test_a_reconcile_pass_that_read_before_a_rollout_began_leaves_that_app_to_it(tmp_path):
     # The pass read the app at v1 and listed v1's replica; the rollout to v2 then ran to the end
     # while the listing was held. Routing to what the pass saw would send traffic to v1's
     # stopped replica (a 502) until the next pass.
-    async def main() -> None:
-        one, port1 = await _http_server()
-        two, port2 = await _http_server()
-        try:
-            platform, _, ingress, _ = await _platform(tmp_path, {})
-            engine = HeldEngine({1: port1, 2: port2})
-            platform.engine = engine
-            await _release(platform, "sha256:one")
-            hold = engine.hold = threading.Event()
-            reconciling = asyncio.create_task(platform.reconcile())
-            await asyncio.to_thread(engine.listed.wait, 5)
-            await _release(platform, "sha256:two")
-            await platform.create_app("web2")  # created after the pass read the apps
-            assert ingress.routes["web1"].targets == (Target("127.0.0.1", port2),)
-            hold.set()
-            actions = await reconciling
-            assert actions == []
-            assert ingress.routes["web1"].targets == (Target("127.0.0.1", port2),)
-            assert [r.release for r in engine.list_replicas()] == [2]
-            assert "web2" in ingress.routes
-        finally:
-            for server in (one, two):
-                server.close()
-                await server.wait_closed()
+    async def test(platform: Platform, engine: HeldEngine, ingress: FakeIngress) -> None:
+        listed, go = engine.hold(None)
+        reconciling = asyncio.create_task(platform.reconcile())
+        await asyncio.to_thread(listed.wait, 5)
+        await _release(platform, "sha256:two")
+        await platform.create_app("web2")  # created after the pass read the apps
+        go.set()
+        assert await reconciling == []
+        assert "web2" in ingress.routes
 
-    asyncio.run(main())
+    asyncio.run(_two_releases(tmp_path, test))
+
+
+def test_a_reconcile_pass_that_began_during_a_rollout_leaves_that_app_to_it(tmp_path):
+    # The rollout held the app's lock when the pass began and let go of it before the pass
+    # looked: the pass read v1 as current and listed both replicas. Acting on that would remove
+    # v2's replica and route to v1's, which the rollout has just stopped.
+    async def test(platform: Platform, engine: HeldEngine, ingress: FakeIngress) -> None:
+        swapped, finish = engine.hold("web1")
+        rolling = asyncio.create_task(_release(platform, "sha256:two"))
+        await asyncio.to_thread(swapped.wait, 5)
+        listed, go = engine.hold(None)
+        reconciling = asyncio.create_task(platform.reconcile())
+        await asyncio.to_thread(listed.wait, 5)
+        finish.set()
+        await rolling
+        go.set()
+        assert await reconciling == []
+
+    asyncio.run(_two_releases(tmp_path, test))
