@@ -34,7 +34,8 @@ from lbsolo.proxy_http import (
 from lbsolo.proxy_routes import Target
 
 if TYPE_CHECKING:
-    from lbsolo.proxy import ProxyServer, _Client, _Request
+    from lbsolo.proxy import ProxyServer
+    from lbsolo.proxy_client import _Client, _Request
 
 log = logging.getLogger("lbsolo.proxy")
 

@@ -43,7 +43,7 @@ OWNERS = {
     "rich": {"cli"},
     "watchdog": {"watch"},
     "dnslib": {"dns", "dns_forward"},
-    "httptools": {"proxy", "proxy_upstream"},
+    "httptools": {"proxy_client", "proxy_upstream"},
 }
 
 TOP = {"cli", "client", "watch", "api", "api_ops", "web", "git", "daemon", "__main__"}

@@ -10,7 +10,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from lbsolo.proxy import ProxyServer, Route, Target, _Client
+from lbsolo.proxy import ProxyServer, Route, Target
+from lbsolo.proxy_client import _Client
 from lbsolo.proxy_upstream import _Upstream
 
 

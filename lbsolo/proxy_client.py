@@ -1,0 +1,877 @@
+"""The client side of lbsolo's proxy: one `_Client` protocol per accepted connection.
+
+Requests are parsed with httptools, except the common one (a whole GET or HEAD with plain
+end-to-end headers), which a strict regex reads and a small table remembers. The client keeps
+connections alive, answers pipelined requests in order, streams bodies with backpressure, applies
+the timeouts and limits, and writes the error pages. `ProxyServer` (proxy.py) picks targets and
+holds the upstream pools; `proxy_upstream` is the app side of an exchange.
+
+What it must not do: log per request or format anything for the access log on the hot path
+(`_record` appends a tuple, the server folds them), or let one connection break another.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from typing import TYPE_CHECKING, cast
+
+import httptools
+
+from lbsolo.proxy_http import (
+    _CONN_PLAIN,
+    _MAX_HEAD_BYTES,
+    _MAX_HEADERS,
+    _NOT_SIMPLE,
+    _P_BROKEN,
+    _P_BUFFER,
+    _P_EOF,
+    _P_QUEUE,
+    _P_UPSTREAM,
+    _PHRASES,
+    _REQ_COPIED,
+    _REQ_SPECIAL,
+    _REQUEST_ID_OK,
+    _SIMPLE_REQUEST,
+    _BodyTooLarge,
+    _HeadTooLarge,
+    _https_redirect,
+    _now,
+    _port_suffix,
+    _render_error,
+)
+from lbsolo.proxy_routes import Route, Target, normalize_host
+from lbsolo.proxy_upstream import _Upstream
+
+if TYPE_CHECKING:
+    from lbsolo.proxy import ProxyServer
+
+log = logging.getLogger("lbsolo.proxy")
+
+# Tuning of the client side.
+_UNROUTED = "(unrouted)"  # metrics key of requests that matched no app
+_NO_ROUTE = Route(_UNROUTED)
+_IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE", b"TRACE"})
+_BODY_BUFFER = 256 * 1024  # request body buffered while connecting before reading pauses
+_PIPELINE_MAX = 8  # complete requests queued on one client connection before reading pauses
+_CONNECTING_MAX = 64  # connection attempts in progress per target; more requests queue for one
+
+
+class _Request:
+    """One request on a client connection. Class attributes are the defaults: creating one is cheap."""
+
+    method = b"GET"
+    url = b""
+    http11 = True
+    headers_done = False
+    host = b""
+    keep_alive = False
+    chunked = False
+    has_length = False
+    content_length = 0
+    received = 0  # body bytes so far
+    limit: int | None = None  # the route's maximum body size, once routed
+    upgrade = False
+    upgrade_value = b""
+    accept_json = False
+    head = b""  # request line and end-to-end headers as sent to the app
+    xff = b""  # X-Forwarded-For from the client
+    request_id = b""
+    body_size = 0
+    body_done = False
+    error: tuple[int, str, str] | None = None  # answer this instead of proxying
+    sink: _Upstream | None = None  # upstream currently streaming the body
+    responded = False  # response head written to the client
+    finished = False
+    close_after = False
+    replayable = False
+    attempts = 0
+    route: Route | None = None
+    status = 0  # of the response, for metrics and the access log
+    started = 0.0  # monotonic time of the first byte
+    upstream_time: float | None = None  # seconds from sending to the app until its response head
+    body: list[bytes] | tuple[()] = ()  # buffered until an upstream takes it (a list once there is some)
+    headers: list[tuple[bytes, bytes]]  # as parsed (set by the parser path only)
+
+
+# Simple requests already read by the fast path: raw request -> (method, target, Host, head as sent
+# to the app, HTTP/1.1, wants JSON errors). Bounded: cleared when full.
+_KNOWN_REQUESTS: dict[bytes, tuple[bytes, bytes, bytes, bytes, bool, bool]] = {}
+
+
+def _read_simple_request(data: bytes) -> tuple[bytes, bytes, bytes, bytes, bool, bool] | None:
+    """What the request fast path needs of `data`, or None when it is not exactly one whole GET or
+    HEAD with a single Host and no header the proxy acts on (framing, hop-by-hop, forwarding)."""
+    found = _SIMPLE_REQUEST(data)
+    if found is None or len(data) > _MAX_HEAD_BYTES:
+        return None
+    method, url, minor, block = found.groups()
+    low = block.lower()
+    pos = low.find(b"\r\nhost:")
+    if (
+        pos < 0
+        or _NOT_SIMPLE(low) is not None
+        or low.find(b"\r\nhost:", pos + 7) >= 0
+        or block.count(b"\r\n") > _MAX_HEADERS
+    ):
+        return None
+    end = low.find(b"\r\n", pos + 7)
+    host = block[pos + 7 : end if end >= 0 else len(block)].strip()
+    accept_json = False
+    pos = low.find(b"\r\naccept:")
+    if pos >= 0:
+        end = low.find(b"\r\n", pos + 9)
+        accept = low[pos + 9 : end if end >= 0 else len(low)]
+        accept_json = accept.find(b"application/json") >= 0 and accept.find(b"text/html") < 0
+    return method, url, host, b"%s %s HTTP/1.1%s\r\n" % (method, url, block), minor == b"1", accept_json
+
+
+class _Client(asyncio.Protocol):
+    __slots__ = (
+        "_active",
+        "_body_too_large",
+        "_bytes_in",
+        "_bytes_out",
+        "_closed",
+        "_connect_task",
+        "_cork",
+        "_eof",
+        "_head_bytes",
+        "_in_mark",
+        "_leftover",
+        "_loop",
+        "_lost",
+        "_out_mark",
+        "_parser",
+        "_parsing",
+        "_paused",
+        "_peer",
+        "_proto",
+        "_pumping",
+        "_queue",
+        "_served",
+        "_server",
+        "_target",
+        "_too_large",
+        "_tunnel",
+        "_up",
+        "_upgrade_wait",
+        "_waiting_for",
+        "_write_paused",
+        "deadline",
+        "transport",
+        "write_deadline",
+    )
+
+    def __init__(self, server: ProxyServer, https: bool = False) -> None:
+        self._server = server
+        self._proto = b"https" if https else b"http"
+        self._loop = server._loop
+        self._parser = httptools.HttpRequestParser(self)
+        self.transport: asyncio.Transport | None = None
+        self._peer = b""
+        self._queue: deque[_Request] = deque()
+        self._parsing: _Request | None = None
+        self._head_bytes = 0
+        self._too_large = False
+        self._body_too_large = False
+        self.deadline: float | None = None  # waiting for the client to send
+        self.write_deadline: float | None = None  # waiting for the client to read
+        self._paused = 0
+        self._write_paused = False
+        self._up: _Upstream | None = None
+        self._active: _Request | None = None
+        self._pumping = False
+        self._connect_task: asyncio.Task[None] | None = None
+        self._closed = False
+        self._lost = False
+        self._eof = False
+        self._cork: list[bytes] | None = None
+        self._leftover = b""
+        self._upgrade_wait = False
+        self._tunnel = False
+        self._served = 0
+        self._target: Target | None = None  # where the current exchange (or tunnel) goes, for drain
+        self._waiting_for: Target | None = None  # queued for a connection to this target
+        self._bytes_in = self._bytes_out = 0  # on this connection; the marks are where the last request ended
+        self._in_mark = self._out_mark = 0
+
+    # -- asyncio callbacks ---------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's are not subclasses
+        server = self._server
+        server._clients.add(self)
+        peer = transport.get_extra_info("peername")
+        if isinstance(peer, tuple) and peer:
+            self._peer = str(peer[0]).encode()
+        if server._stopping:
+            self._close()
+            return
+        self.deadline = self._loop.time() + server.header_timeout
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._closed = self._lost = True
+        self.deadline = None
+        self._server._clients.discard(self)
+        self._detach_upstream()
+
+    def data_received(self, data: bytes) -> None:
+        self._bytes_in += len(data)
+        if self._tunnel:
+            up = self._up
+            if up is not None:
+                up._write(data)
+            return
+        if self._closed or self._paused & _P_BROKEN:
+            return
+        if self._upgrade_wait:
+            self._leftover += data
+            return
+        if self._parsing is None and not self._queue and not self._paused and data.endswith(b"\r\n\r\n"):
+            req = self._simple_request(data)
+            if req is not None:  # nothing else is queued or in progress: it goes out at once
+                self._queue.append(req)
+                self._active = req
+                self._dispatch(req)
+                return
+        self._feed(data)
+
+    def eof_received(self) -> bool | None:
+        if self._tunnel or self._parsing is not None or not self._queue:
+            self._close()
+            return False
+        # Half-closed after a complete request: answer it, then close.
+        self._eof = True
+        self._paused |= _P_EOF
+        self.deadline = None
+        return True
+
+    def pause_writing(self) -> None:
+        self._write_paused = True
+        self.write_deadline = self._loop.time() + self._server.read_timeout
+        up = self._up
+        if up is not None:
+            up._pause_read()
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        self.write_deadline = None
+        up = self._up
+        if up is not None:
+            up._resume_read()
+
+    # -- httptools callbacks -------------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        self._parsing = req = _Request()
+        req.headers = []
+        self._head_bytes = 0
+        req.started = _now()
+        if not self._paused:
+            self.deadline = self._loop.time() + self._server.header_timeout
+
+    def on_url(self, url: bytes) -> None:
+        self._head_bytes += len(url)
+        if self._head_bytes > _MAX_HEAD_BYTES:
+            self._too_large = True
+            raise _HeadTooLarge
+        req = self._parsing
+        assert req is not None
+        req.url += url
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._head_bytes += len(name) + len(value) + 4
+        req = self._parsing
+        assert req is not None
+        if req.headers_done:  # trailers: counted, dropped
+            if self._head_bytes > 2 * _MAX_HEAD_BYTES:
+                raise _HeadTooLarge
+            return
+        headers = req.headers
+        if self._head_bytes > _MAX_HEAD_BYTES or len(headers) >= _MAX_HEADERS:
+            self._too_large = True
+            raise _HeadTooLarge
+        headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        req = self._parsing
+        assert req is not None
+        parser = self._parser
+        req.headers_done = True
+        req.method = method = parser.get_method()
+        req.http11 = parser.get_http_version() not in ("1.0", "0.9")
+        req.keep_alive = parser.should_keep_alive()
+        req.upgrade = upgrade = parser.should_upgrade()
+        # One pass: note what the proxy acts on, and copy the end-to-end headers for the app.
+        hosts = 0
+        tokens: set[bytes] | None = None
+        parts = [method, b" ", req.url, b" HTTP/1.1\r\n"]
+        extend = parts.extend
+        for name, value in req.headers:
+            lname = name.lower()
+            if lname not in _REQ_SPECIAL:
+                extend((name, b": ", value, b"\r\n"))
+                continue
+            if lname == b"host":
+                hosts += 1
+                req.host = value.rstrip()  # httptools strips leading whitespace only
+                extend((name, b": ", value, b"\r\n"))
+            elif lname == b"connection":
+                if tokens is None:
+                    tokens = set()
+                tokens.update(t.strip().lower() for t in value.split(b","))
+            elif lname == b"transfer-encoding":
+                req.chunked = True
+                if value.rpartition(b",")[2].strip().lower() != b"chunked":
+                    req.error = (400, "bad_request", "unsupported Transfer-Encoding")
+            elif lname == b"content-length":
+                req.has_length = True
+                if value.isdigit():
+                    req.content_length = int(value)
+                extend((name, b": ", value, b"\r\n"))
+            elif lname == b"x-request-id":
+                if _REQUEST_ID_OK(value):
+                    req.request_id = value
+            elif lname == b"accept":
+                low = value.lower()
+                req.accept_json = b"application/json" in low and b"text/html" not in low
+                extend((name, b": ", value, b"\r\n"))
+            elif lname == b"upgrade":
+                req.upgrade_value = value
+            elif lname == b"x-forwarded-for":
+                req.xff = value if not req.xff else req.xff + b", " + value
+        if tokens:
+            tokens -= _CONN_PLAIN
+            tokens.discard(b"host")
+            if tokens:  # the client named more hop-by-hop headers: copy again without them
+                del parts[4:]
+                for name, value in req.headers:
+                    lname = name.lower()
+                    if lname not in tokens and (lname not in _REQ_SPECIAL or lname in _REQ_COPIED):
+                        extend((name, b": ", value, b"\r\n"))
+        req.head = b"".join(parts)
+        if not req.request_id:
+            server = self._server
+            server._id_count = count = server._id_count + 1
+            req.request_id = b"%s%08x" % (server._id_prefix, count)
+        if method == b"CONNECT":
+            req.error = (405, "method_not_allowed", "CONNECT is not supported by this proxy")
+        elif hosts > 1 or (hosts == 0 and req.http11):
+            req.error = (400, "bad_request", "missing or duplicate Host header")
+        elif req.chunked and req.has_length:
+            # Request smuggling: front and back ends could disagree on where this body ends.
+            req.error = (400, "bad_request", "both Content-Length and Transfer-Encoding")
+        if upgrade:
+            req.chunked = False
+        self._queue.append(req)
+        if not self._paused:
+            self.deadline = self._loop.time() + self._server.read_timeout
+
+    def on_body(self, data: bytes) -> None:
+        req = self._parsing
+        assert req is not None
+        req.received += len(data)
+        limit = req.limit
+        if limit is not None and req.received > limit:
+            self._body_too_large = True
+            raise _BodyTooLarge
+        sink = req.sink
+        if sink is not None:
+            sink._send_body(data)
+        elif not req.finished:
+            if req.body:
+                req.body.append(data)
+            else:
+                req.body = [data]
+            req.body_size += len(data)
+            if req.body_size > _BODY_BUFFER:
+                self._pause(_P_BUFFER)
+        if not self._paused:
+            self.deadline = self._loop.time() + self._server.read_timeout
+
+    def on_message_complete(self) -> None:
+        req = self._parsing
+        assert req is not None
+        self._parsing = None
+        req.body_done = True
+        sink = req.sink
+        if sink is not None:
+            sink._end_body()
+        if not req.finished:
+            # Waiting for the app: the upstream's deadline applies, not the client's. Reading goes on
+            # (pipelined requests queue up) so that a plain keep-alive exchange never pauses the socket.
+            self.deadline = None
+            if len(self._queue) >= _PIPELINE_MAX:
+                self._pause(_P_QUEUE)
+
+    # -- parsing -------------------------------------------------------------------------
+
+    def _simple_request(self, data: bytes) -> _Request | None:
+        """The fast path: `data` is exactly one whole GET or HEAD with plain end-to-end headers.
+
+        Most requests arrive so; they skip the parser's callbacks. None, having changed nothing,
+        for anything else: the parser path takes it and answers or rejects it.
+        """
+        # Clients repeat the very same request head (pollers, health checks, API clients): what it
+        # means is worked out once and remembered.
+        known = _KNOWN_REQUESTS.get(data)
+        if known is None:
+            known = _read_simple_request(data)
+            if known is None:
+                return None
+            if len(data) <= 2048:
+                if len(_KNOWN_REQUESTS) >= 256:
+                    _KNOWN_REQUESTS.clear()
+                _KNOWN_REQUESTS[data] = known
+        req = _Request()
+        req.started = _now()
+        req.method, req.url, req.host, req.head, http11, req.accept_json = known
+        req.http11 = req.keep_alive = http11  # HTTP/1.0 keeps alive only when asked (not simple)
+        req.headers_done = req.body_done = True
+        server = self._server
+        server._id_count = count = server._id_count + 1
+        req.request_id = b"%s%08x" % (server._id_prefix, count)
+        self.deadline = None  # waiting for the app now: the upstream's deadline applies
+        return req
+
+    def _feed(self, data: bytes) -> None:
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserUpgrade as exc:
+            self._upgrade_wait = True
+            self._leftover = data[exc.args[0] :] if exc.args else b""
+            self._pause(_P_QUEUE)  # until the app accepts or declines the upgrade
+        except httptools.HttpParserError as exc:
+            self._on_parse_error(exc)
+        except Exception:
+            log.exception("proxy: internal error while parsing a request")
+            self._abort()
+            return
+        self._pump()
+
+    def _on_parse_error(self, exc: Exception) -> None:
+        self._pause(_P_BROKEN)
+        queue = self._queue
+        if queue and not queue[-1].keep_alive and self._parsing is None:
+            return  # bytes after a `Connection: close` request: ignored
+        if self._too_large:
+            status, message = 431, "request head too large"
+        elif self._body_too_large:
+            status, message = 413, "request body too large"
+        else:
+            status, message = 400, "malformed request"
+        log.debug("proxy: bad request from %s: %s", self._peer.decode(), exc)
+        cur = self._parsing
+        self._parsing = None
+        if cur is not None and cur.headers_done:
+            # The error is inside the body of a request already queued.
+            if cur is self._active:
+                up = self._up
+                if up is not None:
+                    self._up = None
+                    cur.sink = None
+                    up._abandon()
+                if cur.responded:
+                    self._close()
+                else:
+                    self._send_error(cur, status, "bad_request", message, close=True)
+            else:
+                cur.error = (status, "bad_request", message)
+            return
+        bad = _Request()
+        bad.error = (status, "bad_request", message)
+        bad.body_done = True
+        queue.append(bad)
+
+    # -- request dispatch ----------------------------------------------------------------
+
+    def _pump(self) -> None:
+        if self._pumping:
+            return
+        self._pumping = True
+        try:
+            while self._queue and self._active is None and not self._closed:
+                req = self._queue[0]
+                self._active = req
+                self._dispatch(req)
+        finally:
+            self._pumping = False
+
+    def _dispatch(self, req: _Request) -> None:
+        if req.error is not None:
+            self._send_error(req, *req.error, close=True)
+            return
+        server = self._server
+        table = server.table
+        hit = table._by_raw.get(req.host)
+        route = hit[0] if hit is not None and hit[1] is None else table.match_raw(req.host, req.url)
+        if route is None:
+            suffix = _port_suffix(req.host)
+            links = [(app, f"http://{app}.{table.domain}{suffix}") for app in table.apps()]
+            host = normalize_host(req.host) or "(none)"
+            self._send_error(req, 404, "not_found", f"no app is served at {host}", links=links)
+            return
+        if route.https_redirect and self._proto == b"http" and (port := server.https_port) is not None:
+            # The app is HTTPS-only: answer 308 here; the app never sees plain HTTP. One flag read
+            # per request otherwise.
+            req.route = route
+            keep = self._keep_alive(req)  # a body not yet read is not read: the connection closes
+            self._write(_https_redirect(normalize_host(req.host), req.url, port, req.request_id, keep, req.http11))
+            req.status = 308
+            req.responded = True
+            self._finish(req, close=not keep)
+            return
+        targets = route.targets
+        if not targets:
+            self._send_error(req, 503, "app_not_running", f"app {route.app} is not running")
+            return
+        req.route = route
+        limit = route.max_body
+        if limit is not None:
+            if req.content_length > limit or req.received > limit:
+                # Not read any further: the connection cannot be reused.
+                self._pause(_P_BROKEN)
+                self._parsing = None
+                self._send_error(
+                    req, 413, "body_too_large", f"the body limit of app {route.app} is {limit} bytes", close=True
+                )
+                return
+            req.limit = limit
+        target = targets[0] if len(targets) == 1 else server._pick(targets)
+        if self._target is not target:
+            self._track(target)
+        up = server._pool_get(target)
+        if up is not None:
+            self._begin(req, up, reused=True)
+        elif server._connecting.get(target, 0) >= _CONNECTING_MAX:
+            # Enough connections are being opened to this target: wait for one of them, or for one
+            # that frees up, rather than flooding the app's accept queue (SYN retries cost seconds).
+            self._waiting_for = target
+            server._waiting.setdefault(target, deque()).append(self)
+        else:
+            self._connect_task = self._loop.create_task(self._connect(req, target))
+
+    async def _connect(self, req: _Request, first: Target) -> None:
+        """Open a connection to `first`, else to the route's other targets (nothing was sent yet)."""
+        try:
+            await self._connect_to(req, first)
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # a bug must not leave the client waiting forever
+            log.exception("proxy: internal error while connecting to an app")
+            self._connect_task = None
+            if not self._closed and self._active is req and not req.responded:
+                self._send_error(req, 502, "bad_gateway", "internal proxy error", close=True)
+            else:
+                self._abort()
+
+    async def _connect_to(self, req: _Request, first: Target) -> None:
+        server = self._server
+        route = req.route
+        assert route is not None
+        reason = "refused"
+        tried: list[Target] = []
+        target: Target | None = first
+        while target is not None:
+            tried.append(target)
+            self._track(target)
+            connecting = server._connecting
+            connecting[target] = connecting.get(target, 0) + 1
+            counted = True
+            try:
+                async with asyncio.timeout(server.connect_timeout):
+                    _, up = await self._loop.create_connection(
+                        lambda t=target: _Upstream(server, t), target.host, target.port
+                    )
+            except TimeoutError:
+                reason = "timed out"
+                server._eject(target)
+                log.warning("proxy: connecting to %s:%s for app %s timed out", target.host, target.port, route.app)
+            except OSError as exc:
+                reason = exc.strerror or str(exc)
+                server._eject(target)
+                log.warning("proxy: cannot connect to %s:%s for app %s: %s", target.host, target.port, route.app, exc)
+            else:
+                self._connect_task = None
+                counted = False
+                server._connected(target)
+                if self._closed or self._active is not req:
+                    server._pool_put(up)  # a fresh connection: someone else can use it
+                    return
+                self._begin(req, up, reused=False)
+                return
+            finally:
+                if counted:  # failed or cancelled
+                    server._connected(target)
+            target = server._pick_other(route, tried)
+        self._connect_task = None
+        if not self._closed and self._active is req:
+            self._send_error(req, 502, "bad_gateway", f"app {route.app} is unreachable (connection {reason})")
+
+    def _begin(self, req: _Request, up: _Upstream, reused: bool) -> None:
+        self._up = up
+        up._begin(self, req, reused)
+        if self._write_paused:
+            up._pause_read()
+        if self._paused & _P_BUFFER:
+            self._resume(_P_BUFFER)
+
+    def _retry(self, req: _Request) -> None:
+        """Send an idempotent request again on a fresh connection, to the least busy target."""
+        route = self._server.table.routes.get(req.route.app) if req.route is not None else None
+        if route is None or not route.targets:
+            self._send_error(req, 502, "bad_gateway", "app closed the connection")
+            return
+        req.attempts += 1
+        req.route = route
+        target = self._server._pick(route.targets)
+        self._track(target)
+        self._connect_task = self._loop.create_task(self._connect(req, target))
+
+    # -- in-flight accounting (drain) -----------------------------------------------------
+
+    def _track(self, target: Target) -> None:
+        """Count this connection's current exchange (or tunnel) against `target`."""
+        old = self._target
+        if old is target:
+            return
+        if old is not None:
+            self._untrack()
+        self._target = target
+        inflight = self._server._inflight
+        inflight[target] = inflight.get(target, 0) + 1
+
+    def _untrack(self) -> None:
+        target = self._target
+        if target is None:
+            return
+        self._target = None
+        server = self._server
+        inflight = server._inflight
+        left = inflight.get(target, 1) - 1
+        if left > 0:
+            inflight[target] = left
+        else:
+            inflight.pop(target, None)
+            if server._drain_waiters:
+                server._drained.set()
+
+    # -- responses -----------------------------------------------------------------------
+
+    def _write(self, data: bytes) -> None:
+        cork = self._cork
+        if cork is not None:
+            cork.append(data)
+        elif not self._closed:
+            self._bytes_out += len(data)
+            self.transport.write(data)  # type: ignore[union-attr]
+
+    def _keep_alive(self, req: _Request) -> bool:
+        return req.keep_alive and req.body_done and not self._eof and not self._server._stopping
+
+    def _send_error(
+        self,
+        req: _Request,
+        status: int,
+        code: str,
+        message: str,
+        *,
+        close: bool = False,
+        links: list[tuple[str, str]] | None = None,
+    ) -> None:
+        keep = not close and self._keep_alive(req)
+        body, ctype = _render_error(status, code, message, req.accept_json, links)
+        if not req.request_id:
+            req.request_id = self._server._new_request_id()
+        req.status = status
+        parts = [
+            b"HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %d\r\nCache-Control: no-store\r\n"
+            b"X-Request-Id: %s\r\n" % (status, _PHRASES[status], ctype, len(body), req.request_id)
+        ]
+        if not keep:
+            parts.append(b"Connection: close\r\n")
+        elif not req.http11:
+            parts.append(b"Connection: keep-alive\r\n")
+        parts.append(b"\r\n")
+        if req.method != b"HEAD":
+            parts.append(body)
+        self._write(b"".join(parts))
+        req.responded = True
+        self._finish(req, close=not keep)
+
+    def _finish(self, req: _Request, close: bool) -> None:
+        """The response to `req` (the head of the queue) is complete."""
+        req.finished = True
+        req.sink = None
+        req.body = ()
+        queue = self._queue
+        if queue and queue[0] is req:
+            queue.popleft()
+        self._active = None
+        self._up = None
+        self._served += 1
+        if self._target is not None:
+            self._untrack()
+        self._record(req)
+        if close or self._closed or self._eof:
+            self._close()
+            return
+        if not queue and not self._paused and not self._upgrade_wait and self._parsing is None:
+            # The usual end of a keep-alive exchange: wait for the next request.
+            if self._server._stopping:
+                self._close()
+            else:
+                self.deadline = self._loop.time() + self._server.idle_timeout
+            return
+        if self._paused & _P_UPSTREAM:
+            self._resume(_P_UPSTREAM)
+        if self._upgrade_wait and not queue:
+            # The app declined the upgrade: what followed is HTTP again.
+            self._upgrade_wait = False
+            data, self._leftover = self._leftover, b""
+            if data:
+                self._feed(data)
+                if self._closed:
+                    return
+        if self._paused & _P_QUEUE and len(queue) < _PIPELINE_MAX:
+            self._resume(_P_QUEUE)
+        elif not self._paused and not queue and self._parsing is None:
+            self.deadline = self._loop.time() + self._server.idle_timeout
+        if self._server._stopping and not queue and self._parsing is None:
+            self._close()
+            return
+        if queue:
+            self._pump()
+
+    def _record(self, req: _Request) -> None:
+        """Note a finished exchange. Its app's metrics and its access-log line are made from the note
+        off the hot path (`ProxyServer._fold`)."""
+        now = _now()
+        bytes_in = self._bytes_in
+        bytes_out = self._bytes_out
+        route = req.route or _NO_ROUTE
+        self._server._finished.append(
+            (
+                now,
+                route.app,
+                route.release,
+                req.method,
+                req.url,
+                req.status,
+                bytes_in - self._in_mark,
+                bytes_out - self._out_mark,
+                now - req.started,
+                req.upstream_time,
+                req.request_id,
+                self._peer,
+            )
+        )
+        self._in_mark = bytes_in
+        self._out_mark = bytes_out
+
+    def _upstream_failed(self, req: _Request, status: int, code: str, message: str, retry: bool) -> None:
+        self._up = None
+        req.sink = None
+        if self._closed or self._active is not req:
+            return
+        if req.responded:
+            self._close()
+            return
+        if retry and req.attempts == 0 and req.replayable and req.method in _IDEMPOTENT:
+            self._retry(req)
+            return
+        self._send_error(req, status, code, message)
+
+    def _start_tunnel(self, up: _Upstream, tail: bytes) -> None:
+        self._tunnel = True
+        self._upgrade_wait = False
+        self.deadline = None
+        leftover, self._leftover = self._leftover, b""
+        if tail:
+            self._write(tail)
+        if leftover:
+            up._write(leftover)
+        self._resume(_P_QUEUE)
+
+    # -- flow control & lifecycle --------------------------------------------------------
+
+    def _pause(self, reason: int) -> None:
+        if not self._paused and not self._closed:
+            self.transport.pause_reading()  # type: ignore[union-attr]
+            self.deadline = None
+        self._paused |= reason
+
+    def _resume(self, reason: int) -> None:
+        if not self._paused & reason:
+            return
+        self._paused &= ~reason
+        if self._paused or self._closed:
+            return
+        self.transport.resume_reading()  # type: ignore[union-attr]
+        if self._tunnel:
+            self.deadline = None
+            return
+        server = self._server
+        req = self._parsing
+        now = self._loop.time()
+        if req is not None:
+            self.deadline = now + (server.read_timeout if req.headers_done else server.header_timeout)
+        elif not self._queue:
+            self.deadline = now + (server.idle_timeout if self._served else server.header_timeout)
+        else:
+            self.deadline = None
+
+    def _on_timeout(self) -> None:
+        self.deadline = self.write_deadline = None
+        log.debug("proxy: client %s timed out", self._peer.decode())
+        req = self._parsing
+        queue = self._queue
+        # A request arriving too slowly (slowloris) gets 408 if it is the next one to be answered.
+        if (
+            req is not None
+            and not self._write_paused
+            and not self._closed
+            and ((not req.headers_done and not queue) or (req.headers_done and queue[0] is req and not req.responded))
+        ):
+            self._detach_upstream()
+            self._pause(_P_BROKEN)
+            self._parsing = None
+            self._send_error(req, 408, "request_timeout", "the request was not received in time", close=True)
+            return
+        self._close()
+
+    def _shutdown_if_idle(self) -> None:
+        if self._tunnel or (not self._queue and self._parsing is None):
+            self._close()
+
+    def _detach_upstream(self) -> None:
+        self._waiting_for = None  # skipped when its turn comes
+        self._untrack()
+        task = self._connect_task
+        if task is not None:
+            self._connect_task = None
+            task.cancel()
+        up = self._up
+        if up is not None:
+            self._up = None
+            if self._tunnel:
+                up._close()
+            else:
+                up._abandon()
+
+    def _close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self.deadline = None
+        self._detach_upstream()
+        self.transport.close()  # type: ignore[union-attr]
+
+    def _abort(self) -> None:
+        self._closed = True
+        self.deadline = None
+        self._detach_upstream()
+        if self.transport is not None and not self._lost:
+            self.transport.abort()
