@@ -25,6 +25,7 @@ from lbsolo.models import (
     LABEL_PORT,
     LABEL_PROCESS,
     LABEL_RELEASE,
+    ONE_OFF,
     Replica,
 )
 
@@ -316,7 +317,7 @@ class Engine:
                 command=[command],
                 detach=True,
                 environment=env,
-                labels={**self.base_labels(app), LABEL_PROCESS: "run"},
+                labels={**self.base_labels(app), LABEL_PROCESS: ONE_OFF},
                 network=network,
                 init=True,
                 volumes=mounts or None,

@@ -117,6 +117,9 @@ _CONFIG_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
 RESERVED_CONFIG = frozenset({"PORT", "LBSOLO_APP", "LBSOLO_RELEASE", "LBSOLO_PROCESS"})
 _PROCESS_NAME = re.compile(r"^[a-z][a-z0-9]{0,19}$")
 WEB = "web"
+# The process label of one-off containers (test and release phases, `lbsolo run`): never a
+# process type, since "-" is not allowed in one. Whoever starts one removes it; no replica.
+ONE_OFF = "one-off"
 MASK = "********"
 
 
@@ -351,6 +354,10 @@ class Replica:
     status: str  # engine's word: running, exited, created, ...
     host_port: int | None  # published on 127.0.0.1
     started_at: str = ""
+
+    @property
+    def one_off(self) -> bool:
+        return self.process == ONE_OFF
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -46,7 +46,8 @@ def plan(desired: Mapping[str, Desired | int | None], actual: list[Replica]) -> 
     actions: list[Action] = []
     by_app: dict[str, list[Replica]] = {}
     for r in actual:
-        by_app.setdefault(r.app, []).append(r)
+        if not r.one_off:  # its starter waits for it and removes it; a pass must not
+            by_app.setdefault(r.app, []).append(r)
     for app, mine in sorted(by_app.items()):
         if app not in desired:
             actions += [Action(ActionKind.REMOVE, app, r.release, r, r.process) for r in mine]

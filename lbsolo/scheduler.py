@@ -189,7 +189,12 @@ class Scheduler:
             self.bus.emit(EventKind.REPLICA_RESTARTED, action.app, f"{replica.name} started", restarts=restarts + 1)
 
     async def recover(self) -> int:
-        """After a restart: releases whose rollout was interrupted never became current; mark them failed."""
+        """After a restart: releases whose rollout was interrupted never became current; mark them failed.
+
+        One-off containers left by a daemon killed while it waited for them go: nobody waits now.
+        """
+        leftovers = [r for r in await asyncio.to_thread(self.engine.list_replicas) if r.one_off]
+        await run.stop_replicas(self.engine, leftovers, 0)
         count = 0
         for app in await asyncio.to_thread(self.state.list_apps):
             for r in await asyncio.to_thread(self.state.list_releases, app.name):

@@ -153,6 +153,9 @@ def test_config_change_makes_a_release_and_secrets_never_show(daemon):
     run = daemon.cli("run", "zd", "--", "echo", "pw=$DB_PASSWORD")
     assert run.returncode == 0 and "pw=hunter2-xyzzy" in run.stdout
     assert daemon.cli("run", "zd", "--", "exit 7").returncode == 7
+    # Reconcile passes run every second here; a one-off is not theirs to remove.
+    slow = daemon.cli("run", "zd", "--", "sleep 3; echo slept")
+    assert slow.returncode == 0 and "slept" in slow.stdout, slow.stdout + slow.stderr
     out = daemon.cli("config:unset", "zd", "GREETING")
     assert out.returncode == 0
     assert daemon.get("zd").text.startswith("Hello from lbsolo!")
@@ -189,6 +192,11 @@ def test_sigkill_mid_rollout_converges_to_one_release(daemon, docker_client, tmp
         .replace('if __name__ == "__main__":\n', 'if __name__ == "__main__":\n    time.sleep(4)\n')
     )
     (src / "app.py").write_text("import time\n" + app)
+    one_off = daemon.cli_background("run", "zd", "--", "sleep 120")
+    deadline = time.monotonic() + 30
+    while not running(docker_client, daemon, "zd", "one-off") and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert running(docker_client, daemon, "zd", "one-off")
     proc = daemon.cli_background("deploy", str(src), "--app", "zd")
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
@@ -200,7 +208,9 @@ def test_sigkill_mid_rollout_converges_to_one_release(daemon, docker_client, tmp
         pytest.fail("the rollout never reached wait_ready")
     daemon.stop(signal.SIGKILL)
     proc.wait(timeout=30)
+    one_off.wait(timeout=30)
     daemon.start()
+    assert not running(docker_client, daemon, "zd", "one-off")  # nobody waits for it any more
     deadline = time.monotonic() + 15
     while time.monotonic() < deadline:
         web = running(docker_client, daemon, "zd", "web")

@@ -1,7 +1,7 @@
 import pytest
 
 from lbsolo.errors import InvalidInput, NotFound
-from lbsolo.models import Release, ReleaseStatus, Replica, parse_formation
+from lbsolo.models import ONE_OFF, Release, ReleaseStatus, Replica, parse_formation
 from lbsolo.plan import ActionKind, Desired, images_to_remove, plan, rollback_target, routes_for
 from lbsolo.proxy import Target
 
@@ -47,6 +47,13 @@ def test_removes_old_releases_and_orphans():
     assert sorted(kinds(plan({"hello": 2}, actual))) == sorted(
         [(ActionKind.REMOVE, "hello", "a"), (ActionKind.REMOVE, "gone", "z")]
     )
+
+
+def test_one_off_containers_are_left_to_whoever_started_them():
+    # A test phase runs before its release exists; `lbsolo run` may outlast many passes.
+    actual = [rep("t", release=2, process=ONE_OFF, port=None), rep("a"), rep("x", app="gone", process=ONE_OFF)]
+    assert plan({"hello": 1}, actual) == []
+    assert routes_for({"hello": 1}, actual)["hello"].targets == (Target("127.0.0.1", 40000),)
 
 
 def test_app_without_release_runs_nothing_and_routes_to_nothing():
