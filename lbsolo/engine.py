@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from typing import IO, Any
 
 import docker
@@ -65,6 +65,33 @@ def parse_memory(value: str) -> int:
     if v and v[-1] in units:
         return int(float(v[:-1]) * units[v[-1]])
     return int(v)
+
+
+def listed_replica(item: Mapping[str, Any]) -> Replica:
+    """A replica from one entry of the engine's container list (`GET /containers/json`)."""
+    labels = item.get("Labels") or {}
+    host_port = next(
+        (
+            int(p["PublicPort"])
+            for p in item.get("Ports") or []
+            if p.get("PublicPort") and p.get("IP") in ("127.0.0.1", "", None)
+        ),
+        None,
+    )
+    names = item.get("Names") or []
+    state = str(item.get("State", ""))
+    release = labels.get(LABEL_RELEASE)
+    return Replica(
+        id=str(item["Id"]),
+        name=str(names[0]).lstrip("/") if names else str(item["Id"])[:12],
+        app=labels.get(LABEL_APP, ""),
+        release=int(release) if release and release.isdigit() else None,
+        process=labels.get(LABEL_PROCESS, "web"),
+        running=state == "running",
+        status=state,
+        host_port=host_port,
+        started_at=f"{int(item.get('Created') or 0):012d}",  # sorts oldest first, as the inspected StartedAt
+    )
 
 
 class Engine:
@@ -378,8 +405,10 @@ class Engine:
         if app is not None:
             labels.append(f"{LABEL_APP}={app}")
         with _engine_errors("list containers"):
-            containers = self.client.containers.list(all=True, filters={"label": labels})
-        return [self._replica(c) for c in containers]
+            # The list's own fields are enough: one call, where docker-py's full listing inspects
+            # each container and fails whole when one of them is removed meanwhile.
+            listed = self.client.api.containers(all=True, filters={"label": labels})
+        return [listed_replica(item) for item in listed]
 
     def start(self, container_id: str) -> Replica:
         with _engine_errors(f"start {container_id[:12]}"):

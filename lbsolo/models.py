@@ -353,7 +353,7 @@ class Replica:
     running: bool
     status: str  # engine's word: running, exited, created, ...
     host_port: int | None  # published on 127.0.0.1
-    started_at: str = ""
+    started_at: str = ""  # sorts oldest first (when listed: the creation time)
 
     @property
     def one_off(self) -> bool:

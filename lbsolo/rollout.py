@@ -264,7 +264,8 @@ class Rollouts:
         failed = [r for r, res in zip(started, results, strict=True) if isinstance(res, BaseException)]
         await run.stop_replicas(self.engine, failed, 0)
         removing = [a.replica for a in actions if a.kind is ActionKind.REMOVE and a.replica]
-        keep = [r for r in await asyncio.to_thread(self.engine.list_replicas, app.name) if r not in removing]
+        gone = {r.id for r in removing}
+        keep = [r for r in await asyncio.to_thread(self.engine.list_replicas, app.name) if r.id not in gone]
         self._publish_route(app.name, routes_for({app.name: self._desired(app)}, keep)[app.name])
         targets = [Target("127.0.0.1", r.host_port) for r in removing if r.process == WEB and r.host_port]
         if targets:

@@ -1,0 +1,53 @@
+"""Replicas read from the engine's container list (one `GET /containers/json` per listing)."""
+
+from __future__ import annotations
+
+from lbsolo.engine import listed_replica
+from lbsolo.models import ONE_OFF
+
+
+def entry(**over):
+    # The shape Docker 20.10 answers with, trimmed to what lbsolo reads and a little more.
+    item = {
+        "Id": "9f124fa99ae60ff14404d465de61b92e83b3627a300ecb02bc260e20ee85fd19",
+        "Names": ["/lbsolo-shop-web-v3-a1b2c3"],
+        "Image": "lbsolo/shop:v3",
+        "Created": 1795697961,
+        "Ports": [{"IP": "127.0.0.1", "PrivatePort": 5000, "PublicPort": 33187, "Type": "tcp"}],
+        "Labels": {
+            "lbsolo.managed": "true",
+            "lbsolo.instance": "abc",
+            "lbsolo.app": "shop",
+            "lbsolo.release": "3",
+            "lbsolo.process": "web",
+        },
+        "State": "running",
+        "Status": "Up 3 seconds",
+    }
+    item.update(over)
+    return item
+
+
+def test_a_running_web_replica():
+    r = listed_replica(entry())
+    assert (r.name, r.app, r.release, r.process, r.running, r.status, r.host_port) == (
+        "lbsolo-shop-web-v3-a1b2c3", "shop", 3, "web", True, "running", 33187,
+    )  # fmt: skip
+
+
+def test_a_stopped_worker_has_no_port_and_an_unknown_release_is_none():
+    labels = {**entry()["Labels"], "lbsolo.process": "worker", "lbsolo.release": "x"}
+    r = listed_replica(entry(State="exited", Status="Exited (1) 2 seconds ago", Ports=[], Labels=labels))
+    assert (r.running, r.status, r.host_port, r.release, r.process) == (False, "exited", None, None, "worker")
+
+
+def test_only_a_port_published_on_loopback_counts():
+    ports = [{"IP": "0.0.0.0", "PrivatePort": 5000, "PublicPort": 8000, "Type": "tcp"}, {"PrivatePort": 5001}]
+    assert listed_replica(entry(Ports=ports)).host_port is None
+
+
+def test_one_off_containers_are_marked_and_oldest_sorts_first():
+    labels = {**entry()["Labels"], "lbsolo.process": ONE_OFF}
+    assert listed_replica(entry(Labels=labels)).one_off
+    older, newer = listed_replica(entry(Created=999_999_999)), listed_replica(entry(Created=1_000_000_000))
+    assert older.started_at < newer.started_at
