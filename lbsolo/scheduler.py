@@ -89,6 +89,7 @@ class Scheduler:
     _static: dict[str, Route]  # static routes, by name (never an app's name)
     _wake: asyncio.Event
     # Platform's and the rollout's helpers.
+    _save: Any
     _desired: Any
     _spec: Any
     _volumes: Any
