@@ -175,7 +175,7 @@ class Platform(Scheduler, Rollouts):
             if not await asyncio.to_thread(self.state.list_apps):
                 # The last app is gone: don't leave a network (and its address pool) behind.
                 await asyncio.to_thread(self.engine.remove_network, self.network)
-        self._locks.pop(name, None)
+        # The app's lock stays: a reconcile pass that read the app before sees it changed hands.
         self._restarts.pop(name, None)
         return {"name": name, "containers": len(replicas), "images": len(removed), "volumes": vols}
 
@@ -241,13 +241,16 @@ class Platform(Scheduler, Rollouts):
 
     async def hook_secret(self, name: str, create: bool = True) -> str:
         """The app's inbound webhook secret; made on first request."""
-        async with self.lock(name):
-            app = await self._app(name)
-            if not app.hook_secret:
-                if not create:
-                    raise NotFound(f"{name} has no webhook yet (see: lbsolo hooks:url {name})")
-                app.hook_secret = secrets.token_urlsafe(24)
-                await self._save(app)
+        # Reading takes no lock: unauthenticated webhook calls must not count as changes of the app.
+        app = await self._app(name)
+        if not app.hook_secret and not create:
+            raise NotFound(f"{name} has no webhook yet (see: lbsolo hooks:url {name})")
+        if not app.hook_secret:
+            async with self.lock(name):  # saved like any change of the app, never over one
+                app = await self._app(name)
+                if not app.hook_secret:
+                    app.hook_secret = secrets.token_urlsafe(24)
+                    await self._save(app)
         return app.hook_secret
 
     async def _deploy(self, job: DeployJob, built: asyncio.Future[tuple[str, SourceSpec]], build_id: str) -> None:

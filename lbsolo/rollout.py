@@ -218,7 +218,8 @@ class Rollouts:
         out.append("       traffic switched")
 
         current = await asyncio.to_thread(self.engine.list_replicas, name)
-        old = [r for r in current if r.id not in {n.id for n in new}]
+        fresh = {r.id for r in new}
+        old = [r for r in current if r.id not in fresh and not r.one_off]  # a one-off is its starter's
         await self._step(release, DeployStep.DRAIN)
         old_targets = [Target("127.0.0.1", r.host_port) for r in old if r.process == WEB and r.host_port]
         if old_targets and not await self.ingress.drain(old_targets, self.settings.drain_timeout):

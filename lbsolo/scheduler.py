@@ -105,7 +105,7 @@ class Scheduler:
         """Whether a change of `app` is running, or ran, since `marks` were taken."""
         lock = self._locks.get(app)
         if lock is None:
-            return app in marks  # destroyed meanwhile
+            return False  # nothing changed it since the daemon started: every change takes the lock
         if lock.locked():
             return True
         return marks.get(app, (lock, 0)) != (lock, lock.turns)
@@ -144,9 +144,11 @@ class Scheduler:
         self._watch_logs((r for r in actual if r.app in desired), adopted=True)
         self.collector.prune()
         routes = routes_for(desired, actual)
-        for app, route in self._routes.items():
-            if self._unsettled(app, marks):
-                routes[app] = route
+        for app in {*routes, *self._routes}:
+            if self._unsettled(app, marks):  # its change published its route (or removed it)
+                routes.pop(app, None)
+                if app in self._routes:
+                    routes[app] = self._routes[app]
         if routes != self._routes:
             self._routes = routes
             self._push()
@@ -210,11 +212,11 @@ class Scheduler:
 
     async def reconcile_forever(self) -> None:
         while True:
+            self._wake.clear()  # before the pass: events that come during it ask for another
             try:
                 await self.reconcile()
             except EngineError as e:
                 log.warning("reconcile skipped: %s", e.message)
-            self._wake.clear()
             try:
                 await asyncio.wait_for(self._wake.wait(), self.settings.reconcile_interval)
                 await asyncio.sleep(0.2)  # let a burst of events settle into one pass

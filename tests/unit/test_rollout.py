@@ -11,6 +11,7 @@ import asyncio
 import socket
 import threading
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import pytest
@@ -18,8 +19,8 @@ import pytest
 from lbsolo.build import Builder
 from lbsolo.config import Settings
 from lbsolo.core import Platform
-from lbsolo.errors import DeployFailed
-from lbsolo.models import App, DeployStep, Release, ReleaseStatus, Replica
+from lbsolo.errors import DeployFailed, NotFound
+from lbsolo.models import ONE_OFF, App, DeployStep, Release, ReleaseStatus, Replica
 from lbsolo.proxy import Route, Target
 from lbsolo.state import State
 
@@ -70,6 +71,9 @@ class FakeEngine:
 
     def app_images(self, app: str | None = None) -> list[dict[str, Any]]:
         return []
+
+    def remove_network(self, name: str) -> None:
+        pass
 
 
 class FakeIngress:
@@ -226,17 +230,30 @@ class HeldEngine(FakeEngine):
         return listing
 
 
-async def _two_releases(tmp_path, test) -> None:
+@dataclass
+class Scene:
+    platform: Platform
+    engine: HeldEngine
+    ingress: FakeIngress
+    state: StepRecorder
+    port2: int  # where v2's replica answers
+
+    def serves_v2_only(self) -> bool:
+        return self.ingress.routes["web1"].targets == (Target("127.0.0.1", self.port2),) and [
+            r.release for r in self.engine.list_replicas() if not r.one_off
+        ] == [2]
+
+
+async def _serving_v1(tmp_path, test) -> None:
+    """Run `test(scene)` with web1 serving v1, and a server ready to answer for v2."""
     one, port1 = await _http_server()
     two, port2 = await _http_server()
     try:
-        platform, _, ingress, _ = await _platform(tmp_path, {})
+        platform, _, ingress, state = await _platform(tmp_path, {})
         engine = HeldEngine({1: port1, 2: port2})
         platform.engine = engine
         await _release(platform, "sha256:one")
-        await test(platform, engine, ingress)
-        assert ingress.routes["web1"].targets == (Target("127.0.0.1", port2),)
-        assert [r.release for r in engine.list_replicas()] == [2]
+        await test(Scene(platform, engine, ingress, state, port2))
     finally:
         for server in (one, two):
             server.close()
@@ -247,33 +264,77 @@ def test_a_reconcile_pass_that_read_before_a_rollout_began_leaves_that_app_to_it
     # The pass read the app at v1 and listed v1's replica; the rollout to v2 then ran to the end
     # while the listing was held. Routing to what the pass saw would send traffic to v1's
     # stopped replica (a 502) until the next pass.
-    async def test(platform: Platform, engine: HeldEngine, ingress: FakeIngress) -> None:
-        listed, go = engine.hold(None)
-        reconciling = asyncio.create_task(platform.reconcile())
+    async def test(scene: Scene) -> None:
+        listed, go = scene.engine.hold(None)
+        reconciling = asyncio.create_task(scene.platform.reconcile())
         await asyncio.to_thread(listed.wait, 5)
-        await _release(platform, "sha256:two")
-        await platform.create_app("web2")  # created after the pass read the apps
+        await _release(scene.platform, "sha256:two")
+        await scene.platform.create_app("web2")  # created after the pass read the apps
         go.set()
         assert await reconciling == []
-        assert "web2" in ingress.routes
+        assert scene.serves_v2_only() and "web2" in scene.ingress.routes
 
-    asyncio.run(_two_releases(tmp_path, test))
+    asyncio.run(_serving_v1(tmp_path, test))
 
 
 def test_a_reconcile_pass_that_began_during_a_rollout_leaves_that_app_to_it(tmp_path):
     # The rollout held the app's lock when the pass began and let go of it before the pass
     # looked: the pass read v1 as current and listed both replicas. Acting on that would remove
     # v2's replica and route to v1's, which the rollout has just stopped.
-    async def test(platform: Platform, engine: HeldEngine, ingress: FakeIngress) -> None:
-        swapped, finish = engine.hold("web1")
-        rolling = asyncio.create_task(_release(platform, "sha256:two"))
+    async def test(scene: Scene) -> None:
+        swapped, finish = scene.engine.hold("web1")
+        rolling = asyncio.create_task(_release(scene.platform, "sha256:two"))
         await asyncio.to_thread(swapped.wait, 5)
-        listed, go = engine.hold(None)
-        reconciling = asyncio.create_task(platform.reconcile())
+        assert scene.state.steps[-1] == "swap"
+        listed, go = scene.engine.hold(None)
+        reconciling = asyncio.create_task(scene.platform.reconcile())
         await asyncio.to_thread(listed.wait, 5)
         finish.set()
         await rolling
         go.set()
         assert await reconciling == []
+        assert scene.serves_v2_only()
 
-    asyncio.run(_two_releases(tmp_path, test))
+    asyncio.run(_serving_v1(tmp_path, test))
+
+
+def test_a_reconcile_pass_does_not_bring_back_the_route_of_an_app_destroyed_meanwhile(tmp_path):
+    async def test(scene: Scene) -> None:
+        scene.platform._locks.clear()  # as after a daemon restart: no app has a lock yet
+        listed, go = scene.engine.hold(None)
+        reconciling = asyncio.create_task(scene.platform.reconcile())
+        await asyncio.to_thread(listed.wait, 5)
+        await scene.platform.destroy_app("web1")
+        go.set()
+        assert await reconciling == []
+        assert "web1" not in scene.ingress.routes
+
+    asyncio.run(_serving_v1(tmp_path, test))
+
+
+def test_a_rollout_leaves_one_off_containers_to_whoever_started_them(tmp_path):
+    async def test(scene: Scene) -> None:
+        one_off = Replica(
+            id="o1", name="brave_euler", app="web1", release=None, process=ONE_OFF, running=True,
+            status="running", host_port=None,
+        )  # fmt: skip
+        scene.engine.replicas[one_off.id] = one_off
+        await _release(scene.platform, "sha256:two")
+        assert scene.serves_v2_only() and one_off.id in scene.engine.replicas
+        assert await scene.platform.reconcile() == [] and one_off.id in scene.engine.replicas
+
+    asyncio.run(_serving_v1(tmp_path, test))
+
+
+def test_reading_the_webhook_secret_is_no_change_of_the_app(tmp_path):
+    # Webhook calls are unauthenticated until their signature is checked: they must not make
+    # reconcile passes leave the app alone.
+    async def test(scene: Scene) -> None:
+        marks = scene.platform._lock_marks()
+        with pytest.raises(NotFound):
+            await scene.platform.hook_secret("web1", create=False)
+        assert not scene.platform._unsettled("web1", marks)
+        secret = await scene.platform.hook_secret("web1")
+        assert await scene.platform.hook_secret("web1", create=False) == secret
+
+    asyncio.run(_serving_v1(tmp_path, test))
