@@ -90,7 +90,8 @@ def listed_replica(item: Mapping[str, Any]) -> Replica:
         running=state == "running",
         status=state,
         host_port=host_port,
-        started_at=f"{int(item.get('Created') or 0):012d}",  # sorts oldest first, as the inspected StartedAt
+        # The list has no start time: the creation time, in the form StartedAt has, sorts as well.
+        started_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(int(item.get("Created") or 0))),
     )
 
 
