@@ -206,22 +206,9 @@ def daemon(docker_client, tmp_path_factory) -> Iterator[Daemon]:
 
 
 @contextlib.contextmanager
-def host_service() -> Iterator[int]:
-    """A service on this machine that lbsolo does not run (static routes point at such): a plain
-    HTTP server on a loopback port, answering GET with its path and the Host it saw."""
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            body = f"static service: {self.path} for {self.headers['Host']}".encode()
-            self.send_response(200)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *args: object) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+def loopback_server(handler: type[BaseHTTPRequestHandler]) -> Iterator[int]:
+    """A plain HTTP server on a loopback port, in a thread; yields the port."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
@@ -230,3 +217,47 @@ def host_service() -> Iterator[int]:
         server.shutdown()
         server.server_close()
         thread.join(5)
+
+
+class QuietHandler(BaseHTTPRequestHandler):
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@dataclass
+class WebhookReceiver:
+    url: str
+    received: list[tuple[dict[str, str], bytes]]  # headers and body of each POST, in order
+
+
+@contextlib.contextmanager
+def webhook_receiver() -> Iterator[WebhookReceiver]:
+    """A webhook receiver on loopback: answers each POST with 204 and records it."""
+    received: list[tuple[dict[str, str], bytes]] = []
+
+    class Handler(QuietHandler):
+        def do_POST(self) -> None:
+            body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+            received.append((dict(self.headers), body))
+            self.send_response(204)
+            self.end_headers()
+
+    with loopback_server(Handler) as port:
+        yield WebhookReceiver(f"http://127.0.0.1:{port}/hook", received)
+
+
+@contextlib.contextmanager
+def host_service() -> Iterator[int]:
+    """A service on this machine that lbsolo does not run (static routes point at such),
+    answering GET with its path and the Host it saw."""
+
+    class Handler(QuietHandler):
+        def do_GET(self) -> None:
+            body = f"static service: {self.path} for {self.headers['Host']}".encode()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+    with loopback_server(Handler) as port:
+        yield port

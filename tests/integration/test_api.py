@@ -12,15 +12,13 @@ import socket
 import ssl
 import subprocess
 import sys
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import httpx
 import pytest
 
-from .conftest import EXAMPLES, free_port, running_daemon
+from .conftest import EXAMPLES, free_port, running_daemon, webhook_receiver
 
 pytestmark = pytest.mark.docker
 
@@ -33,39 +31,6 @@ def daemon(docker_client, tmp_path_factory):
     ) as d:
         d.https_port = https
         yield d
-
-
-class Receiver:
-    """A webhook receiver on loopback that records what it is sent."""
-
-    def __init__(self) -> None:
-        self.received: list[tuple[dict[str, str], bytes]] = []
-        outer = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-                outer.received.append((dict(self.headers), body))
-                self.send_response(204)
-                self.end_headers()
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.server.server_address[1]}/hook"
-
-    def __enter__(self) -> Receiver:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.server.shutdown()
-        self.server.server_close()
 
 
 def test_every_api_route_needs_the_token(daemon):
@@ -85,7 +50,7 @@ def test_every_api_route_needs_the_token(daemon):
 
 
 def test_deploy_emits_events_and_signed_webhooks(daemon):
-    with Receiver() as receiver:
+    with webhook_receiver() as receiver:
         out = daemon.cli("webhooks:add", receiver.url, "--event", "deploy.*")
         assert out.returncode == 0, out.stderr
         secret = out.stdout.split("secret: ")[1].split()[0]

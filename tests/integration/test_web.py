@@ -16,7 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from .conftest import EXAMPLES, ROOT, host_service, running_daemon
+from .conftest import EXAMPLES, ROOT, host_service, running_daemon, webhook_receiver
 
 playwright_api = pytest.importorskip("playwright.sync_api")
 expect = playwright_api.expect
@@ -248,27 +248,12 @@ def test_logout_ends_the_session(daemon, page):
 
 
 def test_dashboard_graphs_and_webhook_deliveries_are_shown(daemon, page):
-    import threading
-    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:
-            self.rfile.read(int(self.headers.get("Content-Length", 0)))
-            self.send_response(204)
-            self.end_headers()
-
-        def log_message(self, *args: object) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
+    with webhook_receiver() as receiver:
         page.goto("/ui/login")
         page.fill("#token", daemon.token)
         page.click("button[type=submit]")
         expect(page.locator(f"#apps tr[data-app='{APP}'] td.spark")).to_have_count(3)
-        url = f"http://127.0.0.1:{server.server_address[1]}/hook"
+        url = receiver.url
         assert daemon.cli("webhooks:add", url, "--event", "scaled").returncode == 0
         assert daemon.cli("scale", APP, "web=1").returncode == 0
         deadline = time.monotonic() + 20
@@ -280,9 +265,6 @@ def test_dashboard_graphs_and_webhook_deliveries_are_shown(daemon, page):
         expect(page.locator(".hook").first).to_contain_text(url)
         expect(page.locator(".delivery").first).to_contain_text("scaled")
         expect(page.locator(".delivery").first).to_contain_text("204")
-    finally:
-        server.shutdown()
-        server.server_close()
 
 
 def test_custom_domains_from_the_app_page(daemon, page):
