@@ -11,6 +11,7 @@ import json
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import threading
@@ -222,6 +223,18 @@ def loopback_server(handler: type[BaseHTTPRequestHandler]) -> Iterator[int]:
 class QuietHandler(BaseHTTPRequestHandler):
     def log_message(self, *args: object) -> None:
         pass
+
+
+def https_get(daemon: Daemon, port: int, host: str, path: str = "/") -> bytes:
+    """GET over HTTPS from the proxy's listener, trusting only the daemon's local CA: the raw answer."""
+    context = ssl.create_default_context(cafile=str(daemon.home / "tls" / "ca.pem"))
+    raw = socket.create_connection(("127.0.0.1", port), timeout=10)
+    with context.wrap_socket(raw, server_hostname=host) as tls:
+        tls.sendall(f"GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode())
+        data = b""
+        while chunk := tls.recv(65536):
+            data += chunk
+    return data
 
 
 @dataclass

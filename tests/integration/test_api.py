@@ -8,8 +8,6 @@ import hmac
 import json
 import os
 import re
-import socket
-import ssl
 import subprocess
 import sys
 import time
@@ -18,7 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from .conftest import EXAMPLES, free_port, running_daemon, webhook_receiver
+from .conftest import EXAMPLES, free_port, https_get, running_daemon, webhook_receiver
 
 pytestmark = pytest.mark.docker
 
@@ -95,13 +93,7 @@ def test_https_with_the_local_ca(daemon):
     assert trust.returncode == 0
     ca = daemon.home / "tls" / "ca.pem"
     assert ca.exists() and str(ca) in trust.stdout
-    context = ssl.create_default_context(cafile=str(ca))
-    raw = socket.create_connection(("127.0.0.1", daemon.https_port), timeout=10)
-    with context.wrap_socket(raw, server_hostname="site.lbsolo.localhost") as tls:
-        tls.sendall(b"GET / HTTP/1.1\r\nHost: site.lbsolo.localhost\r\nConnection: close\r\n\r\n")
-        data = b""
-        while chunk := tls.recv(65536):
-            data += chunk
+    data = https_get(daemon, daemon.https_port, "site.lbsolo.localhost")
     assert data.startswith(b"HTTP/1.1 200") and b"lbsolo static example" in data
 
 

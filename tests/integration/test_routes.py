@@ -6,8 +6,6 @@ not run); the redirect needs no deploy: the proxy answers it before looking for 
 
 from __future__ import annotations
 
-import socket
-import ssl
 from collections.abc import Iterator
 
 import dns.message
@@ -16,7 +14,7 @@ import dns.rdatatype
 import httpx
 import pytest
 
-from .conftest import Daemon, free_port, host_service, running_daemon
+from .conftest import Daemon, free_port, host_service, https_get, running_daemon
 
 pytestmark = pytest.mark.docker
 
@@ -99,13 +97,7 @@ def test_an_app_with_the_https_redirect_sends_plain_http_to_https(daemon):
         assert r.headers["location"] == f"https://secure.lbsolo.localhost:{daemon.https_port}/pay?amount=5"
 
         # Over HTTPS the request is proxied as usual: the app has no replicas yet, so 503 from the proxy.
-        context = ssl.create_default_context(cafile=str(daemon.home / "tls" / "ca.pem"))
-        raw = socket.create_connection(("127.0.0.1", daemon.https_port), timeout=10)
-        with context.wrap_socket(raw, server_hostname="secure.lbsolo.localhost") as tls:
-            tls.sendall(b"GET /pay HTTP/1.1\r\nHost: secure.lbsolo.localhost\r\nConnection: close\r\n\r\n")
-            data = b""
-            while chunk := tls.recv(65536):
-                data += chunk
+        data = https_get(daemon, daemon.https_port, "secure.lbsolo.localhost", "/pay")
         assert data.startswith(b"HTTP/1.1 503") and b"not running" in data
 
         out = daemon.cli("apps:https", "secure", "--no-redirect")
