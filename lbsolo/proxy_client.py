@@ -330,7 +330,8 @@ class _Client(asyncio.Protocol):
                 req.has_length = True
                 if value.isdigit():
                     req.content_length = int(value)
-                extend((name, b": ", value, b"\r\n"))
+                if not upgrade:  # an upgrade request has no body: its framing is not passed on
+                    extend((name, b": ", value, b"\r\n"))
             elif lname == b"x-request-id":
                 if _REQUEST_ID_OK(value):
                     req.request_id = value
@@ -350,6 +351,8 @@ class _Client(asyncio.Protocol):
                 for name, value in req.headers:
                     lname = name.lower()
                     if lname not in tokens and (lname not in _REQ_SPECIAL or lname in _REQ_COPIED):
+                        if upgrade and lname == b"content-length":
+                            continue
                         extend((name, b": ", value, b"\r\n"))
         req.head = b"".join(parts)
         if not req.request_id:
@@ -364,6 +367,10 @@ class _Client(asyncio.Protocol):
             # Request smuggling: front and back ends could disagree on where this body ends.
             req.error = (400, "bad_request", "both Content-Length and Transfer-Encoding")
         if upgrade:
+            if req.error is None and (req.chunked or req.content_length):
+                # llhttp reads no body before an upgrade; an app server that does would take the next
+                # bytes on the upstream connection (someone else's request) as this one's body.
+                req.error = (400, "bad_request", "an upgrade request cannot carry a body")
             req.chunked = False
         self._queue.append(req)
         if not self._paused:

@@ -446,7 +446,9 @@ class _Upstream(asyncio.Protocol):
         self.req = None
         self.deadline = self.write_deadline = None
         req.sink = None
-        reusable = self._keep and self._req_sent and not self._eof_body and not self._write_paused
+        # A declined upgrade leaves the app's side of the connection in a state the proxy cannot see
+        # (an app may still expect a body, or the switched protocol): never reused.
+        reusable = self._keep and self._req_sent and not self._eof_body and not self._write_paused and not req.upgrade
         if reusable and not self._closed:
             self._server._pool_put(self)
         else:
