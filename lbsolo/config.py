@@ -28,6 +28,20 @@ class Settings:
     # HTTPS listener of the proxy (0: off). Certificates for the lbsolo domain come from a local
     # CA made on first use under $LBSOLO_HOME/tls (`lbsolo tls:trust` says how to trust it).
     proxy_https_port: int = 0
+    # The proxy's edge (see the README's Security section). Peers (CIDRs or addresses, comma-separated)
+    # whose X-Forwarded-For/-Proto, Forwarded and X-Real-IP are believed; from anyone else they are replaced.
+    trusted_proxies: str = ""
+    # Open client connections in all and per client address; beyond them a new one gets 503 and is closed.
+    proxy_max_connections: int = 10000
+    proxy_max_connections_per_client: int = 256
+    # Request bodies are read whole before an upstream is chosen (per app: `apps:proxy --request-buffering`):
+    # up to this much in memory per request, the rest in a temp file under $LBSOLO_HOME/tmp.
+    proxy_buffer_memory: int = 64 * 1024
+    # A body must arrive at this average rate (bytes/s) after a grace of proxy_body_grace seconds.
+    proxy_body_min_rate: int = 1024
+    proxy_body_grace: float = 10.0
+    # A WebSocket (or other upgraded) tunnel with no bytes either way for this long is closed.
+    proxy_tunnel_idle_timeout: float = 300.0
     dns_host: str = "127.0.0.1"
     dns_port: int = 5354
     dns_strict: bool = False
@@ -47,10 +61,24 @@ class Settings:
     build_timeout: float = 900.0
     build_memory: str = "2g"
     max_upload_bytes: int = 512 * 1024 * 1024
+    # Request bodies the API accepts (counted while reading): JSON and UI forms, and inbound push
+    # webhooks, whose signature can only be checked once the body is read. Uploads and git
+    # pushes get max_upload_bytes.
+    max_json_bytes: int = 1024 * 1024
+    max_hook_bytes: int = 5 * 1024 * 1024
+    # Outbound webhooks refuse loopback, link-local, cloud-metadata and unspecified addresses
+    # unless this is on (for receivers on this machine, e.g. in tests).
+    webhook_allow_private: bool = False
+    # Answer plain-HTTP requests for lbsolo.<domain> (the UI and API through the proxy) with a
+    # redirect to HTTPS; only with an HTTPS listener (proxy_https_port).
+    ui_https_redirect: bool = False
     stop_timeout: int = 10
     drain_timeout: float = 30.0
     shutdown_timeout: float = 10.0
     keep_releases: int = 5
+    # `deploy --git` and push webhooks clone over https, ssh and git only; local paths and
+    # file:// (which let an API caller read any repository the daemon can) need this on.
+    git_allow_local: bool = False
 
     @classmethod
     def load(cls, **overrides: Any) -> Settings:

@@ -194,6 +194,7 @@ class Daemon:
             access_log=access.write,
             https_port=s.proxy_https_port or None,
             tls=tls,
+            trusted_proxies=s.trusted_proxies.split(","),
         )
         zone = Zone(domain=s.domain, ipv4=s.dns_ipv4, ipv6=s.dns_ipv6, strict=s.dns_strict, ttl=s.dns_ttl)
         forward = None

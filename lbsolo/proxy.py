@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import logging
 import os
 import ssl
@@ -63,6 +64,7 @@ class ProxyServer:
         access_log: Callable[[str], None] | None = None,
         https_port: int | None = None,
         tls: ssl.SSLContext | None = None,
+        trusted_proxies: Iterable[str] = (),
     ) -> None:
         self.host = host
         self._port = port
@@ -71,6 +73,10 @@ class ProxyServer:
         self.header_timeout = header_timeout
         self.idle_timeout = idle_timeout
         self.table: RouteTable = RouteTable(domain)
+        # Peers whose X-Forwarded-For/-Proto, Forwarded and X-Real-IP are passed on (CIDRs or addresses).
+        self.trusted_proxies = tuple(
+            ipaddress.ip_network(n.strip(), strict=False) for n in trusted_proxies if n.strip()
+        )
         self._loop: asyncio.AbstractEventLoop | None = None
         self._server: asyncio.Server | None = None
         self._clients: set[_Client] = set()
@@ -232,6 +238,13 @@ class ProxyServer:
         log.info("proxy stopped")
 
     # -- internals -----------------------------------------------------------------------
+
+    def _trusts(self, peer: str) -> bool:
+        try:
+            address = ipaddress.ip_address(peer)
+        except ValueError:
+            return False
+        return any(address in network for network in self.trusted_proxies)
 
     def _new_request_id(self) -> bytes:
         """Unique per process and cheap: a random prefix chosen at start and a counter."""

@@ -34,11 +34,12 @@ from lbsolo.proxy_http import (
     _REQ_SPECIAL,
     _REQUEST_ID_OK,
     _SIMPLE_REQUEST,
+    _X_FORWARDED,
     _BodyTooLarge,
     _HeadTooLarge,
     _https_redirect,
     _now,
-    _port_suffix,
+    _origin_form,
     _render_error,
 )
 from lbsolo.proxy_routes import Route, Target, normalize_host
@@ -76,7 +77,8 @@ class _Request:
     upgrade_value = b""
     accept_json = False
     head = b""  # request line and end-to-end headers as sent to the app
-    xff = b""  # X-Forwarded-For from the client
+    xff = b""  # X-Forwarded-For from a trusted proxy
+    proto = b""  # X-Forwarded-Proto from a trusted proxy
     request_id = b""
     body_size = 0
     body_done = False
@@ -154,6 +156,7 @@ class _Client(asyncio.Protocol):
         "_server",
         "_target",
         "_too_large",
+        "_trusted",
         "_tunnel",
         "_up",
         "_upgrade_wait",
@@ -171,6 +174,7 @@ class _Client(asyncio.Protocol):
         self._parser = httptools.HttpRequestParser(self)
         self.transport: asyncio.Transport | None = None
         self._peer = b""
+        self._trusted = False  # the peer is a trusted proxy: its forwarding headers are believed
         self._queue: deque[_Request] = deque()
         self._parsing: _Request | None = None
         self._head_bytes = 0
@@ -206,6 +210,8 @@ class _Client(asyncio.Protocol):
         peer = transport.get_extra_info("peername")
         if isinstance(peer, tuple) and peer:
             self._peer = str(peer[0]).encode()
+            if server.trusted_proxies:
+                self._trusted = server._trusts(str(peer[0]))
         if server._stopping:
             self._close()
             return
@@ -307,12 +313,14 @@ class _Client(asyncio.Protocol):
         # One pass: note what the proxy acts on, and copy the end-to-end headers for the app.
         hosts = 0
         tokens: set[bytes] | None = None
+        trusted = self._trusted
         parts = [method, b" ", req.url, b" HTTP/1.1\r\n"]
         extend = parts.extend
         for name, value in req.headers:
             lname = name.lower()
             if lname not in _REQ_SPECIAL:
-                extend((name, b": ", value, b"\r\n"))
+                if trusted or not lname.startswith(_X_FORWARDED):
+                    extend((name, b": ", value, b"\r\n"))
                 continue
             if lname == b"host":
                 hosts += 1
@@ -341,8 +349,15 @@ class _Client(asyncio.Protocol):
                 extend((name, b": ", value, b"\r\n"))
             elif lname == b"upgrade":
                 req.upgrade_value = value
+            elif not trusted:
+                pass  # who the client is comes from the connection, not from what it says
             elif lname == b"x-forwarded-for":
                 req.xff = value if not req.xff else req.xff + b", " + value
+            elif lname == b"x-forwarded-proto":
+                if value.lower() in (b"http", b"https"):
+                    req.proto = value.lower()
+            elif lname != b"x-forwarded-host":  # Forwarded, X-Real-IP of a trusted proxy
+                extend((name, b": ", value, b"\r\n"))
         if tokens:
             tokens -= _CONN_PLAIN
             tokens.discard(b"host")
@@ -350,10 +365,30 @@ class _Client(asyncio.Protocol):
                 del parts[4:]
                 for name, value in req.headers:
                     lname = name.lower()
-                    if lname not in tokens and (lname not in _REQ_SPECIAL or lname in _REQ_COPIED):
-                        if upgrade and lname == b"content-length":
-                            continue
+                    if lname in tokens or (upgrade and lname == b"content-length"):
+                        continue
+                    if lname in _REQ_SPECIAL:
+                        keep = lname in _REQ_COPIED or (trusted and lname in (b"forwarded", b"x-real-ip"))
+                    else:
+                        keep = trusted or not lname.startswith(_X_FORWARDED)
+                    if keep:
                         extend((name, b": ", value, b"\r\n"))
+        url = req.url
+        if url[:1] != b"/" and url != b"*" and method != b"CONNECT":
+            # Absolute form (`GET http://host/path`): the app gets the path, and the URL's host must
+            # be the one the request is routed by.
+            origin = _origin_form(url)
+            if origin is None:
+                req.error = (400, "bad_request", "the request target must be a path or an http(s) URL")
+            else:
+                authority, req.url = origin
+                parts[2] = req.url
+                if hosts == 0 and not req.http11:  # HTTP/1.0 may leave Host out
+                    hosts = 1
+                    req.host = authority
+                    parts.insert(4, b"Host: %s\r\n" % authority)
+                elif hosts and normalize_host(authority) != normalize_host(req.host):
+                    req.error = (400, "bad_request", "the request target's host is not the Host header's")
         req.head = b"".join(parts)
         if not req.request_id:
             server = self._server
@@ -515,10 +550,8 @@ class _Client(asyncio.Protocol):
         hit = table._by_raw.get(req.host)
         route = hit[0] if hit is not None and hit[1] is None else table.match_raw(req.host, req.url)
         if route is None:
-            suffix = _port_suffix(req.host)
-            links = [(app, f"http://{app}.{table.domain}{suffix}") for app in table.apps()]
             host = normalize_host(req.host) or "(none)"
-            self._send_error(req, 404, "not_found", f"no app is served at {host}", links=links)
+            self._send_error(req, 404, "not_found", f"no app is served at {host}")
             return
         if route.https_redirect and self._proto == b"http" and (port := server.https_port) is not None:
             # The app is HTTPS-only: answer 308 here; the app never sees plain HTTP. One flag read
@@ -686,10 +719,9 @@ class _Client(asyncio.Protocol):
         message: str,
         *,
         close: bool = False,
-        links: list[tuple[str, str]] | None = None,
     ) -> None:
         keep = not close and self._keep_alive(req)
-        body, ctype = _render_error(status, code, message, req.accept_json, links)
+        body, ctype = _render_error(status, code, message, req.accept_json)
         if not req.request_id:
             req.request_id = self._server._new_request_id()
         req.status = status

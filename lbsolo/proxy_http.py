@@ -14,8 +14,12 @@ from http import HTTPStatus
 _HOP_BY_HOP = frozenset(
     {b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer", b"transfer-encoding", b"upgrade"}
 )
+# Headers that say who the client is and how it came. A client could forge them: they are passed on
+# (or, for X-Forwarded-For, extended) only from a trusted proxy; any other X-Forwarded-* is dropped too.
+_REQ_FORWARDING = frozenset({b"forwarded", b"x-real-ip", b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host"})
+_X_FORWARDED = b"x-forwarded-"
 # Request headers never forwarded as sent: hop-by-hop ones and those the proxy sets itself.
-_REQ_DROP = _HOP_BY_HOP | {b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host", b"x-request-id"}
+_REQ_DROP = _HOP_BY_HOP | _REQ_FORWARDING | {b"x-request-id"}
 # Request headers looked at while copying; of those, the ones copied as they are.
 _REQ_COPIED = frozenset({b"host", b"content-length", b"accept"})
 _REQ_SPECIAL = _REQ_DROP | _REQ_COPIED
@@ -30,7 +34,7 @@ _SIMPLE_REQUEST = re.compile(rb"(GET|HEAD) (/[\x21-\x7e]*) HTTP/1\.([01])(" + _H
 # Request headers that need the parser's path (framing, hop-by-hop, or set or checked by the proxy).
 _NOT_SIMPLE = re.compile(
     rb"\r\n(?:connection|keep-alive|proxy-connection|te|trailer|transfer-encoding|upgrade|content-length"
-    rb"|expect|x-forwarded-for|x-forwarded-proto|x-forwarded-host|x-request-id):"
+    rb"|expect|x-forwarded-[^:\r\n]*|forwarded|x-real-ip|x-request-id):"
 ).search
 # An HTTP/1.1 response head with a final status.
 _FINAL_RESPONSE = re.compile(
@@ -81,42 +85,18 @@ class _BadResponse(Exception):
     pass
 
 
-def _render_error(
-    status: int, code: str, message: str, as_json: bool, links: list[tuple[str, str]] | None
-) -> tuple[bytes, bytes]:
+def _render_error(status: int, code: str, message: str, as_json: bool) -> tuple[bytes, bytes]:
+    """An error page: JSON for clients that ask for it, else a plain HTML page that names nothing
+    on this server (the web UI lists the apps to those signed in)."""
     if as_json:
         doc = {"error": {"code": code, "message": message}}
         return json.dumps(doc).encode(), b"application/json"
     title = html.escape(f"{status} {HTTPStatus(status).phrase}")
-    parts = [
-        '<!doctype html>\n<html><head><meta charset="utf-8"><title>',
-        title,
-        "</title></head>\n<body><h1>",
-        title,
-        "</h1>\n<p>",
-        html.escape(message),
-        "</p>\n",
-    ]
-    if links is not None:
-        if links:
-            parts.append("<p>Apps on this server:</p>\n<ul>\n")
-            for name, url in links:
-                parts.append(f'<li><a href="{html.escape(url)}">{html.escape(name)}</a></li>\n')
-            parts.append("</ul>\n")
-        else:
-            parts.append("<p>No apps on this server yet.</p>\n")
-    parts.append("<hr><p><small>lbsolo</small></p></body></html>\n")
-    return "".join(parts).encode(), b"text/html; charset=utf-8"
-
-
-def _port_suffix(raw_host: bytes) -> str:
-    """':<port>' from a Host header value, '' when absent or 80."""
-    host = raw_host.decode("latin-1").strip()
-    tail = host.rpartition("]")[2] if host.startswith("[") else host
-    _, sep, port = tail.rpartition(":")
-    if sep and port.isdigit() and port != "80":
-        return ":" + port
-    return ""
+    page = (
+        f'<!doctype html>\n<html><head><meta charset="utf-8"><title>{title}</title></head>\n'
+        f"<body><h1>{title}</h1>\n<p>{html.escape(message)}</p>\n<hr><p><small>lbsolo</small></p></body></html>\n"
+    )
+    return page.encode(), b"text/html; charset=utf-8"
 
 
 def _cut(block: bytes, low: bytes, pattern: bytes) -> tuple[bytes, bytes, list[bytes]]:
@@ -131,6 +111,25 @@ def _cut(block: bytes, low: bytes, pattern: bytes) -> tuple[bytes, bytes, list[b
         block = block[:pos] + block[end:]
         low = low[:pos] + low[end:]
     return block, low, values
+
+
+def _origin_form(target: bytes) -> tuple[bytes, bytes] | None:
+    """(authority, origin-form path) of an absolute-form request target such as `http://host/p?q`;
+    None when it is not an http(s) URL with a plain host[:port] authority."""
+    scheme, sep, rest = target.partition(b"://")
+    if not sep or scheme.lower() not in (b"http", b"https"):
+        return None
+    end = len(rest)
+    for stop in (b"/", b"?", b"#"):
+        pos = rest.find(stop)
+        if 0 <= pos < end:
+            end = pos
+    authority, path = rest[:end], rest[end:]
+    if not authority or b"@" in authority:
+        return None
+    if not path.startswith(b"/"):
+        path = b"/" + path
+    return authority, path
 
 
 def _https_redirect(host: str, target: bytes, https_port: int, request_id: bytes, keep: bool, http11: bool) -> bytes:

@@ -389,7 +389,7 @@ class _Upstream(asyncio.Protocol):
         head = b"%sX-Forwarded-For: %s\r\nX-Forwarded-Proto: %s\r\nX-Request-Id: %s\r\n" % (
             req.head,
             xff + b", " + peer if xff else peer,
-            client._proto,
+            req.proto or client._proto,
             req.request_id,
         )
         if req.host:
