@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import secrets
 import tempfile
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -22,7 +21,9 @@ from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from lbsolo import __version__
+from lbsolo.api_guard import UNAUTHORIZED, ApiGuard, BodyLimits, caller_of, error_body
 from lbsolo.api_ops import create_ops_router
+from lbsolo.auth import Authenticator
 from lbsolo.build import LogBuffer
 from lbsolo.core import DeployJob, Platform
 from lbsolo.errors import InvalidInput, LbsoloError, TooLarge, Unauthorized
@@ -156,10 +157,6 @@ def stream_job(job: DeployJob | None) -> StreamingResponse:
     return StreamingResponse(body(), media_type="application/x-ndjson")
 
 
-def error_body(code: str, message: str) -> dict[str, Any]:
-    return {"error": {"code": code, "message": message}}
-
-
 def create_api(
     platform: Platform,
     token: str,
@@ -171,23 +168,22 @@ def create_api(
     tokens: TokenStore | None = None,
 ) -> FastAPI:
     settings = platform.settings
+    authenticator = Authenticator(token, tokens)
 
-    def require_token(request: Request) -> None:
-        # A plain def: FastAPI runs it in a worker thread, where checking extra tokens may touch state.
-        header = request.headers.get("authorization", "")
-        scheme, _, given = header.partition(" ")
-        given = given.strip()
-        ok = scheme.lower() == "bearer" and (
-            secrets.compare_digest(given.encode(), token.encode()) or (tokens is not None and tokens.verify(given))
-        )
-        if not ok:
-            raise Unauthorized("missing or wrong API token (see `lbsolo` on the daemon's machine: ~/.lbsolo/token)")
+    async def require_token(request: Request) -> None:
+        # The guard in front has checked it already (before any body was read); this holds for
+        # an app run without the guard too.
+        if caller_of(request.scope) is not None:
+            return
+        if await authenticator.bearer(request.headers.get("authorization", "")) is None:
+            raise Unauthorized(UNAUTHORIZED)
 
     api = FastAPI(
         title="lbsolo",
         version=__version__,
         description="A one-server Platform-as-a-Service. Every route needs `Authorization: Bearer <token>`.",
     )
+    api.add_middleware(ApiGuard, auth=authenticator, limits=BodyLimits.from_settings(settings))
     auth = [Depends(require_token)]
 
     @api.exception_handler(LbsoloError)
@@ -410,7 +406,7 @@ def create_api(
         context = await receive_upload(request, settings.uploads_dir, settings.max_upload_bytes)
         return stream_job(await platform.deploy(name, context, args))
 
-    api.include_router(create_git_router(platform, token, api_url))
+    api.include_router(create_git_router(platform, token, api_url, authenticator))
 
     @api.post("/api/apps/{name}/deploy/git", dependencies=auth, tags=["deploy"])
     async def deploy_git(name: str, body: GitDeploy) -> StreamingResponse:

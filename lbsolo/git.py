@@ -1,21 +1,19 @@
 """`git push lbsolo main`: a git remote per app over smart HTTP, served by the real `git http-backend`.
 
 Each app gets a bare repository under `$LBSOLO_HOME/git/<app>.git`. Pushes are authenticated
-with HTTP Basic (any user name, the API token as password). The repository's post-receive hook
-runs `lbsolo git-hook <app>`, which archives the pushed commit and deploys it through the API,
-so the build and rollout output appears in the push as `remote:` lines.
+with HTTP Basic (any user name; the admin token or an extra token as password, see auth.py).
+The repository's post-receive hook runs `lbsolo git-hook <app>`, which archives the pushed
+commit and deploys it through the API, so the build and rollout output appears in the push as
+`remote:` lines.
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import hashlib
 import hmac
 import json
 import os
-import secrets
 import shlex
 import sys
 from collections.abc import AsyncIterator, Mapping
@@ -25,6 +23,7 @@ from typing import TYPE_CHECKING
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import StreamingResponse
 
+from lbsolo.auth import Authenticator
 from lbsolo.errors import InvalidInput, NotFound, Unauthorized
 from lbsolo.gitclone import run_git
 from lbsolo.models import validate_app_name
@@ -36,19 +35,6 @@ HOOK = """#!/bin/sh
 # Installed by lbsolo: deploy what was pushed. Output goes back to `git push` as remote: lines.
 exec {python} -m lbsolo git-hook {app}
 """
-
-
-def basic_password(header: str) -> str | None:
-    """The password of an HTTP Basic Authorization header, or None."""
-    scheme, _, value = header.partition(" ")
-    if scheme.lower() != "basic":
-        return None
-    try:
-        decoded = base64.b64decode(value.strip(), validate=True).decode("utf-8")
-    except (binascii.Error, UnicodeDecodeError):
-        return None
-    _, sep, password = decoded.partition(":")
-    return password if sep else None
 
 
 async def ensure_repo(root: Path, app: str) -> Path:
@@ -98,7 +84,7 @@ def push_from_payload(headers: Mapping[str, str], body: bytes, secret: str) -> t
     return str(url), ref.removeprefix("refs/heads/"), commit
 
 
-def create_git_router(platform: Platform, token: str, api_url: str) -> APIRouter:
+def create_git_router(platform: Platform, token: str, api_url: str, auth: Authenticator) -> APIRouter:
     router = APIRouter(tags=["git"])
     root = platform.settings.home / "git"
 
@@ -125,9 +111,8 @@ def create_git_router(platform: Platform, token: str, api_url: str) -> APIRouter
 
     @router.api_route("/git/{app}.git/{path:path}", methods=["GET", "POST"], include_in_schema=False)
     async def git_http(app: str, path: str, request: Request) -> Response:
-        password = basic_password(request.headers.get("authorization", ""))
-        if password is None or not secrets.compare_digest(password.encode(), token.encode()):
-            exc = Unauthorized("git needs the API token as the password (see: lbsolo git:remote APP)")
+        if await auth.basic(request.headers.get("authorization", "")) is None:
+            exc = Unauthorized("git needs an API token as the password (see: lbsolo git:remote APP)")
             return Response(exc.message + "\n", status_code=401, headers={"WWW-Authenticate": 'Basic realm="lbsolo"'})
         validate_app_name(app)
         await platform.get_app(app)  # 404 for unknown apps

@@ -1,9 +1,9 @@
 """Extra API tokens (`lbsolo tokens:create/revoke`), stored only as SHA-256 hashes.
 
 A token is shown once, when it is created; the state keeps its hash and a short prefix to
-recognise it by. The admin token in ~/.lbsolo/token is not one of these: the API checks it
-separately. Methods are blocking (they reach the state): call them through asyncio.to_thread,
-or from a sync FastAPI dependency, which runs in a worker thread.
+recognise it by. The admin token in ~/.lbsolo/token is not one of these; auth.py checks both.
+Methods are blocking (they reach the state): call them through asyncio.to_thread, or from a
+sync FastAPI dependency, which runs in a worker thread.
 """
 
 from __future__ import annotations
@@ -83,9 +83,13 @@ class TokenStore:
         return [_public(r) for r in rows]
 
     def verify(self, token: str) -> bool:
-        """True if token is one of the extra tokens. Compares every stored hash, in constant time each."""
+        """True if token is one of the extra tokens."""
+        return self.identify(token) is not None
+
+    def identify(self, token: str) -> dict[str, Any] | None:
+        """The extra token's public row (id, name, ...), or None. Compares every stored hash, in constant time each."""
         if not token:
-            return False
+            return None
         given = hash_token(token)
         with self._lock:
             rows = list(self._rows.values())
@@ -94,7 +98,7 @@ class TokenStore:
             if hmac.compare_digest(given, row["hash"]):
                 match = row
         if match is None:
-            return False
+            return None
         ts = round(self._clock(), 3)
         last = match.get("last_used")
         if last is None or ts - last >= TOUCH_EVERY:
@@ -103,7 +107,7 @@ class TokenStore:
                 if match["id"] in self._rows:
                     match["last_used"] = ts
                     self.state.touch_token(match["id"], ts)
-        return True
+        return _public(match)
 
 
 def _public(row: dict[str, Any]) -> dict[str, Any]:

@@ -53,9 +53,10 @@ OWNERS = {
     "cryptography": {"tls"},
 }
 
-TOP = {"cli", "client", "watch", "api", "api_ops", "web", "git", "daemon", "__main__"}
+TOP = {"cli", "client", "watch", "api", "api_guard", "api_ops", "web", "git", "daemon", "__main__"}
 CORE = {"core", "rollout", "scheduler"}
 PARTS = {"build", "detect", "run", "plan", "source", "gitclone", "tls", "logs", "stats", "notify", "tokens", "events"}
+PARTS |= {"auth"}
 PARTS |= {m for m in MODULES if m.startswith(("proxy", "dns"))}
 BOTTOM = {"engine", "state", "models", "errors", "config"}
 BASE = {"models", "errors", "config"}  # under engine and state

@@ -1,0 +1,188 @@
+"""The API's front door: who is asking and how much they may send, decided before a body is read.
+
+FastAPI reads and parses a JSON body before a route's dependencies run, so a token check there
+comes too late: an anonymous 200 MiB POST would already sit in memory. This pure-ASGI
+middleware, in front of the FastAPI app, answers 401 for /api/* and /metrics without a valid
+token before it calls `receive`, and counts body bytes while the app reads them: past the
+route's cap (declared by Content-Length, or counted, chunked bodies included) it answers 413
+at once. A refusal of a request whose body is still unread says `Connection: close`, so the
+server closes the connection instead of reading (and discarding) the rest.
+
+Caps: settings.max_upload_bytes for source uploads and git pushes, settings.max_hook_bytes
+for inbound push webhooks (their signature can only be checked once read), and
+settings.max_json_bytes for everything else (JSON, UI forms).
+
+It must not parse bodies or know about apps; auth.py decides who a caller is.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Awaitable, Callable, MutableMapping
+from dataclasses import dataclass
+from typing import Any
+
+from lbsolo.auth import Authenticator, Caller
+from lbsolo.config import Settings
+from lbsolo.errors import InvalidInput, LbsoloError, TooLarge, Unauthorized
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+CALLER = "lbsolo.caller"  # the scope key under which the guard leaves who the caller is
+UNAUTHORIZED = "missing or wrong API token (see `lbsolo` on the daemon's machine: ~/.lbsolo/token)"
+_DEPLOY = re.compile(r"/api/apps/[^/]+/deploy")
+
+
+def error_body(code: str, message: str) -> dict[str, Any]:
+    """The one error shape of the API."""
+    return {"error": {"code": code, "message": message}}
+
+
+def needs_token(path: str) -> bool:
+    return path == "/metrics" or path == "/api" or path.startswith("/api/")
+
+
+def caller_of(scope: Scope) -> Caller | None:
+    """Who the guard found this request to be (None if it was not checked)."""
+    return scope.get(CALLER)
+
+
+@dataclass(frozen=True)
+class BodyLimits:
+    """The largest request body each kind of route accepts, in bytes."""
+
+    json: int
+    upload: int
+    hook: int
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> BodyLimits:
+        return cls(json=settings.max_json_bytes, upload=settings.max_upload_bytes, hook=settings.max_hook_bytes)
+
+    def cap(self, method: str, path: str) -> tuple[int, str]:
+        """(limit, the setting that raises it) for a request."""
+        if path.startswith("/git/") or (method == "POST" and _DEPLOY.fullmatch(path)):
+            return self.upload, "LBSOLO_MAX_UPLOAD_BYTES"
+        if path.startswith("/hooks/"):
+            return self.hook, "LBSOLO_MAX_HOOK_BYTES"
+        return self.json, "LBSOLO_MAX_JSON_BYTES"
+
+
+def declared_length(headers: list[tuple[bytes, bytes]]) -> int | None:
+    """The Content-Length a request declares, None without one; InvalidInput if unreadable."""
+    values = {v.strip() for k, v in headers if k.lower() == b"content-length"}
+    if not values:
+        return None
+    if len(values) > 1 or not all(v.isdigit() for v in values):
+        raise InvalidInput("unreadable Content-Length")
+    return int(values.pop())
+
+
+def _header(headers: list[tuple[bytes, bytes]], name: bytes) -> str:
+    return next((v.decode("latin-1") for k, v in headers if k.lower() == name), "")
+
+
+def _has_body(headers: list[tuple[bytes, bytes]]) -> bool:
+    return any(
+        (k.lower() == b"content-length" and v.strip() not in (b"", b"0")) or k.lower() == b"transfer-encoding"
+        for k, v in headers
+    )
+
+
+async def refuse(send: Send, error: LbsoloError, *, close: bool, headers: tuple[tuple[bytes, bytes], ...] = ()) -> None:
+    """Answer with lbsolo's JSON error; `close` asks the server to drop the connection after it."""
+    body = json.dumps(error_body(error.code, error.message)).encode()
+    head = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body)), *headers]
+    if close:
+        head.append((b"connection", b"close"))
+    await send({"type": "http.response.start", "status": error.status, "headers": head})
+    await send({"type": "http.response.body", "body": body})
+
+
+class _CappedBody:
+    """The request's receive and send, counting body bytes: past the cap, 413 and a disconnect.
+
+    An answer that starts before the body has been read to its end says `Connection: close`:
+    the app did not want the rest, so neither does the server.
+    """
+
+    def __init__(self, receive: Receive, send: Send, limit: int, setting: str, unread: bool) -> None:
+        self._receive = receive
+        self._send = send
+        self.limit = limit
+        self.setting = setting
+        self.unread = unread
+        self.received = 0
+        self.started = False
+        self.refused = False
+
+    async def receive(self) -> Message:
+        if self.refused:
+            return {"type": "http.disconnect"}
+        message = await self._receive()
+        if message["type"] == "http.request":
+            self.received += len(message.get("body", b""))
+            self.unread = self.unread and bool(message.get("more_body"))
+            if self.received > self.limit:
+                self.refused = True
+                if not self.started:
+                    too_large = TooLarge(f"the request body is over the limit of {self.limit} bytes ({self.setting})")
+                    await refuse(self._send, too_large, close=True)
+                # To the app the client went away: it stops reading, and whatever it answers is dropped.
+                return {"type": "http.disconnect"}
+        return message
+
+    async def send(self, message: Message) -> None:
+        if self.refused:
+            return
+        if message["type"] == "http.response.start":
+            self.started = True
+            if self.unread and not any(k.lower() == b"connection" for k, _ in message.get("headers", ())):
+                message = {**message, "headers": [*message.get("headers", ()), (b"connection", b"close")]}
+        await self._send(message)
+
+
+class ApiGuard:
+    """ASGI middleware: authentication for /api/* and /metrics, and body caps on every route."""
+
+    def __init__(self, app: ASGIApp, auth: Authenticator, limits: BodyLimits) -> None:
+        self.app = app
+        self.auth = auth
+        self.limits = limits
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers: list[tuple[bytes, bytes]] = list(scope.get("headers") or ())
+        path: str = scope.get("path", "")
+        unread = _has_body(headers)
+        if needs_token(path):
+            caller = await self.auth.bearer(_header(headers, b"authorization"))
+            if caller is None:
+                challenge = ((b"www-authenticate", b'Bearer realm="lbsolo"'),)
+                await refuse(send, Unauthorized(UNAUTHORIZED), close=unread, headers=challenge)
+                return
+            scope[CALLER] = caller
+        limit, setting = self.limits.cap(scope.get("method", "GET"), path)
+        try:
+            declared = declared_length(headers)
+        except InvalidInput as e:
+            await refuse(send, e, close=True)
+            return
+        if declared is not None and declared > limit:
+            message = f"the request body is {declared} bytes; the limit is {limit} ({setting})"
+            await refuse(send, TooLarge(message), close=True)
+            return
+        body = _CappedBody(receive, send, limit, setting, unread)
+        try:
+            await self.app(scope, body.receive, body.send)
+        except Exception:
+            # The app saw the body end in a disconnect and may fail on it; the client has its 413.
+            if not body.refused:
+                raise
