@@ -424,7 +424,7 @@ def create_api(
         await platform.get_app(name)
         return {"url": f"{api_url}/git/{name}.git"}
 
-    api.include_router(create_web_router(platform, token))
+    api.include_router(create_web_router(platform, token, revoked=platform.state))
     if bus is not None and notifier is not None and sampler is not None and tokens is not None:
         api.include_router(create_ops_router(platform, bus, notifier, sampler, tokens, require_token))
     return api

@@ -208,3 +208,17 @@ class State:
     def touch_token(self, token_id: str, ts: float) -> None:
         with self._lock:
             self._db.table("tokens").update({"last_used": ts}, Query().id == token_id)
+
+    # ended web UI sessions: their ids, until they would have expired anyway
+    def revoked_sessions(self) -> dict[str, int]:
+        with self._lock:
+            rows = self._db.table("revoked_sessions").all()
+        return {r["id"]: int(r["expires"]) for r in rows}
+
+    def revoke_session(self, session_id: str, expires: int, now: float) -> None:
+        """Record an ended session; the ones expired by `now` are dropped in passing."""
+        q = Query()
+        with self._lock:
+            table = self._db.table("revoked_sessions")
+            table.remove(q.expires <= now)
+            table.upsert({"id": session_id, "expires": expires}, q.id == session_id)

@@ -20,11 +20,12 @@ import hmac
 import json
 import re
 import secrets
+import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import parse_qs, quote, urlsplit
 
 import jinja2
@@ -76,19 +77,39 @@ def _b64(raw: bytes) -> str:
     return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
 
 
+class RevokedSessions(Protocol):
+    """Where ended sessions are kept across restarts (the daemon's state). Blocking."""
+
+    def revoked_sessions(self) -> dict[str, int]: ...
+
+    def revoke_session(self, session_id: str, expires: int, now: float) -> None: ...
+
+
 class Sessions:
     """Signed, stateless session cookies and their CSRF tokens, keyed off the admin token.
 
-    A cookie is `<id>.<expires>.<signature>`. Logging out revokes the id in memory until it
-    would have expired anyway; the browser drops the cookie at the same moment.
+    A cookie is `<id>.<expires>.<signature>`. Logging out revokes the id until it would have
+    expired anyway, in memory and in `store` (so a logout outlives a daemon restart); the
+    browser drops the cookie at the same moment. With a store, `revoke` blocks: call it
+    through asyncio.to_thread.
     """
 
-    def __init__(self, token: str, max_age: int = SESSION_MAX_AGE, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        token: str,
+        max_age: int = SESSION_MAX_AGE,
+        clock: Callable[[], float] = time.time,
+        store: RevokedSessions | None = None,
+    ) -> None:
         self._token = token.encode()
         self._key = hmac.new(self._token, b"lbsolo web session v1", hashlib.sha256).digest()
         self.max_age = max_age
         self._clock = clock
-        self._revoked: dict[str, int] = {}
+        self._store = store
+        self._lock = threading.Lock()
+        now = clock()
+        stored = store.revoked_sessions() if store is not None else {}
+        self._revoked: dict[str, int] = {sid: exp for sid, exp in stored.items() if exp > now}
 
     def _sign(self, message: str) -> str:
         return _b64(hmac.new(self._key, message.encode(), hashlib.sha256).digest())
@@ -117,8 +138,12 @@ class Sessions:
 
     def revoke(self, session: Session) -> None:
         now = self._clock()
-        self._revoked = {sid: exp for sid, exp in self._revoked.items() if exp > now}
-        self._revoked[session.id] = session.expires
+        with self._lock:
+            revoked = {sid: exp for sid, exp in self._revoked.items() if exp > now}
+            revoked[session.id] = session.expires
+            self._revoked = revoked  # refused from here on, before the store has it
+            if self._store is not None:
+                self._store.revoke_session(session.id, session.expires, now)
 
     def csrf_token(self, session: Session) -> str:
         return self._sign(f"csrf:{session.id}")
@@ -216,9 +241,9 @@ def _templates(static: dict[str, tuple[bytes, str]]) -> jinja2.Environment:
 # ---- the router ----------------------------------------------------------------------------
 
 
-def create_web_router(platform: Platform, token: str) -> APIRouter:
+def create_web_router(platform: Platform, token: str, revoked: RevokedSessions | None = None) -> APIRouter:
     router = APIRouter(include_in_schema=False)
-    sessions = Sessions(token)
+    sessions = Sessions(token, store=revoked)
     static = _static_versions()
     templates = _templates(static)
     flashes: dict[str, tuple[str, str]] = {}  # session id -> the message the next page shows
@@ -328,7 +353,7 @@ def create_web_router(platform: Platform, token: str) -> APIRouter:
         if isinstance(checked, Response):
             return checked
         session, _ = checked
-        sessions.revoke(session)
+        await asyncio.to_thread(sessions.revoke, session)
         flashes.pop(session.id, None)
         response = RedirectResponse("/ui/login", status_code=303)
         response.delete_cookie(COOKIE, path="/", httponly=True, samesite="strict")
