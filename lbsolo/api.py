@@ -133,6 +133,10 @@ class GitDeploy(BaseModel):
     ref: str | None = None
 
 
+class HookRepo(BaseModel):
+    repo: str = Field(max_length=2048, description="https://, ssh:// or git:// URL (or user@host:path) to deploy.")
+
+
 class RunRequest(BaseModel):
     command: str
 
@@ -410,13 +414,19 @@ def create_api(
 
     @api.post("/api/apps/{name}/deploy/git", dependencies=auth, tags=["deploy"])
     async def deploy_git(name: str, body: GitDeploy) -> StreamingResponse:
-        """Clone a git URL the daemon can reach (a local path too) at a ref, then build and roll it out."""
+        """Clone an https, ssh or git URL at a ref, then build and roll it out (local paths: LBSOLO_GIT_ALLOW_LOCAL)."""
         return stream_job(await platform.deploy_git(name, body.url, body.ref))
 
     @api.get("/api/apps/{name}/hook", dependencies=auth, tags=["git"])
     async def hook(name: str) -> dict[str, str]:
-        """The app's inbound push webhook: URL and secret (GitHub/Gitea HMAC, or GitLab token)."""
-        return {"url": f"{api_url}/hooks/{name}", "secret": await platform.hook_secret(name)}
+        """The app's inbound push webhook: URL, secret (GitHub/Gitea HMAC, or GitLab token), repository it deploys."""
+        return {"url": f"{api_url}/hooks/{name}", **await platform.hook(name)}
+
+    @api.put("/api/apps/{name}/hook", dependencies=auth, tags=["git"])
+    async def set_hook_repo(name: str, body: HookRepo) -> dict[str, str]:
+        """Set the git URL the push webhook deploys (the payload's own URL is never cloned)."""
+        await platform.set_repo(name, body.repo)
+        return {"url": f"{api_url}/hooks/{name}", **await platform.hook(name)}
 
     @api.get("/api/apps/{name}/git", dependencies=auth, tags=["git"])
     async def git_remote(name: str) -> dict[str, str]:

@@ -844,11 +844,24 @@ def git_remote(name: AppArg) -> None:
 
 @app.command("hooks:url")
 @clean_errors
-def hooks_url(name: AppArg) -> None:
-    """Print the inbound push webhook of an app (GitHub, GitLab, Gitea) and its secret."""
+def hooks_url(
+    name: AppArg,
+    repo: Annotated[
+        str | None, typer.Option("--repo", help="The git URL pushes deploy (https, ssh or git); kept on the app.")
+    ] = None,
+) -> None:
+    """Print the inbound push webhook of an app (GitHub, GitLab, Gitea), its secret and repository.
+
+    A push deploys the app's repository (set with --repo, or by the first `deploy --git`) at the
+    pushed commit; the repository named in the payload is never cloned.
+    """
     with _client() as c:
-        out = c.request("GET", f"/api/apps/{name}/hook")
+        if repo is not None:
+            out = c.request("PUT", f"/api/apps/{name}/hook", json={"repo": repo})
+        else:
+            out = c.request("GET", f"/api/apps/{name}/hook")
     console.print(f"URL:    {out['url']}\nsecret: {out['secret']}", highlight=False)
+    console.print(f"repo:   {out.get('repo') or '(none: set it with --repo URL)'}", highlight=False, markup=False)
     console.print("[dim]content type application/json; push events to main or master deploy[/]")
 
 

@@ -27,7 +27,7 @@ from lbsolo.config import Settings
 from lbsolo.engine import Engine
 from lbsolo.errors import Conflict, DeployFailed, InvalidInput, LbsoloError, NotFound
 from lbsolo.events import EventBus, EventKind
-from lbsolo.gitclone import clone
+from lbsolo.gitclone import clone, clone_policy, redact
 from lbsolo.logs import LogCollector, LogLine, LogStore
 from lbsolo.models import (
     WEB,
@@ -38,10 +38,14 @@ from lbsolo.models import (
     Replica,
     StaticRoute,
     masked_config,
+    release_secrets,
     validate_app_name,
     validate_config_key,
+    validate_custom_domain,
     validate_domain,
+    validate_mount_path,
     validate_process_name,
+    validate_volume_name,
 )
 from lbsolo.plan import (
     Desired,
@@ -182,7 +186,11 @@ class Platform(Scheduler, Rollouts):
     async def releases(self, name: str) -> list[dict[str, Any]]:
         app = await self._app(name)
         rows = await asyncio.to_thread(self.state.list_releases, name)
-        return [{**r.to_dict(), "config": masked_config(r.config, app.secrets)} for r in rows]
+        shown = []
+        for r in rows:
+            secret = release_secrets(r, app, rows)  # the release's own record, never today's list
+            shown.append({**r.to_dict(), "config": masked_config(r.config, secret), "secrets": sorted(secret)})
+        return shown
 
     async def replicas(self, name: str) -> list[Replica]:
         await self._app(name)
@@ -223,11 +231,46 @@ class Platform(Scheduler, Rollouts):
         return job
 
     async def deploy_git(self, name: str, url: str, ref: str | None) -> DeployJob:
-        """Deploy a git URL (a path the daemon can read works too) at a branch, tag or commit."""
-        await self._app(name)
+        """Deploy a git URL at a branch, tag or commit; the first one becomes the app's repository.
+
+        Only https, ssh and git URLs, unless the admin allows local ones (settings.git_allow_local).
+        """
+        clone_policy(url, self.settings.git_allow_local)
+        job = await self._deploy_clone(name, url, ref)
+        await self.set_repo(name, url, replace_existing=False)  # once it cloned: a typo is not kept
+        return job
+
+    async def deploy_pushed(self, name: str, ref: str) -> DeployJob:
+        """A push webhook's deploy: the app's own repository (set by its owner) at the pushed ref."""
+        app = await self._app(name)
+        if not app.repo:
+            raise Conflict(
+                f"{name} has no repository to deploy from: set it with `lbsolo hooks:url {name} --repo URL` "
+                "(push webhooks never take the URL from their payload)"
+            )
+        return await self._deploy_clone(name, app.repo, ref)
+
+    async def set_repo(self, name: str, url: str, *, replace_existing: bool = True) -> str:
+        """Store the git URL push webhooks deploy; returns it redacted, as it may be shown."""
+        clone_policy(url, self.settings.git_allow_local)
+        async with self.lock(name):
+            app = await self._app(name)
+            if replace_existing or not app.repo:
+                app.repo = url
+                await self._save(app)
+        return redact(app.repo)
+
+    async def hook(self, name: str) -> dict[str, str]:
+        """The app's push webhook: its secret, and the repository it deploys (credentials redacted)."""
+        secret = await self.hook_secret(name)
+        return {"secret": secret, "repo": redact((await self._app(name)).repo)}
+
+    async def _deploy_clone(self, name: str, url: str, ref: str | None) -> DeployJob:
         self.settings.uploads_dir.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(prefix="git-", dir=self.settings.uploads_dir) as tmp:
-            commit = await clone(url, ref, Path(tmp) / "src")
+            commit = await clone(
+                url, ref, Path(tmp) / "src", home=Path(tmp) / "home", allow_local=self.settings.git_allow_local
+            )
             archive = Path(tmp).with_suffix(".tar")
 
             def pack_to_file() -> None:
@@ -236,7 +279,7 @@ class Platform(Scheduler, Rollouts):
 
             await asyncio.to_thread(pack_to_file)
         job = await self.deploy(name, archive)
-        job.output.append(f"       source: {url} at {commit[:12]}")
+        job.output.append(f"       source: {redact(url)} at {commit[:12]}")
         return job
 
     async def hook_secret(self, name: str, create: bool = True) -> str:
@@ -365,8 +408,11 @@ class Platform(Scheduler, Rollouts):
             releases = await asyncio.to_thread(self.state.list_releases, name)
             target = rollback_target(releases, app.release, version)
             out.append(f"-----> Rolling back {name} to {target.label} (image {target.image[7:19]}, no rebuild)")
+            secret = release_secrets(target, app, releases)
 
             def restore(app: App) -> None:
+                # Which keys are secret comes back with the values; a key secret now stays masked.
+                app.secrets = sorted((secret | set(app.secrets)) & set(target.config))
                 app.config = dict(target.config)
 
             return await self._release(
@@ -419,9 +465,8 @@ class Platform(Scheduler, Rollouts):
         return await self._app_change(name, f"resources of {process}", change)
 
     async def add_volume(self, name: str, volume: str, path: str) -> DeployJob | None:
-        validate_process_name(volume.replace("-", "").replace("_", "")[:20] or "x")
-        if not path.startswith("/") or path == "/":
-            raise InvalidInput(f"mount path must be an absolute path other than /: {path!r}")
+        validate_volume_name(volume)
+        validate_mount_path(path)
 
         def change(app: App) -> None:
             app.volumes[volume] = path
@@ -445,8 +490,8 @@ class Platform(Scheduler, Rollouts):
 
     async def set_domains(self, name: str, add: list[str], remove: list[str]) -> list[str]:
         """Custom domains: routed by the proxy and answered by the DNS as soon as they change."""
-        added = [validate_domain(d) for d in add]
-        removed = {validate_domain(d) for d in remove}
+        added = [validate_custom_domain(d, self.settings.domain) for d in add]
+        removed = {validate_domain(d) for d in remove}  # one stored before a name was reserved can go
         async with self.lock(name):
             app = await self._app(name)
             for other in await asyncio.to_thread(self.state.list_apps):
@@ -503,6 +548,8 @@ class Platform(Scheduler, Rollouts):
     async def add_static_route(self, name: str, to: str, domains: Iterable[str] = ()) -> dict[str, Any]:
         """Route `<name>.<domain>` (and `domains`) to `to`; the name must not be an app's (state checks it)."""
         route = StaticRoute.create(name, to, domains)
+        for domain in route.domains:
+            validate_custom_domain(domain, self.settings.domain)
         async with self._static_lock:
             taken = {d: a.name for a in await asyncio.to_thread(self.state.list_apps) for d in a.domains}
             taken |= {

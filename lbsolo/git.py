@@ -93,6 +93,8 @@ def create_git_router(platform: Platform, token: str, api_url: str, auth: Authen
         """Inbound push webhook (GitHub, GitLab, Gitea): rebuilds and rolls out the pushed main/master.
 
         Authenticated by the app's hook secret (HMAC signature or GitLab token), not the API token.
+        It deploys the app's own repository (`lbsolo hooks:url APP --repo URL`) at the pushed
+        commit, whatever repository the payload names; 409 when the app has none.
         """
         try:
             validate_app_name(app)
@@ -103,10 +105,10 @@ def create_git_router(platform: Platform, token: str, api_url: str, auth: Authen
         push = push_from_payload({k.lower(): v for k, v in request.headers.items()}, body, secret)
         if push is None:
             return {"deploying": False, "reason": "not a push event"}
-        url, branch, commit = push
+        _, branch, commit = push  # the payload's URL is never cloned: the app's stored repository is
         if branch not in ("main", "master"):
             return {"deploying": False, "reason": f"only main or master deploy; pushed {branch}"}
-        job = await platform.deploy_git(app, url, commit or branch)
+        job = await platform.deploy_pushed(app, commit or branch)
         return {"deploying": True, "app": app, "ref": commit or branch, "job": job.app}
 
     @router.api_route("/git/{app}.git/{path:path}", methods=["GET", "POST"], include_in_schema=False)

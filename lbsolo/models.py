@@ -135,6 +135,40 @@ def validate_domain(name: str) -> str:
     return domain
 
 
+def reserved_host(host: str, domain: str) -> bool:
+    """Whether a host (or wildcard `*.host`) belongs to lbsolo itself, so no custom domain may take it.
+
+    The bare `<domain>`, its own UI and API at `lbsolo.<domain>` (which gets the admin's session
+    cookie) and every other reserved name under the domain, with anything below them; a wildcard
+    is reserved when it would cover one of them.
+    """
+    name = host.strip().lower().rstrip(".")
+    wildcard = name.startswith("*.")
+    name = name.removeprefix("*.")
+    domain = domain.strip().lower().strip(".")
+    if name == domain or (wildcard and domain.endswith("." + name)):
+        return True
+    if not name.endswith("." + domain):
+        return False
+    first = name[: -len(domain) - 1].rsplit(".", 1)[-1]  # the label right under the domain
+    return first in RESERVED_NAMES
+
+
+def validate_custom_domain(name: str, domain: str) -> str:
+    """A custom domain of an app or static route: a valid DNS name that is not one of lbsolo's own.
+
+    Nor `<x>.<domain>`: custom domains are matched first, so it would shadow the app or route x.
+    """
+    host = validate_domain(name)
+    base = domain.strip().lower().strip(".")
+    if reserved_host(host, base):
+        raise InvalidInput(f"{host} is reserved for lbsolo itself (its UI and API live at lbsolo.{base})")
+    label = host.removesuffix("." + base)
+    if host.endswith("." + base) and "." not in label:
+        raise InvalidInput(f"{host} is the host of the app or route named {label!r}: name the app {label} instead")
+    return host
+
+
 def validate_config_key(key: str) -> str:
     if not _CONFIG_KEY.match(key):
         raise InvalidInput(f"invalid config key {key!r}: use letters, digits and '_', not starting with a digit")
@@ -154,9 +188,54 @@ def looks_secret(key: str) -> bool:
     return any(hint in upper for hint in _SECRET_HINTS)
 
 
-def masked_config(config: dict[str, str], secrets: list[str] | set[str]) -> dict[str, str]:
+def masked_config(config: dict[str, str], secrets: Iterable[str]) -> dict[str, str]:
     """Config as it may be shown: values of secret keys replaced by a mask."""
-    return {k: (MASK if k in secrets or looks_secret(k) else v) for k, v in sorted(config.items())}
+    secret = set(secrets)
+    return {k: (MASK if k in secret or looks_secret(k) else v) for k, v in sorted(config.items())}
+
+
+def release_secrets(release: Release, app: App, releases: Iterable[Release]) -> set[str]:
+    """Which keys of a release's config are secret: the release's own record.
+
+    A release stored before releases kept that record gets every key that is secret now or
+    was recorded secret in any release of the app: too many masks beat one value shown.
+    """
+    if release.secrets is not None:
+        return set(release.secrets)
+    ever = set(app.secrets).union(*(r.secrets or () for r in releases))
+    return {k for k in release.config if k in ever}
+
+
+_VOLUME_NAME = re.compile(r"[a-z][a-z0-9_]{0,39}")
+_MOUNT_PATH = re.compile(r"(?:/[A-Za-z0-9._@+-]+)+")
+_SYSTEM_PATHS = ("/proc", "/sys", "/dev")
+
+
+def validate_volume_name(name: str) -> str:
+    """A volume's name, checked whole: it ends the engine's `lbsolo-<instance>-<app>-<name>`.
+
+    No '-' in it: app names have dashes, so `x` + `a-b` and `x-a` + `b` would be one volume.
+    """
+    if not isinstance(name, str) or not _VOLUME_NAME.fullmatch(name):
+        raise InvalidInput(
+            f"invalid volume name {name!r}: use 1-40 lowercase letters, digits and '_', starting with a letter"
+        )
+    return name
+
+
+def validate_mount_path(path: str) -> str:
+    """Where a volume is mounted: an absolute, normalised path other than /, and not under /proc, /sys, /dev.
+
+    Only plain characters: the engine joins name, path and mode with ':' into one bind string.
+    """
+    if not isinstance(path, str) or len(path) > 255 or not _MOUNT_PATH.fullmatch(path):
+        raise InvalidInput(f"invalid mount path {path!r}: an absolute path other than / of letters, digits and ._@+-")
+    parts = path.split("/")[1:]
+    if any(p in (".", "..") for p in parts):
+        raise InvalidInput(f"invalid mount path {path!r}: no '.' or '..' parts")
+    if any(path == s or path.startswith(s + "/") for s in _SYSTEM_PATHS):
+        raise InvalidInput(f"invalid mount path {path!r}: /proc, /sys and /dev belong to the container runtime")
+    return path
 
 
 @dataclass
@@ -203,6 +282,7 @@ class App:
     domains: list[str] = field(default_factory=list)  # custom domains routed to the app
     hook_secret: str = ""  # authenticates inbound push webhooks
     https_redirect: bool = False  # plain-HTTP requests get a 308 to https:// (when the proxy has HTTPS)
+    repo: str = ""  # the git URL push webhooks deploy, set by the owner (never taken from a payload)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -222,6 +302,7 @@ class App:
             domains=list(d.get("domains") or []),
             hook_secret=str(d.get("hook_secret") or ""),
             https_redirect=bool(d.get("https_redirect", False)),
+            repo=str(d.get("repo") or ""),
         )
 
 
@@ -268,6 +349,8 @@ class Release:
     build_id: str | None = None
     description: str = ""
     config: dict[str, str] = field(default_factory=dict)
+    # Keys of config that were secret when it was made; None: stored before releases recorded it.
+    secrets: list[str] | None = None
     processes: dict[str, str] = field(default_factory=dict)  # type -> command; empty: the image's CMD as web
     health: dict[str, Any] = field(default_factory=dict)
     status: ReleaseStatus = ReleaseStatus.PENDING
@@ -302,6 +385,7 @@ class Release:
             build_id=d.get("build_id"),
             description=d.get("description", ""),
             config=dict(d.get("config") or {}),
+            secrets=None if d.get("secrets") is None else list(d["secrets"]),
             processes=dict(d.get("processes") or {}),
             health=dict(d.get("health") or {}),
             status=ReleaseStatus(d.get("status", "pending")),

@@ -92,12 +92,14 @@ class Rollouts:
                     await self._save(app)  # nothing runs yet: the change applies to the first deploy
                 raise Conflict(f"{app_name} has no release yet: deploy it first (lbsolo deploy --app {app_name})")
             version = await asyncio.to_thread(self.state.next_version, app_name)
+            values = dict(config if config is not None else (base.config if base else app.config))
             release = Release(
                 app=app_name,
                 version=version,
                 image=image or source.image,  # type: ignore[union-attr]
                 description=description,
-                config=dict(config if config is not None else (base.config if base else app.config)),
+                config=values,
+                secrets=sorted(k for k in values if k in set(app.secrets)),  # masks this release, whatever comes later
                 processes=dict(processes if processes is not None else source.processes),  # type: ignore[union-attr]
                 health={**(health if health is not None else source.health), **(app.health or {})},  # type: ignore[union-attr]
             )

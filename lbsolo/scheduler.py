@@ -19,12 +19,13 @@ import logging
 import threading
 import time
 from collections.abc import Iterable
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Protocol
 
 from lbsolo import run
 from lbsolo.errors import EngineError, LbsoloError
 from lbsolo.events import EventBus, EventKind
-from lbsolo.models import App, ReleaseStatus
+from lbsolo.models import App, ReleaseStatus, reserved_host
 from lbsolo.plan import Action, ActionKind, plan, routes_for
 from lbsolo.proxy import Route, Target
 
@@ -115,8 +116,18 @@ class Scheduler:
         self._push()
 
     def _push(self) -> None:
-        """Hand the proxy (and DNS) every route at once, apps' and static ones: one atomic swap."""
-        self.ingress.publish({**self._static, **self._routes})
+        """Hand the proxy (and DNS) every route at once, apps' and static ones: one atomic swap.
+
+        A custom domain of lbsolo's own (stored before it was reserved) is left out: it would
+        take the UI's host, and the admin's session cookie with it.
+        """
+        routes = {**self._static, **self._routes}
+        domain = self.settings.domain
+        for name, route in routes.items():
+            if any(reserved_host(d.split("/", 1)[0], domain) for d in route.domains):
+                kept = tuple(d for d in route.domains if not reserved_host(d.split("/", 1)[0], domain))
+                routes[name] = replace(route, domains=kept)
+        self.ingress.publish(routes)
 
     def wake(self) -> None:
         """Ask for a reconcile pass now (Docker events call this)."""

@@ -85,6 +85,7 @@ class Daemon:
             LBSOLO_RECONCILE_INTERVAL="1",
             LBSOLO_STOP_TIMEOUT="2",
             LBSOLO_DEPLOY_TIMEOUT="30",
+            LBSOLO_GIT_ALLOW_LOCAL="1",  # tests deploy --git from local repositories
             COLUMNS="200",
         )
         env.update(self.extra_env)
