@@ -135,7 +135,7 @@ def test_second_deploy_creates_a_new_release_and_serves_it(daemon, docker_client
 def test_proxy_answers_404_for_unknown_hosts_and_503_for_idle_apps(daemon):
     r = daemon.get("nosuch")
     assert r.status_code == 404
-    assert "hello" in r.text
+    assert "hello" not in r.text  # an unknown host learns nothing about the apps (issue 11, item 8)
     assert daemon.cli("apps:create", "idle").returncode == 0
     assert daemon.get("idle").status_code == 503
 
