@@ -210,7 +210,7 @@ class Daemon:
         ingress = ProxyIngress(proxy, dns)
         platform = Platform(s, state, engine, builder, ingress, bus=bus)
         builder.on_change = platform.record_build
-        notifier = WebhookNotifier(state, bus)
+        notifier = WebhookNotifier(state, bus, allow_private=s.webhook_allow_private)
         sampler = StatsSampler(engine, interval=5.0, requests=proxy.metrics)
         bus.add_listener(sampler.on_event)
         platform.stats = sampler  # the web UI draws its graphs from it

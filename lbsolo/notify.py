@@ -4,8 +4,17 @@ A webhook is global (every app) or belongs to one app, and may list the event ki
 (`deploy.failed`, or `deploy.*`). The body is lbsolo's JSON or a Slack-compatible `{"text"}`;
 either way it is signed: `X-Lbsolo-Signature: sha256=<hex HMAC-SHA256 of the body, keyed by the
 webhook's secret>`. A failed delivery (no answer, 5xx, 408, 429) is retried with exponential
-backoff; every attempt is recorded in a bounded in-memory list per webhook for the API and UI.
+backoff; every attempt is recorded in a bounded in-memory list per webhook for the API and UI,
+with a short reason ("connection refused", "timed out", "HTTP 500"), never the raw error.
 Webhooks themselves are stored in the state; deliveries are not (they are a recent history).
+
+A webhook URL is whatever a user typed, so delivery must not become a way into the machine:
+each attempt resolves the host itself, refuses loopback, link-local, cloud-metadata and
+unspecified addresses (`address_allowed`) unless the admin allows them (settings.
+webhook_allow_private), and connects to exactly the address it checked (the Host header and
+TLS name stay the URL's), so a DNS answer that changes between check and connect (rebinding)
+cannot redirect it. Redirects are not followed, and proxy settings from the environment are
+not used (a proxy would resolve the name itself, past the check).
 """
 
 from __future__ import annotations
@@ -14,12 +23,15 @@ import asyncio
 import contextlib
 import hashlib
 import hmac
+import ipaddress
 import json
 import logging
 import secrets
+import socket
+import ssl
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
@@ -39,6 +51,71 @@ TIMEOUT = 5.0
 HISTORY = 50  # delivery attempts kept per webhook
 MAX_PENDING = 1000  # deliveries in flight (retries included) before new ones are dropped
 SIGNATURE_HEADER = "X-Lbsolo-Signature"
+# Cloud instance metadata (AWS, GCP, Azure, ...: 169.254.169.254 is link-local anyway; AWS's IPv6 one is not).
+METADATA = frozenset({ipaddress.ip_address("169.254.169.254"), ipaddress.ip_address("fd00:ec2::254")})
+THIS_HOST = ipaddress.ip_network("0.0.0.0/8")  # "this network": connecting to 0.x reaches this machine
+
+Resolver = Callable[[str, int], Awaitable[list[str]]]
+
+
+def address_allowed(address: str) -> bool:
+    """Whether a webhook may be delivered to this IP: not loopback, link-local, cloud metadata or unspecified."""
+    try:
+        ip = ipaddress.ip_address(address.split("%", 1)[0])  # an IPv6 zone (fe80::1%eth0) names no other host
+    except ValueError:
+        return False
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped  # ::ffff:127.0.0.1 is 127.0.0.1
+    if ip in METADATA or (isinstance(ip, ipaddress.IPv4Address) and ip in THIS_HOST):
+        return False
+    return not (ip.is_loopback or ip.is_link_local or ip.is_unspecified)
+
+
+async def resolve(host: str, port: int) -> list[str]:
+    """The addresses a host name stands for now, in the resolver's order."""
+    infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    return [str(info[4][0]) for info in infos]
+
+
+class AddressNotAllowed(Exception):
+    """Every address of a webhook's host is one deliveries may not reach."""
+
+
+async def pin(url: str, resolver: Resolver, allow_private: bool) -> tuple[httpx.URL, dict[str, str], dict[str, Any]]:
+    """Where to send a delivery: the URL with its host replaced by a resolved, allowed address, plus
+    the Host header and the TLS server name that keep the URL's own name."""
+    target = httpx.URL(url)
+    port = target.port or (443 if target.scheme == "https" else 80)
+    addresses = await resolver(target.host, port)
+    allowed = [a for a in addresses if allow_private or address_allowed(a)]
+    if not allowed:
+        raise AddressNotAllowed(target.host)
+    extensions = {"sni_hostname": target.host} if target.scheme == "https" else {}
+    return target.copy_with(host=allowed[0]), {"Host": target.netloc.decode("ascii")}, extensions
+
+
+def failure_reason(error: BaseException) -> str:
+    """A short, safe reason for a failed attempt: no addresses, paths or library text."""
+    if isinstance(error, AddressNotAllowed):
+        return "address not allowed"
+    if isinstance(error, socket.gaierror):
+        return "name not resolved"
+    if isinstance(error, httpx.TimeoutException | TimeoutError):
+        return "timed out"
+    causes = []
+    cause: BaseException | None = error
+    while cause is not None and len(causes) < 10:
+        causes.append(cause)
+        cause = cause.__cause__ or cause.__context__
+    if any(isinstance(c, ConnectionRefusedError) for c in causes):
+        return "connection refused"
+    if any(isinstance(c, ssl.SSLError) for c in causes):
+        return "TLS error"
+    if isinstance(error, httpx.ConnectError):
+        return "connection failed"
+    if isinstance(error, httpx.RemoteProtocolError):
+        return "bad response"
+    return "request failed"
 
 
 def validate_url(url: str) -> str:
@@ -171,9 +248,13 @@ class WebhookNotifier:
         history: int = HISTORY,
         max_pending: int = MAX_PENDING,
         clock: Callable[[], float] = time.time,
+        allow_private: bool = False,
+        resolver: Resolver = resolve,
     ) -> None:
         self.state = state
         self.bus = bus
+        self.allow_private = allow_private
+        self._resolve = resolver
         self.backoff = tuple(backoff)
         self.timeout = timeout
         self.max_pending = max_pending
@@ -193,6 +274,10 @@ class WebhookNotifier:
             self._client = httpx.AsyncClient(
                 timeout=self.timeout,
                 follow_redirects=False,
+                trust_env=False,
+                # A pooled connection is keyed by address, not name: two webhooks on one address
+                # must not share a TLS session made for the other's name.
+                limits=httpx.Limits(max_keepalive_connections=0),
                 headers={"User-Agent": f"lbsolo/{__version__}"},
             )
         if self._unlisten is None:
@@ -321,20 +406,28 @@ class WebhookNotifier:
         client = self._client
         own_client = client is None
         if client is None:
-            client = httpx.AsyncClient(timeout=self.timeout, follow_redirects=False)
+            client = httpx.AsyncClient(
+                timeout=self.timeout,
+                follow_redirects=False,
+                trust_env=False,
+                limits=httpx.Limits(max_keepalive_connections=0),
+            )
         try:
             attempts = len(self.backoff) + 1
             for attempt in range(1, attempts + 1):
                 started = time.monotonic()
                 status: int | None = None
                 error: str | None = None
+                refused = False
                 try:
-                    response = await client.post(hook.url, content=body, headers=headers)
+                    url, host, extensions = await pin(hook.url, self._resolve, self.allow_private)
+                    response = await client.post(url, content=body, headers={**headers, **host}, extensions=extensions)
                     status = response.status_code
                     if not 200 <= status < 300:
                         error = f"HTTP {status}"
-                except httpx.HTTPError as e:
-                    error = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
+                except (httpx.HTTPError, OSError, AddressNotAllowed) as e:
+                    error = failure_reason(e)
+                    refused = isinstance(e, AddressNotAllowed)
                 ok = error is None
                 self._record(
                     Delivery(
@@ -351,7 +444,7 @@ class WebhookNotifier:
                 )
                 if ok:
                     return True
-                if (status is not None and not retryable(status)) or attempt == attempts:
+                if refused or (status is not None and not retryable(status)) or attempt == attempts:
                     break
                 await asyncio.sleep(self.backoff[attempt - 1])
             log.warning("webhook %s: gave up on %s #%d (%s)", hook.id, event.kind, event.id, error)
@@ -359,6 +452,7 @@ class WebhookNotifier:
         finally:
             if own_client:
                 await client.aclose()
+
 
 
 def _log_failure(task: asyncio.Task[Any]) -> None:

@@ -85,6 +85,7 @@ class Daemon:
             LBSOLO_RECONCILE_INTERVAL="1",
             LBSOLO_STOP_TIMEOUT="2",
             LBSOLO_DEPLOY_TIMEOUT="30",
+            LBSOLO_WEBHOOK_ALLOW_PRIVATE="1",  # the webhook receivers of the tests are on loopback
             LBSOLO_GIT_ALLOW_LOCAL="1",  # tests deploy --git from local repositories
             COLUMNS="200",
         )
