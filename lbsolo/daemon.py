@@ -67,6 +67,12 @@ def write_private(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+def own_route(settings: Settings, api: Target) -> Route:
+    """The proxy's route to lbsolo's own UI and API at lbsolo.<domain>; to HTTPS if asked and possible."""
+    redirect = settings.ui_https_redirect and bool(settings.proxy_https_port)
+    return Route(app="lbsolo", targets=(api,), https_redirect=redirect)
+
+
 class ProxyIngress:
     """Core's Ingress: routes go to the proxy, app names to the DNS zone."""
 
@@ -220,7 +226,7 @@ class Daemon:
         api_sock = _bind(s.api_host, s.api_port)
         api_url = f"http://{s.api_host}:{api_sock.getsockname()[1]}"
         loopback = "127.0.0.1" if s.api_host in ("0.0.0.0", "", "127.0.0.1") else s.api_host
-        ingress.own = Route(app="lbsolo", targets=(Target(loopback, api_sock.getsockname()[1]),))
+        ingress.own = own_route(s, Target(loopback, api_sock.getsockname()[1]))
         ingress.publish({})
         unix_sock = _bind_unix(s.socket_path)
         if not _is_loopback(s.api_host):
