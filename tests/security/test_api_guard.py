@@ -137,7 +137,8 @@ def send_request(
 ) -> Answer:
     """Send a head and `size` body bytes (Content-Length `declare` or `size`, or chunked), pushing
     until the server stops reading; then read its answer."""
-    head = [f"{method} {path} HTTP/1.1", "Host: 127.0.0.1", *(f"{k}: {v}" for k, v in headers.items())]
+    headers = {"Host": "127.0.0.1", **headers}
+    head = [f"{method} {path} HTTP/1.1", *(f"{k}: {v}" for k, v in headers.items())]
     head.append("Transfer-Encoding: chunked" if chunked else f"Content-Length: {size if declare is None else declare}")
     piece = fill * (64 * 1024 // len(fill))
     frame = b"%x\r\n%s\r\n" % (len(piece), piece) if chunked else piece
