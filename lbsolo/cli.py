@@ -825,7 +825,40 @@ def tls_trust() -> None:
     from lbsolo.tls import LocalCA
 
     settings = Settings.load()
-    ca = LocalCA(settings.tls_dir).load_or_create()
+    ca = LocalCA(settings.tls_dir, domain=settings.domain).load_or_create()
+    console.print(ca.trust_instructions(), highlight=False, markup=False)
+    problem = ca.problem()
+    if problem:
+        err.print(f"[yellow]warning:[/] {escape(problem)}")
+
+
+@app.command("tls:rotate-ca")
+@clean_errors
+def tls_rotate_ca() -> None:
+    """Replace lbsolo's local CA with a new one (stop the daemon first); then trust the new one.
+
+    Works on the files under $LBSOLO_HOME/tls: the old key is deleted, the old certificate kept as
+    ca.pem.old. Certificates the old CA signed stop verifying; `lbsolo up` then serves new ones.
+    """
+    import json
+    import os
+
+    from lbsolo.tls import LocalCA
+
+    settings = Settings.load()
+    try:
+        pid = int(json.loads(settings.runtime_path.read_text())["pid"])
+        os.kill(pid, 0)
+        running = True
+    except PermissionError:  # someone else's process: it exists
+        running = True
+    except (OSError, ValueError, KeyError, TypeError):
+        running = False  # no daemon runs with this home
+    if running:
+        raise LbsoloError(f"the daemon (pid {pid}) is running: stop it, rotate the CA, then start it again")
+    ca = LocalCA(settings.tls_dir, domain=settings.domain).rotate()
+    console.print(f"new local CA: {ca.cert_path} (limited to {settings.domain}, localhost and loopback addresses)")
+    console.print("Every machine that trusted the old CA must trust this one instead:", highlight=False)
     console.print(ca.trust_instructions(), highlight=False, markup=False)
 
 

@@ -191,8 +191,11 @@ class Daemon:
         if s.proxy_https_port:
             from lbsolo.tls import CertStore, LocalCA
 
-            ca = await asyncio.to_thread(LocalCA(s.tls_dir).load_or_create)
-            tls = CertStore(s.domain, ca, s.tls_dir / "certs").server_context()
+            ca = await asyncio.to_thread(LocalCA(s.tls_dir, domain=s.domain).load_or_create)
+            if problem := await asyncio.to_thread(ca.problem):
+                log.warning("%s", problem)
+            # Mints the certificate of the domain and *.<domain> once, before any handshake.
+            tls = await asyncio.to_thread(CertStore(s.domain, ca, s.tls_dir / "certs").server_context)
         proxy = ProxyServer(
             host=s.proxy_host,
             port=s.proxy_port,

@@ -1,14 +1,16 @@
 """TLS for the proxy: a local certificate authority and certificate selection by SNI.
 
-For hosts under the lbsolo domain, a CA generated on first start (kept in a directory, key
-readable by the owner only) issues one certificate per host on demand; a client that trusts
-the CA's certificate gets valid HTTPS for `app.<domain>`. User-supplied certificates for custom
-domains are picked by SNI first.
+For the lbsolo domain, a CA generated on first start (kept in a directory, key readable by the
+owner only) issues one certificate for `<domain>` and `*.<domain>`, made once before the
+listener opens and served to every name one label under the domain: a handshake never mints on
+the event loop. The CA carries critical NameConstraints (the domain, localhost, loopback
+addresses), so its key, if it leaks, cannot sign for anyone else's names. User-supplied
+certificates for custom domains are picked by SNI first.
 
 Where certificates come from is one seam, `CertificateSource`: `CertStore` asks its sources, in
 order, for a host it has no certificate for. `LocalCASource` (the local CA, for the lbsolo domain)
 is the one source today; an ACME client plugs in as another source, without changes here.
-No I/O beyond the CA directory; no other lbsolo module imported.
+No I/O beyond the CA directory; of lbsolo, only the token bucket of `dns_ratelimit` is used.
 """
 
 from __future__ import annotations
@@ -18,7 +20,9 @@ import ipaddress
 import os
 import ssl
 import tempfile
+import threading
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Protocol
 
@@ -27,10 +31,16 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-__all__ = ["CertStore", "CertificateSource", "LocalCA", "LocalCASource"]
+from lbsolo.dns_ratelimit import RateLimit, RateLimiter
+
+__all__ = ["CertStore", "CertificateSource", "LocalCA", "LocalCASource", "served_names"]
 
 _CA_DAYS = 3650
 _LEAF_DAYS = 397  # what browsers accept for a leaf certificate
+# What a local CA may sign besides its domain: loopback, where lbsolo also answers.
+_LOCAL_NAMES = ("localhost",)
+_LOCAL_NETWORKS = ("127.0.0.0/8", "::1/128")
+_LOOPBACK_IPS = ("127.0.0.1", "::1")  # also in the domain certificate, for https://127.0.0.1:<port>
 
 
 def _pem_key(key: ec.EllipticCurvePrivateKey) -> bytes:
@@ -52,12 +62,51 @@ def _write_private(path: Path, data: bytes) -> None:
         raise
 
 
-class LocalCA:
-    """A certificate authority kept in `directory` (ca.pem, ca-key.pem), created on first use."""
+def _norm(host: str) -> str:
+    return host.lower().strip(".")
 
-    def __init__(self, directory: Path | str, name: str = "lbsolo local CA") -> None:
+
+def _under(host: str, domain: str) -> bool:
+    return host == domain or host.endswith("." + domain)
+
+
+def served_names(domain: str) -> x509.NameConstraints:
+    """The names a local CA for `domain` may sign: the domain and its subdomains, localhost, loopback."""
+    dns: list[x509.GeneralName] = [x509.DNSName(n) for n in (_norm(domain), *_LOCAL_NAMES)]
+    ips: list[x509.GeneralName] = [x509.IPAddress(ipaddress.ip_network(n)) for n in _LOCAL_NETWORKS]
+    return x509.NameConstraints(permitted_subtrees=dns + ips, excluded_subtrees=None)
+
+
+def _san(name: str) -> x509.GeneralName:
+    try:
+        return x509.IPAddress(ipaddress.ip_address(name))
+    except ValueError:
+        return x509.DNSName(name)
+
+
+def _permits(constraints: x509.NameConstraints, name: x509.GeneralName) -> bool:
+    for subtree in constraints.permitted_subtrees or ():
+        if isinstance(name, x509.DNSName) and isinstance(subtree, x509.DNSName):
+            if _under(name.value.removeprefix("*."), subtree.value):
+                return True
+        elif isinstance(name, x509.IPAddress) and isinstance(subtree, x509.IPAddress):
+            net = subtree.value
+            if isinstance(net, ipaddress.IPv4Network | ipaddress.IPv6Network) and name.value in net:
+                return True
+    return False
+
+
+class LocalCA:
+    """A certificate authority kept in `directory` (ca.pem, ca-key.pem), created on first use.
+
+    Made with a `domain`, a new CA is limited by NameConstraints to `served_names(domain)` and
+    refuses to issue outside them. Without one (stand-ins for other CAs in tests) it is unlimited.
+    """
+
+    def __init__(self, directory: Path | str, name: str = "lbsolo local CA", *, domain: str | None = None) -> None:
         self.directory = Path(directory)
         self.name = name
+        self.domain = _norm(domain) if domain else None
         self.cert_path = self.directory / "ca.pem"
         self.key_path = self.directory / "ca-key.pem"
         self._cert: x509.Certificate | None = None
@@ -73,11 +122,15 @@ class LocalCA:
                 raise ValueError(f"{self.key_path} is not an EC key")
             self._key = key
             return self
+        self._create()
+        return self
+
+    def _create(self) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
         key = ec.generate_private_key(ec.SECP256R1())
         subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, self.name)])
         now = datetime.datetime.now(datetime.UTC)
-        cert = (
+        builder = (
             x509.CertificateBuilder()
             .subject_name(subject)
             .issuer_name(subject)
@@ -101,12 +154,54 @@ class LocalCA:
                 critical=True,
             )
             .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
-            .sign(key, hashes.SHA256())
         )
+        if self.domain:
+            builder = builder.add_extension(served_names(self.domain), critical=True)
+        cert = builder.sign(key, hashes.SHA256())
         _write_private(self.key_path, _pem_key(key))
         self.cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
         self._cert, self._key = cert, key
+
+    def rotate(self) -> LocalCA:
+        """Replace the CA with a new one: leaves it signed stop verifying once the new one is trusted.
+
+        The old key is deleted (a rotation is for a key that may have leaked); the old certificate
+        is kept as ca.pem.old, to remove it from trust stores. The caller makes sure no running
+        daemon still serves certificates of the old CA.
+        """
+        if self.cert_path.exists():
+            self.cert_path.replace(self.directory / "ca.pem.old")
+        self.key_path.unlink(missing_ok=True)
+        self._cert = self._key = None
+        self._create()
         return self
+
+    @property
+    def constraints(self) -> x509.NameConstraints | None:
+        """The CA's NameConstraints (None for a CA made before they existed, or without a domain)."""
+        self.load_or_create()
+        assert self._cert is not None
+        try:
+            return self._cert.extensions.get_extension_for_class(x509.NameConstraints).value
+        except x509.ExtensionNotFound:
+            return None
+
+    def problem(self) -> str | None:
+        """Why this CA should be replaced with `lbsolo tls:rotate-ca`, or None."""
+        if not self.domain:
+            return None
+        constraints = self.constraints
+        if constraints is None:
+            return (
+                f"the local CA {self.cert_path} has no name constraints (made by an older lbsolo): a leaked key "
+                "could sign for any domain; replace it with `lbsolo tls:rotate-ca`"
+            )
+        if not _permits(constraints, x509.DNSName(self.domain)):
+            return (
+                f"the local CA {self.cert_path} may not sign for the domain {self.domain} (made for another "
+                "domain); replace it with `lbsolo tls:rotate-ca`"
+            )
+        return None
 
     @property
     def cert_pem(self) -> bytes:
@@ -114,15 +209,16 @@ class LocalCA:
         assert self._cert is not None
         return self._cert.public_bytes(serialization.Encoding.PEM)
 
-    def issue(self, host: str) -> tuple[bytes, bytes]:
-        """A leaf certificate and its key (PEM) for `host`, signed by this CA."""
+    def issue(self, host: str, *more: str) -> tuple[bytes, bytes]:
+        """A leaf certificate for `host` (and `more` names) and its key (PEM), signed by this CA."""
         self.load_or_create()
         assert self._cert is not None and self._key is not None
+        names = [_san(n) for n in (host, *more)]
+        constraints = self.constraints
+        outside = [n.value for n in names if constraints is not None and not _permits(constraints, n)]
+        if outside:
+            raise ValueError(f"the local CA may not sign for {', '.join(map(str, outside))}")
         key = ec.generate_private_key(ec.SECP256R1())
-        try:
-            san: x509.GeneralName = x509.IPAddress(ipaddress.ip_address(host))
-        except ValueError:
-            san = x509.DNSName(host)
         now = datetime.datetime.now(datetime.UTC)
         cert = (
             x509.CertificateBuilder()
@@ -132,7 +228,7 @@ class LocalCA:
             .serial_number(x509.random_serial_number())
             .not_valid_before(now - datetime.timedelta(hours=1))
             .not_valid_after(now + datetime.timedelta(days=_LEAF_DAYS))
-            .add_extension(x509.SubjectAlternativeName([san]), critical=False)
+            .add_extension(x509.SubjectAlternativeName(names), critical=False)
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
             .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
             .add_extension(
@@ -153,6 +249,8 @@ class LocalCA:
             f"  macOS: sudo security add-trusted-cert -d -r trustRoot -k /Library/Keychains/System.keychain {path}\n"
             f"  curl: curl --cacert {path} https://APP.DOMAIN/\n"
             "  Firefox: Settings > Privacy & Security > Certificates > Import\n"
+            "After `lbsolo tls:rotate-ca` the CA is a new one: trust it again the same way (and remove the "
+            "old one, kept as ca.pem.old, from the places you had added it to).\n"
         )
 
 
@@ -160,9 +258,9 @@ class CertificateSource(Protocol):
     """Issues certificates for hosts that have no user-supplied one; where ACME plugs in.
 
     `issue` runs inside the TLS handshake, on the event loop: it must answer at once, from memory
-    or a local file. A source that has to ask someone (an ACME CA) answers None for now, orders
-    the certificate in the background, and calls `CertStore.remove(host)` once it has it (and
-    after each renewal), so the next handshake asks again. A source that does not serve a host
+    or a local file. A source that has to ask someone (an ACME CA) or work for it (mint a key)
+    answers None for now, gets the certificate in the background, and calls `CertStore.remove(host)`
+    after each renewal, so the next handshake asks again. A source that does not serve a host
     answers None and the next source is asked.
     """
 
@@ -171,19 +269,62 @@ class CertificateSource(Protocol):
         ...
 
 
-class LocalCASource:
-    """The local CA as a certificate source: the lbsolo domain and its subdomains, nothing else."""
+_MINTED_MAX = 64  # minted certificates not yet handed to the store
 
-    def __init__(self, ca: LocalCA, domain: str) -> None:
+
+class LocalCASource:
+    """The local CA as a certificate source: the lbsolo domain and its subdomains, nothing else.
+
+    The domain and the names one label under it share one certificate (`<domain>`, `*.<domain>`),
+    minted on the first ask: `CertStore.server_context` asks before the listener opens. A name
+    deeper under the domain, which a wildcard does not cover, is minted in a worker thread at no
+    more than `rate` a second (bursts of `burst`): until it is ready the answer is None.
+    """
+
+    def __init__(self, ca: LocalCA, domain: str, *, rate: float = 4.0, burst: int = 8) -> None:
         self.ca = ca
-        self.domain = domain.lower().strip(".")
+        self.domain = _norm(domain)
+        self._domain_pem: tuple[bytes, bytes] | None = None
+        self._limit = RateLimiter(RateLimit(qps=rate, burst=burst, exempt_loopback=False, max_clients=1))
+        self._lock = threading.Lock()
+        self._minted: dict[str, tuple[bytes, bytes]] = {}
+        self._pending: set[str] = set()
+        self._pool: ThreadPoolExecutor | None = None
 
     def issue(self, host: str) -> tuple[bytes, bytes] | None:
         # A certificate for a name outside the domain would be trusted only by machines that
         # trust this CA anyway, and would hide a missing real certificate: refuse instead.
-        if host == self.domain or host.endswith("." + self.domain):
-            return self.ca.issue(host)
+        if not _under(host, self.domain):
+            return None
+        if host == self.domain or "." not in host[: -len(self.domain) - 1]:
+            if self._domain_pem is None:
+                self._domain_pem = self.ca.issue(self.domain, "*." + self.domain, *_LOOPBACK_IPS)
+            return self._domain_pem
+        with self._lock:
+            pem = self._minted.pop(host, None)
+            if pem is not None or host in self._pending or not self._limit.allow("mint"):
+                return pem
+            self._pending.add(host)
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lbsolo-tls-mint")
+        self._pool.submit(self._mint, host)
         return None
+
+    def _mint(self, host: str) -> None:
+        try:
+            pem = self.ca.issue(host)
+        finally:
+            with self._lock:
+                self._pending.discard(host)
+        with self._lock:
+            while len(self._minted) >= _MINTED_MAX:  # never asked for again: oldest first
+                del self._minted[next(iter(self._minted))]
+            self._minted[host] = pem
+
+    def wait_idle(self, timeout: float | None = None) -> None:
+        """Wait for the background mints asked so far (for tests)."""
+        if self._pool is not None:
+            self._pool.submit(lambda: None).result(timeout)
 
 
 def _context(cert_pem: bytes, key_pem: bytes, directory: Path) -> ssl.SSLContext:
@@ -205,9 +346,11 @@ _ISSUED_MAX = 512  # certificates from sources kept per store
 class CertStore:
     """Chooses the certificate for each TLS handshake by SNI.
 
-    Order: a user certificate for the exact host, then one for its wildcard (`*.example.com`),
-    then one from the first `CertificateSource` that has one (kept until `remove`). By default
-    the only source is the local CA, for the lbsolo domain and its subdomains.
+    Order: a user certificate for the exact host, then one for its wildcard (`*.example.com`);
+    for the domain and the names one label under it, the domain certificate; then one from the
+    first `CertificateSource` that has one (kept until `remove`). A deeper name under the domain
+    that no source has yet gets the domain certificate meanwhile; any other name, none. By
+    default the only source is the local CA, for the lbsolo domain and its subdomains.
     """
 
     def __init__(
@@ -218,11 +361,12 @@ class CertStore:
         *,
         sources: Sequence[CertificateSource] | None = None,
     ) -> None:
-        self.domain = domain.lower().strip(".")
+        self.domain = _norm(domain)
         self.ca = ca
         self._dir = Path(directory) if directory is not None else (ca.directory if ca else Path(tempfile.gettempdir()))
         self._user: dict[str, ssl.SSLContext] = {}
         self._issued: dict[str, ssl.SSLContext] = {}
+        self._domain_ctx: ssl.SSLContext | None = None
         if sources is None:
             sources = [LocalCASource(ca, self.domain)] if ca is not None else []
         self.sources: tuple[CertificateSource, ...] = tuple(sources)
@@ -230,21 +374,37 @@ class CertStore:
     def add(self, host: str, cert_pem: bytes, key_pem: bytes) -> None:
         """Use this certificate (chain, PEM) and key for `host` (`*.example.com` for a wildcard)."""
         self._dir.mkdir(parents=True, exist_ok=True)
-        self._user[host.lower().strip(".")] = _context(cert_pem, key_pem, self._dir)
+        self._user[_norm(host)] = _context(cert_pem, key_pem, self._dir)
 
     def remove(self, host: str) -> None:
         """Forget the host's certificate (user-supplied or issued); the next handshake asks the sources again."""
-        name = host.lower().strip(".")
+        name = _norm(host)
         self._user.pop(name, None)
         self._issued.pop(name, None)
+        if name == self.domain:
+            self._domain_ctx = None
+
+    def _domain_context(self) -> ssl.SSLContext | None:
+        """The certificate of the domain and `*.<domain>`, from the first source that has it."""
+        if self._domain_ctx is None:
+            for source in self.sources:
+                pem = source.issue(self.domain)
+                if pem is not None:
+                    self._dir.mkdir(parents=True, exist_ok=True)
+                    self._domain_ctx = _context(*pem, self._dir)
+                    break
+        return self._domain_ctx
 
     def context_for(self, server_name: str | None) -> ssl.SSLContext | None:
-        name = (server_name or self.domain).lower().strip(".")
+        name = _norm(server_name or self.domain)
         ctx = self._user.get(name)
         if ctx is None and "." in name:
             ctx = self._user.get("*." + name.partition(".")[2])
         if ctx is not None:
             return ctx
+        under = _under(name, self.domain)
+        if under and (name == self.domain or "." not in name[: -len(self.domain) - 1]):
+            return self._domain_context()  # covered by the wildcard: nothing per name
         issued = self._issued
         ctx = issued.pop(name, None)
         if ctx is not None:
@@ -259,11 +419,15 @@ class CertStore:
                     del issued[next(iter(issued))]
                 ctx = issued[name] = _context(*pem, self._dir)
                 return ctx
-        # Not remembered: a source that answered None now (an ACME order in flight) may answer later.
-        return None
+        # Not remembered: a source that answered None now (a mint or an ACME order in flight) may
+        # answer later. Under the domain the domain certificate stands in meanwhile.
+        return self._domain_context() if under else None
 
     def server_context(self) -> ssl.SSLContext:
-        """The listener's context: picks a certificate per handshake from the SNI name."""
+        """The listener's context: picks a certificate per handshake from the SNI name.
+
+        Makes the domain certificate if it is not made yet: call it off the event loop.
+        """
         default = self.context_for(None) or ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         store = self
 

@@ -72,7 +72,7 @@ def test_a_handshake_for_a_custom_domain_gets_the_sources_certificate(tmp_path: 
             status, _doc, san = await _get(proxy.https_port, "shop.test", acme_ca.cert_path)
             assert (status, san) == (200, "shop.test")
             status, _doc, san = await _get(proxy.https_port, "hello.lbsolo.localhost", local.cert_path)
-            assert (status, san) == (200, "hello.lbsolo.localhost")
+            assert (status, san) == (200, "*.lbsolo.localhost")  # the domain's wildcard certificate
 
     asyncio.run(asyncio.wait_for(scenario(), 10))
 
@@ -81,11 +81,13 @@ def test_issued_certificates_are_bounded_least_recently_used_first(tmp_path, mon
     import lbsolo.tls as tls
 
     monkeypatch.setattr(tls, "_ISSUED_MAX", 3)
-    ca = tls.LocalCA(tmp_path / "ca")
-    store = tls.CertStore("lbsolo.localhost", ca, tmp_path / "certs")
+    # Names under the domain share its wildcard certificate: sources' certificates are kept per name.
+    acme = FakeACME(tls.LocalCA(tmp_path / "acme-ca", name="stand-in ACME CA"))
+    acme.ready = {f"{name}.example.com" for name in "abcd"}
+    store = tls.CertStore("lbsolo.localhost", tls.LocalCA(tmp_path / "ca"), tmp_path / "certs", sources=[acme])
     for name in ("a", "b", "c"):
-        assert store.context_for(f"{name}.lbsolo.localhost") is not None
-    first = store.context_for("a.lbsolo.localhost")  # used again: now the most recent
-    store.context_for("d.lbsolo.localhost")  # full: b, the least recently used, goes
-    assert list(store._issued) == ["c.lbsolo.localhost", "a.lbsolo.localhost", "d.lbsolo.localhost"]
-    assert store.context_for("a.lbsolo.localhost") is first
+        assert store.context_for(f"{name}.example.com") is not None
+    first = store.context_for("a.example.com")  # used again: now the most recent
+    store.context_for("d.example.com")  # full: b, the least recently used, goes
+    assert list(store._issued) == ["c.example.com", "a.example.com", "d.example.com"]
+    assert store.context_for("a.example.com") is first
