@@ -9,6 +9,7 @@ routing; core does.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import hashlib
 import io
@@ -32,18 +33,42 @@ log = logging.getLogger("lbsolo.build")
 
 
 class LogBuffer:
-    """An append-only list of lines that followers can tail until it is closed."""
+    """An append-only list of lines that followers can tail until it is closed.
 
-    def __init__(self) -> None:
+    Bounded: lines are cut at `max_line` characters, and past `max_lines` lines only the last
+    `tail` are kept (added at close, after one line saying how many were left out), so a build
+    that prints without end costs a fixed amount of memory and of disk.
+    """
+
+    def __init__(self, max_lines: int = 5000, max_line: int = 4096, tail: int = 200) -> None:
         self.lines: list[str] = []
         self.closed = False
+        self.max_lines = max_lines
+        self.max_line = max_line
+        self.omitted = 0
+        self._tail: collections.deque[str] = collections.deque(maxlen=tail)
         self._changed = asyncio.Event()
 
     def append(self, line: str) -> None:
-        self.lines.append(line)
-        self._wake()
+        if self.closed:
+            return
+        if len(line) > self.max_line:
+            line = line[: self.max_line] + f" [... {len(line) - self.max_line} characters cut]"
+        if len(self.lines) < self.max_lines:
+            self.lines.append(line)
+            self._wake()
+            return
+        if len(self._tail) == self._tail.maxlen:
+            self.omitted += 1
+        self._tail.append(line)
 
     def close(self) -> None:
+        if self.closed:
+            return
+        if self.omitted:
+            self.lines.append(f"[... {self.omitted} lines left out; the last {len(self._tail)} follow]")
+        self.lines.extend(self._tail)
+        self._tail.clear()
         self.closed = True
         self._wake()
 
@@ -202,6 +227,13 @@ def reusable_images(builds: Iterable[Build], source: str) -> list[str]:
     return [b.image for b in sorted(same, key=lambda b: b.created_at, reverse=True) if b.image]
 
 
+def builds_to_forget(builds: Iterable[Build], keep: int, busy: Iterable[str] = ()) -> list[Build]:
+    """An app's builds beyond its newest `keep` (at least one), oldest first; never a `busy` one."""
+    busy = set(busy)
+    newest_first = sorted(builds, key=lambda b: b.created_at, reverse=True)
+    return [b for b in reversed(newest_first[max(keep, 1) :]) if b.id not in busy]
+
+
 def file_digest(path: Path) -> str:
     """The source's identity: the sha256 of the uploaded archive (the CLI packs deterministically)."""
     with path.open("rb") as f:
@@ -233,6 +265,9 @@ class Builder:
         base_images: Mapping[str, str] | None = None,
         on_change: Callable[[Build], None] | None = None,
         builds: Callable[[str], list[Build]] | None = None,
+        forget_builds: Callable[[str, list[str]], None] | None = None,
+        log_dir: Path | None = None,
+        keep_builds: int = 0,
     ) -> None:
         self.engine = engine
         self.memory = memory
@@ -240,6 +275,10 @@ class Builder:
         self.base_images = dict(base_images or {})
         self.on_change = on_change or (lambda b: None)
         self.builds = builds or (lambda app: [])  # an app's earlier builds, from the state
+        # Bounding what builds leave behind: records (forget_builds) and logs (<log_dir>/<id>.log).
+        self.forget_builds = forget_builds
+        self.log_dir = log_dir
+        self.keep_builds = keep_builds  # 0: keep every build
         self._queue: asyncio.Queue[BuildJob] = asyncio.Queue()
         self.jobs: dict[str, BuildJob] = {}  # queued or running
 
@@ -275,6 +314,24 @@ class Builder:
             finally:
                 self._queue.task_done()
 
+    def forget_old_builds(self, build: Build, busy: Iterable[str] = ()) -> list[str]:
+        """Forget the app's builds beyond keep_builds, counting `build`: their records and logs.
+
+        Blocking (the state and the disk): call it through to_thread, with `busy` (the ids of
+        queued and running builds, never forgotten) read on the loop.
+        """
+        if self.keep_builds <= 0:
+            return []
+        known = [b for b in self.builds(build.app) if b.id != build.id]
+        old = builds_to_forget([*known, build], self.keep_builds, busy)
+        ids = [b.id for b in old]
+        if ids and self.forget_builds is not None:
+            self.forget_builds(build.app, ids)
+        if self.log_dir is not None:
+            for build_id in ids:
+                (self.log_dir / f"{build_id}.log").unlink(missing_ok=True)
+        return ids
+
     def _reusable_image(self, app: str, source: str) -> str | None:
         for image in reusable_images(self.builds(app), source):
             if self.engine.image_exists(image):  # image retention may have removed it since
@@ -295,6 +352,10 @@ class Builder:
         try:
             if job.cancelled:
                 raise BuildFailed("the build was cancelled before it started")
+            try:
+                await asyncio.to_thread(self.forget_old_builds, build, list(self.jobs))
+            except (OSError, LbsoloError) as e:  # a full disk: the build itself may still work
+                log.warning("forgetting old builds of %s failed: %s", build.app, e)
             spec, has_dockerfile = await asyncio.to_thread(check_context, job.context)
             if not has_dockerfile:
                 images = {**self.base_images, **spec.base_images}

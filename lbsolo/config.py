@@ -76,6 +76,12 @@ class Settings:
     drain_timeout: float = 30.0
     shutdown_timeout: float = 10.0
     keep_releases: int = 5
+    # Builds kept per app (their records and stored logs); older ones are forgotten as new ones start.
+    keep_builds: int = 20
+    # $LBSOLO_HOME/logs/access.log moves to access.log.1 past this size, and `access_log_keep` old
+    # files stay. 0: no access log at all.
+    access_log_max_bytes: int = 64 * 1024 * 1024
+    access_log_keep: int = 3
     # `deploy --git` and push webhooks clone over https, ssh and git only; local paths and
     # file:// (which let an API caller read any repository the daemon can) need this on.
     git_allow_local: bool = False

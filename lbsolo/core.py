@@ -333,8 +333,11 @@ class Platform(Scheduler, Rollouts):
 
     def _store_build_log(self, build_id: str, lines: list[str]) -> None:
         directory = self.settings.logs_dir / "builds"
-        directory.mkdir(parents=True, exist_ok=True)
-        (directory / f"{build_id}.log").write_text("\n".join(lines) + "\n", encoding="utf-8")
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+            (directory / f"{build_id}.log").write_text("\n".join(lines) + "\n", encoding="utf-8")
+        except OSError as e:  # a full disk: the deploy's outcome stands, only its stored log is lost
+            log.warning("cannot store the log of build %s: %s", build_id, e.strerror or e)
 
     async def cancel_builds(self, name: str, build_id: str | None = None) -> list[str]:
         await self._app(name)

@@ -32,6 +32,7 @@ from lbsolo.core import Platform
 from lbsolo.dns import DNSServer, ForwardConfig, RateLimit, Zone
 from lbsolo.engine import Engine
 from lbsolo.events import EventBus
+from lbsolo.logs import AccessLog
 from lbsolo.notify import WebhookNotifier
 from lbsolo.proxy import ProxyServer, Route, Target
 from lbsolo.state import State
@@ -96,26 +97,6 @@ class ProxyIngress:
 
     def prometheus(self) -> str:
         return self.proxy.prometheus()
-
-
-class AccessLog:
-    """The proxy's access lines, appended to `<logs>/access.log` through a buffer flushed every second."""
-
-    def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._file = path.open("a", encoding="utf-8", buffering=1 << 16)
-
-    def write(self, lines: str) -> None:
-        """Append newline-terminated lines (the proxy hands them over in batches)."""
-        self._file.write(lines)
-
-    async def flush_forever(self) -> None:
-        try:
-            while True:
-                await asyncio.sleep(1.0)
-                await asyncio.to_thread(self._file.flush)
-        finally:
-            self._file.close()
 
 
 class _APIServer(uvicorn.Server):
@@ -186,7 +167,12 @@ class Daemon:
         docker_version = await asyncio.to_thread(engine.ping)
         state = await asyncio.to_thread(State, s.state_path)
 
-        access = AccessLog(s.logs_dir / "access.log")
+        # access_log_max_bytes 0: no access log at all (the proxy then formats no lines either).
+        access = (
+            AccessLog(s.logs_dir / "access.log", max_bytes=s.access_log_max_bytes, keep=s.access_log_keep)
+            if s.access_log_max_bytes > 0
+            else None
+        )
         tls = None
         if s.proxy_https_port:
             from lbsolo.tls import CertStore, LocalCA
@@ -200,7 +186,7 @@ class Daemon:
             host=s.proxy_host,
             port=s.proxy_port,
             domain=s.domain,
-            access_log=access.write,
+            access_log=access.write if access is not None else None,
             https_port=s.proxy_https_port or None,
             tls=tls,
             trusted_proxies=s.trusted_proxies.split(","),
@@ -214,7 +200,15 @@ class Daemon:
         limit = RateLimit(qps=s.dns_rate_qps, burst=s.dns_rate_qps * 2) if s.dns_rate_qps > 0 else None
         dns = DNSServer(host=s.dns_host, port=s.dns_port, zone=zone, forward=forward, rate_limit=limit)
 
-        builder = Builder(engine, memory=s.build_memory, timeout=s.build_timeout, builds=state.list_builds)
+        builder = Builder(
+            engine,
+            memory=s.build_memory,
+            timeout=s.build_timeout,
+            builds=state.list_builds,
+            forget_builds=state.delete_builds,
+            log_dir=s.logs_dir / "builds",
+            keep_builds=s.keep_builds,
+        )
         bus = EventBus()
         ingress = ProxyIngress(proxy, dns)
         platform = Platform(s, state, engine, builder, ingress, bus=bus)
@@ -269,7 +263,8 @@ class Daemon:
             tasks.append(asyncio.create_task(_supervise("reconcile", platform.reconcile_forever), name="reconcile"))
             tasks.append(asyncio.create_task(_supervise("events", platform.watch_events), name="events"))
             tasks.append(asyncio.create_task(_supervise("logs", platform.logs.flush_forever), name="logs"))
-            tasks.append(asyncio.create_task(access.flush_forever(), name="access-log"))
+            if access is not None:
+                tasks.append(asyncio.create_task(_supervise("access-log", access.flush_forever), name="access-log"))
             tasks.append(asyncio.create_task(_supervise("stats", sampler.run), name="stats"))
             api_port = api_sock.getsockname()[1]
             info = {

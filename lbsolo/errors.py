@@ -4,6 +4,10 @@ Every error a user can cause or see is an LbsoloError with a stable code; the AP
 code's status to HTTP, the CLI prints the message. Library errors are re-raised `from` these.
 """
 
+from __future__ import annotations
+
+import errno
+
 
 class LbsoloError(Exception):
     """Base of every error lbsolo raises on purpose."""
@@ -61,6 +65,25 @@ class EngineError(LbsoloError):
 class EngineUnavailable(EngineError):
     code = "engine_unavailable"
     status = 503
+
+
+class StorageError(LbsoloError):
+    """A file lbsolo keeps (its state) could not be written; what was there before is kept."""
+
+    code = "storage"
+    status = 500
+
+    @classmethod
+    def writing(cls, what: str, path: object, e: OSError) -> StorageError:
+        """The error for a failed write of `what` at `path`: DiskFull when the disk (or quota) is full."""
+        if e.errno in (errno.ENOSPC, errno.EDQUOT):
+            return DiskFull(f"cannot save {what} to {path}: the disk holding it is full; the previous {what} is kept")
+        return cls(f"cannot save {what} to {path}: {e.strerror or e}; the previous {what} is kept")
+
+
+class DiskFull(StorageError):
+    code = "disk_full"
+    status = 507  # Insufficient Storage
 
 
 class DaemonUnavailable(LbsoloError):

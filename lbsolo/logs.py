@@ -3,12 +3,16 @@
 Lines arrive from collector threads (one per followed replica) through the event loop, are
 kept in a short in-memory buffer for live followers, and are appended to `<logs>/<app>.log` as
 JSON lines in batches off the loop. Files rotate by size and only a few old ones are kept.
+The proxy's access log (`AccessLog`) is written and rotated the same way. A write that fails (a
+full disk) drops its lines with one warning naming the file: logging never stops the daemon.
+Must not block the event loop: every file operation runs in a worker thread.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import json
 import logging
 import threading
@@ -17,8 +21,42 @@ from collections import defaultdict
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 log = logging.getLogger("lbsolo.logs")
+
+
+def rotate(path: Path, keep: int) -> None:
+    """Move `path` to `path.1` (`.1` to `.2`, ...), keeping at most `keep` old files; 0 keeps none."""
+    if keep < 1:
+        path.unlink(missing_ok=True)
+        return
+    path.with_name(f"{path.name}.{keep}").unlink(missing_ok=True)
+    for i in range(keep - 1, 0, -1):
+        older = path.with_name(f"{path.name}.{i}")
+        if older.exists():
+            older.replace(path.with_name(f"{path.name}.{i + 1}"))
+    path.replace(path.with_name(f"{path.name}.1"))
+
+
+class _WriteFailures:
+    """One warning when writes to a file start failing (a full disk), one line when they work again."""
+
+    def __init__(self) -> None:
+        self.failing: set[Path] = set()
+
+    def failed(self, path: Path, e: OSError, lines: int) -> None:
+        if path not in self.failing:
+            self.failing.add(path)
+            why = "the disk is full" if e.errno in (errno.ENOSPC, errno.EDQUOT) else e.strerror or str(e)
+            log.warning(
+                "cannot write %s (%s): %d lines dropped, and the next ones until it works again", path, why, lines
+            )
+
+    def worked(self, path: Path) -> None:
+        if path in self.failing:
+            self.failing.discard(path)
+            log.warning("writing %s works again", path)
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,6 +89,7 @@ class LogStore:
         self._pending: dict[str, list[LogLine]] = defaultdict(list)
         self._followers: dict[str, set[asyncio.Queue[LogLine]]] = defaultdict(set)
         self._lock = threading.Lock()  # file writes (flush thread) vs reads (API threads)
+        self._failures = _WriteFailures()
 
     def path(self, app: str) -> Path:
         return self.directory / f"{app}.log"
@@ -64,22 +103,19 @@ class LogStore:
                 q.put_nowait(line)
 
     def _write(self, batches: dict[str, list[LogLine]]) -> None:
-        self.directory.mkdir(parents=True, exist_ok=True)
         with self._lock:
             for app, lines in batches.items():
                 path = self.path(app)
-                with path.open("a", encoding="utf-8") as f:
-                    f.write("".join(json.dumps(ln.to_dict(), separators=(",", ":")) + "\n" for ln in lines))
-                if path.stat().st_size > self.max_bytes:
-                    self._rotate(path)
-
-    def _rotate(self, path: Path) -> None:
-        for i in range(self.keep - 1, 0, -1):
-            older = path.with_suffix(f".log.{i}")
-            if older.exists():
-                older.replace(path.with_suffix(f".log.{i + 1}"))
-        path.replace(path.with_suffix(".log.1"))
-        path.with_suffix(f".log.{self.keep}").unlink(missing_ok=True)
+                try:
+                    self.directory.mkdir(parents=True, exist_ok=True)
+                    with path.open("a", encoding="utf-8") as f:
+                        f.write("".join(json.dumps(ln.to_dict(), separators=(",", ":")) + "\n" for ln in lines))
+                    if path.stat().st_size > self.max_bytes:
+                        rotate(path, self.keep)
+                except OSError as e:
+                    self._failures.failed(path, e, len(lines))
+                else:
+                    self._failures.worked(path)
 
     async def flush(self) -> None:
         if not self._pending:
@@ -106,7 +142,8 @@ class LogStore:
 
     # reading
     def _files(self, app: str) -> list[Path]:
-        olds = [self.path(app).with_suffix(f".log.{i}") for i in range(self.keep, 0, -1)]
+        path = self.path(app)
+        olds = [path.with_name(f"{path.name}.{i}") for i in range(self.keep, 0, -1)]
         return [p for p in [*olds, self.path(app)] if p.exists()]
 
     def _iter_file_lines(self, app: str) -> Iterator[LogLine]:
@@ -145,6 +182,84 @@ class LogStore:
                 yield await q.get()
         finally:
             self._followers[app].discard(q)
+
+
+class AccessLog:
+    """The proxy's access lines, appended to one file (`<logs>/access.log`) and rotated by size.
+
+    `write` runs on the loop and only queues the batch; `flush_forever` writes the queue every
+    second in a worker thread, which also rotates the file past `max_bytes` (keeping `keep` old
+    ones). Lines beyond `max_pending` characters waiting for a slow or full disk are dropped.
+    """
+
+    def __init__(
+        self, path: Path, max_bytes: int = 64 * 1024 * 1024, keep: int = 3, max_pending: int = 8 << 20
+    ) -> None:
+        self.path = path
+        self.max_bytes = max_bytes
+        self.keep = keep
+        self.max_pending = max_pending
+        self.dropped = 0  # lines dropped in all (full queue or failed writes)
+        self._pending: list[str] = []
+        self._pending_chars = 0
+        self._file: BinaryIO | None = None
+        self._size = 0
+        self._failures = _WriteFailures()
+
+    def write(self, lines: str) -> None:
+        """Queue newline-terminated lines (the proxy hands them over in batches)."""
+        if self._pending_chars > self.max_pending:
+            self.dropped += lines.count("\n")
+            return
+        self._pending.append(lines)
+        self._pending_chars += len(lines)
+
+    def _write(self, text: str) -> None:
+        data = text.encode("utf-8", "replace")
+        try:
+            f = self._file
+            if f is None:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                f = self._file = self.path.open("ab")
+                self._size = f.tell()
+            f.write(data)
+            f.flush()
+            self._size += len(data)
+            if self._size > self.max_bytes:
+                self._close()
+                rotate(self.path, self.keep)
+        except OSError as e:
+            lines = text.count("\n")
+            self.dropped += lines
+            self._failures.failed(self.path, e, lines)
+            self._close()  # a buffer holding part of the batch would be written with the next one
+        else:
+            self._failures.worked(self.path)
+
+    def close(self) -> None:
+        """Close the file (blocking; the next write opens it again)."""
+        self._close()
+
+    def _close(self) -> None:
+        f, self._file = self._file, None
+        if f is not None:
+            with contextlib.suppress(OSError):
+                f.close()
+
+    async def flush(self) -> None:
+        if self._pending:
+            batch, self._pending, self._pending_chars = self._pending, [], 0
+            await asyncio.to_thread(self._write, "".join(batch))
+
+    async def flush_forever(self, interval: float = 1.0) -> None:
+        try:
+            while True:
+                await asyncio.sleep(interval)
+                await self.flush()
+        finally:
+            with contextlib.suppress(Exception):
+                await self.flush()
+            await asyncio.to_thread(self._close)
 
 
 class LogCollector:

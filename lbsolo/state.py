@@ -2,11 +2,13 @@
 
 The storage below replaces the database file atomically (write a temporary file, fsync,
 rename, fsync the directory), so a `kill -9` at any moment leaves either the old or the new
-file, both readable. This is the only module that imports tinydb.
+file, both readable. A write that fails (a full disk) raises StorageError (DiskFull) and
+leaves both the file and what the daemon reads unchanged. This is the only module that imports tinydb.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import os
@@ -18,7 +20,7 @@ from typing import Any
 from tinydb import Query, TinyDB
 from tinydb.storages import Storage
 
-from lbsolo.errors import Conflict, NotFound
+from lbsolo.errors import Conflict, NotFound, StorageError
 from lbsolo.models import App, Build, Release, StaticRoute
 
 
@@ -42,24 +44,32 @@ class AtomicJSONStorage(Storage):
         return copy.deepcopy(self._data) if self._data is not None else None
 
     def write(self, data: dict[str, dict[str, Any]]) -> None:
+        """Replace the file with `data`; if that fails (a full disk), the old file and memory stay as they were."""
         payload = json.dumps(data, separators=(",", ":"), sort_keys=True).encode()
-        fd, tmp = tempfile.mkstemp(prefix=".state-", suffix=".tmp", dir=self.path.parent)
+        tmp: str | None = None
         try:
+            fd, tmp = tempfile.mkstemp(prefix=".state-", suffix=".tmp", dir=self.path.parent)
             with os.fdopen(fd, "wb") as f:
                 f.write(payload)
                 f.flush()
                 os.fsync(f.fileno())
             os.chmod(tmp, 0o600)
             os.replace(tmp, self.path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
+        except BaseException as e:
+            if tmp is not None:
+                Path(tmp).unlink(missing_ok=True)
+            if isinstance(e, OSError):
+                raise StorageError.writing("lbsolo's state", self.path, e) from e
             raise
-        dir_fd = os.open(self.path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
         self._data = copy.deepcopy(data)
+        # The new file is in place and readable: a failure to make the rename durable is not
+        # worth failing a change that has already happened.
+        with contextlib.suppress(OSError):
+            dir_fd = os.open(self.path.parent, os.O_RDONLY)
+            try:
+                os.fsync(dir_fd)
+            finally:
+                os.close(dir_fd)
 
     def close(self) -> None:
         pass
@@ -169,6 +179,11 @@ class State:
         with self._lock:
             rows = self._builds.search(Query().app == app)
         return sorted((Build.from_dict(d) for d in rows), key=lambda b: b.created_at)
+
+    def delete_builds(self, app: str, ids: list[str]) -> None:
+        q = Query()
+        with self._lock:
+            self._builds.remove((q.app == app) & q.id.one_of(ids))
 
     # webhooks (plain dicts: the notifier owns their shape)
     def list_webhooks(self) -> list[dict[str, Any]]:
