@@ -53,7 +53,10 @@ from lbsolo.proxy import ProxyServer, Route, Target
 
 async def main() -> None:
     sink = open(os.devnull, "w")  # access log on, as in the daemon; the lines go nowhere
-    proxy = ProxyServer("127.0.0.1", 9104, "lbsolo.localhost", access_log=sink.write)
+    # Every wrk connection comes from 127.0.0.1: the per-client cap is lifted for the benchmark.
+    proxy = ProxyServer(
+        "127.0.0.1", 9104, "lbsolo.localhost", access_log=sink.write, max_connections_per_client=100_000
+    )
     proxy.set_routes({"bench": Route("bench", "v1", (Target("127.0.0.1", 9101),))})
     await proxy.start()
     await asyncio.Event().wait()

@@ -37,6 +37,8 @@ class Settings:
     # Request bodies are read whole before an upstream is chosen (per app: `apps:proxy --request-buffering`):
     # up to this much in memory per request, the rest in a temp file under $LBSOLO_HOME/tmp.
     proxy_buffer_memory: int = 64 * 1024
+    # A buffered body larger than this gets 413 (apps taking larger uploads turn buffering off).
+    proxy_buffer_max: int = 1024 * 1024 * 1024
     # A body must arrive at this average rate (bytes/s) after a grace of proxy_body_grace seconds.
     proxy_body_min_rate: int = 1024
     proxy_body_grace: float = 10.0
@@ -143,6 +145,11 @@ class Settings:
     @property
     def logs_dir(self) -> Path:
         return self.home / "logs"
+
+    @property
+    def tmp_dir(self) -> Path:
+        """Scratch files (request bodies the proxy holds); emptied at each start."""
+        return self.home / "tmp"
 
     def app_url(self, app: str) -> str:
         port = "" if self.proxy_port == 80 else f":{self.proxy_port}"

@@ -16,6 +16,7 @@ import json
 import logging
 import os
 import secrets
+import shutil
 import signal
 import socket
 from collections.abc import Awaitable, Callable, Iterable
@@ -71,7 +72,9 @@ def write_private(path: Path, text: str) -> None:
 def own_route(settings: Settings, api: Target) -> Route:
     """The proxy's route to lbsolo's own UI and API at lbsolo.<domain>; to HTTPS if asked and possible."""
     redirect = settings.ui_https_redirect and bool(settings.proxy_https_port)
-    return Route(app="lbsolo", targets=(api,), https_redirect=redirect)
+    # Not buffered: the API authenticates a request before it reads the body (and refuses early),
+    # which buffering here would defeat (an anonymous upload would be taken in whole first).
+    return Route(app="lbsolo", targets=(api,), https_redirect=redirect, request_buffering=False)
 
 
 class ProxyIngress:
@@ -97,6 +100,13 @@ class ProxyIngress:
 
     def prometheus(self) -> str:
         return self.proxy.prometheus()
+
+
+def _fresh_dir(path: Path) -> Path:
+    """`path` as an empty private directory (what a crashed daemon left there is removed)."""
+    shutil.rmtree(path, ignore_errors=True)
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    return path
 
 
 class _APIServer(uvicorn.Server):
@@ -190,6 +200,14 @@ class Daemon:
             https_port=s.proxy_https_port or None,
             tls=tls,
             trusted_proxies=s.trusted_proxies.split(","),
+            max_connections=s.proxy_max_connections,
+            max_connections_per_client=s.proxy_max_connections_per_client,
+            buffer_memory=s.proxy_buffer_memory,
+            buffer_max=s.proxy_buffer_max,
+            spool_dir=await asyncio.to_thread(_fresh_dir, s.tmp_dir),
+            body_min_rate=s.proxy_body_min_rate,
+            body_grace=s.proxy_body_grace,
+            tunnel_idle_timeout=s.proxy_tunnel_idle_timeout,
         )
         zone = Zone(domain=s.domain, ipv4=s.dns_ipv4, ipv6=s.dns_ipv6, strict=s.dns_strict, ttl=s.dns_ttl)
         forward = None

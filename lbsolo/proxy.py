@@ -65,6 +65,15 @@ class ProxyServer:
         https_port: int | None = None,
         tls: ssl.SSLContext | None = None,
         trusted_proxies: Iterable[str] = (),
+        max_connections: int = 10000,
+        max_connections_per_client: int = 256,
+        buffer_memory: int = 64 * 1024,
+        buffer_max: int = 1 << 30,
+        buffer_disk: int = 4 << 30,
+        spool_dir: str | os.PathLike[str] | None = None,
+        body_min_rate: float = 1024,
+        body_grace: float = 10.0,
+        tunnel_idle_timeout: float = 300.0,
     ) -> None:
         self.host = host
         self._port = port
@@ -72,6 +81,24 @@ class ProxyServer:
         self.read_timeout = read_timeout
         self.header_timeout = header_timeout
         self.idle_timeout = idle_timeout
+        # The edge's limits (README, Security). Connections beyond a cap get 503 and are closed.
+        self.max_connections = max_connections
+        self.max_connections_per_client = max_connections_per_client
+        self.refused = 0  # connections refused by the caps since start
+        self._per_peer: dict[bytes, int] = {}  # open connections per client address
+        # Request buffering (Route.request_buffering): up to buffer_memory of a body in memory, the
+        # rest in an unlinked temp file in spool_dir (None: the system's), at most buffer_max bytes.
+        self.buffer_memory = buffer_memory
+        self.buffer_max = buffer_max
+        # buffer_disk bounds all held bodies' files together: beyond it, a new body gets 503.
+        self.buffer_disk = buffer_disk
+        self.spool_dir = os.fspath(spool_dir) if spool_dir is not None else None
+        self._held_bytes = 0  # held bodies in memory, all connections
+        self._spooled_bytes = 0  # held bodies in files, all connections
+        # A body must come at body_min_rate bytes/s on average once body_grace seconds have passed.
+        self.body_min_rate = body_min_rate
+        self.body_grace = body_grace
+        self.tunnel_idle_timeout = tunnel_idle_timeout
         self.table: RouteTable = RouteTable(domain)
         # Peers whose X-Forwarded-For/-Proto, Forwarded and X-Real-IP are passed on (CIDRs or addresses).
         self.trusted_proxies = tuple(
@@ -103,7 +130,8 @@ class ProxyServer:
         self._id_count = 0
         self._stopping = False
         self._sweeper: asyncio.TimerHandle | None = None
-        self._sweep_every = max(0.05, min(1.0, min(read_timeout, header_timeout, idle_timeout) / 4))
+        shortest = min(read_timeout, header_timeout, idle_timeout, body_grace, tunnel_idle_timeout)
+        self._sweep_every = max(0.05, min(1.0, shortest / 4))
 
     @property
     def domain(self) -> str:

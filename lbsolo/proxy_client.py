@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
+import tempfile
 from collections import deque
-from typing import TYPE_CHECKING, cast
+from typing import IO, TYPE_CHECKING, cast
 
 import httptools
 
@@ -57,6 +59,14 @@ _IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE", b"TRACE
 _BODY_BUFFER = 256 * 1024  # request body buffered while connecting before reading pauses
 _PIPELINE_MAX = 8  # complete requests queued on one client connection before reading pauses
 _CONNECTING_MAX = 64  # connection attempts in progress per target; more requests queue for one
+_HELD_MEMORY_MAX = 32 * 1024 * 1024  # bodies held in memory by all connections; beyond, they go to files
+_CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+_EXPECT_LINE = re.compile(rb"\r\nexpect:[^\r\n]*", re.IGNORECASE)
+_REFUSED_BODY = b"too many connections; retry later\n"
+_REFUSED = (
+    b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: %d\r\n"
+    b"Retry-After: 1\r\nConnection: close\r\n\r\n%s" % (len(_REFUSED_BODY), _REFUSED_BODY)
+)
 
 
 class _Request:
@@ -94,6 +104,12 @@ class _Request:
     started = 0.0  # monotonic time of the first byte
     upstream_time: float | None = None  # seconds from sending to the app until its response head
     body: list[bytes] | tuple[()] = ()  # buffered until an upstream takes it (a list once there is some)
+    held = False  # routed, and read whole before an upstream is taken (the route buffers requests)
+    held_bytes = 0  # of `body`, counted in the server's budget of held memory
+    spool: IO[bytes] | None = None  # a held body past the memory bound: in an unlinked temp file
+    spooled = 0  # bytes in `spool`, counted in the server's budget of held files
+    body_started = 0.0  # loop time the body began (moved on by the time reading was paused)
+    expect_continue = False
     headers: list[tuple[bytes, bytes]]  # as parsed (set by the parser path only)
 
 
@@ -132,12 +148,14 @@ def _read_simple_request(data: bytes) -> tuple[bytes, bytes, bytes, bytes, bool,
 class _Client(asyncio.Protocol):
     __slots__ = (
         "_active",
+        "_body_error",
         "_body_too_large",
         "_bytes_in",
         "_bytes_out",
         "_closed",
         "_connect_task",
         "_cork",
+        "_counted",
         "_eof",
         "_head_bytes",
         "_in_mark",
@@ -148,6 +166,7 @@ class _Client(asyncio.Protocol):
         "_parser",
         "_parsing",
         "_paused",
+        "_paused_at",
         "_peer",
         "_proto",
         "_pumping",
@@ -180,9 +199,12 @@ class _Client(asyncio.Protocol):
         self._head_bytes = 0
         self._too_large = False
         self._body_too_large = False
+        self._body_error: tuple[int, str, str] | None = None  # a held body could not be stored
         self.deadline: float | None = None  # waiting for the client to send
         self.write_deadline: float | None = None  # waiting for the client to read
         self._paused = 0
+        self._paused_at = 0.0  # loop time reading paused (the body rate does not count it)
+        self._counted = False  # counted in the server's connections per client address
         self._write_paused = False
         self._up: _Upstream | None = None
         self._active: _Request | None = None
@@ -206,12 +228,25 @@ class _Client(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's are not subclasses
         server = self._server
-        server._clients.add(self)
         peer = transport.get_extra_info("peername")
         if isinstance(peer, tuple) and peer:
             self._peer = str(peer[0]).encode()
             if server.trusted_proxies:
                 self._trusted = server._trusts(str(peer[0]))
+        clients = server._clients
+        per_peer = server._per_peer
+        # Caps: one address (a trusted proxy speaks for many clients: not capped) and everyone.
+        if len(clients) >= server.max_connections or (
+            not self._trusted and per_peer.get(self._peer, 0) >= server.max_connections_per_client
+        ):
+            server.refused += 1
+            self._closed = True
+            self.transport.write(_REFUSED)
+            self.transport.close()
+            return
+        clients.add(self)
+        per_peer[self._peer] = per_peer.get(self._peer, 0) + 1
+        self._counted = True
         if server._stopping:
             self._close()
             return
@@ -220,8 +255,18 @@ class _Client(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._closed = self._lost = True
         self.deadline = None
-        self._server._clients.discard(self)
+        server = self._server
+        server._clients.discard(self)
+        if self._counted:
+            self._counted = False
+            per_peer = server._per_peer
+            left = per_peer.get(self._peer, 1) - 1
+            if left > 0:
+                per_peer[self._peer] = left
+            else:
+                per_peer.pop(self._peer, None)
         self._detach_upstream()
+        self._free_bodies()
 
     def data_received(self, data: bytes) -> None:
         self._bytes_in += len(data)
@@ -229,6 +274,7 @@ class _Client(asyncio.Protocol):
             up = self._up
             if up is not None:
                 up._write(data)
+                self.deadline = self._loop.time() + self._server.tunnel_idle_timeout
             return
         if self._closed or self._paused & _P_BROKEN:
             return
@@ -347,6 +393,9 @@ class _Client(asyncio.Protocol):
                 low = value.lower()
                 req.accept_json = b"application/json" in low and b"text/html" not in low
                 extend((name, b": ", value, b"\r\n"))
+            elif lname == b"expect":
+                req.expect_continue = value.strip().lower() == b"100-continue"
+                extend((name, b": ", value, b"\r\n"))
             elif lname == b"upgrade":
                 req.upgrade_value = value
             elif not trusted:
@@ -408,13 +457,26 @@ class _Client(asyncio.Protocol):
                 req.error = (400, "bad_request", "an upgrade request cannot carry a body")
             req.chunked = False
         self._queue.append(req)
+        req.body_started = now = self._loop.time()
         if not self._paused:
-            self.deadline = self._loop.time() + self._server.read_timeout
+            self.deadline = self._body_deadline(req, now)
+
+    def _body_deadline(self, req: _Request, now: float) -> float:
+        """When reading the rest of `req` times out: no byte for read_timeout, or a body slower on
+        average than body_min_rate after body_grace (a slow client cannot hold a connection for ever
+        by sending a byte now and then)."""
+        server = self._server
+        idle = now + server.read_timeout
+        rate = server.body_min_rate
+        if rate <= 0:
+            return idle
+        return min(idle, req.body_started + server.body_grace + req.received / rate)
 
     def on_body(self, data: bytes) -> None:
         req = self._parsing
         assert req is not None
-        req.received += len(data)
+        size = len(data)
+        req.received += size
         limit = req.limit
         if limit is not None and req.received > limit:
             self._body_too_large = True
@@ -422,16 +484,84 @@ class _Client(asyncio.Protocol):
         sink = req.sink
         if sink is not None:
             sink._send_body(data)
+        elif req.spool is not None:
+            server = self._server
+            if server._spooled_bytes + size > server.buffer_disk:
+                self._cannot_hold()
+                raise _BodyTooLarge
+            try:
+                req.spool.write(data)
+            except OSError:
+                self._cannot_hold()
+                raise
+            req.spooled += size
+            server._spooled_bytes += size
         elif not req.finished:
             if req.body:
                 req.body.append(data)
             else:
                 req.body = [data]
-            req.body_size += len(data)
-            if req.body_size > _BODY_BUFFER:
+            req.body_size += size
+            if req.held:
+                server = self._server
+                req.held_bytes += size
+                server._held_bytes += size
+                if req.body_size > server.buffer_memory or server._held_bytes > _HELD_MEMORY_MAX:
+                    try:
+                        self._spill(req)
+                    except OSError:
+                        self._cannot_hold()
+                        raise
+            elif req.body_size > _BODY_BUFFER:
                 self._pause(_P_BUFFER)
         if not self._paused:
-            self.deadline = self._loop.time() + self._server.read_timeout
+            self.deadline = self._body_deadline(req, self._loop.time())
+
+    def _spill(self, req: _Request) -> None:
+        """Move a held body from memory to an unlinked temp file, where the rest of it goes too."""
+        server = self._server
+        size = req.body_size
+        if server._spooled_bytes + size > server.buffer_disk:
+            self._cannot_hold()
+            raise _BodyTooLarge
+        spool = tempfile.TemporaryFile(dir=server.spool_dir)  # noqa: SIM115 - closed with the request
+        try:
+            spool.writelines(req.body)
+        except BaseException:
+            spool.close()
+            raise
+        req.spool = spool
+        req.spooled = size
+        server._spooled_bytes += size
+        req.body = ()
+        req.body_size = 0
+        server._held_bytes -= req.held_bytes
+        req.held_bytes = 0
+
+    def _cannot_hold(self) -> None:
+        server = self._server
+        if server._spooled_bytes < server.buffer_disk:  # a failed write, not the budget: say so
+            log.warning("proxy: cannot store a request body in %s", server.spool_dir or tempfile.gettempdir())
+        self._body_error = (503, "buffer_unavailable", "the proxy cannot take request bodies now; retry later")
+
+    def _free_body(self, req: _Request) -> None:
+        req.body = ()
+        req.body_size = 0
+        if req.held_bytes:
+            self._server._held_bytes -= req.held_bytes
+            req.held_bytes = 0
+        spool = req.spool
+        if spool is not None:
+            req.spool = None
+            self._server._spooled_bytes -= req.spooled
+            req.spooled = 0
+            spool.close()
+
+    def _free_bodies(self) -> None:
+        for req in self._queue:
+            self._free_body(req)
+        if self._parsing is not None:
+            self._free_body(self._parsing)
 
     def on_message_complete(self) -> None:
         req = self._parsing
@@ -441,6 +571,13 @@ class _Client(asyncio.Protocol):
         sink = req.sink
         if sink is not None:
             sink._end_body()
+        if req.held and not req.finished:
+            req.held = False
+            self.deadline = None
+            self._forward(req, reroute=True)
+            if len(self._queue) >= _PIPELINE_MAX:
+                self._pause(_P_QUEUE)
+            return
         if not req.finished:
             # Waiting for the app: the upstream's deadline applies, not the client's. Reading goes on
             # (pipelined requests queue up) so that a plain keep-alive exchange never pauses the socket.
@@ -498,10 +635,13 @@ class _Client(asyncio.Protocol):
         queue = self._queue
         if queue and not queue[-1].keep_alive and self._parsing is None:
             return  # bytes after a `Connection: close` request: ignored
+        code = "bad_request"
         if self._too_large:
             status, message = 431, "request head too large"
         elif self._body_too_large:
             status, message = 413, "request body too large"
+        elif self._body_error is not None:
+            status, code, message = self._body_error
         else:
             status, message = 400, "malformed request"
         log.debug("proxy: bad request from %s: %s", self._peer.decode(), exc)
@@ -518,12 +658,12 @@ class _Client(asyncio.Protocol):
                 if cur.responded:
                     self._close()
                 else:
-                    self._send_error(cur, status, "bad_request", message, close=True)
+                    self._send_error(cur, status, code, message, close=True)
             else:
-                cur.error = (status, "bad_request", message)
+                cur.error = (status, code, message)
             return
         bad = _Request()
-        bad.error = (status, "bad_request", message)
+        bad.error = (status, code, message)
         bad.body_done = True
         queue.append(bad)
 
@@ -563,12 +703,14 @@ class _Client(asyncio.Protocol):
             req.responded = True
             self._finish(req, close=not keep)
             return
-        targets = route.targets
-        if not targets:
+        if not route.targets:
             self._send_error(req, 503, "app_not_running", f"app {route.app} is not running")
             return
         req.route = route
         limit = route.max_body
+        hold = not req.body_done and route.request_buffering and not req.upgrade
+        if hold:  # what is held is capped by the proxy's own bound too
+            limit = server.buffer_max if limit is None else min(limit, server.buffer_max)
         if limit is not None:
             if req.content_length > limit or req.received > limit:
                 # Not read any further: the connection cannot be reused.
@@ -579,6 +721,48 @@ class _Client(asyncio.Protocol):
                 )
                 return
             req.limit = limit
+        if hold:
+            # Read the whole body first (on_message_complete forwards it): a slow client then costs
+            # the app nothing, whatever its workers.
+            req.held = True
+            if req.body:  # what came before it was routed is counted now
+                req.held_bytes = req.body_size
+                server._held_bytes += req.body_size
+                if req.body_size > server.buffer_memory or server._held_bytes > _HELD_MEMORY_MAX:
+                    try:
+                        self._spill(req)
+                    except (OSError, _BodyTooLarge):
+                        self._cannot_hold()
+                        self._pause(_P_BROKEN)
+                        self._parsing = None
+                        status, code, message = self._body_error  # type: ignore[misc]
+                        self._send_error(req, status, code, message, close=True)
+                        return
+            if req.expect_continue:
+                req.head = _EXPECT_LINE.sub(b"", req.head, count=1)  # answered here, not by the app
+                if not req.received:
+                    self._write(_CONTINUE)
+            if self._paused & _P_BUFFER:
+                self._resume(_P_BUFFER)
+            return
+        self._forward(req)
+
+    def _forward(self, req: _Request, reroute: bool = False) -> None:
+        """Send a routed request to one of its app's targets: a pooled connection, or a new one.
+
+        `reroute`: the request was held while its body came, and its app's route may have changed.
+        """
+        server = self._server
+        route = req.route
+        assert route is not None
+        if reroute:
+            current = server.table.routes.get(route.app)
+            if current is not None:
+                req.route = route = current
+        targets = route.targets
+        if not targets:
+            self._send_error(req, 503, "app_not_running", f"app {route.app} is not running")
+            return
         target = targets[0] if len(targets) == 1 else server._pick(targets)
         if self._target is not target:
             self._track(target)
@@ -744,7 +928,8 @@ class _Client(asyncio.Protocol):
         """The response to `req` (the head of the queue) is complete."""
         req.finished = True
         req.sink = None
-        req.body = ()
+        if req.body or req.spool is not None:
+            self._free_body(req)
         queue = self._queue
         if queue and queue[0] is req:
             queue.popleft()
@@ -826,7 +1011,7 @@ class _Client(asyncio.Protocol):
     def _start_tunnel(self, up: _Upstream, tail: bytes) -> None:
         self._tunnel = True
         self._upgrade_wait = False
-        self.deadline = None
+        self.deadline = self._loop.time() + self._server.tunnel_idle_timeout  # moved on by bytes either way
         leftover, self._leftover = self._leftover, b""
         if tail:
             self._write(tail)
@@ -840,6 +1025,7 @@ class _Client(asyncio.Protocol):
         if not self._paused and not self._closed:
             self.transport.pause_reading()  # type: ignore[union-attr]
             self.deadline = None
+            self._paused_at = self._loop.time()
         self._paused |= reason
 
     def _resume(self, reason: int) -> None:
@@ -849,14 +1035,18 @@ class _Client(asyncio.Protocol):
         if self._paused or self._closed:
             return
         self.transport.resume_reading()  # type: ignore[union-attr]
-        if self._tunnel:
-            self.deadline = None
-            return
         server = self._server
-        req = self._parsing
         now = self._loop.time()
+        if self._tunnel:
+            self.deadline = now + server.tunnel_idle_timeout
+            return
+        req = self._parsing
         if req is not None:
-            self.deadline = now + (server.read_timeout if req.headers_done else server.header_timeout)
+            if req.headers_done:
+                req.body_started += now - self._paused_at  # time the proxy did not read is not the client's
+                self.deadline = self._body_deadline(req, now)
+            else:
+                self.deadline = now + server.header_timeout
         elif not self._queue:
             self.deadline = now + (server.idle_timeout if self._served else server.header_timeout)
         else:
@@ -906,11 +1096,13 @@ class _Client(asyncio.Protocol):
         self._closed = True
         self.deadline = None
         self._detach_upstream()
+        self._free_bodies()
         self.transport.close()  # type: ignore[union-attr]
 
     def _abort(self) -> None:
         self._closed = True
         self.deadline = None
         self._detach_upstream()
+        self._free_bodies()
         if self.transport is not None and not self._lost:
             self.transport.abort()

@@ -21,7 +21,7 @@ _X_FORWARDED = b"x-forwarded-"
 # Request headers never forwarded as sent: hop-by-hop ones and those the proxy sets itself.
 _REQ_DROP = _HOP_BY_HOP | _REQ_FORWARDING | {b"x-request-id"}
 # Request headers looked at while copying; of those, the ones copied as they are.
-_REQ_COPIED = frozenset({b"host", b"content-length", b"accept"})
+_REQ_COPIED = frozenset({b"host", b"content-length", b"accept", b"expect"})
 _REQ_SPECIAL = _REQ_DROP | _REQ_COPIED
 # A client's X-Request-Id is kept when it is 1-200 printable ASCII characters.
 _REQUEST_ID_OK = re.compile(rb"[\x21-\x7e][\x20-\x7e]{0,199}").fullmatch

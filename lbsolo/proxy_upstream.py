@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import TYPE_CHECKING, cast
+from typing import IO, TYPE_CHECKING, cast
 
 import httptools
 
@@ -39,6 +39,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("lbsolo.proxy")
 
+_SPOOL_CHUNK = 64 * 1024  # bytes of a held body read from its file per write
+
 
 class _Upstream(asyncio.Protocol):
     __slots__ = (
@@ -62,6 +64,7 @@ class _Upstream(asyncio.Protocol):
         "_reused",
         "_sent_at",
         "_server",
+        "_spool",
         "_stale",
         "_status",
         "_te",
@@ -101,6 +104,7 @@ class _Upstream(asyncio.Protocol):
         self._keep = False
         self._req_chunked = False
         self._reused = False
+        self._spool: IO[bytes] | None = None  # a held body being sent from its temp file
         self.pooled = False
         self.idle_since = 0.0
         self.deadline: float | None = None  # waiting for the app to answer
@@ -117,6 +121,7 @@ class _Upstream(asyncio.Protocol):
         self._got = False
         self._interim = False
         self._req_sent = False
+        self._spool = None
 
     # -- asyncio callbacks ---------------------------------------------------------------
 
@@ -158,6 +163,7 @@ class _Upstream(asyncio.Protocol):
             return
         if self._tunnel:
             client._write(data)
+            client.deadline = self._loop.time() + self._server.tunnel_idle_timeout
             return
         if not self._status and not self._head_buf and self._relay_whole(client, data):
             return
@@ -214,6 +220,8 @@ class _Upstream(asyncio.Protocol):
     def resume_writing(self) -> None:
         self._write_paused = False
         self.write_deadline = None
+        if self._spool is not None:
+            self._send_spool()
         client = self.client
         if client is not None:
             client._resume(_P_UPSTREAM)
@@ -394,7 +402,7 @@ class _Upstream(asyncio.Protocol):
         )
         if req.host:
             head += b"X-Forwarded-Host: %s\r\n" % req.host
-        if req.body_done and not req.body and not req.chunked and not req.upgrade:  # most requests
+        if req.body_done and not req.received and not req.chunked and not req.upgrade:  # most requests
             req.replayable = True
             self._req_sent = True
             self.deadline = self._loop.time() + self._server.read_timeout
@@ -403,10 +411,22 @@ class _Upstream(asyncio.Protocol):
         parts = [head]
         if req.upgrade:
             parts.append(b"Connection: Upgrade\r\nUpgrade: %s\r\n" % req.upgrade_value)
-        chunked = self._req_chunked = req.chunked
+        # A body read whole goes with a length, whichever framing the client chose (as nginx does:
+        # not every app server takes a chunked request).
+        chunked = self._req_chunked = req.chunked and not req.body_done
         if chunked:
             parts.append(b"Transfer-Encoding: chunked\r\n")
+        elif req.chunked:
+            parts.append(b"Content-Length: %d\r\n" % req.received)
         parts.append(b"\r\n")
+        spool = req.spool
+        if spool is not None:  # a held body in a file: sent as the app takes it
+            req.replayable = True
+            self._write(b"".join(parts))
+            spool.seek(0)
+            self._spool = spool
+            self._send_spool()
+            return
         for chunk in req.body:
             if chunked:
                 parts.append(b"%x\r\n%b\r\n" % (len(chunk), chunk))
@@ -424,6 +444,21 @@ class _Upstream(asyncio.Protocol):
             req.body_size = 0
             req.sink = self
         self._write(b"".join(parts))
+
+    def _send_spool(self) -> None:
+        """Send the held body from its file until the app's socket buffer is full (resume_writing
+        goes on) or the body is all sent. The file is a fresh temp file: reads hit the page cache."""
+        spool = self._spool
+        assert spool is not None
+        while not self._write_paused and not self._closed:
+            chunk = spool.read(_SPOOL_CHUNK)
+            if not chunk:
+                self._spool = None
+                self._req_sent = True
+                if self.deadline is None and not self._read_paused:
+                    self.deadline = self._loop.time() + self._server.read_timeout
+                return
+            self._write(chunk)
 
     def _send_body(self, data: bytes) -> None:
         if self._req_chunked:
@@ -525,6 +560,7 @@ class _Upstream(asyncio.Protocol):
         self._abort()
 
     def _close(self) -> None:
+        self._spool = None
         if not self._closed:
             self._closed = True
             self.deadline = None
@@ -533,6 +569,7 @@ class _Upstream(asyncio.Protocol):
     def _abort(self) -> None:
         self._closed = True
         self.deadline = None
+        self._spool = None
         if not self._lost:
             self.transport.abort()  # type: ignore[union-attr]
 

@@ -359,10 +359,13 @@ class Conn:
 
 
 @contextlib.asynccontextmanager
-async def stack(**proxy_kw) -> AsyncIterator[tuple[ProxyServer, App]]:
+async def stack(request_buffering: bool = True, **proxy_kw) -> AsyncIterator[tuple[ProxyServer, App]]:
     app = await App().start()
     proxy = ProxyServer(port=0, domain=DOMAIN, **proxy_kw)
-    proxy.set_routes({"hello": Route(app="hello", release="v1", targets=(Target("127.0.0.1", app.port),))})
+    target = Target("127.0.0.1", app.port)
+    proxy.set_routes(
+        {"hello": Route(app="hello", release="v1", targets=(target,), request_buffering=request_buffering)}
+    )
     await proxy.start()
     try:
         yield proxy, app
@@ -494,7 +497,9 @@ def test_request_bodies_arrive_intact(run):
             )
             r = await read_response(c.reader)
             assert r.json()["body_sha"] == hashlib.sha256(b"".join(parts)).hexdigest()
-            assert app.seen[-1].header("Transfer-Encoding") == "chunked"
+            # Read whole first (request buffering): the app gets it with a length.
+            assert app.seen[-1].header("Transfer-Encoding") is None
+            assert app.seen[-1].header("Content-Length") == str(len(b"".join(parts)))
 
             big = bytes(range(256)) * (12 * 1024)  # 3 MiB: goes through backpressure
             r = await c.request("PUT", "/upload", body=big)
@@ -872,7 +877,8 @@ def test_response_backpressure_bounds_what_the_proxy_reads(run):
 
 def test_request_backpressure_bounds_what_the_proxy_accepts_and_a_stalled_app_times_out(run):
     async def scenario():
-        async with stack(read_timeout=0.4) as (proxy, app):
+        # A streaming app (request buffering off): the body goes on as the app reads it.
+        async with stack(request_buffering=False, read_timeout=0.4) as (proxy, app):
             c = await Conn.open(proxy.port)
             size = 256 * 1024 * 1024
             await c.send(b"PUT /stall HTTP/1.1\r\nHost: hello.lbsolo.localhost\r\nContent-Length: %d\r\n\r\n" % size)
