@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import NamedTuple
 
 from lbsolo.errors import InvalidInput, NotFound
 from lbsolo.models import WEB, Release, ReleaseStatus, Replica, StaticRoute, parse_address
@@ -74,6 +75,56 @@ def plan(desired: Mapping[str, Desired | int | None], actual: list[Replica]) -> 
                     actions.append(Action(ActionKind.REMOVE, app, version, r, process))
             actions += [Action(ActionKind.RUN, app, version, None, process) for _ in range(missing)]
     return actions
+
+
+# A replica that stayed up this long after a restart was healthy: when it dies, it is restarted at
+# once and its app's count starts again (Docker's restart policy uses the same 10 s).
+HEALTHY_AFTER = 10.0
+BACKOFF_FIRST = 0.5  # after a restart that did not last, then doubling ...
+BACKOFF_MAX = 60.0  # ... up to this
+
+
+class RestartHistory(NamedTuple):
+    """An app's restarts of crashed replicas, on the scheduler's monotonic clock.
+
+    A tuple, so that readers of the count take `[0]`.
+    """
+
+    in_a_row: int = 0  # restarts after which the replica did not stay up HEALTHY_AFTER
+    last: float = 0.0  # when the last restart was
+    down_since: float = 0.0  # when a pass first found a replica down after it (0: not yet)
+
+    def went_down(self, now: float) -> RestartHistory:
+        """A pass found a replica down at `now`; the first such moment after the last restart counts."""
+        return self if self.down_since else self._replace(down_since=now)
+
+    def came_back(self) -> RestartHistory:
+        """A pass found every replica up without restarting any."""
+        return self._replace(down_since=0.0)
+
+    def lasted(self) -> bool:
+        """Whether the replica stayed up HEALTHY_AFTER after the last restart (or was never restarted)."""
+        return self.in_a_row == 0 or self.down_since - self.last >= HEALTHY_AFTER
+
+    def settled(self, now: float) -> bool:
+        """Up and healthy since the last restart: nothing left to remember."""
+        return not self.down_since and (self.in_a_row == 0 or now - self.last >= HEALTHY_AFTER)
+
+    def restart_delay(self, now: float) -> float:
+        """Seconds until the app's crashed replicas may be restarted (after `went_down`): 0 means at once.
+
+        At once when the replica was healthy (it stayed up HEALTHY_AFTER after the last restart);
+        otherwise the app is crash-looping: BACKOFF_FIRST after the last restart, doubling with each
+        restart in a row, up to BACKOFF_MAX.
+        """
+        if self.lasted():
+            return 0.0
+        wait = min(BACKOFF_FIRST * 2.0 ** (self.in_a_row - 1), BACKOFF_MAX)
+        return max(0.0, self.last + wait - now)
+
+    def restarted(self, now: float) -> RestartHistory:
+        """The history after a restart at `now`: a new count when the replica had been healthy."""
+        return RestartHistory(1 if self.lasted() else self.in_a_row + 1, now)
 
 
 def routes_for(desired: Mapping[str, Desired | int | None], actual: list[Replica]) -> dict[str, Route]:

@@ -2,8 +2,10 @@
 
 Each pass reads the apps (their release and formation) and the containers the engine reports,
 asks `plan` what to start, restart or remove, does it, and hands the proxy and DNS every route
-in one swap. A crashed replica is restarted with an exponential backoff per app. The engine's
-events wake the loop early; it runs every few seconds anyway.
+in one swap. The engine's events wake the loop early; it runs every few seconds anyway.
+
+A replica that dies after running healthy is restarted at once, on its `die` event; an app whose
+replicas keep dying soon after their restart backs off (`RestartHistory` in plan decides).
 
 Rollouts and other changes of one app hold its AppLock; a pass leaves an app alone when a
 change of it ran at any time during the pass, since what the pass read may already be stale.
@@ -26,7 +28,7 @@ from lbsolo import run
 from lbsolo.errors import EngineError, LbsoloError
 from lbsolo.events import EventBus, EventKind
 from lbsolo.models import App, ReleaseStatus, reserved_host
-from lbsolo.plan import Action, ActionKind, plan, routes_for
+from lbsolo.plan import Action, ActionKind, RestartHistory, plan, routes_for
 from lbsolo.proxy import Route, Target
 
 if TYPE_CHECKING:
@@ -38,6 +40,11 @@ if TYPE_CHECKING:
 log = logging.getLogger("lbsolo.core")
 
 CRASH_LOOP_AFTER = 5  # restarts in a row without becoming healthy
+# For a moment after a container's `die` event (some 0.2 s here) the engine still lists it as
+# running; a pass then would find nothing to restart, and the next one would come only with the
+# reconcile interval. The event's wake waits, this long at most, until the engine lists the
+# container as stopped.
+DIED_SETTLE_TIMEOUT = 5.0
 
 
 class Ingress(Protocol):
@@ -85,7 +92,7 @@ class Scheduler:
     collector: LogCollector
     network: str
     _locks: dict[str, AppLock]
-    _restarts: dict[str, tuple[int, float]]  # app -> (restarts in a row, not before)
+    _restarts: dict[str, RestartHistory]  # per app; absent: healthy
     _routes: dict[str, Route]  # per app
     _static: dict[str, Route]  # static routes, by name (never an app's name)
     _wake: asyncio.Event
@@ -143,11 +150,17 @@ class Scheduler:
         busy = {a.name for a in apps if self._unsettled(a.name, marks)}
         desired = {a.name: self._desired(a) for a in apps if a.name not in busy}
         actions = [a for a in plan(desired, [r for r in actual if r.app not in busy]) if a.app not in busy]
+        restarts: dict[str, int | None] = {}  # app -> its restarts in a row with this pass's, None: backing off
         for action in actions:
             if self._unsettled(action.app, marks):
                 continue
+            if action.kind is not ActionKind.REMOVE:
+                if action.app not in restarts:
+                    restarts[action.app] = self._may_restart(action.app)
+                if restarts[action.app] is None:
+                    continue
             try:
-                await self._act(action, {a.name: a for a in apps})
+                await self._act(action, {a.name: a for a in apps}, restarts.get(action.app) or 0)
             except LbsoloError as e:
                 log.warning("reconcile: %s %s failed: %s", action.kind, action.app, e.message)
         if actions:
@@ -163,24 +176,38 @@ class Scheduler:
         if routes != self._routes:
             self._routes = routes
             self._push()
-        for app, route in routes.items():
-            if route.targets and not any(a.app == app and a.kind is not ActionKind.REMOVE for a in actions):
-                self._restarts.pop(app, None)
+        now = time.monotonic()
+        for app, history in list(self._restarts.items()):
+            if app not in desired or any(a.app == app and a.kind is not ActionKind.REMOVE for a in actions):
+                continue
+            history = history.came_back()  # every replica up
+            if history.settled(now):
+                del self._restarts[app]
+            else:
+                self._restarts[app] = history
         return actions
 
-    async def _act(self, action: Action, apps: dict[str, App]) -> None:
+    def _may_restart(self, app: str) -> int | None:
+        """Whether this pass restarts `app`'s crashed replicas: its restarts in a row counting this
+        one, or None while it backs off (a wake is set for when the backoff ends)."""
+        now = time.monotonic()
+        history = self._restarts[app] = RestartHistory(*self._restarts.get(app, ())).went_down(now)
+        delay = history.restart_delay(now)
+        if delay > 0:
+            asyncio.get_running_loop().call_later(delay, self.wake)
+            return None
+        history = self._restarts[app] = history.restarted(now)
+        if history.in_a_row == CRASH_LOOP_AFTER:
+            log.warning("%s is crash-looping (%d restarts in a row)", app, history.in_a_row)
+        return history.in_a_row
+
+    async def _act(self, action: Action, apps: dict[str, App], restarts: int) -> None:
+        """Do one action; `restarts` is the app's restarts in a row, this one included."""
         if action.kind is ActionKind.REMOVE:
             assert action.replica is not None
             log.info("removing %s (not wanted)", action.replica.name)
             await asyncio.to_thread(self.engine.stop_and_remove, action.replica.id, self.settings.stop_timeout)
             return
-        restarts, not_before = self._restarts.get(action.app, (0, 0.0))
-        if time.monotonic() < not_before:
-            return
-        # Exponential backoff per app: 0.5 s, 1 s, 2 s, ... up to a minute between restarts.
-        self._restarts[action.app] = (restarts + 1, time.monotonic() + min(0.5 * 2.0**restarts, 60.0))
-        if restarts + 1 == CRASH_LOOP_AFTER:
-            log.warning("%s is crash-looping (%d restarts in a row)", action.app, restarts + 1)
         if action.kind is ActionKind.RESTART:
             assert action.replica is not None
             log.info("restarting %s", action.replica.name)
@@ -189,7 +216,7 @@ class Scheduler:
             )
             await asyncio.to_thread(self.engine.start, action.replica.id)
             self.bus.emit(
-                EventKind.REPLICA_RESTARTED, action.app, f"{action.replica.name} restarted", restarts=restarts + 1
+                EventKind.REPLICA_RESTARTED, action.app, f"{action.replica.name} restarted", restarts=restarts
             )
         else:
             assert action.release is not None
@@ -200,7 +227,7 @@ class Scheduler:
             spec = self._spec(app, release, action.process, await self._volumes(app))
             replica = await run.start_replica(self.engine, spec)
             self._watch_logs([replica])
-            self.bus.emit(EventKind.REPLICA_RESTARTED, action.app, f"{replica.name} started", restarts=restarts + 1)
+            self.bus.emit(EventKind.REPLICA_RESTARTED, action.app, f"{replica.name} started", restarts=restarts)
 
     async def recover(self) -> int:
         """After a restart: releases whose rollout was interrupted never became current; mark them failed.
@@ -234,25 +261,52 @@ class Scheduler:
             except TimeoutError:
                 pass
 
+    async def wake_when_stopped(self, app: str, container_id: str, timeout: float = DIED_SETTLE_TIMEOUT) -> None:
+        """Wake the loop once the engine lists a container that died as stopped (or is gone)."""
+        start = time.monotonic()
+        try:
+            while (waited := time.monotonic() - start) < timeout:
+                replicas = await asyncio.to_thread(self.engine.list_replicas, app or None)
+                if not any(r.id == container_id and r.running for r in replicas):
+                    break
+                # Often, at first: it is a matter of moments. Seldom after a second: someone
+                # started it again meanwhile (`docker restart`), and it stays running.
+                await asyncio.sleep(0.02 if waited < 1.0 else 0.25)
+        except EngineError as e:
+            log.warning("docker events: listing after a die: %s", e.message)
+        self.wake()
+
     async def watch_events(self) -> None:
         """Wake the reconcile loop on container deaths and removals, as the engine reports them."""
         loop = asyncio.get_running_loop()
         ended = asyncio.Event()
+        settling: set[asyncio.Task[None]] = set()  # waits for died containers to be listed as stopped
+
+        def died(event: dict[str, str]) -> None:
+            task = loop.create_task(self.wake_when_stopped(event["app"], event["id"]))
+            settling.add(task)
+            task.add_done_callback(settling.discard)
 
         def pump() -> None:
             # A daemon thread, not to_thread: the event stream blocks forever and must not hold
             # up the interpreter's exit.
             try:
                 for event in self.engine.events():
-                    if event["action"] in ("die", "stop", "kill", "destroy", "oom"):
+                    if event["action"] == "die":
+                        loop.call_soon_threadsafe(died, event)
+                    elif event["action"] in ("stop", "destroy", "oom"):
                         loop.call_soon_threadsafe(self.wake)
             except Exception as e:
                 log.warning("docker events: %s; retrying", e)
             with contextlib.suppress(RuntimeError):  # the loop may be closed at shutdown
                 loop.call_soon_threadsafe(ended.set)
 
-        while True:
-            ended.clear()
-            threading.Thread(target=pump, name="docker-events", daemon=True).start()
-            await ended.wait()
-            await asyncio.sleep(2.0)
+        try:
+            while True:
+                ended.clear()
+                threading.Thread(target=pump, name="docker-events", daemon=True).start()
+                await ended.wait()
+                await asyncio.sleep(2.0)
+        finally:
+            for task in settling:
+                task.cancel()
