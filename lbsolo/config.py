@@ -53,6 +53,10 @@ class Settings:
     dns_upstreams: str = ""  # comma-separated host[:port]; empty: /etc/resolv.conf
     dns_allow: str = ""  # comma-separated CIDRs; empty: loopback only
     dns_rate_qps: float = 2000.0  # per client (loopback exempt); 0 turns the limit off
+    # TCP: concurrent connections one client address may hold, and seconds one stays open
+    # (past it, closed after the answer in flight). 0 turns either off.
+    dns_tcp_max_per_client: int = 16
+    dns_tcp_max_lifetime: float = 120.0
     # Address(es) the DNS answers with: where the proxy can be reached. Empty = derived.
     public_ipv4: str = ""
     public_ipv6: str = ""

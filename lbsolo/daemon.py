@@ -216,7 +216,15 @@ class Daemon:
             allow = tuple(a.strip() for a in s.dns_allow.split(",") if a.strip())
             forward = ForwardConfig(upstreams=upstreams, **({"allow": allow} if allow else {}))
         limit = RateLimit(qps=s.dns_rate_qps, burst=s.dns_rate_qps * 2) if s.dns_rate_qps > 0 else None
-        dns = DNSServer(host=s.dns_host, port=s.dns_port, zone=zone, forward=forward, rate_limit=limit)
+        dns = DNSServer(
+            host=s.dns_host,
+            port=s.dns_port,
+            zone=zone,
+            forward=forward,
+            rate_limit=limit,
+            tcp_max_per_client=s.dns_tcp_max_per_client,
+            tcp_max_lifetime=s.dns_tcp_max_lifetime,
+        )
 
         builder = Builder(
             engine,

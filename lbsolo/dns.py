@@ -29,6 +29,7 @@ import asyncio
 import contextlib
 import ipaddress
 import logging
+import math
 import struct
 from collections.abc import Coroutine, Iterable
 from dataclasses import dataclass
@@ -51,6 +52,15 @@ PLAIN_UDP_SIZE = 512
 TCP_IDLE_TIMEOUT = 10.0
 #: Concurrent TCP connections beyond this are closed at once.
 TCP_MAX_CONNECTIONS = 256
+#: Default cap on one client address's concurrent TCP connections (beyond it: closed at once).
+#: A stub resolver uses one and a busy NAT gateway a few, while 256 / 16 means it takes 16
+#: addresses to fill the server.
+TCP_MAX_PER_CLIENT = 16
+#: Default lifetime of a TCP connection, in seconds: past it the connection is closed after the
+#: answer in flight, so a client asking every few seconds (never idle for TCP_IDLE_TIMEOUT)
+#: still gives its slot back.  Two minutes is far longer than any burst of queries needs, and a
+#: reconnect that often costs a client nothing (RFC 7766 has clients expect such closes and retry).
+TCP_MAX_LIFETIME = 120.0
 #: Encoded answers kept per zone before the cache is emptied (bounds memory under
 #: random-name floods).
 CACHE_MAX_ENTRIES = 4096
@@ -433,6 +443,8 @@ class DNSServer:
     ``forward``: forward names outside the zones for allowed clients (off by default).
     ``rate_limit``: per-client token bucket (on by default, generous, loopback exempt);
     ``None`` turns it off.
+    ``tcp_max_per_client``: concurrent TCP connections per client address (loopback too);
+    ``tcp_max_lifetime``: seconds a TCP connection stays open.  0 turns either off.
     """
 
     def __init__(
@@ -442,7 +454,11 @@ class DNSServer:
         zone: Zone | None = None,
         forward: ForwardConfig | None = None,
         rate_limit: RateLimit | None = RateLimit(),  # frozen: sharing the default is safe
+        tcp_max_per_client: int = TCP_MAX_PER_CLIENT,
+        tcp_max_lifetime: float = TCP_MAX_LIFETIME,
     ) -> None:
+        if tcp_max_per_client < 0 or tcp_max_lifetime < 0:
+            raise ValueError(f"invalid DNS TCP limits: {tcp_max_per_client=}, {tcp_max_lifetime=}")
         self.host = host
         self.zone: Zone = zone if zone is not None else Zone()
         self.forwarder: Forwarder | None = Forwarder(forward) if forward is not None else None
@@ -451,7 +467,12 @@ class DNSServer:
         self._port = port
         self._udp: _UDPProtocol | None = None
         self._tcp: asyncio.Server | None = None
+        self.tcp_max_per_client = tcp_max_per_client
+        self.tcp_max_lifetime = tcp_max_lifetime
+        #: TCP connections closed at once because of the total or the per-client cap.
+        self.tcp_refused = 0
         self._tcp_tasks: set[asyncio.Task[None]] = set()
+        self._tcp_clients: dict[str, int] = {}  # client address -> its open TCP connections
         self._forward_tasks: set[asyncio.Task[None]] = set()
 
     def set_zone(self, zone: Zone) -> None:
@@ -525,18 +546,33 @@ class DNSServer:
 
     async def _serve_tcp(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
-        if task is None or len(self._tcp_tasks) >= TCP_MAX_CONNECTIONS:
+        peer = writer.get_extra_info("peername")
+        client = str(peer[0]) if isinstance(peer, tuple) and peer else ""
+        held = self._tcp_clients.get(client, 0)
+        if (
+            task is None
+            or len(self._tcp_tasks) >= TCP_MAX_CONNECTIONS
+            or (self.tcp_max_per_client and held >= self.tcp_max_per_client)
+        ):
+            self.tcp_refused += 1
             writer.close()
             with contextlib.suppress(Exception):
                 await writer.wait_closed()
             return
         self._tcp_tasks.add(task)
-        peer = writer.get_extra_info("peername")
-        client = str(peer[0]) if isinstance(peer, tuple) and peer else ""
+        self._tcp_clients[client] = held + 1
+        loop = asyncio.get_running_loop()
+        expires = loop.time() + self.tcp_max_lifetime if self.tcp_max_lifetime else math.inf
         try:
             while True:
-                async with asyncio.timeout(TCP_IDLE_TIMEOUT):
+                # Past the lifetime no new message is waited for, but one that has begun is read
+                # whole (within the idle timeout), answered and sent: the close never cuts a reply.
+                begun = loop.time()
+                if begun >= expires:
+                    return
+                async with asyncio.timeout_at(min(begun + TCP_IDLE_TIMEOUT, expires)) as limit:
                     (size,) = struct.unpack("!H", await reader.readexactly(2))
+                    limit.reschedule(begun + TCP_IDLE_TIMEOUT)
                     if size < 12:  # cannot be a DNS message: framing is broken
                         return
                     message = await reader.readexactly(size)
@@ -559,6 +595,9 @@ class DNSServer:
             log.debug("TCP DNS connection failed", exc_info=True)
         finally:
             self._tcp_tasks.discard(task)
+            held = self._tcp_clients.pop(client, 1) - 1
+            if held:
+                self._tcp_clients[client] = held
             writer.close()
             with contextlib.suppress(Exception):
                 await writer.wait_closed()
