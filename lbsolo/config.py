@@ -53,6 +53,9 @@ class Settings:
     dns_upstreams: str = ""  # comma-separated host[:port]; empty: /etc/resolv.conf
     dns_allow: str = ""  # comma-separated CIDRs; empty: loopback only
     dns_rate_qps: float = 2000.0  # per client (loopback exempt); 0 turns the limit off
+    # Fault injection for tests: a rollout that has done this step's work (a DeployStep value,
+    # e.g. "swap") waits there forever, so that a test can kill the daemon at that step. Empty: off.
+    hold_at_step: str = ""
     # TCP: concurrent connections one client address may hold, and seconds one stays open
     # (past it, closed after the answer in flight). 0 turns either off.
     dns_tcp_max_per_client: int = 16

@@ -11,7 +11,7 @@ from enum import StrEnum
 from typing import NamedTuple
 
 from lbsolo.errors import InvalidInput, NotFound
-from lbsolo.models import WEB, Release, ReleaseStatus, Replica, StaticRoute, parse_address
+from lbsolo.models import WEB, DeployStep, Release, ReleaseStatus, Replica, StaticRoute, parse_address
 from lbsolo.proxy import Route, Target
 
 
@@ -21,6 +21,7 @@ class Desired:
     formation: Mapping[str, int] = field(default_factory=lambda: {WEB: 1})
     domains: tuple[str, ...] = ()
     https_redirect: bool = False
+    request_buffering: bool = True
 
 
 class ActionKind(StrEnum):
@@ -144,6 +145,7 @@ def routes_for(desired: Mapping[str, Desired | int | None], actual: list[Replica
             targets=targets,
             domains=want.domains,
             https_redirect=want.https_redirect,
+            request_buffering=want.request_buffering,
         )
     return routes
 
@@ -176,6 +178,27 @@ def rollback_target(releases: list[Release], current: int | None, version: int |
     if not before:
         raise InvalidInput("there is no earlier release to roll back to")
     return max(before, key=lambda r: r.version)
+
+
+#: Steps at or after the swap: the release's replicas had passed their checks and took the traffic.
+PAST_SWAP = frozenset({DeployStep.SWAP, DeployStep.DRAIN, DeployStep.STOP_OLD, DeployStep.DONE})
+
+
+def interrupted(releases: list[Release], current: int | None) -> tuple[Release | None, list[Release]]:
+    """After a daemon restart, an app's rollouts that never finished: (the one to finish, the ones that failed).
+
+    One that had swapped traffic to its replicas is finished (made current): going back would
+    send traffic to replicas it may already have stopped. One that had not is failed, and the
+    current release keeps serving as if it had never started.
+    """
+    unfinished = [r for r in releases if r.status in (ReleaseStatus.PENDING, ReleaseStatus.DEPLOYING)]
+    swapped = [
+        r
+        for r in unfinished
+        if r.step in PAST_SWAP and r.status == ReleaseStatus.DEPLOYING and (current is None or r.version >= current)
+    ]
+    finish = max(swapped, key=lambda r: r.version, default=None)
+    return finish, [r for r in unfinished if r is not finish and r.version != current]
 
 
 def images_to_remove(releases: list[Release], current: int | None, images: list[str], keep: int) -> list[str]:

@@ -24,7 +24,7 @@ from lbsolo.build import LogBuffer
 from lbsolo.errors import Conflict, DeployFailed, LbsoloError
 from lbsolo.events import EventBus, EventKind
 from lbsolo.models import WEB, App, DeployStep, HealthCheck, Release, ReleaseStatus, Replica
-from lbsolo.plan import ActionKind, Desired, plan, routes_for
+from lbsolo.plan import ActionKind, Desired, RestartHistory, plan, routes_for
 from lbsolo.proxy import Target
 
 if TYPE_CHECKING:
@@ -56,7 +56,7 @@ class Rollouts:
     ingress: Ingress
     bus: EventBus
     network: str
-    _restarts: dict[str, tuple[int, float]]
+    _restarts: dict[str, RestartHistory]
     # Platform's and the scheduler's helpers.
     _app: Any
     _save: Any
@@ -136,6 +136,15 @@ class Rollouts:
         finally:
             await saving
 
+    async def _hold(self, step: DeployStep) -> None:
+        """Fault injection for tests (LBSOLO_HOLD_AT_STEP): a rollout that has done `step`'s work waits forever.
+
+        The test then kills the daemon there, at a known step; off (empty) in normal use.
+        """
+        if self.settings.hold_at_step == step:
+            log.warning("rollout held after step %s (LBSOLO_HOLD_AT_STEP)", step)
+            await asyncio.Event().wait()
+
     def _spec(self, app: App, release: Release, process: str, volumes: dict[str, str]) -> run.ReplicaSpec:
         limits = app.resources.get(process, {})
         return run.ReplicaSpec(
@@ -179,6 +188,7 @@ class Rollouts:
                 )
                 if code != 0:
                     raise DeployFailed(f"the release command exited with {code}; nothing was rolled out")
+                await self._hold(DeployStep.RELEASE_PHASE)
             formation = {p: n for p, n in app.formation.items() if n > 0 and p in release.process_types()}
             async with self._stepping(release, DeployStep.START, ReleaseStatus.DEPLOYING):
                 for process, count in sorted(formation.items()):
@@ -188,6 +198,7 @@ class Rollouts:
                         where = f" on 127.0.0.1:{replica.host_port}" if replica.host_port else ""
                         out.append(f"       started {replica.name}{where}")
             self._watch_logs(new)
+            await self._hold(DeployStep.START)
             async with self._stepping(release, DeployStep.WAIT_READY):
                 await asyncio.gather(
                     *(
@@ -202,6 +213,7 @@ class Rollouts:
                     )
                 )
             out.append(f"       {len(new)} replica(s) healthy")
+            await self._hold(DeployStep.WAIT_READY)
         except LbsoloError as e:
             release.status, release.error = ReleaseStatus.FAILED, e.message
             await self._save(release)
@@ -218,6 +230,7 @@ class Rollouts:
         self._publish_route(name, routes_for({name: self._desired(app, release.version)}, new)[name])
         await self._step(release, DeployStep.SWAP)
         out.append("       traffic switched")
+        await self._hold(DeployStep.SWAP)
 
         current = await asyncio.to_thread(self.engine.list_replicas, name)
         fresh = {r.id for r in new}
@@ -226,8 +239,10 @@ class Rollouts:
         old_targets = [Target("127.0.0.1", r.host_port) for r in old if r.process == WEB and r.host_port]
         if old_targets and not await self.ingress.drain(old_targets, self.settings.drain_timeout):
             out.append(f"       drain timed out after {self.settings.drain_timeout:.0f}s")
+        await self._hold(DeployStep.DRAIN)
         await self._step(release, DeployStep.STOP_OLD)
         await run.stop_replicas(self.engine, old, self.settings.stop_timeout)
+        await self._hold(DeployStep.STOP_OLD)
 
         for r in await asyncio.to_thread(self.state.list_releases, name):
             if r.status == ReleaseStatus.ACTIVE and r.version != release.version:

@@ -27,8 +27,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 from lbsolo import run
 from lbsolo.errors import EngineError, LbsoloError
 from lbsolo.events import EventBus, EventKind
-from lbsolo.models import App, ReleaseStatus, reserved_host
-from lbsolo.plan import Action, ActionKind, RestartHistory, plan, routes_for
+from lbsolo.models import App, DeployStep, Release, ReleaseStatus, reserved_host
+from lbsolo.plan import Action, ActionKind, RestartHistory, interrupted, plan, routes_for
 from lbsolo.proxy import Route, Target
 
 if TYPE_CHECKING:
@@ -230,20 +230,40 @@ class Scheduler:
             self.bus.emit(EventKind.REPLICA_RESTARTED, action.app, f"{replica.name} started", restarts=restarts)
 
     async def recover(self) -> int:
-        """After a restart: releases whose rollout was interrupted never became current; mark them failed.
+        """After a restart: finish or fail the rollouts a killed daemon left (see plan.interrupted).
 
-        One-off containers left by a daemon killed while it waited for them go: nobody waits now.
+        Returns how many it failed. Replicas of a failed release, and the previous release's of a
+        finished one, are left to the first reconcile pass, which removes what the desired state
+        does not want. One-off containers left by a daemon killed while it waited for them go:
+        nobody waits now.
         """
         leftovers = [r for r in await asyncio.to_thread(self.engine.list_replicas) if r.one_off]
         await run.stop_replicas(self.engine, leftovers, 0)
         count = 0
         for app in await asyncio.to_thread(self.state.list_apps):
-            for r in await asyncio.to_thread(self.state.list_releases, app.name):
-                if r.status in (ReleaseStatus.PENDING, ReleaseStatus.DEPLOYING) and r.version != app.release:
-                    r.status, r.error = ReleaseStatus.FAILED, f"interrupted at step {r.step} by a daemon restart"
-                    await self._save(r)
-                    count += 1
+            releases = await asyncio.to_thread(self.state.list_releases, app.name)
+            finish, failed = interrupted(releases, app.release)
+            for r in failed:
+                r.status, r.error = ReleaseStatus.FAILED, f"interrupted at step {r.step} by a daemon restart"
+                await self._save(r)
+                count += 1
+            if finish is not None:
+                await self._finish_interrupted(app, finish, releases)
         return count
+
+    async def _finish_interrupted(self, app: App, release: Release, releases: list[Release]) -> None:
+        log.warning("%s %s was interrupted after its swap: it is made current", app.name, release.label)
+        for r in releases:
+            if r.status == ReleaseStatus.ACTIVE and r.version != release.version:
+                r.status = ReleaseStatus.SUPERSEDED
+                await self._save(r)
+        # The rollout saves the app (its config too) only at its end: bring it in line with the release.
+        app.release = release.version
+        app.config = dict(release.config)
+        app.secrets = sorted(set(release.secrets) | (set(app.secrets) & set(release.config)))
+        await self._save(app)
+        release.status, release.step = ReleaseStatus.ACTIVE, DeployStep.DONE
+        await self._save(release)
 
     def serving_replicas(self) -> int:
         return sum(len(r.targets) for r in self._routes.values())

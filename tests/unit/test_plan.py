@@ -1,8 +1,8 @@
 import pytest
 
 from lbsolo.errors import InvalidInput, NotFound
-from lbsolo.models import ONE_OFF, Release, ReleaseStatus, Replica, parse_formation
-from lbsolo.plan import ActionKind, Desired, images_to_remove, plan, rollback_target, routes_for
+from lbsolo.models import ONE_OFF, DeployStep, Release, ReleaseStatus, Replica, parse_formation
+from lbsolo.plan import ActionKind, Desired, images_to_remove, interrupted, plan, rollback_target, routes_for
 from lbsolo.proxy import Target
 
 
@@ -122,3 +122,41 @@ def test_image_retention_keeps_the_last_releases_and_the_current_one():
     assert images_to_remove(releases, 8, images, keep=5) == ["sha256:1", "sha256:2", "sha256:3", "sha256:orphan"]
     # a rollback to v2 keeps v2's image even though it is old
     assert "sha256:2" not in images_to_remove(releases, 2, images, keep=5)
+
+
+def _rel(version: int, status: ReleaseStatus, step: DeployStep | None = None) -> Release:
+    return Release("web1", version, f"sha256:{version}", status=status, step=step)
+
+
+@pytest.mark.parametrize("step", [DeployStep.RELEASE_PHASE, DeployStep.START, DeployStep.WAIT_READY, None])
+def test_a_rollout_killed_before_its_swap_failed_and_the_current_release_stays(step):
+    releases = [_rel(1, ReleaseStatus.ACTIVE, DeployStep.DONE), _rel(2, ReleaseStatus.DEPLOYING, step)]
+    finish, failed = interrupted(releases, 1)
+    assert finish is None and [r.version for r in failed] == [2]
+
+
+@pytest.mark.parametrize("step", [DeployStep.SWAP, DeployStep.DRAIN, DeployStep.STOP_OLD, DeployStep.DONE])
+def test_a_rollout_killed_after_its_swap_is_finished(step):
+    releases = [_rel(1, ReleaseStatus.ACTIVE, DeployStep.DONE), _rel(2, ReleaseStatus.DEPLOYING, step)]
+    finish, failed = interrupted(releases, 1)
+    assert finish is not None and finish.version == 2 and failed == []
+    # the app was saved but not the release's last step: still finished, nothing failed
+    finish, failed = interrupted(releases, 2)
+    assert finish is not None and finish.version == 2 and failed == []
+    # the first release of an app
+    finish, failed = interrupted(releases[1:], None)
+    assert finish is not None and finish.version == 2
+
+
+def test_only_unfinished_releases_newer_than_the_current_one_count():
+    releases = [
+        _rel(1, ReleaseStatus.SUPERSEDED, DeployStep.DONE),
+        _rel(2, ReleaseStatus.PENDING),
+        _rel(3, ReleaseStatus.ACTIVE, DeployStep.DONE),
+        _rel(4, ReleaseStatus.FAILED, DeployStep.SWAP),
+    ]
+    finish, failed = interrupted(releases, 3)
+    assert finish is None and [r.version for r in failed] == [2]
+    # a swapped release older than the current one is not brought back
+    finish, failed = interrupted([_rel(2, ReleaseStatus.DEPLOYING, DeployStep.SWAP), releases[2]], 3)
+    assert finish is None and [r.version for r in failed] == [2]

@@ -205,6 +205,27 @@ def test_recover_marks_interrupted_rollouts_failed(tmp_path):
     asyncio.run(main())
 
 
+def test_recover_finishes_a_rollout_interrupted_after_its_swap(tmp_path):
+    async def main() -> None:
+        platform, _, _, state = await _platform(tmp_path, {})
+        state.save_app(App("web1", release=1, config={"A": "1", "TOKEN": "old"}, secrets=["TOKEN"]))
+        state.save_release(Release("web1", 1, "sha256:a", status=ReleaseStatus.ACTIVE, config={"A": "1"}))
+        new = Release(
+            "web1", 2, "sha256:b", status=ReleaseStatus.DEPLOYING, step=DeployStep.DRAIN,
+            config={"A": "2", "TOKEN": "new", "KEY": "k"}, secrets=["KEY"],
+        )  # fmt: skip
+        state.save_release(new)
+        assert await platform.recover() == 0
+        done = state.get_release("web1", 2)
+        assert done.status is ReleaseStatus.ACTIVE and done.step is DeployStep.DONE
+        assert state.get_release("web1", 1).status is ReleaseStatus.SUPERSEDED
+        app = state.get_app("web1")
+        assert app.release == 2 and app.config == {"A": "2", "TOKEN": "new", "KEY": "k"}
+        assert app.secrets == ["KEY", "TOKEN"]  # the release's secret keys, and the app's own still there
+
+    asyncio.run(main())
+
+
 class HeldEngine(FakeEngine):
     """A listing asked to be held is taken at once, then held until the test lets it return.
 
