@@ -122,6 +122,19 @@ class HttpsChange(BaseModel):
     redirect: bool | None = Field(default=None, description="Answer plain-HTTP requests with 308 to https://.")
 
 
+class ProxyChange(BaseModel):
+    request_buffering: bool | None = Field(
+        default=None,
+        description="Read each request body whole before passing it to the app (on by default); "
+        "off streams bodies through as they arrive (large uploads, long polls).",
+    )
+
+
+class ProxyOut(BaseModel):
+    name: str
+    request_buffering: bool
+
+
 class HttpsOut(BaseModel):
     name: str
     redirect: bool
@@ -320,6 +333,16 @@ def create_api(
     async def change_https(name: str, body: HttpsChange) -> HttpsOut:
         """Turn the HTTP -> HTTPS redirect on or off; the proxy follows at once."""
         return HttpsOut(**await platform.set_https(name, body.redirect))
+
+    @api.get("/api/apps/{name}/proxy", dependencies=auth, tags=["apps"], responses=ERRORS)
+    async def get_proxy(name: str) -> ProxyOut:
+        """How the proxy treats the app's requests."""
+        return ProxyOut(**await platform.proxy_settings(name))
+
+    @api.patch("/api/apps/{name}/proxy", dependencies=auth, tags=["apps"], responses=ERRORS)
+    async def change_proxy(name: str, body: ProxyChange) -> ProxyOut:
+        """Turn request buffering on or off; the proxy follows at once (requests in flight keep their mode)."""
+        return ProxyOut(**await platform.set_proxy_settings(name, body.request_buffering))
 
     @api.get("/api/routes", dependencies=auth, tags=["routes"])
     async def static_routes() -> list[StaticRouteOut]:

@@ -756,6 +756,32 @@ def apps_https(
     console.print(f"{name}: HTTP -> HTTPS redirect {state}{note}", highlight=False)
 
 
+@app.command("apps:proxy")
+@clean_errors
+def apps_proxy(
+    name: AppArg,
+    request_buffering: Annotated[
+        str | None,
+        typer.Option(
+            "--request-buffering",
+            metavar="on|off",
+            help="on (default): bodies are read whole before the app gets them; off: streamed as they arrive.",
+        ),
+    ] = None,
+) -> None:
+    """Show or change how the proxy passes requests to an app (request buffering)."""
+    choice = None if request_buffering is None else {"on": True, "off": False}.get(request_buffering.lower())
+    if request_buffering is not None and choice is None:
+        raise typer.BadParameter("must be on or off", param_hint="--request-buffering")
+    with _client() as c:
+        if choice is None:
+            out = c.request("GET", f"/api/apps/{name}/proxy")
+        else:
+            out = c.request("PATCH", f"/api/apps/{name}/proxy", json={"request_buffering": choice})
+    mode = "on (bodies read whole first)" if out["request_buffering"] else "off (bodies streamed)"
+    console.print(f"{name}: request buffering {mode}", highlight=False)
+
+
 @app.command("routes")
 @clean_errors
 def routes_list() -> None:

@@ -49,6 +49,7 @@ from lbsolo.models import (
 )
 from lbsolo.plan import (
     Desired,
+    RestartHistory,
     images_to_remove,
     rollback_target,
     static_routes_for,
@@ -87,7 +88,7 @@ class Platform(Scheduler, Rollouts):
         self.collector = LogCollector(self.logs, engine.follow_logs)
         self.network = f"lbsolo-{engine.instance}"
         self._locks: dict[str, AppLock] = {}
-        self._restarts: dict[str, tuple[int, float]] = {}  # app -> (restarts in a row, not before)
+        self._restarts: dict[str, RestartHistory] = {}  # per app; absent: healthy (see Scheduler)
         self._routes: dict[str, Route] = {}  # per app
         self._static: dict[str, Route] = {}  # static routes, by name (never an app's name)
         self._static_lock = asyncio.Lock()
@@ -113,7 +114,11 @@ class Platform(Scheduler, Rollouts):
     @staticmethod
     def _desired(app: App, version: int | None = None) -> Desired:
         return Desired(
-            app.release if version is None else version, app.formation, tuple(app.domains), app.https_redirect
+            app.release if version is None else version,
+            app.formation,
+            tuple(app.domains),
+            app.https_redirect,
+            app.request_buffering,
         )
 
     # ---- apps
@@ -134,7 +139,7 @@ class Platform(Scheduler, Rollouts):
 
     def _describe(self, app: App) -> dict[str, Any]:
         route = self._routes.get(app.name)
-        restarts = self._restarts.get(app.name, (0, 0.0))[0]
+        restarts = self._restarts.get(app.name, RestartHistory()).in_a_row
         if self.lock(app.name).locked():
             status = "deploying"
         elif app.release is None:
@@ -161,6 +166,7 @@ class Platform(Scheduler, Rollouts):
             "volumes": app.volumes,
             "domains": app.domains,
             "https_redirect": app.https_redirect,
+            "request_buffering": app.request_buffering,
             "created_at": app.created_at,
         }
 
@@ -530,6 +536,26 @@ class Platform(Scheduler, Rollouts):
                 route = self._routes.get(name, Route(app=name))
                 self._publish_route(name, replace(route, https_redirect=redirect))
         return self._https(app)
+
+    async def proxy_settings(self, name: str) -> dict[str, Any]:
+        return self._proxy_settings(await self._app(name))
+
+    async def set_proxy_settings(self, name: str, request_buffering: bool | None) -> dict[str, Any]:
+        """`request_buffering` off streams the app's request bodies to it as they arrive; None changes nothing."""
+        if request_buffering is None:
+            return await self.proxy_settings(name)
+        async with self.lock(name):  # as set_https: a rollout in progress publishes the saved app's route
+            app = await self._app(name)
+            if request_buffering != app.request_buffering:
+                app.request_buffering = request_buffering
+                await self._save(app)
+                route = self._routes.get(name, Route(app=name))
+                self._publish_route(name, replace(route, request_buffering=request_buffering))
+        return self._proxy_settings(app)
+
+    @staticmethod
+    def _proxy_settings(app: App) -> dict[str, Any]:
+        return {"name": app.name, "request_buffering": app.request_buffering}
 
     def _https(self, app: App) -> dict[str, Any]:
         # Without an HTTPS listener the flag is kept but has no effect; say so instead of hiding it.

@@ -282,6 +282,9 @@ class App:
     domains: list[str] = field(default_factory=list)  # custom domains routed to the app
     hook_secret: str = ""  # authenticates inbound push webhooks
     https_redirect: bool = False  # plain-HTTP requests get a 308 to https:// (when the proxy has HTTPS)
+    # The proxy reads a request's body whole before handing it to a replica (slow clients then
+    # cost the app nothing); off: bodies stream through as they arrive (large uploads, long polls).
+    request_buffering: bool = True
     repo: str = ""  # the git URL push webhooks deploy, set by the owner (never taken from a payload)
 
     def to_dict(self) -> dict[str, Any]:
@@ -302,6 +305,7 @@ class App:
             domains=list(d.get("domains") or []),
             hook_secret=str(d.get("hook_secret") or ""),
             https_redirect=bool(d.get("https_redirect", False)),
+            request_buffering=bool(d.get("request_buffering", True)),
             repo=str(d.get("repo") or ""),
         )
 

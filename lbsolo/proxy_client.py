@@ -708,8 +708,9 @@ class _Client(asyncio.Protocol):
             return
         req.route = route
         limit = route.max_body
-        hold = not req.body_done and route.request_buffering and not req.upgrade
-        if hold:  # what is held is capped by the proxy's own bound too
+        buffered = route.request_buffering and not req.upgrade
+        hold = buffered and not req.body_done  # a body that came whole with its head is sent on at once
+        if buffered:  # a buffered body is capped by the proxy's own bound too, however it arrived
             limit = server.buffer_max if limit is None else min(limit, server.buffer_max)
         if limit is not None:
             if req.content_length > limit or req.received > limit:

@@ -551,6 +551,22 @@ def create_web_router(platform: Platform, token: str, revoked: RevokedSessions |
 
         return await finish_change(session, name, change)
 
+    @router.post("/ui/apps/{name}/proxy")
+    async def proxy_settings(request: Request, name: str) -> Response:
+        checked = await checked_post(request)
+        if isinstance(checked, Response):
+            return checked
+        session, form = checked
+        choice = {"on": True, "off": False}.get(form.get("request_buffering", ""))
+
+        async def change() -> str:
+            if choice is None:
+                raise InvalidInput("request_buffering must be on or off")
+            state = await platform.set_proxy_settings(name, choice)
+            return f"request buffering {'on' if state['request_buffering'] else 'off'}"
+
+        return await finish_change(session, name, change)
+
     # ---- static routes: their forms go back to the routes page, whose flash says what happened
     async def finish_route_change(session: Session, change: Callable[[], Awaitable[str]]) -> Response:
         try:

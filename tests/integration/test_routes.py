@@ -1,4 +1,4 @@
-"""Static routes and the per-app HTTPS redirect on a real daemon: CLI -> API -> state -> proxy and DNS.
+"""Static routes, the per-app HTTPS redirect and request buffering on a real daemon: CLI -> API -> state -> proxy.
 
 The static route targets a plain HTTP server the test starts on loopback (a service lbsolo does
 not run); the redirect needs no deploy: the proxy answers it before looking for replicas.
@@ -14,15 +14,16 @@ import dns.rdatatype
 import httpx
 import pytest
 
-from .conftest import Daemon, free_port, host_service, https_get, running_daemon
+from .conftest import EXAMPLES, Daemon, free_port, host_service, https_get, running_daemon
 
 pytestmark = pytest.mark.docker
+BUFFER_MAX = 64 * 1024  # the proxy's cap on a held body (413 beyond it; no cap on streamed ones)
 
 
 @pytest.fixture(scope="module")
 def daemon(docker_client, tmp_path_factory) -> Iterator[Daemon]:
     https = free_port()
-    env = {"LBSOLO_PROXY_HTTPS_PORT": str(https)}
+    env = {"LBSOLO_PROXY_HTTPS_PORT": str(https), "LBSOLO_PROXY_BUFFER_MAX": str(BUFFER_MAX)}
     with running_daemon(docker_client, tmp_path_factory.mktemp("routes") / "home", env) as d:
         d.https_port = https  # type: ignore[attr-defined]
         yield d
@@ -105,3 +106,33 @@ def test_an_app_with_the_https_redirect_sends_plain_http_to_https(daemon):
         assert daemon.get("secure").status_code == 503
     finally:
         assert daemon.cli("destroy", "secure", "--yes").returncode == 0
+
+
+def test_request_buffering_is_switched_per_app_and_the_proxy_follows(daemon):
+    """A body over the proxy's buffer cap gets 413 while the app's bodies are held, and reaches it when streamed."""
+    assert daemon.cli("apps:create", "stream").returncode == 0
+    try:
+        out = daemon.cli("deploy", str(EXAMPLES / "hello"), "--app", "stream")
+        assert out.returncode == 0, out.stdout + out.stderr
+        assert daemon.api_get("/api/apps/stream/proxy").json() == {"name": "stream", "request_buffering": True}
+        body = b"x" * (BUFFER_MAX + 1)
+        headers = {"Host": "stream.lbsolo.localhost", "Connection": "close"}
+        url = f"http://127.0.0.1:{daemon.proxy_port}/up"
+        r = httpx.post(url, content=body, headers=headers, timeout=10)
+        assert r.status_code == 413 and "body limit" in r.text
+
+        out = daemon.cli("apps:proxy", "stream", "--request-buffering", "off")
+        assert out.returncode == 0 and "request buffering off" in out.stdout, out.stderr
+        assert daemon.api_get("/api/apps/stream").json()["request_buffering"] is False
+        # The app (no do_POST) answers 501 itself: the body went on to it.
+        r = httpx.post(url, content=body, headers=headers, timeout=10)
+        assert r.status_code == 501, r.text
+
+        out = daemon.cli("apps:proxy", "stream", "--request-buffering", "maybe")
+        assert out.returncode == 2 and "on or off" in out.stderr
+        out = daemon.cli("apps:proxy", "stream", "--request-buffering", "on")
+        assert out.returncode == 0 and "request buffering on" in out.stdout
+        assert httpx.post(url, content=body, headers=headers, timeout=10).status_code == 413
+        assert daemon.cli("apps:proxy", "nosuch").returncode == 1
+    finally:
+        assert daemon.cli("destroy", "stream", "--yes").returncode == 0

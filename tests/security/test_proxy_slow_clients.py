@@ -204,6 +204,12 @@ def test_a_held_body_over_the_cap_gets_413_and_frees_its_file(tmp_path):
                 await c.close()
                 await asyncio.sleep(0.05)
                 assert held_spools(spool_dir) == [] and proxy._held_bytes == 0
+                # A body that came whole with its head (one read) is held to the same cap.
+                c = await Conn.open(proxy.port)
+                await c.send(b"POST /x HTTP/1.1\r\n" + HOST + b"Content-Length: 100001\r\n\r\n" + b"y" * 100_001)
+                r = await read_response(c.reader)
+                assert r.status == 413 and app.heads == 0
+                await c.close()
 
     asyncio.run(asyncio.wait_for(scenario(), 20))
 

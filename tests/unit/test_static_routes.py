@@ -158,3 +158,29 @@ def test_core_sets_the_https_redirect_and_the_route_follows_at_once(tmp_path):
             await platform.set_https("nosuch", True)
 
     asyncio.run(main())
+
+
+def test_core_switches_request_buffering_and_the_route_follows_at_once(tmp_path):
+    async def main() -> None:
+        platform, _, ingress, state = await _platform(tmp_path, {})
+        assert await platform.proxy_settings("web1") == {"name": "web1", "request_buffering": True}
+        assert ingress.routes["web1"].request_buffering
+        out = await platform.set_proxy_settings("web1", False)
+        assert out["request_buffering"] is False and not ingress.routes["web1"].request_buffering
+        assert state.get_app("web1").request_buffering is False
+        assert (await platform.get_app("web1"))["request_buffering"] is False
+        await platform.reconcile()
+        assert not ingress.routes["web1"].request_buffering  # the desired state carries it
+        assert (await platform.set_proxy_settings("web1", None))["request_buffering"] is False
+        await platform.set_proxy_settings("web1", True)
+        assert ingress.routes["web1"].request_buffering
+        with pytest.raises(NotFound):
+            await platform.set_proxy_settings("nosuch", False)
+        assert App.from_dict({"name": "old"}).request_buffering is True  # apps stored before the switch
+
+    asyncio.run(main())
+
+
+def test_the_request_buffering_switch_reaches_the_route():
+    routes = routes_for({"x": Desired(None, request_buffering=False), "y": Desired(None)}, [])
+    assert not routes["x"].request_buffering and routes["y"].request_buffering

@@ -180,6 +180,7 @@ class FakePlatform:
         self.calls: list[tuple[Any, ...]] = []
         self.web = 1
         self.redirect = False
+        self.buffering = True
         self.https_port: int | None = None
         self.routes: dict[str, dict[str, Any]] = {}
 
@@ -193,6 +194,7 @@ class FakePlatform:
             "formation": {"web": self.web},
             "restarts": 0,
             "config": masked_config(self.config, []),
+            "request_buffering": self.buffering,
         }
 
     async def list_apps(self) -> list[dict[str, Any]]:
@@ -250,6 +252,13 @@ class FakePlatform:
         if redirect is not None:
             self.redirect = redirect
         return await self.https(name)
+
+    async def set_proxy_settings(self, name: str, request_buffering: bool | None) -> dict[str, Any]:
+        await self.get_app(name)
+        self.calls.append(("proxy", request_buffering))
+        if request_buffering is not None:
+            self.buffering = request_buffering
+        return {"name": name, "request_buffering": self.buffering}
 
     async def static_routes(self) -> list[dict[str, Any]]:
         return list(self.routes.values())
@@ -399,6 +408,21 @@ def test_https_redirect_form_refuses_other_values_and_unknown_apps(client, platf
     r = client.post("/ui/apps/nosuch/https", data={"redirect": "on", "csrf": csrf})
     assert r.headers["location"] == "/ui/apps/nosuch"
     assert platform.calls == []
+
+
+def test_request_buffering_is_shown_and_switched(client, platform):
+    csrf = login(client)
+    page = client.get("/ui/apps/hello").text
+    assert 'id="buffering-state">On' in page and 'name="request_buffering" value="off"' in page
+    r = client.post("/ui/apps/hello/proxy", data={"request_buffering": "off", "csrf": csrf})
+    assert r.status_code == 303 and r.headers["location"] == "/ui/apps/hello"
+    page = client.get("/ui/apps/hello").text
+    assert "request buffering off" in page
+    assert 'id="buffering-state">Off' in page and 'name="request_buffering" value="on"' in page
+    client.post("/ui/apps/hello/proxy", data={"request_buffering": "sometimes", "csrf": csrf})
+    assert "request_buffering must be on or off" in client.get("/ui/apps/hello").text
+    assert client.post("/ui/apps/hello/proxy", data={"request_buffering": "on"}).status_code == 403  # no CSRF token
+    assert platform.calls == [("proxy", False)]
 
 
 def test_routes_page_adds_and_removes_static_routes(client, platform):
