@@ -7,10 +7,26 @@ Pure data: reading the environment is the only I/O here.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
+
+from lbsolo.errors import InvalidInput
+
+
+def networks(value: str, setting: str) -> tuple[str, ...]:
+    """A comma-separated list of addresses or CIDRs, checked; a bad entry names the setting it is in."""
+    out = []
+    for item in (v.strip() for v in value.split(",")):
+        if not item:
+            continue
+        try:
+            out.append(str(ipaddress.ip_network(item, strict=False)))
+        except ValueError:
+            raise InvalidInput(f"LBSOLO_{setting.upper()}: {item!r} is not an IP address or network") from None
+    return tuple(out)
 
 
 def _default_home() -> Path:
@@ -39,6 +55,8 @@ class Settings:
     proxy_buffer_memory: int = 64 * 1024
     # A buffered body larger than this gets 413 (apps taking larger uploads turn buffering off).
     proxy_buffer_max: int = 1024 * 1024 * 1024
+    # All held bodies' temp files together; beyond it a new buffered body gets 503 (retry later).
+    proxy_buffer_disk: int = 4 * 1024 * 1024 * 1024
     # A body must arrive at this average rate (bytes/s) after a grace of proxy_body_grace seconds.
     proxy_body_min_rate: int = 1024
     proxy_body_grace: float = 10.0
@@ -53,9 +71,6 @@ class Settings:
     dns_upstreams: str = ""  # comma-separated host[:port]; empty: /etc/resolv.conf
     dns_allow: str = ""  # comma-separated CIDRs; empty: loopback only
     dns_rate_qps: float = 2000.0  # per client (loopback exempt); 0 turns the limit off
-    # Fault injection for tests: a rollout that has done this step's work (a DeployStep value,
-    # e.g. "swap") waits there forever, so that a test can kill the daemon at that step. Empty: off.
-    hold_at_step: str = ""
     # TCP: concurrent connections one client address may hold, and seconds one stays open
     # (past it, closed after the answer in flight). 0 turns either off.
     dns_tcp_max_per_client: int = 16
@@ -94,6 +109,9 @@ class Settings:
     # `deploy --git` and push webhooks clone over https, ssh and git only; local paths and
     # file:// (which let an API caller read any repository the daemon can) need this on.
     git_allow_local: bool = False
+    # Fault injection for tests: a rollout that has done this step's work (a DeployStep value,
+    # e.g. "swap") waits there forever, so that a test can kill the daemon at that step. Empty: off.
+    hold_at_step: str = ""
 
     @classmethod
     def load(cls, **overrides: Any) -> Settings:

@@ -28,7 +28,7 @@ import uvicorn
 
 from lbsolo.api import create_api
 from lbsolo.build import Builder
-from lbsolo.config import Settings
+from lbsolo.config import Settings, networks
 from lbsolo.core import Platform
 from lbsolo.dns import DNSServer, ForwardConfig, RateLimit, Zone
 from lbsolo.engine import Engine
@@ -199,11 +199,12 @@ class Daemon:
             access_log=access.write if access is not None else None,
             https_port=s.proxy_https_port or None,
             tls=tls,
-            trusted_proxies=s.trusted_proxies.split(","),
+            trusted_proxies=networks(s.trusted_proxies, "trusted_proxies"),
             max_connections=s.proxy_max_connections,
             max_connections_per_client=s.proxy_max_connections_per_client,
             buffer_memory=s.proxy_buffer_memory,
             buffer_max=s.proxy_buffer_max,
+            buffer_disk=s.proxy_buffer_disk,
             spool_dir=await asyncio.to_thread(_fresh_dir, s.tmp_dir),
             body_min_rate=s.proxy_body_min_rate,
             body_grace=s.proxy_body_grace,
@@ -213,7 +214,7 @@ class Daemon:
         forward = None
         if s.dns_forward:
             upstreams = tuple(u.strip() for u in s.dns_upstreams.split(",") if u.strip())
-            allow = tuple(a.strip() for a in s.dns_allow.split(",") if a.strip())
+            allow = networks(s.dns_allow, "dns_allow")
             forward = ForwardConfig(upstreams=upstreams, **({"allow": allow} if allow else {}))
         limit = RateLimit(qps=s.dns_rate_qps, burst=s.dns_rate_qps * 2) if s.dns_rate_qps > 0 else None
         dns = DNSServer(

@@ -43,3 +43,13 @@ def test_push_payloads_of_github_gitlab_and_gitea():
         push_from_payload({"x-github-event": "push", "x-hub-signature-256": "sha256=00"}, raw, "s3")
     with pytest.raises(Unauthorized):
         push_from_payload({"x-gitlab-token": "wrong"}, raw, "s3")
+
+
+def test_address_list_settings_are_checked_and_name_the_setting():
+    from lbsolo.config import networks
+
+    parsed = networks(" 10.0.0.1, 192.168.0.0/16 ,,::1", "trusted_proxies")
+    assert parsed == ("10.0.0.1/32", "192.168.0.0/16", "::1/128")
+    assert networks("", "dns_allow") == ()
+    with pytest.raises(InvalidInput, match=r"LBSOLO_TRUSTED_PROXIES: '10.0.0.300' is not an IP address or network"):
+        networks("10.0.0.1,10.0.0.300", "trusted_proxies")
