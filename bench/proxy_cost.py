@@ -3,8 +3,12 @@ GET and its response through hand-written transports, so nothing but lbsolo's co
 runs. Prints microseconds per request; under callgrind, the instruction count per request is
 the difference between two request counts, which is repeatable on a busy machine:
 
-    .venv/bin/python bench/proxy_cost.py [requests]
-    bench/proxy_cost.py --callgrind        (needs valgrind; prints instructions per request)
+    .venv/bin/python bench/proxy_cost.py [--post | --post-split] [requests]
+    bench/proxy_cost.py --callgrind [--post | --post-split]   (needs valgrind; instructions per request)
+
+--post relays a POST with a small body arriving with its head (a form post); --post-split the
+same POST with its body in a later read, so that the proxy holds it (request buffering) and
+sends it on once whole.
 """
 
 from __future__ import annotations
@@ -23,6 +27,12 @@ from lbsolo.proxy_client import _Client
 from lbsolo.proxy_upstream import _Upstream
 
 REQUEST = b"GET / HTTP/1.1\r\nHost: bench.lbsolo.localhost\r\n\r\n"
+POST_HEAD = (
+    b"POST /order HTTP/1.1\r\nHost: bench.lbsolo.localhost\r\n"
+    b"Content-Type: application/x-www-form-urlencoded\r\nContent-Length: 16\r\n\r\n"
+)
+POST_BODY = b"item=42&amount=1"
+MODES = {"get": (REQUEST,), "--post": (POST_HEAD + POST_BODY,), "--post-split": (POST_HEAD, POST_BODY)}
 RESPONSE = (
     b"HTTP/1.1 200 OK\r\nServer: nginx/1.22.1\r\nDate: Thu, 26 Nov 2026 10:27:15 GMT\r\n"
     b"Content-Type: text/plain\r\nContent-Length: 12\r\nConnection: keep-alive\r\n\r\nhello world\n"
@@ -55,7 +65,7 @@ class Transport:
         pass
 
 
-async def relay(requests: int) -> float:
+async def relay(requests: int, reads: tuple[bytes, ...] = (REQUEST,)) -> float:
     """Seconds for `requests` exchanges, access log and metrics on (as in the daemon)."""
     sink = open(os.devnull, "w")  # noqa: SIM115 - lives as long as the run
     server = ProxyServer("127.0.0.1", 0, "lbsolo.localhost", access_log=sink.write)
@@ -69,20 +79,22 @@ async def relay(requests: int) -> float:
     server._pool_put(upstream)
     started = time.perf_counter()
     for _ in range(requests):
-        client.data_received(REQUEST)
+        for data in reads:
+            client.data_received(data)
         upstream.data_received(RESPONSE)
     server._fold(everything=True)
     took = time.perf_counter() - started
-    assert to_client.writes == requests == to_app.writes, "a request was not relayed"
+    assert to_client.writes == requests and to_app.writes >= requests, "a request was not relayed"
     client._detach_upstream()
     await server.stop(0)
     return took
 
 
-def callgrind() -> None:
+def callgrind(mode: str) -> None:
     def instructions(requests: int) -> int:
+        argv = [sys.executable, __file__, *([mode] if mode != "get" else []), str(requests)]
         out = subprocess.run(
-            ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null", sys.executable, __file__, str(requests)],
+            ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null", *argv],
             capture_output=True,
             text=True,
             check=True,
@@ -90,12 +102,15 @@ def callgrind() -> None:
         return int(next(line for line in out.splitlines() if "Collected" in line).split()[-1])
 
     few, many = 500, 2500
-    print(f"{(instructions(many) - instructions(few)) // (many - few)} instructions per request")
+    print(f"{mode}: {(instructions(many) - instructions(few)) // (many - few)} instructions per request")
 
 
 if __name__ == "__main__":
-    if sys.argv[1:] == ["--callgrind"]:
-        callgrind()
+    args = sys.argv[1:]
+    mode = next((a for a in args if a in MODES), "get")
+    if "--callgrind" in args:
+        callgrind(mode)
     else:
-        n = int(sys.argv[1]) if len(sys.argv) > 1 else 100_000
-        print(f"{asyncio.run(relay(n)) / n * 1e6:.2f} us per request ({n} requests)")
+        counts = [int(a) for a in args if a.isdigit()]
+        n = counts[0] if counts else 100_000
+        print(f"{mode}: {asyncio.run(relay(n, MODES[mode])) / n * 1e6:.2f} us per request ({n} requests)")

@@ -104,8 +104,9 @@ class _Request:
     started = 0.0  # monotonic time of the first byte
     upstream_time: float | None = None  # seconds from sending to the app until its response head
     body: list[bytes] | tuple[()] = ()  # buffered until an upstream takes it (a list once there is some)
-    held = False  # routed, and read whole before an upstream is taken (the route buffers requests)
-    held_bytes = 0  # of `body`, counted in the server's budget of held memory
+    # Routed, and read whole before an upstream is taken (the route buffers requests); stays set
+    # until the request ends, for `body` (body_size bytes) is counted in the server's held memory.
+    held = False
     spool: IO[bytes] | None = None  # a held body past the memory bound: in an unlinked temp file
     spooled = 0  # bytes in `spool`, counted in the server's budget of held files
     body_started = 0.0  # loop time the body began (moved on by the time reading was paused)
@@ -457,9 +458,7 @@ class _Client(asyncio.Protocol):
                 req.error = (400, "bad_request", "an upgrade request cannot carry a body")
             req.chunked = False
         self._queue.append(req)
-        req.body_started = now = self._loop.time()
-        if not self._paused:
-            self.deadline = self._body_deadline(req, now)
+        req.body_started = self._loop.time()  # the body's deadline is set once the read is parsed (_feed)
 
     def _body_deadline(self, req: _Request, now: float) -> float:
         """When reading the rest of `req` times out: no byte for read_timeout, or a body slower on
@@ -504,7 +503,6 @@ class _Client(asyncio.Protocol):
             req.body_size += size
             if req.held:
                 server = self._server
-                req.held_bytes += size
                 server._held_bytes += size
                 if req.body_size > server.buffer_memory or server._held_bytes > _HELD_MEMORY_MAX:
                     try:
@@ -514,8 +512,6 @@ class _Client(asyncio.Protocol):
                         raise
             elif req.body_size > _BODY_BUFFER:
                 self._pause(_P_BUFFER)
-        if not self._paused:
-            self.deadline = self._body_deadline(req, self._loop.time())
 
     def _spill(self, req: _Request) -> None:
         """Move a held body from memory to an unlinked temp file, where the rest of it goes too."""
@@ -533,10 +529,9 @@ class _Client(asyncio.Protocol):
         req.spool = spool
         req.spooled = size
         server._spooled_bytes += size
+        server._held_bytes -= size
         req.body = ()
         req.body_size = 0
-        server._held_bytes -= req.held_bytes
-        req.held_bytes = 0
 
     def _cannot_hold(self) -> None:
         server = self._server
@@ -545,11 +540,10 @@ class _Client(asyncio.Protocol):
         self._body_error = (503, "buffer_unavailable", "the proxy cannot take request bodies now; retry later")
 
     def _free_body(self, req: _Request) -> None:
+        if req.held:
+            self._server._held_bytes -= req.body_size
         req.body = ()
         req.body_size = 0
-        if req.held_bytes:
-            self._server._held_bytes -= req.held_bytes
-            req.held_bytes = 0
         spool = req.spool
         if spool is not None:
             req.spool = None
@@ -572,7 +566,6 @@ class _Client(asyncio.Protocol):
         if sink is not None:
             sink._end_body()
         if req.held and not req.finished:
-            req.held = False
             self.deadline = None
             self._forward(req, reroute=True)
             if len(self._queue) >= _PIPELINE_MAX:
@@ -629,6 +622,17 @@ class _Client(asyncio.Protocol):
             self._abort()
             return
         self._pump()
+        req = self._parsing
+        if req is not None and req.headers_done and not self._paused:
+            # A body is still coming: one deadline per read, not per callback (most bodies come whole).
+            if req.received:
+                self.deadline = self._body_deadline(req, self._loop.time())
+            else:  # none of it yet: the same deadline, counted from when the head was read
+                server = self._server
+                wait = server.read_timeout
+                if server.body_min_rate > 0 and server.body_grace < wait:
+                    wait = server.body_grace
+                self.deadline = req.body_started + wait
 
     def _on_parse_error(self, exc: Exception) -> None:
         self._pause(_P_BROKEN)
@@ -707,11 +711,14 @@ class _Client(asyncio.Protocol):
             self._send_error(req, 503, "app_not_running", f"app {route.app} is not running")
             return
         req.route = route
+        if req.body_done and not req.received:  # most requests: no body, nothing to hold or cap
+            self._forward(req)
+            return
         limit = route.max_body
         buffered = route.request_buffering and not req.upgrade
         hold = buffered and not req.body_done  # a body that came whole with its head is sent on at once
-        if buffered:  # a buffered body is capped by the proxy's own bound too, however it arrived
-            limit = server.buffer_max if limit is None else min(limit, server.buffer_max)
+        if buffered and (limit is None or limit > server.buffer_max):
+            limit = server.buffer_max  # a buffered body is capped by the proxy's bound too, however it came
         if limit is not None:
             if req.content_length > limit or req.received > limit:
                 # Not read any further: the connection cannot be reused.
@@ -727,7 +734,6 @@ class _Client(asyncio.Protocol):
             # the app nothing, whatever its workers.
             req.held = True
             if req.body:  # what came before it was routed is counted now
-                req.held_bytes = req.body_size
                 server._held_bytes += req.body_size
                 if req.body_size > server.buffer_memory or server._held_bytes > _HELD_MEMORY_MAX:
                     try:
@@ -929,8 +935,13 @@ class _Client(asyncio.Protocol):
         """The response to `req` (the head of the queue) is complete."""
         req.finished = True
         req.sink = None
-        if req.body or req.spool is not None:
+        if req.spool is not None:
             self._free_body(req)
+        elif req.body:
+            if req.held:
+                self._server._held_bytes -= req.body_size
+                req.body_size = 0
+            req.body = ()
         queue = self._queue
         if queue and queue[0] is req:
             queue.popleft()

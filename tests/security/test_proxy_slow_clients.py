@@ -153,6 +153,35 @@ def test_with_buffering_off_the_body_streams_to_the_app():
     asyncio.run(asyncio.wait_for(scenario(), 20))
 
 
+def test_bodies_held_in_memory_are_counted_while_held_and_released_however_they_end():
+    async def scenario() -> None:
+        with threaded_app() as app:
+            async with proxy_for(app.port) as proxy:
+                c = await Conn.open(proxy.port)
+                await c.send(b"POST /up HTTP/1.1\r\n" + HOST + b"Content-Length: 10\r\n\r\nhello")
+                await asyncio.sleep(0.05)
+                assert proxy._held_bytes == 5 and app.heads == 0
+                await c.send(b"world")
+                assert (await read_response(c.reader)).body == b"10"
+                assert proxy._held_bytes == 0  # answered: released
+                await c.send(b"POST /up HTTP/1.1\r\n" + HOST + b"Content-Length: 10\r\n\r\nhel")
+                await asyncio.sleep(0.05)
+                assert proxy._held_bytes == 3
+                await c.close()  # the client goes away mid-body
+                await asyncio.sleep(0.05)
+                assert proxy._held_bytes == 0 and app.heads == 1
+                # a chunked body, counted as it comes, and the client gone before its end
+                c = await Conn.open(proxy.port)
+                await c.send(b"POST /up HTTP/1.1\r\n" + HOST + b"Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n")
+                await asyncio.sleep(0.05)
+                assert proxy._held_bytes == 5
+                await c.close()
+                await asyncio.sleep(0.05)
+                assert proxy._held_bytes == 0
+
+    asyncio.run(asyncio.wait_for(scenario(), 20))
+
+
 def test_a_large_body_goes_to_a_temp_file_and_arrives_intact(tmp_path):
     spool_dir = str(tmp_path / "spool")
     os.mkdir(spool_dir)
