@@ -23,7 +23,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from lbsolo.proxy import ProxyServer, Route, Target
-from lbsolo.proxy_client import _Client
+from lbsolo.proxy_downstream import _Client
 from lbsolo.proxy_upstream import _Upstream
 
 REQUEST = b"GET / HTTP/1.1\r\nHost: bench.lbsolo.localhost\r\n\r\n"

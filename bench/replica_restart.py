@@ -28,8 +28,8 @@ from pathlib import Path
 import docker
 
 from lbsolo.config import Settings
+from lbsolo.core_plan import HEALTHY_AFTER
 from lbsolo.daemon import instance_id
-from lbsolo.plan import HEALTHY_AFTER
 
 ROOT = Path(__file__).resolve().parents[1]
 APP = "bench-restart"

@@ -1,3 +1,3 @@
-from lbsolo.cli import main
+from lbsolo.cli.verbs import main
 
 main()

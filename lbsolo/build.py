@@ -24,7 +24,7 @@ from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from lbsolo.detect import Detection, detect, parse_procfile
+from lbsolo.build_detect import Detection, detect, parse_procfile
 from lbsolo.engine import Engine
 from lbsolo.errors import BuildFailed, InvalidInput, LbsoloError
 from lbsolo.models import Build, BuildStatus, HealthCheck, now, validate_process_name

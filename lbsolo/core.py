@@ -23,12 +23,21 @@ from typing import Any
 
 from lbsolo import run
 from lbsolo.build import Builder, LogBuffer, SourceSpec
+from lbsolo.build_git import clone, clone_policy, redact
+from lbsolo.build_source import pack
 from lbsolo.config import Settings
+from lbsolo.core_plan import (
+    Desired,
+    RestartHistory,
+    images_to_remove,
+    rollback_target,
+    static_routes_for,
+)
+from lbsolo.core_reconcile import CRASH_LOOP_AFTER, AppLock, Ingress, Scheduler
+from lbsolo.core_rollout import DeployJob, Rollouts
 from lbsolo.engine import Engine
 from lbsolo.errors import Conflict, DeployFailed, InvalidInput, LbsoloError, NotFound
 from lbsolo.events import EventBus, EventKind
-from lbsolo.gitclone import clone, clone_policy, redact
-from lbsolo.logs import LogCollector, LogLine, LogStore
 from lbsolo.models import (
     WEB,
     App,
@@ -47,17 +56,8 @@ from lbsolo.models import (
     validate_process_name,
     validate_volume_name,
 )
-from lbsolo.plan import (
-    Desired,
-    RestartHistory,
-    images_to_remove,
-    rollback_target,
-    static_routes_for,
-)
 from lbsolo.proxy import Route
-from lbsolo.rollout import DeployJob, Rollouts
-from lbsolo.scheduler import CRASH_LOOP_AFTER, AppLock, Ingress, Scheduler
-from lbsolo.source import pack
+from lbsolo.run_logs import LogCollector, LogLine, LogStore
 from lbsolo.state import State
 
 log = logging.getLogger("lbsolo.core")

@@ -26,19 +26,19 @@ from typing import Any
 
 import uvicorn
 
-from lbsolo.api import create_api
+from lbsolo.api.rest import create_api
+from lbsolo.api.tokens import TokenStore
 from lbsolo.build import Builder
 from lbsolo.config import Settings, networks
 from lbsolo.core import Platform
 from lbsolo.dns import DNSServer, ForwardConfig, RateLimit, Zone
 from lbsolo.engine import Engine
 from lbsolo.events import EventBus
-from lbsolo.logs import AccessLog
 from lbsolo.notify import WebhookNotifier
 from lbsolo.proxy import ProxyServer, Route, Target
+from lbsolo.run_logs import AccessLog
+from lbsolo.run_stats import StatsSampler
 from lbsolo.state import State
-from lbsolo.stats import StatsSampler
-from lbsolo.tokens import TokenStore
 
 log = logging.getLogger("lbsolo.daemon")
 
@@ -185,7 +185,7 @@ class Daemon:
         )
         tls = None
         if s.proxy_https_port:
-            from lbsolo.tls import CertStore, LocalCA
+            from lbsolo.proxy_tls import CertStore, LocalCA
 
             ca = await asyncio.to_thread(LocalCA(s.tls_dir, domain=s.domain).load_or_create)
             if problem := await asyncio.to_thread(ca.problem):

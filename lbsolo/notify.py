@@ -454,7 +454,6 @@ class WebhookNotifier:
                 await client.aclose()
 
 
-
 def _log_failure(task: asyncio.Task[Any]) -> None:
     with contextlib.suppress(asyncio.CancelledError):
         if task.exception() is not None:

@@ -6,7 +6,7 @@ passive ejection, drain, metrics, access log). Its parts: `proxy_client` (the cl
 each connection: parsing, keep-alive, pipelining, streaming bodies, timeouts, limits, error
 pages), `proxy_upstream` (the app side of an exchange, and WebSocket tunnels), `proxy_routes`
 (the routing table), `proxy_http` (shared HTTP constants and helpers), `proxy_metrics`; TLS
-certificates come from `lbsolo.tls`.
+certificates come from `lbsolo.proxy_tls`.
 
 What it must not do: know about containers, releases or state. It never imports docker,
 tinydb or lbsolo modules other than those parts. The core decides routes and pushes them in with
@@ -28,7 +28,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-from lbsolo.proxy_client import _Client
+from lbsolo.proxy_downstream import _Client
 from lbsolo.proxy_http import _now
 from lbsolo.proxy_metrics import AppStats, access_lines, prometheus_text
 from lbsolo.proxy_routes import Route, RouteTable, Target, normalize_host
@@ -117,7 +117,7 @@ class ProxyServer:
         self._waiting: dict[Target, deque[_Client]] = {}  # requests queued for a connection per target
         self._drain_waiters = 0
         self._stats: dict[str, AppStats] = {}
-        # HTTPS listener: `tls` is a server context, e.g. lbsolo.tls.CertStore(...).server_context().
+        # HTTPS listener: `tls` is a server context, e.g. lbsolo.proxy_tls.CertStore(...).server_context().
         self._https_port = https_port
         self._tls = tls
         self._tls_server: asyncio.Server | None = None

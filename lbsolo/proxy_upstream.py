@@ -35,7 +35,7 @@ from lbsolo.proxy_routes import Target
 
 if TYPE_CHECKING:
     from lbsolo.proxy import ProxyServer
-    from lbsolo.proxy_client import _Client, _Request
+    from lbsolo.proxy_downstream import _Client, _Request
 
 log = logging.getLogger("lbsolo.proxy")
 

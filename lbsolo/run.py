@@ -15,7 +15,7 @@ import secrets
 import time
 from dataclasses import dataclass, field
 
-from lbsolo.detect import exec_command
+from lbsolo.build_detect import exec_command
 from lbsolo.engine import Engine
 from lbsolo.errors import DeployFailed, EngineError
 from lbsolo.models import WEB, HealthCheck, Release, Replica

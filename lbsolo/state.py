@@ -4,6 +4,11 @@ The storage below replaces the database file atomically (write a temporary file,
 rename, fsync the directory), so a `kill -9` at any moment leaves either the old or the new
 file, both readable. A write that fails (a full disk) raises StorageError (DiskFull) and
 leaves both the file and what the daemon reads unchanged. This is the only module that imports tinydb.
+
+The file carries a schema version (table `_meta`). Opening a file of an earlier version migrates
+it, one step per version, after copying it aside (`state.json.schema-<N>.bak`); a file of a later
+version (a newer lbsolo) is refused, never guessed at. A change of the layout adds a step to
+MIGRATIONS, with a test from a fixture of the version before.
 """
 
 from __future__ import annotations
@@ -20,8 +25,41 @@ from typing import Any
 from tinydb import Query, TinyDB
 from tinydb.storages import Storage
 
-from lbsolo.errors import Conflict, NotFound, StorageError
+from lbsolo.errors import Conflict, InvalidInput, NotFound, StorageError
 from lbsolo.models import App, Build, Release, StaticRoute
+
+Data = dict[str, dict[str, Any]]  # TinyDB's document layout: table -> document id -> document
+
+
+def _stamp(data: Data) -> Data:
+    """0 -> 1: files from before the version existed have today's layout; only the stamp is new."""
+    return data
+
+
+#: MIGRATIONS[n] turns a file of schema n into schema n + 1. Pure: data in, data out.
+MIGRATIONS: list[Any] = [_stamp]
+SCHEMA = len(MIGRATIONS)
+META = "_meta"
+
+
+def schema_of(data: Data) -> int:
+    """The schema version a file's data says it has (0: written before versions existed)."""
+    rows = list((data.get(META) or {}).values())
+    return int(rows[0].get("schema", 0)) if rows else 0
+
+
+def migrate(data: Data) -> Data:
+    """Bring `data` to SCHEMA, one step per version; a later version is refused."""
+    version = schema_of(data)
+    if version > SCHEMA:
+        raise InvalidInput(
+            f"lbsolo's state is of schema {version}, written by a newer lbsolo; this one reads up to {SCHEMA}: "
+            "run the newer lbsolo (or restore a backup made for this version)"
+        )
+    for step in MIGRATIONS[version:]:
+        data = step(data)
+    data[META] = {"1": {"schema": SCHEMA}}
+    return data
 
 
 class AtomicJSONStorage(Storage):
@@ -80,6 +118,7 @@ class State:
 
     def __init__(self, path: Path) -> None:
         self._db = TinyDB(path, storage=AtomicJSONStorage)
+        self._upgrade(Path(path))
         self._lock = threading.Lock()
         self._apps = self._db.table("apps")
         self._releases = self._db.table("releases")
@@ -88,6 +127,22 @@ class State:
 
     def close(self) -> None:
         self._db.close()
+
+    def _upgrade(self, path: Path) -> None:
+        """Migrate the file to SCHEMA (after copying it aside), or stamp a new one."""
+        storage: AtomicJSONStorage = self._db.storage  # type: ignore[assignment]
+        data = storage.read() or {}
+        version = schema_of(data)
+        if version == SCHEMA and data:
+            return
+        if version < SCHEMA and any(data.get(t) for t in data if t != META):
+            backup = path.with_name(f"{path.name}.schema-{version}.bak")
+            try:
+                backup.write_bytes(path.read_bytes())
+                os.chmod(backup, 0o600)
+            except OSError as e:
+                raise StorageError.writing("a copy of lbsolo's state before its migration", backup, e) from e
+        storage.write(migrate(data))
 
     # apps
     def list_apps(self) -> list[App]:

@@ -15,7 +15,7 @@ import time
 import httpx
 import pytest
 
-from lbsolo.plan import BACKOFF_FIRST, HEALTHY_AFTER
+from lbsolo.core_plan import BACKOFF_FIRST, HEALTHY_AFTER
 
 from .conftest import EXAMPLES, running_daemon
 

@@ -73,6 +73,13 @@ def page(browser, daemon):
         context.close()
 
 
+@pytest.fixture(scope="module", autouse=True)
+def fresh_screenshots():
+    """Screenshots of an earlier run are removed first: test_screenshots_were_saved sees this run's."""
+    for old in ARTIFACTS.glob("web-*.png"):
+        old.unlink()
+
+
 def screenshot(page, name: str) -> None:
     ARTIFACTS.mkdir(exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / name), full_page=True)

@@ -25,13 +25,13 @@ import httpx
 import pytest
 import uvicorn
 
-from lbsolo.api import create_api
-from lbsolo.api_guard import ApiGuard, BodyLimits, declared_length, needs_token
-from lbsolo.auth import Authenticator, basic_password, bearer_token
+from lbsolo.api.auth import Authenticator, basic_password, bearer_token
+from lbsolo.api.guard import ApiGuard, BodyLimits, declared_length, needs_token
+from lbsolo.api.rest import create_api
+from lbsolo.api.tokens import TokenStore
 from lbsolo.config import Settings
 from lbsolo.errors import InvalidInput, NotFound
 from lbsolo.state import State
-from lbsolo.tokens import TokenStore
 
 ADMIN = "admin-token-for-the-guard-tests"
 HOOK_SECRET = "hook-secret-of-hello"

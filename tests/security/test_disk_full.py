@@ -19,13 +19,13 @@ import pytest
 
 import lbsolo.state as state_module
 from lbsolo.errors import DiskFull, StorageError
-from lbsolo.logs import AccessLog, LogLine, LogStore
 from lbsolo.models import App
 from lbsolo.proxy import ProxyServer, Route, Target
+from lbsolo.run_logs import AccessLog, LogLine, LogStore
 from lbsolo.state import State
 from tests.security.test_secrets_masked import World
-from tests.unit.test_proxy import App as Upstream
-from tests.unit.test_proxy import read_response
+from tests.unit.proxy_harness import App as Upstream
+from tests.unit.proxy_harness import read_response
 
 
 def _no_space(*_args: object) -> None:
@@ -62,7 +62,7 @@ def _raise(e: Exception) -> None:
 
 
 def test_log_writers_drop_lines_with_one_warning_when_they_cannot_write(tmp_path: Path, caplog):
-    caplog.set_level(logging.WARNING, "lbsolo.logs")
+    caplog.set_level(logging.WARNING, "lbsolo.run_logs")
     blocker = tmp_path / "logs"
     blocker.write_text("a file where the logs directory should be")
     store = LogStore(blocker)
@@ -117,7 +117,7 @@ def test_a_full_home_directory_on_a_real_small_filesystem(tmp_path: Path, caplog
         if os.environ.get("CI"):
             pytest.fail("the small-filesystem test needs root in CI (to mount a tmpfs)")
         pytest.skip("needs root to mount a small tmpfs")
-    caplog.set_level(logging.WARNING, "lbsolo.logs")
+    caplog.set_level(logging.WARNING, "lbsolo.run_logs")
 
     async def scenario(mount: Path) -> None:
         world = World(mount, port=1)

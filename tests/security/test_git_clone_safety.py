@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
+from lbsolo.build_git import clone, clone_policy, git_env, git_options, redact, run_git, validate_ref
 from lbsolo.errors import EngineError, InvalidInput
-from lbsolo.gitclone import clone, clone_policy, git_env, git_options, redact, run_git, validate_ref
 from tests.security.test_secrets_masked import TOKEN, World
 from tests.unit.test_rollout import _http_server
 

@@ -13,12 +13,12 @@ from pathlib import Path
 
 import pytest
 
-import lbsolo.logs as logs
+import lbsolo.run_logs as logs
 from lbsolo.build import Builder, LogBuffer, builds_to_forget
 from lbsolo.config import Settings
 from lbsolo.errors import InvalidInput
-from lbsolo.logs import AccessLog, LogLine, LogStore, rotate
 from lbsolo.models import Build, BuildStatus
+from lbsolo.run_logs import AccessLog, LogLine, LogStore, rotate
 from lbsolo.state import State
 
 

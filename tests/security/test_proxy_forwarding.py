@@ -10,9 +10,7 @@ from __future__ import annotations
 import pytest
 
 from lbsolo.proxy import Route
-from tests.unit.test_proxy import Conn, no_errors_logged, read_response, run, stack
-
-__all__ = ["no_errors_logged", "run"]  # fixtures used by name
+from tests.unit.proxy_harness import Conn, read_response, stack
 
 FORGED = {
     "X-Forwarded-For": "6.6.6.6",

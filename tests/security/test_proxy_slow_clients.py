@@ -19,7 +19,7 @@ from collections.abc import AsyncIterator, Iterator
 import pytest
 
 from lbsolo.proxy import ProxyServer, Route, Target
-from tests.unit.test_proxy import App, Conn, read_response
+from tests.unit.proxy_harness import App, Conn, read_response
 
 HOST = b"Host: shop.lbsolo.localhost\r\n"
 

@@ -18,9 +18,7 @@ from typing import Any
 import uvicorn
 
 from lbsolo.proxy import ProxyServer, Route, Target
-from tests.unit.test_proxy import DOMAIN, Conn, no_errors_logged, read_response, run
-
-__all__ = ["no_errors_logged", "run"]  # fixtures used by name
+from tests.unit.proxy_harness import DOMAIN, Conn, read_response
 
 HOST = b"hello.lbsolo.localhost"
 

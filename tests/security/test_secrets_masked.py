@@ -23,15 +23,15 @@ from typing import Any
 import httpx
 import pytest
 
-from lbsolo.api import create_api
+from lbsolo.api.rest import create_api
+from lbsolo.api.tokens import TokenStore
 from lbsolo.build import BuildJob, LogBuffer, SourceSpec
 from lbsolo.config import Settings
 from lbsolo.core import Platform
 from lbsolo.models import MASK, App, Build, BuildStatus, Release, ReleaseStatus, masked_config, release_secrets
 from lbsolo.notify import WebhookNotifier
+from lbsolo.run_stats import StatsSampler
 from lbsolo.state import State
-from lbsolo.stats import StatsSampler
-from lbsolo.tokens import TokenStore
 from tests.unit.test_rollout import FakeEngine, FakeIngress, _http_server
 
 TOKEN = "admin-token-for-the-secrets-test"

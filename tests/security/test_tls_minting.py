@@ -25,10 +25,10 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from cryptography.x509.verification import PolicyBuilder, Store, VerificationError
 from typer.testing import CliRunner
 
-from lbsolo.cli import app as cli
+from lbsolo.cli.verbs import app as cli
 from lbsolo.proxy import ProxyServer, Route, Target
-from lbsolo.tls import CertStore, LocalCA, LocalCASource
-from tests.unit.test_proxy import App
+from lbsolo.proxy_tls import CertStore, LocalCA, LocalCASource
+from tests.unit.proxy_harness import App
 
 DOMAIN = "lbsolo.localhost"
 

@@ -14,8 +14,8 @@ from lbsolo.config import Settings
 from lbsolo.daemon import ProxyIngress, own_route
 from lbsolo.dns import DNSServer
 from lbsolo.proxy import ProxyServer, Target
-from lbsolo.tls import CertStore, LocalCA
-from tests.unit.test_proxy import App, Conn
+from lbsolo.proxy_tls import CertStore, LocalCA
+from tests.unit.proxy_harness import App, Conn
 
 DOMAIN = "lbsolo.localhost"
 API = Target("127.0.0.1", 7780)

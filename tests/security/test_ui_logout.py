@@ -10,8 +10,8 @@ from __future__ import annotations
 import httpx
 from fastapi import FastAPI
 
+from lbsolo.api.web import COOKIE, Sessions, create_web_router
 from lbsolo.state import State
-from lbsolo.web import COOKIE, Sessions, create_web_router
 from tests.unit.test_web import TOKEN, Client, Clock, FakePlatform, login
 
 

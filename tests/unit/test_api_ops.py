@@ -14,13 +14,13 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
-from lbsolo.api_ops import create_ops_router
+from lbsolo.api.ops import create_ops_router
+from lbsolo.api.tokens import TokenStore
 from lbsolo.errors import LbsoloError, NotFound, Unauthorized
 from lbsolo.events import EventBus
 from lbsolo.notify import WebhookNotifier
+from lbsolo.run_stats import StatsSampler
 from lbsolo.state import State
-from lbsolo.stats import StatsSampler
-from lbsolo.tokens import TokenStore
 
 ADMIN = "admin-token"
 

@@ -3,7 +3,7 @@ import tarfile
 
 import pytest
 
-from lbsolo.build import check_context, label_context, label_dockerfile, reusable_images
+from lbsolo.build import SourceSpec, check_context, label_context, label_dockerfile, reusable_images
 from lbsolo.errors import InvalidInput
 from lbsolo.models import Build, BuildStatus
 
@@ -27,9 +27,14 @@ def _tar(tmp_path, members):
 
 
 def test_accepts_a_plain_context(tmp_path):
-    check_context(
+    spec, has_dockerfile = check_context(
         _tar(tmp_path, [("Dockerfile", "file", "FROM x"), ("src/a.py", "file", ""), ("l", "sym", "src/a.py")])
     )
+    assert has_dockerfile and spec == SourceSpec()  # a Dockerfile, and no Procfile or lbsolo.toml to read
+    spec, has_dockerfile = check_context(
+        _tar(tmp_path, [("Procfile", "file", "web: python app.py\nworker: python w.py\n"), ("app.py", "file", "")])
+    )
+    assert not has_dockerfile and spec.processes == {"web": "python app.py", "worker": "python w.py"}
 
 
 @pytest.mark.parametrize(

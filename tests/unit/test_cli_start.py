@@ -3,7 +3,7 @@
 import pytest
 import typer.main
 
-from lbsolo.cli import app, app_for
+from lbsolo.cli.verbs import app, app_for
 
 
 def test_a_known_verb_gets_an_app_of_that_verb_alone():

@@ -3,7 +3,7 @@ from pathlib import Path
 
 import pytest
 
-from lbsolo.detect import (
+from lbsolo.build_detect import (
     DEFAULT_BASE_IMAGES,
     LOOKED_FOR,
     Kind,

@@ -1,4 +1,4 @@
-"""lbsolo.dnssetup: the resolver setup plans, system detection, and applying into a temp root."""
+"""lbsolo.cli.dnssetup: the resolver setup plans, system detection, and applying into a temp root."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from lbsolo.dnssetup import SYSTEMS, apply_plan, detect_system, setup_plan
+from lbsolo.cli.dnssetup import SYSTEMS, apply_plan, detect_system, setup_plan
 
 
 def test_systemd_resolved_plan() -> None:

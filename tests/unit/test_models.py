@@ -23,8 +23,8 @@ def test_push_payloads_of_github_gitlab_and_gitea():
     import hmac
     import json
 
+    from lbsolo.api.git import push_from_payload
     from lbsolo.errors import Unauthorized
-    from lbsolo.git import push_from_payload
 
     body = json.dumps({"ref": "refs/heads/main", "after": "abc123", "repository": {"clone_url": "https://x/r.git"}})
     raw = body.encode()

@@ -1,8 +1,8 @@
 import pytest
 
+from lbsolo.core_plan import ActionKind, Desired, images_to_remove, interrupted, plan, rollback_target, routes_for
 from lbsolo.errors import InvalidInput, NotFound
 from lbsolo.models import ONE_OFF, DeployStep, Release, ReleaseStatus, Replica, parse_formation
-from lbsolo.plan import ActionKind, Desired, images_to_remove, interrupted, plan, rollback_target, routes_for
 from lbsolo.proxy import Target
 
 

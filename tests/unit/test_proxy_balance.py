@@ -8,11 +8,9 @@ import socket
 import struct
 import time
 
-from lbsolo import proxy_client
+from lbsolo import proxy_downstream
 from lbsolo.proxy import Route, Target
-from tests.unit.test_proxy import App, Conn, closed_port, no_errors_logged, run, stack
-
-__all__ = ["no_errors_logged", "run"]  # fixtures used by name
+from tests.unit.proxy_harness import App, Conn, closed_port, stack
 
 
 def _route(*apps: App) -> dict[str, Route]:
@@ -132,7 +130,7 @@ def test_a_refusing_target_is_ejected_and_requests_are_retried_elsewhere(run, ca
 
 
 def test_requests_queue_for_a_connection_when_many_are_being_opened(run, monkeypatch):
-    monkeypatch.setattr(proxy_client, "_CONNECTING_MAX", 1)
+    monkeypatch.setattr(proxy_downstream, "_CONNECTING_MAX", 1)
 
     async def scenario():
         async with stack() as (proxy, app):

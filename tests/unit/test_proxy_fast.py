@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from lbsolo.proxy import ProxyServer, Route, Target
-from lbsolo.proxy_client import _Client
+from lbsolo.proxy_downstream import _Client
 from lbsolo.proxy_upstream import _Upstream
 
 

@@ -13,9 +13,7 @@ import time
 import pytest
 
 from lbsolo.proxy import Route, Target
-from tests.unit.test_proxy import Conn, no_errors_logged, read_response, run, stack
-
-__all__ = ["no_errors_logged", "run"]  # fixtures used by name
+from tests.unit.proxy_harness import Conn, read_response, stack
 
 HOST = b"Host: hello.lbsolo.localhost\r\n"
 

@@ -7,9 +7,7 @@ import json
 
 from lbsolo.proxy import ProxyServer
 from lbsolo.proxy_metrics import LATENCY_BUCKETS, AppStats, prometheus_text
-from tests.unit.test_proxy import Conn, no_errors_logged, run, stack
-
-__all__ = ["no_errors_logged", "run"]  # fixtures used by name
+from tests.unit.proxy_harness import Conn, stack
 
 
 def test_a_valid_request_id_is_kept_and_an_invalid_or_missing_one_replaced(run):

@@ -11,8 +11,8 @@ import pytest
 
 from lbsolo.proxy import ProxyServer, Route, Target
 from lbsolo.proxy_http import _https_redirect
-from lbsolo.tls import CertStore, LocalCA
-from tests.unit.test_proxy import App, Conn, read_response
+from lbsolo.proxy_tls import CertStore, LocalCA
+from tests.unit.proxy_harness import App, Conn, read_response
 
 DOMAIN = "lbsolo.localhost"
 

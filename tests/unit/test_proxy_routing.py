@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 from lbsolo.proxy import Route, RouteTable, Target
-from tests.unit.test_proxy import App, Conn, no_errors_logged, run, stack
-
-__all__ = ["no_errors_logged", "run"]  # fixtures used by name
+from tests.unit.proxy_harness import App, Conn, stack
 
 WEB = Route(app="web", domains=("Example.COM", "www.example.com."))
 API = Route(app="api", domains=("example.com/api/", "example.com/api/v2"))

@@ -13,8 +13,8 @@ import pytest
 pytest.importorskip("cryptography")
 
 from lbsolo.proxy import ProxyServer, Route, Target
-from lbsolo.tls import CertStore, LocalCA
-from tests.unit.test_proxy import App, read_response
+from lbsolo.proxy_tls import CertStore, LocalCA
+from tests.unit.proxy_harness import App, read_response
 
 DOMAIN = "lbsolo.localhost"
 

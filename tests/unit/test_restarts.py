@@ -17,10 +17,10 @@ import pytest
 from lbsolo.build import Builder
 from lbsolo.config import Settings
 from lbsolo.core import Platform
+from lbsolo.core_plan import BACKOFF_FIRST, BACKOFF_MAX, HEALTHY_AFTER, RestartHistory
+from lbsolo.core_reconcile import CRASH_LOOP_AFTER
 from lbsolo.errors import EngineUnavailable
 from lbsolo.models import App, Release, ReleaseStatus, Replica
-from lbsolo.plan import BACKOFF_FIRST, BACKOFF_MAX, HEALTHY_AFTER, RestartHistory
-from lbsolo.scheduler import CRASH_LOOP_AFTER
 from lbsolo.state import State
 
 from .test_rollout import FakeEngine, FakeIngress

@@ -2,8 +2,8 @@ import tarfile
 
 import pytest
 
+from lbsolo.build_source import is_ignored, pack, parse_ignore
 from lbsolo.errors import InvalidInput, TooLarge
-from lbsolo.source import is_ignored, pack, parse_ignore
 
 
 @pytest.mark.parametrize(

@@ -8,9 +8,9 @@ import asyncio
 import pytest
 
 from lbsolo.core import Platform
+from lbsolo.core_plan import Desired, routes_for, static_routes_for
 from lbsolo.errors import Conflict, InvalidInput, NotFound
 from lbsolo.models import App, StaticRoute, parse_address
-from lbsolo.plan import Desired, routes_for, static_routes_for
 from lbsolo.proxy import Route, Target
 from lbsolo.state import State
 from tests.unit.test_rollout import FakeEngine, FakeIngress, _platform

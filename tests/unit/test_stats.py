@@ -10,7 +10,7 @@ import pytest
 from lbsolo.engine import Engine
 from lbsolo.errors import EngineError, InvalidInput
 from lbsolo.events import EventBus
-from lbsolo.stats import METRICS, RingSeries, StatsSampler
+from lbsolo.run_stats import METRICS, RingSeries, StatsSampler
 
 
 class Clock:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from lbsolo.tls import CertificateSource, CertStore, LocalCA, LocalCASource
+from lbsolo.proxy_tls import CertificateSource, CertStore, LocalCA, LocalCASource
 from tests.unit.test_proxy_tls import _get, https_stack
 
 DOMAIN = "lbsolo.localhost"
@@ -78,7 +78,7 @@ def test_a_handshake_for_a_custom_domain_gets_the_sources_certificate(tmp_path: 
 
 
 def test_issued_certificates_are_bounded_least_recently_used_first(tmp_path, monkeypatch) -> None:
-    import lbsolo.tls as tls
+    import lbsolo.proxy_tls as tls
 
     monkeypatch.setattr(tls, "_ISSUED_MAX", 3)
     # Names under the domain share its wildcard certificate: sources' certificates are kept per name.

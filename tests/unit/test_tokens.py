@@ -6,9 +6,9 @@ import hashlib
 
 import pytest
 
+from lbsolo.api.tokens import TOUCH_EVERY, TokenStore, hash_token
 from lbsolo.errors import Conflict, InvalidInput, NotFound
 from lbsolo.state import State
-from lbsolo.tokens import TOUCH_EVERY, TokenStore, hash_token
 
 
 class Clock:

@@ -11,11 +11,7 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
-from lbsolo.build import LogBuffer
-from lbsolo.core import DeployJob
-from lbsolo.errors import Conflict, NotFound
-from lbsolo.models import StaticRoute, masked_config, validate_config_key
-from lbsolo.web import (
+from lbsolo.api.web import (
     COOKIE,
     Session,
     Sessions,
@@ -27,6 +23,10 @@ from lbsolo.web import (
     split_domains,
     sse_event,
 )
+from lbsolo.build import LogBuffer
+from lbsolo.core import DeployJob
+from lbsolo.errors import Conflict, NotFound
+from lbsolo.models import StaticRoute, masked_config, validate_config_key
 
 TOKEN = "admin-token-for-tests"
 
@@ -511,7 +511,7 @@ def test_static_files_are_versioned_and_cached(client):
 
 
 def test_sparkline_scales_points_into_the_box():
-    from lbsolo.web import sparkline
+    from lbsolo.api.web import sparkline
 
     assert sparkline([])["points"] == ""
     one = sparkline([(100.0, 5.0)], width=100, height=10)

@@ -17,11 +17,11 @@ from fastapi import APIRouter, Depends, Header, Query
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, Field
 
+from lbsolo.api.tokens import TokenStore
 from lbsolo.errors import NotFound
 from lbsolo.events import Event, EventBus
 from lbsolo.notify import WebhookNotifier
-from lbsolo.stats import StatsSampler
-from lbsolo.tokens import TokenStore
+from lbsolo.run_stats import StatsSampler
 
 KEEPALIVE_SECONDS = 15.0
 Metric = Literal["cpu", "mem", "net_rx", "net_tx", "rps", "latency_ms"]

@@ -23,7 +23,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-log = logging.getLogger("lbsolo.logs")
+log = logging.getLogger("lbsolo.run_logs")
 
 
 def rotate(path: Path, keep: int) -> None:

@@ -23,7 +23,7 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass
 from typing import Any
 
-from lbsolo.auth import Authenticator, Caller
+from lbsolo.api.auth import Authenticator, Caller
 from lbsolo.config import Settings
 from lbsolo.errors import InvalidInput, LbsoloError, TooLarge, Unauthorized
 

@@ -21,7 +21,7 @@ from typing import Any, Protocol
 from lbsolo.errors import InvalidInput, LbsoloError
 from lbsolo.events import Event, EventKind
 
-log = logging.getLogger("lbsolo.stats")
+log = logging.getLogger("lbsolo.run_stats")
 
 # What the API offers; units: cpu in percent of one CPU (summed over replicas), mem in bytes,
 # net_rx/net_tx in bytes/s, rps in requests/s, latency_ms the mean over the interval.

@@ -25,16 +25,16 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Protocol
 
 from lbsolo import run
+from lbsolo.core_plan import Action, ActionKind, RestartHistory, interrupted, plan, routes_for
 from lbsolo.errors import EngineError, LbsoloError
 from lbsolo.events import EventBus, EventKind
 from lbsolo.models import App, DeployStep, Release, ReleaseStatus, reserved_host
-from lbsolo.plan import Action, ActionKind, RestartHistory, interrupted, plan, routes_for
 from lbsolo.proxy import Route, Target
 
 if TYPE_CHECKING:
     from lbsolo.config import Settings
     from lbsolo.engine import Engine
-    from lbsolo.logs import LogCollector
+    from lbsolo.run_logs import LogCollector
     from lbsolo.state import State
 
 log = logging.getLogger("lbsolo.core")

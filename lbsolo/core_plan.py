@@ -12,7 +12,7 @@ from typing import NamedTuple
 
 from lbsolo.errors import InvalidInput, NotFound
 from lbsolo.models import WEB, DeployStep, Release, ReleaseStatus, Replica, StaticRoute, parse_address
-from lbsolo.proxy import Route, Target
+from lbsolo.proxy_routes import Route, Target
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ from pathlib import Path
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 
-from lbsolo.source import ALWAYS_SKIPPED, Rule, ignore_rules, is_ignored
+from lbsolo.build_source import ALWAYS_SKIPPED, Rule, ignore_rules, is_ignored
 
 
 def relevant(root: Path, path: str, rules: list[Rule]) -> bool:
@@ -53,14 +53,20 @@ def watch(
     *,
     debounce: float = 0.5,
     stop: threading.Event | None = None,
+    ready: threading.Event | None = None,
 ) -> None:
-    """Call on_change after each burst of relevant changes under root, until stop is set (or Ctrl+C)."""
+    """Call on_change after each burst of relevant changes under root, until stop is set (or Ctrl+C).
+
+    `ready` is set once changes are being watched.
+    """
     root = Path(os.path.abspath(root))
     rules = ignore_rules(root)
     handler = _Changes(root, rules)
     observer = Observer()
     observer.schedule(handler, str(root), recursive=True)
     observer.start()
+    if ready is not None:
+        ready.set()
     stop = stop or threading.Event()
     try:
         while not stop.is_set():

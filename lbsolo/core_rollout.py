@@ -21,16 +21,16 @@ from typing import TYPE_CHECKING, Any
 
 from lbsolo import run
 from lbsolo.build import LogBuffer
+from lbsolo.core_plan import ActionKind, Desired, RestartHistory, plan, routes_for
 from lbsolo.errors import Conflict, DeployFailed, LbsoloError
 from lbsolo.events import EventBus, EventKind
 from lbsolo.models import WEB, App, DeployStep, HealthCheck, Release, ReleaseStatus, Replica
-from lbsolo.plan import ActionKind, Desired, RestartHistory, plan, routes_for
 from lbsolo.proxy import Target
 
 if TYPE_CHECKING:
     from lbsolo.config import Settings
+    from lbsolo.core_reconcile import Ingress
     from lbsolo.engine import Engine
-    from lbsolo.scheduler import Ingress
     from lbsolo.state import State
 
 log = logging.getLogger("lbsolo.core")

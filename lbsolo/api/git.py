@@ -23,9 +23,9 @@ from typing import TYPE_CHECKING
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import StreamingResponse
 
-from lbsolo.auth import Authenticator
+from lbsolo.api.auth import Authenticator
+from lbsolo.build_git import run_git
 from lbsolo.errors import InvalidInput, NotFound, Unauthorized
-from lbsolo.gitclone import run_git
 from lbsolo.models import validate_app_name
 
 if TYPE_CHECKING:  # the router is handed the platform

@@ -34,8 +34,8 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response, Streamin
 
 from lbsolo.core import DeployJob, Platform
 from lbsolo.errors import InvalidInput, LbsoloError
-from lbsolo.logs import LogLine
 from lbsolo.models import WEB, parse_formation, validate_app_name
+from lbsolo.run_logs import LogLine
 
 COOKIE = "lbsolo_session"
 SESSION_MAX_AGE = 24 * 3600
@@ -44,7 +44,7 @@ LOG_BACKLOG = 200
 KEEPALIVE_SECONDS = 15.0
 
 PACKAGE = Path(__file__).resolve().parent
-TEMPLATES = PACKAGE / "templates" / "web"
+TEMPLATES = PACKAGE / "templates"
 STATIC = PACKAGE / "static"
 CONTENT_TYPES = {
     ".css": "text/css; charset=utf-8",

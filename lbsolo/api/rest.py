@@ -21,20 +21,20 @@ from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from lbsolo import __version__
-from lbsolo.api_guard import UNAUTHORIZED, ApiGuard, BodyLimits, caller_of, error_body
-from lbsolo.api_ops import create_ops_router
-from lbsolo.auth import Authenticator
+from lbsolo.api.auth import Authenticator
+from lbsolo.api.git import create_git_router
+from lbsolo.api.guard import UNAUTHORIZED, ApiGuard, BodyLimits, caller_of, error_body
+from lbsolo.api.ops import create_ops_router
+from lbsolo.api.tokens import TokenStore
+from lbsolo.api.web import create_web_router
 from lbsolo.build import LogBuffer
 from lbsolo.core import DeployJob, Platform
 from lbsolo.errors import InvalidInput, LbsoloError, TooLarge, Unauthorized
 from lbsolo.events import EventBus
-from lbsolo.git import create_git_router
-from lbsolo.logs import matches
 from lbsolo.models import APP_NAME_PATTERN, parse_formation, validate_app_name
 from lbsolo.notify import WebhookNotifier
-from lbsolo.stats import StatsSampler
-from lbsolo.tokens import TokenStore
-from lbsolo.web import create_web_router
+from lbsolo.run_logs import matches
+from lbsolo.run_stats import StatsSampler
 
 
 class AppCreate(BaseModel):

@@ -20,11 +20,11 @@ import typer.main
 from typer.models import CommandInfo, TyperInfo
 
 from lbsolo import __version__
-from lbsolo.client import Client
+from lbsolo.build_source import pack, parse_dotenv
+from lbsolo.cli.client import Client
 from lbsolo.config import Settings
 from lbsolo.errors import LbsoloError
 from lbsolo.models import parse_formation, validate_app_name
-from lbsolo.source import pack, parse_dotenv
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -283,7 +283,7 @@ def deploy(
     name = app_name or path.resolve().name
     validate_app_name(name)
 
-    from lbsolo.detect import detect  # jinja2 and friends: only for the verbs that need them
+    from lbsolo.build_detect import detect  # jinja2 and friends: only for the verbs that need them
 
     def once() -> None:
         detect(path)  # a source lbsolo cannot build fails here, before anything is uploaded
@@ -294,7 +294,7 @@ def deploy(
     once()
     if not watch_:
         return
-    from lbsolo.watch import watch
+    from lbsolo.cli.watch import watch
 
     def again() -> None:
         console.rule(f"change in {path}: redeploying {name}")
@@ -341,7 +341,7 @@ def render_job(events: Iterator[dict[str, Any]], what: str) -> dict[str, Any]:
 @clean_errors
 def detect_command(path: Annotated[Path, typer.Argument(help="Source directory.")] = Path(".")) -> None:
     """Show how PATH would be built: its kind, processes, and the Dockerfile (generated if it has none)."""
-    from lbsolo.detect import detect
+    from lbsolo.build_detect import detect
 
     found = detect(path)
     console.print(f"[bold]{found.kind}[/]: " + "; ".join(found.reasons), highlight=False)
@@ -831,7 +831,7 @@ def dns_setup(
     """Print (or apply) the steps that make this machine's resolver ask lbsolo for its domain."""
     import subprocess
 
-    from lbsolo.dnssetup import apply_plan, detect_system, setup_plan
+    from lbsolo.cli.dnssetup import apply_plan, detect_system, setup_plan
 
     settings = Settings.load()
     plan = setup_plan(settings.domain, settings.dns_host, settings.dns_port, system or detect_system())
@@ -848,7 +848,7 @@ def dns_setup(
 @clean_errors
 def tls_trust() -> None:
     """Print how to make this machine trust lbsolo's local CA (for https://<app>.<domain>)."""
-    from lbsolo.tls import LocalCA
+    from lbsolo.proxy_tls import LocalCA
 
     settings = Settings.load()
     ca = LocalCA(settings.tls_dir, domain=settings.domain).load_or_create()
@@ -869,7 +869,7 @@ def tls_rotate_ca() -> None:
     import json
     import os
 
-    from lbsolo.tls import LocalCA
+    from lbsolo.proxy_tls import LocalCA
 
     settings = Settings.load()
     try:

@@ -17,7 +17,7 @@ import binascii
 import secrets
 from dataclasses import dataclass
 
-from lbsolo.tokens import TOKEN_PREFIX, TokenStore
+from lbsolo.api.tokens import TOKEN_PREFIX, TokenStore
 
 ADMIN = "admin"
 

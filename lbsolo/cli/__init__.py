@@ -1,0 +1,1 @@
+"""The `lbsolo` command: its verbs, the API client they use, deploy --watch and the DNS setup."""

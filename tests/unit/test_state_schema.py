@@ -1,0 +1,53 @@
+"""The state file's schema version: earlier files are migrated (a copy kept aside), later ones refused."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from lbsolo.errors import InvalidInput
+from lbsolo.state import SCHEMA, State, migrate, schema_of
+
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+def test_a_file_from_before_schema_versions_is_migrated_and_its_data_kept(tmp_path):
+    path = tmp_path / "state.json"
+    shutil.copy(FIXTURES / "state-schema-0.json", path)
+    before = path.read_bytes()
+    state = State(path)
+    assert schema_of(json.loads(path.read_text())) == SCHEMA
+    assert (tmp_path / "state.json.schema-0.bak").read_bytes() == before
+    app = state.get_app("shop")
+    assert (app.release, app.formation, app.secrets, app.domains) == (2, {"web": 2}, ["TOKEN"], ["shop.example.test"])
+    assert app.request_buffering is True  # a field newer than the file: its default
+    assert [r.version for r in state.list_releases("shop")] == [1, 2]
+    assert [r.name for r in state.list_routes()] == ["grafana"]
+    state.close()
+    State(path).close()  # opening it again changes nothing and copies nothing more
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["state.json", "state.json.schema-0.bak"]
+
+
+def test_a_new_file_is_stamped_without_a_copy(tmp_path):
+    path = tmp_path / "state.json"
+    State(path).close()
+    assert schema_of(json.loads(path.read_text())) == SCHEMA
+    assert [p.name for p in tmp_path.iterdir()] == ["state.json"]
+
+
+def test_a_file_of_a_newer_lbsolo_is_refused_and_left_as_it_is(tmp_path):
+    path = tmp_path / "state.json"
+    data = {"apps": {}, "_meta": {"1": {"schema": SCHEMA + 1}}}
+    path.write_text(json.dumps(data))
+    with pytest.raises(InvalidInput, match=f"schema {SCHEMA + 1}, written by a newer lbsolo"):
+        State(path)
+    assert json.loads(path.read_text()) == data
+
+
+def test_migrate_runs_each_step_once_in_order():
+    data = migrate({"apps": {"1": {"name": "a"}}})
+    assert schema_of(data) == SCHEMA and data["apps"] == {"1": {"name": "a"}}
+    assert migrate(data) == data
