@@ -5,8 +5,9 @@ decisions are pure functions (`plan`, `routes_for`, `rollback_target`); the Plat
 them and does the I/O. Core pushes routes into the proxy and DNS through an Ingress: those
 modules never import core.
 
-Platform is assembled from three parts: the use cases here, the rollout steps that put a
-release in service (rollout.py), and the reconcile loop and route table (scheduler.py).
+Platform composes two parts over one context (core_context.py): the rollout steps that put a
+release in service (core_rollout.py) and the reconcile loop (core_reconcile.py); the use cases
+are here.
 """
 
 from __future__ import annotations
@@ -26,14 +27,15 @@ from lbsolo.build import Builder, LogBuffer, SourceSpec
 from lbsolo.build_git import clone, clone_policy, redact
 from lbsolo.build_source import pack
 from lbsolo.config import Settings
+from lbsolo.core_context import AppLock, CoreContext, Ingress
 from lbsolo.core_plan import (
-    Desired,
+    Action,
     RestartHistory,
     images_to_remove,
     rollback_target,
     static_routes_for,
 )
-from lbsolo.core_reconcile import CRASH_LOOP_AFTER, AppLock, Ingress, Scheduler
+from lbsolo.core_reconcile import CRASH_LOOP_AFTER, Reconciler
 from lbsolo.core_rollout import DeployJob, Rollouts
 from lbsolo.engine import Engine
 from lbsolo.errors import Conflict, DeployFailed, InvalidInput, LbsoloError, NotFound
@@ -57,14 +59,18 @@ from lbsolo.models import (
     validate_volume_name,
 )
 from lbsolo.proxy import Route
-from lbsolo.run_logs import LogCollector, LogLine, LogStore
+from lbsolo.run_logs import LogLine, LogStore
 from lbsolo.state import State
 
 log = logging.getLogger("lbsolo.core")
 
 
-class Platform(Scheduler, Rollouts):
-    """The use cases the API calls, and the reconcile loop the daemon supervises."""
+class Platform:
+    """The use cases the API calls, and the reconcile loop the daemon supervises.
+
+    It composes the rollout steps (`rollouts`) and the reconcile loop (`reconciler`) over one
+    CoreContext (`ctx`), which holds what all three share.
+    """
 
     def __init__(
         self,
@@ -76,57 +82,57 @@ class Platform(Scheduler, Rollouts):
         logs: LogStore | None = None,
         bus: EventBus | None = None,
     ) -> None:
-        self.settings = settings
-        self.bus = bus or EventBus()
-        self.stats: Any = None  # the daemon's StatsSampler, for the UI's graphs
-        self.notifier: Any = None  # the daemon's WebhookNotifier, for the UI's delivery list
-        self.state = state
-        self.engine = engine
+        ctx = CoreContext(settings, state, engine, ingress, bus or EventBus(), logs or LogStore(settings.logs_dir))
+        self._compose(ctx, builder)
+
+    @classmethod
+    def over(cls, ctx: CoreContext, builder: Builder) -> Platform:
+        """A Platform over a context made beforehand (the daemon's, whose builder records builds into it)."""
+        platform = cls.__new__(cls)
+        platform._compose(ctx, builder)
+        return platform
+
+    def _compose(self, ctx: CoreContext, builder: Builder) -> None:
+        self.ctx = ctx
         self.builder = builder
-        self.ingress = ingress
-        self.logs = logs or LogStore(settings.logs_dir)
-        self.collector = LogCollector(self.logs, engine.follow_logs)
-        self.network = f"lbsolo-{engine.instance}"
-        self._locks: dict[str, AppLock] = {}
-        self._restarts: dict[str, RestartHistory] = {}  # per app; absent: healthy (see Scheduler)
-        self._routes: dict[str, Route] = {}  # per app
-        self._static: dict[str, Route] = {}  # static routes, by name (never an app's name)
+        self.rollouts = Rollouts(ctx)
+        self.reconciler = Reconciler(ctx)
         self._static_lock = asyncio.Lock()
-        self._wake = asyncio.Event()
-        self.jobs: set[asyncio.Task[Any]] = set()
-        self._build_saved: asyncio.Task[None] | None = None  # the last build record write
+        # What the API and the daemon read of the context, by name.
+        self.settings, self.state, self.engine, self.ingress = ctx.settings, ctx.state, ctx.engine, ctx.ingress
+        self.bus, self.logs, self.collector, self.jobs = ctx.bus, ctx.logs, ctx.collector, ctx.jobs
+
+    # ---- the reconcile loop, for the daemon
+    async def reconcile(self) -> list[Action]:
+        return await self.reconciler.reconcile()
+
+    async def reconcile_forever(self) -> None:
+        await self.reconciler.reconcile_forever()
+
+    async def watch_events(self) -> None:
+        await self.reconciler.watch_events()
+
+    async def recover(self) -> int:
+        return await self.reconciler.recover()
+
+    def wake(self) -> None:
+        self.ctx.wake()
+
+    def serving_replicas(self) -> int:
+        return self.reconciler.serving_replicas()
+
+    def lock(self, app: str) -> AppLock:
+        return self.ctx.lock(app)
 
     def host_header(self, app: str) -> str:
-        return f"{app}.{self.settings.domain}"
-
-    def _spawn(self, coro: Any, name: str) -> asyncio.Task[Any]:
-        task = asyncio.create_task(coro, name=name)
-        self.jobs.add(task)
-        task.add_done_callback(self.jobs.discard)
-        return task
-
-    async def _app(self, name: str) -> App:
-        return await asyncio.to_thread(self.state.get_app, name)
-
-    async def _save(self, obj: App | Release) -> None:
-        await asyncio.to_thread(self.state.save_app if isinstance(obj, App) else self.state.save_release, obj)
-
-    @staticmethod
-    def _desired(app: App, version: int | None = None) -> Desired:
-        return Desired(
-            app.release if version is None else version,
-            app.formation,
-            tuple(app.domains),
-            app.https_redirect,
-            app.request_buffering,
-        )
+        return self.ctx.host_header(app)
 
     # ---- apps
     async def create_app(self, name: str) -> App:
         validate_app_name(name)
         async with self.lock(name):  # a reconcile pass that read the apps before this keeps its route
             app = await asyncio.to_thread(self.state.create_app, App(name=name))
-            self._publish_route(name, Route(app=name))
+            self.ctx.publish_route(name, Route(app=name))
         self.bus.emit(EventKind.APP_CREATED, name, f"{name} created")
         return app
 
@@ -135,11 +141,11 @@ class Platform(Scheduler, Rollouts):
         return [self._describe(a) for a in apps]
 
     async def get_app(self, name: str) -> dict[str, Any]:
-        return self._describe(await self._app(name))
+        return self._describe(await self.ctx.app(name))
 
     def _describe(self, app: App) -> dict[str, Any]:
-        route = self._routes.get(app.name)
-        restarts = self._restarts.get(app.name, RestartHistory()).in_a_row
+        route = self.ctx.routes.get(app.name)
+        restarts = self.ctx.restarts.get(app.name, RestartHistory()).in_a_row
         if self.lock(app.name).locked():
             status = "deploying"
         elif app.release is None:
@@ -171,11 +177,11 @@ class Platform(Scheduler, Rollouts):
         }
 
     async def destroy_app(self, name: str, *, images: bool = False, volumes: bool = False) -> dict[str, Any]:
-        await self._app(name)
+        await self.ctx.app(name)
         async with self.lock(name):
             replicas = await asyncio.to_thread(self.engine.list_replicas, name)
-            self._routes.pop(name, None)
-            self._push()
+            self.ctx.routes.pop(name, None)
+            self.ctx.push()
             await run.stop_replicas(self.engine, replicas, self.settings.stop_timeout)
             await asyncio.to_thread(self.state.delete_app, name)
             self.bus.emit(EventKind.APP_DESTROYED, name, f"{name} destroyed", containers=len(replicas))
@@ -184,13 +190,13 @@ class Platform(Scheduler, Rollouts):
             await asyncio.to_thread(self.logs.forget, name)
             if not await asyncio.to_thread(self.state.list_apps):
                 # The last app is gone: don't leave a network (and its address pool) behind.
-                await asyncio.to_thread(self.engine.remove_network, self.network)
+                await asyncio.to_thread(self.engine.remove_network, self.ctx.network)
         # The app's lock stays: a reconcile pass that read the app before sees it changed hands.
-        self._restarts.pop(name, None)
+        self.ctx.restarts.pop(name, None)
         return {"name": name, "containers": len(replicas), "images": len(removed), "volumes": vols}
 
     async def releases(self, name: str) -> list[dict[str, Any]]:
-        app = await self._app(name)
+        app = await self.ctx.app(name)
         rows = await asyncio.to_thread(self.state.list_releases, name)
         shown = []
         for r in rows:
@@ -199,41 +205,34 @@ class Platform(Scheduler, Rollouts):
         return shown
 
     async def replicas(self, name: str) -> list[Replica]:
-        await self._app(name)
+        await self.ctx.app(name)
         return await asyncio.to_thread(self.engine.list_replicas, name)
 
     # ---- metrics
     async def request_metrics(self, name: str) -> dict[str, Any]:
         """The proxy's counters for one app since the daemon started."""
-        await self._app(name)
+        await self.ctx.app(name)
         return self.ingress.metrics().get(name, {})
 
     # ---- logs
     async def read_logs(self, name: str, **filters: Any) -> list[LogLine]:
-        await self._app(name)
+        await self.ctx.app(name)
         await self.logs.flush()
         return await asyncio.to_thread(self.logs.read, name, **filters)
 
     async def follow_logs(self, name: str) -> AsyncIterator[LogLine]:
-        await self._app(name)
+        await self.ctx.app(name)
         async for line in self.logs.follow(name):
             yield line
 
-    def _watch_logs(self, replicas: Iterable[Replica], adopted: bool = False) -> None:
-        """Follow replicas' output; for ones already running, only what came after the stored lines."""
-        for r in replicas:
-            if r.running and r.release is not None:
-                since = self.logs.last_ts(r.app) if adopted else None
-                self.collector.watch(r.id, r.app, f"v{r.release}", r.process, r.name, since)
-
     # ---- deploy: build -> release -> rollout
     async def deploy(self, name: str, context: Path, build_args: dict[str, str] | None = None) -> DeployJob:
-        app = await self._app(name)
+        app = await self.ctx.app(name)
         job = DeployJob(app=app.name, output=LogBuffer())
         build_job = self.builder.submit(app.name, context, job.output, build_args)
         job.output.append(f"-----> Building {app.name} (build {build_job.build.id})")
         self.bus.emit(EventKind.DEPLOY_STARTED, app.name, f"deploy of {app.name} started", build=build_job.build.id)
-        job.task = self._spawn(self._deploy(job, build_job.done, build_job.build.id), f"deploy-{app.name}")
+        job.task = self.ctx.spawn(self._deploy(job, build_job.done, build_job.build.id), f"deploy-{app.name}")
         return job
 
     async def deploy_git(self, name: str, url: str, ref: str | None) -> DeployJob:
@@ -248,7 +247,7 @@ class Platform(Scheduler, Rollouts):
 
     async def deploy_pushed(self, name: str, ref: str) -> DeployJob:
         """A push webhook's deploy: the app's own repository (set by its owner) at the pushed ref."""
-        app = await self._app(name)
+        app = await self.ctx.app(name)
         if not app.repo:
             raise Conflict(
                 f"{name} has no repository to deploy from: set it with `lbsolo hooks:url {name} --repo URL` "
@@ -260,16 +259,16 @@ class Platform(Scheduler, Rollouts):
         """Store the git URL push webhooks deploy; returns it redacted, as it may be shown."""
         clone_policy(url, self.settings.git_allow_local)
         async with self.lock(name):
-            app = await self._app(name)
+            app = await self.ctx.app(name)
             if replace_existing or not app.repo:
                 app.repo = url
-                await self._save(app)
+                await self.ctx.save(app)
         return redact(app.repo)
 
     async def hook(self, name: str) -> dict[str, str]:
         """The app's push webhook: its secret, and the repository it deploys (credentials redacted)."""
         secret = await self.hook_secret(name)
-        return {"secret": secret, "repo": redact((await self._app(name)).repo)}
+        return {"secret": secret, "repo": redact((await self.ctx.app(name)).repo)}
 
     async def _deploy_clone(self, name: str, url: str, ref: str | None) -> DeployJob:
         self.settings.uploads_dir.mkdir(parents=True, exist_ok=True)
@@ -291,15 +290,15 @@ class Platform(Scheduler, Rollouts):
     async def hook_secret(self, name: str, create: bool = True) -> str:
         """The app's inbound webhook secret; made on first request."""
         # Reading takes no lock: unauthenticated webhook calls must not count as changes of the app.
-        app = await self._app(name)
+        app = await self.ctx.app(name)
         if not app.hook_secret and not create:
             raise NotFound(f"{name} has no webhook yet (see: lbsolo hooks:url {name})")
         if not app.hook_secret:
             async with self.lock(name):  # saved like any change of the app, never over one
-                app = await self._app(name)
+                app = await self.ctx.app(name)
                 if not app.hook_secret:
                     app.hook_secret = secrets.token_urlsafe(24)
-                    await self._save(app)
+                    await self.ctx.save(app)
         return app.hook_secret
 
     async def _deploy(self, job: DeployJob, built: asyncio.Future[tuple[str, SourceSpec]], build_id: str) -> None:
@@ -314,11 +313,11 @@ class Platform(Scheduler, Rollouts):
             out.append(f"       processes: {kinds}")
             if spec.processes.get("test"):
                 await self._test_phase(job.app, image_id, spec.processes["test"], out)
-            release = await self._release(
+            release = await self.rollouts.release(
                 job.app, out, description="deploy", image=image_id, processes=spec.processes, health=spec.health
             )
-            job.result = self._ok(job.app, release)
-            self._emit_result(job)
+            job.result = self.rollouts.ok(job.app, release)
+            self.rollouts.emit_result(job)
             try:
                 cleaned = await self.gc(job.app)
                 if cleaned["removed"]:
@@ -328,11 +327,11 @@ class Platform(Scheduler, Rollouts):
         except LbsoloError as e:
             out.append(f" !     {e.message}")
             job.result = {"ok": False, "app": job.app, "error": {"code": e.code, "message": e.message}}
-            self._emit_result(job)
+            self.rollouts.emit_result(job)
         except Exception as e:
             log.exception("deploy of %s crashed", job.app)
             job.result = {"ok": False, "app": job.app, "error": {"code": "error", "message": str(e)}}
-            self._emit_result(job)
+            self.rollouts.emit_result(job)
         finally:
             out.close()
             await asyncio.to_thread(self._store_build_log, build_id, out.lines)
@@ -346,11 +345,11 @@ class Platform(Scheduler, Rollouts):
             log.warning("cannot store the log of build %s: %s", build_id, e.strerror or e)
 
     async def cancel_builds(self, name: str, build_id: str | None = None) -> list[str]:
-        await self._app(name)
+        await self.ctx.app(name)
         return self.builder.cancel(name, build_id)
 
     async def builds(self, name: str) -> list[Build]:
-        await self._app(name)
+        await self.ctx.app(name)
         return await asyncio.to_thread(self.state.list_builds, name)
 
     async def build_log(self, name: str, build_id: str | None) -> list[str]:
@@ -367,9 +366,9 @@ class Platform(Scheduler, Rollouts):
 
     async def _test_phase(self, app_name: str, image: str, command: str, out: LogBuffer) -> None:
         """The Procfile's `test:` command, in the new image with the app's config, before any release."""
-        app = await self._app(app_name)
+        app = await self.ctx.app(app_name)
         out.append(f"-----> Test phase: {command}")
-        await asyncio.to_thread(self.engine.ensure_network, self.network)
+        await asyncio.to_thread(self.engine.ensure_network, self.ctx.network)
         loop = asyncio.get_running_loop()
         env = {**app.config, "LBSOLO_APP": app_name, "LBSOLO_PROCESS": "test"}
         code = await asyncio.to_thread(
@@ -378,7 +377,7 @@ class Platform(Scheduler, Rollouts):
             image=image,
             command=command,
             env=env,
-            network=self.network,
+            network=self.ctx.network,
             on_output=lambda line: loop.call_soon_threadsafe(out.append, f"       | {line}"),
             timeout=self.settings.build_timeout,
         )
@@ -388,7 +387,7 @@ class Platform(Scheduler, Rollouts):
 
     # ---- config, rollback, promote, resources, volumes: each makes a release
     async def config(self, name: str) -> dict[str, str]:
-        app = await self._app(name)
+        app = await self.ctx.app(name)
         return masked_config(app.config, app.secrets)
 
     async def set_config(
@@ -413,7 +412,7 @@ class Platform(Scheduler, Rollouts):
 
     async def rollback(self, name: str, version: int | None) -> DeployJob:
         async def work(out: LogBuffer) -> Release:
-            app = await self._app(name)
+            app = await self.ctx.app(name)
             releases = await asyncio.to_thread(self.state.list_releases, name)
             target = rollback_target(releases, app.release, version)
             out.append(f"-----> Rolling back {name} to {target.label} (image {target.image[7:19]}, no rebuild)")
@@ -424,22 +423,22 @@ class Platform(Scheduler, Rollouts):
                 app.secrets = sorted((secret | set(app.secrets)) & set(target.config))
                 app.config = dict(target.config)
 
-            return await self._release(
+            return await self.rollouts.release(
                 name, out, description=f"rollback to {target.label}", base=target, app_changes=restore
             )
 
-        return await self._run_job(name, work)
+        return await self.rollouts.run_job(name, work)
 
     async def promote(self, source: str, target: str) -> DeployJob:
-        src = await self._app(source)
-        await self._app(target)
+        src = await self.ctx.app(source)
+        await self.ctx.app(target)
         if src.release is None:
             raise Conflict(f"{source} has no release to promote")
         rel = await asyncio.to_thread(self.state.get_release, source, src.release)
 
         async def work(out: LogBuffer) -> Release:
             out.append(f"-----> Promoting {source} {rel.label} to {target} (same image, {target}'s config)")
-            return await self._release(
+            return await self.rollouts.release(
                 target,
                 out,
                 description=f"promote {source} {rel.label}",
@@ -448,7 +447,7 @@ class Platform(Scheduler, Rollouts):
                 health=rel.health,
             )
 
-        return await self._run_job(target, work)
+        return await self.rollouts.run_job(target, work)
 
     async def set_resources(self, name: str, process: str, memory: str | None, cpus: float | None) -> DeployJob | None:
         validate_process_name(process)
@@ -484,25 +483,25 @@ class Platform(Scheduler, Rollouts):
 
     async def _app_change(self, name: str, what: str, change: Any) -> DeployJob | None:
         """Apply a change to the app; a deployed app gets it as a new release, rolled out."""
-        app = await self._app(name)
+        app = await self.ctx.app(name)
         if app.release is None:
             async with self.lock(name):
-                app = await self._app(name)
+                app = await self.ctx.app(name)
                 change(app)
-                await self._save(app)
+                await self.ctx.save(app)
             return None
 
         async def work(out: LogBuffer) -> Release:
-            return await self._release(name, out, description=what, app_changes=change)
+            return await self.rollouts.release(name, out, description=what, app_changes=change)
 
-        return await self._run_job(name, work)
+        return await self.rollouts.run_job(name, work)
 
     async def set_domains(self, name: str, add: list[str], remove: list[str]) -> list[str]:
         """Custom domains: routed by the proxy and answered by the DNS as soon as they change."""
         added = [validate_custom_domain(d, self.settings.domain) for d in add]
         removed = {validate_domain(d) for d in remove}  # one stored before a name was reserved can go
         async with self.lock(name):
-            app = await self._app(name)
+            app = await self.ctx.app(name)
             for other in await asyncio.to_thread(self.state.list_apps):
                 clash = set(added) & set(other.domains)
                 if other.name != name and clash:
@@ -515,13 +514,13 @@ class Platform(Scheduler, Rollouts):
             if missing:
                 raise NotFound(f"{name} has no domain {', '.join(sorted(missing))}")
             app.domains = sorted((set(app.domains) | set(added)) - removed)
-            await self._save(app)
-            route = self._routes.get(name, Route(app=name))
-            self._publish_route(name, replace(route, domains=tuple(app.domains)))
+            await self.ctx.save(app)
+            route = self.ctx.routes.get(name, Route(app=name))
+            self.ctx.publish_route(name, replace(route, domains=tuple(app.domains)))
         return app.domains
 
     async def https(self, name: str) -> dict[str, Any]:
-        return self._https(await self._app(name))
+        return self._https(await self.ctx.app(name))
 
     async def set_https(self, name: str, redirect: bool | None) -> dict[str, Any]:
         """`redirect` sends the app's plain-HTTP requests to https:// (308) from now on; None changes nothing."""
@@ -529,28 +528,28 @@ class Platform(Scheduler, Rollouts):
             return await self.https(name)
         # Under the app's lock: a rollout in progress saves the app and its route when it ends.
         async with self.lock(name):
-            app = await self._app(name)
+            app = await self.ctx.app(name)
             if redirect != app.https_redirect:
                 app.https_redirect = redirect
-                await self._save(app)
-                route = self._routes.get(name, Route(app=name))
-                self._publish_route(name, replace(route, https_redirect=redirect))
+                await self.ctx.save(app)
+                route = self.ctx.routes.get(name, Route(app=name))
+                self.ctx.publish_route(name, replace(route, https_redirect=redirect))
         return self._https(app)
 
     async def proxy_settings(self, name: str) -> dict[str, Any]:
-        return self._proxy_settings(await self._app(name))
+        return self._proxy_settings(await self.ctx.app(name))
 
     async def set_proxy_settings(self, name: str, request_buffering: bool | None) -> dict[str, Any]:
         """`request_buffering` off streams the app's request bodies to it as they arrive; None changes nothing."""
         if request_buffering is None:
             return await self.proxy_settings(name)
         async with self.lock(name):  # as set_https: a rollout in progress publishes the saved app's route
-            app = await self._app(name)
+            app = await self.ctx.app(name)
             if request_buffering != app.request_buffering:
                 app.request_buffering = request_buffering
-                await self._save(app)
-                route = self._routes.get(name, Route(app=name))
-                self._publish_route(name, replace(route, request_buffering=request_buffering))
+                await self.ctx.save(app)
+                route = self.ctx.routes.get(name, Route(app=name))
+                self.ctx.publish_route(name, replace(route, request_buffering=request_buffering))
         return self._proxy_settings(app)
 
     @staticmethod
@@ -565,8 +564,8 @@ class Platform(Scheduler, Rollouts):
     async def load_static_routes(self) -> None:
         """At startup: put the stored static routes into the proxy and DNS."""
         statics = await asyncio.to_thread(self.state.list_routes)
-        self._static = static_routes_for(statics)
-        self._push()
+        self.ctx.static = static_routes_for(statics)
+        self.ctx.push()
 
     async def static_routes(self) -> list[dict[str, Any]]:
         return [self._describe_static(r) for r in await asyncio.to_thread(self.state.list_routes)]
@@ -588,29 +587,29 @@ class Platform(Scheduler, Rollouts):
             if clash:
                 raise Conflict(f"{', '.join(clash)} already belongs to {taken[clash[0]]}")
             await asyncio.to_thread(self.state.add_route, route)
-            self._static = {**self._static, **static_routes_for([route])}
-            self._push()
+            self.ctx.static = {**self.ctx.static, **static_routes_for([route])}
+            self.ctx.push()
         return self._describe_static(route)
 
     async def remove_static_route(self, name: str) -> None:
         async with self._static_lock:
             await asyncio.to_thread(self.state.delete_route, name)
-            self._static = {k: v for k, v in self._static.items() if k != name}
-            self._push()
+            self.ctx.static = {k: v for k, v in self.ctx.static.items() if k != name}
+            self.ctx.push()
 
     async def set_health(self, name: str, values: dict[str, Any]) -> dict[str, Any]:
         async with self.lock(name):
-            app = await self._app(name)
+            app = await self.ctx.app(name)
             merged = {**(app.health or {}), **values}
             HealthCheck.from_dict(merged)
             app.health = merged
-            await self._save(app)
+            await self.ctx.save(app)
         return merged
 
     # ---- disk: image retention
     async def gc(self, name: str | None = None, dry_run: bool = False) -> dict[str, Any]:
         """Remove images older than the last `keep_releases` releases of each app, and build leftovers."""
-        apps = [await self._app(name)] if name else await asyncio.to_thread(self.state.list_apps)
+        apps = [await self.ctx.app(name)] if name else await asyncio.to_thread(self.state.list_apps)
         removed: list[dict[str, Any]] = []
         for app in apps:
             images = await asyncio.to_thread(self.engine.app_images, app.name)
@@ -636,7 +635,7 @@ class Platform(Scheduler, Rollouts):
     # ---- scale
     async def scale(self, name: str, formation: dict[str, int]) -> dict[str, Any]:
         async with self.lock(name):
-            app = await self._app(name)
+            app = await self.ctx.app(name)
             if app.release is not None:
                 release = await asyncio.to_thread(self.state.get_release, name, app.release)
                 unknown = set(formation) - set(release.process_types())
@@ -646,47 +645,29 @@ class Platform(Scheduler, Rollouts):
                         f"(it has: {', '.join(release.process_types())})"
                     )
             app.formation = {**app.formation, **formation}
-            await self._save(app)
+            await self.ctx.save(app)
             shown = ", ".join(f"{k}={v}" for k, v in sorted(app.formation.items()))
             self.bus.emit(EventKind.SCALED, name, shown, formation=app.formation)
             if app.release is not None:
-                await self._converge(app)
+                await self.rollouts.converge(app)
         return await self.get_app(name)
 
     # ---- one-off commands
     async def run_command(self, name: str, command: str, out: LogBuffer) -> int:
-        app = await self._app(name)
+        app = await self.ctx.app(name)
         if app.release is None:
             raise Conflict(f"{name} has no release yet: deploy it first")
         release = await asyncio.to_thread(self.state.get_release, name, app.release)
-        await asyncio.to_thread(self.engine.ensure_network, self.network)
+        await asyncio.to_thread(self.engine.ensure_network, self.ctx.network)
         loop = asyncio.get_running_loop()
         return await asyncio.to_thread(
             self.engine.run_once,
             app=name,
             image=release.image,
             command=command,
-            env=self._spec(app, release, "run", {}).env(),
-            network=self.network,
-            volumes=await self._volumes(app),
+            env=self.ctx.spec(app, release, "run", {}).env(),
+            network=self.ctx.network,
+            volumes=await self.ctx.volumes(app),
             on_output=lambda line: loop.call_soon_threadsafe(out.append, line),
             timeout=self.settings.deploy_timeout * 10,
         )
-
-    def record_build(self, build: Build) -> None:
-        """Save a build's record off the event loop, in the order its changes happen.
-
-        The builder calls this as a build is queued, starts and ends; a state write (an fsync or
-        two) would otherwise hold up the upload's answer and the build itself.
-        """
-        previous, snapshot = self._build_saved, replace(build)
-
-        async def save() -> None:
-            if previous is not None:
-                await asyncio.wait([previous])  # its failure was logged by its own task
-            try:
-                await asyncio.to_thread(self.state.save_build, snapshot)
-            except Exception:
-                log.exception("saving build %s failed", snapshot.id)
-
-        self._build_saved = self._spawn(save(), f"save-build-{build.id}")

@@ -6,8 +6,8 @@ previous release serving, untouched. Rollouts of one app are serialised by its l
 apps proceed in parallel. Scaling takes the same care: new replicas join after their checks,
 surplus ones drain first.
 
-This is a part of core's Platform (a mixin over the state Platform sets up); the use cases that
-decide what to release live in core.
+Platform composes it over the core's context (core_context.py); the use cases that decide what
+to release live in core. It must not read or change the reconcile loop's own state.
 """
 
 from __future__ import annotations
@@ -17,21 +17,16 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from lbsolo import run
 from lbsolo.build import LogBuffer
-from lbsolo.core_plan import ActionKind, Desired, RestartHistory, plan, routes_for
+from lbsolo.core_context import CoreContext
+from lbsolo.core_plan import ActionKind, Desired, plan, routes_for
 from lbsolo.errors import Conflict, DeployFailed, LbsoloError
-from lbsolo.events import EventBus, EventKind
+from lbsolo.events import EventKind
 from lbsolo.models import WEB, App, DeployStep, HealthCheck, Release, ReleaseStatus, Replica
-from lbsolo.proxy import Target
-
-if TYPE_CHECKING:
-    from lbsolo.config import Settings
-    from lbsolo.core_reconcile import Ingress
-    from lbsolo.engine import Engine
-    from lbsolo.state import State
+from lbsolo.proxy_routes import Target
 
 log = logging.getLogger("lbsolo.core")
 
@@ -47,27 +42,12 @@ class DeployJob:
 
 
 class Rollouts:
-    """Platform's release and rollout steps."""
+    """Making a release and putting it in service, over the core's context."""
 
-    # Set up by Platform.__init__.
-    settings: Settings
-    state: State
-    engine: Engine
-    ingress: Ingress
-    bus: EventBus
-    network: str
-    _restarts: dict[str, RestartHistory]
-    # Platform's and the scheduler's helpers.
-    _app: Any
-    _save: Any
-    _spawn: Any
-    _watch_logs: Any
-    _publish_route: Any
-    _desired: Any
-    host_header: Any
-    lock: Any
+    def __init__(self, ctx: CoreContext) -> None:
+        self.ctx = ctx
 
-    async def _release(
+    async def release(
         self,
         app_name: str,
         out: LogBuffer,
@@ -81,17 +61,18 @@ class Rollouts:
         app_changes: Any = None,
     ) -> Release:
         """Create the next release (from `base` or the current one, with changes) and roll it out."""
-        async with self.lock(app_name):
-            app = await self._app(app_name)
+        ctx = self.ctx
+        async with ctx.lock(app_name):
+            app = await ctx.app(app_name)
             if app_changes is not None:
                 app_changes(app)
-            current = await asyncio.to_thread(self.state.get_release, app_name, app.release) if app.release else None
+            current = await asyncio.to_thread(ctx.state.get_release, app_name, app.release) if app.release else None
             source = base or current
             if image is None and source is None:
                 if app_changes is not None:
-                    await self._save(app)  # nothing runs yet: the change applies to the first deploy
+                    await ctx.save(app)  # nothing runs yet: the change applies to the first deploy
                 raise Conflict(f"{app_name} has no release yet: deploy it first (lbsolo deploy --app {app_name})")
-            version = await asyncio.to_thread(self.state.next_version, app_name)
+            version = await asyncio.to_thread(ctx.state.next_version, app_name)
             values = dict(config if config is not None else (base.config if base else app.config))
             release = Release(
                 app=app_name,
@@ -104,22 +85,22 @@ class Rollouts:
                 health={**(health if health is not None else source.health), **(app.health or {})},  # type: ignore[union-attr]
             )
             await asyncio.gather(
-                asyncio.to_thread(self.engine.tag_image, release.image, f"lbsolo/{app_name}", release.label),
-                self._save(release),
+                asyncio.to_thread(ctx.engine.tag_image, release.image, f"lbsolo/{app_name}", release.label),
+                ctx.save(release),
             )
-            self.bus.emit(
+            ctx.bus.emit(
                 EventKind.RELEASE_CREATED, app_name, f"{release.label}: {description}", release=release.label,
                 description=description,
             )  # fmt: skip
             out.append(f"-----> Releasing {release.label} ({description})")
-            await self._rollout(app, release, out)
+            await self.rollout(app, release, out)
             return release
 
     async def _step(self, release: Release, step: DeployStep, status: ReleaseStatus | None = None) -> None:
         release.step = step
         if status is not None:
             release.status = status
-        await self._save(release)
+        await self.ctx.save(release)
 
     @contextlib.asynccontextmanager
     async def _stepping(
@@ -141,34 +122,17 @@ class Rollouts:
 
         The test then kills the daemon there, at a known step; off (empty) in normal use.
         """
-        if self.settings.hold_at_step == step:
+        if self.ctx.settings.hold_at_step == step:
             log.warning("rollout held after step %s (LBSOLO_HOLD_AT_STEP)", step)
             await asyncio.Event().wait()
 
-    def _spec(self, app: App, release: Release, process: str, volumes: dict[str, str]) -> run.ReplicaSpec:
-        limits = app.resources.get(process, {})
-        return run.ReplicaSpec(
-            release=release,
-            process=process,
-            port=self.settings.container_port if process == WEB else None,
-            network=self.network,
-            memory=limits.get("memory"),
-            cpus=limits.get("cpus"),
-            volumes=volumes,
-        )
-
-    async def _volumes(self, app: App) -> dict[str, str]:
-        out = {}
-        for name, path in app.volumes.items():
-            out[await asyncio.to_thread(self.engine.ensure_volume, app.name, name)] = path
-        return out
-
-    async def _rollout(self, app: App, release: Release, out: LogBuffer) -> None:
+    async def rollout(self, app: App, release: Release, out: LogBuffer) -> None:
         """Named steps; any failure before SWAP leaves the previous release serving untouched."""
+        ctx = self.ctx
         name = app.name
         check = HealthCheck.from_dict(release.health)
-        await asyncio.to_thread(self.engine.ensure_network, self.network)
-        volumes = await self._volumes(app)
+        await asyncio.to_thread(ctx.engine.ensure_network, ctx.network)
+        volumes = await ctx.volumes(app)
         new: list[Replica] = []
         try:
             if release.command("release"):
@@ -176,15 +140,15 @@ class Rollouts:
                 await self._step(release, DeployStep.RELEASE_PHASE, ReleaseStatus.DEPLOYING)
                 out.append(f"       release phase: {release.command('release')}")
                 code = await asyncio.to_thread(
-                    self.engine.run_once,
+                    ctx.engine.run_once,
                     app=name,
                     image=release.image,
                     command=release.command("release") or "",
-                    env=self._spec(app, release, "release", {}).env(),
-                    network=self.network,
+                    env=ctx.spec(app, release, "release", {}).env(),
+                    network=ctx.network,
                     volumes=volumes,
                     on_output=lambda line: loop.call_soon_threadsafe(out.append, f"       | {line}"),
-                    timeout=self.settings.deploy_timeout,
+                    timeout=ctx.settings.deploy_timeout,
                 )
                 if code != 0:
                     raise DeployFailed(f"the release command exited with {code}; nothing was rolled out")
@@ -193,21 +157,21 @@ class Rollouts:
             async with self._stepping(release, DeployStep.START, ReleaseStatus.DEPLOYING):
                 for process, count in sorted(formation.items()):
                     for _ in range(count):
-                        replica = await run.start_replica(self.engine, self._spec(app, release, process, volumes))
+                        replica = await run.start_replica(ctx.engine, ctx.spec(app, release, process, volumes))
                         new.append(replica)
                         where = f" on 127.0.0.1:{replica.host_port}" if replica.host_port else ""
                         out.append(f"       started {replica.name}{where}")
-            self._watch_logs(new)
+            ctx.watch_logs(new)
             await self._hold(DeployStep.START)
             async with self._stepping(release, DeployStep.WAIT_READY):
                 await asyncio.gather(
                     *(
                         run.wait_ready(
-                            self.engine,
+                            ctx.engine,
                             r,
                             check=check,
-                            host_header=self.host_header(name),
-                            timeout=self.settings.deploy_timeout,
+                            host_header=ctx.host_header(name),
+                            timeout=ctx.settings.deploy_timeout,
                         )
                         for r in new
                     )
@@ -216,91 +180,93 @@ class Rollouts:
             await self._hold(DeployStep.WAIT_READY)
         except LbsoloError as e:
             release.status, release.error = ReleaseStatus.FAILED, e.message
-            await self._save(release)
-            await run.stop_replicas(self.engine, new, 0)
+            await ctx.save(release)
+            await run.stop_replicas(ctx.engine, new, 0)
             raise DeployFailed(
                 f"{release.label} failed to start; the previous release keeps serving. {e.message}"
             ) from e
         except BaseException:
-            await asyncio.shield(run.stop_replicas(self.engine, new, 0))
+            await asyncio.shield(run.stop_replicas(ctx.engine, new, 0))
             raise
 
         # The new replicas just passed their checks: they are the route, with no engine round
         # trip or state write between the check and the swap. Who is old is asked of the engine after.
-        self._publish_route(name, routes_for({name: self._desired(app, release.version)}, new)[name])
+        ctx.publish_route(name, routes_for({name: ctx.desired(app, release.version)}, new)[name])
         await self._step(release, DeployStep.SWAP)
         out.append("       traffic switched")
         await self._hold(DeployStep.SWAP)
 
-        current = await asyncio.to_thread(self.engine.list_replicas, name)
+        current = await asyncio.to_thread(ctx.engine.list_replicas, name)
         fresh = {r.id for r in new}
         old = [r for r in current if r.id not in fresh and not r.one_off]  # a one-off is its starter's
         await self._step(release, DeployStep.DRAIN)
         old_targets = [Target("127.0.0.1", r.host_port) for r in old if r.process == WEB and r.host_port]
-        if old_targets and not await self.ingress.drain(old_targets, self.settings.drain_timeout):
-            out.append(f"       drain timed out after {self.settings.drain_timeout:.0f}s")
+        if old_targets and not await ctx.ingress.drain(old_targets, ctx.settings.drain_timeout):
+            out.append(f"       drain timed out after {ctx.settings.drain_timeout:.0f}s")
         await self._hold(DeployStep.DRAIN)
         await self._step(release, DeployStep.STOP_OLD)
-        await run.stop_replicas(self.engine, old, self.settings.stop_timeout)
+        await run.stop_replicas(ctx.engine, old, ctx.settings.stop_timeout)
         await self._hold(DeployStep.STOP_OLD)
 
-        for r in await asyncio.to_thread(self.state.list_releases, name):
+        for r in await asyncio.to_thread(ctx.state.list_releases, name):
             if r.status == ReleaseStatus.ACTIVE and r.version != release.version:
                 r.status = ReleaseStatus.SUPERSEDED
-                await self._save(r)
+                await ctx.save(r)
         app.release = release.version
-        await self._save(app)
-        self._restarts.pop(name, None)
+        await ctx.save(app)
+        ctx.restarts.pop(name, None)
         await self._step(release, DeployStep.DONE, ReleaseStatus.ACTIVE)
-        out.append(f"-----> {name} {release.label} is serving at {self.settings.app_url(name)}")
+        out.append(f"-----> {name} {release.label} is serving at {ctx.settings.app_url(name)}")
 
-    async def _converge(self, app: App) -> None:
+    async def converge(self, app: App) -> None:
         """Bring replica counts to the formation: new ones join after passing checks, extra ones drain first."""
-        release = await asyncio.to_thread(self.state.get_release, app.name, app.release)
-        actual = await asyncio.to_thread(self.engine.list_replicas, app.name)
+        ctx = self.ctx
+        release = await asyncio.to_thread(ctx.state.get_release, app.name, app.release)
+        actual = await asyncio.to_thread(ctx.engine.list_replicas, app.name)
         actions = plan({app.name: Desired(app.release, app.formation)}, actual)
-        volumes = await self._volumes(app)
+        volumes = await ctx.volumes(app)
         check = HealthCheck.from_dict(release.health)
         started = []
         for a in actions:
             if a.kind is ActionKind.RUN:
-                started.append(await run.start_replica(self.engine, self._spec(app, release, a.process, volumes)))
-        self._watch_logs(started)
+                started.append(await run.start_replica(ctx.engine, ctx.spec(app, release, a.process, volumes)))
+        ctx.watch_logs(started)
         results = await asyncio.gather(
             *(
                 run.wait_ready(
-                    self.engine,
+                    ctx.engine,
                     r,
                     check=check,
-                    host_header=self.host_header(app.name),
-                    timeout=self.settings.deploy_timeout,
+                    host_header=ctx.host_header(app.name),
+                    timeout=ctx.settings.deploy_timeout,
                 )
                 for r in started
             ),
             return_exceptions=True,
         )
         failed = [r for r, res in zip(started, results, strict=True) if isinstance(res, BaseException)]
-        await run.stop_replicas(self.engine, failed, 0)
+        await run.stop_replicas(ctx.engine, failed, 0)
         removing = [a.replica for a in actions if a.kind is ActionKind.REMOVE and a.replica]
         gone = {r.id for r in removing}
-        keep = [r for r in await asyncio.to_thread(self.engine.list_replicas, app.name) if r.id not in gone]
-        self._publish_route(app.name, routes_for({app.name: self._desired(app)}, keep)[app.name])
+        keep = [r for r in await asyncio.to_thread(ctx.engine.list_replicas, app.name) if r.id not in gone]
+        ctx.publish_route(app.name, routes_for({app.name: ctx.desired(app)}, keep)[app.name])
         targets = [Target("127.0.0.1", r.host_port) for r in removing if r.process == WEB and r.host_port]
         if targets:
-            await self.ingress.drain(targets, self.settings.drain_timeout)
-        await run.stop_replicas(self.engine, removing, self.settings.stop_timeout)
+            await ctx.ingress.drain(targets, ctx.settings.drain_timeout)
+        await run.stop_replicas(ctx.engine, removing, ctx.settings.stop_timeout)
         if failed:
             raise DeployFailed(f"{len(failed)} new replica(s) failed their health checks: {results[0]}")
 
-    async def _run_job(self, app: str, work: Any) -> DeployJob:
+    async def run_job(self, app: str, work: Any) -> DeployJob:
         """Run a release-making use case in the background; its output streams like a deploy's."""
-        await self._app(app)
+        ctx = self.ctx
+        await ctx.app(app)
         job = DeployJob(app=app, output=LogBuffer())
 
         async def body() -> None:
             try:
                 release = await work(job.output)
-                job.result = self._ok(app, release)
+                job.result = self.ok(app, release)
             except LbsoloError as e:
                 job.output.append(f" !     {e.message}")
                 job.result = {"ok": False, "app": app, "error": {"code": e.code, "message": e.message}}
@@ -310,15 +276,16 @@ class Rollouts:
                 job.result = {"ok": False, "app": app, "error": {"code": "error", "message": str(e)}}
             finally:
                 job.output.close()
-                self._emit_result(job)
+                self.emit_result(job)
 
-        job.task = self._spawn(body(), f"release-{app}")
+        job.task = ctx.spawn(body(), f"release-{app}")
         return job
 
-    def _emit_result(self, job: DeployJob) -> None:
+    def emit_result(self, job: DeployJob) -> None:
+        ctx = self.ctx
         r = job.result
         if r.get("ok"):
-            self.bus.emit(
+            ctx.bus.emit(
                 EventKind.DEPLOY_SUCCEEDED,
                 job.app,
                 f"{job.app} {r['release']} is serving",
@@ -328,7 +295,7 @@ class Rollouts:
         else:
             error = r.get("error") or {}
             message = str(error.get("message", "failed")).splitlines()[0]
-            self.bus.emit(EventKind.DEPLOY_FAILED, job.app, message, code=error.get("code", "error"))
+            ctx.bus.emit(EventKind.DEPLOY_FAILED, job.app, message, code=error.get("code", "error"))
 
-    def _ok(self, app: str, release: Release) -> dict[str, Any]:
-        return {"ok": True, "app": app, "release": release.label, "url": self.settings.app_url(app)}
+    def ok(self, app: str, release: Release) -> dict[str, Any]:
+        return {"ok": True, "app": app, "release": release.label, "url": self.ctx.settings.app_url(app)}

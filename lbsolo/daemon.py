@@ -31,12 +31,13 @@ from lbsolo.api.tokens import TokenStore
 from lbsolo.build import Builder
 from lbsolo.config import Settings, networks
 from lbsolo.core import Platform
+from lbsolo.core_context import CoreContext
 from lbsolo.dns import DNSServer, ForwardConfig, RateLimit, Zone
 from lbsolo.engine import Engine
 from lbsolo.events import EventBus
 from lbsolo.notify import WebhookNotifier
 from lbsolo.proxy import ProxyServer, Route, Target
-from lbsolo.run_logs import AccessLog
+from lbsolo.run_logs import AccessLog, LogStore
 from lbsolo.run_stats import StatsSampler
 from lbsolo.state import State
 
@@ -80,14 +81,13 @@ def own_route(settings: Settings, api: Target) -> Route:
 class ProxyIngress:
     """Core's Ingress: routes go to the proxy, app names to the DNS zone."""
 
-    def __init__(self, proxy: ProxyServer, dns: DNSServer, own: Route | None = None) -> None:
+    def __init__(self, proxy: ProxyServer, dns: DNSServer, own: Route) -> None:
         self.proxy = proxy
         self.dns = dns
         self.own = own  # lbsolo's own UI and API at lbsolo.<domain>
 
     def publish(self, routes: dict[str, Route]) -> None:
-        if self.own is not None:
-            routes = {**routes, self.own.app: self.own}
+        routes = {**routes, self.own.app: self.own}
         self.proxy.set_routes(routes)
         domains = frozenset(d.split("/", 1)[0] for r in routes.values() for d in r.domains)
         self.dns.set_zone(replace(self.dns.zone, apps=frozenset(routes), domains=domains))
@@ -227,6 +227,12 @@ class Daemon:
             tcp_max_lifetime=s.dns_tcp_max_lifetime,
         )
 
+        api_sock = _bind(s.api_host, s.api_port)
+        api_url = f"http://{s.api_host}:{api_sock.getsockname()[1]}"
+        loopback = "127.0.0.1" if s.api_host in ("0.0.0.0", "", "127.0.0.1") else s.api_host
+        ingress = ProxyIngress(proxy, dns, own=own_route(s, Target(loopback, api_sock.getsockname()[1])))
+        bus = EventBus()
+        ctx = CoreContext(s, state, engine, ingress, bus, LogStore(s.logs_dir))
         builder = Builder(
             engine,
             memory=s.build_memory,
@@ -235,22 +241,13 @@ class Daemon:
             forget_builds=state.delete_builds,
             log_dir=s.logs_dir / "builds",
             keep_builds=s.keep_builds,
+            on_change=ctx.record_build,
         )
-        bus = EventBus()
-        ingress = ProxyIngress(proxy, dns)
-        platform = Platform(s, state, engine, builder, ingress, bus=bus)
-        builder.on_change = platform.record_build
+        platform = Platform.over(ctx, builder)
         notifier = WebhookNotifier(state, bus, allow_private=s.webhook_allow_private)
         sampler = StatsSampler(engine, interval=5.0, requests=proxy.metrics)
         bus.add_listener(sampler.on_event)
-        platform.stats = sampler  # the web UI draws its graphs from it
-        platform.notifier = notifier  # ... and lists webhook deliveries
         tokens = await asyncio.to_thread(TokenStore, state)
-
-        api_sock = _bind(s.api_host, s.api_port)
-        api_url = f"http://{s.api_host}:{api_sock.getsockname()[1]}"
-        loopback = "127.0.0.1" if s.api_host in ("0.0.0.0", "", "127.0.0.1") else s.api_host
-        ingress.own = own_route(s, Target(loopback, api_sock.getsockname()[1]))
         ingress.publish({})
         unix_sock = _bind_unix(s.socket_path)
         if not _is_loopback(s.api_host):

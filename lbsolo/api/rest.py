@@ -179,11 +179,15 @@ def create_api(
     token: str,
     api_url: str = "",
     *,
-    bus: EventBus | None = None,
-    notifier: WebhookNotifier | None = None,
-    sampler: StatsSampler | None = None,
-    tokens: TokenStore | None = None,
+    bus: EventBus,
+    notifier: WebhookNotifier,
+    sampler: StatsSampler,
+    tokens: TokenStore,
 ) -> FastAPI:
+    """The whole API: REST, git, the web UI and the ops routes (events, metrics, webhooks, tokens).
+
+    Every part is required: an API without one of them is not lbsolo's API.
+    """
     settings = platform.settings
     authenticator = Authenticator(token, tokens)
 
@@ -457,9 +461,10 @@ def create_api(
         await platform.get_app(name)
         return {"url": f"{api_url}/git/{name}.git"}
 
-    api.include_router(create_web_router(platform, token, revoked=platform.state))
-    if bus is not None and notifier is not None and sampler is not None and tokens is not None:
-        api.include_router(create_ops_router(platform, bus, notifier, sampler, tokens, require_token))
+    api.include_router(
+        create_web_router(platform, token, revoked=platform.state, bus=bus, notifier=notifier, sampler=sampler)
+    )
+    api.include_router(create_ops_router(platform, bus, notifier, sampler, tokens, require_token))
     return api
 
 

@@ -25,7 +25,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import parse_qs, quote, urlsplit
 
 import jinja2
@@ -36,6 +36,11 @@ from lbsolo.core import DeployJob, Platform
 from lbsolo.errors import InvalidInput, LbsoloError
 from lbsolo.models import WEB, parse_formation, validate_app_name
 from lbsolo.run_logs import LogLine
+
+if TYPE_CHECKING:
+    from lbsolo.events import EventBus
+    from lbsolo.notify import WebhookNotifier
+    from lbsolo.run_stats import StatsSampler
 
 COOKIE = "lbsolo_session"
 SESSION_MAX_AGE = 24 * 3600
@@ -241,7 +246,17 @@ def _templates(static: dict[str, tuple[bytes, str]]) -> jinja2.Environment:
 # ---- the router ----------------------------------------------------------------------------
 
 
-def create_web_router(platform: Platform, token: str, revoked: RevokedSessions | None = None) -> APIRouter:
+def create_web_router(
+    platform: Platform,
+    token: str,
+    revoked: RevokedSessions | None = None,
+    *,
+    bus: EventBus | None,
+    notifier: WebhookNotifier | None,
+    sampler: StatsSampler | None,
+) -> APIRouter:
+    """The web UI. `bus`, `notifier` and `sampler` feed its event list, webhook deliveries and
+    graphs; None (a UI tested without them) shows those parts as not available."""
     router = APIRouter(include_in_schema=False)
     sessions = Sessions(token, store=revoked)
     static = _static_versions()
@@ -361,7 +376,6 @@ def create_web_router(platform: Platform, token: str, revoked: RevokedSessions |
 
     def graphs(name: str, width: int = 240, height: int = 40) -> list[dict[str, Any]]:
         """Last 10 minutes of CPU, memory and requests/s as SVG polyline points (empty before the first sample)."""
-        sampler = getattr(platform, "stats", None)
         out = []
         for metric, label, unit in (("cpu", "CPU", "%"), ("mem", "Memory", "MB"), ("rps", "Requests", "/s")):
             series = sampler.series(name, metric, "10m") if sampler is not None else []
@@ -382,7 +396,6 @@ def create_web_router(platform: Platform, token: str, revoked: RevokedSessions |
             key=lambda r: r.get("created_at") or 0,
             reverse=True,
         )[:10]
-        bus = getattr(platform, "bus", None)
         events = [e.to_dict() for e in reversed(bus.recent(20))] if bus is not None else []
         small = {a["name"]: graphs(a["name"], 80, 20) for a in apps}
         return page(request, "dashboard.html", session, apps=apps, recent=recent, events=events, graphs=small)
@@ -419,7 +432,6 @@ def create_web_router(platform: Platform, token: str, revoked: RevokedSessions |
         session = current(request)
         if session is None:
             return to_login(request)
-        notifier = getattr(platform, "notifier", None)
         hooks = []
         for hook in notifier.webhooks() if notifier is not None else []:
             attempts = [d.to_dict() for d in reversed(notifier.deliveries(hook.id))][:20]

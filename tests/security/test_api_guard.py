@@ -31,6 +31,9 @@ from lbsolo.api.rest import create_api
 from lbsolo.api.tokens import TokenStore
 from lbsolo.config import Settings
 from lbsolo.errors import InvalidInput, NotFound
+from lbsolo.events import EventBus
+from lbsolo.notify import WebhookNotifier
+from lbsolo.run_stats import StatsSampler
 from lbsolo.state import State
 
 ADMIN = "admin-token-for-the-guard-tests"
@@ -104,7 +107,9 @@ def serve(tmp_path: Path, http: str, **settings: Any) -> Iterator[Served]:
     tokens = TokenStore(state)
     _, extra = tokens.create("ci")
     platform = FakePlatform(Settings(home=home, **settings), state)
-    app = create_api(platform, ADMIN, "http://127.0.0.1:0", tokens=tokens)  # type: ignore[arg-type]
+    bus = EventBus()
+    parts = {"bus": bus, "notifier": WebhookNotifier(state, bus), "sampler": StatsSampler(lambda: {}, interval=5)}
+    app = create_api(platform, ADMIN, "http://127.0.0.1:0", tokens=tokens, **parts)  # type: ignore[arg-type]
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     sock.listen(64)

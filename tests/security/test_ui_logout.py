@@ -40,7 +40,9 @@ def test_a_revoked_session_stays_revoked_after_a_restart(tmp_path):
 def test_logging_out_in_the_ui_survives_a_daemon_restart(tmp_path):
     def ui(state: State) -> Client:
         app = FastAPI()
-        app.include_router(create_web_router(FakePlatform(), TOKEN, revoked=state))  # type: ignore[arg-type]
+        app.include_router(
+            create_web_router(FakePlatform(), TOKEN, revoked=state, bus=None, notifier=None, sampler=None)
+        )  # type: ignore[arg-type]
         return Client(app)
 
     state = State(tmp_path / "state.json")

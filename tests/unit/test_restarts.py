@@ -138,7 +138,7 @@ def test_a_pass_restarts_a_healthy_replica_at_once(tmp_path):
         engine.stop("c1")
         await platform.reconcile()
         assert engine.calls[-1] == "start c1"
-        assert platform._restarts["web1"].in_a_row == 1
+        assert platform.ctx.restarts["web1"].in_a_row == 1
         assert (await platform.get_app("web1"))["restarts"] == 1
 
     asyncio.run(main())
@@ -147,16 +147,16 @@ def test_a_pass_restarts_a_healthy_replica_at_once(tmp_path):
 def test_a_pass_leaves_a_crash_looping_replica_down_and_wakes_when_its_backoff_ends(tmp_path):
     async def main() -> None:
         platform, engine = await _one_replica(tmp_path)
-        platform._restarts["web1"] = RestartHistory(1, time.monotonic())  # restarted just now
+        platform.ctx.restarts["web1"] = RestartHistory(1, time.monotonic())  # restarted just now
         engine.stop("c1")
-        platform._wake.clear()
+        platform.ctx.wake_event.clear()
         await platform.reconcile()
         assert "start c1" not in engine.calls
-        assert not platform._wake.is_set()
-        await asyncio.wait_for(platform._wake.wait(), BACKOFF_FIRST + 0.5)  # the backoff's end asks for a pass
+        assert not platform.ctx.wake_event.is_set()
+        await asyncio.wait_for(platform.ctx.wake_event.wait(), BACKOFF_FIRST + 0.5)  # the backoff's end asks for a pass
         await platform.reconcile()
         assert "start c1" in engine.calls
-        assert platform._restarts["web1"].in_a_row == 2
+        assert platform.ctx.restarts["web1"].in_a_row == 2
 
     asyncio.run(main())
 
@@ -164,12 +164,12 @@ def test_a_pass_leaves_a_crash_looping_replica_down_and_wakes_when_its_backoff_e
 def test_a_pass_forgets_the_restarts_of_an_app_that_stayed_healthy(tmp_path):
     async def main() -> None:
         platform, _ = await _one_replica(tmp_path)
-        platform._restarts["web1"] = RestartHistory(CRASH_LOOP_AFTER, time.monotonic() - 1)
+        platform.ctx.restarts["web1"] = RestartHistory(CRASH_LOOP_AFTER, time.monotonic() - 1)
         await platform.reconcile()
         assert (await platform.get_app("web1"))["status"] == "crashloop"  # not healthy for long enough yet
-        platform._restarts["web1"] = RestartHistory(CRASH_LOOP_AFTER, time.monotonic() - HEALTHY_AFTER)
+        platform.ctx.restarts["web1"] = RestartHistory(CRASH_LOOP_AFTER, time.monotonic() - HEALTHY_AFTER)
         await platform.reconcile()
-        assert "web1" not in platform._restarts
+        assert "web1" not in platform.ctx.restarts
         assert (await platform.get_app("web1"))["status"] == "running"
 
     asyncio.run(main())
@@ -181,7 +181,7 @@ def test_a_pass_that_only_removes_replicas_counts_no_restart(tmp_path):
         engine.run(app="web1", release=1, process="web", name="web1-b", port=5000)  # one too many
         await platform.reconcile()
         assert [r.id for r in engine.list_replicas()] == ["c1"]
-        assert "web1" not in platform._restarts
+        assert "web1" not in platform.ctx.restarts
 
     asyncio.run(main())
 
@@ -217,13 +217,13 @@ def test_the_die_event_wakes_the_loop_once_the_engine_lists_the_container_stoppe
     async def main() -> None:
         engine = LaggingEngine(lag=3)
         platform = _platform_on(tmp_path, engine)
-        platform._wake.clear()
-        waiting = asyncio.create_task(platform.wake_when_stopped("web1", "c1"))
+        platform.ctx.wake_event.clear()
+        waiting = asyncio.create_task(platform.reconciler.wake_when_stopped("web1", "c1"))
         while engine.listings < 3:
-            assert not platform._wake.is_set()
+            assert not platform.ctx.wake_event.is_set()
             await asyncio.sleep(0.005)
         await asyncio.wait_for(waiting, 2)
-        assert platform._wake.is_set() and engine.listings == 4
+        assert platform.ctx.wake_event.is_set() and engine.listings == 4
 
     asyncio.run(main())
 
@@ -232,8 +232,8 @@ def test_the_die_event_wakes_the_loop_once_the_engine_lists_the_container_stoppe
 def test_the_die_event_wakes_the_loop_anyway_when_the_listing_never_agrees(tmp_path, engine):
     async def main() -> None:
         platform = _platform_on(tmp_path, engine)
-        platform._wake.clear()
-        await asyncio.wait_for(platform.wake_when_stopped("web1", "c1", timeout=0.2), 2)
-        assert platform._wake.is_set()
+        platform.ctx.wake_event.clear()
+        await asyncio.wait_for(platform.reconciler.wake_when_stopped("web1", "c1", timeout=0.2), 2)
+        assert platform.ctx.wake_event.is_set()
 
     asyncio.run(main())

@@ -124,10 +124,12 @@ def _closed_port() -> int:
         return int(s.getsockname()[1])
 
 
-async def _platform(tmp_path, ports: dict[int, int]) -> tuple[Platform, FakeEngine, FakeIngress, StepRecorder]:
+async def _platform(
+    tmp_path, ports: dict[int, int], engine: FakeEngine | None = None
+) -> tuple[Platform, FakeEngine, FakeIngress, StepRecorder]:
     settings = Settings.load(home=tmp_path, deploy_timeout=1.5, drain_timeout=1.0)
     state = StepRecorder(tmp_path / "state.json")
-    engine = FakeEngine(ports)
+    engine = engine or FakeEngine(ports)
     ingress = FakeIngress(engine)
     builder = Builder(engine, memory="1g", timeout=10)  # type: ignore[arg-type]
     platform = Platform(settings, state, engine, builder, ingress)  # type: ignore[arg-type]
@@ -138,7 +140,7 @@ async def _platform(tmp_path, ports: dict[int, int]) -> tuple[Platform, FakeEngi
 async def _release(platform: Platform, image: str) -> Release:
     from lbsolo.build import LogBuffer
 
-    return await platform._release(
+    return await platform.rollouts.release(
         "web1", LogBuffer(), description="test", image=image, processes={}, health={"path": "/", "interval": 0.1}
     )
 
@@ -270,9 +272,8 @@ async def _serving_v1(tmp_path, test) -> None:
     one, port1 = await _http_server()
     two, port2 = await _http_server()
     try:
-        platform, _, ingress, state = await _platform(tmp_path, {})
         engine = HeldEngine({1: port1, 2: port2})
-        platform.engine = engine
+        platform, _, ingress, state = await _platform(tmp_path, {}, engine)
         await _release(platform, "sha256:one")
         await test(Scene(platform, engine, ingress, state, port2))
     finally:
@@ -321,7 +322,7 @@ def test_a_reconcile_pass_that_began_during_a_rollout_leaves_that_app_to_it(tmp_
 
 def test_a_reconcile_pass_does_not_bring_back_the_route_of_an_app_destroyed_meanwhile(tmp_path):
     async def test(scene: Scene) -> None:
-        scene.platform._locks.clear()  # as after a daemon restart: no app has a lock yet
+        scene.platform.ctx.locks.clear()  # as after a daemon restart: no app has a lock yet
         listed, go = scene.engine.hold(None)
         reconciling = asyncio.create_task(scene.platform.reconcile())
         await asyncio.to_thread(listed.wait, 5)
@@ -351,10 +352,10 @@ def test_reading_the_webhook_secret_is_no_change_of_the_app(tmp_path):
     # Webhook calls are unauthenticated until their signature is checked: they must not make
     # reconcile passes leave the app alone.
     async def test(scene: Scene) -> None:
-        marks = scene.platform._lock_marks()
+        marks = scene.platform.ctx.lock_marks()
         with pytest.raises(NotFound):
             await scene.platform.hook_secret("web1", create=False)
-        assert not scene.platform._unsettled("web1", marks)
+        assert not scene.platform.ctx.unsettled("web1", marks)
         secret = await scene.platform.hook_secret("web1")
         assert await scene.platform.hook_secret("web1", create=False) == secret
 

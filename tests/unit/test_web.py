@@ -304,7 +304,7 @@ class Client:
 @pytest.fixture
 def client(platform):
     app = FastAPI()
-    app.include_router(create_web_router(platform, TOKEN))  # type: ignore[arg-type]
+    app.include_router(create_web_router(platform, TOKEN, bus=None, notifier=None, sampler=None))  # type: ignore[arg-type]
     c = Client(app)
     yield c
     c.close()
