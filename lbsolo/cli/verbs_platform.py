@@ -1,0 +1,202 @@
+"""Verbs on the platform: tokens, webhooks, static routes, DNS set-up, the local CA, the version."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+import typer.main
+
+from lbsolo import __version__
+from lbsolo.cli.common import (
+    Table,
+    _client,
+    _when,
+    app,
+    clean_errors,
+    console,
+    err,
+    escape,
+)
+from lbsolo.config import Settings
+from lbsolo.errors import LbsoloError
+from lbsolo.models import validate_app_name
+
+
+@app.command("tokens")
+@clean_errors
+def tokens_list() -> None:
+    """List extra API tokens (only their prefixes are known)."""
+    with _client() as c:
+        rows = c.request("GET", "/api/tokens")
+    table = Table("id", "name", "prefix", "created", "last used")
+    for t in rows:
+        table.add_row(t["id"], t["name"], t["prefix"] + "…", _when(t["created_at"]), _when(t.get("last_used")))
+    console.print(table if rows else "No extra tokens; the admin token is in $LBSOLO_HOME/token")
+
+
+@app.command("tokens:create")
+@clean_errors
+def tokens_create(name: Annotated[str, typer.Argument(help="What the token is for, e.g. ci.")]) -> None:
+    """Create an API token; it is shown once and stored only as a hash."""
+    with _client() as c:
+        out = c.request("POST", "/api/tokens", json={"name": name})
+    console.print(out["token"], highlight=False, markup=False)
+    err.print(f"token {out['id']} ({name}) created; it is not shown again")
+
+
+@app.command("tokens:revoke")
+@clean_errors
+def tokens_revoke(token: Annotated[str, typer.Argument(help="Token id or name.")]) -> None:
+    """Revoke an API token at once."""
+    with _client() as c:
+        c.request("DELETE", f"/api/tokens/{token}")
+    console.print(f"revoked {token}")
+
+
+@app.command("webhooks")
+@clean_errors
+def webhooks_list() -> None:
+    """List outbound webhooks."""
+    with _client() as c:
+        rows = c.request("GET", "/api/webhooks")
+    table = Table("id", "url", "app", "events", "slack")
+    for w in rows:
+        table.add_row(w["id"], w["url"], w.get("app") or "(all)", ", ".join(w.get("kinds") or ["*"]), str(w["slack"]))
+    console.print(table if rows else "No webhooks")
+
+
+@app.command("webhooks:add")
+@clean_errors
+def webhooks_add(
+    url: Annotated[str, typer.Argument(help="http(s) URL that receives POSTed events.")],
+    app_name: Annotated[str | None, typer.Option("--app", "-a", help="Only this app's events.")] = None,
+    kinds: Annotated[list[str] | None, typer.Option("--event", "-e", help="Event kinds, e.g. deploy.*")] = None,
+    slack: Annotated[bool, typer.Option("--slack", help="Slack-compatible payload.")] = False,
+) -> None:
+    """Send events to a URL, signed with a secret (X-Lbsolo-Signature: sha256=HMAC)."""
+    body = {"url": url, "app": app_name, "kinds": kinds or None, "slack": slack}
+    with _client() as c:
+        out = c.request("POST", "/api/webhooks", json=body)
+    console.print(f"webhook {out['id']} added; secret: {out.get('secret', '(hidden)')}", highlight=False)
+
+
+@app.command("webhooks:remove")
+@clean_errors
+def webhooks_remove(hook_id: Annotated[str, typer.Argument(help="Webhook id.")]) -> None:
+    """Stop sending events to a webhook."""
+    with _client() as c:
+        c.request("DELETE", f"/api/webhooks/{hook_id}")
+    console.print(f"removed {hook_id}")
+
+
+@app.command("routes")
+@clean_errors
+def routes_list() -> None:
+    """List static routes: hosts routed to services on this machine that lbsolo does not run."""
+    with _client() as c:
+        rows = c.request("GET", "/api/routes")
+    table = Table("name", "to", "url", "domains")
+    for r in rows:
+        table.add_row(r["name"], r["to"], r["url"], ", ".join(r["domains"]))
+    console.print(table if rows else "No static routes (add one: lbsolo routes:add NAME --to 127.0.0.1:PORT)")
+
+
+@app.command("routes:add")
+@clean_errors
+def routes_add(
+    name: Annotated[str, typer.Argument(help="Served at <name>.<domain>; not an app's name.")],
+    to: Annotated[str, typer.Option("--to", help="HOST:PORT on this machine, e.g. 127.0.0.1:3000.")],
+    domains: Annotated[list[str] | None, typer.Option("--domain", "-d", help="Also route this host.")] = None,
+) -> None:
+    """Route <name>.<domain> to a service on this machine that lbsolo does not run (proxy and DNS follow)."""
+    validate_app_name(name, "route name")
+    with _client() as c:
+        out = c.request("POST", "/api/routes", json={"name": name, "to": to, "domains": domains or []})
+    extra = f" and {', '.join(out['domains'])}" if out["domains"] else ""
+    console.print(f"{out['url']}{extra} -> {out['to']}", highlight=False)
+
+
+@app.command("routes:remove")
+@clean_errors
+def routes_remove(name: Annotated[str, typer.Argument(help="Static route name.")]) -> None:
+    """Stop routing a static route."""
+    with _client() as c:
+        c.request("DELETE", f"/api/routes/{name}")
+    console.print(f"removed {name}", highlight=False)
+
+
+@app.command("dns:setup")
+@clean_errors
+def dns_setup(
+    apply: Annotated[
+        bool, typer.Option("--apply", help="Write the files and restart the resolver (needs root).")
+    ] = False,
+    system: Annotated[
+        str | None, typer.Option(help="linux-resolved, linux-other or macos (default: detected).")
+    ] = None,
+) -> None:
+    """Print (or apply) the steps that make this machine's resolver ask lbsolo for its domain."""
+    import subprocess
+
+    from lbsolo.cli.dnssetup import apply_plan, detect_system, setup_plan
+
+    settings = Settings.load()
+    plan = setup_plan(settings.domain, settings.dns_host, settings.dns_port, system or detect_system())
+    console.print(plan.text, highlight=False, markup=False)
+    if apply:
+        try:
+            written = apply_plan(plan, run=lambda cmd: subprocess.run(cmd, check=True))
+        except (OSError, subprocess.CalledProcessError) as e:
+            raise LbsoloError(f"could not apply the DNS setup: {e}") from e
+        console.print(f"applied: {', '.join(map(str, written))}")
+
+
+@app.command("tls:trust")
+@clean_errors
+def tls_trust() -> None:
+    """Print how to make this machine trust lbsolo's local CA (for https://<app>.<domain>)."""
+    from lbsolo.proxy_tls import LocalCA
+
+    settings = Settings.load()
+    ca = LocalCA(settings.tls_dir, domain=settings.domain).load_or_create()
+    console.print(ca.trust_instructions(), highlight=False, markup=False)
+    problem = ca.problem()
+    if problem:
+        err.print(f"[yellow]warning:[/] {escape(problem)}")
+
+
+@app.command("tls:rotate-ca")
+@clean_errors
+def tls_rotate_ca() -> None:
+    """Replace lbsolo's local CA with a new one (stop the daemon first); then trust the new one.
+
+    Works on the files under $LBSOLO_HOME/tls: the old key is deleted, the old certificate kept as
+    ca.pem.old. Certificates the old CA signed stop verifying; `lbsolo up` then serves new ones.
+    """
+    import json
+    import os
+
+    from lbsolo.proxy_tls import LocalCA
+
+    settings = Settings.load()
+    try:
+        pid = int(json.loads(settings.runtime_path.read_text())["pid"])
+        os.kill(pid, 0)
+        running = True
+    except PermissionError:  # someone else's process: it exists
+        running = True
+    except (OSError, ValueError, KeyError, TypeError):
+        running = False  # no daemon runs with this home
+    if running:
+        raise LbsoloError(f"the daemon (pid {pid}) is running: stop it, rotate the CA, then start it again")
+    ca = LocalCA(settings.tls_dir, domain=settings.domain).rotate()
+    console.print(f"new local CA: {ca.cert_path} (limited to {settings.domain}, localhost and loopback addresses)")
+    console.print("Every machine that trusted the old CA must trust this one instead:", highlight=False)
+    console.print(ca.trust_instructions(), highlight=False, markup=False)
+
+
+@app.command()
+def version() -> None:
+    """Print lbsolo's version."""
+    console.print(f"lbsolo {__version__}")
