@@ -20,7 +20,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lbsolo.dns import DNSServer, Zone, _answer_slow, answer, truncate
+from lbsolo.dns import DNSServer
+from lbsolo.dns_zone import Zone, _answer_slow, answer, truncate
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -510,7 +511,7 @@ def test_fixed_port_with_busy_tcp_fails_cleanly() -> None:
 
 
 def test_dig_style_cookie_query_is_served_from_the_fast_path() -> None:
-    from lbsolo.dns import _MISS, _answer_fast
+    from lbsolo.dns_zone import _MISS, _answer_fast
 
     cookie = dns.edns.GenericOption(dns.edns.OptionType.COOKIE, b"\x01\x02\x03\x04\x05\x06\x07\x08")
     query = make("Web.lbsolo.localhost", use_edns=0, payload=1232, options=[cookie])

@@ -12,7 +12,8 @@ import dns.rcode
 import dns.rdatatype
 import pytest
 
-from lbsolo.dns import DNSServer, Zone, _answer_slow, answer
+from lbsolo.dns import DNSServer
+from lbsolo.dns_zone import Zone, _answer_slow, answer
 
 pytestmark = pytest.mark.timeout(30)
 
