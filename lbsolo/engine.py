@@ -1,65 +1,60 @@
-"""The facade over the local Docker engine: the only module that imports docker.
+"""The engine seam: what the core asks of "where containers run", as one interface.
 
-Everything here is blocking (the Docker SDK is); callers in the event loop go through
-asyncio.to_thread. No docker SDK object leaves this module: callers get Replica records,
-image ids and plain strings, and docker errors come out as lbsolo's EngineError tree.
+`Backend` names the operations a scheduler needs — start a replica, stop it, list them, follow
+their logs, run a one-off job, exec in a replica, watch events, keep volumes and a network,
+read a replica's resource use, keep images (presence, tag, push) and build them — over lbsolo's
+own records (Replica, and the small typed dicts below). Each backend scopes everything to one
+lbsolo instance; every call blocks, so callers in the event loop go through asyncio.to_thread.
+Failures come out as lbsolo's EngineError tree.
+
+A replica's reachable address is on its record: `Replica.host` and `Replica.host_port`, as the
+backend fills them (Docker-local: 127.0.0.1 and the published port; a Swarm backend: a node's
+address). Nothing above this seam assumes the loopback.
+
+Today's backend is Docker on this machine (lbsolo.engine_docker.DockerBackend); `Engine` is
+its old name, resolved on first use so this module never loads docker. This module must not
+import docker, requests or any backend: backends import it, not the other way round.
 """
 
 from __future__ import annotations
 
-import contextlib
-import logging
-import time
-from collections.abc import Callable, Iterator, Mapping
-from typing import IO, Any
+import importlib
+from collections.abc import Callable, Iterator
+from typing import IO, Any, Protocol, TypedDict, runtime_checkable
 
-import docker
-import docker.errors
-import requests.exceptions
-
-from lbsolo.errors import BuildFailed, EngineError, EngineUnavailable
-from lbsolo.models import (
-    LABEL_APP,
-    LABEL_INSTANCE,
-    LABEL_MANAGED,
-    LABEL_PORT,
-    LABEL_PROCESS,
-    LABEL_RELEASE,
-    ONE_OFF,
-    Replica,
-)
-
-log = logging.getLogger("lbsolo.engine")
+from lbsolo.models import Replica
 
 
-@contextlib.contextmanager
-def _engine_errors(what: str) -> Iterator[None]:
-    try:
-        yield
-    except docker.errors.NotFound as e:
-        raise EngineError(f"{what}: not found ({e.explanation or e})") from e
-    except docker.errors.APIError as e:
-        raise EngineError(f"{what}: {e.explanation or e}") from e
-    except requests.exceptions.ReadTimeout as e:
-        raise EngineError(f"{what}: the engine did not answer in time ({e})") from e
-    except (docker.errors.DockerException, requests.exceptions.ConnectionError) as e:
-        raise EngineUnavailable(f"{what}: the Docker engine is not reachable ({e})") from e
+class ImageRecord(TypedDict):
+    """One image this instance built."""
+
+    id: str  # the backend's image id (sha256:…)
+    app: str
+    size: int  # bytes
+    tags: list[str]
+    created: str  # ISO 8601, as the backend reports it
 
 
-def _until_timeout(stream: Iterator[dict[str, Any]], app: str, timeout: float) -> Iterator[dict[str, Any]]:
-    """The build's output stream; a silent step longer than the timeout ends the build."""
-    try:
-        yield from stream
-    except requests.exceptions.ConnectionError as e:
-        if "timed out" in str(e).lower() or isinstance(e.__context__, TimeoutError):
-            raise BuildFailed(f"build of {app} timed out after {timeout:.0f}s (LBSOLO_BUILD_TIMEOUT)") from e
-        raise
-    except requests.exceptions.ReadTimeout as e:
-        raise BuildFailed(f"build of {app} timed out after {timeout:.0f}s (LBSOLO_BUILD_TIMEOUT)") from e
+class ReplicaStats(TypedDict):
+    """One replica's resource use at a moment."""
+
+    cpu_percent: float  # of one CPU
+    mem_bytes: float  # without page cache the kernel can drop
+    mem_limit: float  # 0: none
+    net_rx: float  # bytes since the replica started
+    net_tx: float
+
+
+class EngineEvent(TypedDict):
+    """A change of one of this instance's replicas, as the backend reports it."""
+
+    action: str  # start, die, destroy, … (the reconcile loop wakes on die and destroy)
+    id: str  # the replica's id
+    app: str
 
 
 def parse_memory(value: str) -> int:
-    """'512m' -> bytes. Accepts b, k, m, g suffixes (Docker's convention)."""
+    """'512m' -> bytes. Accepts b, k, m, g suffixes (Docker's convention, kept by every backend)."""
     v = value.strip().lower()
     units = {"b": 1, "k": 1024, "m": 1024**2, "g": 1024**3}
     if v and v[-1] in units:
@@ -67,211 +62,14 @@ def parse_memory(value: str) -> int:
     return int(v)
 
 
-def listed_replica(item: Mapping[str, Any]) -> Replica:
-    """A replica from one entry of the engine's container list (`GET /containers/json`)."""
-    labels = item.get("Labels") or {}
-    host_port = next(
-        (
-            int(p["PublicPort"])
-            for p in item.get("Ports") or []
-            if p.get("PublicPort") and p.get("IP") in ("127.0.0.1", "", None)
-        ),
-        None,
-    )
-    names = item.get("Names") or []
-    state = str(item.get("State", ""))
-    release = labels.get(LABEL_RELEASE)
-    return Replica(
-        id=str(item["Id"]),
-        name=str(names[0]).lstrip("/") if names else str(item["Id"])[:12],
-        app=labels.get(LABEL_APP, ""),
-        release=int(release) if release and release.isdigit() else None,
-        process=labels.get(LABEL_PROCESS, "web"),
-        running=state == "running",
-        status=state,
-        host_port=host_port,
-        # The list has no start time: the creation time, in the form StartedAt has, sorts as well.
-        started_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(int(item.get("Created") or 0))),
-    )
+# Each concern is its own small protocol, so a fake (or a partial backend under test) can be
+# checked against the part it stands in for; Backend is all of them. A replica's id is passed
+# by position (`/`): implementations name it as they like.
 
 
-class Engine:
-    """Blocking operations on the Docker engine, scoped to one lbsolo instance's labels."""
-
-    def __init__(self, instance: str, client: docker.DockerClient | None = None) -> None:
-        self.instance = instance
-        self._client = client
-        self._api_timeout = 120
-
-    @property
-    def client(self) -> docker.DockerClient:
-        if self._client is None:
-            with _engine_errors("connect"):
-                self._client = docker.from_env(timeout=self._api_timeout)
-        return self._client
-
-    def close(self) -> None:
-        if self._client is not None:
-            self._client.close()
-            self._client = None
-
-    def ping(self) -> str:
-        with _engine_errors("ping"):
-            return str(self.client.version().get("Version", "?"))
-
-    def base_labels(self, app: str) -> dict[str, str]:
-        return {LABEL_MANAGED: "true", LABEL_INSTANCE: self.instance, LABEL_APP: app}
-
-    # images
-    def build(
-        self,
-        context: IO[bytes],
-        *,
-        app: str,
-        tag: str,
-        memory: str,
-        timeout: float,
-        on_line: Callable[[str], None],
-        build_args: dict[str, str] | None = None,
-    ) -> str:
-        """Build a tar context with its Dockerfile; stream output to on_line; return image id.
-
-        The Dockerfile must already carry lbsolo's labels (see build.label_dockerfile).
-        """
-        image_id = None
-        limits = {"memory": parse_memory(memory), "memswap": -1}
-        with _engine_errors(f"build of {app}"):
-            stream = self.client.api.build(
-                fileobj=context,
-                custom_context=True,
-                tag=tag,
-                rm=True,
-                forcerm=True,
-                decode=True,
-                container_limits=limits,
-                buildargs=build_args or None,
-                timeout=int(timeout),
-            )
-            started = time.monotonic()
-            for chunk in _until_timeout(stream, app, timeout):
-                if time.monotonic() - started > timeout:
-                    raise BuildFailed(f"build of {app} timed out after {timeout:.0f}s (LBSOLO_BUILD_TIMEOUT)")
-                if "stream" in chunk:
-                    for line in str(chunk["stream"]).splitlines():
-                        if line.strip():
-                            on_line(line)
-                elif "error" in chunk or "errorDetail" in chunk:
-                    detail = chunk.get("errorDetail") or {}
-                    message = str(chunk.get("error") or detail.get("message") or "build failed")
-                    on_line(message.strip())
-                    raise BuildFailed(f"build of {app} failed: {message.strip()}")
-                elif "aux" in chunk and isinstance(chunk["aux"], dict) and "ID" in chunk["aux"]:
-                    image_id = str(chunk["aux"]["ID"])
-                elif "status" in chunk:
-                    on_line(str(chunk["status"]))
-        if not image_id:
-            with _engine_errors(f"inspect image {tag}"):
-                image_id = str(self.client.images.get(tag).id)
-        return image_id
-
-    def tag_image(self, image: str, repository: str, tag: str) -> None:
-        with _engine_errors(f"tag {image}"):
-            self.client.api.tag(image, repository, tag)
-
-    def image_exists(self, image: str) -> bool:
-        try:
-            self.client.images.get(image)
-        except docker.errors.ImageNotFound:
-            return False
-        except docker.errors.DockerException as e:
-            raise EngineError(f"inspect image {image}: {e}") from e
-        return True
-
-    def app_images(self, app: str | None = None) -> list[dict[str, Any]]:
-        """Images this instance built (of one app or all): id, app, size in bytes, tags, created."""
-        labels = [f"{LABEL_INSTANCE}={self.instance}"] + ([f"{LABEL_APP}={app}"] if app else [])
-        with _engine_errors("list images"):
-            images = self.client.images.list(filters={"label": labels})
-        return [
-            {
-                "id": str(i.id),
-                "app": (i.labels or {}).get(LABEL_APP, ""),
-                "size": int(i.attrs.get("Size", 0)),
-                "tags": list(i.tags),
-                "created": str(i.attrs.get("Created", "")),
-            }
-            for i in images
-        ]
-
-    def remove_image(self, image_id: str) -> bool:
-        try:
-            self.client.images.remove(image_id, force=True, noprune=False)
-        except docker.errors.ImageNotFound:
-            return True
-        except docker.errors.APIError as e:
-            log.warning("could not remove image %s: %s", image_id[:19], e.explanation or e)
-            return False
-        return True
-
-    def prune_build_leftovers(self) -> int:
-        """Dangling images from this instance's builds (intermediate layers); returns bytes freed."""
-        with _engine_errors("prune images"):
-            out = self.client.images.prune(filters={"dangling": True, "label": f"{LABEL_INSTANCE}={self.instance}"})
-        return int(out.get("SpaceReclaimed") or 0)
-
-    def remove_app_images(self, app: str) -> list[str]:
-        """Remove every image this instance built for app; returns their ids."""
-        removed = []
-        filters = {"label": [f"{LABEL_INSTANCE}={self.instance}", f"{LABEL_APP}={app}"]}
-        with _engine_errors(f"list images of {app}"):
-            images = self.client.images.list(filters=filters)
-        for image in images:
-            try:
-                self.client.images.remove(image.id, force=True, noprune=False)
-                removed.append(str(image.id))
-            except docker.errors.APIError as e:
-                log.warning("could not remove image %s: %s", image.id, e)
-        return removed
-
-    # containers
-    def ensure_network(self, name: str) -> None:
-        """A user-defined bridge network where apps reach each other by name."""
-        with _engine_errors(f"network {name}"):
-            if self.client.networks.list(names=[name]):
-                return
-            self.client.networks.create(
-                name, driver="bridge", labels={LABEL_MANAGED: "true", LABEL_INSTANCE: self.instance}
-            )
-
-    def remove_network(self, name: str) -> None:
-        """Remove this instance's network if nothing is attached to it any more."""
-        try:
-            for network in self.client.networks.list(names=[name]):
-                if (network.attrs.get("Labels") or {}).get(LABEL_INSTANCE) == self.instance:
-                    network.remove()
-        except docker.errors.APIError as e:
-            log.info("network %s kept: %s", name, e.explanation or e)
-        except (docker.errors.DockerException, requests.exceptions.ConnectionError) as e:
-            raise EngineUnavailable(f"remove network {name}: {e}") from e
-
-    def ensure_volume(self, app: str, name: str) -> str:
-        """A named volume of app (created once, kept across releases); returns the engine's name."""
-        full = f"lbsolo-{self.instance}-{app}-{name}"
-        with _engine_errors(f"volume {name}"):
-            try:
-                self.client.volumes.get(full)
-            except docker.errors.NotFound:
-                self.client.volumes.create(full, labels=self.base_labels(app))
-        return full
-
-    def remove_app_volumes(self, app: str) -> int:
-        filters = {"label": [f"{LABEL_INSTANCE}={self.instance}", f"{LABEL_APP}={app}"]}
-        removed = 0
-        with _engine_errors(f"volumes of {app}"):
-            for volume in self.client.volumes.list(filters=filters):
-                volume.remove(force=True)
-                removed += 1
-        return removed
+@runtime_checkable
+class Replicas(Protocol):
+    """Long-running replicas of an app's release: start, restart, stop, list."""
 
     def run(
         self,
@@ -289,40 +87,41 @@ class Engine:
         cpus: float | None = None,
         volumes: dict[str, str] | None = None,
     ) -> Replica:
-        """Start a replica; a web port is published on 127.0.0.1 only, at a free host port."""
-        labels = {**self.base_labels(app), LABEL_RELEASE: str(release), LABEL_PROCESS: process}
-        kwargs: dict[str, Any] = {}
-        if port is not None:
-            labels[LABEL_PORT] = str(port)
-            kwargs["ports"] = {f"{port}/tcp": ("127.0.0.1", None)}
-        if command:
-            kwargs["entrypoint"] = ["/bin/sh", "-c"]
-            kwargs["command"] = [command]
-        if memory:
-            kwargs["mem_limit"] = parse_memory(memory)
-        if cpus:
-            kwargs["nano_cpus"] = int(cpus * 1e9)
-        if volumes:
-            kwargs["volumes"] = {vol: {"bind": path, "mode": "rw"} for vol, path in volumes.items()}
-        if network:
-            # Other apps reach this one as `<app>` (web) and `<process>.<app>`.
-            aliases = [f"{process}.{app}"] + ([app] if process == "web" else [])
-            kwargs["network"] = network
-            kwargs["networking_config"] = {network: self.client.api.create_endpoint_config(aliases=aliases)}
-        with _engine_errors(f"start {name}"):
-            container = self.client.containers.create(
-                image,
-                name=name,
-                detach=True,
-                environment=env,
-                labels=labels,
-                hostname=name.removeprefix("lbsolo-")[:63],
-                init=True,
-                **kwargs,
-            )
-            container.start()
-            container.reload()
-        return self._replica(container)
+        """Start a replica of image; a web `port` is made reachable at the record's host and host_port.
+
+        `command` runs through /bin/sh -c (None: the image's own); `volumes` maps a name from
+        ensure_volume to a mount path; `network` is one from ensure_network, where other apps
+        reach this replica as `<process>.<app>` (and a web replica as `<app>`).
+        """
+        ...
+
+    def start(self, replica_id: str, /) -> Replica:
+        """Start a stopped replica again, keeping its id; returns its record."""
+        ...
+
+    def stop_and_remove(self, replica_id: str, /, timeout: int) -> None:
+        """Stop (asking, then after timeout seconds forcing) and remove; a replica already gone is fine."""
+        ...
+
+    def list_replicas(self, app: str | None = None) -> list[Replica]:
+        """Every replica this instance started (running or not, one-off jobs too), of one app or all."""
+        ...
+
+
+@runtime_checkable
+class Logs(Protocol):
+    def logs(self, replica_id: str, /, tail: int = 200) -> str:
+        """The last `tail` lines a replica printed (stdout and stderr)."""
+        ...
+
+    def follow_logs(self, replica_id: str, /, since: float | None = None) -> Iterator[str]:
+        """Lines a replica prints from `since` (epoch seconds; None: from its start), until it stops."""
+        ...
+
+
+@runtime_checkable
+class Jobs(Protocol):
+    """Commands that run to an end: in a fresh replica of an image, or inside a running one."""
 
     def run_once(
         self,
@@ -336,167 +135,127 @@ class Engine:
         timeout: float,
         volumes: dict[str, str] | None = None,
     ) -> int:
-        """Run a one-off command in a fresh container of image; stream output; return its exit code."""
-        mounts = {vol: {"bind": path, "mode": "rw"} for vol, path in (volumes or {}).items()}
-        with _engine_errors(f"run in {app}"):
-            container = self.client.containers.run(
-                image,
-                entrypoint=["/bin/sh", "-c"],
-                command=[command],
-                detach=True,
-                environment=env,
-                labels={**self.base_labels(app), LABEL_PROCESS: ONE_OFF},
-                network=network,
-                init=True,
-                volumes=mounts or None,
-            )
-            try:
-                buf = b""
-                for chunk in container.logs(stream=True, follow=True):
-                    buf += chunk
-                    *lines, buf = buf.split(b"\n")
-                    for line in lines:
-                        on_output(line.decode("utf-8", "replace"))
-                if buf:
-                    on_output(buf.decode("utf-8", "replace"))
-                result = container.wait(timeout=timeout)
-                return int(result.get("StatusCode", 1))
-            finally:
-                with contextlib.suppress(docker.errors.APIError):
-                    container.remove(force=True)
+        """Run command (/bin/sh -c) in a fresh replica of image, streaming its lines; its exit code.
 
-    def follow_logs(self, container_id: str, since: float | None = None) -> Iterator[str]:
-        """Lines a container prints (stdout and stderr), following until it stops."""
-        with _engine_errors(f"logs of {container_id[:12]}"):
-            container = self.client.containers.get(container_id)
-            stream = container.logs(stream=True, follow=True, since=since or None)
-        buf = b""
-        try:
-            for chunk in stream:
-                buf += chunk
-                *lines, buf = buf.split(b"\n")
-                for line in lines:
-                    yield line.decode("utf-8", "replace")
-        except (docker.errors.DockerException, requests.exceptions.RequestException):
-            return
-        if buf:
-            yield buf.decode("utf-8", "replace")
+        The replica is a one-off (Replica.one_off) and is removed when the command ends.
+        """
+        ...
 
-    def events(self, since: float | None = None) -> Iterator[dict[str, str]]:
-        """Container events of this instance: {"action", "id", "app"}; blocks until the engine goes."""
-        filters = {"type": "container", "label": [f"{LABEL_INSTANCE}={self.instance}", LABEL_PROCESS]}
-        with _engine_errors("events"):
-            stream = self.client.events(decode=True, filters=filters, since=since)
-        try:
-            for event in stream:
-                attrs = (event.get("Actor") or {}).get("Attributes") or {}
-                yield {
-                    "action": str(event.get("Action", "")),
-                    "id": str(event.get("id", "")),
-                    "app": attrs.get(LABEL_APP, ""),
-                }
-        except (docker.errors.DockerException, requests.exceptions.RequestException) as e:
-            raise EngineUnavailable(f"event stream ended: {e}") from e
+    def exec(self, replica_id: str, /, command: str, *, on_output: Callable[[str], None], timeout: float) -> int:
+        """Run command (/bin/sh -c) inside a running replica, streaming its lines; its exit code."""
+        ...
 
-    def list_replicas(self, app: str | None = None) -> list[Replica]:
-        """Every container of this instance (running or not), optionally of one app."""
-        # Build steps run in containers of the image being built, which carries lbsolo's labels
-        # from right after FROM on: only the containers lbsolo started have a process label.
-        labels = [f"{LABEL_MANAGED}=true", f"{LABEL_INSTANCE}={self.instance}", LABEL_PROCESS]
-        if app is not None:
-            labels.append(f"{LABEL_APP}={app}")
-        with _engine_errors("list containers"):
-            # The list's own fields are enough: one call, where docker-py's full listing inspects
-            # each container and fails whole when one of them is removed meanwhile.
-            listed = self.client.api.containers(all=True, filters={"label": labels})
-        return [listed_replica(item) for item in listed]
 
-    def start(self, container_id: str) -> Replica:
-        with _engine_errors(f"start {container_id[:12]}"):
-            container = self.client.containers.get(container_id)
-            container.start()
-            container.reload()
-        return self._replica(container)
+@runtime_checkable
+class Events(Protocol):
+    def events(self, since: float | None = None) -> Iterator[EngineEvent]:
+        """Changes of this instance's replicas as they happen; raises EngineUnavailable when the stream ends."""
+        ...
 
-    def stop_and_remove(self, container_id: str, timeout: int) -> None:
-        try:
-            container = self.client.containers.get(container_id)
-            if container.status in ("running", "restarting", "paused"):
-                container.stop(timeout=timeout)
-            container.remove(force=True)
-        except docker.errors.NotFound:
-            return
-        except docker.errors.APIError as e:
-            if e.status_code in (404, 409):  # gone, or removal already in progress
-                return
-            raise EngineError(f"stop {container_id[:12]}: {e.explanation or e}") from e
-        except (docker.errors.DockerException, requests.exceptions.ConnectionError) as e:
-            raise EngineUnavailable(f"stop {container_id[:12]}: {e}") from e
 
-    def logs(self, container_id: str, tail: int = 200) -> str:
-        with _engine_errors(f"logs of {container_id[:12]}"):
-            raw = self.client.containers.get(container_id).logs(tail=tail, timestamps=False)
-        return raw.decode("utf-8", "replace")
+@runtime_checkable
+class Volumes(Protocol):
+    def ensure_volume(self, app: str, name: str) -> str:
+        """An app's named volume (made once, kept across releases); returns the name `run` mounts."""
+        ...
 
-    @staticmethod
-    def _replica(container: Any) -> Replica:
-        labels = container.labels or {}
-        attrs = container.attrs or {}
-        state = attrs.get("State") or {}
-        host_port = None
-        for bindings in ((attrs.get("NetworkSettings") or {}).get("Ports") or {}).values():
-            for b in bindings or []:
-                if b.get("HostIp") in ("127.0.0.1", "") and b.get("HostPort"):
-                    host_port = int(b["HostPort"])
-                    break
-        release = labels.get(LABEL_RELEASE)
-        return Replica(
-            id=str(container.id),
-            name=str(container.name),
-            app=labels.get(LABEL_APP, ""),
-            release=int(release) if release and release.isdigit() else None,
-            process=labels.get(LABEL_PROCESS, "web"),
-            running=container.status == "running",
-            status=str(container.status),
-            host_port=host_port,
-            started_at=str(state.get("StartedAt", "")),
-        )
+    def remove_app_volumes(self, app: str) -> int:
+        """Remove every volume of app; returns how many."""
+        ...
 
-    def stats(self, container_id: str) -> dict[str, float]:
-        """One container's resource use now: cpu_percent (of one CPU), mem_bytes, mem_limit, and
-        net_rx / net_tx (bytes since it started). Blocks about a second: the engine takes two readings."""
-        with _engine_errors(f"stats of {container_id[:12]}"):
-            try:
-                raw = self.client.api.stats(container_id, stream=False)
-            except ValueError as e:  # the container went away mid-answer: a cut-off JSON document
-                raise EngineError(f"stats of {container_id[:12]}: incomplete answer ({e})") from e
-        return self._stats_numbers(raw or {})
 
-    @staticmethod
-    def _stats_numbers(raw: dict[str, Any]) -> dict[str, float]:
-        """Plain numbers from a `docker stats` document (cgroup v1 or v2), the way the docker CLI counts."""
-        cpu = raw.get("cpu_stats") or {}
-        pre = raw.get("precpu_stats") or {}
-        cpu_delta = ((cpu.get("cpu_usage") or {}).get("total_usage") or 0) - (
-            (pre.get("cpu_usage") or {}).get("total_usage") or 0
-        )
-        system_delta = (cpu.get("system_cpu_usage") or 0) - (pre.get("system_cpu_usage") or 0)
-        online = cpu.get("online_cpus") or len((cpu.get("cpu_usage") or {}).get("percpu_usage") or []) or 1
-        cpu_percent = cpu_delta / system_delta * online * 100.0 if cpu_delta > 0 and system_delta > 0 else 0.0
-        memory = raw.get("memory_stats") or {}
-        detail = memory.get("stats") or {}
-        # Page cache the kernel can drop is not the app's memory: v1 reports it as total_inactive_file.
-        cache = detail.get("inactive_file", detail.get("total_inactive_file", 0)) or 0
-        usage = memory.get("usage") or 0
-        mem_bytes = usage - cache if cache < usage else usage
-        rx = tx = 0
-        for net in (raw.get("networks") or {}).values():
-            rx += net.get("rx_bytes") or 0
-            tx += net.get("tx_bytes") or 0
-        return {
-            "cpu_percent": round(float(cpu_percent), 3),
-            "mem_bytes": float(mem_bytes),
-            "mem_limit": float(memory.get("limit") or 0),
-            "net_rx": float(rx),
-            "net_tx": float(tx),
-        }
+@runtime_checkable
+class Networks(Protocol):
+    def ensure_network(self, name: str) -> None:
+        """A network where this instance's replicas reach each other by name."""
+        ...
+
+    def remove_network(self, name: str) -> None:
+        """Remove this instance's network if nothing uses it any more (else keep it, quietly)."""
+        ...
+
+
+@runtime_checkable
+class Stats(Protocol):
+    def stats(self, replica_id: str, /) -> ReplicaStats:
+        """One replica's resource use now (may take a second: CPU use needs two readings)."""
+        ...
+
+
+@runtime_checkable
+class Images(Protocol):
+    """Images by id or name: presence, tags, pushes, and this instance's own for retention."""
+
+    def image_exists(self, image: str) -> bool: ...
+
+    def tag_image(self, image: str, repository: str, tag: str) -> None:
+        """Name image `repository:tag` (a release's image is tagged `lbsolo/<app>:v<n>`)."""
+        ...
+
+    def push_image(self, repository: str, tag: str, on_line: Callable[[str], None]) -> None:
+        """Push `repository:tag` to its registry (where other nodes pull it), streaming progress."""
+        ...
+
+    def app_images(self, app: str | None = None) -> list[ImageRecord]:
+        """Images this instance built, of one app or all."""
+        ...
+
+    def remove_image(self, image_id: str) -> bool:
+        """Remove an image (gone already counts); False if the backend keeps it (e.g. in use)."""
+        ...
+
+    def remove_app_images(self, app: str) -> list[str]:
+        """Remove every image this instance built for app; returns their ids."""
+        ...
+
+    def prune_build_leftovers(self) -> int:
+        """Remove what this instance's builds left behind (intermediate layers); returns bytes freed."""
+        ...
+
+
+@runtime_checkable
+class Builds(Protocol):
+    def base_labels(self, app: str) -> dict[str, str]:
+        """The labels that mark an app's images and replicas as this instance's (builds bake them in)."""
+        ...
+
+    def build(
+        self,
+        context: IO[bytes],
+        *,
+        app: str,
+        tag: str,
+        memory: str,
+        timeout: float,
+        on_line: Callable[[str], None],
+        build_args: dict[str, str] | None = None,
+    ) -> str:
+        """Build a tar context holding its Dockerfile, streaming output to on_line; returns the image id.
+
+        Raises BuildFailed when the build fails or a step is silent longer than timeout seconds.
+        """
+        ...
+
+
+@runtime_checkable
+class Backend(Replicas, Logs, Jobs, Events, Volumes, Networks, Stats, Images, Builds, Protocol):
+    """Where one lbsolo instance's containers run."""
+
+    instance: str  # names this instance: a backend touches only what carries it
+
+    def ping(self) -> str:
+        """The backend's version; raises EngineUnavailable if it cannot be reached."""
+        ...
+
+    def close(self) -> None:
+        """Let go of connections (the backend reconnects on next use)."""
+        ...
+
+
+def __getattr__(name: str) -> Any:
+    # `Engine`, the Docker-local backend under its old name, for the modules that build or
+    # annotate with it. Looked up on first use, by name: importing this module loads no
+    # backend, and the interface keeps no import of an implementation.
+    if name == "Engine":
+        return importlib.import_module("lbsolo.engine_docker").DockerBackend
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -440,12 +440,18 @@ class Replica:
     process: str
     running: bool
     status: str  # engine's word: running, exited, created, ...
-    host_port: int | None  # published on 127.0.0.1
+    host_port: int | None  # the port at `host` where a web replica is reached (None: none published)
     started_at: str = ""  # sorts oldest first (when listed: the creation time)
+    host: str = "127.0.0.1"  # where the backend makes the replica reachable (Docker-local: the loopback)
 
     @property
     def one_off(self) -> bool:
         return self.process == ONE_OFF
+
+    @property
+    def address(self) -> tuple[str, int] | None:
+        """(host, port) where the proxy and health checks reach this replica; None if it has no port."""
+        return None if self.host_port is None else (self.host, self.host_port)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -1,8 +1,9 @@
-"""Replicas read from the engine's container list (one `GET /containers/json` per listing)."""
+"""Replicas read from the Docker engine's answers: its container list (one `GET /containers/json`
+per listing) and its inspection of one container (after a start)."""
 
 from __future__ import annotations
 
-from lbsolo.engine import listed_replica
+from lbsolo.engine_docker import LOOPBACK, inspected_replica, listed_replica
 from lbsolo.models import ONE_OFF
 
 
@@ -33,12 +34,14 @@ def test_a_running_web_replica():
     assert (r.name, r.app, r.release, r.process, r.running, r.status, r.host_port) == (
         "lbsolo-shop-web-v3-a1b2c3", "shop", 3, "web", True, "running", 33187,
     )  # fmt: skip
+    assert r.address == (LOOPBACK, 33187) == ("127.0.0.1", 33187)
 
 
 def test_a_stopped_worker_has_no_port_and_an_unknown_release_is_none():
     labels = {**entry()["Labels"], "lbsolo.process": "worker", "lbsolo.release": "x"}
     r = listed_replica(entry(State="exited", Status="Exited (1) 2 seconds ago", Ports=[], Labels=labels))
     assert (r.running, r.status, r.host_port, r.release, r.process) == (False, "exited", None, None, "worker")
+    assert r.address is None
 
 
 def test_only_a_port_published_on_loopback_counts():
@@ -51,3 +54,34 @@ def test_one_off_containers_are_marked_and_oldest_sorts_first():
     assert listed_replica(entry(Labels=labels)).one_off
     older, newer = listed_replica(entry(Created=999_999_999)), listed_replica(entry(Created=1_000_000_000))
     assert older.started_at < newer.started_at
+
+
+def inspection(**over):
+    # `GET /containers/{id}/json` of a started web replica, trimmed to what lbsolo reads.
+    attrs = {
+        "Id": "9f124fa99ae60ff14404d465de61b92e83b3627a300ecb02bc260e20ee85fd19",
+        "Name": "/lbsolo-shop-web-v3-a1b2c3",
+        "State": {"Status": "running", "Running": True, "StartedAt": "2026-11-27T10:19:21.123456789Z"},
+        "Config": {"Labels": entry()["Labels"]},
+        "NetworkSettings": {
+            "Ports": {"5000/tcp": [{"HostIp": "127.0.0.1", "HostPort": "33187"}], "5001/tcp": None},
+        },
+    }
+    attrs.update(over)
+    return attrs
+
+
+def test_an_inspected_replica_reads_like_a_listed_one():
+    r = inspected_replica(inspection())
+    listed = listed_replica(entry())
+    assert (r.id, r.name, r.app, r.release, r.process, r.running, r.status, r.address) == (
+        listed.id, listed.name, listed.app, listed.release, listed.process, listed.running, listed.status,
+        listed.address,
+    )  # fmt: skip
+    assert r.started_at == "2026-11-27T10:19:21.123456789Z"
+
+
+def test_an_inspected_replica_reached_only_on_loopback():
+    wide = {"5000/tcp": [{"HostIp": "0.0.0.0", "HostPort": "8000"}]}
+    r = inspected_replica(inspection(NetworkSettings={"Ports": wide}, State={"Status": "exited"}))
+    assert (r.address, r.running, r.status, r.started_at) == (None, False, "exited", "")
