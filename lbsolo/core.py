@@ -197,6 +197,12 @@ class Platform:
             shown.append({**r.to_dict(), "config": masked_config(r.config, secret), "secrets": sorted(secret)})
         return shown
 
+    async def recent_releases(self, limit: int = 10) -> list[dict[str, Any]]:
+        """The newest releases of every app, newest first: what, when, how it went (no config)."""
+        rows = await asyncio.to_thread(self.state.recent_releases, limit)
+        keys = ("app", "version", "status", "description", "created_at", "error")
+        return [{k: v for k, v in r.to_dict().items() if k in keys} for r in rows]
+
     async def replicas(self, name: str) -> list[Replica]:
         await self.ctx.app(name)
         return await asyncio.to_thread(self.engine.list_replicas, name)

@@ -19,6 +19,7 @@ import json
 import os
 import tempfile
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -112,12 +113,21 @@ class AtomicJSONStorage(Storage):
     def close(self) -> None:
         pass
 
+    def rows(self, table: str, match: Callable[[dict[str, Any]], bool] | None = None) -> list[dict[str, Any]]:
+        """Copies of a table's documents (those `match` accepts), read from memory.
+
+        A read copies only what it returns, not the whole database as TinyDB's own read does.
+        """
+        docs = (self._data or {}).get(table, {}).values()
+        return [copy.deepcopy(d) for d in docs if match is None or match(d)]
+
 
 class State:
     """Typed access to lbsolo's tables. Thread-safe; call it through asyncio.to_thread."""
 
     def __init__(self, path: Path) -> None:
         self._db = TinyDB(path, storage=AtomicJSONStorage)
+        self._memory: AtomicJSONStorage = self._db.storage  # type: ignore[assignment]
         self._upgrade(Path(path))
         self._lock = threading.Lock()
         self._apps = self._db.table("apps")
@@ -147,12 +157,13 @@ class State:
     # apps
     def list_apps(self) -> list[App]:
         with self._lock:
-            return sorted((App.from_dict(d) for d in self._apps.all()), key=lambda a: a.name)
+            rows = self._memory.rows("apps")
+        return sorted((App.from_dict(d) for d in rows), key=lambda a: a.name)
 
     def find_app(self, name: str) -> App | None:
         with self._lock:
-            d = self._apps.get(Query().name == name)
-        return App.from_dict(d) if d else None  # type: ignore[arg-type]
+            rows = self._memory.rows("apps", lambda d: d.get("name") == name)
+        return App.from_dict(rows[0]) if rows else None
 
     def get_app(self, name: str) -> App:
         app = self.find_app(name)
@@ -184,16 +195,21 @@ class State:
     # releases
     def list_releases(self, app: str) -> list[Release]:
         with self._lock:
-            rows = self._releases.search(Query().app == app)
+            rows = self._memory.rows("releases", lambda d: d.get("app") == app)
         return sorted((Release.from_dict(d) for d in rows), key=lambda r: r.version)
 
-    def get_release(self, app: str, version: int) -> Release:
-        q = Query()
+    def recent_releases(self, limit: int) -> list[Release]:
+        """The newest releases of all apps, newest first (one read, whatever the number of apps)."""
         with self._lock:
-            d = self._releases.get((q.app == app) & (q.version == version))
-        if not d:
+            rows = self._memory.rows("releases")
+        return sorted((Release.from_dict(d) for d in rows), key=lambda r: r.created_at, reverse=True)[:limit]
+
+    def get_release(self, app: str, version: int) -> Release:
+        with self._lock:
+            rows = self._memory.rows("releases", lambda d: d.get("app") == app and d.get("version") == version)
+        if not rows:
             raise NotFound(f"app {app!r} has no release v{version}")
-        return Release.from_dict(d)  # type: ignore[arg-type]
+        return Release.from_dict(rows[0])
 
     def next_version(self, app: str) -> int:
         return max((r.version for r in self.list_releases(app)), default=0) + 1
@@ -206,7 +222,7 @@ class State:
     # static routes
     def list_routes(self) -> list[StaticRoute]:
         with self._lock:
-            rows = self._routes.all()
+            rows = self._memory.rows("routes")
         return sorted((StaticRoute.from_dict(d) for d in rows), key=lambda r: r.name)
 
     def add_route(self, route: StaticRoute) -> StaticRoute:
@@ -232,7 +248,7 @@ class State:
 
     def list_builds(self, app: str) -> list[Build]:
         with self._lock:
-            rows = self._builds.search(Query().app == app)
+            rows = self._memory.rows("builds", lambda d: d.get("app") == app)
         return sorted((Build.from_dict(d) for d in rows), key=lambda b: b.created_at)
 
     def delete_builds(self, app: str, ids: list[str]) -> None:

@@ -249,12 +249,7 @@ def create_web_router(
         if session is None:
             return to_login(request)
         apps = await platform.list_apps()
-        per_app = await asyncio.gather(*(platform.releases(a["name"]) for a in apps), return_exceptions=True)
-        recent = sorted(
-            (r for rows in per_app if isinstance(rows, list) for r in rows),
-            key=lambda r: r.get("created_at") or 0,
-            reverse=True,
-        )[:10]
+        recent = await platform.recent_releases(10)  # one read, whatever the number of apps
         events = [e.to_dict() for e in reversed(bus.recent(20))] if bus is not None else []
         small = {a["name"]: graphs(a["name"], 80, 20) for a in apps}
         return page(request, "dashboard.html", session, apps=apps, recent=recent, events=events, graphs=small)

@@ -6,7 +6,7 @@ import textwrap
 
 import pytest
 
-from lbsolo.errors import Conflict, NotFound
+from lbsolo.errors import Conflict, NotFound, StorageError
 from lbsolo.models import App, Release, ReleaseStatus
 from lbsolo.state import AtomicJSONStorage, State
 
@@ -70,3 +70,27 @@ def test_kill_9_during_writes_leaves_a_readable_database(tmp_path):
             State(path).list_apps()  # must not raise
     assert path.exists()
     assert len(State(path).list_apps()) >= 1
+
+
+def test_reads_come_from_memory_as_copies_and_a_failed_write_changes_nothing(tmp_path, monkeypatch):
+    state = State(tmp_path / "state.json")
+    state.create_app(App("a"))
+    state.save_release(Release("a", 1, "sha256:x", status=ReleaseStatus.ACTIVE, created_at=1.0))
+    state.create_app(App("b"))
+    state.save_release(Release("b", 1, "sha256:y", created_at=2.0))
+    app = state.get_app("a")
+    app.config["K"] = "v"  # a caller's change, not saved: the state does not see it
+    app.formation["web"] = 9
+    assert state.get_app("a").config == {} and state.get_app("a").formation == {"web": 1}
+    assert [(r.app, r.version) for r in state.recent_releases(10)] == [("b", 1), ("a", 1)]
+    assert [r.app for r in state.recent_releases(1)] == ["b"]
+    assert state.get_release("a", 1).image == "sha256:x"
+
+    def full(*_: object, **__: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr("lbsolo.state.os.replace", full)
+    app.config["K"] = "v"
+    with pytest.raises(StorageError):
+        state.save_app(app)
+    assert state.get_app("a").config == {}  # memory is not ahead of the disk

@@ -212,6 +212,9 @@ class FakePlatform:
             {"app": name, "version": 2, "status": "active", "description": "deploy", "created_at": 2.0},
         ]
 
+    async def recent_releases(self, limit: int = 10) -> list[dict[str, Any]]:
+        return list(reversed(await self.releases("hello")))[:limit]
+
     async def replicas(self, name: str) -> list[Any]:
         await self.get_app(name)
         return []
