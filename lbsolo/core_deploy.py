@@ -214,7 +214,10 @@ class Deploys:
                     dry_run or await asyncio.to_thread(self.ctx.engine.remove_image, image["id"])
                 ):
                     removed.append({"app": app.name, "id": image["id"], "size": image["size"], "tags": image["tags"]})
-        freed = 0 if dry_run else await asyncio.to_thread(self.ctx.engine.prune_build_leftovers)
+        # A build's intermediate layers look like leftovers until it ends: with any build queued or
+        # running (another app's, while this deploy ends), the prune waits for a later gc.
+        prune = not dry_run and not self.builder.jobs
+        freed = await asyncio.to_thread(self.ctx.engine.prune_build_leftovers) if prune else 0
         return {"removed": removed, "bytes": sum(i["size"] for i in removed) + freed, "dry_run": dry_run}
 
     async def disk_usage(self) -> dict[str, int]:

@@ -360,3 +360,18 @@ def test_reading_the_webhook_secret_is_no_change_of_the_app(tmp_path):
         assert await scene.platform.hook_secret("web1", create=False) == secret
 
     asyncio.run(_serving_v1(tmp_path, test))
+
+
+def test_gc_leaves_build_leftovers_while_another_build_is_queued_or_running(tmp_path):
+    async def main() -> None:
+        platform, engine, _, _ = await _platform(tmp_path, {})
+        pruned: list[int] = []
+        engine.prune_build_leftovers = lambda: pruned.append(1) or 0  # type: ignore[method-assign]
+        platform.builder.jobs["b1"] = object()  # type: ignore[assignment]  # another app's build, in progress
+        await platform.gc("web1")
+        assert pruned == []  # its intermediate layers would have looked like leftovers
+        platform.builder.jobs.clear()
+        await platform.gc("web1")
+        assert pruned == [1]
+
+    asyncio.run(main())
