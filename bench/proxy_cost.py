@@ -23,8 +23,6 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from lbsolo.proxy import ProxyServer, Route, Target
-from lbsolo.proxy_downstream import _Client
-from lbsolo.proxy_upstream import _Upstream
 
 REQUEST = b"GET / HTTP/1.1\r\nHost: bench.lbsolo.localhost\r\n\r\n"
 POST_HEAD = (
@@ -72,20 +70,19 @@ async def relay(requests: int, reads: tuple[bytes, ...] = (REQUEST,)) -> float:
     target = Target("127.0.0.1", 9)
     server.set_routes({"bench": Route("bench", "v1", (target,))})
     await server.start()
-    client, to_client = _Client(server), Transport()
+    client, to_client = server.downstream(), Transport()
     client.connection_made(to_client)  # type: ignore[arg-type]
-    upstream, to_app = _Upstream(server, target), Transport()
+    upstream, to_app = server.upstream(target), Transport()
     upstream.connection_made(to_app)  # type: ignore[arg-type]
-    server._pool_put(upstream)
+    server.pool.put_idle(upstream)
     started = time.perf_counter()
     for _ in range(requests):
         for data in reads:
             client.data_received(data)
         upstream.data_received(RESPONSE)
-    server._fold(everything=True)
+    server.metrics()  # folds every finished exchange into the metrics and the access log
     took = time.perf_counter() - started
     assert to_client.writes == requests and to_app.writes >= requests, "a request was not relayed"
-    client._detach_upstream()
     await server.stop(0)
     return took
 

@@ -1,12 +1,13 @@
 """lbsolo's HTTP/1.1 reverse proxy: routes `<app>.<domain>` (and custom domains) to app replicas.
 
 It runs inside the daemon's event loop (uvloop or the default loop). This module holds
-`ProxyServer` (listeners, upstream connection pools, least-outstanding-requests balancing,
-passive ejection, drain, metrics, access log). Its parts: `proxy_client` (the client side of
-each connection: parsing, keep-alive, pipelining, streaming bodies, timeouts, limits, error
-pages), `proxy_upstream` (the app side of an exchange, and WebSocket tunnels), `proxy_routes`
-(the routing table), `proxy_http` (shared HTTP constants and helpers), `proxy_metrics`; TLS
-certificates come from `lbsolo.proxy_tls`.
+`ProxyServer` (listeners, connection caps, timeout sweep, metrics, access log). Its parts:
+`proxy_downstream` (the client side of each connection: parsing, keep-alive, pipelining, streaming
+bodies, timeouts, limits, error pages), `proxy_upstream` (the app side of an exchange, and
+WebSocket tunnels), `proxy_targets` (per target: state, requests in flight, upstream connection
+pool, balancing, passive ejection, drain), `proxy_routes` (the routing table), `proxy_http`
+(shared HTTP constants and helpers), `proxy_metrics`; TLS certificates come from
+`lbsolo.proxy_tls`.
 
 What it must not do: know about containers, releases or state. It never imports docker,
 tinydb or lbsolo modules other than those parts. The core decides routes and pushes them in with
@@ -18,32 +19,28 @@ only counts and appends a tuple for the access log, formatted off the hot path.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import ipaddress
 import logging
 import os
 import ssl
 import time
-from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from lbsolo.proxy_downstream import _Client
-from lbsolo.proxy_http import _now
+from lbsolo.proxy_http import _now, request_ids
 from lbsolo.proxy_metrics import AppStats, access_lines, prometheus_text
 from lbsolo.proxy_routes import Route, RouteTable, Target, normalize_host
+from lbsolo.proxy_targets import TargetPool, TargetState
 from lbsolo.proxy_upstream import _Upstream
 
-__all__ = ["ProxyServer", "Route", "RouteTable", "Target", "normalize_host"]
+__all__ = ["ProxyServer", "Route", "RouteTable", "Target", "TargetState", "normalize_host"]
 
 log = logging.getLogger("lbsolo.proxy")
 
 # Tuning of the server side.
-_POOL_MAX = 1024  # idle upstream connections kept per target
 _FOLD_EVERY = 0.2  # seconds between folds of finished exchanges into metrics and access log
 _FOLD_SLICE = 200  # finished exchanges folded per loop iteration (about a millisecond)
-_EJECT_SECONDS = 5.0  # a target that refused a connection gets no new requests for this long
-_POOL_IDLE = 3.0  # seconds an idle upstream connection is kept (below common app keep-alive timeouts)
 
 
 class ProxyServer:
@@ -107,15 +104,8 @@ class ProxyServer:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._server: asyncio.Server | None = None
         self._clients: set[_Client] = set()
-        self._upstreams: set[_Upstream] = set()
-        self._idle: dict[Target, list[_Upstream]] = {}
-        self._rr = 0  # round-robin tie-break between equally busy targets
-        self._inflight: dict[Target, int] = {}  # requests (and tunnels) in progress per target
-        self._ejected: dict[Target, float] = {}  # target -> loop time until which it gets no new requests
-        self._drained = asyncio.Event()
-        self._connecting: dict[Target, int] = {}  # connection attempts in progress per target
-        self._waiting: dict[Target, deque[_Client]] = {}  # requests queued for a connection per target
-        self._drain_waiters = 0
+        self.pool = TargetPool()  # every target's state and upstream connections
+        self.request_ids = request_ids()  # `next(...)`: the id of a request that came without one
         self._stats: dict[str, AppStats] = {}
         # HTTPS listener: `tls` is a server context, e.g. lbsolo.proxy_tls.CertStore(...).server_context().
         self._https_port = https_port
@@ -126,8 +116,6 @@ class ProxyServer:
         # their access-log lines off the hot path (see _Client._record for the fields).
         self._finished: list[tuple[Any, ...]] = []
         self._folder: asyncio.TimerHandle | None = None
-        self._id_prefix = os.urandom(6).hex().encode()
-        self._id_count = 0
         self._stopping = False
         self._sweeper: asyncio.TimerHandle | None = None
         shortest = min(read_timeout, header_timeout, idle_timeout, body_grace, tunnel_idle_timeout)
@@ -140,13 +128,7 @@ class ProxyServer:
     def set_routes(self, routes: Mapping[str, Route]) -> None:
         """Replace the routing table (atomic swap; in-flight requests keep their target)."""
         self.table = table = RouteTable(self.table.domain, routes)
-        live = table.targets()
-        for target in [t for t in self._ejected if t not in live]:
-            del self._ejected[target]
-        for target in [t for t in self._idle if t not in live]:
-            for up in self._idle.pop(target):
-                up.pooled = False
-                up._close()
+        self.pool.update(table.targets())
 
     def metrics(self) -> dict[str, dict[str, Any]]:
         """Per-app counters since start (JSON-able): requests by status class, bytes, latency histogram."""
@@ -160,36 +142,29 @@ class ProxyServer:
 
     def in_flight(self, target: Target) -> int:
         """Requests (and WebSocket tunnels) to `target` in progress now, whichever route sent them."""
-        return self._inflight.get(target, 0)
+        return self.pool.in_flight(target)
 
     async def wait_drained(self, targets: Iterable[Target], timeout: float) -> bool:
         """Wait until nothing is in flight to `targets`; False if some still are after `timeout` seconds.
 
         Call it after `set_routes` has removed the targets: they get no new requests from then on.
         """
-        targets = tuple(targets)
-        inflight = self._inflight
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + max(0.0, timeout)
-        self._drain_waiters += 1
-        try:
-            while any(t in inflight for t in targets):
-                remaining = deadline - loop.time()
-                if remaining <= 0:
-                    return False
-                self._drained.clear()
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(remaining):
-                        await self._drained.wait()
-            return True
-        finally:
-            self._drain_waiters -= 1
+        return await self.pool.wait_drained(targets, timeout)
+
+    def downstream(self, https: bool = False) -> _Client:
+        """A protocol for one accepted client connection (what the listeners make)."""
+        return _Client(self, https)
+
+    def upstream(self, target: Target) -> _Upstream:
+        """A protocol for one connection to `target` (what a client connection opens)."""
+        return _Upstream(self.pool, target, self)
 
     async def start(self) -> None:
         if self._server is not None:
             raise RuntimeError("proxy already started")
         self._loop = loop = asyncio.get_running_loop()
         self._stopping = False
+        self.pool.start(loop)
         # A deep accept queue: a burst of new connections must not overflow it (SYN retries cost seconds).
         self._server = await loop.create_server(
             lambda: _Client(self), self.host, self._port, reuse_address=True, backlog=4096
@@ -227,7 +202,7 @@ class ProxyServer:
             return
         loop = self._loop
         assert loop is not None
-        self._stopping = True
+        self._stopping = self.pool.stopping = True
         server.close()
         tls_server = self._tls_server
         if tls_server is not None:
@@ -235,21 +210,20 @@ class ProxyServer:
         if self._sweeper is not None:
             self._sweeper.cancel()
             self._sweeper = None
-        self._close_idle_pool()
+        self.pool.close_idle()
         for client in list(self._clients):
             client._shutdown_if_idle()
         deadline = loop.time() + max(0.0, timeout)
         while self._clients and loop.time() < deadline:
             await asyncio.sleep(0.01)
-            self._close_idle_pool()
+            self.pool.close_idle()
         for client in list(self._clients):
             client._abort()
-        self._close_idle_pool()
-        for up in list(self._upstreams):
-            up._abort()
+        self.pool.close_idle()
+        self.pool.abort_all()
         # Let the transports deliver connection_lost so nothing is left half-closed.
         for _ in range(200):
-            if not self._clients and not self._upstreams:
+            if not self._clients and not self.pool.connections:
                 break
             await asyncio.sleep(0.005)
         try:
@@ -273,11 +247,6 @@ class ProxyServer:
         except ValueError:
             return False
         return any(address in network for network in self.trusted_proxies)
-
-    def _new_request_id(self) -> bytes:
-        """Unique per process and cheap: a random prefix chosen at start and a counter."""
-        self._id_count = count = self._id_count + 1
-        return b"%s%08x" % (self._id_prefix, count)
 
     def _fold(self, everything: bool = False) -> None:
         """Count finished exchanges in their apps' metrics and hand over their access-log lines.
@@ -312,118 +281,6 @@ class ProxyServer:
         if self._server is not None and not self._stopping and loop is not None and not everything:
             self._folder = loop.call_later(0 if more else _FOLD_EVERY, self._fold)
 
-    def _pick(self, targets: tuple[Target, ...]) -> Target:
-        """The target with the fewest requests in flight, skipping ejected ones; round-robin on ties."""
-        if len(targets) == 1:
-            return targets[0]
-        inflight = self._inflight
-        ejected = self._ejected
-        count = len(targets)
-        rr = self._rr
-        self._rr = rr + 1
-        best: Target | None = None
-        best_load = 1 << 62
-        for i in range(count):
-            target = targets[(rr + i) % count]
-            if ejected and target in ejected and self._is_ejected(target):
-                continue
-            load = inflight.get(target, 0)
-            if load < best_load:
-                best = target
-                best_load = load
-        return best if best is not None else targets[rr % count]
-
-    def _pick_other(self, route: Route, tried: list[Target]) -> Target | None:
-        """Another target of the app's current route after a failed connect; None when none is left."""
-        current = self.table.routes.get(route.app)
-        candidates = [t for t in (current.targets if current else ()) if t not in tried]
-        healthy = [t for t in candidates if not self._is_ejected(t)]
-        if healthy or candidates:
-            return self._pick(tuple(healthy or candidates))
-        return None
-
-    def _eject(self, target: Target) -> None:
-        """Passive health check: a target that refused a connection is skipped for a while."""
-        self._ejected[target] = self._loop.time() + _EJECT_SECONDS  # type: ignore[union-attr]
-
-    def _is_ejected(self, target: Target) -> bool:
-        until = self._ejected.get(target)
-        if until is None:
-            return False
-        if until > self._loop.time():  # type: ignore[union-attr]
-            return True
-        del self._ejected[target]
-        return False
-
-    def _pool_get(self, target: Target) -> _Upstream | None:
-        idle = self._idle.get(target)
-        while idle:
-            up = idle.pop()
-            up.pooled = False
-            if not up._closed and not up.transport.is_closing():  # type: ignore[union-attr]
-                return up
-            up._close()
-        return None
-
-    def _connected(self, target: Target) -> None:
-        """A connection attempt to `target` ended: let the next queued request open its own."""
-        left = self._connecting.get(target, 1) - 1
-        if left > 0:
-            self._connecting[target] = left
-        else:
-            self._connecting.pop(target, None)
-        waiter = self._next_waiter(target)
-        if waiter is not None:
-            req = waiter._active
-            assert req is not None
-            waiter._connect_task = self._loop.create_task(waiter._connect(req, target))  # type: ignore[union-attr]
-
-    def _next_waiter(self, target: Target) -> _Client | None:
-        waiting = self._waiting.get(target)
-        while waiting:
-            client = waiting.popleft()
-            if client._waiting_for is target and not client._closed and client._active is not None:
-                client._waiting_for = None
-                return client
-        if waiting is not None:
-            del self._waiting[target]
-        return None
-
-    def _pool_put(self, up: _Upstream) -> None:
-        if up._read_paused:
-            up._resume_read()
-        if self._waiting and not self._stopping and not up._closed:
-            waiter = self._next_waiter(up.target)
-            if waiter is not None:
-                req = waiter._active
-                assert req is not None
-                waiter._begin(req, up, reused=True)
-                return
-        if self._stopping or up.target not in self.table._targets:
-            up._close()
-            return
-        idle = self._idle.setdefault(up.target, [])
-        if len(idle) >= _POOL_MAX:
-            up._close()
-            return
-        up.pooled = True
-        up.idle_since = self._loop.time()  # type: ignore[union-attr]
-        idle.append(up)
-
-    def _pool_remove(self, up: _Upstream) -> None:
-        up.pooled = False
-        idle = self._idle.get(up.target)
-        if idle is not None:
-            with contextlib.suppress(ValueError):
-                idle.remove(up)
-
-    def _close_idle_pool(self) -> None:
-        idle, self._idle = self._idle, {}
-        for ups in idle.values():
-            for up in ups:
-                up.pooled = False
-                up._close()
-
     def _sweep(self) -> None:
         loop = self._loop
         assert loop is not None
@@ -443,11 +300,7 @@ class ProxyServer:
                         deadline = up.write_deadline
                     if deadline is not None and deadline <= now:
                         up._on_read_timeout()
-            for ups in self._idle.values():
-                for up in [u for u in ups if now - u.idle_since >= _POOL_IDLE]:
-                    ups.remove(up)
-                    up.pooled = False
-                    up._close()
+            self.pool.sweep_idle(now)
         except Exception:
             log.exception("proxy: error in the timeout sweep")
         if not self._stopping:

@@ -17,7 +17,8 @@ import logging
 import re
 import tempfile
 from collections import deque
-from typing import IO, TYPE_CHECKING, cast
+from collections.abc import Iterator
+from typing import Any, Protocol, cast
 
 import httptools
 
@@ -44,11 +45,9 @@ from lbsolo.proxy_http import (
     _origin_form,
     _render_error,
 )
-from lbsolo.proxy_routes import Route, Target, normalize_host
-from lbsolo.proxy_upstream import _Upstream
-
-if TYPE_CHECKING:
-    from lbsolo.proxy import ProxyServer
+from lbsolo.proxy_routes import Route, RouteTable, Target, normalize_host
+from lbsolo.proxy_targets import Connection, Slot, TargetPool
+from lbsolo.proxy_upstream import Request, _Upstream
 
 log = logging.getLogger("lbsolo.proxy")
 
@@ -58,7 +57,6 @@ _NO_ROUTE = Route(_UNROUTED)
 _IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE", b"TRACE"})
 _BODY_BUFFER = 256 * 1024  # request body buffered while connecting before reading pauses
 _PIPELINE_MAX = 8  # complete requests queued on one client connection before reading pauses
-_CONNECTING_MAX = 64  # connection attempts in progress per target; more requests queue for one
 _HELD_MEMORY_MAX = 32 * 1024 * 1024  # bodies held in memory by all connections; beyond, they go to files
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 _EXPECT_LINE = re.compile(rb"\r\nexpect:[^\r\n]*", re.IGNORECASE)
@@ -69,49 +67,39 @@ _REFUSED = (
 )
 
 
-class _Request:
-    """One request on a client connection. Class attributes are the defaults: creating one is cheap."""
+class Edge(Protocol):
+    """What a client connection reads and counts of the proxy (`ProxyServer` is one)."""
 
-    method = b"GET"
-    url = b""
-    http11 = True
-    headers_done = False
-    host = b""
-    keep_alive = False
-    chunked = False
-    has_length = False
-    content_length = 0
-    received = 0  # body bytes so far
-    limit: int | None = None  # the route's maximum body size, once routed
-    upgrade = False
-    upgrade_value = b""
-    accept_json = False
-    head = b""  # request line and end-to-end headers as sent to the app
-    xff = b""  # X-Forwarded-For from a trusted proxy
-    proto = b""  # X-Forwarded-Proto from a trusted proxy
-    request_id = b""
-    body_size = 0
-    body_done = False
-    error: tuple[int, str, str] | None = None  # answer this instead of proxying
-    sink: _Upstream | None = None  # upstream currently streaming the body
-    responded = False  # response head written to the client
-    finished = False
-    close_after = False
-    replayable = False
-    attempts = 0
-    route: Route | None = None
-    status = 0  # of the response, for metrics and the access log
-    started = 0.0  # monotonic time of the first byte
-    upstream_time: float | None = None  # seconds from sending to the app until its response head
-    body: list[bytes] | tuple[()] = ()  # buffered until an upstream takes it (a list once there is some)
-    # Routed, and read whole before an upstream is taken (the route buffers requests); stays set
-    # until the request ends, for `body` (body_size bytes) is counted in the server's held memory.
-    held = False
-    spool: IO[bytes] | None = None  # a held body past the memory bound: in an unlinked temp file
-    spooled = 0  # bytes in `spool`, counted in the server's budget of held files
-    body_started = 0.0  # loop time the body began (moved on by the time reading was paused)
-    expect_continue = False
-    headers: list[tuple[bytes, bytes]]  # as parsed (set by the parser path only)
+    _loop: asyncio.AbstractEventLoop | None
+    pool: TargetPool
+    request_ids: Iterator[bytes]
+    table: RouteTable
+    trusted_proxies: tuple[Any, ...]
+    max_connections: int
+    max_connections_per_client: int
+    refused: int
+    connect_timeout: float
+    read_timeout: float
+    header_timeout: float
+    idle_timeout: float
+    tunnel_idle_timeout: float
+    body_min_rate: float
+    body_grace: float
+    buffer_memory: int
+    buffer_max: int
+    buffer_disk: int
+    spool_dir: str | None
+    _stopping: bool
+    _clients: set[Any]
+    _per_peer: dict[bytes, int]
+    _held_bytes: int
+    _spooled_bytes: int
+    _finished: list[tuple[Any, ...]]
+
+    @property
+    def https_port(self) -> int | None: ...
+
+    def _trusts(self, peer: str) -> bool: ...
 
 
 # Simple requests already read by the fast path: raw request -> (method, target, Host, head as sent
@@ -159,6 +147,7 @@ class _Client(asyncio.Protocol):
         "_counted",
         "_eof",
         "_head_bytes",
+        "_ids",
         "_in_mark",
         "_leftover",
         "_loop",
@@ -169,12 +158,13 @@ class _Client(asyncio.Protocol):
         "_paused",
         "_paused_at",
         "_peer",
+        "_pool",
         "_proto",
         "_pumping",
         "_queue",
         "_served",
         "_server",
-        "_target",
+        "_slot",
         "_too_large",
         "_trusted",
         "_tunnel",
@@ -187,16 +177,18 @@ class _Client(asyncio.Protocol):
         "write_deadline",
     )
 
-    def __init__(self, server: ProxyServer, https: bool = False) -> None:
+    def __init__(self, server: Edge, https: bool = False) -> None:
         self._server = server
         self._proto = b"https" if https else b"http"
         self._loop = server._loop
+        self._pool = server.pool
+        self._ids = server.request_ids
         self._parser = httptools.HttpRequestParser(self)
         self.transport: asyncio.Transport | None = None
         self._peer = b""
         self._trusted = False  # the peer is a trusted proxy: its forwarding headers are believed
-        self._queue: deque[_Request] = deque()
-        self._parsing: _Request | None = None
+        self._queue: deque[Request] = deque()
+        self._parsing: Request | None = None
         self._head_bytes = 0
         self._too_large = False
         self._body_too_large = False
@@ -208,7 +200,7 @@ class _Client(asyncio.Protocol):
         self._counted = False  # counted in the server's connections per client address
         self._write_paused = False
         self._up: _Upstream | None = None
-        self._active: _Request | None = None
+        self._active: Request | None = None
         self._pumping = False
         self._connect_task: asyncio.Task[None] | None = None
         self._closed = False
@@ -219,8 +211,8 @@ class _Client(asyncio.Protocol):
         self._upgrade_wait = False
         self._tunnel = False
         self._served = 0
-        self._target: Target | None = None  # where the current exchange (or tunnel) goes, for drain
-        self._waiting_for: Target | None = None  # queued for a connection to this target
+        self._slot: Slot | None = None  # the target the current exchange (or tunnel) goes to, for drain
+        self._waiting_for: Slot | None = None  # queued for a connection to this target
         self._bytes_in = self._bytes_out = 0  # on this connection; the marks are where the last request ended
         self._in_mark = self._out_mark = 0
 
@@ -318,7 +310,7 @@ class _Client(asyncio.Protocol):
     # -- httptools callbacks -------------------------------------------------------------
 
     def on_message_begin(self) -> None:
-        self._parsing = req = _Request()
+        self._parsing = req = Request()
         req.headers = []
         self._head_bytes = 0
         req.started = _now()
@@ -441,9 +433,7 @@ class _Client(asyncio.Protocol):
                     req.error = (400, "bad_request", "the request target's host is not the Host header's")
         req.head = b"".join(parts)
         if not req.request_id:
-            server = self._server
-            server._id_count = count = server._id_count + 1
-            req.request_id = b"%s%08x" % (server._id_prefix, count)
+            req.request_id = next(self._ids)
         if method == b"CONNECT":
             req.error = (405, "method_not_allowed", "CONNECT is not supported by this proxy")
         elif hosts > 1 or (hosts == 0 and req.http11):
@@ -460,7 +450,7 @@ class _Client(asyncio.Protocol):
         self._queue.append(req)
         req.body_started = self._loop.time()  # the body's deadline is set once the read is parsed (_feed)
 
-    def _body_deadline(self, req: _Request, now: float) -> float:
+    def _body_deadline(self, req: Request, now: float) -> float:
         """When reading the rest of `req` times out: no byte for read_timeout, or a body slower on
         average than body_min_rate after body_grace (a slow client cannot hold a connection for ever
         by sending a byte now and then)."""
@@ -513,7 +503,7 @@ class _Client(asyncio.Protocol):
             elif req.body_size > _BODY_BUFFER:
                 self._pause(_P_BUFFER)
 
-    def _spill(self, req: _Request) -> None:
+    def _spill(self, req: Request) -> None:
         """Move a held body from memory to an unlinked temp file, where the rest of it goes too."""
         server = self._server
         size = req.body_size
@@ -539,7 +529,7 @@ class _Client(asyncio.Protocol):
             log.warning("proxy: cannot store a request body in %s", server.spool_dir or tempfile.gettempdir())
         self._body_error = (503, "buffer_unavailable", "the proxy cannot take request bodies now; retry later")
 
-    def _free_body(self, req: _Request) -> None:
+    def _free_body(self, req: Request) -> None:
         if req.held:
             self._server._held_bytes -= req.body_size
         req.body = ()
@@ -580,7 +570,7 @@ class _Client(asyncio.Protocol):
 
     # -- parsing -------------------------------------------------------------------------
 
-    def _simple_request(self, data: bytes) -> _Request | None:
+    def _simple_request(self, data: bytes) -> Request | None:
         """The fast path: `data` is exactly one whole GET or HEAD with plain end-to-end headers.
 
         Most requests arrive so; they skip the parser's callbacks. None, having changed nothing,
@@ -597,14 +587,12 @@ class _Client(asyncio.Protocol):
                 if len(_KNOWN_REQUESTS) >= 256:
                     _KNOWN_REQUESTS.clear()
                 _KNOWN_REQUESTS[data] = known
-        req = _Request()
+        req = Request()
         req.started = _now()
         req.method, req.url, req.host, req.head, http11, req.accept_json = known
         req.http11 = req.keep_alive = http11  # HTTP/1.0 keeps alive only when asked (not simple)
         req.headers_done = req.body_done = True
-        server = self._server
-        server._id_count = count = server._id_count + 1
-        req.request_id = b"%s%08x" % (server._id_prefix, count)
+        req.request_id = next(self._ids)
         self.deadline = None  # waiting for the app now: the upstream's deadline applies
         return req
 
@@ -666,7 +654,7 @@ class _Client(asyncio.Protocol):
             else:
                 cur.error = (status, code, message)
             return
-        bad = _Request()
+        bad = Request()
         bad.error = (status, code, message)
         bad.body_done = True
         queue.append(bad)
@@ -685,7 +673,7 @@ class _Client(asyncio.Protocol):
         finally:
             self._pumping = False
 
-    def _dispatch(self, req: _Request) -> None:
+    def _dispatch(self, req: Request) -> None:
         if req.error is not None:
             self._send_error(req, *req.error, close=True)
             return
@@ -754,7 +742,7 @@ class _Client(asyncio.Protocol):
             return
         self._forward(req)
 
-    def _forward(self, req: _Request, reroute: bool = False) -> None:
+    def _forward(self, req: Request, reroute: bool = False) -> None:
         """Send a routed request to one of its app's targets: a pooled connection, or a new one.
 
         `reroute`: the request was held while its body came, and its app's route may have changed.
@@ -770,21 +758,24 @@ class _Client(asyncio.Protocol):
         if not targets:
             self._send_error(req, 503, "app_not_running", f"app {route.app} is not running")
             return
-        target = targets[0] if len(targets) == 1 else server._pick(targets)
-        if self._target is not target:
-            self._track(target)
-        up = server._pool_get(target)
+        pool = self._pool
+        target = targets[0] if len(targets) == 1 else pool.pick(targets)
+        slot = self._slot
+        if slot is None:  # the usual case: the last exchange released its target
+            self._slot = slot = pool.acquire(target)
+        elif slot.target is not target and slot.target != target:
+            slot = self._track(target)
+        up = pool.take_idle(slot)
         if up is not None:
-            self._begin(req, up, reused=True)
-        elif server._connecting.get(target, 0) >= _CONNECTING_MAX:
+            self._begin(req, up, reused=True)  # type: ignore[arg-type]
+        elif pool.wait(slot, self):
             # Enough connections are being opened to this target: wait for one of them, or for one
-            # that frees up, rather than flooding the app's accept queue (SYN retries cost seconds).
-            self._waiting_for = target
-            server._waiting.setdefault(target, deque()).append(self)
+            # that frees up (take, connect).
+            self._waiting_for = slot
         else:
             self._connect_task = self._loop.create_task(self._connect(req, target))
 
-    async def _connect(self, req: _Request, first: Target) -> None:
+    async def _connect(self, req: Request, first: Target) -> None:
         """Open a connection to `first`, else to the route's other targets (nothing was sent yet)."""
         try:
             await self._connect_to(req, first)
@@ -798,8 +789,9 @@ class _Client(asyncio.Protocol):
             else:
                 self._abort()
 
-    async def _connect_to(self, req: _Request, first: Target) -> None:
+    async def _connect_to(self, req: Request, first: Target) -> None:
         server = self._server
+        pool = self._pool
         route = req.route
         assert route is not None
         reason = "refused"
@@ -807,41 +799,41 @@ class _Client(asyncio.Protocol):
         target: Target | None = first
         while target is not None:
             tried.append(target)
-            self._track(target)
-            connecting = server._connecting
-            connecting[target] = connecting.get(target, 0) + 1
+            slot = self._track(target)
+            pool.connecting(slot)
             counted = True
             try:
                 async with asyncio.timeout(server.connect_timeout):
                     _, up = await self._loop.create_connection(
-                        lambda t=target: _Upstream(server, t), target.host, target.port
+                        lambda t=target: _Upstream(pool, t, server), target.host, target.port
                     )
             except TimeoutError:
                 reason = "timed out"
-                server._eject(target)
+                pool.eject(target)
                 log.warning("proxy: connecting to %s:%s for app %s timed out", target.host, target.port, route.app)
             except OSError as exc:
                 reason = exc.strerror or str(exc)
-                server._eject(target)
+                pool.eject(target)
                 log.warning("proxy: cannot connect to %s:%s for app %s: %s", target.host, target.port, route.app, exc)
             else:
                 self._connect_task = None
                 counted = False
-                server._connected(target)
+                pool.connected(slot)
                 if self._closed or self._active is not req:
-                    server._pool_put(up)  # a fresh connection: someone else can use it
+                    pool.put_idle(up)  # a fresh connection: someone else can use it
                     return
                 self._begin(req, up, reused=False)
                 return
             finally:
                 if counted:  # failed or cancelled
-                    server._connected(target)
-            target = server._pick_other(route, tried)
+                    pool.connected(slot)
+            current = server.table.routes.get(route.app)
+            target = pool.pick_other(current.targets if current is not None else (), tried)
         self._connect_task = None
         if not self._closed and self._active is req:
             self._send_error(req, 502, "bad_gateway", f"app {route.app} is unreachable (connection {reason})")
 
-    def _begin(self, req: _Request, up: _Upstream, reused: bool) -> None:
+    def _begin(self, req: Request, up: _Upstream, reused: bool) -> None:
         self._up = up
         up._begin(self, req, reused)
         if self._write_paused:
@@ -849,7 +841,7 @@ class _Client(asyncio.Protocol):
         if self._paused & _P_BUFFER:
             self._resume(_P_BUFFER)
 
-    def _retry(self, req: _Request) -> None:
+    def _retry(self, req: Request) -> None:
         """Send an idempotent request again on a fresh connection, to the least busy target."""
         route = self._server.table.routes.get(req.route.app) if req.route is not None else None
         if route is None or not route.targets:
@@ -857,37 +849,46 @@ class _Client(asyncio.Protocol):
             return
         req.attempts += 1
         req.route = route
-        target = self._server._pick(route.targets)
+        target = self._pool.pick(route.targets)
         self._track(target)
         self._connect_task = self._loop.create_task(self._connect(req, target))
 
     # -- in-flight accounting (drain) -----------------------------------------------------
 
-    def _track(self, target: Target) -> None:
+    def _track(self, target: Target) -> Slot:
         """Count this connection's current exchange (or tunnel) against `target`."""
-        old = self._target
-        if old is target:
-            return
+        old = self._slot
         if old is not None:
-            self._untrack()
-        self._target = target
-        inflight = self._server._inflight
-        inflight[target] = inflight.get(target, 0) + 1
+            if old.target is target or old.target == target:
+                return old
+            self._slot = None
+            self._pool.release(old)
+        self._slot = slot = self._pool.acquire(target)
+        return slot
 
     def _untrack(self) -> None:
-        target = self._target
-        if target is None:
-            return
-        self._target = None
-        server = self._server
-        inflight = server._inflight
-        left = inflight.get(target, 1) - 1
-        if left > 0:
-            inflight[target] = left
-        else:
-            inflight.pop(target, None)
-            if server._drain_waiters:
-                server._drained.set()
+        slot = self._slot
+        if slot is not None:
+            self._slot = None
+            self._pool.release(slot)
+
+    # The pool's `Waiter`: queued for a connection to a busy target.
+
+    def claim(self, slot: Slot) -> bool:
+        if self._waiting_for is slot and not self._closed and self._active is not None:
+            self._waiting_for = None
+            return True
+        return False
+
+    def take(self, up: Connection) -> None:
+        req = self._active
+        assert req is not None
+        self._begin(req, up, reused=True)  # type: ignore[arg-type]
+
+    def connect(self, target: Target) -> None:
+        req = self._active
+        assert req is not None
+        self._connect_task = self._loop.create_task(self._connect(req, target))
 
     # -- responses -----------------------------------------------------------------------
 
@@ -899,12 +900,12 @@ class _Client(asyncio.Protocol):
             self._bytes_out += len(data)
             self.transport.write(data)  # type: ignore[union-attr]
 
-    def _keep_alive(self, req: _Request) -> bool:
+    def _keep_alive(self, req: Request) -> bool:
         return req.keep_alive and req.body_done and not self._eof and not self._server._stopping
 
     def _send_error(
         self,
-        req: _Request,
+        req: Request,
         status: int,
         code: str,
         message: str,
@@ -914,7 +915,7 @@ class _Client(asyncio.Protocol):
         keep = not close and self._keep_alive(req)
         body, ctype = _render_error(status, code, message, req.accept_json)
         if not req.request_id:
-            req.request_id = self._server._new_request_id()
+            req.request_id = next(self._ids)
         req.status = status
         parts = [
             b"HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %d\r\nCache-Control: no-store\r\n"
@@ -931,7 +932,7 @@ class _Client(asyncio.Protocol):
         req.responded = True
         self._finish(req, close=not keep)
 
-    def _finish(self, req: _Request, close: bool) -> None:
+    def _finish(self, req: Request, close: bool) -> None:
         """The response to `req` (the head of the queue) is complete."""
         req.finished = True
         req.sink = None
@@ -948,8 +949,10 @@ class _Client(asyncio.Protocol):
         self._active = None
         self._up = None
         self._served += 1
-        if self._target is not None:
-            self._untrack()
+        slot = self._slot
+        if slot is not None:
+            self._slot = None
+            self._pool.release(slot)
         self._record(req)
         if close or self._closed or self._eof:
             self._close()
@@ -981,7 +984,7 @@ class _Client(asyncio.Protocol):
         if queue:
             self._pump()
 
-    def _record(self, req: _Request) -> None:
+    def _record(self, req: Request) -> None:
         """Note a finished exchange. Its app's metrics and its access-log line are made from the note
         off the hot path (`ProxyServer._fold`)."""
         now = _now()
@@ -1007,7 +1010,7 @@ class _Client(asyncio.Protocol):
         self._in_mark = bytes_in
         self._out_mark = bytes_out
 
-    def _upstream_failed(self, req: _Request, status: int, code: str, message: str, retry: bool) -> None:
+    def _upstream_failed(self, req: Request, status: int, code: str, message: str, retry: bool) -> None:
         self._up = None
         req.sink = None
         if self._closed or self._active is not req:
@@ -1098,7 +1101,7 @@ class _Client(asyncio.Protocol):
         if up is not None:
             self._up = None
             if self._tunnel:
-                up._close()
+                up.close()
             else:
                 up._abandon()
 

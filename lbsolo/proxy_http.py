@@ -6,9 +6,12 @@ No I/O and no state: constants and small pure functions.
 from __future__ import annotations
 
 import html
+import itertools
 import json
+import os
 import re
 import time
+from collections.abc import Iterator
 from http import HTTPStatus
 
 _HOP_BY_HOP = frozenset(
@@ -56,6 +59,15 @@ _MAX_HEAD_BYTES = 64 * 1024  # request line/status + headers
 _MAX_HEADERS = 128
 # Request timing for metrics: uvloop's loop.time() is cached per iteration at millisecond resolution.
 _now = time.monotonic
+
+
+def request_ids(prefix: bytes | None = None) -> Iterator[bytes]:
+    """The proxy's request ids, minted here only: unique per process and cheap (`next(ids)` runs no
+    Python code): a prefix chosen at start (random unless given) and a counter."""
+    if prefix is None:
+        prefix = os.urandom(6).hex().encode()
+    return map((prefix.replace(b"%", b"%%") + b"%08x").__mod__, itertools.count(1))
+
 
 # client read-pause reasons (bit set)
 _P_QUEUE = 1  # too many pipelined requests are waiting for their responses

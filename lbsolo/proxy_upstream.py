@@ -2,14 +2,14 @@
 
 It writes the request the client side prepared, reads the app's response with httptools and
 streams it back to the client connection, with backpressure both ways; pooled between exchanges
-by `ProxyServer`; a byte tunnel after `101 Switching Protocols`.
+by the `TargetPool` (proxy_targets) between exchanges; a byte tunnel after `101 Switching Protocols`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from typing import IO, TYPE_CHECKING, cast
+from typing import IO, Protocol, cast
 
 import httptools
 
@@ -31,20 +31,97 @@ from lbsolo.proxy_http import (
     _cut,
     _now,
 )
-from lbsolo.proxy_routes import Target
-
-if TYPE_CHECKING:
-    from lbsolo.proxy import ProxyServer
-    from lbsolo.proxy_downstream import _Client, _Request
+from lbsolo.proxy_routes import Route, Target
+from lbsolo.proxy_targets import TargetPool
 
 log = logging.getLogger("lbsolo.proxy")
 
 _SPOOL_CHUNK = 64 * 1024  # bytes of a held body read from its file per write
 
 
+class Timeouts(Protocol):
+    """The proxy's settings an upstream connection reads (read when used: they may be changed)."""
+
+    read_timeout: float
+    tunnel_idle_timeout: float
+
+
+class Request:
+    """One request on a client connection, as both sides of the proxy see it.
+
+    Class attributes are the defaults: creating one is cheap."""
+
+    method = b"GET"
+    url = b""
+    http11 = True
+    headers_done = False
+    host = b""
+    keep_alive = False
+    chunked = False
+    has_length = False
+    content_length = 0
+    received = 0  # body bytes so far
+    limit: int | None = None  # the route's maximum body size, once routed
+    upgrade = False
+    upgrade_value = b""
+    accept_json = False
+    head = b""  # request line and end-to-end headers as sent to the app
+    xff = b""  # X-Forwarded-For from a trusted proxy
+    proto = b""  # X-Forwarded-Proto from a trusted proxy
+    request_id = b""
+    body_size = 0
+    body_done = False
+    error: tuple[int, str, str] | None = None  # answer this instead of proxying
+    sink: _Upstream | None = None  # upstream currently streaming the body
+    responded = False  # response head written to the client
+    finished = False
+    close_after = False
+    replayable = False
+    attempts = 0
+    route: Route | None = None
+    status = 0  # of the response, for metrics and the access log
+    started = 0.0  # monotonic time of the first byte
+    upstream_time: float | None = None  # seconds from sending to the app until its response head
+    body: list[bytes] | tuple[()] = ()  # buffered until an upstream takes it (a list once there is some)
+    # Routed, and read whole before an upstream is taken (the route buffers requests); stays set
+    # until the request ends, for `body` (body_size bytes) is counted in the server's held memory.
+    held = False
+    spool: IO[bytes] | None = None  # a held body past the memory bound: in an unlinked temp file
+    spooled = 0  # bytes in `spool`, counted in the server's budget of held files
+    body_started = 0.0  # loop time the body began (moved on by the time reading was paused)
+    expect_continue = False
+    headers: list[tuple[bytes, bytes]]  # as parsed (set by the parser path only)
+
+
+class Downstream(Protocol):
+    """What an upstream connection asks of the client connection it relays for (`Downstream`)."""
+
+    deadline: float | None
+    _cork: list[bytes] | None
+    _peer: bytes
+    _proto: bytes
+
+    def _write(self, data: bytes) -> None: ...
+
+    def _keep_alive(self, req: Request) -> bool: ...
+
+    def _finish(self, req: Request, close: bool) -> None: ...
+
+    def _record(self, req: Request) -> None: ...
+
+    def _upstream_failed(self, req: Request, status: int, code: str, message: str, retry: bool) -> None: ...
+
+    def _start_tunnel(self, up: _Upstream, tail: bytes) -> None: ...
+
+    def _pause(self, reason: int) -> None: ...
+
+    def _resume(self, reason: int) -> None: ...
+
+    def _close(self) -> None: ...
+
+
 class _Upstream(asyncio.Protocol):
     __slots__ = (
-        "_closed",
         "_conn_close",
         "_done",
         "_eof_body",
@@ -58,20 +135,22 @@ class _Upstream(asyncio.Protocol):
         "_lost",
         "_mode",
         "_parser",
+        "_pool",
         "_read_paused",
         "_req_chunked",
         "_req_sent",
         "_reused",
         "_sent_at",
-        "_server",
         "_spool",
         "_stale",
         "_status",
         "_te",
+        "_timeouts",
         "_tunnel",
         "_upgrade",
         "_write_paused",
         "client",
+        "closed",
         "deadline",
         "idle_since",
         "pooled",
@@ -81,15 +160,16 @@ class _Upstream(asyncio.Protocol):
         "write_deadline",
     )
 
-    def __init__(self, server: ProxyServer, target: Target) -> None:
-        self._server = server
-        self._loop = server._loop
+    def __init__(self, pool: TargetPool, target: Target, timeouts: Timeouts) -> None:
+        self._pool = pool
+        self._timeouts = timeouts
+        self._loop = pool.loop
         self.target = target
         self.transport: asyncio.Transport | None = None
-        self.client: _Client | None = None
-        self.req: _Request | None = None
+        self.client: Downstream | None = None
+        self.req: Request | None = None
         self._parser: httptools.HttpResponseParser | None = None
-        self._closed = False
+        self.closed = False
         self._lost = False
         self._read_paused = False
         self._write_paused = False
@@ -127,15 +207,14 @@ class _Upstream(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's are not subclasses
-        self._server._upstreams.add(self)
+        self._pool.opened(self)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._closed = self._lost = True
+        self.closed = self._lost = True
         self.deadline = None
-        server = self._server
-        server._upstreams.discard(self)
-        if self.pooled:
-            server._pool_remove(self)
+        pooled = self.pooled
+        self._pool.lost(self)
+        if pooled:
             return
         client = self.client
         if client is None:
@@ -157,19 +236,19 @@ class _Upstream(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         client = self.client
         if client is None:
-            if not self._closed:
+            if not self.closed:
                 log.debug("proxy: unexpected data from idle upstream %s", self.target)
-                self._close()
+                self.close()
             return
         if self._tunnel:
             client._write(data)
-            client.deadline = self._loop.time() + self._server.tunnel_idle_timeout
+            client.deadline = self._loop.time() + self._timeouts.tunnel_idle_timeout
             return
         if not self._status and not self._head_buf and self._relay_whole(client, data):
             return
         self._got = True
         if self.deadline is not None:
-            self.deadline = self._loop.time() + self._server.read_timeout
+            self.deadline = self._loop.time() + self._timeouts.read_timeout
         if not self._status:  # still in the response head
             self._head_bytes += len(data)
             self._head_buf += data
@@ -214,7 +293,7 @@ class _Upstream(asyncio.Protocol):
         self._write_paused = True
         client = self.client
         if client is not None:
-            self.write_deadline = self._loop.time() + self._server.read_timeout
+            self.write_deadline = self._loop.time() + self._timeouts.read_timeout
             client._pause(_P_UPSTREAM)
 
     def resume_writing(self) -> None:
@@ -296,7 +375,7 @@ class _Upstream(asyncio.Protocol):
 
     # -- exchange ------------------------------------------------------------------------
 
-    def _relay_whole(self, client: _Client, data: bytes) -> bool:
+    def _relay_whole(self, client: Downstream, data: bytes) -> bool:
         """The fast path: a whole response with a Content-Length body in one read, sent on in one write.
 
         Most small responses arrive so. It takes exactly the responses the parser path would relay
@@ -383,7 +462,7 @@ class _Upstream(asyncio.Protocol):
         append(_closing_lines(req.request_id, keep, req.http11))
         return b"".join(parts)
 
-    def _begin(self, client: _Client, req: _Request, reused: bool) -> None:
+    def _begin(self, client: Downstream, req: Request, reused: bool) -> None:
         self._reset()
         self.client = client
         self.req = req
@@ -405,7 +484,7 @@ class _Upstream(asyncio.Protocol):
         if req.body_done and not req.received and not req.chunked and not req.upgrade:  # most requests
             req.replayable = True
             self._req_sent = True
-            self.deadline = self._loop.time() + self._server.read_timeout
+            self.deadline = self._loop.time() + self._timeouts.read_timeout
             self._write(head + b"\r\n")
             return
         parts = [head]
@@ -437,7 +516,7 @@ class _Upstream(asyncio.Protocol):
             if chunked:
                 parts.append(b"0\r\n\r\n")
             self._req_sent = True
-            self.deadline = self._loop.time() + self._server.read_timeout
+            self.deadline = self._loop.time() + self._timeouts.read_timeout
         else:
             req.replayable = False
             req.body = ()
@@ -450,13 +529,13 @@ class _Upstream(asyncio.Protocol):
         goes on) or the body is all sent. The file is a fresh temp file: reads hit the page cache."""
         spool = self._spool
         assert spool is not None
-        while not self._write_paused and not self._closed:
+        while not self._write_paused and not self.closed:
             chunk = spool.read(_SPOOL_CHUNK)
             if not chunk:
                 self._spool = None
                 self._req_sent = True
                 if self.deadline is None and not self._read_paused:
-                    self.deadline = self._loop.time() + self._server.read_timeout
+                    self.deadline = self._loop.time() + self._timeouts.read_timeout
                 return
             self._write(chunk)
 
@@ -471,7 +550,7 @@ class _Upstream(asyncio.Protocol):
             self._write(b"0\r\n\r\n")
         self._req_sent = True
         if self.deadline is None and not self._read_paused:
-            self.deadline = self._loop.time() + self._server.read_timeout
+            self.deadline = self._loop.time() + self._timeouts.read_timeout
 
     def _complete(self) -> None:
         client = self.client
@@ -484,10 +563,12 @@ class _Upstream(asyncio.Protocol):
         # A declined upgrade leaves the app's side of the connection in a state the proxy cannot see
         # (an app may still expect a body, or the switched protocol): never reused.
         reusable = self._keep and self._req_sent and not self._eof_body and not self._write_paused and not req.upgrade
-        if reusable and not self._closed:
-            self._server._pool_put(self)
+        if reusable and not self.closed:
+            if self._read_paused:
+                self._resume_read()
+            self._pool.put_idle(self)
         else:
-            self._close()
+            self.close()
         client._finish(req, close=req.close_after)
 
     def _fail(self, status: int, code: str, message: str, retry: bool) -> None:
@@ -496,7 +577,7 @@ class _Upstream(asyncio.Protocol):
         self.client = None
         self.req = None
         self.deadline = self.write_deadline = None
-        self._abort()
+        self.abort()
         if client is not None and req is not None:
             client._upstream_failed(req, status, code, message, retry and self._reused and not self._got)
 
@@ -505,7 +586,7 @@ class _Upstream(asyncio.Protocol):
             client = self.client
             self.client = None
             self.write_deadline = None
-            self._abort()
+            self.abort()
             if client is not None:
                 client._close()
             return
@@ -515,7 +596,7 @@ class _Upstream(asyncio.Protocol):
             req.route.app if req is not None and req.route is not None else "?",
             self.target.host,
             self.target.port,
-            self._server.read_timeout,
+            self._timeouts.read_timeout,
         )
         self._fail(504, "gateway_timeout", "app did not respond in time", retry=False)
 
@@ -534,11 +615,11 @@ class _Upstream(asyncio.Protocol):
     # -- flow control & lifecycle --------------------------------------------------------
 
     def _write(self, data: bytes) -> None:
-        if not self._closed:
+        if not self.closed:
             self.transport.write(data)  # type: ignore[union-attr]
 
     def _pause_read(self) -> None:
-        if not self._read_paused and not self._closed:
+        if not self._read_paused and not self.closed:
             self._read_paused = True
             self.transport.pause_reading()  # type: ignore[union-attr]
             self.deadline = None
@@ -546,28 +627,28 @@ class _Upstream(asyncio.Protocol):
     def _resume_read(self) -> None:
         if self._read_paused:
             self._read_paused = False
-            if self._closed:
+            if self.closed:
                 return
             self.transport.resume_reading()  # type: ignore[union-attr]
             if self.client is not None and self._req_sent and not self._tunnel:
-                self.deadline = self._loop.time() + self._server.read_timeout
+                self.deadline = self._loop.time() + self._timeouts.read_timeout
 
     def _abandon(self) -> None:
         """The client went away mid-exchange: drop the connection."""
         self.client = None
         self.req = None
         self.deadline = None
-        self._abort()
+        self.abort()
 
-    def _close(self) -> None:
+    def close(self) -> None:
         self._spool = None
-        if not self._closed:
-            self._closed = True
+        if not self.closed:
+            self.closed = True
             self.deadline = None
             self.transport.close()  # type: ignore[union-attr]
 
-    def _abort(self) -> None:
-        self._closed = True
+    def abort(self) -> None:
+        self.closed = True
         self.deadline = None
         self._spool = None
         if not self._lost:

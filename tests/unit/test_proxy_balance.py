@@ -8,7 +8,6 @@ import socket
 import struct
 import time
 
-from lbsolo import proxy_downstream
 from lbsolo.proxy import Route, Target
 from tests.unit.proxy_harness import App, Conn, closed_port, stack
 
@@ -123,22 +122,21 @@ def test_a_refusing_target_is_ejected_and_requests_are_retried_elsewhere(run, ca
             assert len(app.seen) == 6
             refused = [r for r in caplog.records if "cannot connect" in r.getMessage()]
             assert len(refused) <= 1  # skipped after the first failure
-            assert proxy._is_ejected(dead) is (len(refused) == 1)
+            assert proxy.pool.is_ejected(dead) is (len(refused) == 1)
 
     caplog.set_level(logging.WARNING)
     run(scenario)
 
 
-def test_requests_queue_for_a_connection_when_many_are_being_opened(run, monkeypatch):
-    monkeypatch.setattr(proxy_downstream, "_CONNECTING_MAX", 1)
-
+def test_requests_queue_for_a_connection_when_many_are_being_opened(run):
     async def scenario():
         async with stack() as (proxy, app):
+            proxy.pool.connecting_max = 1
             conns = [await Conn.open(proxy.port) for _ in range(12)]
             results = await asyncio.gather(*(c.request(path="/slow?0.02") for c in conns))
             assert [r.status for r in results] == [200] * 12
             assert len(app.seen) == 12
-            assert not proxy._waiting and not proxy._connecting
+            assert not proxy.pool.busy()
             for c in conns:
                 await c.close()
 

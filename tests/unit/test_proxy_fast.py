@@ -11,8 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from lbsolo.proxy import ProxyServer, Route, Target
-from lbsolo.proxy_downstream import _Client
-from lbsolo.proxy_upstream import _Upstream
+from lbsolo.proxy_http import request_ids
 
 
 class Transport:
@@ -52,17 +51,19 @@ def relay(request: bytes, response: bytes, split: bool) -> tuple[bytes, bytes, b
         target = Target("127.0.0.1", 9)
         server.set_routes({"web": Route("web", "v1", (target,))})
         server._loop = asyncio.get_running_loop()
-        server._id_prefix = b"fixed"
-        client, to_client = _Client(server), Transport()
+        server.pool.start(server._loop)
+        server.request_ids = request_ids(b"fixed")
+        client, to_client = server.downstream(), Transport()
         client.connection_made(to_client)  # type: ignore[arg-type]
-        up, to_app = _Upstream(server, target), Transport()
+        up, to_app = server.upstream(target), Transport()
         up.connection_made(to_app)  # type: ignore[arg-type]
-        server._pool_put(up)
+        server.pool.put_idle(up)
         for part in (request[:10], request[10:]) if split else (request,):
             client.data_received(part)
         for part in (response[:12], response[12:]) if split else (response,):
             up.data_received(part)
-        pooled = up in server._idle.get(target, [])
+        slot = server.pool.slot(target)
+        pooled = slot is not None and up in slot.idle
         return b"".join(to_app.written), b"".join(to_client.written), to_client.closed, pooled
 
     return asyncio.run(run())
