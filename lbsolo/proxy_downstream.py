@@ -3,11 +3,13 @@
 Requests are parsed with httptools, except the common one (a whole GET or HEAD with plain
 end-to-end headers), which a strict regex reads and a small table remembers. The client keeps
 connections alive, answers pipelined requests in order, streams bodies with backpressure, applies
-the timeouts and limits, and writes the error pages. `ProxyServer` (proxy.py) picks targets and
-holds the upstream pools; `proxy_upstream` is the app side of an exchange.
+the timeouts and limits, and writes the error pages. The `TargetPool` (proxy_targets) picks
+targets and holds the upstream connections; `proxy_upstream` is the app side of an exchange.
 
 What it must not do: log per request or format anything for the access log on the hot path
-(`_record` appends a tuple, the server folds them), or let one connection break another.
+(`_record` appends a tuple, the server folds them), let one connection break another, or keep
+any per-target state of its own (in flight, connecting, queued: the pool's `acquire`/`release`,
+`wait`/`connected`). It sees the server only as an `Edge`.
 """
 
 from __future__ import annotations
@@ -679,7 +681,7 @@ class _Client(asyncio.Protocol):
             return
         server = self._server
         table = server.table
-        hit = table._by_raw.get(req.host)
+        hit = table.by_raw_host.get(req.host)
         route = hit[0] if hit is not None and hit[1] is None else table.match_raw(req.host, req.url)
         if route is None:
             host = normalize_host(req.host) or "(none)"

@@ -83,7 +83,7 @@ class RouteTable:
     path prefix: `example.com/api`; the longest matching prefix wins), else `<app>.<domain>`.
     """
 
-    __slots__ = ("_by_host", "_by_name", "_by_raw", "_prefixed", "_suffix", "_targets", "domain", "routes")
+    __slots__ = ("_by_host", "_by_name", "_prefixed", "_suffix", "_targets", "by_raw_host", "domain", "routes")
 
     def __init__(self, domain: str, routes: Mapping[str, Route] | None = None) -> None:
         self.domain: str = normalize_host(domain).strip(".")
@@ -109,18 +109,19 @@ class RouteTable:
                 else:
                     self._by_host.setdefault(host, route)
         self._prefixed = {h: sorted(v, key=lambda pr: -len(pr[0])) for h, v in prefixed.items()}
-        # raw Host header -> (route by host alone, path-prefix routes of that host), filled as hosts are seen
-        self._by_raw: dict[bytes, tuple[Route | None, list[tuple[bytes, Route]] | None]] = {}
+        # raw Host header -> (route by host alone, path-prefix routes of that host), filled as hosts are
+        # seen. Public for the per-request lookup (a hit without path prefixes skips `match_raw`): read it only.
+        self.by_raw_host: dict[bytes, tuple[Route | None, list[tuple[bytes, Route]] | None]] = {}
 
     def match_raw(self, raw_host: bytes, target: bytes = b"/") -> Route | None:
         """`match` for a raw Host header value and request target, memoized (the per-request lookup)."""
         try:
-            route, prefixes = self._by_raw[raw_host]
+            route, prefixes = self.by_raw_host[raw_host]
         except KeyError:
             host = normalize_host(raw_host)
             route, prefixes = self._match_host(host), self._prefixed.get(host)
-            if len(self._by_raw) < 4096:  # bounded: clients choose the Host header
-                self._by_raw[raw_host] = (route, prefixes)
+            if len(self.by_raw_host) < 4096:  # bounded: clients choose the Host header
+                self.by_raw_host[raw_host] = (route, prefixes)
         if prefixes is not None:
             for prefix, candidate in prefixes:
                 if _under(target, prefix):
