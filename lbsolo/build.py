@@ -282,6 +282,10 @@ class Builder:
         self._queue: asyncio.Queue[BuildJob] = asyncio.Queue()
         self.jobs: dict[str, BuildJob] = {}  # queued or running
 
+    def busy(self) -> bool:
+        """Whether a build is queued or running."""
+        return bool(self.jobs)
+
     def cancel(self, app: str, build_id: str | None = None) -> list[str]:
         """Cancel an app's queued or running builds (a running one stops at its next output line)."""
         cancelled = []

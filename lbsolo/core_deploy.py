@@ -216,7 +216,7 @@ class Deploys:
                     removed.append({"app": app.name, "id": image["id"], "size": image["size"], "tags": image["tags"]})
         # A build's intermediate layers look like leftovers until it ends: with any build queued or
         # running (another app's, while this deploy ends), the prune waits for a later gc.
-        prune = not dry_run and not self.builder.jobs
+        prune = not dry_run and not self.builder.busy()
         freed = await asyncio.to_thread(self.ctx.engine.prune_build_leftovers) if prune else 0
         return {"removed": removed, "bytes": sum(i["size"] for i in removed) + freed, "dry_run": dry_run}
 

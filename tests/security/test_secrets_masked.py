@@ -57,6 +57,9 @@ class FakeBuilder:
         self.state = state
         self.sources: list[dict[str, bytes]] = []  # file name -> content of each context
 
+    def busy(self) -> bool:
+        return False  # its builds end as they are submitted
+
     def submit(self, app: str, context: Path, output: LogBuffer, build_args: dict[str, str] | None = None) -> BuildJob:
         with tarfile.open(context) as tar:
             self.sources.append(

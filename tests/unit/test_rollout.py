@@ -367,7 +367,7 @@ def test_gc_leaves_build_leftovers_while_another_build_is_queued_or_running(tmp_
         platform, engine, _, _ = await _platform(tmp_path, {})
         pruned: list[int] = []
         engine.prune_build_leftovers = lambda: pruned.append(1) or 0  # type: ignore[method-assign]
-        platform.builder.jobs["b1"] = object()  # type: ignore[assignment]  # another app's build, in progress
+        platform.builder.jobs["b1"] = object()  # type: ignore[assignment]  # another app's build, queued
         await platform.gc("web1")
         assert pruned == []  # its intermediate layers would have looked like leftovers
         platform.builder.jobs.clear()

@@ -47,10 +47,12 @@ def test_watch_debounces_a_burst_of_saves_into_one_call(tmp_path):
         for i in range(5):  # one editor save is often several events, closer than the debounce
             (tmp_path / "app.py").write_text(f"print({i})\n")
         assert called.wait(5)
+        first = len(calls)
         called.clear()
         (tmp_path / "app.py").write_text("print('again')\n")  # a later save: a call of its own
         assert called.wait(5)
     finally:
         stop.set()
         thread.join(timeout=5)
-    assert len(calls) == 2 and calls[1] - calls[0] >= 0.3
+    assert first == 1  # five saves and an ignored file: one call
+    assert len(calls) >= 2 and calls[1] - calls[0] >= 0.3  # (on a loaded machine a burst may straggle)
