@@ -135,9 +135,9 @@ def routes_for(desired: Mapping[str, Desired | int | None], actual: list[Replica
         want = _as_desired(want)
         version = want.version
         targets = tuple(
-            Target("127.0.0.1", r.host_port)
+            Target(*r.address)
             for r in sorted(actual, key=lambda r: r.id)
-            if r.app == app and r.release == version and r.process == WEB and r.running and r.host_port
+            if r.app == app and r.release == version and r.process == WEB and r.running and r.address
         )
         routes[app] = Route(
             app=app,

@@ -159,7 +159,7 @@ class Rollouts:
                     for _ in range(count):
                         replica = await run.start_replica(ctx.engine, ctx.spec(app, release, process, volumes))
                         new.append(replica)
-                        where = f" on 127.0.0.1:{replica.host_port}" if replica.host_port else ""
+                        where = f" on {replica.host}:{replica.host_port}" if replica.address else ""
                         out.append(f"       started {replica.name}{where}")
             ctx.watch_logs(new)
             await self._hold(DeployStep.START)
@@ -200,7 +200,7 @@ class Rollouts:
         fresh = {r.id for r in new}
         old = [r for r in current if r.id not in fresh and not r.one_off]  # a one-off is its starter's
         await self._step(release, DeployStep.DRAIN)
-        old_targets = [Target("127.0.0.1", r.host_port) for r in old if r.process == WEB and r.host_port]
+        old_targets = [Target(*r.address) for r in old if r.process == WEB and r.address]
         if old_targets and not await ctx.ingress.drain(old_targets, ctx.settings.drain_timeout):
             out.append(f"       drain timed out after {ctx.settings.drain_timeout:.0f}s")
         await self._hold(DeployStep.DRAIN)
@@ -250,7 +250,7 @@ class Rollouts:
         gone = {r.id for r in removing}
         keep = [r for r in await asyncio.to_thread(ctx.engine.list_replicas, app.name) if r.id not in gone]
         ctx.publish_route(app.name, routes_for({app.name: ctx.desired(app)}, keep)[app.name])
-        targets = [Target("127.0.0.1", r.host_port) for r in removing if r.process == WEB and r.host_port]
+        targets = [Target(*r.address) for r in removing if r.process == WEB and r.address]
         if targets:
             await ctx.ingress.drain(targets, ctx.settings.drain_timeout)
         await run.stop_replicas(ctx.engine, removing, ctx.settings.stop_timeout)

@@ -33,7 +33,7 @@ from lbsolo.config import Settings, networks
 from lbsolo.core import Platform
 from lbsolo.core_context import CoreContext
 from lbsolo.dns import DNSServer, ForwardConfig, RateLimit, Zone
-from lbsolo.engine import Engine
+from lbsolo.engine_docker import DockerBackend
 from lbsolo.events import EventBus
 from lbsolo.notify import WebhookNotifier
 from lbsolo.proxy import ProxyServer, Route, Target
@@ -173,7 +173,7 @@ class Daemon:
     async def run(self, on_ready: Callable[[dict[str, Any]], None] | None = None) -> None:
         s = self.settings
         token = await asyncio.to_thread(ensure_home, s)
-        engine = Engine(instance_id(s))
+        engine = DockerBackend(instance_id(s))
         docker_version = await asyncio.to_thread(engine.ping)
         state = await asyncio.to_thread(State, s.state_path)
 

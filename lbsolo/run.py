@@ -75,11 +75,13 @@ async def _close(writer: asyncio.StreamWriter | None) -> None:
             await writer.wait_closed()
 
 
-async def http_probe(port: int, host_header: str, path: str = "/", timeout: float = 2.0) -> int | None:
-    """One HTTP/1.0 GET to 127.0.0.1:port; the status code, or None if nothing answered."""
+async def http_probe(
+    port: int, host_header: str, path: str = "/", timeout: float = 2.0, host: str = "127.0.0.1"
+) -> int | None:
+    """One HTTP/1.0 GET to host:port; the status code, or None if nothing answered."""
     writer = None
     try:
-        reader, writer = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port), timeout)
+        reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout)
         request = f"GET {path} HTTP/1.0\r\nHost: {host_header}\r\nUser-Agent: lbsolo-health\r\n\r\n"
         writer.write(request.encode())
         line = await asyncio.wait_for(reader.readline(), timeout)
@@ -93,11 +95,11 @@ async def http_probe(port: int, host_header: str, path: str = "/", timeout: floa
     return None
 
 
-async def tcp_probe(port: int, timeout: float = 2.0, hold: float = 0.2) -> bool:
-    """Connect and see the connection stay open for `hold` seconds (see the module docstring)."""
+async def tcp_probe(port: int, timeout: float = 2.0, hold: float = 0.2, host: str = "127.0.0.1") -> bool:
+    """Connect to host:port and see the connection stay open for `hold` seconds (see the module docstring)."""
     writer = None
     try:
-        reader, writer = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port), timeout)
+        reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout)
         try:
             data = await asyncio.wait_for(reader.read(1), hold)
         except TimeoutError:
@@ -114,9 +116,9 @@ async def check_once(replica: Replica, check: HealthCheck, host_header: str) -> 
     if replica.host_port is None:
         return False, False, "no published port"
     if check.path is None:
-        ok = await tcp_probe(replica.host_port, check.timeout)
+        ok = await tcp_probe(replica.host_port, check.timeout, host=replica.host)
         return ok, ok, "port accepts connections" if ok else "port does not accept connections"
-    status = await http_probe(replica.host_port, host_header, check.path, check.timeout)
+    status = await http_probe(replica.host_port, host_header, check.path, check.timeout, host=replica.host)
     if status is None:
         return False, False, f"no HTTP answer on GET {check.path}"
     return status < 400, True, f"GET {check.path} answered {status}"

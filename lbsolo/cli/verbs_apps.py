@@ -65,7 +65,7 @@ def ps(name: AppArg) -> None:
         rows = c.ps(name)
     table = Table("replica", "process", "release", "state", "port")
     for r in rows:
-        port = f"127.0.0.1:{r['host_port']}" if r["host_port"] else "-"
+        port = f"{r.get('host', '127.0.0.1')}:{r['host_port']}" if r["host_port"] else "-"
         table.add_row(r["name"], r["process"], f"v{r['release']}", r["status"], port)
     console.print(table if rows else f"{name} has no containers")
 
