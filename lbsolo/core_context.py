@@ -72,6 +72,7 @@ class CoreContext:
         ingress: Ingress,
         bus: EventBus,
         logs: LogStore,
+        collector: LogCollector | None = None,
     ) -> None:
         self.settings = settings
         self.state = state
@@ -79,7 +80,7 @@ class CoreContext:
         self.ingress = ingress
         self.bus = bus
         self.logs = logs
-        self.collector = LogCollector(logs, engine.follow_logs)
+        self.collector = collector or LogCollector(logs, engine.follow_logs)
         self.network = f"lbsolo-{engine.instance}"
         self.locks: dict[str, AppLock] = {}
         self.restarts: dict[str, RestartHistory] = {}  # per app; absent: healthy (see core_reconcile)

@@ -37,7 +37,7 @@ from lbsolo.engine_docker import DockerBackend
 from lbsolo.events import EventBus
 from lbsolo.notify import WebhookNotifier
 from lbsolo.proxy import ProxyServer, Route, Target
-from lbsolo.run_logs import AccessLog, LogStore
+from lbsolo.run_logs import AccessLog, LogCollector, LogStore
 from lbsolo.run_stats import StatsSampler
 from lbsolo.state import State
 
@@ -232,7 +232,10 @@ class Daemon:
         loopback = "127.0.0.1" if s.api_host in ("0.0.0.0", "", "127.0.0.1") else s.api_host
         ingress = ProxyIngress(proxy, dns, own=own_route(s, Target(loopback, api_sock.getsockname()[1])))
         bus = EventBus()
-        ctx = CoreContext(s, state, engine, ingress, bus, LogStore(s.logs_dir))
+        logs = LogStore(s.logs_dir)
+        # Replicas' output read on the loop: no thread per followed replica, whatever the number of apps.
+        collector = LogCollector(logs, engine.follow_logs, follow_async=engine.follow_logs_async)
+        ctx = CoreContext(s, state, engine, ingress, bus, logs, collector)
         builder = Builder(
             engine,
             memory=s.build_memory,

@@ -9,11 +9,15 @@ the loopback: a web port is published on 127.0.0.1 at a free port. It makes no d
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
+import os
+import struct
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from typing import IO, Any
+from urllib.parse import quote
 
 import docker
 import docker.errors
@@ -163,8 +167,34 @@ def _lines(chunks: Iterator[bytes]) -> Iterator[str]:
         yield buf.decode("utf-8", "replace")
 
 
+def docker_socket() -> str | None:
+    """The unix socket the engine answers on (DOCKER_HOST, else the default); None for another transport."""
+    host = os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock"
+    return host.removeprefix("unix://") if host.startswith("unix://") else None
+
+
+def split_frames(buf: bytes) -> tuple[list[bytes], bytes]:
+    """The payloads of the whole frames at the start of a multiplexed log stream, and what follows.
+
+    Each frame is an 8-byte header (stream, three zero bytes, a big-endian 32-bit length), then
+    that many bytes of stdout or stderr.
+    """
+    payloads, at = [], 0
+    while len(buf) - at >= 8:
+        (size,) = struct.unpack_from(">I", buf, at + 4)
+        if len(buf) - at - 8 < size:
+            break
+        payloads.append(buf[at + 8 : at + 8 + size])
+        at += 8 + size
+    return payloads, buf[at:]
+
+
 class DockerBackend:
-    """Blocking operations on the Docker engine, scoped to one lbsolo instance's labels."""
+    """Blocking operations on the Docker engine, scoped to one lbsolo instance's labels.
+
+    One exception: `follow_logs_async`, which reads a replica's output on the event loop (no
+    thread per followed replica).
+    """
 
     def __init__(self, instance: str, client: docker.DockerClient | None = None) -> None:
         self.instance = instance
@@ -459,6 +489,41 @@ class DockerBackend:
             yield from _lines(stream)
         except (docker.errors.DockerException, requests.exceptions.RequestException):
             return
+
+    async def follow_logs_async(self, replica_id: str, /, since: float | None = None) -> AsyncIterator[str]:
+        """A replica's output lines as they come, read over the engine's unix socket on the loop.
+
+        Ends when the container stops (the engine closes the stream). EngineError if the engine
+        is not on a unix socket (the caller follows in a thread then) or refuses.
+        """
+        path = docker_socket()
+        if path is None:
+            raise EngineError("the engine is not on a unix socket: logs are followed in threads")
+        try:
+            reader, writer = await asyncio.open_unix_connection(path)
+        except OSError as e:
+            raise EngineError(f"cannot reach the engine at {path}: {e}") from e
+        try:
+            query = "follow=1&stdout=1&stderr=1" + (f"&since={since:.6f}" if since else "")
+            target = f"/containers/{quote(replica_id, safe='')}/logs?{query}"
+            writer.write(f"GET {target} HTTP/1.0\r\nHost: docker\r\n\r\n".encode())
+            head = await reader.readuntil(b"\r\n\r\n")
+            if head.split(b" ", 2)[1:2] != [b"200"]:
+                raise EngineError(f"logs of {replica_id[:12]}: {head.splitlines()[0].decode(errors='replace')}")
+            buf, text = b"", b""
+            while chunk := await reader.read(65536):
+                payloads, buf = split_frames(buf + chunk)  # lbsolo's containers have no TTY: framed
+                *lines, text = (text + b"".join(payloads)).split(b"\n")
+                for line in lines:
+                    yield line.decode("utf-8", "replace")
+            if text:
+                yield text.decode("utf-8", "replace")
+        except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError):
+            return
+        finally:
+            writer.close()
+            with contextlib.suppress(OSError):
+                await writer.wait_closed()
 
     def events(self, since: float | None = None) -> Iterator[EngineEvent]:
         filters = {"type": "container", "label": [f"{LABEL_INSTANCE}={self.instance}", LABEL_PROCESS]}

@@ -23,6 +23,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import BinaryIO
 
+from lbsolo.errors import EngineError
+
 log = logging.getLogger("lbsolo.run_logs")
 
 
@@ -263,19 +265,56 @@ class AccessLog:
 
 
 class LogCollector:
-    """Follows each running replica's output in a thread and feeds the store through the loop."""
+    """Follows each running replica's output and feeds the store.
 
-    def __init__(self, store: LogStore, follow: Callable[[str, float | None], Iterator[str]]) -> None:
+    With `follow_async` (the daemon's Docker backend), a task per replica on the loop: no thread
+    per followed replica, whatever the number of apps. Without it, or when it cannot (an engine
+    on TCP), a thread per replica running the blocking `follow`.
+    """
+
+    def __init__(
+        self,
+        store: LogStore,
+        follow: Callable[[str, float | None], Iterator[str]],
+        follow_async: Callable[[str, float | None], AsyncIterator[str]] | None = None,
+    ) -> None:
         self.store = store
         self._follow = follow
+        self._follow_async = follow_async
         self._threads: dict[str, threading.Thread] = {}
+        self._tasks: dict[str, asyncio.Task[None]] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
 
     def watch(self, replica_id: str, app: str, release: str, process: str, name: str, since: float | None) -> None:
         thread = self._threads.get(replica_id)
         if thread is not None and thread.is_alive():
             return
+        task = self._tasks.get(replica_id)
+        if task is not None and not task.done():
+            return
         loop = self._loop = asyncio.get_running_loop()
+        if self._follow_async is not None:
+            self._tasks[replica_id] = loop.create_task(
+                self._pump(replica_id, app, release, process, name, since), name=f"logs-{name}"
+            )
+            return
+        self._thread(replica_id, app, release, process, name, since)
+
+    async def _pump(
+        self, replica_id: str, app: str, release: str, process: str, name: str, since: float | None
+    ) -> None:
+        assert self._follow_async is not None
+        try:
+            async for text in self._follow_async(replica_id, since):
+                self.store.append(LogLine(time.time(), app, release, process, name, text))
+        except EngineError as e:
+            log.debug("following %s on the loop: %s; in a thread instead", name, e.message)
+            self._thread(replica_id, app, release, process, name, since)
+        except Exception as e:  # the engine or the container went away
+            log.debug("log follower of %s ended: %s", name, e)
+
+    def _thread(self, replica_id: str, app: str, release: str, process: str, name: str, since: float | None) -> None:
+        loop = asyncio.get_running_loop()
 
         def pump() -> None:
             try:
@@ -293,3 +332,6 @@ class LogCollector:
         for rid, thread in list(self._threads.items()):
             if not thread.is_alive():
                 del self._threads[rid]
+        for rid, task in list(self._tasks.items()):
+            if task.done():
+                del self._tasks[rid]

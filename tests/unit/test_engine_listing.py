@@ -85,3 +85,15 @@ def test_an_inspected_replica_reached_only_on_loopback():
     wide = {"5000/tcp": [{"HostIp": "0.0.0.0", "HostPort": "8000"}]}
     r = inspected_replica(inspection(NetworkSettings={"Ports": wide}, State={"Status": "exited"}))
     assert (r.address, r.running, r.status, r.started_at) == (None, False, "exited", "")
+
+
+def test_log_frames_are_split_at_their_lengths_whatever_the_reads():
+    from lbsolo.engine_docker import split_frames
+
+    frame = lambda stream, data: bytes([stream, 0, 0, 0]) + len(data).to_bytes(4, "big") + data  # noqa: E731
+    stream = frame(1, b"hello\n") + frame(2, b"wor") + frame(1, b"ld\n")
+    assert split_frames(stream) == ([b"hello\n", b"wor", b"ld\n"], b"")
+    for cut in range(len(stream)):  # a read may end anywhere
+        first, rest = split_frames(stream[:cut])
+        second, tail = split_frames(rest + stream[cut:])
+        assert first + second == [b"hello\n", b"wor", b"ld\n"] and tail == b""
