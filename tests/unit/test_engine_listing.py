@@ -97,3 +97,47 @@ def test_log_frames_are_split_at_their_lengths_whatever_the_reads():
         first, rest = split_frames(stream[:cut])
         second, tail = split_frames(rest + stream[cut:])
         assert first + second == [b"hello\n", b"wor", b"ld\n"] and tail == b""
+
+
+def test_logs_are_followed_on_the_loop_from_the_engines_unix_socket(tmp_path, monkeypatch):
+    """A stand-in engine on a unix socket answers the logs request with framed output, cut anywhere."""
+    import asyncio
+
+    import pytest
+
+    from lbsolo.engine_docker import DockerBackend
+    from lbsolo.errors import EngineError
+
+    frame = lambda stream, data: bytes([stream, 0, 0, 0]) + len(data).to_bytes(4, "big") + data  # noqa: E731
+    body = frame(1, b"listening on :5000\nGET / 200\n") + frame(2, b"warn: no ") + frame(2, "caf\u00e9\n".encode())
+    seen: list[bytes] = []
+
+    async def engine(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        seen.append(head)
+        if b"/containers/gone/" in head:
+            writer.write(b"HTTP/1.0 404 Not Found\r\n\r\n")
+        else:
+            writer.write(b"HTTP/1.0 200 OK\r\nContent-Type: application/vnd.docker.raw-stream\r\n\r\n")
+            for i in range(0, len(body), 5):  # the output arrives in small pieces
+                writer.write(body[i : i + 5])
+                await writer.drain()
+        writer.close()
+
+    async def main() -> None:
+        path = str(tmp_path / "docker.sock")
+        server = await asyncio.start_unix_server(engine, path)
+        monkeypatch.setenv("DOCKER_HOST", f"unix://{path}")
+        backend = DockerBackend("test")
+        lines = [line async for line in backend.follow_logs_async("c1", since=12.5)]
+        assert lines == ["listening on :5000", "GET / 200", "warn: no caf\u00e9"]
+        assert seen[0].startswith(b"GET /containers/c1/logs?follow=1&stdout=1&stderr=1&since=12.500000 HTTP/1.0")
+        with pytest.raises(EngineError, match="404"):
+            [line async for line in backend.follow_logs_async("gone")]
+        monkeypatch.setenv("DOCKER_HOST", "tcp://127.0.0.1:2375")
+        with pytest.raises(EngineError, match="unix socket"):
+            [line async for line in backend.follow_logs_async("c1")]
+        server.close()
+        await server.wait_closed()
+
+    asyncio.run(main())
