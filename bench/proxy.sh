@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Proxy benchmark: wrk against nginx, Caddy and lbsolo's proxy, all proxying the same upstream
 # (an nginx answering 'hello world' on 127.0.0.1:9101), in one run on this machine.
-# Prints req/s, p50, p99 and errors per target at 64 and 512 connections, lbsolo's ratios, a
+# Also the daemon's own proxy (`lbsolo up` with a static route to the upstream: the path a deployed
+# app's requests take). Prints req/s, p50, p99 and errors per target at 64 and 512 connections, lbsolo's ratios, a
 # 1,000-connection run against lbsolo and its RSS while holding 1,000 idle keep-alive connections.
 # Targets (PRODUCT.md): at 64 connections lbsolo >= 0.4x nginx and >= 1.0x Caddy req/s, p99 <= 2.5x
 # nginx's; no errors at 1,000 connections. Needs Debian's nginx-light, caddy and wrk.
@@ -10,7 +11,7 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 D=${1:-8}
 # Another process on one of the ports would be measured instead of the one started here.
-for port in 9101 9102 9103 9104; do
+for port in 9101 9102 9103 9104 9105 9106 9107; do
   if ss -ltn "sport = :$port" | grep -q LISTEN; then
     echo "bench/proxy.sh: port $port is in use; stop what listens there first" >&2
     exit 1
@@ -64,6 +65,17 @@ async def main() -> None:
 uvloop.run(main())
 PY
 LB_PID=$!
+
+# The same proxy inside a running daemon (`lbsolo up`, access log on), its static route to the
+# upstream made as a user would (`lbsolo routes:add`): what a deployed app gets.
+export LBSOLO_HOME="$T/home" LBSOLO_PROXY_PORT=9105 LBSOLO_API_PORT=9106 LBSOLO_DNS_PORT=9107
+export LBSOLO_PROXY_MAX_CONNECTIONS_PER_CLIENT=100000  # every wrk connection comes from 127.0.0.1
+.venv/bin/python -m lbsolo up >"$T/daemon.log" 2>&1 &
+for _ in $(seq 100); do
+  curl -fs -o /dev/null http://127.0.0.1:9106/healthz && break
+  sleep 0.1
+done
+.venv/bin/python -m lbsolo routes:add bench --to 127.0.0.1:9101 >/dev/null || { cat "$T/daemon.log"; exit 1; }
 sleep 2
 
 to_ms() { awk '{v=$1; if (v ~ /us$/) {sub(/us$/,"",v); v/=1000} else if (v ~ /ms$/) {sub(/ms$/,"",v)} else if (v ~ /s$/) {sub(/s$/,"",v); v*=1000}; printf "%.3f", v}'; }
@@ -87,8 +99,10 @@ for c in 64 512; do
   run nginx 9102 "$c"
   run caddy 9103 "$c"
   run lbsolo 9104 "$c" bench.lbsolo.localhost
-  read -r lr lp <"$T/lbsolo.$c"; read -r nr np <"$T/nginx.$c"; read -r cr cp <"$T/caddy.$c"
+  run daemon 9105 "$c" bench.lbsolo.localhost
+  read -r lr lp <"$T/lbsolo.$c"; read -r nr np <"$T/nginx.$c"; read -r cr cp <"$T/caddy.$c"; read -r dr dp <"$T/daemon.$c"
   echo "  c=$c lbsolo/nginx rps=$(ratio "$lr" "$nr") (target >= 0.4)  lbsolo/caddy rps=$(ratio "$lr" "$cr") (target >= 1.0)  p99 lbsolo/nginx=$(ratio "$lp" "$np") (target <= 2.5)"
+  echo "  c=$c daemon/nginx rps=$(ratio "$dr" "$nr") (aim >= 0.8)  daemon p99/nginx=$(ratio "$dp" "$np")"
 done
 # 1,000 connections: lbsolo must have no errors; the anchors are shown for context.
 run nginx 9102 1000
