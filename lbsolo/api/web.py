@@ -31,6 +31,7 @@ from lbsolo.api.web_session import (
     Sessions,
     job_outcome,
     local_time,
+    on_off,
     parse_form,
     safe_next,
     same_origin,
@@ -405,13 +406,9 @@ def create_web_router(
         if isinstance(checked, Response):
             return checked
         session, form = checked
-        # Only the button's own two values mean something; anything else would silently pick a side.
-        choice = {"on": True, "off": False}.get(form.get("redirect", ""))
 
         async def change() -> str:
-            if choice is None:
-                raise InvalidInput("redirect must be on or off")
-            state = await platform.set_https(name, choice)
+            state = await platform.set_https(name, on_off(form, "redirect"))
             done = f"HTTPS redirect {'on' if state['redirect'] else 'off'}"
             return done if state["active"] else f"{done} (no effect until the proxy has an HTTPS listener)"
 
@@ -423,12 +420,9 @@ def create_web_router(
         if isinstance(checked, Response):
             return checked
         session, form = checked
-        choice = {"on": True, "off": False}.get(form.get("request_buffering", ""))
 
         async def change() -> str:
-            if choice is None:
-                raise InvalidInput("request_buffering must be on or off")
-            state = await platform.set_proxy_settings(name, choice)
+            state = await platform.set_proxy_settings(name, on_off(form, "request_buffering"))
             return f"request buffering {'on' if state['request_buffering'] else 'off'}"
 
         return await finish_change(session, name, change)

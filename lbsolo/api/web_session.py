@@ -139,6 +139,14 @@ def parse_form(body: bytes) -> dict[str, str]:
     return {k: v[-1] for k, v in fields.items()}
 
 
+def on_off(form: dict[str, str], field: str) -> bool:
+    """A toggle button's value: only its own two values mean something; anything else would silently pick a side."""
+    choice = {"on": True, "off": False}.get(form.get(field, ""))
+    if choice is None:
+        raise InvalidInput(f"{field} must be on or off")
+    return choice
+
+
 def split_domains(text: str) -> list[str]:
     """A form field of extra hosts, separated by commas and/or whitespace; validation is the model's."""
     return [d for d in re.split(r"[\s,]+", text) if d]
