@@ -1,7 +1,9 @@
 """Resource and request metrics over time, per app, in bounded memory.
 
 A StatsSampler asks the engine for every running replica's CPU, memory and network counters
-every few seconds (in worker threads), adds them up per app, and takes requests/s and mean
+every few seconds (in its own few worker threads: each engine call blocks about a second, and
+borrowing the loop's default pool for them starved every other `to_thread` call of the daemon
+once there were more replicas than one round's worth), adds them up per app, and takes requests/s and mean
 latency from the proxy's cumulative counters. Each (app, metric) keeps a RingSeries: a fine
 tier (10 minutes at the sampling interval) and a coarse tier (24 hours of 1-minute averages
 of the fine one). Memory is fixed by those sizes and the number of apps, however long the
@@ -16,6 +18,7 @@ import math
 import time
 from collections import deque
 from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol
 
 from lbsolo.errors import InvalidInput, LbsoloError
@@ -152,6 +155,7 @@ class StatsSampler:
         self._clock = clock
         self._shape = (interval, fine_span, coarse_step, coarse_span)
         self._concurrency = concurrency
+        self._pool: ThreadPoolExecutor | None = None  # made on the first round, `concurrency` threads
         self._series: dict[tuple[str, str], RingSeries] = {}
         self._replicas: dict[str, dict[str, dict[str, float]]] = {}  # app -> replica -> latest numbers
         self._net_prev: dict[str, tuple[float, float, float]] = {}  # replica -> (ts, rx, tx)
@@ -180,13 +184,18 @@ class StatsSampler:
         source = self.source
         if callable(source):
             return await asyncio.to_thread(source)
-        replicas = [r for r in await asyncio.to_thread(source.list_replicas) if r.running]
-        gate = asyncio.Semaphore(self._concurrency)
+        loop = asyncio.get_running_loop()
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(self._concurrency, thread_name_prefix="lbsolo-stats")
+        pool = self._pool
+        replicas = [r for r in await loop.run_in_executor(pool, source.list_replicas) if r.running]
+
+        gate = asyncio.Semaphore(self._concurrency)  # no more queued than run: exit waits for none
 
         async def one(replica: Any) -> dict[str, float] | None:
             async with gate:
                 try:
-                    return await asyncio.to_thread(source.stats, replica.id)
+                    return await loop.run_in_executor(pool, source.stats, replica.id)
                 except LbsoloError:  # gone between the listing and the stats call
                     return None
 
