@@ -6,16 +6,17 @@ the token. Every state-changing form carries a per-session CSRF token. Templates
 and a strict Content-Security-Policy allows only lbsolo's own script file, so a value such as
 `<script>` in a config var can only ever show up as text.
 
-This module renders and redirects; it decides nothing about apps: each form calls one Platform
-use case. It must not import the engine, the state store or the CLI.
+This module routes, checks sessions and forms, renders and redirects; it decides nothing about
+apps: each form calls one Platform use case, and what each page shows is gathered in
+lbsolo.api.web_views (sessions, CSRF and form parsing are in lbsolo.api.web_session). It must
+not import the engine, the state store or the CLI.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
@@ -24,6 +25,7 @@ import jinja2
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response, StreamingResponse
 
+from lbsolo.api import web_views as views
 from lbsolo.api.web_session import (
     COOKIE,
     RevokedSessions,
@@ -42,7 +44,6 @@ from lbsolo.api.web_session import (
 from lbsolo.core import Platform
 from lbsolo.errors import InvalidInput, LbsoloError
 from lbsolo.models import WEB, parse_formation, validate_app_name
-from lbsolo.run_logs import LogLine
 
 __all__ = [  # with the helpers tests use from here
     "COOKIE", "Session", "Sessions", "create_web_router", "job_outcome", "parse_form", "safe_next",
@@ -55,8 +56,6 @@ if TYPE_CHECKING:
     from lbsolo.run_stats import StatsSampler
 
 MAX_FORM_BYTES = 256 * 1024  # a config value may be 32 KiB; anything far beyond is not a form of ours
-LOG_BACKLOG = 200
-KEEPALIVE_SECONDS = 15.0
 
 PACKAGE = Path(__file__).resolve().parent
 TEMPLATES = PACKAGE / "templates"
@@ -79,7 +78,7 @@ SECURITY_HEADERS = {
 }
 
 
-# ---- sessions and CSRF: pure, no sockets ---------------------------------------------------
+# ---- static files and templates ----------------------------------------------------------
 
 
 def _static_versions() -> dict[str, tuple[bytes, str]]:
@@ -234,26 +233,13 @@ def create_web_router(
         response.delete_cookie(COOKIE, path="/", httponly=True, samesite="strict")
         return response
 
-    def graphs(name: str, width: int = 240, height: int = 40) -> list[dict[str, Any]]:
-        """Last 10 minutes of CPU, memory and requests/s as SVG polyline points (empty before the first sample)."""
-        out = []
-        for metric, label, unit in (("cpu", "CPU", "%"), ("mem", "Memory", "MB"), ("rps", "Requests", "/s")):
-            series = sampler.series(name, metric, "10m") if sampler is not None else []
-            points = [(t, v / 1e6 if metric == "mem" else v) for t, v in series]
-            out.append({"metric": metric, "label": label, "unit": unit, **sparkline(points, width, height)})
-        return out
-
     # ---- pages
     @router.get("/ui/")
     async def dashboard(request: Request) -> Response:
         session = current(request)
         if session is None:
             return to_login(request)
-        apps = await platform.list_apps()
-        recent = await platform.recent_releases(10)  # one read, whatever the number of apps
-        events = [e.to_dict() for e in reversed(bus.recent(20))] if bus is not None else []
-        small = {a["name"]: graphs(a["name"], 80, 20) for a in apps}
-        return page(request, "dashboard.html", session, apps=apps, recent=recent, events=events, graphs=small)
+        return page(request, "dashboard.html", session, **await views.dashboard(platform, bus, sampler))
 
     @router.get("/ui/apps/{name}")
     async def app_page(request: Request, name: str) -> Response:
@@ -261,25 +247,10 @@ def create_web_router(
         if session is None:
             return to_login(request)
         try:
-            app = await platform.get_app(name)
-            releases = await platform.releases(name)
-            replicas = [r.to_dict() for r in await platform.replicas(name)]
-            https = await platform.https(name)
+            shown = await views.app_page(platform, sampler, name)
         except LbsoloError as e:
             return page(request, "error.html", session, e.status, title="Not available", message=e.message)
-        current_version = int(app["release"][1:]) if app["release"] else None
-        return page(
-            request,
-            "app.html",
-            session,
-            graphs=graphs(name),
-            app=app,
-            releases=list(reversed(releases)),
-            current=current_version,
-            replicas=replicas,
-            web=app["formation"].get(WEB, 0),
-            https=https,
-        )
+        return page(request, "app.html", session, **shown)
 
     @router.get("/ui/webhooks")
     async def webhooks_page(request: Request) -> Response:
@@ -287,11 +258,7 @@ def create_web_router(
         session = current(request)
         if session is None:
             return to_login(request)
-        hooks = []
-        for hook in notifier.webhooks() if notifier is not None else []:
-            attempts = [d.to_dict() for d in reversed(notifier.deliveries(hook.id))][:20]
-            hooks.append({**hook.public(), "deliveries": attempts})
-        return page(request, "webhooks.html", session, hooks=hooks)
+        return page(request, "webhooks.html", session, **views.webhooks(notifier))
 
     @router.get("/ui/routes")
     async def routes_page(request: Request) -> Response:
@@ -310,9 +277,9 @@ def create_web_router(
             await platform.get_app(name)
         except LbsoloError as e:
             return Response(e.message + "\n", status_code=e.status, media_type="text/plain")
-        since = _float(request.headers.get("last-event-id"))
+        since = views.last_event_id(request.headers.get("last-event-id"))
         return StreamingResponse(
-            _log_events(platform, name, since),
+            views.log_events(platform, name, since),
             media_type="text/event-stream",
             headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
         )
@@ -472,48 +439,3 @@ def _flash_error(session: Session, name: str, e: LbsoloError, flashes: dict[str,
     except InvalidInput:
         return RedirectResponse("/ui/", status_code=303)
     return RedirectResponse(f"/ui/apps/{quote(name)}", status_code=303)
-
-
-def _float(raw: str | None) -> float | None:
-    try:
-        return float(raw) if raw else None
-    except ValueError:
-        return None
-
-
-def _key(line: LogLine) -> tuple[float, str, str]:
-    return (line.ts, line.replica, line.line)
-
-
-async def _log_events(platform: Platform, name: str, since: float | None) -> AsyncIterator[bytes]:
-    """Recent lines then live ones, as SSE; the event id is the line's time, for reconnects."""
-    queue: asyncio.Queue[LogLine] = asyncio.Queue(maxsize=10_000)
-
-    async def pump() -> None:
-        async for line in platform.follow_logs(name):
-            if not queue.full():  # a reader this far behind loses lines rather than memory
-                queue.put_nowait(line)
-
-    # Follow first, then read the backlog: a line landing in between shows up in both; drop the copy.
-    follower = asyncio.create_task(pump(), name=f"ui-logs-{name}")
-    try:
-        await asyncio.sleep(0)
-        # Strictly after the last line a reconnecting browser saw (ids are the lines' timestamps).
-        recent = await platform.read_logs(name, tail=LOG_BACKLOG, since=None if since is None else since + 1e-6)
-        seen = {_key(ln) for ln in recent}
-        newest = recent[-1].ts if recent else 0.0
-        for line in recent:
-            yield sse_event(line.to_dict(), repr(line.ts))
-        while True:
-            try:
-                line = await asyncio.wait_for(queue.get(), KEEPALIVE_SECONDS)
-            except TimeoutError:
-                yield b": keep-alive\n\n"
-                continue
-            if line.ts <= newest and _key(line) in seen:
-                continue
-            yield sse_event(line.to_dict(), repr(line.ts))
-    finally:
-        follower.cancel()
-        with contextlib.suppress(asyncio.CancelledError, LbsoloError):
-            await follower

@@ -1,0 +1,120 @@
+"""What the web UI's pages show: their data gathered from the core, and the live log stream.
+
+Each function reads what one page needs from core.Platform (and the event bus, webhook
+notifier and stats sampler, which may be absent) and returns plain data for its template; the
+log stream yields server-sent events. lbsolo.api.web routes, checks sessions and renders; this
+module must not import fastapi or jinja2, change anything, or import the engine, the state
+store or the CLI.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING, Any
+
+from lbsolo.api.web_session import sparkline, sse_event
+from lbsolo.core import Platform
+from lbsolo.errors import LbsoloError
+from lbsolo.models import WEB
+from lbsolo.run_logs import LogLine
+
+if TYPE_CHECKING:
+    from lbsolo.events import EventBus
+    from lbsolo.notify import WebhookNotifier
+    from lbsolo.run_stats import StatsSampler
+
+LOG_BACKLOG = 200
+KEEPALIVE_SECONDS = 15.0
+
+
+def graphs(sampler: StatsSampler | None, name: str, width: int = 240, height: int = 40) -> list[dict[str, Any]]:
+    """Last 10 minutes of CPU, memory and requests/s as SVG polyline points (empty before the first sample)."""
+    out = []
+    for metric, label, unit in (("cpu", "CPU", "%"), ("mem", "Memory", "MB"), ("rps", "Requests", "/s")):
+        series = sampler.series(name, metric, "10m") if sampler is not None else []
+        points = [(t, v / 1e6 if metric == "mem" else v) for t, v in series]
+        out.append({"metric": metric, "label": label, "unit": unit, **sparkline(points, width, height)})
+    return out
+
+
+async def dashboard(platform: Platform, bus: EventBus | None, sampler: StatsSampler | None) -> dict[str, Any]:
+    """Every app with its small graphs, the ten latest releases, the latest events."""
+    apps = await platform.list_apps()
+    recent = await platform.recent_releases(10)  # one read, whatever the number of apps
+    events = [e.to_dict() for e in reversed(bus.recent(20))] if bus is not None else []
+    small = {a["name"]: graphs(sampler, a["name"], 80, 20) for a in apps}
+    return {"apps": apps, "recent": recent, "events": events, "graphs": small}
+
+
+async def app_page(platform: Platform, sampler: StatsSampler | None, name: str) -> dict[str, Any]:
+    """One app: settings, releases newest first, replicas, HTTPS state, graphs. LbsoloError if unknown."""
+    app = await platform.get_app(name)
+    releases = await platform.releases(name)
+    replicas = [r.to_dict() for r in await platform.replicas(name)]
+    https = await platform.https(name)
+    return {
+        "graphs": graphs(sampler, name),
+        "app": app,
+        "releases": list(reversed(releases)),
+        "current": int(app["release"][1:]) if app["release"] else None,
+        "replicas": replicas,
+        "web": app["formation"].get(WEB, 0),
+        "https": https,
+    }
+
+
+def webhooks(notifier: WebhookNotifier | None) -> dict[str, Any]:
+    """Outbound webhooks, each with its 20 latest delivery attempts."""
+    hooks = []
+    for hook in notifier.webhooks() if notifier is not None else []:
+        attempts = [d.to_dict() for d in reversed(notifier.deliveries(hook.id))][:20]
+        hooks.append({**hook.public(), "deliveries": attempts})
+    return {"hooks": hooks}
+
+
+def last_event_id(raw: str | None) -> float | None:
+    """The time of the last line a reconnecting browser saw (its Last-Event-ID), if it sent one."""
+    try:
+        return float(raw) if raw else None
+    except ValueError:
+        return None
+
+
+def _key(line: LogLine) -> tuple[float, str, str]:
+    return (line.ts, line.replica, line.line)
+
+
+async def log_events(platform: Platform, name: str, since: float | None) -> AsyncIterator[bytes]:
+    """Recent lines then live ones, as SSE; the event id is the line's time, for reconnects."""
+    queue: asyncio.Queue[LogLine] = asyncio.Queue(maxsize=10_000)
+
+    async def pump() -> None:
+        async for line in platform.follow_logs(name):
+            if not queue.full():  # a reader this far behind loses lines rather than memory
+                queue.put_nowait(line)
+
+    # Follow first, then read the backlog: a line landing in between shows up in both; drop the copy.
+    follower = asyncio.create_task(pump(), name=f"ui-logs-{name}")
+    try:
+        await asyncio.sleep(0)
+        # Strictly after the last line a reconnecting browser saw (ids are the lines' timestamps).
+        recent = await platform.read_logs(name, tail=LOG_BACKLOG, since=None if since is None else since + 1e-6)
+        seen = {_key(ln) for ln in recent}
+        newest = recent[-1].ts if recent else 0.0
+        for line in recent:
+            yield sse_event(line.to_dict(), repr(line.ts))
+        while True:
+            try:
+                line = await asyncio.wait_for(queue.get(), KEEPALIVE_SECONDS)
+            except TimeoutError:
+                yield b": keep-alive\n\n"
+                continue
+            if line.ts <= newest and _key(line) in seen:
+                continue
+            yield sse_event(line.to_dict(), repr(line.ts))
+    finally:
+        follower.cancel()
+        with contextlib.suppress(asyncio.CancelledError, LbsoloError):
+            await follower
