@@ -169,27 +169,131 @@ class Client:
         finally:
             conn.close()
 
+    # ---- one method per API operation the CLI uses, by what it does; the verbs call only these.
+    # Each returns the API's answer as decoded JSON; the ones that start a job yield its events.
+
+    def _object(self, method: str, *path: str, **options: Any) -> dict[str, Any]:
+        out = self.request(method, _path(*path), **options)
+        if not isinstance(out, dict):
+            raise APIError(f"the daemon answered {method} {_path(*path)} with {type(out).__name__}", "protocol", 502)
+        return out
+
+    def _list(self, method: str, *path: str, **options: Any) -> list[Any]:
+        out = self.request(method, _path(*path), **options)
+        if not isinstance(out, list):
+            raise APIError(f"the daemon answered {method} {_path(*path)} with {type(out).__name__}", "protocol", 502)
+        return out
+
+    def _job(self, method: str, *path: str, **options: Any) -> Iterator[dict[str, Any]]:
+        return self.stream(method, _path(*path), **options)
+
+    # apps
     def apps(self) -> list[dict[str, Any]]:
-        return self.request("GET", "/api/apps")  # type: ignore[no-any-return]
+        return self._list("GET", "apps")
 
     def create_app(self, name: str) -> dict[str, Any]:
-        return self.request("POST", "/api/apps", json={"name": name})  # type: ignore[no-any-return]
+        return self._object("POST", "apps", json={"name": name})
 
     def app(self, name: str) -> dict[str, Any]:
-        return self.request("GET", f"/api/apps/{name}")  # type: ignore[no-any-return]
+        return self._object("GET", "apps", name)
 
     def destroy(self, name: str, images: bool, volumes: bool = False) -> dict[str, Any]:
         params = {"images": images, "volumes": volumes}
-        return self.request("DELETE", f"/api/apps/{name}", params=params, timeout=None)  # type: ignore[no-any-return]
+        return self._object("DELETE", "apps", name, params=params, timeout=None)
 
-    def releases(self, name: str) -> list[dict[str, Any]]:
-        return self.request("GET", f"/api/apps/{name}/releases")  # type: ignore[no-any-return]
+    def disk(self) -> dict[str, int]:
+        """Bytes of images per app."""
+        return self._object("GET", "disk")
+
+    def gc(self, app: str | None = None, dry_run: bool = False) -> dict[str, Any]:
+        return self._object("POST", "gc", params={"app": app, "dry_run": dry_run}, timeout=None)
+
+    # config, processes, health
+    def config(self, name: str) -> dict[str, str]:
+        return self._object("GET", "apps", name, "config")
+
+    def set_config(
+        self, name: str, values: dict[str, str], unset: list[str] | None = None, secret: bool = False
+    ) -> Iterator[dict[str, Any]]:
+        body = {"set": values, "unset": unset or [], "secret": secret}
+        return self._job("PATCH", "apps", name, "config", json=body)
 
     def ps(self, name: str) -> list[dict[str, Any]]:
-        return self.request("GET", f"/api/apps/{name}/ps")  # type: ignore[no-any-return]
+        return self._list("GET", "apps", name, "ps")
 
+    def scale(self, name: str, formation: dict[str, int]) -> dict[str, Any]:
+        return self._object("POST", "apps", name, "scale", json={"formation": formation}, timeout=None)
+
+    def set_resources(
+        self, name: str, process: str, memory: str | None, cpus: float | None
+    ) -> Iterator[dict[str, Any]]:
+        return self._job("PUT", "apps", name, "resources", process, json={"memory": memory, "cpus": cpus})
+
+    def add_volume(self, name: str, volume: str, path: str) -> Iterator[dict[str, Any]]:
+        return self._job("POST", "apps", name, "volumes", json={"name": volume, "path": path})
+
+    def set_health(self, name: str, check: dict[str, Any]) -> dict[str, Any]:
+        return self._object("PATCH", "apps", name, "health", json=check)
+
+    def run(self, name: str, command: str) -> Iterator[dict[str, Any]]:
+        """A one-off command: its output lines, then its result."""
+        return self._job("POST", "apps", name, "run", json={"command": command})
+
+    # logs, metrics, events
     def logs(self, name: str, params: dict[str, Any]) -> list[dict[str, Any]]:
-        return self.request("GET", f"/api/apps/{name}/logs", params=params)  # type: ignore[no-any-return]
+        return self._list("GET", "apps", name, "logs", params=params)
+
+    def follow_logs(self, name: str, params: dict[str, Any]) -> Iterator[dict[str, Any]]:
+        return self._job("GET", "apps", name, "logs", params={**params, "follow": True})
+
+    def stats(self, name: str) -> dict[str, Any]:
+        return self._object("GET", "apps", name, "stats")
+
+    def metrics(self, name: str) -> dict[str, Any]:
+        return self._object("GET", "apps", name, "metrics")
+
+    def events(self, app: str | None = None, n: int = 30) -> list[dict[str, Any]]:
+        return self._list("GET", "events", params={"n": n, "app": app or None})
+
+    # domains, HTTPS, proxy settings
+    def add_domains(self, name: str, domains: list[str]) -> list[str]:
+        """The app's custom domains after adding these."""
+        return self._list("PATCH", "apps", name, "domains", json={"add": domains})
+
+    def remove_domains(self, name: str, domains: list[str]) -> list[str]:
+        """The app's custom domains after removing these."""
+        return self._list("PATCH", "apps", name, "domains", json={"remove": domains})
+
+    def https(self, name: str) -> dict[str, Any]:
+        return self._object("GET", "apps", name, "https")
+
+    def set_https(self, name: str, redirect: bool) -> dict[str, Any]:
+        return self._object("PATCH", "apps", name, "https", json={"redirect": redirect})
+
+    def proxy_settings(self, name: str) -> dict[str, Any]:
+        return self._object("GET", "apps", name, "proxy")
+
+    def set_proxy_settings(self, name: str, request_buffering: bool) -> dict[str, Any]:
+        return self._object("PATCH", "apps", name, "proxy", json={"request_buffering": request_buffering})
+
+    # builds, releases, deploys
+    def builds(self, name: str) -> list[dict[str, Any]]:
+        return self._list("GET", "apps", name, "builds")
+
+    def cancel_builds(self, name: str, build_id: str | None = None) -> dict[str, Any]:
+        return self._object("POST", "apps", name, "builds", "cancel", params={"build_id": build_id})
+
+    def build_log(self, name: str, build_id: str | None = None) -> list[str]:
+        return self._list("GET", "apps", name, "builds", build_id or "latest", "log")
+
+    def releases(self, name: str) -> list[dict[str, Any]]:
+        return self._list("GET", "apps", name, "releases")
+
+    def rollback(self, name: str, version: int | None = None) -> Iterator[dict[str, Any]]:
+        return self._job("POST", "apps", name, "rollback", json={"version": version})
+
+    def promote(self, source: str, target: str) -> Iterator[dict[str, Any]]:
+        return self._job("POST", "apps", source, "promote", params={"to": target})
 
     def deploy(self, name: str, archive: IO[bytes], build_args: list[str] | None = None) -> Iterator[dict[str, Any]]:
         """Upload the archive; yield the daemon's events ({"line"} ... then {"result"})."""
@@ -201,10 +305,56 @@ class Client:
         query = urllib.parse.urlencode([("build_arg", a) for a in build_args or []])
         return self.stream(
             "POST",
-            f"/api/apps/{name}/deploy" + (f"?{query}" if query else ""),
+            _path("apps", name, "deploy") + (f"?{query}" if query else ""),
             content=body(),
             headers={"Content-Type": "application/x-tar"},
         )
+
+    def deploy_git(self, name: str, url: str, ref: str | None = None) -> Iterator[dict[str, Any]]:
+        return self._job("POST", "apps", name, "deploy", "git", json={"url": url, "ref": ref})
+
+    def git_url(self, name: str) -> str:
+        """The app's git push URL (without credentials)."""
+        return str(self._object("GET", "apps", name, "git")["url"])
+
+    def hook(self, name: str) -> dict[str, Any]:
+        return self._object("GET", "apps", name, "hook")
+
+    def set_hook_repo(self, name: str, repo: str) -> dict[str, Any]:
+        return self._object("PUT", "apps", name, "hook", json={"repo": repo})
+
+    # tokens, webhooks, static routes
+    def tokens(self) -> list[dict[str, Any]]:
+        return self._list("GET", "tokens")
+
+    def create_token(self, name: str) -> dict[str, Any]:
+        return self._object("POST", "tokens", json={"name": name})
+
+    def revoke_token(self, id_or_name: str) -> None:
+        self.request("DELETE", _path("tokens", id_or_name))
+
+    def webhooks(self) -> list[dict[str, Any]]:
+        return self._list("GET", "webhooks")
+
+    def add_webhook(self, url: str, app: str | None, kinds: list[str] | None, slack: bool) -> dict[str, Any]:
+        return self._object("POST", "webhooks", json={"url": url, "app": app, "kinds": kinds or None, "slack": slack})
+
+    def remove_webhook(self, hook_id: str) -> None:
+        self.request("DELETE", _path("webhooks", hook_id))
+
+    def routes(self) -> list[dict[str, Any]]:
+        return self._list("GET", "routes")
+
+    def add_route(self, name: str, to: str, domains: list[str] | None = None) -> dict[str, Any]:
+        return self._object("POST", "routes", json={"name": name, "to": to, "domains": domains or []})
+
+    def remove_route(self, name: str) -> None:
+        self.request("DELETE", _path("routes", name))
+
+
+def _path(*segments: str) -> str:
+    """/api/<segments>, each one escaped: a name never adds a path level or a query."""
+    return "/api/" + "/".join(urllib.parse.quote(s, safe="") for s in segments)
 
 
 def _json_loads(raw: bytes) -> Any:

@@ -34,7 +34,7 @@ def apps_list() -> None:
     """List apps: name, status, release, URL."""
     with _client() as c:
         rows = c.apps()
-        disk = c.request("GET", "/api/disk")
+        disk = c.disk()
     table = Table("name", "status", "release", "replicas", "images", "url")
     colors = {"running": "green", "down": "red", "deploying": "yellow"}
     for a in rows:
@@ -75,7 +75,7 @@ def ps(name: AppArg) -> None:
 def config_show(name: AppArg) -> None:
     """Show an app's config vars (secret values masked)."""
     with _client() as c:
-        values = c.request("GET", f"/api/apps/{name}/config")
+        values = c.config(name)
     for key, value in values.items():
         console.print(f"[bold]{key}[/]={escape(value)}", highlight=False)
     if not values:
@@ -84,8 +84,7 @@ def config_show(name: AppArg) -> None:
 
 def _change_config(name: str, values: dict[str, str], unset: list[str], secret: bool) -> None:
     with _client() as c:
-        body = {"set": values, "unset": unset, "secret": secret}
-        result = render_job(c.stream("PATCH", f"/api/apps/{name}/config", json=body), f"config change of {name}")
+        result = render_job(c.set_config(name, values, unset, secret), f"config change of {name}")
     if not result.get("release"):
         console.print(f"Config of {name} saved; it applies from the first deploy.")
 
@@ -135,7 +134,7 @@ def scale(name: AppArg, pairs: Annotated[list[str], typer.Argument(help="TYPE=CO
     """Set how many replicas of each process type run; web replicas join the proxy once healthy."""
     formation = parse_formation(pairs)
     with _client() as c:
-        out = c.request("POST", f"/api/apps/{name}/scale", json={"formation": formation}, timeout=None)
+        out = c.scale(name, formation)
     shown = " ".join(f"{k}={v}" for k, v in sorted(out["formation"].items()))
     console.print(f"{name} scaled: {shown} ({out['replicas']} web replicas serving)")
 
@@ -150,8 +149,7 @@ def resources_set(
 ) -> None:
     """Set memory and CPU limits of a process type (rolled out as a new release)."""
     with _client() as c:
-        body = {"memory": memory, "cpus": cpus}
-        render_job(c.stream("PUT", f"/api/apps/{name}/resources/{process}", json=body), f"resources of {name}")
+        render_job(c.set_resources(name, process, memory, cpus), f"resources of {name}")
 
 
 @app.command("volumes:add")
@@ -162,8 +160,7 @@ def volumes_add(name: AppArg, spec: Annotated[str, typer.Argument(help="NAME:/mo
     if not sep or not volume:
         raise LbsoloError(f"expected NAME:/path, got {spec!r}")
     with _client() as c:
-        body = {"name": volume, "path": path}
-        render_job(c.stream("POST", f"/api/apps/{name}/volumes", json=body), f"volumes of {name}")
+        render_job(c.add_volume(name, volume, path), f"volumes of {name}")
 
 
 @app.command("healthcheck:set")
@@ -181,7 +178,7 @@ def healthcheck_set(
     body: dict[str, Any] = {"interval": interval, "timeout": timeout, "retries": retries, "grace": grace}
     body["path"] = None if tcp else (path or "/")
     with _client() as c:
-        out = c.request("PATCH", f"/api/apps/{name}/health", json=body)
+        out = c.set_health(name, body)
     console.print(f"{name} health check: {out} (applies from the next release)", highlight=False)
 
 
@@ -191,7 +188,7 @@ def run_command(name: AppArg, command: Annotated[list[str], typer.Argument(help=
     """Run a one-off command in a new container of the current release, with its config."""
     result: dict[str, Any] = {}
     with _client() as c:
-        for event in c.stream("POST", f"/api/apps/{name}/run", json={"command": " ".join(command)}):
+        for event in c.run(name, " ".join(command)):
             if "line" in event:
                 console.print(event["line"], highlight=False, markup=False, soft_wrap=True)
             elif "result" in event:
@@ -231,7 +228,7 @@ def logs(
                 _print_log(row)
             return
         try:
-            for row in c.stream("GET", f"/api/apps/{name}/logs", params={**params, "follow": True}):
+            for row in c.follow_logs(name, params):
                 _print_log(row)
         except KeyboardInterrupt:
             return
@@ -270,8 +267,8 @@ def destroy(
 def metrics(name: AppArg) -> None:
     """Show an app's CPU, memory, network and request rate now, and its proxy counters since start."""
     with _client() as c:
-        stats = c.request("GET", f"/api/apps/{name}/stats")["latest"]
-        data = c.request("GET", f"/api/apps/{name}/metrics")
+        stats = c.stats(name)["latest"]
+        data = c.metrics(name)
     table = Table(show_header=False, box=None)
     units = {"cpu": "%", "mem": "B", "net_rx": "B/s", "net_tx": "B/s", "rps": "req/s", "latency_ms": "ms"}
     for key, unit in units.items():
@@ -291,11 +288,8 @@ def events(
     n: Annotated[int, typer.Option("-n", help="How many recent events.")] = 30,
 ) -> None:
     """Show recent events: deploys, releases, crashes, config changes, scaling."""
-    params: dict[str, Any] = {"n": n}
-    if name:
-        params["app"] = name
     with _client() as c:
-        rows = c.request("GET", "/api/events", params=params)
+        rows = c.events(name, n)
     for e in rows:
         console.print(
             f"[dim]{_when(e['ts'])}[/] [cyan]{e['kind']}[/] {escape(e.get('app') or '-')}: {escape(e['message'])}"
@@ -316,7 +310,7 @@ def domains_list(name: AppArg) -> None:
 def domains_add(name: AppArg, domains: Annotated[list[str], typer.Argument(help="e.g. example.com")]) -> None:
     """Route custom domains to an app (proxy and DNS both follow at once)."""
     with _client() as c:
-        found = c.request("PATCH", f"/api/apps/{name}/domains", json={"add": domains})
+        found = c.add_domains(name, domains)
     console.print(f"{name} domains: {', '.join(found)}", highlight=False)
 
 
@@ -325,7 +319,7 @@ def domains_add(name: AppArg, domains: Annotated[list[str], typer.Argument(help=
 def domains_remove(name: AppArg, domains: Annotated[list[str], typer.Argument(help="e.g. example.com")]) -> None:
     """Stop routing custom domains to an app."""
     with _client() as c:
-        found = c.request("PATCH", f"/api/apps/{name}/domains", json={"remove": domains})
+        found = c.remove_domains(name, domains)
     console.print(f"{name} domains: {', '.join(found) or 'none'}", highlight=False)
 
 
@@ -339,10 +333,7 @@ def apps_https(
 ) -> None:
     """Show or change an app's HTTPS settings: with --redirect, http:// requests get a 308 to https://."""
     with _client() as c:
-        if redirect is None:
-            out = c.request("GET", f"/api/apps/{name}/https")
-        else:
-            out = c.request("PATCH", f"/api/apps/{name}/https", json={"redirect": redirect})
+        out = c.https(name) if redirect is None else c.set_https(name, redirect)
     state = "on" if out["redirect"] else "off"
     note = "" if out["active"] or not out["redirect"] else " (no effect until the proxy has HTTPS: up --https-port)"
     console.print(f"{name}: HTTP -> HTTPS redirect {state}{note}", highlight=False)
@@ -366,9 +357,6 @@ def apps_proxy(
     if request_buffering is not None and choice is None:
         raise typer.BadParameter("must be on or off", param_hint="--request-buffering")
     with _client() as c:
-        if choice is None:
-            out = c.request("GET", f"/api/apps/{name}/proxy")
-        else:
-            out = c.request("PATCH", f"/api/apps/{name}/proxy", json={"request_buffering": choice})
+        out = c.proxy_settings(name) if choice is None else c.set_proxy_settings(name, choice)
     mode = "on (bodies read whole first)" if out["request_buffering"] else "off (bodies streamed)"
     console.print(f"{name}: request buffering {mode}", highlight=False)

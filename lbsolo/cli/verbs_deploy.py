@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 import typer.main
@@ -37,11 +37,8 @@ def gc(
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Only show what would go.")] = False,
 ) -> None:
     """Remove images older than each app's last releases (LBSOLO_KEEP_RELEASES) and build leftovers."""
-    params: dict[str, Any] = {"dry_run": dry_run}
-    if name:
-        params["app"] = name
     with _client() as c:
-        out = c.request("POST", "/api/gc", params=params, timeout=None)
+        out = c.gc(name, dry_run)
     verb = "would remove" if dry_run else "removed"
     for image in out["removed"]:
         tags = ", ".join(image["tags"]) or image["id"][7:19]
@@ -54,7 +51,7 @@ def gc(
 def builds(name: AppArg) -> None:
     """List an app's builds, newest first."""
     with _client() as c:
-        rows = c.request("GET", f"/api/apps/{name}/builds")
+        rows = c.builds(name)
     table = Table("build", "status", "started", "finished", "image", "error")
     for b in reversed(rows):
         image = (b.get("image") or "").removeprefix("sha256:")[:12]
@@ -70,7 +67,7 @@ def builds_cancel(
 ) -> None:
     """Cancel an app's queued or running builds; the release that is serving stays."""
     with _client() as c:
-        out = c.request("POST", f"/api/apps/{name}/builds/cancel", params={"build_id": build_id})
+        out = c.cancel_builds(name, build_id)
     console.print(f"cancelled: {', '.join(out['cancelled']) or 'nothing was building'}")
 
 
@@ -81,7 +78,7 @@ def builds_logs(
 ) -> None:
     """Print a build's stored output."""
     with _client() as c:
-        lines = c.request("GET", f"/api/apps/{name}/builds/{build_id or 'latest'}/log")
+        lines = c.build_log(name, build_id)
     for line in lines:
         console.print(line, highlight=False, markup=False, soft_wrap=True)
 
@@ -104,8 +101,7 @@ def deploy(
         name = app_name or Path(url.rstrip("/")).name.removesuffix(".git")
         validate_app_name(name)
         with Client(settings) as c:
-            body = {"url": url, "ref": ref or None}
-            render_job(c.stream("POST", f"/api/apps/{name}/deploy/git", json=body), f"deploy of {name}")
+            render_job(c.deploy_git(name, url, ref or None), f"deploy of {name}")
         return
     name = app_name or path.resolve().name
     validate_app_name(name)
@@ -185,7 +181,7 @@ def rollback(
             raise LbsoloError(f"expected a release like v3, got {version!r}")
         number = int(version.lstrip("v"))
     with _client() as c:
-        render_job(c.stream("POST", f"/api/apps/{name}/rollback", json={"version": number}), f"rollback of {name}")
+        render_job(c.rollback(name, number), f"rollback of {name}")
 
 
 @app.command()
@@ -196,7 +192,7 @@ def promote(
 ) -> None:
     """Roll out SOURCE's current image on TARGET with TARGET's config (staging -> production)."""
     with _client() as c:
-        render_job(c.stream("POST", f"/api/apps/{source}/promote", params={"to": target}), f"promote to {target}")
+        render_job(c.promote(source, target), f"promote to {target}")
 
 
 @app.command("git:remote")
@@ -205,7 +201,7 @@ def git_remote(name: AppArg) -> None:
     """Print the git remote of an app: `git push lbsolo main` then builds and rolls it out."""
     settings = Settings.load()
     with Client(settings) as c:
-        url = c.request("GET", f"/api/apps/{name}/git")["url"]
+        url = c.git_url(name)
         token = c.token
     scheme, _, rest = url.partition("://")
     console.print(f"git remote add lbsolo {scheme}://lbsolo:{token}@{rest}", highlight=False, soft_wrap=True)
@@ -226,10 +222,7 @@ def hooks_url(
     pushed commit; the repository named in the payload is never cloned.
     """
     with _client() as c:
-        if repo is not None:
-            out = c.request("PUT", f"/api/apps/{name}/hook", json={"repo": repo})
-        else:
-            out = c.request("GET", f"/api/apps/{name}/hook")
+        out = c.set_hook_repo(name, repo) if repo is not None else c.hook(name)
     console.print(f"URL:    {out['url']}\nsecret: {out['secret']}", highlight=False)
     console.print(f"repo:   {out.get('repo') or '(none: set it with --repo URL)'}", highlight=False, markup=False)
     console.print("[dim]content type application/json; push events to main or master deploy[/]")

@@ -28,7 +28,7 @@ from lbsolo.models import validate_app_name
 def tokens_list() -> None:
     """List extra API tokens (only their prefixes are known)."""
     with _client() as c:
-        rows = c.request("GET", "/api/tokens")
+        rows = c.tokens()
     table = Table("id", "name", "prefix", "created", "last used")
     for t in rows:
         table.add_row(t["id"], t["name"], t["prefix"] + "…", _when(t["created_at"]), _when(t.get("last_used")))
@@ -40,7 +40,7 @@ def tokens_list() -> None:
 def tokens_create(name: Annotated[str, typer.Argument(help="What the token is for, e.g. ci.")]) -> None:
     """Create an API token; it is shown once and stored only as a hash."""
     with _client() as c:
-        out = c.request("POST", "/api/tokens", json={"name": name})
+        out = c.create_token(name)
     console.print(out["token"], highlight=False, markup=False)
     err.print(f"token {out['id']} ({name}) created; it is not shown again")
 
@@ -50,7 +50,7 @@ def tokens_create(name: Annotated[str, typer.Argument(help="What the token is fo
 def tokens_revoke(token: Annotated[str, typer.Argument(help="Token id or name.")]) -> None:
     """Revoke an API token at once."""
     with _client() as c:
-        c.request("DELETE", f"/api/tokens/{token}")
+        c.revoke_token(token)
     console.print(f"revoked {token}")
 
 
@@ -59,7 +59,7 @@ def tokens_revoke(token: Annotated[str, typer.Argument(help="Token id or name.")
 def webhooks_list() -> None:
     """List outbound webhooks."""
     with _client() as c:
-        rows = c.request("GET", "/api/webhooks")
+        rows = c.webhooks()
     table = Table("id", "url", "app", "events", "slack")
     for w in rows:
         table.add_row(w["id"], w["url"], w.get("app") or "(all)", ", ".join(w.get("kinds") or ["*"]), str(w["slack"]))
@@ -75,9 +75,8 @@ def webhooks_add(
     slack: Annotated[bool, typer.Option("--slack", help="Slack-compatible payload.")] = False,
 ) -> None:
     """Send events to a URL, signed with a secret (X-Lbsolo-Signature: sha256=HMAC)."""
-    body = {"url": url, "app": app_name, "kinds": kinds or None, "slack": slack}
     with _client() as c:
-        out = c.request("POST", "/api/webhooks", json=body)
+        out = c.add_webhook(url, app_name, kinds, slack)
     console.print(f"webhook {out['id']} added; secret: {out.get('secret', '(hidden)')}", highlight=False)
 
 
@@ -86,7 +85,7 @@ def webhooks_add(
 def webhooks_remove(hook_id: Annotated[str, typer.Argument(help="Webhook id.")]) -> None:
     """Stop sending events to a webhook."""
     with _client() as c:
-        c.request("DELETE", f"/api/webhooks/{hook_id}")
+        c.remove_webhook(hook_id)
     console.print(f"removed {hook_id}")
 
 
@@ -95,7 +94,7 @@ def webhooks_remove(hook_id: Annotated[str, typer.Argument(help="Webhook id.")])
 def routes_list() -> None:
     """List static routes: hosts routed to services on this machine that lbsolo does not run."""
     with _client() as c:
-        rows = c.request("GET", "/api/routes")
+        rows = c.routes()
     table = Table("name", "to", "url", "domains")
     for r in rows:
         table.add_row(r["name"], r["to"], r["url"], ", ".join(r["domains"]))
@@ -112,7 +111,7 @@ def routes_add(
     """Route <name>.<domain> to a service on this machine that lbsolo does not run (proxy and DNS follow)."""
     validate_app_name(name, "route name")
     with _client() as c:
-        out = c.request("POST", "/api/routes", json={"name": name, "to": to, "domains": domains or []})
+        out = c.add_route(name, to, domains)
     extra = f" and {', '.join(out['domains'])}" if out["domains"] else ""
     console.print(f"{out['url']}{extra} -> {out['to']}", highlight=False)
 
@@ -122,7 +121,7 @@ def routes_add(
 def routes_remove(name: Annotated[str, typer.Argument(help="Static route name.")]) -> None:
     """Stop routing a static route."""
     with _client() as c:
-        c.request("DELETE", f"/api/routes/{name}")
+        c.remove_route(name)
     console.print(f"removed {name}", highlight=False)
 
 
