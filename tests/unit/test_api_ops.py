@@ -86,11 +86,7 @@ def ops(tmp_path):
     o.state.close()
 
 
-def run(coro: Any) -> Any:
-    return asyncio.run(asyncio.wait_for(coro, 20))
-
-
-def test_every_route_needs_a_token(ops):
+def test_every_route_needs_a_token(ops, run):
     async def scenario() -> None:
         async with ops.client(None) as anon, ops.client("wrong") as wrong:
             for c in (anon, wrong):
@@ -111,10 +107,10 @@ def test_every_route_needs_a_token(ops):
                     assert r.status_code == 401, (method, path)
                     assert r.json()["error"]["code"] == "unauthorized"
 
-    run(scenario())
+    run(scenario)
 
 
-def test_events_are_listed_by_app_and_count(ops):
+def test_events_are_listed_by_app_and_count(ops, run):
     for i in range(5):
         ops.bus.emit("deploy.started", "hello" if i % 2 else "other", f"e{i}", n=i)
 
@@ -137,7 +133,7 @@ def test_events_are_listed_by_app_and_count(ops):
             bad = await c.get("/api/events", params={"n": 0})
             assert bad.status_code == 422 and bad.json()["error"]["code"] == "invalid"
 
-    run(scenario())
+    run(scenario)
 
 
 async def read_sse(app: Any, path: str, headers: dict[str, str], until: int, emit: Any) -> tuple[dict, bytes]:
@@ -183,7 +179,7 @@ async def read_sse(app: Any, path: str, headers: dict[str, str], until: int, emi
     return start, bytes(body)
 
 
-def test_event_stream_sends_sse_with_keepalives_and_unsubscribes(ops):
+def test_event_stream_sends_sse_with_keepalives_and_unsubscribes(ops, run):
     def emit_later() -> None:
         loop = asyncio.get_running_loop()
         loop.call_later(0.12, ops.bus.emit, "scaled", "other", "not for this stream")
@@ -211,10 +207,10 @@ def test_event_stream_sends_sse_with_keepalives_and_unsubscribes(ops):
         )
         assert '"message":"set A"' in body.decode()
 
-    run(scenario())
+    run(scenario)
 
 
-def test_app_stats_series(ops):
+def test_app_stats_series(ops, run):
     t0 = ops.clock.now
     for i in range(3):
         ops.sampler.record({"hello": {"r1": {"cpu_percent": 10.0 * i, "mem_bytes": 100.0}}}, t0 + 5 * i)
@@ -240,10 +236,10 @@ def test_app_stats_series(ops):
                 bad = await c.get("/api/apps/hello/stats", params=params)
                 assert bad.status_code == 422 and "error" in bad.json()
 
-    run(scenario())
+    run(scenario)
 
 
-def test_webhooks_crud_and_deliveries(ops):
+def test_webhooks_crud_and_deliveries(ops, run):
     async def scenario() -> None:
         await ops.notifier.start()
         try:
@@ -273,10 +269,10 @@ def test_webhooks_crud_and_deliveries(ops):
         finally:
             await ops.notifier.aclose()
 
-    run(scenario())
+    run(scenario)
 
 
-def test_tokens_create_use_list_and_revoke(ops):
+def test_tokens_create_use_list_and_revoke(ops, run):
     async def scenario() -> None:
         async with ops.client() as c:
             r = await c.post("/api/tokens", json={"name": "ci"})
@@ -300,10 +296,10 @@ def test_tokens_create_use_list_and_revoke(ops):
                 assert (await ci.get("/api/tokens")).status_code == 401
             assert (await c.delete("/api/tokens/ci")).status_code == 404
 
-    run(scenario())
+    run(scenario)
 
 
-def test_routes_are_in_the_openapi_document(ops):
+def test_routes_are_in_the_openapi_document(ops, run):
     async def scenario() -> None:
         async with ops.client() as c:
             doc = (await c.get("/openapi.json")).json()
@@ -321,4 +317,4 @@ def test_routes_are_in_the_openapi_document(ops):
             assert path in paths, path
         assert "text/event-stream" in paths["/api/events/stream"]["get"]["responses"]["200"]["content"]
 
-    run(scenario())
+    run(scenario)

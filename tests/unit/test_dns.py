@@ -369,17 +369,15 @@ def test_well_formed_queries_get_matching_replies(labels: list[str], rdtype: str
 # --------------------------------------------------------------------------- real sockets
 
 
-def run(test: Callable[[DNSServer], Awaitable[None]], zone: Zone = ZONE) -> None:
-    async def main() -> None:
-        server = DNSServer("127.0.0.1", 0, zone)
-        await server.start()
-        try:
-            assert server.port != 0
-            await test(server)
-        finally:
-            await server.stop()
-
-    asyncio.run(main())
+async def on_a_server(test: Callable[[DNSServer], Awaitable[None]], zone: Zone = ZONE) -> None:
+    """`test` against a DNSServer on a free port, stopped afterwards."""
+    server = DNSServer("127.0.0.1", 0, zone)
+    await server.start()
+    try:
+        assert server.port != 0
+        await test(server)
+    finally:
+        await server.stop()
 
 
 async def udp(server: DNSServer, name: str, rdtype: str = "A", **kwargs: object) -> dns.message.Message:
@@ -392,7 +390,7 @@ async def tcp(server: DNSServer, name: str, rdtype: str = "A") -> dns.message.Me
     return await asyncio.to_thread(dns.query.tcp, query, "127.0.0.1", timeout=2, port=server.port)
 
 
-def test_server_answers_over_udp_and_tcp() -> None:
+def test_server_answers_over_udp_and_tcp(run) -> None:
     async def check(server: DNSServer) -> None:
         for ask_ in (udp, tcp):
             reply = await ask_(server, "Web.lbsolo.localhost")
@@ -401,10 +399,10 @@ def test_server_answers_over_udp_and_tcp() -> None:
             reply = await ask_(server, "example.com")
             assert reply.rcode() == dns.rcode.REFUSED
 
-    run(check)
+    run(lambda: on_a_server(check))
 
 
-def test_server_survives_garbage_over_udp() -> None:
+def test_server_survives_garbage_over_udp(run) -> None:
     async def check(server: DNSServer) -> None:
         junk = [b"", b"\x00", b"\xff" * 12, b"\x00" * 12 + b"\xc0\x0c" * 20, bytes(range(256)) * 4, b"x" * 4000]
         reply = dns.message.make_response(make("web.lbsolo.localhost")).to_wire()
@@ -414,10 +412,10 @@ def test_server_survives_garbage_over_udp() -> None:
         answer_ = await udp(server, "web.lbsolo.localhost")
         assert rdatas(answer_) == ["127.0.0.1"]
 
-    run(check)
+    run(lambda: on_a_server(check))
 
 
-def test_set_zone_swap_takes_effect() -> None:
+def test_set_zone_swap_takes_effect(run) -> None:
     async def check(server: DNSServer) -> None:
         reply = await udp(server, "web.lbsolo.localhost")
         assert rdatas(reply) == ["127.0.0.1"]
@@ -426,10 +424,10 @@ def test_set_zone_swap_takes_effect() -> None:
         assert rdatas(await tcp(server, "web.lbsolo.localhost")) == ["10.9.9.9"]
         assert (await udp(server, "other.lbsolo.localhost")).rcode() == dns.rcode.NXDOMAIN
 
-    run(check)
+    run(lambda: on_a_server(check))
 
 
-def test_udp_truncates_large_replies() -> None:
+def test_udp_truncates_large_replies(run) -> None:
     many = Zone(ipv4=tuple(f"10.0.{i // 250}.{i % 250 + 1}" for i in range(100)))  # ~1650 bytes
 
     async def check(server: DNSServer) -> None:
@@ -445,10 +443,10 @@ def test_udp_truncates_large_replies() -> None:
         full = await tcp(server, "web.lbsolo.localhost")
         assert not full.flags & dns.flags.TC and len(rdatas(full)) == 100
 
-    run(check, many)
+    run(lambda: on_a_server(check, many))
 
 
-def test_tcp_pipelined_queries_and_bad_framing() -> None:
+def test_tcp_pipelined_queries_and_bad_framing(run) -> None:
     async def check(server: DNSServer) -> None:
         reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
         try:
@@ -470,10 +468,10 @@ def test_tcp_pipelined_queries_and_bad_framing() -> None:
             writer.close()
             await writer.wait_closed()
 
-    run(check)
+    run(lambda: on_a_server(check))
 
 
-def test_stop_closes_idle_tcp_connections() -> None:
+def test_stop_closes_idle_tcp_connections(run) -> None:
     async def main() -> None:
         server = DNSServer("127.0.0.1", 0)
         await server.start()
@@ -489,10 +487,10 @@ def test_stop_closes_idle_tcp_connections() -> None:
             await writer.wait_closed()
         await server.stop()  # idempotent
 
-    asyncio.run(main())
+    run(main)
 
 
-def test_fixed_port_with_busy_tcp_fails_cleanly() -> None:
+def test_fixed_port_with_busy_tcp_fails_cleanly(run) -> None:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as busy:
         busy.bind(("127.0.0.1", 0))
         busy.listen()
@@ -504,7 +502,7 @@ def test_fixed_port_with_busy_tcp_fails_cleanly() -> None:
                 await server.start()
             await server.stop()
 
-        asyncio.run(main())
+        run(main)
 
 
 # --------------------------------------------------------------------------- EDNS details

@@ -105,7 +105,7 @@ def test_custom_domain_cached_path_matches_uncached(name: str, rdtype: str) -> N
         assert dns.message.from_wire(fast) == dns.message.from_wire(slow)
 
 
-def test_custom_domains_appear_and_disappear_with_set_zone() -> None:
+def test_custom_domains_appear_and_disappear_with_set_zone(run) -> None:
     async def main() -> None:
         server = DNSServer("127.0.0.1", 0, Zone())
         await server.start()
@@ -128,7 +128,7 @@ def test_custom_domains_appear_and_disappear_with_set_zone() -> None:
         finally:
             await server.stop()
 
-    asyncio.run(main())
+    run(main)
 
 
 def test_wildcard_custom_domain_covers_names_below_it() -> None:

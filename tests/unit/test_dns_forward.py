@@ -16,7 +16,7 @@ import dns.rcode
 import dnslib
 import pytest
 from dnslib import QTYPE, RR, SOA, A, DNSRecord
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from lbsolo.dns import DNSServer, ForwardConfig, Zone
@@ -151,7 +151,7 @@ class Clock:
 # --------------------------------------------------------------------------- through the server
 
 
-def test_outside_names_are_forwarded_for_loopback_and_zone_stays_local() -> None:
+def test_outside_names_are_forwarded_for_loopback_and_zone_stays_local(run) -> None:
     async def main() -> None:
         async with upstream() as fake, server(ForwardConfig(upstreams=(fake.address,))) as srv:
             reply = await udp(srv, "WWW.Example.org")
@@ -168,10 +168,10 @@ def test_outside_names_are_forwarded_for_loopback_and_zone_stays_local() -> None
             assert local.flags & dns.flags.AA and addresses(local) == ["127.0.0.1"]
             assert len(fake.udp_queries) == 2
 
-    asyncio.run(main())
+    run(main)
 
 
-def test_upstream_ids_are_random_and_edns_is_kept_for_the_client() -> None:
+def test_upstream_ids_are_random_and_edns_is_kept_for_the_client(run) -> None:
     async def main() -> None:
         async with upstream() as fake, server(ForwardConfig(upstreams=(fake.address,))) as srv:
             for i in range(4):
@@ -179,10 +179,10 @@ def test_upstream_ids_are_random_and_edns_is_kept_for_the_client() -> None:
                 assert reply.edns == 0
             assert len({q.header.id for q in fake.udp_queries}) > 1
 
-    asyncio.run(main())
+    run(main)
 
 
-def test_cached_answer_is_served_without_upstream_until_ttl_passes() -> None:
+def test_cached_answer_is_served_without_upstream_until_ttl_passes(run) -> None:
     async def main() -> None:
         async with upstream() as fake, server(ForwardConfig(upstreams=(fake.address,))) as srv:
             clock = Clock()
@@ -202,20 +202,20 @@ def test_cached_answer_is_served_without_upstream_until_ttl_passes() -> None:
             await udp(srv, "cached.example.org")
             assert len(fake.udp_queries) == 3
 
-    asyncio.run(main())
+    run(main)
 
 
-def test_zero_ttl_answers_are_not_cached() -> None:
+def test_zero_ttl_answers_are_not_cached(run) -> None:
     async def main() -> None:
         async with upstream() as fake, server(ForwardConfig(upstreams=(fake.address,))) as srv:
             for _ in range(2):
                 assert addresses(await udp(srv, "zero.example.org")) == ["192.0.2.1"]
             assert len(fake.udp_queries) == 2
 
-    asyncio.run(main())
+    run(main)
 
 
-def test_negative_answers_are_cached_for_the_soa_negative_ttl() -> None:
+def test_negative_answers_are_cached_for_the_soa_negative_ttl(run) -> None:
     async def main() -> None:
         async with upstream() as fake, server(ForwardConfig(upstreams=(fake.address,))) as srv:
             clock = Clock()
@@ -243,10 +243,10 @@ def test_negative_answers_are_cached_for_the_soa_negative_ttl() -> None:
                 assert (await udp(srv, "nosoa.example.org")).rcode() == dns.rcode.NXDOMAIN
             assert len(fake.udp_queries) == 6
 
-    asyncio.run(main())
+    run(main)
 
 
-def test_clients_outside_allow_list_are_refused_and_nothing_is_forwarded() -> None:
+def test_clients_outside_allow_list_are_refused_and_nothing_is_forwarded(run) -> None:
     async def main() -> None:
         async with upstream() as fake:
             config = ForwardConfig(upstreams=(fake.address,), allow=("10.0.0.0/8",))
@@ -256,10 +256,10 @@ def test_clients_outside_allow_list_are_refused_and_nothing_is_forwarded() -> No
                 assert addresses(await udp(srv, "web.lbsolo.localhost")) == ["127.0.0.1"]  # zone still served
             assert fake.udp_queries == [] and fake.tcp_queries == []
 
-    asyncio.run(main())
+    run(main)
 
 
-def test_silent_upstream_fails_over_and_all_failing_is_servfail() -> None:
+def test_silent_upstream_fails_over_and_all_failing_is_servfail(run) -> None:
     async def main() -> None:
         async with upstream(lambda request, transport: []) as silent, upstream() as good:
             config = ForwardConfig(upstreams=(silent.address, good.address), timeout=0.2)
@@ -269,10 +269,10 @@ def test_silent_upstream_fails_over_and_all_failing_is_servfail() -> None:
             async with server(ForwardConfig(upstreams=(silent.address,), timeout=0.2)) as srv:
                 assert (await udp(srv, "example.org")).rcode() == dns.rcode.SERVFAIL
 
-    asyncio.run(main())
+    run(main)
 
 
-def test_upstream_servfail_tries_the_next_one() -> None:
+def test_upstream_servfail_tries_the_next_one(run) -> None:
     def servfail(request: DNSRecord, transport: str) -> list[bytes]:
         return [negative(request, dnslib.RCODE.SERVFAIL, soa=False)]
 
@@ -285,10 +285,10 @@ def test_upstream_servfail_tries_the_next_one() -> None:
                 await udp(srv, "example.org")
                 assert len(bad.udp_queries) == 3  # failures are not cached
 
-    asyncio.run(main())
+    run(main)
 
 
-def test_spoofed_replies_are_ignored() -> None:
+def test_spoofed_replies_are_ignored(run) -> None:
     def spoofing(request: DNSRecord, transport: str) -> list[bytes]:
         wrong_id = DNSRecord.parse(a_record(request))
         wrong_id.header.id = (request.header.id + 1) & 0xFFFF
@@ -303,10 +303,10 @@ def test_spoofed_replies_are_ignored() -> None:
         async with upstream(spoofing) as fake, server(ForwardConfig(upstreams=(fake.address,))) as srv:
             assert addresses(await udp(srv, "example.org")) == ["192.0.2.1"]
 
-    asyncio.run(main())
+    run(main)
 
 
-def test_truncated_upstream_answer_is_fetched_over_tcp() -> None:
+def test_truncated_upstream_answer_is_fetched_over_tcp(run) -> None:
     def big(request: DNSRecord, transport: str) -> list[bytes]:
         if transport == "udp":
             reply = request.reply()
@@ -323,10 +323,10 @@ def test_truncated_upstream_answer_is_fetched_over_tcp() -> None:
             assert small.flags & dns.flags.TC
             assert len(addresses(await tcp(srv, "big.example.org"))) == 40
 
-    asyncio.run(main())
+    run(main)
 
 
-def test_concurrent_identical_questions_share_one_upstream_query() -> None:
+def test_concurrent_identical_questions_share_one_upstream_query(run) -> None:
     async def main() -> None:
         async with upstream(lambda request, transport: []) as fake:  # answered by hand below
             forwarder = Forwarder(ForwardConfig(upstreams=(fake.address,)))
@@ -344,7 +344,7 @@ def test_concurrent_identical_questions_share_one_upstream_query() -> None:
                 assert [str(rr.rdata) for rr in DNSRecord.parse(raw).rr] == ["192.0.2.1"]
             assert forwarder.upstream_queries == 1
 
-    asyncio.run(main())
+    run(main)
 
 
 # --------------------------------------------------------------------------- pure parts
@@ -407,7 +407,7 @@ def test_own_address_is_never_an_upstream(tmp_path: Path) -> None:
     assert forwarder.upstreams == (("127.0.0.1", 53),)
 
 
-def test_resolve_ignores_what_it_cannot_forward() -> None:
+def test_resolve_ignores_what_it_cannot_forward(run) -> None:
     forwarder = Forwarder(ForwardConfig(upstreams=("127.0.0.1:9",)))
 
     async def main() -> None:
@@ -419,22 +419,23 @@ def test_resolve_ignores_what_it_cannot_forward() -> None:
         response = DNSRecord.question("example.org").reply()
         assert await forwarder.resolve(bytes(response.pack())) is None
 
-    asyncio.run(main())
+    run(main)
 
 
-@settings(max_examples=100, deadline=None)
+# The run fixture holds no state between examples: sharing it across them is safe.
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(st.binary(max_size=300))
-def test_resolve_never_raises_on_random_bytes(data: bytes) -> None:
+def test_resolve_never_raises_on_random_bytes(run, data: bytes) -> None:
     async def main() -> None:
         # Upstream: a closed loopback port, so anything forwardable fails fast (ICMP refused).
         forwarder = Forwarder(ForwardConfig(upstreams=("127.0.0.1:9",), timeout=0.2))
         result = await forwarder.resolve(data)
         assert result is None or isinstance(result, bytes)
 
-    asyncio.run(main())
+    run(main)
 
 
-def test_server_with_forwarding_survives_garbage_and_keeps_answering() -> None:
+def test_server_with_forwarding_survives_garbage_and_keeps_answering(run) -> None:
     async def main() -> None:
         async with upstream() as fake, server(ForwardConfig(upstreams=(fake.address,))) as srv:
             junk = [b"", b"\x00" * 12, b"\x12\x34\x01\x00\x00\x01" + b"\xff" * 30, bytes(range(256))]
@@ -444,4 +445,4 @@ def test_server_with_forwarding_survives_garbage_and_keeps_answering() -> None:
                     sock.sendto(data, ("127.0.0.1", srv.port))
             assert addresses(await udp(srv, "example.org")) == ["192.0.2.1"]
 
-    asyncio.run(main())
+    run(main)

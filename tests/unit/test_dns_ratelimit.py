@@ -67,46 +67,48 @@ def test_invalid_limits() -> None:
             RateLimit(**kwargs)  # type: ignore[arg-type]
 
 
-def replies_to_burst(limit: RateLimit | None, count: int = 20) -> int:
+async def replies_to_burst(limit: RateLimit | None, count: int = 20) -> int:
     """How many of ``count`` back-to-back UDP queries from 127.0.0.1 get a reply."""
+    server = DNSServer("127.0.0.1", 0, Zone(), rate_limit=limit)
+    await server.start()
+    try:
 
-    async def main() -> int:
-        server = DNSServer("127.0.0.1", 0, Zone(), rate_limit=limit)
-        await server.start()
-        try:
+        def blast() -> int:
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+                sock.settimeout(0.3)
+                for i in range(count):
+                    query = dns.message.make_query(f"a{i}.lbsolo.localhost", "A")
+                    sock.sendto(query.to_wire(), ("127.0.0.1", server.port))
+                got = 0
+                try:
+                    while True:
+                        sock.recv(2048)
+                        got += 1
+                except TimeoutError:
+                    return got
 
-            def blast() -> int:
-                with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-                    sock.settimeout(0.3)
-                    for i in range(count):
-                        query = dns.message.make_query(f"a{i}.lbsolo.localhost", "A")
-                        sock.sendto(query.to_wire(), ("127.0.0.1", server.port))
-                    got = 0
-                    try:
-                        while True:
-                            sock.recv(2048)
-                            got += 1
-                    except TimeoutError:
-                        return got
-
-            return await asyncio.to_thread(blast)
-        finally:
-            await server.stop()
-
-    return asyncio.run(main())
+        return await asyncio.to_thread(blast)
+    finally:
+        await server.stop()
 
 
-def test_server_drops_udp_over_the_limit() -> None:
-    assert replies_to_burst(RateLimit(qps=0.5, burst=5, exempt_loopback=False)) == 5
+def test_server_drops_udp_over_the_limit(run) -> None:
+    async def main() -> None:
+        assert await replies_to_burst(RateLimit(qps=0.5, burst=5, exempt_loopback=False)) == 5
+
+    run(main)
 
 
-def test_server_default_limit_does_not_throttle_loopback_or_bursts() -> None:
-    assert replies_to_burst(RateLimit()) == 20
-    assert replies_to_burst(RateLimit(exempt_loopback=False)) == 20
-    assert replies_to_burst(None) == 20
+def test_server_default_limit_does_not_throttle_loopback_or_bursts(run) -> None:
+    async def main() -> None:
+        assert await replies_to_burst(RateLimit()) == 20
+        assert await replies_to_burst(RateLimit(exempt_loopback=False)) == 20
+        assert await replies_to_burst(None) == 20
+
+    run(main)
 
 
-def test_tcp_client_over_the_limit_is_disconnected() -> None:
+def test_tcp_client_over_the_limit_is_disconnected(run) -> None:
     async def main() -> None:
         server = DNSServer("127.0.0.1", 0, Zone(), rate_limit=RateLimit(qps=0.5, burst=2, exempt_loopback=False))
         await server.start()
@@ -127,4 +129,4 @@ def test_tcp_client_over_the_limit_is_disconnected() -> None:
         finally:
             await server.stop()
 
-    asyncio.run(main())
+    run(main)

@@ -99,7 +99,7 @@ def test_log_frames_are_split_at_their_lengths_whatever_the_reads():
         assert first + second == [b"hello\n", b"wor", b"ld\n"] and tail == b""
 
 
-def test_logs_are_followed_on_the_loop_from_the_engines_unix_socket(tmp_path, monkeypatch):
+def test_logs_are_followed_on_the_loop_from_the_engines_unix_socket(tmp_path, monkeypatch, run):
     """A stand-in engine on a unix socket answers the logs request with framed output, cut anywhere."""
     import asyncio
 
@@ -140,4 +140,4 @@ def test_logs_are_followed_on_the_loop_from_the_engines_unix_socket(tmp_path, mo
         server.close()
         await server.wait_closed()
 
-    asyncio.run(main())
+    run(main)

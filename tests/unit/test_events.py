@@ -65,7 +65,7 @@ def test_listeners_are_called_and_a_failing_one_does_not_stop_emit(caplog):
     assert "boom" in caplog.text
 
 
-def test_subscribers_get_live_events_of_their_app():
+def test_subscribers_get_live_events_of_their_app(run):
     async def scenario() -> None:
         bus = EventBus()
         bus.emit("old", "a")  # before subscribing: not delivered
@@ -87,10 +87,10 @@ def test_subscribers_get_live_events_of_their_app():
         assert bus.subscribers == 2
         assert [e async for e in sub] == []  # closed: iteration ends
 
-    asyncio.run(scenario())
+    run(scenario)
 
 
-def test_a_lagging_subscriber_loses_its_oldest_events_not_memory():
+def test_a_lagging_subscriber_loses_its_oldest_events_not_memory(run):
     async def scenario() -> None:
         bus = EventBus(subscriber_buffer=3)
         sub = bus.subscribe()
@@ -99,10 +99,10 @@ def test_a_lagging_subscriber_loses_its_oldest_events_not_memory():
         assert sub.dropped == 7
         assert [(await anext(sub)).message for _ in range(3)] == ["7", "8", "9"]
 
-    asyncio.run(scenario())
+    run(scenario)
 
 
-def test_subscribe_after_replays_buffered_events_then_live_ones():
+def test_subscribe_after_replays_buffered_events_then_live_ones(run):
     async def scenario() -> None:
         bus = EventBus()
         for i in range(5):
@@ -112,10 +112,10 @@ def test_subscribe_after_replays_buffered_events_then_live_ones():
         assert [(await anext(sub)).message for _ in range(2)] == ["3", "4"]  # ids 4 and 5
         assert (await anext(sub)).message == "5"
 
-    asyncio.run(scenario())
+    run(scenario)
 
 
-def test_close_wakes_a_waiting_reader_and_forgotten_subscriptions_go_away():
+def test_close_wakes_a_waiting_reader_and_forgotten_subscriptions_go_away(run):
     async def scenario() -> None:
         bus = EventBus()
         sub = bus.subscribe()
@@ -131,4 +131,4 @@ def test_close_wakes_a_waiting_reader_and_forgotten_subscriptions_go_away():
         assert bus.subscribers == 0
         bus.emit("still", "fine")
 
-    asyncio.run(scenario())
+    run(scenario)

@@ -10,7 +10,7 @@ from lbsolo.errors import EngineError
 from lbsolo.run_logs import LogCollector, LogStore
 
 
-def test_replicas_are_followed_by_tasks_not_threads(tmp_path):
+def test_replicas_are_followed_by_tasks_not_threads(tmp_path, run):
     async def follow_async(replica_id: str, since: float | None) -> AsyncIterator[str]:
         for i in range(3):
             yield f"{replica_id} line {i}"
@@ -32,10 +32,10 @@ def test_replicas_are_followed_by_tasks_not_threads(tmp_path):
         collector.prune()  # their streams ended: forgotten
         assert not collector._tasks
 
-    asyncio.run(main())
+    run(main)
 
 
-def test_a_replica_the_loop_cannot_follow_gets_a_thread(tmp_path):
+def test_a_replica_the_loop_cannot_follow_gets_a_thread(tmp_path, run):
     async def follow_async(replica_id: str, since: float | None) -> AsyncIterator[str]:
         raise EngineError("the engine is not on a unix socket")
         yield ""  # pragma: no cover
@@ -54,4 +54,4 @@ def test_a_replica_the_loop_cannot_follow_gets_a_thread(tmp_path):
                 break
         assert [entry.line for entry in store.read("shop")] == ["from a thread"]
 
-    asyncio.run(main())
+    run(main)

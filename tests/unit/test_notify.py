@@ -114,7 +114,7 @@ def test_webhook_filters_by_app_and_kind():
     assert mine.public()["secret"] == ""
 
 
-def test_a_failing_receiver_is_retried_and_every_attempt_recorded(state):
+def test_a_failing_receiver_is_retried_and_every_attempt_recorded(state, run):
     async def scenario() -> None:
         bus = EventBus()
         notifier = WebhookNotifier(state, bus, backoff=(0.01, 0.02, 0.04, 0.08), timeout=2, allow_private=True)
@@ -138,10 +138,10 @@ def test_a_failing_receiver_is_retried_and_every_attempt_recorded(state):
         finally:
             await notifier.aclose()
 
-    asyncio.run(asyncio.wait_for(scenario(), 30))
+    run(scenario)
 
 
-def test_gives_up_after_the_last_attempt_and_does_not_retry_a_4xx(state):
+def test_gives_up_after_the_last_attempt_and_does_not_retry_a_4xx(state, run):
     async def scenario() -> None:
         bus = EventBus()
         notifier = WebhookNotifier(state, bus, backoff=(0.01, 0.01), timeout=2, history=4, allow_private=True)
@@ -160,10 +160,10 @@ def test_gives_up_after_the_last_attempt_and_does_not_retry_a_4xx(state):
         finally:
             await notifier.aclose()
 
-    asyncio.run(asyncio.wait_for(scenario(), 30))
+    run(scenario)
 
 
-def test_unreachable_receiver_records_the_error(state):
+def test_unreachable_receiver_records_the_error(state, run):
     async def scenario() -> None:
         async with receiver() as rx:
             url = rx.url  # the server closes at the end of the block: nothing listens there now
@@ -179,10 +179,10 @@ def test_unreachable_receiver_records_the_error(state):
         finally:
             await notifier.aclose()
 
-    asyncio.run(asyncio.wait_for(scenario(), 30))
+    run(scenario)
 
 
-def test_webhooks_persist_and_go_with_their_app(tmp_path):
+def test_webhooks_persist_and_go_with_their_app(tmp_path, run):
     async def scenario() -> None:
         s = State(tmp_path / "state.json")
         bus = EventBus()
@@ -217,4 +217,4 @@ def test_webhooks_persist_and_go_with_their_app(tmp_path):
         await notifier.aclose()
         s.close()
 
-    asyncio.run(asyncio.wait_for(scenario(), 30))
+    run(scenario)

@@ -132,7 +132,7 @@ async def _one_replica(tmp_path) -> tuple[Platform, RestartingEngine]:
     return platform, engine
 
 
-def test_a_pass_restarts_a_healthy_replica_at_once(tmp_path):
+def test_a_pass_restarts_a_healthy_replica_at_once(tmp_path, run):
     async def main() -> None:
         platform, engine = await _one_replica(tmp_path)
         engine.stop("c1")
@@ -141,10 +141,10 @@ def test_a_pass_restarts_a_healthy_replica_at_once(tmp_path):
         assert platform.ctx.restarts["web1"].in_a_row == 1
         assert (await platform.get_app("web1"))["restarts"] == 1
 
-    asyncio.run(main())
+    run(main)
 
 
-def test_a_pass_leaves_a_crash_looping_replica_down_and_wakes_when_its_backoff_ends(tmp_path):
+def test_a_pass_leaves_a_crash_looping_replica_down_and_wakes_when_its_backoff_ends(tmp_path, run):
     async def main() -> None:
         platform, engine = await _one_replica(tmp_path)
         platform.ctx.restarts["web1"] = RestartHistory(1, time.monotonic())  # restarted just now
@@ -158,10 +158,10 @@ def test_a_pass_leaves_a_crash_looping_replica_down_and_wakes_when_its_backoff_e
         assert "start c1" in engine.calls
         assert platform.ctx.restarts["web1"].in_a_row == 2
 
-    asyncio.run(main())
+    run(main)
 
 
-def test_a_pass_forgets_the_restarts_of_an_app_that_stayed_healthy(tmp_path):
+def test_a_pass_forgets_the_restarts_of_an_app_that_stayed_healthy(tmp_path, run):
     async def main() -> None:
         platform, _ = await _one_replica(tmp_path)
         platform.ctx.restarts["web1"] = RestartHistory(CRASH_LOOP_AFTER, time.monotonic() - 1)
@@ -172,10 +172,10 @@ def test_a_pass_forgets_the_restarts_of_an_app_that_stayed_healthy(tmp_path):
         assert "web1" not in platform.ctx.restarts
         assert (await platform.get_app("web1"))["status"] == "running"
 
-    asyncio.run(main())
+    run(main)
 
 
-def test_a_pass_that_only_removes_replicas_counts_no_restart(tmp_path):
+def test_a_pass_that_only_removes_replicas_counts_no_restart(tmp_path, run):
     async def main() -> None:
         platform, engine = await _one_replica(tmp_path)
         engine.run(app="web1", release=1, process="web", name="web1-b", port=5000)  # one too many
@@ -183,7 +183,7 @@ def test_a_pass_that_only_removes_replicas_counts_no_restart(tmp_path):
         assert [r.id for r in engine.list_replicas()] == ["c1"]
         assert "web1" not in platform.ctx.restarts
 
-    asyncio.run(main())
+    run(main)
 
 
 # ---- the die event's wake
@@ -213,7 +213,7 @@ def _platform_on(tmp_path, engine: Any) -> Platform:
     return Platform(settings, State(tmp_path / "state.json"), engine, builder, FakeIngress(engine))
 
 
-def test_the_die_event_wakes_the_loop_once_the_engine_lists_the_container_stopped(tmp_path):
+def test_the_die_event_wakes_the_loop_once_the_engine_lists_the_container_stopped(tmp_path, run):
     async def main() -> None:
         engine = LaggingEngine(lag=3)
         platform = _platform_on(tmp_path, engine)
@@ -225,15 +225,15 @@ def test_the_die_event_wakes_the_loop_once_the_engine_lists_the_container_stoppe
         await asyncio.wait_for(waiting, 2)
         assert platform.ctx.wake_event.is_set() and engine.listings == 4
 
-    asyncio.run(main())
+    run(main)
 
 
-@pytest.mark.parametrize("engine", [LaggingEngine(lag=10**6), LaggingEngine(lag=0, fail=True)], ids=["lag", "fail"])
-def test_the_die_event_wakes_the_loop_anyway_when_the_listing_never_agrees(tmp_path, engine):
+@pytest.mark.parametrize("lagging", [{"lag": 10**6}, {"lag": 0, "fail": True}], ids=["lag", "fail"])
+def test_the_die_event_wakes_the_loop_anyway_when_the_listing_never_agrees(tmp_path, lagging, run):
     async def main() -> None:
-        platform = _platform_on(tmp_path, engine)
+        platform = _platform_on(tmp_path, LaggingEngine(**lagging))
         platform.ctx.wake_event.clear()
         await asyncio.wait_for(platform.reconciler.wake_when_stopped("web1", "c1", timeout=0.2), 2)
         assert platform.ctx.wake_event.is_set()
 
-    asyncio.run(main())
+    run(main)

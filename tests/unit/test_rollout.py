@@ -145,7 +145,7 @@ async def _release(platform: Platform, image: str) -> Release:
     )
 
 
-def test_successful_rollout_swaps_then_drains_then_stops_the_old_replica(tmp_path):
+def test_successful_rollout_swaps_then_drains_then_stops_the_old_replica(tmp_path, run):
     async def main() -> None:
         server, port = await _http_server()
         try:
@@ -168,10 +168,10 @@ def test_successful_rollout_swaps_then_drains_then_stops_the_old_replica(tmp_pat
             server.close()
             await server.wait_closed()
 
-    asyncio.run(main())
+    run(main)
 
 
-def test_release_that_never_gets_healthy_is_failed_and_the_old_one_is_untouched(tmp_path):
+def test_release_that_never_gets_healthy_is_failed_and_the_old_one_is_untouched(tmp_path, run):
     async def main() -> None:
         server, port = await _http_server()
         try:
@@ -191,10 +191,10 @@ def test_release_that_never_gets_healthy_is_failed_and_the_old_one_is_untouched(
             server.close()
             await server.wait_closed()
 
-    asyncio.run(main())
+    run(main)
 
 
-def test_recover_marks_interrupted_rollouts_failed(tmp_path):
+def test_recover_marks_interrupted_rollouts_failed(tmp_path, run):
     async def main() -> None:
         platform, _, _, state = await _platform(tmp_path, {})
         state.save_app(App("web1", release=1))
@@ -204,10 +204,10 @@ def test_recover_marks_interrupted_rollouts_failed(tmp_path):
         assert state.get_release("web1", 2).status is ReleaseStatus.FAILED
         assert state.get_release("web1", 1).status is ReleaseStatus.ACTIVE
 
-    asyncio.run(main())
+    run(main)
 
 
-def test_recover_finishes_a_rollout_interrupted_after_its_swap(tmp_path):
+def test_recover_finishes_a_rollout_interrupted_after_its_swap(tmp_path, run):
     async def main() -> None:
         platform, _, _, state = await _platform(tmp_path, {})
         state.save_app(App("web1", release=1, config={"A": "1", "TOKEN": "old"}, secrets=["TOKEN"]))
@@ -225,7 +225,7 @@ def test_recover_finishes_a_rollout_interrupted_after_its_swap(tmp_path):
         assert app.release == 2 and app.config == {"A": "2", "TOKEN": "new", "KEY": "k"}
         assert app.secrets == ["KEY", "TOKEN"]  # the release's secret keys, and the app's own still there
 
-    asyncio.run(main())
+    run(main)
 
 
 class HeldEngine(FakeEngine):
@@ -282,7 +282,7 @@ async def _serving_v1(tmp_path, test) -> None:
             await server.wait_closed()
 
 
-def test_a_reconcile_pass_that_read_before_a_rollout_began_leaves_that_app_to_it(tmp_path):
+def test_a_reconcile_pass_that_read_before_a_rollout_began_leaves_that_app_to_it(tmp_path, run):
     # The pass read the app at v1 and listed v1's replica; the rollout to v2 then ran to the end
     # while the listing was held. Routing to what the pass saw would send traffic to v1's
     # stopped replica (a 502) until the next pass.
@@ -296,10 +296,10 @@ def test_a_reconcile_pass_that_read_before_a_rollout_began_leaves_that_app_to_it
         assert await reconciling == []
         assert scene.serves_v2_only() and "web2" in scene.ingress.routes
 
-    asyncio.run(_serving_v1(tmp_path, test))
+    run(lambda: _serving_v1(tmp_path, test))
 
 
-def test_a_reconcile_pass_that_began_during_a_rollout_leaves_that_app_to_it(tmp_path):
+def test_a_reconcile_pass_that_began_during_a_rollout_leaves_that_app_to_it(tmp_path, run):
     # The rollout held the app's lock when the pass began and let go of it before the pass
     # looked: the pass read v1 as current and listed both replicas. Acting on that would remove
     # v2's replica and route to v1's, which the rollout has just stopped.
@@ -317,10 +317,10 @@ def test_a_reconcile_pass_that_began_during_a_rollout_leaves_that_app_to_it(tmp_
         assert await reconciling == []
         assert scene.serves_v2_only()
 
-    asyncio.run(_serving_v1(tmp_path, test))
+    run(lambda: _serving_v1(tmp_path, test))
 
 
-def test_a_reconcile_pass_does_not_bring_back_the_route_of_an_app_destroyed_meanwhile(tmp_path):
+def test_a_reconcile_pass_does_not_bring_back_the_route_of_an_app_destroyed_meanwhile(tmp_path, run):
     async def test(scene: Scene) -> None:
         scene.platform.ctx.locks.clear()  # as after a daemon restart: no app has a lock yet
         listed, go = scene.engine.hold(None)
@@ -331,10 +331,10 @@ def test_a_reconcile_pass_does_not_bring_back_the_route_of_an_app_destroyed_mean
         assert await reconciling == []
         assert "web1" not in scene.ingress.routes
 
-    asyncio.run(_serving_v1(tmp_path, test))
+    run(lambda: _serving_v1(tmp_path, test))
 
 
-def test_a_rollout_leaves_one_off_containers_to_whoever_started_them(tmp_path):
+def test_a_rollout_leaves_one_off_containers_to_whoever_started_them(tmp_path, run):
     async def test(scene: Scene) -> None:
         one_off = Replica(
             id="o1", name="brave_euler", app="web1", release=None, process=ONE_OFF, running=True,
@@ -345,10 +345,10 @@ def test_a_rollout_leaves_one_off_containers_to_whoever_started_them(tmp_path):
         assert scene.serves_v2_only() and one_off.id in scene.engine.replicas
         assert await scene.platform.reconcile() == [] and one_off.id in scene.engine.replicas
 
-    asyncio.run(_serving_v1(tmp_path, test))
+    run(lambda: _serving_v1(tmp_path, test))
 
 
-def test_reading_the_webhook_secret_is_no_change_of_the_app(tmp_path):
+def test_reading_the_webhook_secret_is_no_change_of_the_app(tmp_path, run):
     # Webhook calls are unauthenticated until their signature is checked: they must not make
     # reconcile passes leave the app alone.
     async def test(scene: Scene) -> None:
@@ -359,10 +359,10 @@ def test_reading_the_webhook_secret_is_no_change_of_the_app(tmp_path):
         secret = await scene.platform.hook_secret("web1")
         assert await scene.platform.hook_secret("web1", create=False) == secret
 
-    asyncio.run(_serving_v1(tmp_path, test))
+    run(lambda: _serving_v1(tmp_path, test))
 
 
-def test_gc_leaves_build_leftovers_while_another_build_is_queued_or_running(tmp_path):
+def test_gc_leaves_build_leftovers_while_another_build_is_queued_or_running(tmp_path, run):
     async def main() -> None:
         platform, engine, _, _ = await _platform(tmp_path, {})
         pruned: list[int] = []
@@ -374,4 +374,4 @@ def test_gc_leaves_build_leftovers_while_another_build_is_queued_or_running(tmp_
         await platform.gc("web1")
         assert pruned == [1]
 
-    asyncio.run(main())
+    run(main)

@@ -91,7 +91,7 @@ class FakeSource:
         return out
 
 
-def test_sampler_sums_replicas_per_app_and_turns_bytes_into_rates():
+def test_sampler_sums_replicas_per_app_and_turns_bytes_into_rates(run):
     clock = Clock()
     source = FakeSource(
         [
@@ -108,7 +108,7 @@ def test_sampler_sums_replicas_per_app_and_turns_bytes_into_rates():
             await sampler.tick()
             clock.now += 5
 
-    asyncio.run(scenario())
+    run(scenario)
     t0 = 1_200_000.0
     assert sampler.series("web", "cpu") == [(t0, 40.0), (t0 + 5, 60.0), (t0 + 10, 5.0)]
     assert sampler.series("web", "mem") == [(t0, 400.0), (t0 + 5, 400.0), (t0 + 10, 150.0)]
@@ -127,7 +127,7 @@ def proxy_counters(requests: int, latency_sum: float) -> dict[str, object]:
     return {"requests": requests, "latency_seconds": {"sum": latency_sum, "count": requests, "buckets": []}}
 
 
-def test_request_rates_come_from_cumulative_proxy_counters():
+def test_request_rates_come_from_cumulative_proxy_counters(run):
     clock = Clock()
     counters = {"web": proxy_counters(0, 0.0)}
     sampler = StatsSampler(FakeSource([{}]), interval=5, clock=clock, requests=lambda: counters)
@@ -139,7 +139,7 @@ def test_request_rates_come_from_cumulative_proxy_counters():
             counters["web"] = proxy_counters(requests, latency)
             await sampler.tick()
 
-    asyncio.run(scenario())
+    run(scenario)
     t0 = 1_200_000.0
     assert sampler.series("web", "rps") == [(t0 + 5, 10.0), (t0 + 10, 20.0), (t0 + 20, 2.0)]
     assert sampler.series("web", "latency_ms") == [(t0 + 5, 10.0), (t0 + 10, 10.0), (t0 + 20, 10.0)]
@@ -161,7 +161,7 @@ def test_record_requests_with_the_proxy_metrics_shape():
     assert sampler.series("web", "latency_ms") == [(clock.now, 2.0)]
 
 
-def test_memory_stays_bounded_and_silent_apps_are_dropped():
+def test_memory_stays_bounded_and_silent_apps_are_dropped(run):
     clock = Clock()
     sampler = StatsSampler(FakeSource([{"a": {"r": replica(1, 1, 0, 0)}}]), interval=5, clock=clock)
 
@@ -173,7 +173,7 @@ def test_memory_stays_bounded_and_silent_apps_are_dropped():
     assert sampler.size() <= bound
     sampler.record({"b": {"r": replica(1, 1, 0, 0)}}, clock.now)
     clock.now += 86400 + 60
-    asyncio.run(_one_tick(sampler, FakeSource([{"b": {"r": replica(1, 1, 0, 0)}}])))
+    run(lambda: _one_tick(sampler, FakeSource([{"b": {"r": replica(1, 1, 0, 0)}}])))
     assert sampler.series("a", "cpu") == []
     assert sampler.latest("a")["cpu"] is None
     assert sampler.series("b", "cpu")[-1][1] == 1.0
@@ -212,17 +212,17 @@ class FakeEngine:
         return replica(12.5, 2048, 0, 0)
 
 
-def test_sampler_reads_an_engine_and_skips_replicas_that_vanished():
+def test_sampler_reads_an_engine_and_skips_replicas_that_vanished(run):
     engine = FakeEngine()
     clock = Clock()
     sampler = StatsSampler(engine, interval=5, clock=clock)
-    asyncio.run(sampler.tick())
+    run(sampler.tick)
     assert sorted(engine.asked) == ["r1", "r2"]  # not the stopped one
     assert sampler.series("web", "cpu") == [(clock.now, 12.5)]
     assert sampler.series("db", "cpu") == []
 
 
-def test_run_loop_samples_until_cancelled():
+def test_run_loop_samples_until_cancelled(run):
     source = FakeSource([{"web": {"r": replica(1, 1, 0, 0)}}])
     sampler = StatsSampler(source, interval=0.01)
 
@@ -234,7 +234,7 @@ def test_run_loop_samples_until_cancelled():
         with pytest.raises(asyncio.CancelledError):
             await task
 
-    asyncio.run(asyncio.wait_for(scenario(), 10))
+    run(scenario)
 
 
 # ---- Engine.stats' arithmetic ----------------------------------------------------------------
