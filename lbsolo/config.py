@@ -78,6 +78,11 @@ class Settings:
     # Address(es) the DNS answers with: where the proxy can be reached. Empty = derived.
     public_ipv4: str = ""
     public_ipv6: str = ""
+    # Each app (with its add-ons) gets a network of its own, a subnet of this size carved from
+    # this pool (Docker's default pools run out after about 30 networks). Pick a range your
+    # server's own networks don't use.
+    network_pool: str = "10.213.0.0/16"
+    network_prefix: int = 25
     # PORT given to web processes inside their container.
     container_port: int = 5000
     reconcile_interval: float = 5.0

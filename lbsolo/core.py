@@ -181,9 +181,10 @@ class Platform:
             removed = await asyncio.to_thread(self.engine.remove_app_images, name) if images else []
             vols = await asyncio.to_thread(self.engine.remove_app_volumes, name) if volumes else 0
             await asyncio.to_thread(self.logs.forget, name)
+            await asyncio.to_thread(self.engine.remove_network, self.ctx.network(name))
             if not await asyncio.to_thread(self.state.list_apps):
-                # The last app is gone: don't leave a network (and its address pool) behind.
-                await asyncio.to_thread(self.engine.remove_network, self.ctx.network)
+                # The network all apps shared before each had its own: gone with the last app.
+                await asyncio.to_thread(self.engine.remove_network, self.ctx.shared_network)
         # The app's lock stays: a reconcile pass that read the app before sees it changed hands.
         self.ctx.restarts.pop(name, None)
         return {"name": name, "containers": len(replicas), "images": len(removed), "volumes": vols}
@@ -376,7 +377,7 @@ class Platform:
         if app.release is None:
             raise Conflict(f"{name} has no release yet: deploy it first")
         release = await asyncio.to_thread(self.state.get_release, name, app.release)
-        await asyncio.to_thread(self.engine.ensure_network, self.ctx.network)
+        network = await self.ctx.ensure_network(name)
         loop = asyncio.get_running_loop()
         return await asyncio.to_thread(
             self.engine.run_once,
@@ -384,7 +385,7 @@ class Platform:
             image=release.image,
             command=command,
             env=self.ctx.spec(app, release, "run", {}).env(),
-            network=self.ctx.network,
+            network=network,
             volumes=await self.ctx.volumes(app),
             on_output=lambda line: loop.call_soon_threadsafe(out.append, line),
             timeout=self.settings.deploy_timeout * 10,

@@ -81,7 +81,8 @@ class CoreContext:
         self.bus = bus
         self.logs = logs
         self.collector = collector or LogCollector(logs, engine.follow_logs)
-        self.network = f"lbsolo-{engine.instance}"
+        # Before per-app networks every app joined this one; kept only to remove it once empty.
+        self.shared_network = f"lbsolo-{engine.instance}"
         self.locks: dict[str, AppLock] = {}
         self.restarts: dict[str, RestartHistory] = {}  # per app; absent: healthy (see core_reconcile)
         self.routes: dict[str, Route] = {}  # the route book: per app ...
@@ -174,13 +175,22 @@ class CoreContext:
         self._build_saved = self.spawn(save(), f"save-build-{build.id}")
 
     # ---- replicas
+    def network(self, app: str) -> str:
+        """The app's own network: its replicas, one-off runs and attached add-ons, nobody else."""
+        return f"lbsolo-{self.engine.instance}-{app}"
+
+    async def ensure_network(self, app: str) -> str:
+        name = self.network(app)
+        await asyncio.to_thread(self.engine.ensure_network, name)
+        return name
+
     def spec(self, app: App, release: Release, process: str, volumes: dict[str, str]) -> run.ReplicaSpec:
         limits = app.resources.get(process, {})
         return run.ReplicaSpec(
             release=release,
             process=process,
             port=self.settings.container_port if process == WEB else None,
-            network=self.network,
+            network=self.network(app.name),
             memory=limits.get("memory"),
             cpus=limits.get("cpus"),
             volumes=volumes,

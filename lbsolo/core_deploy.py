@@ -182,7 +182,7 @@ class Deploys:
         """The Procfile's `test:` command, in the new image with the app's config, before any release."""
         app = await self.ctx.app(app_name)
         out.append(f"-----> Test phase: {command}")
-        await asyncio.to_thread(self.ctx.engine.ensure_network, self.ctx.network)
+        network = await self.ctx.ensure_network(app_name)
         loop = asyncio.get_running_loop()
         env = {**app.config, "LBSOLO_APP": app_name, "LBSOLO_PROCESS": "test"}
         code = await asyncio.to_thread(
@@ -191,7 +191,7 @@ class Deploys:
             image=image,
             command=command,
             env=env,
-            network=self.ctx.network,
+            network=network,
             on_output=lambda line: loop.call_soon_threadsafe(out.append, f"       | {line}"),
             timeout=self.ctx.settings.build_timeout,
         )

@@ -132,7 +132,7 @@ class Reconciler:
             app = apps[action.app]
             release = await asyncio.to_thread(ctx.state.get_release, action.app, action.release)
             log.info("starting a %s replica of %s %s", action.process, action.app, release.label)
-            await asyncio.to_thread(ctx.engine.ensure_network, ctx.network)
+            await ctx.ensure_network(action.app)
             spec = ctx.spec(app, release, action.process, await ctx.volumes(app))
             replica = await run.start_replica(ctx.engine, spec)
             ctx.watch_logs([replica])

@@ -131,7 +131,7 @@ class Rollouts:
         ctx = self.ctx
         name = app.name
         check = HealthCheck.from_dict(release.health)
-        await asyncio.to_thread(ctx.engine.ensure_network, ctx.network)
+        network = await ctx.ensure_network(name)
         volumes = await ctx.volumes(app)
         new: list[Replica] = []
         try:
@@ -145,7 +145,7 @@ class Rollouts:
                     image=release.image,
                     command=release.command("release") or "",
                     env=ctx.spec(app, release, "release", {}).env(),
-                    network=ctx.network,
+                    network=network,
                     volumes=volumes,
                     on_output=lambda line: loop.call_soon_threadsafe(out.append, f"       | {line}"),
                     timeout=ctx.settings.deploy_timeout,

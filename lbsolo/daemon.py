@@ -33,7 +33,9 @@ from lbsolo.config import Settings, networks
 from lbsolo.core import Platform
 from lbsolo.core_context import CoreContext
 from lbsolo.dns import DNSServer, ForwardConfig, RateLimit, Zone
+from lbsolo.engine import free_subnet
 from lbsolo.engine_docker import DockerBackend
+from lbsolo.errors import InvalidInput
 from lbsolo.events import EventBus
 from lbsolo.notify import WebhookNotifier
 from lbsolo.proxy import ProxyServer, Route, Target
@@ -173,7 +175,11 @@ class Daemon:
     async def run(self, on_ready: Callable[[dict[str, Any]], None] | None = None) -> None:
         s = self.settings
         token = await asyncio.to_thread(ensure_home, s)
-        engine = DockerBackend(instance_id(s))
+        try:
+            free_subnet(s.network_pool, s.network_prefix, [])
+        except ValueError as e:
+            raise InvalidInput(str(e)) from None
+        engine = DockerBackend(instance_id(s), network_pool=s.network_pool, network_prefix=s.network_prefix)
         docker_version = await asyncio.to_thread(engine.ping)
         state = await asyncio.to_thread(State, s.state_path)
 

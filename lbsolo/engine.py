@@ -19,7 +19,8 @@ import docker, requests or any backend: backends import it, not the other way ro
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable, Iterator
+import ipaddress
+from collections.abc import Callable, Iterable, Iterator
 from typing import IO, Any, Protocol, TypedDict, runtime_checkable
 
 from lbsolo.models import Replica
@@ -90,8 +91,8 @@ class Replicas(Protocol):
         """Start a replica of image; a web `port` is made reachable at the record's host and host_port.
 
         `command` runs through /bin/sh -c (None: the image's own); `volumes` maps a name from
-        ensure_volume to a mount path; `network` is one from ensure_network, where other apps
-        reach this replica as `<process>.<app>` (and a web replica as `<app>`).
+        ensure_volume to a mount path; `network` is one from ensure_network (the app's own), where
+        the others on it reach this replica as `<process>.<app>` (and a web replica as `<app>`).
         """
         ...
 
@@ -164,10 +165,36 @@ class Volumes(Protocol):
         ...
 
 
+def free_subnet(pool: str, prefix: int, taken: Iterable[str]) -> str:
+    """The first subnet of `pool` of size /`prefix` that overlaps none of `taken` (CIDRs).
+
+    The engine's networks all count, lbsolo's or not: an overlap would make addresses ambiguous.
+    """
+    try:
+        whole = ipaddress.ip_network(pool, strict=False)
+        if not whole.prefixlen <= prefix <= whole.max_prefixlen - 2:
+            raise ValueError(f"a /{prefix} does not fit in a /{whole.prefixlen} with room for addresses")
+    except ValueError as e:
+        raise ValueError(f"LBSOLO_NETWORK_POOL {pool!r} / LBSOLO_NETWORK_PREFIX {prefix}: {e}") from None
+    candidates = whole.subnets(new_prefix=prefix)
+    used = []
+    for cidr in taken:
+        try:
+            used.append(ipaddress.ip_network(cidr, strict=False))
+        except ValueError:
+            continue  # an engine's odd entry is not ours to judge
+    for subnet in candidates:
+        if not any(subnet.version == u.version and subnet.overlaps(u) for u in used):
+            return str(subnet)
+    raise LookupError(
+        f"no free /{prefix} left in {pool}: remove unused apps or widen LBSOLO_NETWORK_POOL"
+    )
+
+
 @runtime_checkable
 class Networks(Protocol):
     def ensure_network(self, name: str) -> None:
-        """A network where this instance's replicas reach each other by name."""
+        """A network where the replicas on it (one app's, and its add-ons) reach each other by name."""
         ...
 
     def remove_network(self, name: str) -> None:

@@ -16,15 +16,17 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import IO, Any
 
 import docker
 import docker.errors
+import docker.types
 import requests.exceptions
 
-from lbsolo.engine import EngineEvent, ImageRecord, ReplicaStats, parse_memory
+from lbsolo.engine import EngineEvent, ImageRecord, ReplicaStats, free_subnet, parse_memory
 from lbsolo.engine_docker_records import (
     LOOPBACK,
     container_event,
@@ -96,9 +98,18 @@ class DockerBackend:
     thread per followed replica).
     """
 
-    def __init__(self, instance: str, client: docker.DockerClient | None = None) -> None:
+    def __init__(
+        self,
+        instance: str,
+        client: docker.DockerClient | None = None,
+        *,
+        network_pool: str = "10.213.0.0/16",
+        network_prefix: int = 25,
+    ) -> None:
         self.instance = instance
         self._client = client
+        self.network_pool, self.network_prefix = network_pool, network_prefix
+        self._network_lock = threading.Lock()
         self._api_timeout = 120
 
     @property
@@ -214,20 +225,47 @@ class DockerBackend:
     # ---- networks (the one place networks are made and removed)
 
     def ensure_network(self, name: str) -> None:
-        """A user-defined bridge network where apps reach each other by name."""
-        with _engine_errors(f"network {name}"):
-            if self.client.networks.list(names=[name]):
-                return
-            self.client.networks.create(
-                name, driver="bridge", labels={LABEL_MANAGED: "true", LABEL_INSTANCE: self.instance}
-            )
+        """A user-defined bridge network on a subnet of the pool that no engine network uses.
+
+        Docker's default address pools hold about 30 networks; with one per app they would run
+        out, so the subnet is picked here. The lock keeps two apps' first deploys from picking
+        the same one.
+        """
+        with self._network_lock, _engine_errors(f"network {name}"):
+            for attempt in range(5):
+                listed = self.client.api.networks()
+                if any(net.get("Name") == name for net in listed):  # the engine's name filter is a substring match
+                    return
+                taken = [
+                    cfg.get("Subnet", "")
+                    for net in listed
+                    for cfg in ((net.get("IPAM") or {}).get("Config") or [])
+                ]
+                try:
+                    subnet = free_subnet(self.network_pool, self.network_prefix, taken)
+                except (LookupError, ValueError) as e:
+                    raise EngineError(f"network {name}: {e}") from None
+                try:
+                    self.client.api.create_network(
+                        name,
+                        driver="bridge",
+                        ipam=docker.types.IPAMConfig(pool_configs=[docker.types.IPAMPool(subnet=subnet)]),
+                        labels={LABEL_MANAGED: "true", LABEL_INSTANCE: self.instance},
+                        check_duplicate=True,
+                    )
+                    return
+                except docker.errors.APIError as e:
+                    # Another process (a second lbsolo instance) took the subnet or the name
+                    # meanwhile: look again.
+                    if attempt == 4 or not ("overlap" in str(e) or "already exists" in str(e)):
+                        raise
 
     def remove_network(self, name: str) -> None:
         """Remove this instance's network if nothing is attached to it any more."""
         try:
-            for network in self.client.networks.list(names=[name]):
-                if (network.attrs.get("Labels") or {}).get(LABEL_INSTANCE) == self.instance:
-                    network.remove()
+            for network in self.client.api.networks(names=[name]):
+                if network.get("Name") == name and (network.get("Labels") or {}).get(LABEL_INSTANCE) == self.instance:
+                    self.client.api.remove_network(network["Id"])
         except docker.errors.APIError as e:
             log.info("network %s kept: %s", name, e.explanation or e)
         except (docker.errors.DockerException, requests.exceptions.ConnectionError) as e:
