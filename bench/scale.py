@@ -9,12 +9,19 @@ At N = 10, 50 and 200 (or the counts given) it reports:
 
 Usage: .venv/bin/python bench/scale.py [N ...]   (default: 10 50 200; needs Docker and the seeded
 images; every app is removed afterwards, with the daemon's home).
+
+       .venv/bin/python bench/scale.py --listing [N ...]   (default: 200) measures only what
+`lbsolo apps` costs, in a minute instead of several: N apps created but not deployed, each with
+one image carrying its labels (what /api/disk counts; a deployed app's listing differs only in its
+status and replica count, read from memory), then `lbsolo apps` beside `lbsolo version` (the
+CLI's bare start, the anchor) and the two API calls it makes, each timed on its own.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
 import http.client
+import json
 import os
 import shutil
 import socket
@@ -90,6 +97,19 @@ class Bench:
         r.read()
         return r.getheader("set-cookie", "").split(";", 1)[0]
 
+    def api(self, method: str, path: str, body: dict[str, object] | None = None) -> float:
+        """One API call with the admin token, timed to its last byte; raises unless it succeeded."""
+        c = http.client.HTTPConnection("127.0.0.1", self.api_port, timeout=60)
+        headers = {"Authorization": f"Bearer {self.token}", "Content-Type": "application/json"}
+        t0 = time.monotonic()
+        c.request(method, path, json.dumps(body) if body is not None else None, headers)
+        r = c.getresponse()
+        r.read()
+        took = time.monotonic() - t0
+        if r.status >= 300:
+            raise SystemExit(f"{method} {path} answered {r.status}")
+        return took
+
     def cli(self, *args: str) -> float:
         t0 = time.monotonic()
         out = subprocess.run([*self.lbsolo, *args], env=self.env, capture_output=True, text=True)
@@ -155,15 +175,64 @@ class Bench:
             "idle_cpu": idle_cpu,
         }
 
+    def listing(self, n: int) -> dict[str, float]:
+        """`lbsolo apps` with n apps created (not deployed), each with one labelled image."""
+        from lbsolo.config import Settings
+        from lbsolo.daemon import instance_id
+
+        instance = instance_id(Settings.load(home=self.work / "home"))
+        names = [f"app{i:03d}" for i in range(len(self.apps), n)]
+
+        def add(name: str) -> None:
+            self.api("POST", "/api/apps", {"name": name})
+            self.apps.append(name)
+            labels = {"lbsolo.managed": "true", "lbsolo.instance": instance, "lbsolo.app": name}
+            command = ["docker", "build", "-q", "-t", f"lbsolo/{name}:bench"]
+            command += [f"--label={k}={v}" for k, v in labels.items()] + ["-"]
+            subprocess.run(command, input=b"FROM busybox:latest\n", check=True, capture_output=True)
+
+        with concurrent.futures.ThreadPoolExecutor(4) as pool:
+            list(pool.map(add, names))
+        return {
+            "apps": n,
+            "version_cli": statistics.median(self.cli("version") for _ in range(5)),
+            "apps_cli": statistics.median(self.cli("apps") for _ in range(5)),
+            "api_apps": statistics.median(self.api("GET", "/api/apps") for _ in range(5)),
+            "api_disk": statistics.median(self.api("GET", "/api/disk") for _ in range(5)),
+        }
+
     def close(self) -> None:
-        for name in self.apps:
-            subprocess.run([*self.lbsolo, "destroy", name, "--images", "--yes"], env=self.env, capture_output=True)
+        def destroy(name: str) -> None:
+            try:
+                self.api("DELETE", f"/api/apps/{name}?images=true")
+            except (OSError, SystemExit) as e:
+                print(f"could not destroy {name}: {e}", file=sys.stderr)
+
+        with concurrent.futures.ThreadPoolExecutor(4) as pool:
+            list(pool.map(destroy, self.apps))
         self.daemon.terminate()
         self.daemon.wait(timeout=30)
         shutil.rmtree(self.work, ignore_errors=True)
 
 
+def main_listing(counts: list[int]) -> None:
+    bench = Bench()
+    try:
+        for n in counts:
+            row = bench.listing(n)
+            print(
+                f"N={n:4d}: `lbsolo apps` {row['apps_cli']:.3f} s  (`lbsolo version` {row['version_cli']:.3f} s; "
+                f"GET /api/apps {row['api_apps'] * 1000:.1f} ms, GET /api/disk {row['api_disk'] * 1000:.1f} ms)",
+                flush=True,
+            )
+    finally:
+        bench.close()
+    print(f"machine: {os.uname().machine}, {os.cpu_count()} cores")
+
+
 def main() -> None:
+    if sys.argv[1:2] == ["--listing"]:
+        return main_listing([int(a) for a in sys.argv[2:]] or [200])
     counts = [int(a) for a in sys.argv[1:]] or [10, 50, 200]
     bench = Bench()
     rows = []

@@ -1,6 +1,7 @@
 """The API client the CLI uses: finds the daemon, sends the token, turns errors into LbsoloError.
 
-It never opens the state: everything goes through the daemon's REST API. It speaks HTTP/1.1
+It never opens the state: everything goes through the daemon's REST API, one typed method per
+operation the CLI uses (the verbs call those, never a path). It speaks HTTP/1.1
 with the standard library's http.client: the daemon is local, and every CLI call starts a fresh
 interpreter, where a heavier client's import time (a quarter of a second) is felt on each verb.
 """
@@ -11,14 +12,16 @@ import http.client
 import json
 import os
 import socket
+import threading
 import urllib.parse
-from collections.abc import Iterable, Iterator
-from typing import IO, Any
+from collections.abc import Callable, Iterable, Iterator
+from typing import IO, Any, TypeVar
 
 from lbsolo.config import Settings
 from lbsolo.errors import APIError, DaemonUnavailable
 
 JSONish = dict[str, Any] | list[Any]
+T = TypeVar("T")
 
 
 class _UnixConnection(http.client.HTTPConnection):
@@ -350,6 +353,33 @@ class Client:
 
     def remove_route(self, name: str) -> None:
         self.request("DELETE", _path("routes", name))
+
+
+def in_background(call: Callable[[], T]) -> Callable[[], T]:
+    """Start call on a thread now; the function returned waits for its answer (or raises its error).
+
+    For a verb that needs two answers: the daemon works on both at once, and the CLI goes on
+    (loading its output) while they are out. Each request has its own connection.
+    """
+    outcome: list[tuple[bool, Any]] = []
+
+    def run() -> None:
+        try:
+            outcome.append((True, call()))
+        except BaseException as e:  # handed to the caller, who raises it
+            outcome.append((False, e))
+
+    thread = threading.Thread(target=run, name="lbsolo-request", daemon=True)
+    thread.start()
+
+    def answer() -> T:
+        thread.join()
+        ok, value = outcome[0]
+        if not ok:
+            raise value
+        return value  # type: ignore[no-any-return]
+
+    return answer
 
 
 def _path(*segments: str) -> str:

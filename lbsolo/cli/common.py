@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import functools
 import itertools
+import re
 import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
@@ -16,11 +17,12 @@ import typer
 import typer.main
 
 from lbsolo.cli.client import Client
+from lbsolo.cli.table import column_widths
 from lbsolo.config import Settings
 from lbsolo.errors import LbsoloError
 
 if TYPE_CHECKING:
-    from rich.console import Console
+    from rich.console import Console, ConsoleOptions
     from rich.table import Table as RichTable
 
 
@@ -56,11 +58,117 @@ def escape(markup: str) -> str:
     return rich_escape(markup)
 
 
-def Table(*columns: Any, **options: Any) -> RichTable:
-    """rich's Table (named like the class it stands in for)."""
-    from rich.table import Table as RichTable
+class Table:
+    """A table of the verbs' output, printed as rich's Table prints it (same widths, ellipses, styles).
 
-    return RichTable(*columns, **options)
+    rich measures and wraps every cell through its general renderer: some 1.5 ms a row, more than
+    the whole rest of `lbsolo apps` at 200 apps. Tables of one-line printable cells (what the
+    verbs list) are drawn here from the same arithmetic (lbsolo.cli.table) in a few segments per
+    cell; a table with options, or with a cell rich would wrap, is left to rich's Table itself.
+    """
+
+    def __init__(self, *columns: str, **options: Any) -> None:
+        self.columns = columns
+        self.options = options
+        self.rows: list[tuple[str, ...]] = []
+
+    def add_row(self, *cells: str) -> None:
+        self.rows.append(cells)
+
+    def rich_table(self) -> RichTable:
+        from rich.table import Table as RichTable
+
+        table = RichTable(*self.columns, **self.options)
+        for row in self.rows:
+            table.add_row(*row)
+        return table
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> Iterator[Any]:
+        drawn = None if self.options else _drawn(console, options, self.columns, self.rows)
+        if drawn is None:
+            yield self.rich_table()
+        else:
+            yield from drawn
+
+
+_ONE_LINE = re.compile(r"[ -~]*")  # printable ASCII: one cell per character, nothing to expand
+
+
+def _drawn(
+    console: Console, options: ConsoleOptions, columns: tuple[str, ...], rows: list[tuple[str, ...]]
+) -> list[Any] | None:
+    """The segments rich's default Table (heavy head box, header, padding 1) would print; None if unsure."""
+    from rich.box import HEAVY_HEAD
+    from rich.markup import render
+    from rich.segment import Segment
+    from rich.text import Text
+
+    if any(len(row) != len(columns) for row in rows):
+        return None
+    # Without "[" there is no markup, without ":" no emoji code: the text is the cell as it is.
+    grid = [[render(c) if "[" in c or ":" in c else Text(c) for c in line] for line in (columns, *rows)]
+    if not all(_ONE_LINE.fullmatch(text.plain) for line in grid for text in line):
+        return None
+    widths = column_widths([[len(text.plain) for text in line] for line in grid], options.max_width - len(columns) - 1)
+    if widths is None:
+        return None
+    for line in grid:
+        for text, width in zip(line, widths, strict=True):
+            if len(text.plain) > width - 2 and any(c.isspace() for c in text.plain):
+                return None  # rich would wrap it over several lines
+    box = HEAVY_HEAD.substitute(options, safe=console.safe_box)
+    border = console.get_style("none") + console.get_style("")
+    pad = console.get_style("none")
+    header = console.get_style("table.header")
+    line_end = Segment.line()
+    out = [Segment(box.get_top(widths), border), line_end]
+    for index, line in enumerate(grid):
+        last = index == len(grid) - 1
+        left, divider, right = (
+            (box.head_left, box.head_vertical, box.head_right)
+            if index == 0
+            else (box.foot_left, box.foot_vertical, box.foot_right)
+            if last
+            else (box.mid_left, box.mid_vertical, box.mid_right)
+        )
+        row = [Segment(left, border)]
+        for column, (text, width) in enumerate(zip(line, widths, strict=True)):
+            if column:
+                row.append(Segment(divider, border))
+            text.truncate(width - 2, overflow="ellipsis", pad=True)
+            cell = [Segment(" ", pad), *text.render(console), Segment(" ", pad)]
+            # rich styles a header cell as a whole (its padding too): bold, each segment on its own
+            if index == 0:
+                cell = [Segment(s.text, header + s.style) for s in cell]
+            row.extend(cell)
+        row.append(Segment(right, border))
+        out += [*_joined(row), line_end]
+        if index == 0:
+            out += [Segment(box.get_row(widths, "head", edge=True), border), line_end]
+    out += [Segment(box.get_bottom(widths), border), line_end]
+    return out
+
+
+def _joined(segments: list[Any]) -> Iterator[Any]:
+    """The same segments with each run of unstyled ones as one (printed alike: as their text)."""
+    from rich.segment import Segment
+
+    plain: list[str] = []
+    for segment in segments:
+        if segment.style:
+            if plain:
+                yield Segment("".join(plain))
+                plain = []
+            yield segment
+        else:
+            plain.append(segment.text)
+    if plain:
+        yield Segment("".join(plain))
+
+
+def load_output() -> None:
+    """Make the console now rather than at its first print (rich's import: some 40 ms)."""
+    console.is_terminal  # noqa: B018 (its first use makes it)
 
 
 console = cast("Console", _LazyConsole())
@@ -84,6 +192,13 @@ def clean_errors(fn: F) -> F:
             raise typer.Exit(1) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+def validate_app_name(name: str, what: str = "app name") -> str:
+    """lbsolo.models.validate_app_name, imported when a verb first checks a name (not at every start)."""
+    from lbsolo.models import validate_app_name as validate
+
+    return validate(name, what)
 
 
 def _client() -> Client:

@@ -11,7 +11,7 @@ from typing import Annotated, Any
 import typer
 import typer.main
 
-from lbsolo.build_source import parse_dotenv
+from lbsolo.cli.client import in_background
 from lbsolo.cli.common import (
     AppArg,
     Table,
@@ -22,10 +22,11 @@ from lbsolo.cli.common import (
     clean_errors,
     console,
     escape,
+    load_output,
     render_job,
+    validate_app_name,
 )
 from lbsolo.errors import LbsoloError
-from lbsolo.models import parse_formation, validate_app_name
 
 
 @app.command("apps")
@@ -33,8 +34,12 @@ from lbsolo.models import parse_formation, validate_app_name
 def apps_list() -> None:
     """List apps: name, status, release, URL."""
     with _client() as c:
-        rows = c.apps()
-        disk = c.disk()
+        # Image sizes come from the engine (the slower answer): both go out at once, and rich
+        # loads while they are out.
+        usage = in_background(c.disk)
+        listed = in_background(c.apps)
+        load_output()
+        rows, disk = listed(), usage()
     table = Table("name", "status", "release", "replicas", "images", "url")
     colors = {"running": "green", "down": "red", "deploying": "yellow"}
     for a in rows:
@@ -125,6 +130,8 @@ def config_import(
         text = path.read_text(encoding="utf-8")
     except OSError as e:
         raise LbsoloError(f"cannot read {path}: {e.strerror}") from e
+    from lbsolo.build_source import parse_dotenv
+
     _change_config(name, parse_dotenv(text), [], secret)
 
 
@@ -132,6 +139,8 @@ def config_import(
 @clean_errors
 def scale(name: AppArg, pairs: Annotated[list[str], typer.Argument(help="TYPE=COUNT, e.g. web=3 worker=1.")]) -> None:
     """Set how many replicas of each process type run; web replicas join the proxy once healthy."""
+    from lbsolo.models import parse_formation
+
     formation = parse_formation(pairs)
     with _client() as c:
         out = c.scale(name, formation)

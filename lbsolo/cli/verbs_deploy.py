@@ -10,7 +10,6 @@ from typing import Annotated
 import typer
 import typer.main
 
-from lbsolo.build_source import pack
 from lbsolo.cli.client import Client
 from lbsolo.cli.common import (
     AppArg,
@@ -24,10 +23,10 @@ from lbsolo.cli.common import (
     err,
     escape,
     render_job,
+    validate_app_name,
 )
 from lbsolo.config import Settings
 from lbsolo.errors import LbsoloError
-from lbsolo.models import validate_app_name
 
 
 @app.command()
@@ -107,6 +106,7 @@ def deploy(
     validate_app_name(name)
 
     from lbsolo.build_detect import detect  # jinja2 and friends: only for the verbs that need them
+    from lbsolo.build_source import pack
 
     def once() -> None:
         detect(path)  # a source lbsolo cannot build fails here, before anything is uploaded

@@ -17,10 +17,10 @@ from lbsolo.cli.common import (
     console,
     err,
     escape,
+    validate_app_name,
 )
 from lbsolo.config import Settings
 from lbsolo.errors import LbsoloError
-from lbsolo.models import validate_app_name
 
 
 @app.command("tokens")

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from lbsolo.cli.client import Client
+from lbsolo.cli.client import Client, in_background
 from lbsolo.config import Settings
 from lbsolo.errors import APIError
 
@@ -193,3 +193,13 @@ def test_the_verbs_use_only_the_typed_methods():
         text = path.read_text()
         assert not re.search(r"[\"']/api/", text), f"{path.name} names an API path"
         assert not re.search(r"\.(request|stream)\(", text), f"{path.name} calls the client's raw request"
+
+
+def test_a_call_in_the_background_hands_back_its_answer_or_its_error(api):
+    server, client = api
+    server.answer = b'{"app000": 12}'
+    assert in_background(client.disk)() == {"app000": 12}
+    server.answer = b"[]"
+    waiting = in_background(client.disk)  # a list where an object was due
+    with pytest.raises(APIError):
+        waiting()
