@@ -27,7 +27,7 @@ from tinydb import Query, TinyDB
 from tinydb.storages import Storage
 
 from lbsolo.errors import Conflict, InvalidInput, NotFound, StorageError
-from lbsolo.models import App, Build, Release, StaticRoute
+from lbsolo.models import Addon, App, Build, Release, StaticRoute
 
 Data = dict[str, dict[str, Any]]  # TinyDB's document layout: table -> document id -> document
 
@@ -37,8 +37,14 @@ def _stamp(data: Data) -> Data:
     return data
 
 
+def _addons(data: Data) -> Data:
+    """1 -> 2: the add-ons table (databases lbsolo runs for apps), empty."""
+    data.setdefault("addons", {})
+    return data
+
+
 #: MIGRATIONS[n] turns a file of schema n into schema n + 1. Pure: data in, data out.
-MIGRATIONS: list[Any] = [_stamp]
+MIGRATIONS: list[Any] = [_stamp, _addons]
 SCHEMA = len(MIGRATIONS)
 META = "_meta"
 
@@ -134,6 +140,7 @@ class State:
         self._releases = self._db.table("releases")
         self._builds = self._db.table("builds")
         self._routes = self._db.table("routes")  # static routes
+        self._addons = self._db.table("addons")
 
     def close(self) -> None:
         self._db.close()
@@ -178,6 +185,8 @@ class State:
             # Apps and static routes share <name>.<domain>; checked under the same lock as the insert.
             if self._routes.contains(Query().name == app.name):
                 raise Conflict(f"{app.name!r} is a static route (remove it first: lbsolo routes:remove {app.name})")
+            if self._addons.contains(Query().name == app.name):
+                raise Conflict(f"{app.name!r} is an add-on; an app cannot take its name")
             self._apps.insert(app.to_dict())
         return app
 
@@ -232,6 +241,8 @@ class State:
                 raise Conflict(f"{route.name!r} is an app; a static route cannot take its name")
             if self._routes.contains(q.name == route.name):
                 raise Conflict(f"static route {route.name!r} already exists")
+            if self._addons.contains(q.name == route.name):
+                raise Conflict(f"{route.name!r} is an add-on; a static route cannot take its name")
             self._routes.insert(route.to_dict())
         return route
 
@@ -240,6 +251,44 @@ class State:
             removed = self._routes.remove(Query().name == name)
         if not removed:
             raise NotFound(f"no static route {name!r}")
+
+    # add-ons
+    def list_addons(self) -> list[Addon]:
+        with self._lock:
+            rows = self._memory.rows("addons")
+        return sorted((Addon.from_dict(d) for d in rows), key=lambda a: a.name)
+
+    def find_addon(self, name: str) -> Addon | None:
+        with self._lock:
+            rows = self._memory.rows("addons", lambda d: d.get("name") == name)
+        return Addon.from_dict(rows[0]) if rows else None
+
+    def get_addon(self, name: str) -> Addon:
+        addon = self.find_addon(name)
+        if addon is None:
+            raise NotFound(f"no add-on {name!r} (see: lbsolo addons)")
+        return addon
+
+    def create_addon(self, addon: Addon) -> Addon:
+        """Insert a new add-on; its name must be free among apps, static routes and add-ons."""
+        q = Query()
+        with self._lock:
+            if self._addons.contains(q.name == addon.name):
+                raise Conflict(f"add-on {addon.name!r} already exists")
+            if self._apps.contains(q.name == addon.name):
+                raise Conflict(f"{addon.name!r} is an app; an add-on cannot take its name")
+            if self._routes.contains(q.name == addon.name):
+                raise Conflict(f"{addon.name!r} is a static route; an add-on cannot take its name")
+            self._addons.insert(addon.to_dict())
+        return addon
+
+    def save_addon(self, addon: Addon) -> None:
+        with self._lock:
+            self._addons.upsert(addon.to_dict(), Query().name == addon.name)
+
+    def delete_addon(self, name: str) -> None:
+        with self._lock:
+            self._addons.remove(Query().name == name)
 
     # builds
     def save_build(self, build: Build) -> None:

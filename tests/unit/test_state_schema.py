@@ -51,3 +51,35 @@ def test_migrate_runs_each_step_once_in_order():
     data = migrate({"apps": {"1": {"name": "a"}}})
     assert schema_of(data) == SCHEMA and data["apps"] == {"1": {"name": "a"}}
     assert migrate(data) == data
+
+
+def test_a_schema_1_file_gets_the_addons_table_and_keeps_its_apps(tmp_path):
+    path = tmp_path / "state.json"
+    shutil.copy(FIXTURES / "state-schema-1.json", path)
+    state = State(path)
+    data = json.loads(path.read_text())
+    assert schema_of(data) == SCHEMA == 2 and data["addons"] == {}
+    assert (tmp_path / "state.json.schema-1.bak").exists()
+    assert [a.name for a in state.list_apps()] == ["shop"] and state.list_addons() == []
+    state.close()
+
+
+def test_add_ons_share_the_namespace_of_apps_and_static_routes(tmp_path):
+    from lbsolo.errors import Conflict
+    from lbsolo.models import Addon, App, StaticRoute
+
+    state = State(tmp_path / "state.json")
+    state.create_app(App("shop"))
+    state.add_route(StaticRoute.create("grafana", "127.0.0.1:3000"))
+    for taken in ("shop", "grafana"):
+        with pytest.raises(Conflict):
+            state.create_addon(Addon(taken, "postgres", "16"))
+    state.create_addon(Addon("shop-db", "postgres", "16", credentials={"user": "u", "password": "p"}))
+    with pytest.raises(Conflict, match="already exists"):
+        state.create_addon(Addon("shop-db", "redis", "7"))
+    with pytest.raises(Conflict, match="is an add-on"):
+        state.create_app(App("shop-db"))
+    with pytest.raises(Conflict, match="is an add-on"):
+        state.add_route(StaticRoute.create("shop-db", "127.0.0.1:3000"))
+    assert state.get_addon("shop-db").public()["credentials"] == {"user": "u", "password": "********"}
+    state.close()
