@@ -8,7 +8,6 @@ the server runs in it.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import contextlib
 import json
@@ -258,7 +257,7 @@ def test_content_length_is_read_strictly():
             declared_length(bad)
 
 
-def test_credentials_from_headers(tmp_path):
+def test_credentials_from_headers(tmp_path, run):
     assert bearer_token("Bearer abc") == "abc" and bearer_token("bearer  abc ") == "abc"
     assert bearer_token("Basic abc") is None and bearer_token("Bearer ") is None and bearer_token("") is None
     assert basic_password(basic("pw")["Authorization"]) == "pw"
@@ -278,10 +277,10 @@ def test_credentials_from_headers(tmp_path):
         assert await auth.basic(basic(extra)["Authorization"]) is None
         state.close()
 
-    asyncio.run(scenario())
+    run(scenario)
 
 
-def test_an_anonymous_request_is_refused_without_reading_its_body():
+def test_an_anonymous_request_is_refused_without_reading_its_body(run):
     """The guard answers 401 before the app runs and without ever calling receive."""
     calls: list[str] = []
 
@@ -299,7 +298,7 @@ def test_an_anonymous_request_is_refused_without_reading_its_body():
 
     guard = ApiGuard(app, Authenticator(ADMIN), BodyLimits(json=MiB, upload=MiB, hook=MiB))
     scope = {"type": "http", "method": "POST", "path": "/api/apps", "headers": [(b"transfer-encoding", b"chunked")]}
-    asyncio.run(guard(scope, receive, send))
+    run(lambda: guard(scope, receive, send))
     assert calls == []
     assert sent[0]["status"] == 401 and (b"connection", b"close") in sent[0]["headers"]
     assert json.loads(sent[1]["body"])["error"]["code"] == "unauthorized"

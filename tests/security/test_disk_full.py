@@ -61,7 +61,7 @@ def _raise(e: Exception) -> None:
     raise e
 
 
-def test_log_writers_drop_lines_with_one_warning_when_they_cannot_write(tmp_path: Path, caplog):
+def test_log_writers_drop_lines_with_one_warning_when_they_cannot_write(tmp_path: Path, caplog, run):
     caplog.set_level(logging.WARNING, "lbsolo.run_logs")
     blocker = tmp_path / "logs"
     blocker.write_text("a file where the logs directory should be")
@@ -75,13 +75,13 @@ def test_log_writers_drop_lines_with_one_warning_when_they_cannot_write(tmp_path
             access.write(f'{{"n":{i}}}\n')
             await access.flush()
 
-    asyncio.run(scenario())
+    run(scenario)
     warned = [r.getMessage() for r in caplog.records]
     assert len(warned) == 2 and all("cannot write" in m for m in warned)
     assert access.dropped == 3
 
     blocker.unlink()
-    asyncio.run(scenario())
+    run(scenario)
     access.close()
     assert [r.getMessage().endswith("works again") for r in caplog.records[2:]] == [True, True]
     assert (blocker / "access.log").read_text().count("\n") == 3
@@ -112,7 +112,7 @@ def _fill(directory: Path) -> Path:
     return filler
 
 
-def test_a_full_home_directory_on_a_real_small_filesystem(tmp_path: Path, caplog):
+def test_a_full_home_directory_on_a_real_small_filesystem(tmp_path: Path, caplog, run):
     if os.geteuid() != 0:
         if os.environ.get("CI"):
             pytest.fail("the small-filesystem test needs root in CI (to mount a tmpfs)")
@@ -167,7 +167,7 @@ def test_a_full_home_directory_on_a_real_small_filesystem(tmp_path: Path, caplog
             world.state.close()
 
     with small_filesystem(tmp_path / "small") as mount:
-        asyncio.run(asyncio.wait_for(scenario(mount), 60))
+        run(lambda: scenario(mount))
 
 
 async def proxy_flush(proxy: ProxyServer) -> None:

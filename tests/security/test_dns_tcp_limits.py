@@ -96,7 +96,7 @@ def second_loopback_address_works() -> bool:
 
 
 @pytest.mark.skipif(not second_loopback_address_works(), reason="127.0.0.2 is not usable as a source address")
-def test_a_client_beyond_its_cap_is_closed_at_once_and_others_are_still_served() -> None:
+def test_a_client_beyond_its_cap_is_closed_at_once_and_others_are_still_served(run) -> None:
     async def main() -> None:
         async with serving() as server:
             first = [await Client.open(server) for _ in range(PER_CLIENT)]
@@ -127,10 +127,10 @@ def test_a_client_beyond_its_cap_is_closed_at_once_and_others_are_still_served()
                 for client in first + extra:
                     await client.close()
 
-    asyncio.run(main())
+    run(main)
 
 
-def test_a_steady_client_is_closed_after_the_lifetime_with_every_query_answered() -> None:
+def test_a_steady_client_is_closed_after_the_lifetime_with_every_query_answered(run) -> None:
     interval = 0.2  # queries at 0, 0.2, 0.4 s; the lifetime ends 0.1 s from either side of a query
 
     async def main() -> None:
@@ -155,10 +155,10 @@ def test_a_steady_client_is_closed_after_the_lifetime_with_every_query_answered(
             assert answered == sent >= 3
             assert LIFETIME - 0.05 <= closed_after <= LIFETIME + 0.3
 
-    asyncio.run(main())
+    run(main)
 
 
-def test_the_answer_in_flight_at_the_end_of_the_lifetime_is_sent_before_the_close() -> None:
+def test_the_answer_in_flight_at_the_end_of_the_lifetime_is_sent_before_the_close(run) -> None:
     async def main() -> None:
         # An upstream that never answers: the forwarded query's SERVFAIL comes after its timeout,
         # 0.3 s after it was asked at 0.3 s, so the answer is in flight when the lifetime ends.
@@ -179,10 +179,10 @@ def test_the_answer_in_flight_at_the_end_of_the_lifetime_is_sent_before_the_clos
                 finally:
                     await client.close()
 
-    asyncio.run(main())
+    run(main)
 
 
-def test_a_query_begun_before_the_end_of_the_lifetime_is_read_whole_and_answered() -> None:
+def test_a_query_begun_before_the_end_of_the_lifetime_is_read_whole_and_answered(run) -> None:
     async def main() -> None:
         async with serving(tcp_max_lifetime=LIFETIME) as server:
             loop = asyncio.get_running_loop()
@@ -204,4 +204,4 @@ def test_a_query_begun_before_the_end_of_the_lifetime_is_read_whole_and_answered
             finally:
                 await client.close()
 
-    asyncio.run(main())
+    run(main)

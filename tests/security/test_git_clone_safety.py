@@ -9,7 +9,6 @@ deploys only the app's stored repository. Real git on local repositories; no Doc
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import hmac
 import json
@@ -125,7 +124,7 @@ def test_option_like_or_odd_refs_are_refused(ref):
 # ---- real git ---------------------------------------------------------------------------------
 
 
-def test_a_local_clone_needs_the_setting_and_then_works(tmp_path):
+def test_a_local_clone_needs_the_setting_and_then_works(tmp_path, run):
     commit = make_repo(tmp_path / "src", "local\n")
 
     async def main() -> None:
@@ -137,10 +136,10 @@ def test_a_local_clone_needs_the_setting_and_then_works(tmp_path):
         got = await clone(f"file://{tmp_path / 'src'}", commit, tmp_path / "c", home=tmp_path / "h3", allow_local=True)
         assert got == commit
 
-    asyncio.run(main())
+    run(main)
 
 
-def test_git_itself_refuses_transports_outside_the_policy(tmp_path):
+def test_git_itself_refuses_transports_outside_the_policy(tmp_path, run):
     """Defence in depth: even handed a file:// URL directly, git with lbsolo's options refuses it."""
     make_repo(tmp_path / "src", "x\n")
 
@@ -156,10 +155,10 @@ def test_git_itself_refuses_transports_outside_the_policy(tmp_path):
             *git_options(True), "clone", "-q", "--", f"file://{tmp_path / 'src'}", "dst3", cwd=tmp_path, env=env
         )
 
-    asyncio.run(main())
+    run(main)
 
 
-def test_git_runs_without_the_daemon_users_config(tmp_path, monkeypatch):
+def test_git_runs_without_the_daemon_users_config(tmp_path, monkeypatch, run):
     """A global config (here: a url rewrite to a local repository) and GIT_* variables are not used."""
     make_repo(tmp_path / "src", "rewritten\n")
     user_home = tmp_path / "user"
@@ -178,10 +177,10 @@ def test_git_runs_without_the_daemon_users_config(tmp_path, monkeypatch):
             await clone("https://127.0.0.1:1/r.git", None, tmp_path / "dst", home=tmp_path / "home", allow_local=True)
         assert not (tmp_path / "dst" / "marker.txt").exists()
 
-    asyncio.run(main())
+    run(main)
 
 
-def test_clone_errors_never_show_credentials(tmp_path):
+def test_clone_errors_never_show_credentials(tmp_path, run):
     async def main() -> None:
         with pytest.raises(InvalidInput) as caught:
             await clone("https://deploy:hunter2@127.0.0.1:1/r.git", "main", tmp_path / "d", home=tmp_path / "h")
@@ -190,10 +189,10 @@ def test_clone_errors_never_show_credentials(tmp_path):
             await clone("ftp://deploy:hunter2@example.com/r.git", None, tmp_path / "d", home=tmp_path / "h")
         assert "hunter2" not in caught.value.message
 
-    asyncio.run(main())
+    run(main)
 
 
-def test_a_ref_cannot_be_an_option(tmp_path):
+def test_a_ref_cannot_be_an_option(tmp_path, run):
     make_repo(tmp_path / "src", "x\n")
     pwned = tmp_path / "pwned"
 
@@ -203,7 +202,7 @@ def test_a_ref_cannot_be_an_option(tmp_path):
                 await clone(str(tmp_path / "src"), ref, tmp_path / "d", home=tmp_path / "h", allow_local=True)
         assert not pwned.exists()
 
-    asyncio.run(main())
+    run(main)
 
 
 # ---- the API and the push webhook -------------------------------------------------------------
@@ -215,7 +214,7 @@ def signed_push(secret: str, clone_url: str, commit: str) -> tuple[bytes, dict[s
     return body, {"X-GitHub-Event": "push", "X-Hub-Signature-256": signature, "Content-Type": "application/json"}
 
 
-def test_a_webhook_deploys_the_stored_repository_never_the_payloads(tmp_path):
+def test_a_webhook_deploys_the_stored_repository_never_the_payloads(tmp_path, run):
     make_repo(tmp_path / "ours", "ours\n")
     theirs = make_repo(tmp_path / "theirs", "theirs\n")
 
@@ -249,10 +248,10 @@ def test_a_webhook_deploys_the_stored_repository_never_the_payloads(tmp_path):
             world.platform.collector.prune()
             world.state.close()
 
-    asyncio.run(asyncio.wait_for(main(), 60))
+    run(main)
 
 
-def test_local_paths_need_the_setting_and_refs_are_checked_before_cloning(tmp_path):
+def test_local_paths_need_the_setting_and_refs_are_checked_before_cloning(tmp_path, run):
     make_repo(tmp_path / "ours", "ours\n")
 
     async def main() -> None:
@@ -276,10 +275,10 @@ def test_local_paths_need_the_setting_and_refs_are_checked_before_cloning(tmp_pa
             await server.wait_closed()
             world.state.close()
 
-    asyncio.run(asyncio.wait_for(main(), 60))
+    run(main)
 
 
-def test_the_first_git_deploy_sets_the_repository(tmp_path):
+def test_the_first_git_deploy_sets_the_repository(tmp_path, run):
     make_repo(tmp_path / "ours", "ours\n")
     make_repo(tmp_path / "other", "other\n")
 
@@ -302,10 +301,10 @@ def test_the_first_git_deploy_sets_the_repository(tmp_path):
             world.platform.collector.prune()
             world.state.close()
 
-    asyncio.run(asyncio.wait_for(main(), 60))
+    run(main)
 
 
-def test_credentials_in_the_repository_url_never_show(tmp_path, caplog):
+def test_credentials_in_the_repository_url_never_show(tmp_path, caplog, run):
     async def main() -> None:
         server, port = await _http_server()
         world = World(tmp_path, port)
@@ -337,4 +336,4 @@ def test_credentials_in_the_repository_url_never_show(tmp_path, caplog):
         seen.extend(r.getMessage() for r in caplog.records)
         assert "hunter2" not in "\n".join(seen)
 
-    asyncio.run(asyncio.wait_for(main(), 60))
+    run(main)

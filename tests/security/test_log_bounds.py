@@ -38,7 +38,7 @@ def test_rotate_keeps_the_newest_old_files(tmp_path: Path):
     assert not path.exists()
 
 
-def test_the_access_log_rotates_by_size_off_the_loop(tmp_path: Path, monkeypatch):
+def test_the_access_log_rotates_by_size_off_the_loop(tmp_path: Path, monkeypatch, run):
     threads: list[str] = []
 
     def recording_rotate(path: Path, keep: int) -> None:
@@ -50,7 +50,7 @@ def test_the_access_log_rotates_by_size_off_the_loop(tmp_path: Path, monkeypatch
     access = AccessLog(path, max_bytes=10_000, keep=2)
     line = json.dumps({"host": "app.lbsolo.localhost", "path": "/" + "x" * 80, "status": 200}) + "\n"
 
-    async def scenario() -> str:
+    async def scenario() -> None:
         for _ in range(40):  # ~40 flushes of ~4 KB: the file passes 10 KB many times over
             access.write(line * 40)
             await access.flush()
@@ -59,10 +59,9 @@ def test_the_access_log_rotates_by_size_off_the_loop(tmp_path: Path, monkeypatch
         await asyncio.sleep(0.1)
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
-        return threading.current_thread().name
+        assert threads and threading.current_thread().name not in threads  # the loop never rotated
 
-    loop_thread = asyncio.run(scenario())
-    assert threads and loop_thread not in threads
+    run(scenario)
     assert _names(path.parent) == ["access.log", "access.log.1", "access.log.2"]
     for p in path.parent.iterdir():
         assert p.stat().st_size <= 10_000 + len(line) * 40
@@ -131,7 +130,7 @@ def test_a_new_build_forgets_the_apps_oldest_records_and_logs(tmp_path: Path):
     state.close()
 
 
-def test_the_builder_forgets_old_builds_as_each_build_starts(tmp_path: Path):
+def test_the_builder_forgets_old_builds_as_each_build_starts(tmp_path: Path, run):
     state = State(tmp_path / "state.json")
     for i in range(10):
         state.save_build(_build(i))
@@ -156,7 +155,7 @@ def test_the_builder_forgets_old_builds_as_each_build_starts(tmp_path: Path):
             worker.cancel()
             await asyncio.gather(worker, return_exceptions=True)
 
-    asyncio.run(scenario())
+    run(scenario)
     assert [b.id for b in state.list_builds("shop")] == ["s009"]  # and the new one makes two
     state.close()
 

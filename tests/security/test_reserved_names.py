@@ -8,8 +8,6 @@ other reserved names, or another app's `<name>.<domain>`.
 
 from __future__ import annotations
 
-import asyncio
-
 import pytest
 
 from lbsolo.errors import InvalidInput
@@ -63,7 +61,7 @@ def test_reserved_app_names(name):
         validate_app_name(name)
 
 
-def test_domains_add_and_static_routes_refuse_lbsolo_hosts(tmp_path):
+def test_domains_add_and_static_routes_refuse_lbsolo_hosts(tmp_path, run):
     async def main() -> None:
         platform, _, _, state = await _platform(tmp_path, {})
         with pytest.raises(InvalidInput, match="reserved for lbsolo"):
@@ -81,10 +79,10 @@ def test_domains_add_and_static_routes_refuse_lbsolo_hosts(tmp_path):
             await platform.create_app("lbsolo")
         assert state.list_routes() == []
 
-    asyncio.run(main())
+    run(main)
 
 
-def test_a_reserved_domain_stored_before_is_never_routed(tmp_path):
+def test_a_reserved_domain_stored_before_is_never_routed(tmp_path, run):
     async def main() -> None:
         platform, _, ingress, state = await _platform(tmp_path, {})
         state.save_app(App("web1", domains=["lbsolo.lbsolo.localhost", "shop.example.com"]))
@@ -95,4 +93,4 @@ def test_a_reserved_domain_stored_before_is_never_routed(tmp_path):
         # and it can still be removed
         assert await platform.set_domains("web1", [], ["lbsolo.lbsolo.localhost"]) == ["shop.example.com"]
 
-    asyncio.run(main())
+    run(main)

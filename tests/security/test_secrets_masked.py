@@ -154,7 +154,7 @@ async def get_everything(world: World, c: httpx.AsyncClient, apps: list[str]) ->
                 await world.call(c, "GET", path.replace("{name}", name).replace("{build_id}", build))
 
 
-def test_secrets_never_show_after_unset_rollback_and_promote(tmp_path, caplog):
+def test_secrets_never_show_after_unset_rollback_and_promote(tmp_path, caplog, run):
     caplog.set_level(logging.DEBUG)
 
     async def main() -> None:
@@ -228,7 +228,7 @@ def test_secrets_never_show_after_unset_rollback_and_promote(tmp_path, caplog):
             ]:
                 assert secret not in text, f"{secret} shows in {where}"
 
-    asyncio.run(asyncio.wait_for(main(), 60))
+    run(main)
 
 
 def test_a_release_is_masked_with_its_own_record():
@@ -250,7 +250,7 @@ def test_a_release_stored_without_a_record_masks_every_key_ever_secret():
     assert Release.from_dict({**stored, "secrets": []}).secrets == []
 
 
-def test_rollback_to_a_release_stored_without_a_record_keeps_its_keys_masked(tmp_path):
+def test_rollback_to_a_release_stored_without_a_record_keeps_its_keys_masked(tmp_path, run):
     async def main() -> None:
         server, port = await _http_server()
         world = World(tmp_path, port)
@@ -284,7 +284,7 @@ def test_rollback_to_a_release_stored_without_a_record_keeps_its_keys_masked(tmp
             await server.wait_closed()
             world.state.close()
 
-    asyncio.run(asyncio.wait_for(main(), 30))
+    run(main)
 
 
 @pytest.mark.parametrize("key", ["DATABASE_URL", "UPSTREAM"])

@@ -63,7 +63,7 @@ async def _handshake(port: int, server_name: str, cafile: Path | None) -> list[s
             await writer.wait_closed()
 
 
-def test_random_sni_names_mint_nothing_on_the_loop(tmp_path: Path):
+def test_random_sni_names_mint_nothing_on_the_loop(tmp_path: Path, run):
     ca = CountingCA(tmp_path / "tls")
     source = LocalCASource(ca, DOMAIN, rate=2.0, burst=3)
     store = CertStore(DOMAIN, ca, tmp_path / "tls" / "certs", sources=[source])
@@ -102,7 +102,7 @@ def test_random_sni_names_mint_nothing_on_the_loop(tmp_path: Path):
             await proxy.stop(1)
             await app.close()
 
-    asyncio.run(asyncio.wait_for(scenario(), 60))
+    run(scenario)
 
 
 def _forge(ca: LocalCA, host: str) -> x509.Certificate:

@@ -7,7 +7,6 @@ Through the real proxy (port 0, the local CA) and the daemon's own ingress.
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 
 from lbsolo.config import Settings
@@ -29,7 +28,7 @@ def test_the_own_route_redirects_only_when_asked_and_https_is_on():
     assert route.app == "lbsolo" and route.targets == (API,)
 
 
-def test_plain_http_to_the_ui_is_sent_to_https_when_the_setting_is_on(tmp_path: Path):
+def test_plain_http_to_the_ui_is_sent_to_https_when_the_setting_is_on(tmp_path: Path, run):
     async def answer(redirect: bool) -> tuple[int, str | None, int]:
         api = await App().start()  # stands in for the daemon's API
         tls = CertStore(DOMAIN, LocalCA(tmp_path / "ca")).server_context()
@@ -53,4 +52,4 @@ def test_plain_http_to_the_ui_is_sent_to_https_when_the_setting_is_on(tmp_path: 
         status, location, _ = await answer(redirect=False)
         assert status == 200 and location is None
 
-    asyncio.run(asyncio.wait_for(scenario(), 30))
+    run(scenario)

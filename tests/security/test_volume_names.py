@@ -7,8 +7,6 @@ absolute path passed.
 
 from __future__ import annotations
 
-import asyncio
-
 import pytest
 
 from lbsolo.errors import InvalidInput
@@ -77,7 +75,7 @@ def test_bad_mount_paths_are_refused(path):
         validate_mount_path(path)
 
 
-def test_add_volume_refuses_a_name_bad_after_its_first_characters_and_keeps_nothing(tmp_path):
+def test_add_volume_refuses_a_name_bad_after_its_first_characters_and_keeps_nothing(tmp_path, run):
     async def main() -> None:
         platform, _, _, state = await _platform(tmp_path, {})
         for volume, path in [
@@ -92,4 +90,4 @@ def test_add_volume_refuses_a_name_bad_after_its_first_characters_and_keeps_noth
         assert await platform.add_volume("web1", "pg_data", "/var/lib/pg") is None  # not deployed: stored
         assert state.get_app("web1").volumes == {"pg_data": "/var/lib/pg"}
 
-    asyncio.run(main())
+    run(main)
