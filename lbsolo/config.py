@@ -83,9 +83,17 @@ class Settings:
     # server's own networks don't use.
     network_pool: str = "10.213.0.0/16"
     network_prefix: int = 25
+    # The version an add-on of each kind gets when `addons:create` names none (then pinned).
+    addon_postgres_version: str = "17"
+    addon_redis_version: str = "7"
+    addon_mariadb_version: str = "10.11"
+    # Seconds a new add-on may take to accept connections before its creation is undone.
+    addon_ready_timeout: float = 120.0
     # PORT given to web processes inside their container.
     container_port: int = 5000
     reconcile_interval: float = 5.0
+    # Seconds between two rounds of replicas' CPU/memory/network numbers (the graphs' resolution).
+    stats_interval: float = 5.0
     deploy_timeout: float = 60.0
     build_timeout: float = 900.0
     build_memory: str = "2g"

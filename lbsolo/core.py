@@ -21,6 +21,7 @@ from typing import Any
 from lbsolo import run
 from lbsolo.build import Builder, LogBuffer
 from lbsolo.config import Settings
+from lbsolo.core_addons import Addons
 from lbsolo.core_context import AppLock, CoreContext, Ingress
 from lbsolo.core_deploy import Deploys
 from lbsolo.core_plan import (
@@ -31,7 +32,7 @@ from lbsolo.core_plan import (
 from lbsolo.core_reconcile import CRASH_LOOP_AFTER, Reconciler
 from lbsolo.core_rollout import DeployJob, Rollouts
 from lbsolo.core_routing import Routing
-from lbsolo.engine import Engine
+from lbsolo.engine import Engine, Services
 from lbsolo.errors import Conflict, InvalidInput
 from lbsolo.events import EventBus, EventKind
 from lbsolo.models import (
@@ -73,24 +74,27 @@ class Platform:
         ingress: Ingress,
         logs: LogStore | None = None,
         bus: EventBus | None = None,
+        services: Services | None = None,
     ) -> None:
         ctx = CoreContext(settings, state, engine, ingress, bus or EventBus(), logs or LogStore(settings.logs_dir))
-        self._compose(ctx, builder)
+        self._compose(ctx, builder, services)
 
     @classmethod
-    def over(cls, ctx: CoreContext, builder: Builder) -> Platform:
+    def over(cls, ctx: CoreContext, builder: Builder, services: Services | None = None) -> Platform:
         """A Platform over a context made beforehand (the daemon's, whose builder records builds into it)."""
         platform = cls.__new__(cls)
-        platform._compose(ctx, builder)
+        platform._compose(ctx, builder, services)
         return platform
 
-    def _compose(self, ctx: CoreContext, builder: Builder) -> None:
+    def _compose(self, ctx: CoreContext, builder: Builder, services: Services | None) -> None:
         self.ctx = ctx
         self.builder = builder
         self.rollouts = Rollouts(ctx)
         self.reconciler = Reconciler(ctx)
         self.deploys = Deploys(ctx, builder, self.rollouts)
         self.routing = Routing(ctx)
+        # Without the engine's Services part (tests' fakes) there are no add-ons, and the API says so.
+        self.addons: Addons | None = None if services is None else Addons(ctx, services, self.set_config)
         # What the API and the daemon read of the context, by name.
         self.settings, self.state, self.engine, self.ingress = ctx.settings, ctx.state, ctx.engine, ctx.ingress
         self.bus, self.logs, self.collector, self.jobs = ctx.bus, ctx.logs, ctx.collector, ctx.jobs

@@ -35,6 +35,7 @@ from lbsolo.core_context import CoreContext
 from lbsolo.dns import DNSServer, ForwardConfig, RateLimit, Zone
 from lbsolo.engine import free_subnet
 from lbsolo.engine_docker import DockerBackend
+from lbsolo.engine_docker_services import DockerServices
 from lbsolo.errors import InvalidInput
 from lbsolo.events import EventBus
 from lbsolo.notify import WebhookNotifier
@@ -252,9 +253,9 @@ class Daemon:
             keep_builds=s.keep_builds,
             on_change=ctx.record_build,
         )
-        platform = Platform.over(ctx, builder)
+        platform = Platform.over(ctx, builder, DockerServices(engine))
         notifier = WebhookNotifier(state, bus, allow_private=s.webhook_allow_private)
-        sampler = StatsSampler(engine, interval=5.0, requests=proxy.metrics)
+        sampler = StatsSampler(engine, interval=s.stats_interval, requests=proxy.metrics)
         bus.add_listener(sampler.on_event)
         tokens = await asyncio.to_thread(TokenStore, state)
         ingress.publish({})
@@ -283,6 +284,8 @@ class Daemon:
             await dns.start()
             await notifier.start()
             await platform.recover()
+            if platform.addons is not None:
+                await platform.addons.resume()
             await platform.load_static_routes()
             actions = await platform.reconcile()  # adopt what runs; start what should
             tasks.append(

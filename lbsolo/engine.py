@@ -264,6 +264,68 @@ class Builds(Protocol):
         ...
 
 
+class ServiceRecord(TypedDict):
+    """An add-on's container as the engine reports it."""
+
+    id: str
+    name: str
+    image: str
+    running: bool
+    state: str  # the engine's word: running, restarting, exited, created…
+    networks: list[str]
+
+
+@runtime_checkable
+class Services(Protocol):
+    """Long-running containers lbsolo keeps for apps that are not their replicas: add-ons.
+
+    A part of its own beside Backend (Docker-local: engine_docker_services.DockerServices, over
+    the same connection), handed to the core separately.
+    """
+
+    def run_service(
+        self,
+        *,
+        service: str,
+        kind: str,
+        image: str,
+        env: dict[str, str],
+        command: list[str] | None,
+        volume: tuple[str, str],
+        networks: list[str],
+    ) -> ServiceRecord:
+        """Create and start `service`'s container (the engine restarts it if it crashes); `volume` is
+        (name from ensure_service_volume, mount path); on each network it answers to `service`."""
+        ...
+
+    def find_service(self, service: str) -> ServiceRecord | None:
+        """The service's container, running or not; None if there is none."""
+        ...
+
+    def start_service(self, service: str) -> ServiceRecord:
+        ...
+
+    def remove_service(self, service: str, *, volume: bool) -> None:
+        """Stop and remove the container (and its volume if asked); quietly if already gone."""
+        ...
+
+    def ensure_service_volume(self, service: str) -> str:
+        """The service's data volume (created once, kept until remove_service(volume=True))."""
+        ...
+
+    def connect_service(self, service: str, network: str) -> None:
+        """Put the service on a network too, reachable there by its name (idempotent)."""
+        ...
+
+    def disconnect_service(self, service: str, network: str) -> None:
+        """Take the service off a network (quietly, if it is not on it)."""
+        ...
+
+    def pull_image(self, image: str, on_line: Callable[[str], None]) -> None:
+        """Fetch an image that is not here yet (a no-op when it is)."""
+        ...
+
+
 @runtime_checkable
 class Backend(Replicas, Logs, Jobs, Events, Volumes, Networks, Stats, Images, Builds, Protocol):
     """Where one lbsolo instance's containers run."""

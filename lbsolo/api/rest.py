@@ -8,7 +8,6 @@ LbsoloError behind them. OpenAPI is served at /openapi.json and browsable at /do
 from __future__ import annotations
 
 import asyncio
-import json
 import tempfile
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -21,14 +20,16 @@ from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from lbsolo import __version__
+from lbsolo.api.addons import create_addons_router
 from lbsolo.api.auth import Authenticator
 from lbsolo.api.git import create_git_router
 from lbsolo.api.guard import UNAUTHORIZED, ApiGuard, BodyLimits, caller_of, error_body
+from lbsolo.api.jobs import ndjson, stream_job
 from lbsolo.api.ops import create_ops_router
 from lbsolo.api.tokens import TokenStore
 from lbsolo.api.web import create_web_router
 from lbsolo.build import LogBuffer
-from lbsolo.core import DeployJob, Platform
+from lbsolo.core import Platform
 from lbsolo.errors import InvalidInput, LbsoloError, TooLarge, Unauthorized
 from lbsolo.events import EventBus
 from lbsolo.models import APP_NAME_PATTERN, parse_formation, validate_app_name
@@ -152,26 +153,6 @@ class HookRepo(BaseModel):
 
 class RunRequest(BaseModel):
     command: str
-
-
-def ndjson(obj: dict[str, Any]) -> bytes:
-    return json.dumps(obj).encode() + b"\n"
-
-
-def stream_job(job: DeployJob | None) -> StreamingResponse:
-    """A release-making job as NDJSON: {"line": ...} while it runs, then {"result": ...}."""
-
-    async def body() -> AsyncIterator[bytes]:
-        if job is None:  # the change was stored; there is nothing running to roll out yet
-            yield ndjson({"result": {"ok": True, "release": None}})
-            return
-        async for line in job.output.follow():
-            yield ndjson({"line": line})
-        if job.task is not None:
-            await job.task
-        yield ndjson({"result": job.result})
-
-    return StreamingResponse(body(), media_type="application/x-ndjson")
 
 
 def create_api(
@@ -465,6 +446,7 @@ def create_api(
         create_web_router(platform, token, revoked=platform.state, bus=bus, notifier=notifier, sampler=sampler)
     )
     api.include_router(create_ops_router(platform, bus, notifier, sampler, tokens, require_token))
+    api.include_router(create_addons_router(platform, require_token))
     return api
 
 

@@ -326,6 +326,28 @@ class Client:
     def set_hook_repo(self, name: str, repo: str) -> dict[str, Any]:
         return self._object("PUT", "apps", name, "hook", json={"repo": repo})
 
+    # add-ons
+    def addons(self) -> list[dict[str, Any]]:
+        return self._list("GET", "addons")
+
+    def addon(self, name: str) -> dict[str, Any]:
+        return self._object("GET", "addons", name)
+
+    def create_addon(
+        self, kind: str, app: str, name: str | None, version: str | None, as_var: str | None
+    ) -> Iterator[dict[str, Any]]:
+        body = {"kind": kind, "app": app, "name": name, "version": version, "as": as_var}
+        return self._job("POST", "addons", json=body)
+
+    def attach_addon(self, name: str, app: str, as_var: str | None) -> Iterator[dict[str, Any]]:
+        return self._job("POST", "addons", name, "attach", json={"app": app, "as": as_var})
+
+    def detach_addon(self, name: str, app: str) -> Iterator[dict[str, Any]]:
+        return self._job("POST", "addons", name, "detach", json={"app": app})
+
+    def destroy_addon(self, name: str, confirm: str, detach: bool) -> dict[str, Any]:
+        return self._object("DELETE", "addons", name, params={"confirm": confirm, "detach": detach}, timeout=None)
+
     # tokens, webhooks, static routes
     def tokens(self) -> list[dict[str, Any]]:
         return self._list("GET", "tokens")

@@ -1,0 +1,104 @@
+"""Add-on verbs: `addons`, `addons:create`, `addons:info`, `addons:attach`, `addons:detach`,
+`addons:destroy` — databases for apps, each a container lbsolo runs and links by a config var."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from lbsolo.cli.common import Table, _client, _when, app, clean_errors, console, escape, render_job
+from lbsolo.errors import LbsoloError
+
+AddonArg = Annotated[str, typer.Argument(help="Add-on name.")]
+AppOption = Annotated[str, typer.Option("--app", "-a", help="The app it is for.")]
+AsOption = Annotated[str | None, typer.Option("--as", help="The app's config var for its URL (default per kind).")]
+
+
+def _attached(result: dict[str, object], app_name: str, var: str) -> None:
+    if not result.get("release"):
+        console.print(f"{var} set on {app_name}; it applies from the first deploy.")
+
+
+@app.command("addons")
+@clean_errors
+def addons_list() -> None:
+    """List add-ons: name, kind, version, status, attached apps."""
+    with _client() as c:
+        rows = c.addons()
+    table = Table("name", "kind", "version", "status", "attached to", "created")
+    for a in rows:
+        attached = ", ".join(f"{app_name} ({var})" for app_name, var in sorted(a["attachments"].items())) or "-"
+        table.add_row(a["name"], a["kind"], a["version"], a["status"], attached, _when(a["created_at"]))
+    console.print(table if rows else "No add-ons yet: lbsolo addons:create postgres --app APP")
+
+
+@app.command("addons:create")
+@clean_errors
+def addons_create(
+    kind: Annotated[str, typer.Argument(help="postgres, redis or mariadb.")],
+    app_name: AppOption,
+    name: Annotated[str | None, typer.Option("--name", help="Default: <app>-<kind>.")] = None,
+    version: Annotated[str | None, typer.Option("--version", help="Major version, pinned (default per kind).")] = None,
+    as_var: AsOption = None,
+) -> None:
+    """Create a database for an app: its URL becomes a secret config var, in a new release."""
+    with _client() as c:
+        result = render_job(c.create_addon(kind, app_name, name, version, as_var), f"creating the {kind} add-on")
+    console.print(f"[bold green]{result.get('addon')}[/] is attached to {app_name}")
+    _attached(result, app_name, as_var or "its URL")
+
+
+@app.command("addons:info")
+@clean_errors
+def addons_info(name: AddonArg) -> None:
+    """One add-on: kind, version, status, container, URL (password masked), attachments."""
+    with _client() as c:
+        a = c.addon(name)
+    table = Table(show_header=False, box=None)
+    container = a.get("container") or {}
+    for key, value in (
+        ("name", a["name"]),
+        ("kind", f"{a['kind']} {a['version']}"),
+        ("status", a["status"]),
+        ("container", f"{container.get('state', 'missing')} ({container.get('image', '-')})"),
+        ("url", a["url"]),
+        ("attached", ", ".join(f"{k} as {v}" for k, v in sorted(a["attachments"].items())) or "-"),
+        ("created", _when(a["created_at"])),
+    ):
+        table.add_row(f"[bold]{key}[/]", escape(str(value)))
+    console.print(table)
+
+
+@app.command("addons:attach")
+@clean_errors
+def addons_attach(name: AddonArg, app_name: AppOption, as_var: AsOption = None) -> None:
+    """Give one more app the add-on's URL (a new release of that app)."""
+    with _client() as c:
+        result = render_job(c.attach_addon(name, app_name, as_var), f"attaching {name}")
+    _attached(result, app_name, as_var or "its URL")
+
+
+@app.command("addons:detach")
+@clean_errors
+def addons_detach(name: AddonArg, app_name: AppOption) -> None:
+    """Take the add-on's URL away from an app (a new release) and the add-on off its network."""
+    with _client() as c:
+        render_job(c.detach_addon(name, app_name), f"detaching {name}")
+    console.print(f"{name} detached from {app_name}")
+
+
+@app.command("addons:destroy")
+@clean_errors
+def addons_destroy(
+    name: AddonArg,
+    confirm: Annotated[str, typer.Option("--confirm", help="The add-on's name again: its data is deleted.")] = "",
+    detach: Annotated[bool, typer.Option("--detach", help="Detach it from its apps first.")] = False,
+) -> None:
+    """Delete an add-on and its data."""
+    if confirm != name:
+        raise LbsoloError(f"destroying {name} deletes its data: repeat its name with --confirm {name}")
+    with _client() as c:
+        out = c.destroy_addon(name, confirm, detach)
+    detached = f" (detached from {', '.join(out['detached'])})" if out.get("detached") else ""
+    console.print(f"Destroyed {name}{detached}")

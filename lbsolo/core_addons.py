@@ -1,0 +1,243 @@
+"""Add-ons' use cases: create a database for an app, attach it to more apps, detach, destroy.
+
+An add-on is one container of its kind's image on a named volume (through the engine's Services
+part), on the networks of the apps attached to it and no others. Attaching gives the app the
+add-on's URL as a secret config var, which makes a new release rolled out like any config
+change. Creation is undone whole if any step fails (nothing half-made); a daemon killed during
+one finds the record still `creating` on its next start and removes what was made (`resume`).
+The kinds' knowledge (images, environment, URLs, readiness) is addon_kinds.py's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from lbsolo.addon_kinds import Credentials, kind_of
+from lbsolo.build import LogBuffer
+from lbsolo.core_context import CoreContext
+from lbsolo.core_rollout import DeployJob
+from lbsolo.engine import Services
+from lbsolo.errors import Conflict, EngineError, InvalidInput, LbsoloError, NotFound
+from lbsolo.events import EventKind
+from lbsolo.models import Addon, AddonStatus, validate_app_name, validate_config_key
+
+log = logging.getLogger("lbsolo.core")
+
+SetConfig = Callable[..., Awaitable[DeployJob | None]]
+
+
+class Addons:
+    """The add-on use cases, over the core's context and the engine's Services part.
+
+    `set_config` is the platform's own config change (a release of the app, rolled out).
+    """
+
+    def __init__(self, ctx: CoreContext, services: Services, set_config: SetConfig) -> None:
+        self.ctx = ctx
+        self.services = services
+        self.set_config = set_config
+
+    # ---- reading
+    async def list(self) -> list[dict[str, Any]]:
+        addons = await asyncio.to_thread(self.ctx.state.list_addons)
+        return [await self._shown(a) for a in addons]
+
+    async def info(self, name: str) -> dict[str, Any]:
+        return await self._shown(await asyncio.to_thread(self.ctx.state.get_addon, name))
+
+    async def _shown(self, addon: Addon) -> dict[str, Any]:
+        out = addon.public()
+        record = await asyncio.to_thread(self.services.find_service, addon.name)
+        out["container"] = None if record is None else {"state": record["state"], "image": record["image"]}
+        out["url"] = kind_of(addon.kind).url(self._credentials(addon, masked=True), addon.name)
+        return out
+
+    @staticmethod
+    def _credentials(addon: Addon, masked: bool = False) -> Credentials:
+        creds = Credentials.from_dict(addon.credentials)
+        return Credentials(creds.user, "********", creds.database) if masked else creds
+
+    # ---- creating
+    async def create(
+        self, kind: str, app: str, *, name: str | None = None, version: str | None = None, as_var: str | None = None
+    ) -> DeployJob:
+        """Provision an add-on for `app` and attach it; runs in the background, output streamed."""
+        k = kind_of(kind)
+        version = k.check_version(version or self.default_version(kind))
+        name = validate_app_name(name or f"{app}-{kind}", "add-on name")
+        var = validate_config_key(as_var or k.url_var)
+        target = await self.ctx.app(app)
+        self._check_free_var(target.config, var, app)
+        addon = Addon(name, kind, version, credentials=k.credentials(name).to_dict())
+        await asyncio.to_thread(self.ctx.state.create_addon, addon)
+        job = DeployJob(app=app, output=LogBuffer())
+
+        async def body() -> None:
+            out = job.output
+            try:
+                await self._provision(addon, app, out)
+                job.result = await self._attach(addon, app, var, out)
+                self.ctx.bus.emit(EventKind.CONFIG_CHANGED, app, f"add-on {name} attached", set=[var], unset=[])
+            except LbsoloError as e:
+                out.append(f" !     {e.message}")
+                job.result = {"ok": False, "app": app, "error": {"code": e.code, "message": e.message}}
+            except Exception as e:
+                log.exception("creating add-on %s crashed", name)
+                out.append(f" !     internal error: {e}")
+                job.result = {"ok": False, "app": app, "error": {"code": "error", "message": str(e)}}
+            finally:
+                out.close()
+
+        job.task = self.ctx.spawn(body(), f"addon-create-{name}")
+        return job
+
+    def default_version(self, kind: str) -> str:
+        return str(getattr(self.ctx.settings, f"addon_{kind}_version"))
+
+    @staticmethod
+    def _check_free_var(config: dict[str, str], var: str, app: str) -> None:
+        if var in config:
+            raise Conflict(f"{app} already has {var}: attach with --as ANOTHER_NAME, or unset it first")
+
+    async def _provision(self, addon: Addon, app: str, out: LogBuffer) -> None:
+        """Image, volume, container on the app's network, ready; undone whole if a step fails."""
+        k = kind_of(addon.kind)
+        creds = self._credentials(addon)
+        image = k.image(addon.version)
+        loop = asyncio.get_running_loop()
+        out.append(f"-----> Creating {addon.kind} {addon.version} add-on {addon.name} for {app}")
+        try:
+            try:
+                await asyncio.to_thread(
+                    self.services.pull_image,
+                    image,
+                    lambda line: loop.call_soon_threadsafe(out.append, f"       {line}"),
+                )
+            except EngineError as e:
+                raise InvalidInput(f"no image {image} here, and it could not be pulled: {e.message}") from e
+            volume = await asyncio.to_thread(self.services.ensure_service_volume, addon.name)
+            network = await self.ctx.ensure_network(app)
+            await asyncio.to_thread(
+                lambda: self.services.run_service(
+                    service=addon.name,
+                    kind=addon.kind,
+                    image=image,
+                    env=k.environment(creds),
+                    command=k.command(creds),
+                    volume=(volume, k.data_path),
+                    networks=[network],
+                )
+            )
+            out.append("-----> Waiting until it takes connections")
+            await self._wait_ready(addon)
+        except BaseException:
+            await self._undo(addon)
+            raise
+        addon.status = AddonStatus.RUNNING
+        await asyncio.to_thread(self.ctx.state.save_addon, addon)
+        out.append(f"-----> {addon.name} is running")
+
+    async def _wait_ready(self, addon: Addon) -> None:
+        k = kind_of(addon.kind)
+        command = k.ready_command(self._credentials(addon))
+        deadline = time.monotonic() + self.ctx.settings.addon_ready_timeout
+        while True:
+            record = await asyncio.to_thread(self.services.find_service, addon.name)
+            if record is None or record["state"] in ("exited", "dead"):
+                logs = await asyncio.to_thread(self.ctx.engine.logs, record["id"], 20) if record else ""
+                raise EngineError(f"{addon.name} stopped while starting: {logs.strip()[-400:]}")
+            if record["running"]:
+                code = await asyncio.to_thread(
+                    self.ctx.engine.exec, record["id"], command, on_output=lambda _line: None, timeout=10
+                )
+                if code == 0:
+                    return
+            if time.monotonic() > deadline:
+                raise EngineError(
+                    f"{addon.name} did not take connections within {self.ctx.settings.addon_ready_timeout:.0f}s"
+                )
+            await asyncio.sleep(0.25)
+
+    async def _undo(self, addon: Addon) -> None:
+        try:
+            await asyncio.to_thread(self.services.remove_service, addon.name, volume=True)
+        finally:
+            await asyncio.to_thread(self.ctx.state.delete_addon, addon.name)
+
+    async def resume(self) -> None:
+        """On start: creations a killed daemon left half done are undone; the rest keep running."""
+        for addon in await asyncio.to_thread(self.ctx.state.list_addons):
+            try:
+                if addon.status == AddonStatus.CREATING:
+                    log.warning("add-on %s was being created when lbsolo stopped: removing what was made", addon.name)
+                    await self._undo(addon)
+                    continue
+                record = await asyncio.to_thread(self.services.find_service, addon.name)
+                if record is not None and not record["running"]:
+                    await asyncio.to_thread(self.services.start_service, addon.name)
+            except LbsoloError as e:
+                log.warning("add-on %s: %s", addon.name, e.message)
+
+    # ---- attaching
+    async def attach(self, name: str, app: str, as_var: str | None = None) -> DeployJob | None:
+        async with self.ctx.lock(name):
+            addon = await asyncio.to_thread(self.ctx.state.get_addon, name)
+            if addon.status != AddonStatus.RUNNING:
+                raise Conflict(f"{name} is {addon.status}, not running")
+            if app in addon.attachments:
+                raise Conflict(f"{name} is already attached to {app} as {addon.attachments[app]}")
+            var = validate_config_key(as_var or kind_of(addon.kind).url_var)
+            target = await self.ctx.app(app)
+            self._check_free_var(target.config, var, app)
+            return await self._attach_job(addon, app, var)
+
+    async def _attach(self, addon: Addon, app: str, var: str, out: LogBuffer) -> dict[str, Any]:
+        job = await self._attach_job(addon, app, var)
+        if job is None:
+            out.append(f"-----> {var} set on {app}: its first deploy gets it")
+            return {"ok": True, "app": app, "addon": addon.name, "release": None}
+        async for line in job.output.follow():
+            out.append(line)
+        if job.task is not None:
+            await job.task
+        return {**job.result, "addon": addon.name}
+
+    async def _attach_job(self, addon: Addon, app: str, var: str) -> DeployJob | None:
+        network = await self.ctx.ensure_network(app)
+        await asyncio.to_thread(self.services.connect_service, addon.name, network)
+        addon.attachments[app] = var
+        await asyncio.to_thread(self.ctx.state.save_addon, addon)
+        url = kind_of(addon.kind).url(self._credentials(addon), addon.name)
+        return await self.set_config(app, {var: url}, [], secret=True)
+
+    async def detach(self, name: str, app: str) -> DeployJob | None:
+        async with self.ctx.lock(name):
+            addon = await asyncio.to_thread(self.ctx.state.get_addon, name)
+            var = addon.attachments.pop(app, None)
+            if var is None:
+                raise NotFound(f"{name} is not attached to {app}")
+            await asyncio.to_thread(self.ctx.state.save_addon, addon)
+            job = await self.set_config(app, {}, [var])
+            await asyncio.to_thread(self.services.disconnect_service, name, self.ctx.network(app))
+            return job
+
+    # ---- destroying
+    async def destroy(self, name: str, *, confirm: str, detach: bool = False) -> dict[str, Any]:
+        if confirm != name:
+            raise InvalidInput(f"destroying {name} deletes its data: confirm with --confirm {name}")
+        async with self.ctx.lock(name):
+            addon = await asyncio.to_thread(self.ctx.state.get_addon, name)
+            if addon.attachments and not detach:
+                apps = ", ".join(sorted(addon.attachments))
+                raise Conflict(f"{name} is attached to {apps}: detach it first, or destroy with --detach")
+            for app, var in sorted(addon.attachments.items()):
+                job = await self.set_config(app, {}, [var])
+                if job is not None and job.task is not None:
+                    await job.task
+            await asyncio.to_thread(self.services.remove_service, name, volume=True)
+            await asyncio.to_thread(self.ctx.state.delete_addon, name)
+        return {"name": name, "detached": sorted(addon.attachments)}
