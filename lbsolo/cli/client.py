@@ -2,42 +2,25 @@
 
 It never opens the state: everything goes through the daemon's REST API, one typed method per
 operation the CLI uses (the verbs call those, never a path). It speaks HTTP/1.1
-with the standard library's http.client: the daemon is local, and every CLI call starts a fresh
-interpreter, where a heavier client's import time (a quarter of a second) is felt on each verb.
+through lbsolo.cli.client_wire (one exchange per connection): the daemon is local, and every CLI
+call starts a fresh interpreter, where a client library's import time is felt on each verb.
 """
 
 from __future__ import annotations
 
-import http.client
 import json
 import os
-import socket
 import threading
 import urllib.parse
 from collections.abc import Callable, Iterable, Iterator
 from typing import IO, Any, TypeVar
 
+from lbsolo.cli.client_wire import Response, connect, exchange
 from lbsolo.config import Settings
 from lbsolo.errors import APIError, DaemonUnavailable
 
 JSONish = dict[str, Any] | list[Any]
 T = TypeVar("T")
-
-
-class _UnixConnection(http.client.HTTPConnection):
-    def __init__(self, path: str, timeout: float | None) -> None:
-        super().__init__("localhost", timeout=timeout)
-        self._path = path
-
-    def connect(self) -> None:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(self.timeout)
-        try:
-            sock.connect(self._path)
-        except OSError:
-            sock.close()
-            raise
-        self.sock = sock
 
 
 class Client:
@@ -101,30 +84,31 @@ class Client:
         params: dict[str, Any] | None = None,
         headers: dict[str, str] | None = None,
         timeout: float | None = -1.0,
-    ) -> tuple[http.client.HTTPConnection, http.client.HTTPResponse]:
+    ) -> Response:
         query = {k: str(v).lower() if isinstance(v, bool) else v for k, v in (params or {}).items() if v is not None}
         target = path + ("?" + urllib.parse.urlencode(query) if query else "")
         all_headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
         all_headers.update(headers or {})
-        body: Any = None
+        body: bytes | Iterable[bytes] | None = None
         if json_body is not None:
             body = json.dumps(json_body).encode()
             all_headers["Content-Type"] = "application/json"
         elif content is not None:
-            body = content
-            all_headers.setdefault("Transfer-Encoding", "chunked")
+            body = content  # sent chunked, as it is read
+        elif method in ("POST", "PUT", "PATCH"):
+            body = b""
         limit = self.timeout if timeout == -1.0 else timeout
-        conn = (
-            _UnixConnection(self.socket, limit)
-            if self.socket
-            else http.client.HTTPConnection(self._host, self._port, timeout=limit)
-        )
         try:
-            conn.request(method, target, body=body, headers=all_headers, encode_chunked=content is not None)
-            return conn, conn.getresponse()
-        except (OSError, http.client.HTTPException) as e:
-            conn.close()
+            sock = connect(unix_path=self.socket, host=self._host, port=self._port, timeout=limit)
+        except OSError as e:
             raise self._unavailable(e) from e
+        try:
+            host = "localhost" if self.socket else f"{self._host}:{self._port}"
+            return exchange(sock, method, target, all_headers, body, host=host)
+        except OSError as e:
+            raise self._unavailable(e) from e
+        finally:
+            sock.close()  # the answer reads through its own handle of the socket
 
     @staticmethod
     def _error(status: int, raw: bytes) -> APIError:
@@ -136,13 +120,13 @@ class Client:
 
     def request(self, method: str, path: str, *, json: Any = None, params: dict[str, Any] | None = None,
                 timeout: float | None = -1.0) -> Any:  # fmt: skip
-        conn, response = self._send(method, path, json_body=json, params=params, timeout=timeout)
+        response = self._send(method, path, json_body=json, params=params, timeout=timeout)
         try:
             raw = response.read()
-        except (OSError, http.client.HTTPException) as e:
+        except OSError as e:
             raise self._unavailable(e) from e
         finally:
-            conn.close()
+            response.close()
         if response.status >= 400:
             raise self._error(response.status, raw)
         return _json_loads(raw)
@@ -158,7 +142,7 @@ class Client:
         headers: dict[str, str] | None = None,
     ) -> Iterator[dict[str, Any]]:
         """A request whose answer is NDJSON: yield each object as it arrives."""
-        conn, response = self._send(
+        response = self._send(
             method, path, json_body=json, content=content, params=params, headers=headers, timeout=None
         )
         try:
@@ -167,10 +151,10 @@ class Client:
             while line := response.readline():
                 if line.strip():
                     yield _json_loads(line)
-        except (OSError, http.client.HTTPException) as e:
+        except OSError as e:
             raise self._unavailable(e) from e
         finally:
-            conn.close()
+            response.close()
 
     # ---- one method per API operation the CLI uses, by what it does; the verbs call only these.
     # Each returns the API's answer as decoded JSON; the ones that start a job yield its events.
