@@ -2,12 +2,14 @@
 
 It runs inside the daemon's event loop (uvloop or the default loop). This module holds
 `ProxyServer` (listeners, connection caps, timeout sweep, metrics, access log). Its parts:
-`proxy_downstream` (the client side of each connection: parsing, keep-alive, pipelining, streaming
-bodies, timeouts, limits, error pages), `proxy_upstream` (the app side of an exchange, and
-WebSocket tunnels), `proxy_targets` (per target: state, requests in flight, upstream connection
-pool, balancing, passive ejection, drain), `proxy_routes` (the routing table), `proxy_http`
-(shared HTTP constants and helpers), `proxy_metrics`; TLS certificates come from
-`lbsolo.proxy_tls`.
+`proxy_downstream` (the client side of each connection: keep-alive, pipelining, routing, timeouts,
+limits, error pages), `proxy_reader` (its parser path: bytes to requests, bodies), `proxy_request`
+(what a request head says, pure), `proxy_buffering` (held request bodies and their budget),
+`proxy_connect` (opening a connection to an app, with failover), `proxy_upstream` (the app side of
+an exchange, and WebSocket tunnels), `proxy_response` (what a response head says, pure),
+`proxy_targets` (per target: state, requests in flight, upstream connection pool, balancing,
+passive ejection, drain), `proxy_routes` (the routing table), `proxy_http` (shared HTTP constants
+and helpers), `proxy_metrics`; TLS certificates come from `lbsolo.proxy_tls`.
 
 What it must not do: know about containers, releases or state. It never imports docker,
 tinydb or lbsolo modules other than those parts. The core decides routes and pushes them in with
@@ -24,15 +26,18 @@ import logging
 import os
 import ssl
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
-from lbsolo.proxy_downstream import _Client
-from lbsolo.proxy_http import _now, request_ids
+from lbsolo.proxy_buffering import HeldBodies
+from lbsolo.proxy_connect import Connector
+from lbsolo.proxy_downstream import Downstream
+from lbsolo.proxy_http import _now
+from lbsolo.proxy_http import request_ids as new_request_ids
 from lbsolo.proxy_metrics import AppStats, access_lines, prometheus_text
 from lbsolo.proxy_routes import Route, RouteTable, Target, normalize_host
 from lbsolo.proxy_targets import TargetPool, TargetState
-from lbsolo.proxy_upstream import _Upstream
+from lbsolo.proxy_upstream import Upstream
 
 __all__ = ["ProxyServer", "Route", "RouteTable", "Target", "TargetState", "normalize_host"]
 
@@ -71,6 +76,7 @@ class ProxyServer:
         body_min_rate: float = 1024,
         body_grace: float = 10.0,
         tunnel_idle_timeout: float = 300.0,
+        request_ids: Iterator[bytes] | None = None,
     ) -> None:
         self.host = host
         self._port = port
@@ -82,16 +88,11 @@ class ProxyServer:
         self.max_connections = max_connections
         self.max_connections_per_client = max_connections_per_client
         self.refused = 0  # connections refused by the caps since start
-        self._per_peer: dict[bytes, int] = {}  # open connections per client address
+        self.per_peer: dict[bytes, int] = {}  # open connections per client address
         # Request buffering (Route.request_buffering): up to buffer_memory of a body in memory, the
-        # rest in an unlinked temp file in spool_dir (None: the system's), at most buffer_max bytes.
-        self.buffer_memory = buffer_memory
-        self.buffer_max = buffer_max
+        # rest in an unlinked temp file in spool_dir (None: the system's), at most buffer_max bytes;
         # buffer_disk bounds all held bodies' files together: beyond it, a new body gets 503.
-        self.buffer_disk = buffer_disk
-        self.spool_dir = os.fspath(spool_dir) if spool_dir is not None else None
-        self._held_bytes = 0  # held bodies in memory, all connections
-        self._spooled_bytes = 0  # held bodies in files, all connections
+        self.bodies = HeldBodies(buffer_memory, buffer_max, buffer_disk, spool_dir)
         # A body must come at body_min_rate bytes/s on average once body_grace seconds have passed.
         self.body_min_rate = body_min_rate
         self.body_grace = body_grace
@@ -101,11 +102,13 @@ class ProxyServer:
         self.trusted_proxies = tuple(
             ipaddress.ip_network(n.strip(), strict=False) for n in trusted_proxies if n.strip()
         )
-        self._loop: asyncio.AbstractEventLoop | None = None
+        self.loop: asyncio.AbstractEventLoop | None = None  # the running loop, once started
         self._server: asyncio.Server | None = None
-        self._clients: set[_Client] = set()
+        self.clients: set[Downstream] = set()  # open client connections
         self.pool = TargetPool()  # every target's state and upstream connections
-        self.request_ids = request_ids()  # `next(...)`: the id of a request that came without one
+        self.connector = Connector(self.pool, self)  # opens upstream connections when none is pooled
+        # `next(...)`: the id of a request that came without one (given: the same ids every run, for tests).
+        self.request_ids = request_ids if request_ids is not None else new_request_ids()
         self._stats: dict[str, AppStats] = {}
         # HTTPS listener: `tls` is a server context, e.g. lbsolo.proxy_tls.CertStore(...).server_context().
         self._https_port = https_port
@@ -113,10 +116,11 @@ class ProxyServer:
         self._tls_server: asyncio.Server | None = None
         self._access_log = access_log
         # Finished exchanges wait here as tuples; a timer folds them into the metrics and formats
-        # their access-log lines off the hot path (see _Client._record for the fields).
+        # their access-log lines off the hot path (see Downstream.record for the fields). One list
+        # for the proxy's life: each connection keeps a reference to it.
         self._finished: list[tuple[Any, ...]] = []
         self._folder: asyncio.TimerHandle | None = None
-        self._stopping = False
+        self.stopping = False  # stop() began: no more requests on kept-alive connections
         self._sweeper: asyncio.TimerHandle | None = None
         shortest = min(read_timeout, header_timeout, idle_timeout, body_grace, tunnel_idle_timeout)
         self._sweep_every = max(0.05, min(1.0, shortest / 4))
@@ -151,28 +155,67 @@ class ProxyServer:
         """
         return await self.pool.wait_drained(targets, timeout)
 
-    def downstream(self, https: bool = False) -> _Client:
+    def downstream(self, https: bool = False) -> Downstream:
         """A protocol for one accepted client connection (what the listeners make)."""
-        return _Client(self, https)
+        return Downstream(self, https)
 
-    def upstream(self, target: Target) -> _Upstream:
-        """A protocol for one connection to `target` (what a client connection opens)."""
-        return _Upstream(self.pool, target, self)
+    def upstream(self, target: Target) -> Upstream:
+        """A protocol for one connection to `target` (what the connector opens)."""
+        return Upstream(self.pool, target, self)
+
+    @property
+    def finished(self) -> list[tuple[Any, ...]]:
+        """Finished exchanges not yet folded into the metrics and the access log."""
+        return self._finished
+
+    def admit(self, conn: Downstream, peer: bytes, trusted: bool) -> bool:
+        """Count a new client connection from `peer`; False, counted as refused, past a cap: one
+        address's (not for a trusted proxy, which speaks for many clients) or everyone's."""
+        clients = self.clients
+        per_peer = self.per_peer
+        if len(clients) >= self.max_connections or (
+            not trusted and per_peer.get(peer, 0) >= self.max_connections_per_client
+        ):
+            self.refused += 1
+            return False
+        clients.add(conn)
+        per_peer[peer] = per_peer.get(peer, 0) + 1
+        return True
+
+    def leave(self, conn: Downstream, peer: bytes) -> None:
+        """An admitted connection is gone."""
+        self.clients.discard(conn)
+        per_peer = self.per_peer
+        left = per_peer.get(peer, 1) - 1
+        if left > 0:
+            per_peer[peer] = left
+        else:
+            per_peer.pop(peer, None)
+
+    def trusts(self, peer: str) -> bool:
+        """Whether `peer` (an address) is one of the trusted proxies."""
+        if not self.trusted_proxies:
+            return False
+        try:
+            address = ipaddress.ip_address(peer)
+        except ValueError:
+            return False
+        return any(address in network for network in self.trusted_proxies)
 
     async def start(self) -> None:
         if self._server is not None:
             raise RuntimeError("proxy already started")
-        self._loop = loop = asyncio.get_running_loop()
-        self._stopping = False
+        self.loop = loop = asyncio.get_running_loop()
+        self.stopping = False
         self.pool.start(loop)
         # A deep accept queue: a burst of new connections must not overflow it (SYN retries cost seconds).
         self._server = await loop.create_server(
-            lambda: _Client(self), self.host, self._port, reuse_address=True, backlog=4096
+            lambda: Downstream(self), self.host, self._port, reuse_address=True, backlog=4096
         )
         self._port = self._server.sockets[0].getsockname()[1]
         if self._tls is not None and self._https_port is not None:
             self._tls_server = await loop.create_server(
-                lambda: _Client(self, https=True),
+                lambda: Downstream(self, https=True),
                 self.host,
                 self._https_port,
                 ssl=self._tls,
@@ -200,9 +243,10 @@ class ProxyServer:
         server = self._server
         if server is None:
             return
-        loop = self._loop
+        loop = self.loop
         assert loop is not None
-        self._stopping = self.pool.stopping = True
+        self.stopping = True
+        self.pool.stop()
         server.close()
         tls_server = self._tls_server
         if tls_server is not None:
@@ -211,19 +255,19 @@ class ProxyServer:
             self._sweeper.cancel()
             self._sweeper = None
         self.pool.close_idle()
-        for client in list(self._clients):
-            client._shutdown_if_idle()
+        for client in list(self.clients):
+            client.shutdown_if_idle()
         deadline = loop.time() + max(0.0, timeout)
-        while self._clients and loop.time() < deadline:
+        while self.clients and loop.time() < deadline:
             await asyncio.sleep(0.01)
             self.pool.close_idle()
-        for client in list(self._clients):
-            client._abort()
+        for client in list(self.clients):
+            client.abort()
         self.pool.close_idle()
         self.pool.abort_all()
         # Let the transports deliver connection_lost so nothing is left half-closed.
         for _ in range(200):
-            if not self._clients and not self.pool.connections:
+            if not self.clients and not self.pool.connections:
                 break
             await asyncio.sleep(0.005)
         try:
@@ -241,13 +285,6 @@ class ProxyServer:
 
     # -- internals -----------------------------------------------------------------------
 
-    def _trusts(self, peer: str) -> bool:
-        try:
-            address = ipaddress.ip_address(peer)
-        except ValueError:
-            return False
-        return any(address in network for network in self.trusted_proxies)
-
     def _fold(self, everything: bool = False) -> None:
         """Count finished exchanges in their apps' metrics and hand over their access-log lines.
 
@@ -257,7 +294,8 @@ class ProxyServer:
         more = False
         if finished:
             if everything or len(finished) <= _FOLD_SLICE:
-                batch, self._finished = finished, []
+                batch = finished[:]
+                finished.clear()
             else:
                 batch = finished[:_FOLD_SLICE]
                 del finished[:_FOLD_SLICE]
@@ -277,31 +315,31 @@ class ProxyServer:
                     sink(access_lines(batch, time.time() - _now()))
                 except Exception:
                     log.exception("proxy: access log writer failed; %d lines dropped", len(batch))
-        loop = self._loop
-        if self._server is not None and not self._stopping and loop is not None and not everything:
+        loop = self.loop
+        if self._server is not None and not self.stopping and loop is not None and not everything:
             self._folder = loop.call_later(0 if more else _FOLD_EVERY, self._fold)
 
     def _sweep(self) -> None:
-        loop = self._loop
+        loop = self.loop
         assert loop is not None
         now = loop.time()
         try:
-            for client in list(self._clients):
+            for client in list(self.clients):
                 deadline = client.deadline
                 if deadline is None or deadline > now:
                     deadline = client.write_deadline
                 if deadline is not None and deadline <= now:
-                    client._on_timeout()
+                    client.on_timeout()
                     continue
-                up = client._up
+                up = client.up
                 if up is not None:
                     deadline = up.deadline
                     if deadline is None or deadline > now:
                         deadline = up.write_deadline
                     if deadline is not None and deadline <= now:
-                        up._on_read_timeout()
+                        up.on_timeout()
             self.pool.sweep_idle(now)
         except Exception:
             log.exception("proxy: error in the timeout sweep")
-        if not self._stopping:
+        if not self.stopping:
             self._sweeper = loop.call_later(self._sweep_every, self._sweep)

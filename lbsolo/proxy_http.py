@@ -111,6 +111,25 @@ def _render_error(status: int, code: str, message: str, as_json: bool) -> tuple[
     return page.encode(), b"text/html; charset=utf-8"
 
 
+def error_response(
+    status: int, code: str, message: str, *, as_json: bool, request_id: bytes, keep: bool, http11: bool, head_only: bool
+) -> bytes:
+    """A whole error response from the proxy itself (`head_only`: to a HEAD, without its page)."""
+    body, ctype = _render_error(status, code, message, as_json)
+    parts = [
+        b"HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %d\r\nCache-Control: no-store\r\n"
+        b"X-Request-Id: %s\r\n" % (status, _PHRASES[status], ctype, len(body), request_id)
+    ]
+    if not keep:
+        parts.append(b"Connection: close\r\n")
+    elif not http11:
+        parts.append(b"Connection: keep-alive\r\n")
+    parts.append(b"\r\n")
+    if not head_only:
+        parts.append(body)
+    return b"".join(parts)
+
+
 def _cut(block: bytes, low: bytes, pattern: bytes) -> tuple[bytes, bytes, list[bytes]]:
     """Remove every `pattern` ("\\r\\nname:") header line from a head block; also return their values."""
     values = []

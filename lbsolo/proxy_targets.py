@@ -111,8 +111,13 @@ class TargetPool:
         self._drain_waiters = 0
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        """The proxy starts on `loop` (ejections and idle times are in its time)."""
         self.loop = loop
         self.stopping = False
+
+    def stop(self) -> None:
+        """The proxy stops: from now on nothing is pooled (`close_idle` closes what is)."""
+        self.stopping = True
 
     # -- the routes ----------------------------------------------------------------------
 

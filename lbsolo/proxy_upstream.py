@@ -1,8 +1,15 @@
-"""The proxy's upstream side: one connection to an app replica, relaying one exchange at a time.
+"""The proxy's upstream side: one `Upstream` connection to an app replica, relaying one exchange at a time.
 
-It writes the request the client side prepared, reads the app's response with httptools and
-streams it back to the client connection, with backpressure both ways; pooled between exchanges
-by the `TargetPool` (proxy_targets) between exchanges; a byte tunnel after `101 Switching Protocols`.
+It writes the request the client side prepared (with the forwarding headers; a body as it comes,
+or whole from memory or from its held file), reads the app's response and streams it back to the
+client connection, with backpressure both ways. A whole small response is relayed in one write by
+the fast path; anything else goes through httptools, and `proxy_response` says what its head means
+and what the client gets. Between exchanges the connection is pooled by the `TargetPool`
+(proxy_targets); after `101 Switching Protocols` it is one end of a byte tunnel.
+
+What it must not do: parse or answer a request, pick a target, or touch a client connection other
+than through its `ClientSide` methods; a connection whose state after an exchange is uncertain
+(a declined upgrade, a body not sent whole, a response read to EOF) is never pooled.
 """
 
 from __future__ import annotations
@@ -14,28 +21,32 @@ from typing import IO, Protocol, cast
 import httptools
 
 from lbsolo.proxy_http import (
-    _CONN_HEADER,
-    _CONN_PLAIN,
-    _FINAL_RESPONSE,
     _M_CHUNKED,
     _M_CLOSE,
     _M_LENGTH,
     _M_NONE,
     _MAX_HEAD_BYTES,
-    _MAX_HEADERS,
     _P_UPSTREAM,
-    _PHRASES,
-    _RESP_DROPPED,
-    _RESP_HOP,
     _BadResponse,
-    _cut,
     _now,
 )
-from lbsolo.proxy_routes import Route, Target
+from lbsolo.proxy_request import Request
+from lbsolo.proxy_response import (
+    KNOWN_HEADS,
+    closing_lines,
+    final_head,
+    interim_head,
+    read_response_head,
+    read_whole_head,
+    upgrade_head,
+)
+from lbsolo.proxy_routes import Target
 from lbsolo.proxy_targets import TargetPool
 
 log = logging.getLogger("lbsolo.proxy")
 
+# Bound once: a method call on an imported name compiles to a slower attribute load plus a call.
+_known_head = KNOWN_HEADS.get
 _SPOOL_CHUNK = 64 * 1024  # bytes of a held body read from its file per write
 
 
@@ -46,81 +57,34 @@ class Timeouts(Protocol):
     tunnel_idle_timeout: float
 
 
-class Request:
-    """One request on a client connection, as both sides of the proxy see it.
+class ClientSide(Protocol):
+    """What an upstream connection asks of the client connection it relays for (a `Downstream`)."""
 
-    Class attributes are the defaults: creating one is cheap."""
+    deadline: float | None  # the tunnel's idle deadline is moved on by the app's bytes too
+    cork: list[bytes] | None  # set while one read of the app's is relayed: its writes become one
+    peer: bytes  # the client's address, for X-Forwarded-For
+    proto: bytes  # b"http" or b"https", for X-Forwarded-Proto
 
-    method = b"GET"
-    url = b""
-    http11 = True
-    headers_done = False
-    host = b""
-    keep_alive = False
-    chunked = False
-    has_length = False
-    content_length = 0
-    received = 0  # body bytes so far
-    limit: int | None = None  # the route's maximum body size, once routed
-    upgrade = False
-    upgrade_value = b""
-    accept_json = False
-    head = b""  # request line and end-to-end headers as sent to the app
-    xff = b""  # X-Forwarded-For from a trusted proxy
-    proto = b""  # X-Forwarded-Proto from a trusted proxy
-    request_id = b""
-    body_size = 0
-    body_done = False
-    error: tuple[int, str, str] | None = None  # answer this instead of proxying
-    sink: _Upstream | None = None  # upstream currently streaming the body
-    responded = False  # response head written to the client
-    finished = False
-    close_after = False
-    replayable = False
-    attempts = 0
-    route: Route | None = None
-    status = 0  # of the response, for metrics and the access log
-    started = 0.0  # monotonic time of the first byte
-    upstream_time: float | None = None  # seconds from sending to the app until its response head
-    body: list[bytes] | tuple[()] = ()  # buffered until an upstream takes it (a list once there is some)
-    # Routed, and read whole before an upstream is taken (the route buffers requests); stays set
-    # until the request ends, for `body` (body_size bytes) is counted in the server's held memory.
-    held = False
-    spool: IO[bytes] | None = None  # a held body past the memory bound: in an unlinked temp file
-    spooled = 0  # bytes in `spool`, counted in the server's budget of held files
-    body_started = 0.0  # loop time the body began (moved on by the time reading was paused)
-    expect_continue = False
-    headers: list[tuple[bytes, bytes]]  # as parsed (set by the parser path only)
+    def write(self, data: bytes) -> None: ...
+
+    def keep_alive(self, req: Request) -> bool: ...
+
+    def finish(self, req: Request, close: bool) -> None: ...
+
+    def record(self, req: Request) -> None: ...
+
+    def upstream_failed(self, req: Request, status: int, code: str, message: str, retry: bool) -> None: ...
+
+    def start_tunnel(self, up: Upstream, tail: bytes) -> None: ...
+
+    def pause(self, reason: int) -> None: ...
+
+    def resume(self, reason: int) -> None: ...
+
+    def close(self) -> None: ...
 
 
-class Downstream(Protocol):
-    """What an upstream connection asks of the client connection it relays for (`Downstream`)."""
-
-    deadline: float | None
-    _cork: list[bytes] | None
-    _peer: bytes
-    _proto: bytes
-
-    def _write(self, data: bytes) -> None: ...
-
-    def _keep_alive(self, req: Request) -> bool: ...
-
-    def _finish(self, req: Request, close: bool) -> None: ...
-
-    def _record(self, req: Request) -> None: ...
-
-    def _upstream_failed(self, req: Request, status: int, code: str, message: str, retry: bool) -> None: ...
-
-    def _start_tunnel(self, up: _Upstream, tail: bytes) -> None: ...
-
-    def _pause(self, reason: int) -> None: ...
-
-    def _resume(self, reason: int) -> None: ...
-
-    def _close(self) -> None: ...
-
-
-class _Upstream(asyncio.Protocol):
+class Upstream(asyncio.Protocol):
     __slots__ = (
         "_conn_close",
         "_done",
@@ -166,7 +130,7 @@ class _Upstream(asyncio.Protocol):
         self._loop = pool.loop
         self.target = target
         self.transport: asyncio.Transport | None = None
-        self.client: Downstream | None = None
+        self.client: ClientSide | None = None
         self.req: Request | None = None
         self._parser: httptools.HttpResponseParser | None = None
         self.closed = False
@@ -221,11 +185,11 @@ class _Upstream(asyncio.Protocol):
             return
         if self._tunnel:
             self.client = None
-            client._close()
+            client.close()
         elif exc is None and self._eof_body and self.req is not None and self.req.responded and not self._done:
             self._done = True
             if self._mode == _M_CHUNKED:
-                client._write(b"0\r\n\r\n")
+                client.write(b"0\r\n\r\n")
             self._complete()
         else:
             self._fail(502, "bad_gateway", "app closed the connection", retry=not self._got)
@@ -241,7 +205,7 @@ class _Upstream(asyncio.Protocol):
                 self.close()
             return
         if self._tunnel:
-            client._write(data)
+            client.write(data)
             client.deadline = self._loop.time() + self._timeouts.tunnel_idle_timeout
             return
         if not self._status and not self._head_buf and self._relay_whole(client, data):
@@ -253,7 +217,7 @@ class _Upstream(asyncio.Protocol):
             self._head_bytes += len(data)
             self._head_buf += data
         # Everything this chunk produces for the client goes out in one write.
-        client._cork = cork = []
+        client.cork = cork = []
         upgrade_at = -1
         error: Exception | None = None
         try:
@@ -266,9 +230,9 @@ class _Upstream(asyncio.Protocol):
             log.exception("proxy: internal error while relaying a response")
             error = exc
         finally:
-            client._cork = None
+            client.cork = None
             if cork:
-                client._write(cork[0] if len(cork) == 1 else b"".join(cork))
+                client.write(cork[0] if len(cork) == 1 else b"".join(cork))
         if self.client is None:
             return
         if not self._status and self._head_bytes > _MAX_HEAD_BYTES and error is None:
@@ -294,7 +258,7 @@ class _Upstream(asyncio.Protocol):
         client = self.client
         if client is not None:
             self.write_deadline = self._loop.time() + self._timeouts.read_timeout
-            client._pause(_P_UPSTREAM)
+            client.pause(_P_UPSTREAM)
 
     def resume_writing(self) -> None:
         self._write_paused = False
@@ -303,12 +267,12 @@ class _Upstream(asyncio.Protocol):
             self._send_spool()
         client = self.client
         if client is not None:
-            client._resume(_P_UPSTREAM)
+            client.resume(_P_UPSTREAM)
 
     # -- httptools callbacks -------------------------------------------------------------
 
     # No on_status/on_header: httptools then makes no Python call per header. The response head is
-    # read from the raw bytes in _classify, with C-level bytes operations.
+    # read from the raw bytes by proxy_response.read_response_head, with C-level bytes operations.
 
     def on_headers_complete(self) -> None:
         client = self.client
@@ -319,11 +283,13 @@ class _Upstream(asyncio.Protocol):
         assert parser is not None
         status = parser.get_status_code()
         self._status = status
-        parts = self._classify(status)
+        first, self._head_buf, self._length, self._conn_close, self._te, self._upgrade = read_response_head(
+            self._head_buf, status
+        )
         if status < 200 and status != 101:
             self._interim = True
             if req.http11:
-                client._write(self._head(status, parts, keep=True, mode=_M_NONE, interim=True))
+                client.write(interim_head(first))
             return
         if status == 101 and not req.upgrade:
             raise _BadResponse("101 without an upgrade request")
@@ -343,9 +309,20 @@ class _Upstream(asyncio.Protocol):
             mode = _M_CHUNKED if req.http11 else _M_CLOSE
         self._mode = mode
         self._keep = parser.should_keep_alive()
-        keep = mode != _M_CLOSE and client._keep_alive(req)
+        keep = mode != _M_CLOSE and client.keep_alive(req)
         req.close_after = not keep
-        client._write(self._head(status, parts, keep=keep, mode=mode, interim=False))
+        if status == 101:
+            head = upgrade_head(first, self._upgrade or req.upgrade_value)
+        else:
+            head = final_head(
+                first,
+                reframed=self._length is not None and mode >= _M_CHUNKED,
+                chunked=mode == _M_CHUNKED,
+                request_id=req.request_id,
+                keep=keep,
+                http11=req.http11,
+            )
+        client.write(head)
         req.responded = True
         if no_body and status != 101:
             self._done = True
@@ -357,9 +334,9 @@ class _Upstream(asyncio.Protocol):
         if client is None:
             return
         if self._mode == _M_CHUNKED:
-            client._write(b"%x\r\n%b\r\n" % (len(data), data))
+            client.write(b"%x\r\n%b\r\n" % (len(data), data))
         else:
-            client._write(data)
+            client.write(data)
 
     def on_message_complete(self) -> None:
         if self._interim:
@@ -371,15 +348,15 @@ class _Upstream(asyncio.Protocol):
             self._keep = self._keep and self._parser.should_keep_alive()  # type: ignore[union-attr]
             self._done = True
             if self._mode == _M_CHUNKED and self.client is not None:
-                self.client._write(b"0\r\n\r\n")
+                self.client.write(b"0\r\n\r\n")
 
     # -- exchange ------------------------------------------------------------------------
 
-    def _relay_whole(self, client: Downstream, data: bytes) -> bool:
+    def _relay_whole(self, client: ClientSide, data: bytes) -> bool:
         """The fast path: a whole response with a Content-Length body in one read, sent on in one write.
 
         Most small responses arrive so. It takes exactly the responses the parser path would relay
-        unchanged (the head it writes is the one `_classify` and `_head` would make), and returns
+        unchanged (the head it writes is the one `read_response_head` and `final_head` would make), and returns
         False, having sent nothing, for anything else.
         """
         req = self.req
@@ -387,82 +364,28 @@ class _Upstream(asyncio.Protocol):
         if end < 0 or req is None or req.method == b"HEAD":
             return False
         head = data[:end]
-        # An app answers with the same head many times over (it changes with the Date, each second):
-        # what the head means is worked out once and remembered.
-        known = _KNOWN_HEADS.get(head)
+        known = _known_head(head)
         if known is None:
-            known = _read_whole_head(data, end)
+            known = read_whole_head(data, end)
             if known is None:
                 return False
-            if len(head) <= 2048:
-                if len(_KNOWN_HEADS) >= 256:
-                    _KNOWN_HEADS.clear()
-                _KNOWN_HEADS[head] = known
         status, length, close, kept = known
         if length != len(data) - end - 4:
             return False
         req.status = status
         req.upstream_time = _now() - self._sent_at
         self._keep = not close
-        keep = client._keep_alive(req)
+        keep = client.keep_alive(req)
         req.close_after = not keep
-        client._write(b"%s\r\n%s%s" % (kept, _closing_lines(req.request_id, keep, req.http11), data[end + 4 :]))
+        client.write(b"%s\r\n%s%s" % (kept, closing_lines(req.request_id, keep, req.http11), data[end + 4 :]))
         req.responded = True
         self._complete()
         return True
 
-    def _classify(self, status: int) -> list[bytes]:
-        """Read the response head just parsed: note the framing headers, keep the end-to-end ones.
+    # -- what the client side calls -------------------------------------------------------
 
-        Returns the status line and the kept headers, CRLF-terminated, as the first part of the head.
-        """
-        buf = self._head_buf
-        end = buf.find(b"\r\n\r\n")
-        if end < 0:
-            raise _BadResponse("response head without CRLF line ends")
-        # After a 1xx the rest is the start of the next response; otherwise it is body: not kept.
-        self._head_buf = buf[end + 4 :] if status < 200 and status != 101 else b""
-        eol = buf.find(b"\r\n", 0, end + 2)
-        line = buf[8:eol]  # after "HTTP/1.x": " 200 OK"
-        if line.count(b" ") < 2:
-            line = b" %d %s" % (status, _PHRASES.get(status, b""))
-        block = buf[eol:end]  # "\r\nName: value" per header
-        if block.count(b"\r\n") > _MAX_HEADERS:
-            raise _BadResponse("too many response headers")
-        low = block.lower()
-        self._length = self._te = self._upgrade = None
-        self._conn_close = False
-        pos = low.find(b"\r\ncontent-length:")
-        if pos >= 0:  # left in place: it is kept unless the body is re-framed (see _head)
-            end = low.find(b"\r\n", pos + 2)
-            self._length = block[pos + 17 : end if end >= 0 else len(block)].strip()
-        if _RESP_HOP(low) is not None:
-            block, self._conn_close, self._te, self._upgrade = _strip_hop(block, low)
-        return [b"HTTP/1.1" + line + block + b"\r\n"]
-
-    def _head(self, status: int, parts: list[bytes], *, keep: bool, mode: int, interim: bool) -> bytes:
-        append = parts.append
-        if self._length is not None and mode >= _M_CHUNKED:  # re-framed: its Content-Length must go
-            head = parts[0][:-2]
-            head, _, _ = _cut(head, head.lower(), b"\r\ncontent-length:")
-            parts[0] = head + b"\r\n"
-        if interim:
-            append(b"\r\n")
-            return b"".join(parts)
-        if status == 101:
-            req = self.req
-            assert req is not None
-            upgrade = self._upgrade or req.upgrade_value
-            append(b"Connection: Upgrade\r\nUpgrade: %s\r\n\r\n" % upgrade)
-            return b"".join(parts)
-        req = self.req
-        assert req is not None
-        if mode == _M_CHUNKED:
-            append(b"Transfer-Encoding: chunked\r\n")
-        append(_closing_lines(req.request_id, keep, req.http11))
-        return b"".join(parts)
-
-    def _begin(self, client: Downstream, req: Request, reused: bool) -> None:
+    def begin(self, client: ClientSide, req: Request, reused: bool) -> None:
+        """Relay `req` for `client`: send it (its body too, or as it comes: `send_body`, `end_body`)."""
         self._reset()
         self.client = client
         self.req = req
@@ -472,11 +395,11 @@ class _Upstream(asyncio.Protocol):
             self._stale = False
             self._parser = httptools.HttpResponseParser(self)
         xff = req.xff
-        peer = client._peer
+        peer = client.peer
         head = b"%sX-Forwarded-For: %s\r\nX-Forwarded-Proto: %s\r\nX-Request-Id: %s\r\n" % (
             req.head,
             xff + b", " + peer if xff else peer,
-            req.proto or client._proto,
+            req.proto or client.proto,
             req.request_id,
         )
         if req.host:
@@ -485,7 +408,7 @@ class _Upstream(asyncio.Protocol):
             req.replayable = True
             self._req_sent = True
             self.deadline = self._loop.time() + self._timeouts.read_timeout
-            self._write(head + b"\r\n")
+            self.write(head + b"\r\n")
             return
         parts = [head]
         if req.upgrade:
@@ -501,7 +424,7 @@ class _Upstream(asyncio.Protocol):
         spool = req.spool
         if spool is not None:  # a held body in a file: sent as the app takes it
             req.replayable = True
-            self._write(b"".join(parts))
+            self.write(b"".join(parts))
             spool.seek(0)
             self._spool = spool
             self._send_spool()
@@ -522,7 +445,7 @@ class _Upstream(asyncio.Protocol):
             req.body = ()
             req.body_size = 0
             req.sink = self
-        self._write(b"".join(parts))
+        self.write(b"".join(parts))
 
     def _send_spool(self) -> None:
         """Send the held body from its file until the app's socket buffer is full (resume_writing
@@ -537,17 +460,17 @@ class _Upstream(asyncio.Protocol):
                 if self.deadline is None and not self._read_paused:
                     self.deadline = self._loop.time() + self._timeouts.read_timeout
                 return
-            self._write(chunk)
+            self.write(chunk)
 
-    def _send_body(self, data: bytes) -> None:
+    def send_body(self, data: bytes) -> None:
         if self._req_chunked:
-            self._write(b"%x\r\n%b\r\n" % (len(data), data))
+            self.write(b"%x\r\n%b\r\n" % (len(data), data))
         else:
-            self._write(data)
+            self.write(data)
 
-    def _end_body(self) -> None:
+    def end_body(self) -> None:
         if self._req_chunked:
-            self._write(b"0\r\n\r\n")
+            self.write(b"0\r\n\r\n")
         self._req_sent = True
         if self.deadline is None and not self._read_paused:
             self.deadline = self._loop.time() + self._timeouts.read_timeout
@@ -565,11 +488,11 @@ class _Upstream(asyncio.Protocol):
         reusable = self._keep and self._req_sent and not self._eof_body and not self._write_paused and not req.upgrade
         if reusable and not self.closed:
             if self._read_paused:
-                self._resume_read()
+                self.resume_read()
             self._pool.put_idle(self)
         else:
             self.close()
-        client._finish(req, close=req.close_after)
+        client.finish(req, close=req.close_after)
 
     def _fail(self, status: int, code: str, message: str, retry: bool) -> None:
         client = self.client
@@ -579,16 +502,17 @@ class _Upstream(asyncio.Protocol):
         self.deadline = self.write_deadline = None
         self.abort()
         if client is not None and req is not None:
-            client._upstream_failed(req, status, code, message, retry and self._reused and not self._got)
+            client.upstream_failed(req, status, code, message, retry and self._reused and not self._got)
 
-    def _on_read_timeout(self) -> None:
+    def on_timeout(self) -> None:
+        """The app made no progress in time (the server's sweep calls it)."""
         if self._tunnel:
             client = self.client
             self.client = None
             self.write_deadline = None
             self.abort()
             if client is not None:
-                client._close()
+                client.close()
             return
         req = self.req
         log.warning(
@@ -609,22 +533,22 @@ class _Upstream(asyncio.Protocol):
         self.req = None
         if req is not None:
             req.finished = True
-            client._record(req)
-        client._start_tunnel(self, tail)
+            client.record(req)
+        client.start_tunnel(self, tail)
 
     # -- flow control & lifecycle --------------------------------------------------------
 
-    def _write(self, data: bytes) -> None:
+    def write(self, data: bytes) -> None:
         if not self.closed:
             self.transport.write(data)  # type: ignore[union-attr]
 
-    def _pause_read(self) -> None:
+    def pause_read(self) -> None:
         if not self._read_paused and not self.closed:
             self._read_paused = True
             self.transport.pause_reading()  # type: ignore[union-attr]
             self.deadline = None
 
-    def _resume_read(self) -> None:
+    def resume_read(self) -> None:
         if self._read_paused:
             self._read_paused = False
             if self.closed:
@@ -633,7 +557,7 @@ class _Upstream(asyncio.Protocol):
             if self.client is not None and self._req_sent and not self._tunnel:
                 self.deadline = self._loop.time() + self._timeouts.read_timeout
 
-    def _abandon(self) -> None:
+    def abandon(self) -> None:
         """The client went away mid-exchange: drop the connection."""
         self.client = None
         self.req = None
@@ -653,77 +577,3 @@ class _Upstream(asyncio.Protocol):
         self._spool = None
         if not self._lost:
             self.transport.abort()  # type: ignore[union-attr]
-
-
-# Response heads already read by the fast path: raw head -> (status, Content-Length, Connection:
-# close, the head as sent on without its hop-by-hop lines). Bounded: cleared when full.
-_KNOWN_HEADS: dict[bytes, tuple[int, int, bool, bytes]] = {}
-
-
-def _read_whole_head(data: bytes, end: int) -> tuple[int, int, bool, bytes] | None:
-    """What the response fast path needs of a head (`data[:end]`), or None when it is not for it:
-    not a valid HTTP/1.1 head with a final status, not exactly one Content-Length (digits), a
-    status without a body, or a Transfer-Encoding or Upgrade."""
-    found = _FINAL_RESPONSE(data)
-    if found is None or found.end() != end + 4:
-        return None
-    status = int(found[1])
-    eol = data.find(b"\r\n")
-    block = data[eol:end]
-    low = block.lower()
-    pos = low.find(b"\r\ncontent-length:")
-    if (
-        pos < 0
-        or low.find(b"\r\ncontent-length:", pos + 17) >= 0  # another one, even an invalid one: the parser's
-        or status == 204
-        or status == 304
-        or block.count(b"\r\n") > _MAX_HEADERS
-    ):
-        return None
-    stop = low.find(b"\r\n", pos + 17)
-    length = block[pos + 17 : stop if stop >= 0 else len(block)].strip()
-    if not length.isdigit():
-        return None
-    close = False
-    if _RESP_HOP(low) is not None:
-        block, close, te, upgrade = _strip_hop(block, low)
-        if te is not None or upgrade is not None:
-            return None
-    line = data[8:eol]  # " 200 OK"
-    if line.count(b" ") < 2:
-        line = b" %d %s" % (status, _PHRASES.get(status, b""))
-    return status, int(length), close, b"HTTP/1.1" + line + block
-
-
-def _strip_hop(block: bytes, low: bytes) -> tuple[bytes, bool, bytes | None, bytes | None]:
-    """A response head block (and its lower-cased copy) without its hop-by-hop headers; also
-    whether Connection says close, and the Transfer-Encoding and Upgrade values (None if absent)."""
-    close = False
-    te = upgrade = None
-    # find() rather than `in`: bytes.__contains__ first tries its argument as an int, and the
-    # TypeError it raises and clears costs more than the search.
-    if low.find(b"\r\nconnection:") >= 0:
-        block, low, values = _cut(block, low, b"\r\nconnection:")
-        if len(values) == 1 and (plain := values[0].lower()) in _CONN_PLAIN:
-            close = plain == b"close"
-        else:
-            tokens = {t.strip() for v in values for t in v.lower().split(b",")}
-            close = b"close" in tokens
-            for token in tokens - _CONN_PLAIN:  # more hop-by-hop headers named by the app
-                block, low, _ = _cut(block, low, b"\r\n" + token + b":")
-    if low.find(b"\r\ntransfer-encoding:") >= 0:
-        block, low, values = _cut(block, low, b"\r\ntransfer-encoding:")
-        te = b", ".join(values)
-    if low.find(b"\r\nupgrade:") >= 0:
-        block, low, values = _cut(block, low, b"\r\nupgrade:")
-        upgrade = values[0]
-    for pattern in _RESP_DROPPED:
-        if low.find(pattern) >= 0:
-            block, low, _ = _cut(block, low, pattern)
-    return block, close, te, upgrade
-
-
-def _closing_lines(request_id: bytes, keep: bool, http11: bool) -> bytes:
-    """The end of a response head towards the client: its request id, a Connection header when
-    the client's HTTP version would assume otherwise, and the blank line."""
-    return b"X-Request-Id: %s\r\n%s\r\n" % (request_id, b"" if keep and http11 else _CONN_HEADER[keep])

@@ -160,24 +160,24 @@ def test_bodies_held_in_memory_are_counted_while_held_and_released_however_they_
                 c = await Conn.open(proxy.port)
                 await c.send(b"POST /up HTTP/1.1\r\n" + HOST + b"Content-Length: 10\r\n\r\nhello")
                 await asyncio.sleep(0.05)
-                assert proxy._held_bytes == 5 and app.heads == 0
+                assert proxy.bodies.held == 5 and app.heads == 0
                 await c.send(b"world")
                 assert (await read_response(c.reader)).body == b"10"
-                assert proxy._held_bytes == 0  # answered: released
+                assert proxy.bodies.held == 0  # answered: released
                 await c.send(b"POST /up HTTP/1.1\r\n" + HOST + b"Content-Length: 10\r\n\r\nhel")
                 await asyncio.sleep(0.05)
-                assert proxy._held_bytes == 3
+                assert proxy.bodies.held == 3
                 await c.close()  # the client goes away mid-body
                 await asyncio.sleep(0.05)
-                assert proxy._held_bytes == 0 and app.heads == 1
+                assert proxy.bodies.held == 0 and app.heads == 1
                 # a chunked body, counted as it comes, and the client gone before its end
                 c = await Conn.open(proxy.port)
                 await c.send(b"POST /up HTTP/1.1\r\n" + HOST + b"Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n")
                 await asyncio.sleep(0.05)
-                assert proxy._held_bytes == 5
+                assert proxy.bodies.held == 5
                 await c.close()
                 await asyncio.sleep(0.05)
-                assert proxy._held_bytes == 0
+                assert proxy.bodies.held == 0
 
     asyncio.run(asyncio.wait_for(scenario(), 20))
 
@@ -195,7 +195,7 @@ def test_a_large_body_goes_to_a_temp_file_and_arrives_intact(tmp_path):
                 await c.send(body[: 1024 * 1024])
                 await asyncio.sleep(0.1)
                 assert app.heads == 0 and len(held_spools(spool_dir)) == 1
-                assert proxy._held_bytes == 0  # in the file, not in memory
+                assert proxy.bodies.held == 0  # in the file, not in memory
                 await c.send(body[1024 * 1024 :])
                 r = await read_response(c.reader)
                 assert (r.status, r.body) == (200, str(len(body)).encode())
@@ -232,7 +232,7 @@ def test_a_held_body_over_the_cap_gets_413_and_frees_its_file(tmp_path):
                 assert await c.at_eof()
                 await c.close()
                 await asyncio.sleep(0.05)
-                assert held_spools(spool_dir) == [] and proxy._held_bytes == 0
+                assert held_spools(spool_dir) == [] and proxy.bodies.held == 0
                 # A body that came whole with its head (one read) is held to the same cap.
                 c = await Conn.open(proxy.port)
                 await c.send(b"POST /x HTTP/1.1\r\n" + HOST + b"Content-Length: 100001\r\n\r\n" + b"y" * 100_001)
@@ -254,11 +254,11 @@ def test_held_files_together_stay_under_the_disk_budget(tmp_path):
                     await asyncio.sleep(0.1)
                 r = await read_response(second.reader)  # 120 KB would be held: the second is refused
                 assert (r.status, r.header("Connection")) == (503, "close")
-                assert proxy._spooled_bytes == 60_000
+                assert proxy.bodies.spooled == 60_000
                 await first.send(b"b" * 20_000)
                 r = await read_response(first.reader)
                 assert (r.status, r.body) == (200, b"80000")
-                assert proxy._spooled_bytes == 0
+                assert proxy.bodies.spooled == 0
                 for c in (first, second):
                     await c.close()
 
@@ -361,7 +361,7 @@ def test_connections_are_capped_per_client_address_and_in_all():
                 for w in [writer, w2, w3, *(w for _, w in held[1:])]:
                     w.close()
                 await asyncio.sleep(0.1)
-                assert proxy._per_peer == {} and not proxy._clients
+                assert proxy.per_peer == {} and not proxy.clients
         finally:
             await upstream.close()
 
@@ -468,7 +468,7 @@ def test_a_thousand_slow_bodies_do_not_starve_a_four_worker_app(buffering: bool)
                     if buffering:
                         took = await _normal_requests(proxy.port, 50, timeout=5)
                         assert len(took) == 50 and app.heads == 50  # only the normal client reached the app
-                        assert proxy._held_bytes < SLOW_CLIENTS * 64  # a few bytes held per slow client
+                        assert proxy.bodies.held < SLOW_CLIENTS * 64  # a few bytes held per slow client
                     else:
                         for _ in range(100):  # until the slow bodies have reached every worker
                             if app.heads >= 4:

@@ -4,8 +4,6 @@ in two reads (the parser path), through the real protocol objects over hand-writ
 
 from __future__ import annotations
 
-import asyncio
-
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -43,16 +41,13 @@ class Transport:
         self.closed = True
 
 
-def relay(request: bytes, response: bytes, split: bool) -> tuple[bytes, bytes, bool, bool]:
+async def relay(request: bytes, response: bytes, split: bool) -> tuple[bytes, bytes, bool, bool]:
     """Relay one exchange; return (bytes sent to the app, bytes sent to the client, client closed, upstream pooled)."""
-
-    async def run() -> tuple[bytes, bytes, bool, bool]:
-        server = ProxyServer("127.0.0.1", 0, "lbsolo.localhost")
-        target = Target("127.0.0.1", 9)
-        server.set_routes({"web": Route("web", "v1", (target,))})
-        server._loop = asyncio.get_running_loop()
-        server.pool.start(server._loop)
-        server.request_ids = request_ids(b"fixed")
+    server = ProxyServer("127.0.0.1", 0, "lbsolo.localhost", request_ids=request_ids(b"fixed"))
+    target = Target("127.0.0.1", 9)
+    server.set_routes({"web": Route("web", "v1", (target,))})
+    await server.start()
+    try:
         client, to_client = server.downstream(), Transport()
         client.connection_made(to_client)  # type: ignore[arg-type]
         up, to_app = server.upstream(target), Transport()
@@ -64,9 +59,21 @@ def relay(request: bytes, response: bytes, split: bool) -> tuple[bytes, bytes, b
             up.data_received(part)
         slot = server.pool.slot(target)
         pooled = slot is not None and up in slot.idle
-        return b"".join(to_app.written), b"".join(to_client.written), to_client.closed, pooled
+        result = b"".join(to_app.written), b"".join(to_client.written), to_client.closed, pooled
+        client.connection_lost(None)  # as a transport would, so that stopping waits for nothing
+        up.connection_lost(None)
+        return result
+    finally:
+        await server.stop(0)
 
-    return asyncio.run(run())
+
+def alike(run, request: bytes, response: bytes) -> None:
+    """The exchange relayed whole and relayed split give the same bytes, on each event loop."""
+
+    async def scenario() -> None:
+        assert await relay(request, response, split=False) == await relay(request, response, split=True)
+
+    run(scenario)
 
 
 GET = b"GET /a?b=c HTTP/1.1\r\nHost: web.lbsolo.localhost\r\nAccept: */*\r\nUser-Agent: t\r\n\r\n"
@@ -82,8 +89,8 @@ RESPONSES = [
 
 
 @pytest.mark.parametrize("response", RESPONSES)
-def test_whole_response_is_relayed_as_the_parser_path_relays_it(response: bytes) -> None:
-    assert relay(GET, response, split=False) == relay(GET, response, split=True)
+def test_whole_response_is_relayed_as_the_parser_path_relays_it(run, response: bytes) -> None:
+    alike(run, GET, response)
 
 
 REQUESTS = [
@@ -98,9 +105,8 @@ REQUESTS = [
 
 
 @pytest.mark.parametrize("request_bytes", REQUESTS)
-def test_whole_request_is_forwarded_as_the_parser_path_forwards_it(request_bytes: bytes) -> None:
-    response = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
-    assert relay(request_bytes, response, split=False) == relay(request_bytes, response, split=True)
+def test_whole_request_is_forwarded_as_the_parser_path_forwards_it(run, request_bytes: bytes) -> None:
+    alike(run, request_bytes, b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
 
 
 @pytest.mark.parametrize(
@@ -113,19 +119,25 @@ def test_whole_request_is_forwarded_as_the_parser_path_forwards_it(request_bytes
         b"GET /\x7f HTTP/1.1\r\nHost: web.lbsolo.localhost\r\n\r\n",  # DEL in the target: 400
     ],
 )
-def test_bad_requests_are_refused_whole_or_split(request_bytes: bytes) -> None:
-    whole = relay(request_bytes, b"", split=False)
-    assert whole == relay(request_bytes, b"", split=True)
-    to_app, to_client, closed, _ = whole
-    assert to_app == b"" and to_client.startswith(b"HTTP/1.1 400 ") and closed
+def test_bad_requests_are_refused_whole_or_split(run, request_bytes: bytes) -> None:
+    async def scenario() -> None:
+        whole = await relay(request_bytes, b"", split=False)
+        assert whole == await relay(request_bytes, b"", split=True)
+        to_app, to_client, closed, _ = whole
+        assert to_app == b"" and to_client.startswith(b"HTTP/1.1 400 ") and closed
+
+    run(scenario)
 
 
-def test_fast_paths_keep_the_connections_reusable() -> None:
-    to_app, to_client, closed, pooled = relay(GET, RESPONSES[0], split=False)
-    assert to_app.startswith(b"GET /a?b=c HTTP/1.1\r\nHost: web.lbsolo.localhost\r\n")
-    assert b"X-Forwarded-For: 127.0.0.7\r\n" in to_app and b"X-Forwarded-Host: web.lbsolo.localhost\r\n" in to_app
-    assert to_client.startswith(b"HTTP/1.1 200 OK\r\n") and to_client.endswith(b"\r\n\r\nhello")
-    assert b"Connection" not in to_client and not closed and pooled
+def test_fast_paths_keep_the_connections_reusable(run) -> None:
+    async def scenario() -> None:
+        to_app, to_client, closed, pooled = await relay(GET, RESPONSES[0], split=False)
+        assert to_app.startswith(b"GET /a?b=c HTTP/1.1\r\nHost: web.lbsolo.localhost\r\n")
+        assert b"X-Forwarded-For: 127.0.0.7\r\n" in to_app and b"X-Forwarded-Host: web.lbsolo.localhost\r\n" in to_app
+        assert to_client.startswith(b"HTTP/1.1 200 OK\r\n") and to_client.endswith(b"\r\n\r\nhello")
+        assert b"Connection" not in to_client and not closed and pooled
+
+    run(scenario)
 
 
 # Property: for generated heads, whole (fast path when it applies) and split (parser path) agree.
@@ -141,31 +153,39 @@ def _head(first: bytes, headers: list[tuple[bytes, bytes]]) -> bytes:
     return first + b"".join(b"\r\n%s: %s" % h for h in headers) + b"\r\n\r\n"
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+# `run` makes a fresh event loop per call: one fixture for every generated example is fine.
+@settings(
+    max_examples=300,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
 @given(
     method=st.sampled_from([b"GET", b"HEAD", b"POST"]),
     target=st.binary(max_size=8).map(lambda t: b"/" + t.replace(b" ", b"")),
     minor=st.sampled_from([b"0", b"1"]),
     headers=_headers,
 )
-def test_generated_requests_fast_or_not_are_forwarded_alike(method, target, minor, headers) -> None:
+def test_generated_requests_fast_or_not_are_forwarded_alike(run, method, target, minor, headers) -> None:
     headers = [(b"Host", b"web.lbsolo.localhost"), *headers]
     request = _head(method + b" " + target + b" HTTP/1." + minor, headers)
     if b"Content-Length" in request or b"Transfer-Encoding" in request:
         return  # a body would follow: covered by the parser tests
-    response = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
-    assert relay(request, response, split=False) == relay(request, response, split=True)
+    alike(run, request, b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+# `run` makes a fresh event loop per call: one fixture for every generated example is fine.
+@settings(
+    max_examples=300,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
 @given(
     status=st.sampled_from([b"200 OK", b"201", b"204 No Content", b"304 Not Modified", b"404 Not Found", b"500 X"]),
     headers=_headers,
     body=st.binary(max_size=6),
     length=st.sampled_from([None, 0, 1, 6]),
 )
-def test_generated_responses_fast_or_not_are_relayed_alike(status, headers, body, length) -> None:
+def test_generated_responses_fast_or_not_are_relayed_alike(run, status, headers, body, length) -> None:
     if length is not None:
         headers = [*headers, (b"Content-Length", b"%d" % length)]
-    response = _head(b"HTTP/1.1 " + status, headers) + body
-    assert relay(GET, response, split=False) == relay(GET, response, split=True)
+    alike(run, GET, _head(b"HTTP/1.1 " + status, headers) + body)
