@@ -119,7 +119,7 @@ def held_spools(directory: str) -> list[str]:
     return found
 
 
-def test_a_body_is_read_whole_before_the_app_sees_the_request():
+def test_a_body_is_read_whole_before_the_app_sees_the_request(run):
     async def scenario() -> None:
         with threaded_app() as app:
             async with proxy_for(app.port) as proxy:
@@ -132,10 +132,10 @@ def test_a_body_is_read_whole_before_the_app_sees_the_request():
                 assert (r.status, r.body, app.heads) == (200, b"10", 1)
                 await c.close()
 
-    asyncio.run(asyncio.wait_for(scenario(), 20))
+    run(scenario)
 
 
-def test_with_buffering_off_the_body_streams_to_the_app():
+def test_with_buffering_off_the_body_streams_to_the_app(run):
     async def scenario() -> None:
         with threaded_app() as app:
             async with proxy_for(app.port, request_buffering=False) as proxy:
@@ -150,10 +150,10 @@ def test_with_buffering_off_the_body_streams_to_the_app():
                 assert (await read_response(c.reader)).body == b"10"
                 await c.close()
 
-    asyncio.run(asyncio.wait_for(scenario(), 20))
+    run(scenario)
 
 
-def test_bodies_held_in_memory_are_counted_while_held_and_released_however_they_end():
+def test_bodies_held_in_memory_are_counted_while_held_and_released_however_they_end(run):
     async def scenario() -> None:
         with threaded_app() as app:
             async with proxy_for(app.port) as proxy:
@@ -179,10 +179,10 @@ def test_bodies_held_in_memory_are_counted_while_held_and_released_however_they_
                 await asyncio.sleep(0.05)
                 assert proxy.bodies.held == 0
 
-    asyncio.run(asyncio.wait_for(scenario(), 20))
+    run(scenario)
 
 
-def test_a_large_body_goes_to_a_temp_file_and_arrives_intact(tmp_path):
+def test_a_large_body_goes_to_a_temp_file_and_arrives_intact(run, tmp_path):
     spool_dir = str(tmp_path / "spool")
     os.mkdir(spool_dir)
 
@@ -209,10 +209,10 @@ def test_a_large_body_goes_to_a_temp_file_and_arrives_intact(tmp_path):
                 await asyncio.sleep(0.05)
                 assert held_spools(spool_dir) == []  # closed (and so gone) with their requests
 
-    asyncio.run(asyncio.wait_for(scenario(), 30))
+    run(scenario)
 
 
-def test_a_held_body_over_the_cap_gets_413_and_frees_its_file(tmp_path):
+def test_a_held_body_over_the_cap_gets_413_and_frees_its_file(run, tmp_path):
     spool_dir = str(tmp_path)
 
     async def scenario() -> None:
@@ -240,10 +240,10 @@ def test_a_held_body_over_the_cap_gets_413_and_frees_its_file(tmp_path):
                 assert r.status == 413 and app.heads == 0
                 await c.close()
 
-    asyncio.run(asyncio.wait_for(scenario(), 20))
+    run(scenario)
 
 
-def test_held_files_together_stay_under_the_disk_budget(tmp_path):
+def test_held_files_together_stay_under_the_disk_budget(run, tmp_path):
     async def scenario() -> None:
         with threaded_app() as app:
             kw = {"buffer_memory": 1024, "buffer_disk": 100_000, "spool_dir": str(tmp_path)}
@@ -262,10 +262,10 @@ def test_held_files_together_stay_under_the_disk_budget(tmp_path):
                 for c in (first, second):
                     await c.close()
 
-    asyncio.run(asyncio.wait_for(scenario(), 20))
+    run(scenario)
 
 
-def test_expect_100_continue_is_answered_by_the_proxy_when_it_buffers():
+def test_expect_100_continue_is_answered_by_the_proxy_when_it_buffers(run):
     async def scenario() -> None:
         with threaded_app() as app:
             async with proxy_for(app.port) as proxy:
@@ -278,10 +278,10 @@ def test_expect_100_continue_is_answered_by_the_proxy_when_it_buffers():
                 assert (r.status, r.body) == (200, b"5")
                 await c.close()
 
-    asyncio.run(asyncio.wait_for(scenario(), 20))
+    run(scenario)
 
 
-def test_a_held_request_goes_to_the_route_current_when_its_body_is_complete():
+def test_a_held_request_goes_to_the_route_current_when_its_body_is_complete(run):
     async def scenario() -> None:
         with threaded_app() as old, threaded_app() as new:
             async with proxy_for(old.port) as proxy:
@@ -296,10 +296,10 @@ def test_a_held_request_goes_to_the_route_current_when_its_body_is_complete():
                 assert (r.status, new.heads, old.heads) == (200, 1, 0)
                 await c.close()
 
-    asyncio.run(asyncio.wait_for(scenario(), 20))
+    run(scenario)
 
 
-def test_the_body_timeout_is_a_minimum_rate_not_reset_by_each_chunk():
+def test_the_body_timeout_is_a_minimum_rate_not_reset_by_each_chunk(run):
     async def scenario() -> None:
         with threaded_app() as app:
             async with proxy_for(app.port, body_min_rate=1000, body_grace=0.5, read_timeout=30) as proxy:
@@ -329,10 +329,10 @@ def test_the_body_timeout_is_a_minimum_rate_not_reset_by_each_chunk():
                 assert (r.status, r.body) == (200, b"20000")
                 await c.close()
 
-    asyncio.run(asyncio.wait_for(scenario(), 20))
+    run(scenario)
 
 
-def test_connections_are_capped_per_client_address_and_in_all():
+def test_connections_are_capped_per_client_address_and_in_all(run):
     async def scenario() -> None:
         upstream = await App().start()
         try:
@@ -365,10 +365,10 @@ def test_connections_are_capped_per_client_address_and_in_all():
         finally:
             await upstream.close()
 
-    asyncio.run(asyncio.wait_for(scenario(), 20))
+    run(scenario)
 
 
-def test_a_trusted_proxy_is_not_capped_per_address():
+def test_a_trusted_proxy_is_not_capped_per_address(run):
     async def scenario() -> None:
         upstream = await App().start()
         try:
@@ -381,10 +381,10 @@ def test_a_trusted_proxy_is_not_capped_per_address():
         finally:
             await upstream.close()
 
-    asyncio.run(asyncio.wait_for(scenario(), 20))
+    run(scenario)
 
 
-def test_an_idle_tunnel_is_closed_and_a_busy_one_is_not():
+def test_an_idle_tunnel_is_closed_and_a_busy_one_is_not(run):
     async def scenario() -> None:
         upstream = await App().start()
         try:
@@ -407,7 +407,7 @@ def test_an_idle_tunnel_is_closed_and_a_busy_one_is_not():
         finally:
             await upstream.close()
 
-    asyncio.run(asyncio.wait_for(scenario(), 20))
+    run(scenario)
 
 
 SLOW_CLIENTS = 1000
@@ -452,7 +452,7 @@ async def _normal_requests(port: int, count: int, timeout: float) -> list[float]
 
 
 @pytest.mark.parametrize("buffering", [True, False], ids=["buffered", "streaming"])
-def test_a_thousand_slow_bodies_do_not_starve_a_four_worker_app(buffering: bool):
+def test_a_thousand_slow_bodies_do_not_starve_a_four_worker_app(run, buffering: bool):
     """Buffered (the default), every normal request is served while 1,000 slow bodies trickle in.
 
     Streaming (buffering off, as today's proxy always did), the same load holds all four workers
@@ -482,4 +482,4 @@ def test_a_thousand_slow_bodies_do_not_starve_a_four_worker_app(buffering: bool)
                     for w in writers:
                         w.transport.abort()
 
-    asyncio.run(asyncio.wait_for(scenario(), 60))
+    run(scenario)

@@ -674,7 +674,7 @@ PIECES = st.sampled_from(
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(st.lists(st.one_of(PIECES, st.binary(max_size=12)), max_size=14))
-def test_whatever_a_client_sends_the_proxy_survives(pieces):
+def test_whatever_a_client_sends_the_proxy_survives(run, pieces):
     async def scenario():
         async with stack() as (proxy, _app):
             c = await Conn.open(proxy.port)
@@ -687,4 +687,4 @@ def test_whatever_a_client_sends_the_proxy_survives(pieces):
             assert (await ok.request(path="/after")).status == 200
             await ok.close()
 
-    asyncio.run(scenario())
+    run(scenario)

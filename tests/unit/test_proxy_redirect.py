@@ -61,7 +61,7 @@ async def redirect_stack(tmp_path: Path, https: bool = True):
         await app.close()
 
 
-def test_plain_http_gets_308_to_https_and_https_is_proxied(tmp_path: Path):
+def test_plain_http_gets_308_to_https_and_https_is_proxied(run, tmp_path: Path):
     async def scenario():
         async with redirect_stack(tmp_path) as (proxy, app, ca):
             c = await Conn.open(proxy.port)
@@ -90,10 +90,10 @@ def test_plain_http_gets_308_to_https_and_https_is_proxied(tmp_path: Path):
             with contextlib.suppress(Exception):
                 await writer.wait_closed()
 
-    asyncio.run(asyncio.wait_for(scenario(), 10))
+    run(scenario)
 
 
-def test_a_body_still_arriving_is_not_read_the_connection_closes_after_the_redirect(tmp_path: Path):
+def test_a_body_still_arriving_is_not_read_the_connection_closes_after_the_redirect(run, tmp_path: Path):
     async def scenario():
         async with redirect_stack(tmp_path) as (proxy, app, _ca):
             c = await Conn.open(proxy.port)
@@ -104,10 +104,10 @@ def test_a_body_still_arriving_is_not_read_the_connection_closes_after_the_redir
             assert app.seen == []
             await c.close()
 
-    asyncio.run(asyncio.wait_for(scenario(), 10))
+    run(scenario)
 
 
-def test_without_an_https_listener_the_flag_changes_nothing(tmp_path: Path):
+def test_without_an_https_listener_the_flag_changes_nothing(run, tmp_path: Path):
     async def scenario():
         async with redirect_stack(tmp_path, https=False) as (proxy, app, _ca):
             c = await Conn.open(proxy.port)
@@ -115,4 +115,4 @@ def test_without_an_https_listener_the_flag_changes_nothing(tmp_path: Path):
             assert r.status == 200 and len(app.seen) == 1
             await c.close()
 
-    asyncio.run(asyncio.wait_for(scenario(), 10))
+    run(scenario)

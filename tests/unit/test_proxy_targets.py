@@ -179,8 +179,8 @@ def test_waiters_queue_when_enough_connections_are_being_opened():
     assert not p.busy()
 
 
-def test_wait_drained_returns_when_the_last_request_ends():
-    async def scenario() -> tuple[bool, bool]:
+def test_wait_drained_returns_when_the_last_request_ends(run):
+    async def scenario() -> None:
         p = TargetPool()
         p.start(asyncio.get_running_loop())
         p.update([A])
@@ -188,9 +188,9 @@ def test_wait_drained_returns_when_the_last_request_ends():
         asyncio.get_running_loop().call_later(0.01, p.release, slot)
         drained = await p.wait_drained([A], 2.0)
         p.acquire(A)
-        return drained, await p.wait_drained([A], 0.02)
+        assert (drained, await p.wait_drained([A], 0.02)) == (True, False)
 
-    assert asyncio.run(scenario()) == (True, False)
+    run(scenario)
 
 
 def test_a_lost_pooled_connection_leaves_the_pool():

@@ -62,7 +62,7 @@ async def _get(port: int, server_name: str, cafile: Path) -> tuple[int, dict, st
             await writer.wait_closed()
 
 
-def test_a_client_trusting_the_local_ca_gets_a_valid_certificate_and_sni_picks_user_ones(tmp_path: Path):
+def test_a_client_trusting_the_local_ca_gets_a_valid_certificate_and_sni_picks_user_ones(run, tmp_path: Path):
     ca = LocalCA(tmp_path / "ca")
     store = CertStore(DOMAIN, ca)
     other = LocalCA(tmp_path / "user-ca", name="someone else's CA")  # stands in for a real CA
@@ -90,4 +90,4 @@ def test_a_client_trusting_the_local_ca_gets_a_valid_certificate_and_sni_picks_u
             writer.close()
             await writer.wait_closed()
 
-    asyncio.run(scenario())
+    run(scenario)

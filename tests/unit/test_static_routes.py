@@ -3,8 +3,6 @@ the pure decisions, the state's shared app/route namespace, and what core pushes
 
 from __future__ import annotations
 
-import asyncio
-
 import pytest
 
 from lbsolo.core import Platform
@@ -103,7 +101,7 @@ def test_apps_and_static_routes_share_one_namespace_in_state(tmp_path):
     assert App.from_dict({"name": "old"}).https_redirect is False  # apps stored before the flag existed
 
 
-def test_core_pushes_static_routes_with_the_app_routes_and_keeps_them_across_reconciles(tmp_path):
+def test_core_pushes_static_routes_with_the_app_routes_and_keeps_them_across_reconciles(run, tmp_path):
     async def main() -> None:
         platform, _, ingress, _ = await _platform(tmp_path, {})
         out = await platform.add_static_route("grafana", "127.0.0.1:3000", ["grafana.example.com"])
@@ -140,10 +138,10 @@ def test_core_pushes_static_routes_with_the_app_routes_and_keeps_them_across_rec
             await platform.remove_static_route("grafana")
         assert await platform.static_routes() == []
 
-    asyncio.run(main())
+    run(main)
 
 
-def test_core_sets_the_https_redirect_and_the_route_follows_at_once(tmp_path):
+def test_core_sets_the_https_redirect_and_the_route_follows_at_once(run, tmp_path):
     async def main() -> None:
         platform, _, ingress, state = await _platform(tmp_path, {})
         assert (await platform.https("web1"))["redirect"] is False
@@ -157,10 +155,10 @@ def test_core_sets_the_https_redirect_and_the_route_follows_at_once(tmp_path):
         with pytest.raises(NotFound):
             await platform.set_https("nosuch", True)
 
-    asyncio.run(main())
+    run(main)
 
 
-def test_core_switches_request_buffering_and_the_route_follows_at_once(tmp_path):
+def test_core_switches_request_buffering_and_the_route_follows_at_once(run, tmp_path):
     async def main() -> None:
         platform, _, ingress, state = await _platform(tmp_path, {})
         assert await platform.proxy_settings("web1") == {"name": "web1", "request_buffering": True}
@@ -178,7 +176,7 @@ def test_core_switches_request_buffering_and_the_route_follows_at_once(tmp_path)
             await platform.set_proxy_settings("nosuch", False)
         assert App.from_dict({"name": "old"}).request_buffering is True  # apps stored before the switch
 
-    asyncio.run(main())
+    run(main)
 
 
 def test_the_request_buffering_switch_reaches_the_route():

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import ssl
 from pathlib import Path
 
@@ -57,7 +56,7 @@ def test_sources_are_asked_in_order_for_hosts_without_a_certificate_and_answers_
     assert store.context_for("shop.example.com") is not ctx and len(acme.asked) == 3
 
 
-def test_a_handshake_for_a_custom_domain_gets_the_sources_certificate(tmp_path: Path):
+def test_a_handshake_for_a_custom_domain_gets_the_sources_certificate(run, tmp_path: Path):
     local = LocalCA(tmp_path / "ca")
     acme_ca = LocalCA(tmp_path / "acme-ca", name="stand-in ACME CA").load_or_create()
     acme = FakeACME(acme_ca)
@@ -74,7 +73,7 @@ def test_a_handshake_for_a_custom_domain_gets_the_sources_certificate(tmp_path: 
             status, _doc, san = await _get(proxy.https_port, "hello.lbsolo.localhost", local.cert_path)
             assert (status, san) == (200, "*.lbsolo.localhost")  # the domain's wildcard certificate
 
-    asyncio.run(asyncio.wait_for(scenario(), 10))
+    run(scenario)
 
 
 def test_issued_certificates_are_bounded_least_recently_used_first(tmp_path, monkeypatch) -> None:
