@@ -23,7 +23,8 @@ from lbsolo.core_rollout import DeployJob
 from lbsolo.engine import Services
 from lbsolo.errors import Conflict, EngineError, InvalidInput, LbsoloError, NotFound
 from lbsolo.events import EventKind
-from lbsolo.models import Addon, AddonStatus, validate_app_name, validate_config_key
+from lbsolo.models import validate_app_name, validate_config_key
+from lbsolo.models_addons import Addon, AddonStatus
 
 log = logging.getLogger("lbsolo.core")
 

@@ -27,7 +27,8 @@ from tinydb import Query, TinyDB
 from tinydb.storages import Storage
 
 from lbsolo.errors import Conflict, InvalidInput, NotFound, StorageError
-from lbsolo.models import Addon, App, Build, Release, StaticRoute
+from lbsolo.models import App, Build, Release, StaticRoute
+from lbsolo.models_addons import Addon
 
 Data = dict[str, dict[str, Any]]  # TinyDB's document layout: table -> document id -> document
 

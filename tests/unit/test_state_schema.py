@@ -66,7 +66,8 @@ def test_a_schema_1_file_gets_the_addons_table_and_keeps_its_apps(tmp_path):
 
 def test_add_ons_share_the_namespace_of_apps_and_static_routes(tmp_path):
     from lbsolo.errors import Conflict
-    from lbsolo.models import Addon, App, StaticRoute
+    from lbsolo.models import App, StaticRoute
+    from lbsolo.models_addons import Addon
 
     state = State(tmp_path / "state.json")
     state.create_app(App("shop"))

@@ -1,0 +1,61 @@
+"""The add-on record: a database (or cache) lbsolo runs for apps, and its named states.
+
+A plain dataclass with to/from dict for the state store, like the records in models.py; the
+kinds' knowledge is addon_kinds.py's, the use cases core_addons.py's.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from enum import StrEnum
+from typing import Any
+
+from lbsolo.models import MASK, now
+
+
+class AddonStatus(StrEnum):
+    CREATING = "creating"  # container, volume and network being made; not attached yet
+    RUNNING = "running"
+    FAILED = "failed"  # creation failed: `error` says why; destroy removes what is left
+
+
+@dataclass
+class Addon:
+    """A database (or cache) lbsolo runs for apps: one container on a named volume.
+
+    `attachments` maps each attached app to the config var that carries the add-on's URL (a
+    secret of the app). Add-on names share the namespace of apps and static routes.
+    """
+
+    name: str
+    kind: str  # a key of addon_kinds.KINDS
+    version: str
+    credentials: dict[str, str] = field(default_factory=dict)  # user, password, database
+    attachments: dict[str, str] = field(default_factory=dict)  # app -> config var
+    status: AddonStatus = AddonStatus.CREATING
+    error: str | None = None
+    created_at: float = field(default_factory=now)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["status"] = str(self.status)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Addon:
+        return cls(
+            name=d["name"],
+            kind=d["kind"],
+            version=str(d["version"]),
+            credentials=dict(d.get("credentials") or {}),
+            attachments=dict(d.get("attachments") or {}),
+            status=AddonStatus(d.get("status", AddonStatus.CREATING)),
+            error=d.get("error"),
+            created_at=d.get("created_at", 0.0),
+        )
+
+    def public(self) -> dict[str, Any]:
+        """As the API shows it: no password."""
+        d = self.to_dict()
+        d["credentials"] = {k: (MASK if k == "password" else v) for k, v in self.credentials.items()}
+        return d
