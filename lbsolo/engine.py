@@ -186,9 +186,7 @@ def free_subnet(pool: str, prefix: int, taken: Iterable[str]) -> str:
     for subnet in candidates:
         if not any(subnet.version == u.version and subnet.overlaps(u) for u in used):
             return str(subnet)
-    raise LookupError(
-        f"no free /{prefix} left in {pool}: remove unused apps or widen LBSOLO_NETWORK_POOL"
-    )
+    raise LookupError(f"no free /{prefix} left in {pool}: remove unused apps or widen LBSOLO_NETWORK_POOL")
 
 
 @runtime_checkable
@@ -302,8 +300,7 @@ class Services(Protocol):
         """The service's container, running or not; None if there is none."""
         ...
 
-    def start_service(self, service: str) -> ServiceRecord:
-        ...
+    def start_service(self, service: str) -> ServiceRecord: ...
 
     def remove_service(self, service: str, *, volume: bool) -> None:
         """Stop and remove the container (and its volume if asked); quietly if already gone."""
@@ -323,6 +320,42 @@ class Services(Protocol):
 
     def pull_image(self, image: str, on_line: Callable[[str], None]) -> None:
         """Fetch an image that is not here yet (a no-op when it is)."""
+        ...
+
+    def exec_service(
+        self,
+        service: str,
+        command: list[str],
+        *,
+        stdin: Iterable[bytes] | None = None,
+        stdout_sink: Callable[[bytes], None],
+        timeout: float,
+    ) -> tuple[int, str]:
+        """Run argv inside the service's container: stdin streamed in from the iterable (then
+        closed), stdout streamed out to the sink in pieces as they come (binary-safe, never held
+        whole). Returns the exit code and the last few KiB of stderr."""
+        ...
+
+    def stop_service(self, service: str, timeout: int = 30) -> None:
+        """Stop the service's container (it stays, with its volume, until started again)."""
+        ...
+
+    def run_scratch_service(
+        self,
+        *,
+        service: str,
+        kind: str,
+        image: str,
+        env: dict[str, str],
+        command: list[str] | None,
+        volume: tuple[str, str] | None = None,
+    ) -> ServiceRecord:
+        """A throw-away container (no network) of an add-on's image, labelled as lbsolo's and as
+        scratch; exec_service and remove_service act on it by `service`."""
+        ...
+
+    def remove_scratch_services(self) -> int:
+        """Remove every scratch container this instance left (a daemon killed mid-verify)."""
         ...
 
 

@@ -12,19 +12,62 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Callable
+import socket
+import struct
+import threading
+import time
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import docker.errors
 
 from lbsolo.engine import ServiceRecord
 from lbsolo.engine_docker import DockerBackend, _engine_errors
+from lbsolo.errors import EngineError
 from lbsolo.models import LABEL_INSTANCE, LABEL_MANAGED
 
 log = logging.getLogger("lbsolo.engine")
 
 LABEL_ADDON = "lbsolo.addon"
 LABEL_ADDON_KIND = "lbsolo.addon-kind"
+LABEL_SCRATCH = "lbsolo.addon-scratch"  # a throw-away container (a backup's verification, a restore's helper)
+STDERR_TAIL = 4096
+_PIECE = 256 * 1024
+
+
+def _read_exact(sock: socket.socket, n: int) -> bytes:
+    """n bytes from sock; fewer only at the end of the stream."""
+    parts, left = [], n
+    while left:
+        piece = sock.recv(left)
+        if not piece:
+            break
+        parts.append(piece)
+        left -= len(piece)
+    return b"".join(parts)
+
+
+def demultiplex(sock: socket.socket, stdout_sink: Callable[[bytes], None], deadline: float) -> bytes:
+    """Read Docker's multiplexed exec stream (8-byte frame headers: stream, 0, 0, 0, size
+    big-endian) to its end: stdout pieces go to the sink as they arrive (a frame is read in
+    pieces of at most 256 KiB, so memory stays bounded), stderr is kept as its last few KiB."""
+    tail = b""
+    while True:
+        head = _read_exact(sock, 8)
+        if len(head) < 8:
+            return tail
+        stream, size = head[0], struct.unpack(">I", head[4:])[0]
+        while size:
+            if time.monotonic() > deadline:
+                raise TimeoutError("no end in time")
+            piece = sock.recv(min(size, _PIECE))
+            if not piece:
+                return tail
+            size -= len(piece)
+            if stream == 2:
+                tail = (tail + piece)[-STDERR_TAIL:]
+            else:
+                stdout_sink(piece)
 
 
 def service_record(attrs: dict[str, Any]) -> ServiceRecord:
@@ -132,7 +175,7 @@ class DockerServices:
     def remove_service(self, service: str, *, volume: bool) -> None:
         with _engine_errors(f"remove {service}"):
             with contextlib.suppress(docker.errors.NotFound):
-                self._client.api.remove_container(self.container_name(service), force=True)
+                self._client.api.remove_container(self.container_name(service), force=True, v=True)
             if volume:
                 with contextlib.suppress(docker.errors.NotFound):
                     self._client.api.remove_volume(f"lbsolo-{self.instance}-addon-{service}-data", force=True)
@@ -144,6 +187,99 @@ class DockerServices:
             except docker.errors.APIError as e:
                 if "already exists" not in str(e):  # already on it: fine
                     raise
+
+    def exec_service(
+        self,
+        service: str,
+        command: list[str],
+        *,
+        stdin: Iterable[bytes] | None = None,
+        stdout_sink: Callable[[bytes], None],
+        timeout: float,
+    ) -> tuple[int, str]:
+        """Over the engine's hijacked connection: a thread writes stdin (then half-closes), this
+        one reads the frames. The engine cannot stop an exec'd process cut off by the timeout."""
+        name = self.container_name(service)
+        api = self._client.api
+        with _engine_errors(f"exec in {service}"):
+            created = api.exec_create(name, command, stdin=stdin is not None, stdout=True, stderr=True)
+            raw = api.exec_start(created["Id"], socket=True)
+            sock: socket.socket = getattr(raw, "_sock", raw)
+            sock.settimeout(timeout)
+            failed: list[BaseException] = []
+
+            def feed() -> None:
+                try:
+                    for chunk in stdin or ():
+                        if chunk:
+                            sock.sendall(chunk)
+                except BaseException as e:  # the reader reports it
+                    failed.append(e)
+                finally:
+                    with contextlib.suppress(OSError):
+                        sock.shutdown(socket.SHUT_WR)
+
+            writer = threading.Thread(target=feed, name=f"exec-stdin-{service}", daemon=True)
+            if stdin is not None:
+                writer.start()
+            try:
+                tail = demultiplex(sock, stdout_sink, time.monotonic() + timeout)
+            except TimeoutError as e:
+                raise EngineError(f"exec in {service}: no end after {timeout:.0f}s") from e
+            finally:
+                with contextlib.suppress(OSError):
+                    sock.close()
+                with contextlib.suppress(OSError):
+                    raw.close()
+            if stdin is not None:
+                writer.join(timeout)
+            if failed and not isinstance(failed[0], OSError):
+                raise failed[0]
+            code = api.exec_inspect(created["Id"]).get("ExitCode")
+        return (1 if code is None else int(code)), tail.decode("utf-8", "replace")
+
+    def stop_service(self, service: str, timeout: int = 30) -> None:
+        with _engine_errors(f"stop {service}"):
+            self._client.api.stop(self.container_name(service), timeout=timeout)
+
+    def run_scratch_service(
+        self,
+        *,
+        service: str,
+        kind: str,
+        image: str,
+        env: dict[str, str],
+        command: list[str] | None,
+        volume: tuple[str, str] | None = None,
+    ) -> ServiceRecord:
+        api = self._client.api
+        with _engine_errors(f"start {service}"):
+            host_config = api.create_host_config(
+                binds={volume[0]: {"bind": volume[1], "mode": "rw"}} if volume else None,
+                init=True,
+                network_mode="none",
+            )
+            created = api.create_container(
+                image,
+                command=command,
+                name=self.container_name(service),
+                hostname=service,
+                environment=env,
+                labels={**self._labels(service, kind), LABEL_SCRATCH: "true"},
+                host_config=host_config,
+            )
+            api.start(created["Id"])
+            return service_record(api.inspect_container(created["Id"]))
+
+    def remove_scratch_services(self) -> int:
+        filters = {"label": [f"{LABEL_INSTANCE}={self.instance}", LABEL_SCRATCH]}
+        removed = 0
+        with _engine_errors("remove scratch containers"):
+            for c in self._client.api.containers(all=True, filters=filters):
+                with contextlib.suppress(docker.errors.NotFound):
+                    self._client.api.remove_container(c["Id"], force=True, v=True)
+                    removed += 1
+        return removed
 
     def disconnect_service(self, service: str, network: str) -> None:
         with _engine_errors(f"disconnect {service} from {network}"):
