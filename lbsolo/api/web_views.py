@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
@@ -27,6 +28,16 @@ if TYPE_CHECKING:
 
 LOG_BACKLOG = 200
 KEEPALIVE_SECONDS = 15.0
+APP_STATUSES = ("running", "deploying", "new", "down", "crashloop", "scaled-down")  # core's _describe
+ADDON_KINDS = ("postgres", "redis", "mariadb")  # addon_kinds.KINDS, in the order the form offers them
+_DIGITS = re.compile(r"(\d+)")
+
+
+def natural_key(name: str) -> tuple[tuple[int, int, str], ...]:
+    """Sort key for names as people read them: s2 before s10, a digit run compared as a number."""
+    return tuple(
+        (1, int(part), part) if part.isdigit() else (0, 0, part.lower()) for part in _DIGITS.split(name) if part
+    )
 
 
 def graphs(sampler: StatsSampler | None, name: str, width: int = 240, height: int = 40) -> list[dict[str, Any]]:
@@ -41,11 +52,11 @@ def graphs(sampler: StatsSampler | None, name: str, width: int = 240, height: in
 
 async def dashboard(platform: Platform, bus: EventBus | None, sampler: StatsSampler | None) -> dict[str, Any]:
     """Every app with its small graphs, the ten latest releases, the latest events."""
-    apps = await platform.list_apps()
+    apps = sorted(await platform.list_apps(), key=lambda a: natural_key(a["name"]))
     recent = await platform.recent_releases(10)  # one read, whatever the number of apps
     events = [e.to_dict() for e in reversed(bus.recent(20))] if bus is not None else []
     small = {a["name"]: graphs(sampler, a["name"], 80, 20) for a in apps}
-    return {"apps": apps, "recent": recent, "events": events, "graphs": small}
+    return {"apps": apps, "recent": recent, "events": events, "graphs": small, "statuses": APP_STATUSES}
 
 
 async def app_page(platform: Platform, sampler: StatsSampler | None, name: str) -> dict[str, Any]:
@@ -62,7 +73,22 @@ async def app_page(platform: Platform, sampler: StatsSampler | None, name: str) 
         "replicas": replicas,
         "web": app["formation"].get(WEB, 0),
         "https": https,
+        "addons": [a for a in await addons(platform) if name in a["attachments"]],
+        "addons_on": has_addons(platform),
+        "kinds": ADDON_KINDS,
     }
+
+
+def has_addons(platform: Platform) -> bool:
+    """Whether the daemon runs add-ons (a Platform without the engine's Services part has none)."""
+    return getattr(platform, "addons", None) is not None
+
+
+async def addons(platform: Platform) -> list[dict[str, Any]]:
+    """Every add-on as the API shows it (no password), names sorted naturally; none without add-on support."""
+    if not has_addons(platform) or platform.addons is None:
+        return []
+    return sorted(await platform.addons.list(), key=lambda a: natural_key(a["name"]))
 
 
 def webhooks(notifier: WebhookNotifier | None) -> dict[str, Any]:

@@ -1,4 +1,5 @@
-// lbsolo web UI: the live log tail with its filter, and a quiet refresh of the apps list.
+// lbsolo web UI: the live log tail with its filter, a quiet refresh of the apps list with its
+// filters, and the output of a first deploy started from the New app form.
 // Plain JavaScript, no build step. Text from the server only ever goes in through textContent.
 "use strict";
 
@@ -56,10 +57,52 @@ function refresh(section) {
         if (fresh && old) old.replaceWith(fresh);
       }
       section = document.getElementById(section.id);
+      document.dispatchEvent(new Event("lbsolo:refreshed"));
     } catch (e) {
       // The daemon may be restarting; the next tick tries again.
     }
   }, every);
+}
+
+function appFilters(input, status) {
+  const shown = document.getElementById("app-shown");
+  const apply = () => {
+    const needle = input.value.trim().toLowerCase();
+    const wanted = status.value;
+    const rows = document.querySelectorAll("#apps tr[data-app]");
+    let visible = 0;
+    for (const row of rows) {
+      const hit = (needle === "" || row.dataset.app.includes(needle)) && (wanted === "" || row.dataset.status === wanted);
+      row.hidden = !hit;
+      if (hit) visible += 1;
+    }
+    shown.textContent = rows.length ? `${visible} of ${rows.length}` : "";
+  };
+  input.addEventListener("input", apply);
+  status.addEventListener("change", apply);
+  document.addEventListener("lbsolo:refreshed", apply);
+  apply();
+}
+
+function deployOutput(pre) {
+  const state = document.getElementById("deploy-state");
+  const source = new EventSource(pre.dataset.stream);
+  source.onmessage = (event) => {
+    const data = JSON.parse(event.data);
+    if ("line" in data) {
+      const stuck = pre.scrollTop + pre.clientHeight >= pre.scrollHeight - 4;
+      const row = document.createElement("div");
+      row.textContent = data.line;
+      pre.append(row);
+      if (stuck) pre.scrollTop = pre.scrollHeight;
+      return;
+    }
+    source.close(); // the deploy ended: no reconnect that would replay it
+    const result = data.result || {};
+    state.dataset.state = result.ok ? "ok" : "failed";
+    state.className = result.ok ? "ok" : "bad";
+    state.textContent = result.ok ? `${result.release} is live` : `failed: ${(result.error || {}).message || "see the output"}`;
+  };
 }
 
 document.addEventListener("DOMContentLoaded", () => {
@@ -67,4 +110,8 @@ document.addEventListener("DOMContentLoaded", () => {
   if (pre && window.EventSource) logTail(pre);
   const live = document.querySelector("[data-refresh]");
   if (live) refresh(live);
+  const filter = document.getElementById("app-filter");
+  if (filter) appFilters(filter, document.getElementById("status-filter"));
+  const build = document.getElementById("deploy-output");
+  if (build && window.EventSource) deployOutput(build);
 });
