@@ -1,0 +1,129 @@
+"""The dump knowledge: commands per kind, a dump file's kind and major from its first bytes, what
+may be restored where, and the verification's count comparison."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from lbsolo.addon_dumps import (
+    Sniffed,
+    check_backup_id,
+    check_complete,
+    check_restorable,
+    compare_counts,
+    counts_command,
+    dump_command,
+    manifest,
+    parse_counts,
+    restore_command,
+    sniff,
+)
+from lbsolo.addon_kinds import KINDS, Credentials
+from lbsolo.errors import InvalidInput
+
+# The first bytes of real pg_dump -Fc files of the stand-ins (archive 1.14 by 15.18, 1.16 by 17.12).
+PG15 = bytes.fromhex(
+    "5047444d50010e0004080101010000000001000000000700000000080000000005000000000b000000007e0000000000000000"
+    "000100000064001e00000031352e3138202844656269616e2031352e31382d302b6465623132753129001e00000031352e3138"
+    "202844656269616e"
+)
+PG17 = bytes.fromhex(
+    "5047444d50011000040801010001000000000700000000080000000005000000000b000000007e0000000000000000000100"
+    "000064001e00000031372e3132202844656269616e2031372e31322d302b6465623133753129001e00000031372e3132202844"
+    "656269616e2031372e"
+)
+RDB = b"REDIS0010\xfa\tredis-ver\x067.0.15\xfa\nredis-bits\xc0@"
+MARIADB = (
+    b"/*M!999999\\- enable the sandbox mode */\n-- MariaDB dump 10.19  Distrib 10.11.6-MariaDB\n--\n"
+    b"-- Server version\t10.11.6-MariaDB-0+deb12u1\n"
+)
+CREDS = Credentials("shop_db", "pw-123_abc", "shop_db")
+
+
+def test_sniffs_the_kind_and_major_of_real_dump_headers():
+    assert sniff(PG15 + b"\0" * 64) == Sniffed("postgres", "15")
+    assert sniff(PG17 + b"\0" * 64) == Sniffed("postgres", "17")
+    assert sniff(RDB) == Sniffed("redis", "7")
+    assert sniff(MARIADB) == Sniffed("mariadb", "10.11")
+
+
+@pytest.mark.parametrize(
+    ("head", "said"),
+    [
+        (b"", "empty"),
+        (b"\x1f\x8b\x08\x00rest", "gzip"),
+        (b"hello world", "not a dump"),
+        (PG15[:30], "cut short"),
+    ],
+)
+def test_refuses_what_is_not_a_whole_dump_head(head, said):
+    with pytest.raises(InvalidInput, match=said):
+        sniff(head)
+
+
+def test_another_kind_or_a_newer_major_is_refused_an_older_one_is_fine():
+    pg = KINDS["postgres"]
+    check_restorable(Sniffed("postgres", "15"), pg, "17")
+    check_restorable(Sniffed("postgres", "15"), pg, "15")
+    with pytest.raises(InvalidInput, match="newer than this add-on's 15"):
+        check_restorable(Sniffed("postgres", "17"), pg, "15")
+    with pytest.raises(InvalidInput, match="is a redis dump; this add-on is postgres"):
+        check_restorable(Sniffed("redis", "7"), pg, "15")
+    check_restorable(Sniffed("mariadb", "10.6"), KINDS["mariadb"], "10.11")
+    with pytest.raises(InvalidInput, match="newer"):
+        check_restorable(Sniffed("mariadb", "11.4"), KINDS["mariadb"], "10.11")
+
+
+def test_a_cut_rdb_or_sql_dump_is_seen_by_its_end():
+    check_complete(KINDS["redis"], b"....\xff" + b"\x01" * 8)
+    with pytest.raises(InvalidInput, match="cut short"):
+        check_complete(KINDS["redis"], b"....\xff\x01\x02")
+    check_complete(KINDS["mariadb"], b"INSERT ...;\n-- Dump completed on 2026-12-05  8:00:00\n")
+    with pytest.raises(InvalidInput, match="Dump completed"):
+        check_complete(KINDS["mariadb"], b"INSERT INTO t VALUES (1),(2")
+
+
+def test_counts_are_parsed_and_compared_with_the_readings_around_the_dump():
+    assert parse_counts("public.a\t3\npublic.b\t0\nnoise\n\npublic.c|x\tN\n") == {"public.a": 3, "public.b": 0}
+    assert compare_counts({"a": 3}, {"a": 3}, {"a": 3}) == []
+    assert compare_counts({"a": 3}, {"a": 5}, {"a": 4}) == []  # written during the dump
+    assert compare_counts({"a": 3}, {"a": 3}, {"a": 2}) == ["a: 2 restored, 3 at dump time"]
+    assert compare_counts({"a": 3}, {"a": 3}, {}) == ["a: 0 restored, 3 at dump time"]
+    assert compare_counts({}, {}, {"x": 1}) == ["x: 1 restored, 0 at dump time"]
+
+
+def test_commands_are_argv_for_a_shell_with_the_credentials_quoted():
+    for name, kind in KINDS.items():
+        for argv in (dump_command(kind, CREDS), counts_command(kind, CREDS)):
+            assert argv[:2] == ["sh", "-c"] and CREDS.password in argv[2], name
+    assert "pg_dump" in dump_command(KINDS["postgres"], CREDS)[2] and "-Fc" in dump_command(KINDS["postgres"], CREDS)[2]
+    assert "--single-transaction" in restore_command(KINDS["postgres"], CREDS)[2]
+    assert "--single-transaction" in dump_command(KINDS["mariadb"], CREDS)[2]
+    assert "bgsave" in dump_command(KINDS["redis"], CREDS)[2]
+    with pytest.raises(InvalidInput):
+        restore_command(KINDS["redis"], CREDS)
+
+
+def test_backup_ids_are_timestamps_and_nothing_else():
+    assert check_backup_id("20261205T080912Z") == "20261205T080912Z"
+    assert check_backup_id("20261205T080912Z-a1") == "20261205T080912Z-a1"
+    for bad in ("../x", "20261205T080912Z/../../etc", "", "latest"):
+        with pytest.raises(InvalidInput):
+            check_backup_id(bad)
+
+
+def test_the_manifest_is_json_with_what_a_restore_checks():
+    m = manifest(
+        backup_id="20261205T080912Z",
+        addon="shop-db",
+        kind=KINDS["mariadb"],
+        version="10.11",
+        created=1.5,
+        size=10,
+        sha256="ab",
+        counts={"t": 1},
+        counts_after={"t": 1},
+    )
+    assert json.loads(json.dumps(m))["major"] == "10.11" and m["verified"] is None and m["kind"] == "mariadb"
