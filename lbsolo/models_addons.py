@@ -35,6 +35,11 @@ class Addon:
     status: AddonStatus = AddonStatus.CREATING
     error: str | None = None
     created_at: float = field(default_factory=now)
+    # Scheduled backups: a cron expression (None: none scheduled) and how many scheduled ones to keep.
+    backup_schedule: str | None = None
+    backup_keep: int = 7
+    # Published on the host by addons:expose: {"address": "127.0.0.1", "port": 15432}; empty: not published.
+    exposed: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -52,6 +57,9 @@ class Addon:
             status=AddonStatus(d.get("status", AddonStatus.CREATING)),
             error=d.get("error"),
             created_at=d.get("created_at", 0.0),
+            backup_schedule=d.get("backup_schedule"),
+            backup_keep=int(d.get("backup_keep", 7)),
+            exposed=dict(d.get("exposed") or {}),
         )
 
     def public(self) -> dict[str, Any]:
