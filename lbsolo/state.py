@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import json
+import operator
 import os
 import tempfile
 import threading
@@ -80,18 +82,31 @@ class AtomicJSONStorage(Storage):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._data: dict[str, dict[str, Any]] | None = None
+        self._payload = b""  # what the file holds, as write() would make it
+        self.writes = 0  # files written by this process (the scale benchmark and tests count them)
         if self.path.exists() and self.path.stat().st_size > 0:
             with self.path.open(encoding="utf-8") as f:
                 self._data = json.load(f)
+            self._payload = json.dumps(self._data, separators=(",", ":"), sort_keys=True).encode()
 
     def read(self) -> dict[str, dict[str, Any]] | None:
-        # TinyDB mutates what read() returns before calling write(); hand out a copy so a
-        # failed write cannot leave memory ahead of disk.
-        return copy.deepcopy(self._data) if self._data is not None else None
+        # TinyDB changes what read() returns before calling write(): each table and each document
+        # it gets is a copy, so a failed write cannot leave memory ahead of disk. One level per
+        # document is enough: TinyDB replaces a document's fields, never edits a value inside
+        # one, and what lbsolo reads goes through rows(), which copies all the way down.
+        if self._data is None:
+            return None
+        return {name: {i: dict(doc) for i, doc in docs.items()} for name, docs in self._data.items()}
 
     def write(self, data: dict[str, dict[str, Any]]) -> None:
-        """Replace the file with `data`; if that fails (a full disk), the old file and memory stay as they were."""
+        """Replace the file with `data`; if that fails (a full disk), the old file and memory stay as they were.
+
+        A write that changes nothing (TinyDB's upsert first tries an update that matches nothing)
+        touches no file.
+        """
         payload = json.dumps(data, separators=(",", ":"), sort_keys=True).encode()
+        if payload == self._payload:
+            return
         tmp: str | None = None
         try:
             fd, tmp = tempfile.mkstemp(prefix=".state-", suffix=".tmp", dir=self.path.parent)
@@ -107,7 +122,9 @@ class AtomicJSONStorage(Storage):
             if isinstance(e, OSError):
                 raise StorageError.writing("lbsolo's state", self.path, e) from e
             raise
-        self._data = copy.deepcopy(data)
+        # `data` is TinyDB's copy from read(), which nothing else holds: it becomes the memory.
+        self._data, self._payload = data, payload
+        self.writes += 1
         # The new file is in place and readable: a failure to make the rename durable is not
         # worth failing a change that has already happened.
         with contextlib.suppress(OSError):
@@ -127,6 +144,9 @@ class AtomicJSONStorage(Storage):
         """
         docs = (self._data or {}).get(table, {}).values()
         return [copy.deepcopy(d) for d in docs if match is None or match(d)]
+
+    def exists(self, table: str, match: Callable[[dict[str, Any]], bool]) -> bool:
+        return any(match(d) for d in (self._data or {}).get(table, {}).values())
 
 
 class State:
@@ -162,6 +182,16 @@ class State:
                 raise StorageError.writing("a copy of lbsolo's state before its migration", backup, e) from e
         storage.write(migrate(data))
 
+    def _upsert(self, table: str, doc: dict[str, Any], **key: Any) -> None:
+        """Update the document whose fields equal `key`, or insert `doc`: one write either way
+        (TinyDB's own upsert serialises the whole database twice to insert)."""
+        if self._memory.exists(table, lambda d: all(d.get(k) == v for k, v in key.items())):
+            q = Query()
+            cond = functools.reduce(operator.and_, (q[k] == v for k, v in key.items()))
+            self._db.table(table).update(doc, cond)
+        else:
+            self._db.table(table).insert(doc)
+
     # apps
     def list_apps(self) -> list[App]:
         with self._lock:
@@ -193,7 +223,7 @@ class State:
 
     def save_app(self, app: App) -> None:
         with self._lock:
-            self._apps.upsert(app.to_dict(), Query().name == app.name)
+            self._upsert("apps", app.to_dict(), name=app.name)
 
     def delete_app(self, name: str) -> None:
         q = Query()
@@ -225,9 +255,8 @@ class State:
         return max((r.version for r in self.list_releases(app)), default=0) + 1
 
     def save_release(self, release: Release) -> None:
-        q = Query()
         with self._lock:
-            self._releases.upsert(release.to_dict(), (q.app == release.app) & (q.version == release.version))
+            self._upsert("releases", release.to_dict(), app=release.app, version=release.version)
 
     # static routes
     def list_routes(self) -> list[StaticRoute]:
@@ -285,7 +314,7 @@ class State:
 
     def save_addon(self, addon: Addon) -> None:
         with self._lock:
-            self._addons.upsert(addon.to_dict(), Query().name == addon.name)
+            self._upsert("addons", addon.to_dict(), name=addon.name)
 
     def delete_addon(self, name: str) -> None:
         with self._lock:
@@ -294,7 +323,7 @@ class State:
     # builds
     def save_build(self, build: Build) -> None:
         with self._lock:
-            self._builds.upsert(build.to_dict(), Query().id == build.id)
+            self._upsert("builds", build.to_dict(), id=build.id)
 
     def list_builds(self, app: str) -> list[Build]:
         with self._lock:
@@ -309,7 +338,7 @@ class State:
     # webhooks (plain dicts: the notifier owns their shape)
     def list_webhooks(self) -> list[dict[str, Any]]:
         with self._lock:
-            rows = self._db.table("webhooks").all()
+            rows = self._memory.rows("webhooks")
         return sorted((dict(r) for r in rows), key=lambda r: (r.get("created_at", 0), r["id"]))
 
     def add_webhook(self, doc: dict[str, Any]) -> None:
@@ -326,7 +355,7 @@ class State:
     # extra API tokens (plain dicts holding only a hash of each token)
     def list_tokens(self) -> list[dict[str, Any]]:
         with self._lock:
-            rows = self._db.table("tokens").all()
+            rows = self._memory.rows("tokens")
         return sorted((dict(r) for r in rows), key=lambda r: (r.get("created_at", 0), r["id"]))
 
     def add_token(self, doc: dict[str, Any]) -> None:
@@ -348,7 +377,7 @@ class State:
     # ended web UI sessions: their ids, until they would have expired anyway
     def revoked_sessions(self) -> dict[str, int]:
         with self._lock:
-            rows = self._db.table("revoked_sessions").all()
+            rows = self._memory.rows("revoked_sessions")
         return {r["id"]: int(r["expires"]) for r in rows}
 
     def revoke_session(self, session_id: str, expires: int, now: float) -> None:

@@ -97,3 +97,33 @@ def test_reads_come_from_memory_as_copies_and_a_failed_write_changes_nothing(tmp
     with pytest.raises(StorageError):
         state.save_app(app)
     assert state.get_app("a").config == {}  # memory is not ahead of the disk
+
+
+def test_each_change_writes_the_file_once_and_no_change_writes_nothing(tmp_path):
+    """At 200 apps a write costs the whole file: TinyDB's upsert wrote it twice to insert, and an
+    update or remove that matched nothing wrote it unchanged (the scale issue's deploy at N=200)."""
+    state = State(tmp_path / "state.json")
+    storage: AtomicJSONStorage = state._memory
+    state.create_app(App("a"))
+    before = storage.writes
+    state.save_release(Release("a", 1, "sha256:x", created_at=1.0))  # an insert
+    assert storage.writes == before + 1
+    state.save_release(Release("a", 1, "sha256:x", status=ReleaseStatus.ACTIVE, created_at=1.0))  # an update
+    assert storage.writes == before + 2
+    state.save_release(Release("a", 1, "sha256:x", status=ReleaseStatus.ACTIVE, created_at=1.0))  # the same
+    assert storage.writes == before + 2
+    state.delete_builds("a", ["nope"])  # matches nothing (the first time adds the empty table)
+    state.delete_builds("a", ["nope"])
+    assert storage.writes <= before + 3
+    assert [(r.version, r.status) for r in State(tmp_path / "state.json").list_releases("a")] == [
+        (1, ReleaseStatus.ACTIVE)
+    ]
+
+
+def test_a_document_read_back_is_not_shared_with_the_next_one_written(tmp_path):
+    st = AtomicJSONStorage(tmp_path / "db.json")
+    st.write({"t": {"1": {"n": {"deep": 1}}}})
+    first = st.read()
+    first["t"]["1"]["n"] = {"deep": 2}  # TinyDB's update replaces a field of its copy
+    assert st.read() == {"t": {"1": {"n": {"deep": 1}}}}
+    assert st.rows("t")[0] is not st.rows("t")[0]
