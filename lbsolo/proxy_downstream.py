@@ -2,46 +2,42 @@
 
 A client's bytes are read two ways: the common request (a whole GET or HEAD with plain end-to-end
 headers) by the fast path of `proxy_request`, from its raw bytes; anything else by httptools,
-calling back a `RequestReader` (proxy_reader). The connection answers the requests it read in
-order: it routes each one, answers what the proxy answers itself (404, 503, redirects to HTTPS,
-body limits, error pages), and sends the rest to an app through an `Upstream` (proxy_upstream)
-from the `TargetPool` (proxy_targets), or a new one from the `Connector` (proxy_connect). It keeps
-connections alive, pipelines, applies backpressure both ways, and the timeouts and caps.
+calling back a `RequestReader` (proxy_reader). The connection answers the requests it read one at
+a time, in order: a request that could not be read gets its error page here; every other one goes
+to the connection's `Forwarder` (proxy_forward), which routes it, answers what the proxy answers
+for a route, or hands back an `Upstream` (proxy_upstream) to relay it through (`attach`). The
+connection writes what the upstream relays, ends each exchange (`finish`, `record`), keeps
+connections alive, pipelines, turns into a tunnel after an upgrade, applies backpressure both
+ways, and the timeouts and caps.
 
 What it must not do: log per request or format anything for the access log on the hot path
-(`record` appends a tuple, the server folds them), let one connection break another, or keep
-any per-target state of its own (in flight, connecting, queued: the pool's `acquire`/`release`,
-`wait`/`connected`). It sees the server only as an `Edge`, and calls the upstream side only
-through its public methods.
+(`record` appends a tuple, the server folds them), let one connection break another, route, or
+keep any per-target state (the forwarder and the pool do). It sees the server only as an `Edge`,
+and calls the forwarder and the upstream side only through their public methods.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import re
 from collections import deque
-from collections.abc import Iterator
 from typing import Protocol, cast
 
 import httptools
 
-from lbsolo.proxy_buffering import CANNOT_HOLD, CannotHold, HeldBodies
-from lbsolo.proxy_connect import Connector
+from lbsolo.proxy_forward import Forwarder, Routing
 from lbsolo.proxy_http import (
     _P_BROKEN,
     _P_BUFFER,
     _P_EOF,
     _P_QUEUE,
     _P_UPSTREAM,
-    _https_redirect,
     _now,
     error_response,
 )
-from lbsolo.proxy_reader import PIPELINE_MAX, RequestReader
+from lbsolo.proxy_reader import PIPELINE_MAX, ReaderSettings, RequestReader
 from lbsolo.proxy_request import KNOWN_REQUESTS, Request, read_simple_request
-from lbsolo.proxy_routes import Route, RouteTable, Target, normalize_host
-from lbsolo.proxy_targets import Connection, Slot, TargetPool
+from lbsolo.proxy_routes import Route
 from lbsolo.proxy_upstream import Upstream
 
 log = logging.getLogger("lbsolo.proxy")
@@ -51,8 +47,6 @@ _NO_ROUTE = Route(_UNROUTED)
 # Bound once: a method call on an imported name compiles to a slower attribute load plus a call.
 _known_request = KNOWN_REQUESTS.get
 _IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE", b"TRACE"})
-_CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
-_EXPECT_LINE = re.compile(rb"\r\nexpect:[^\r\n]*", re.IGNORECASE)
 _REFUSED_BODY = b"too many connections; retry later\n"
 _REFUSED = (  # the answer to a connection past a cap, before anything is read
     b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: %d\r\n"
@@ -60,26 +54,14 @@ _REFUSED = (  # the answer to a connection past a cap, before anything is read
 )
 
 
-class Edge(Protocol):
-    """What a client connection reads and counts of the proxy (`ProxyServer` is one)."""
+class Edge(Routing, ReaderSettings, Protocol):
+    """What a client connection reads and counts of the proxy (`ProxyServer` is one); its
+    forwarder and its reader read their parts of it."""
 
     loop: asyncio.AbstractEventLoop | None
-    pool: TargetPool
-    connector: Connector
-    bodies: HeldBodies
-    request_ids: Iterator[bytes]
-    table: RouteTable
     stopping: bool
-    connect_timeout: float
-    read_timeout: float
-    header_timeout: float
     idle_timeout: float
     tunnel_idle_timeout: float
-    body_min_rate: float
-    body_grace: float
-
-    @property
-    def https_port(self) -> int | None: ...
 
     @property
     def finished(self) -> list[tuple[object, ...]]:
@@ -97,14 +79,12 @@ class Edge(Protocol):
 
 class Downstream(asyncio.Protocol):
     __slots__ = (
-        "_active",
         "_bytes_in",
         "_bytes_out",
-        "_closed",
-        "_connect_task",
         "_counted",
         "_eof",
         "_finished",
+        "_forwarder",
         "_ids",
         "_in_mark",
         "_leftover",
@@ -112,16 +92,15 @@ class Downstream(asyncio.Protocol):
         "_lost",
         "_out_mark",
         "_paused_at",
-        "_pool",
         "_pumping",
         "_reader",
         "_served",
         "_server",
-        "_slot",
         "_tunnel",
         "_upgrade_wait",
-        "_waiting_for",
         "_write_paused",
+        "active",
+        "closed",
         "cork",
         "deadline",
         "paused",
@@ -140,7 +119,6 @@ class Downstream(asyncio.Protocol):
         loop = server.loop
         assert loop is not None
         self._loop = loop
-        self._pool = server.pool
         self._ids = server.request_ids
         self._finished = server.finished
         self.transport: asyncio.Transport | None = None
@@ -154,10 +132,9 @@ class Downstream(asyncio.Protocol):
         self._counted = False  # counted in the server's connections per client address
         self._write_paused = False
         self.up: Upstream | None = None
-        self._active: Request | None = None
+        self.active: Request | None = None
         self._pumping = False
-        self._connect_task: asyncio.Task[None] | None = None
-        self._closed = False
+        self.closed = False
         self._lost = False
         self._eof = False
         self.cork: list[bytes] | None = None  # while set, what is written is gathered for one write
@@ -165,11 +142,10 @@ class Downstream(asyncio.Protocol):
         self._upgrade_wait = False
         self._tunnel = False
         self._served = 0
-        self._slot: Slot | None = None  # the target the current exchange (or tunnel) goes to, for drain
-        self._waiting_for: Slot | None = None  # queued for a connection to this target
         self._bytes_in = self._bytes_out = 0  # on this connection; the marks are where the last request ended
         self._in_mark = self._out_mark = 0
         self._reader = RequestReader(self, server, loop, httptools.HttpRequestParser)
+        self._forwarder = Forwarder(self, server, loop)
 
     # -- asyncio callbacks ---------------------------------------------------------------
 
@@ -182,7 +158,7 @@ class Downstream(asyncio.Protocol):
             self.trusted = server.trusts(str(peer[0]))
         # Caps: one address (a trusted proxy speaks for many clients: not capped) and everyone.
         if not server.admit(self, self.peer, self.trusted):
-            self._closed = True
+            self.closed = True
             self.transport.write(_REFUSED)
             self.transport.close()
             return
@@ -193,7 +169,7 @@ class Downstream(asyncio.Protocol):
         self.deadline = self._loop.time() + server.header_timeout
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._closed = self._lost = True
+        self.closed = self._lost = True
         self.deadline = None
         if self._counted:
             self._counted = False
@@ -209,7 +185,7 @@ class Downstream(asyncio.Protocol):
                 up.write(data)
                 self.deadline = self._loop.time() + self._server.tunnel_idle_timeout
             return
-        if self._closed or self.paused & _P_BROKEN:
+        if self.closed or self.paused & _P_BROKEN:
             return
         if self._upgrade_wait:
             self._leftover += data
@@ -228,8 +204,8 @@ class Downstream(asyncio.Protocol):
                 req.request_id = next(self._ids)
                 self.deadline = None  # waiting for the app now: the upstream's deadline applies
                 self.queue.append(req)
-                self._active = req
-                self._dispatch(req)
+                self.active = req
+                self._forwarder.dispatch(req)
                 return
         self._feed(data)
 
@@ -298,7 +274,7 @@ class Downstream(asyncio.Protocol):
         reader.drop()
         if cur is not None and cur.headers_done:
             # The error is inside the body of a request already queued.
-            if cur is self._active:
+            if cur is self.active:
                 up = self.up
                 if up is not None:
                     self.up = None
@@ -307,7 +283,7 @@ class Downstream(asyncio.Protocol):
                 if cur.responded:
                     self.close()
                 else:
-                    self._send_error(cur, status, code, message, close=True)
+                    self.send_error(cur, status, code, message, close=True)
             else:
                 cur.error = (status, code, message)
             return
@@ -316,142 +292,29 @@ class Downstream(asyncio.Protocol):
         bad.body_done = True
         queue.append(bad)
 
-    # -- request dispatch ----------------------------------------------------------------
+    # -- request dispatch (the forwarder's part) ------------------------------------------
 
     def _pump(self) -> None:
         if self._pumping:
             return
         self._pumping = True
         try:
-            while self.queue and self._active is None and not self._closed:
+            while self.queue and self.active is None and not self.closed:
                 req = self.queue[0]
-                self._active = req
-                self._dispatch(req)
+                self.active = req
+                if req.error is not None:
+                    self.send_error(req, *req.error, close=True)
+                else:
+                    self._forwarder.dispatch(req)
         finally:
             self._pumping = False
 
-    def _dispatch(self, req: Request) -> None:
-        if req.error is not None:
-            self._send_error(req, *req.error, close=True)
-            return
-        server = self._server
-        table = server.table
-        hit = table.by_raw_host.get(req.host)
-        route = hit[0] if hit is not None and hit[1] is None else table.match_raw(req.host, req.url)
-        if route is None:
-            host = normalize_host(req.host) or "(none)"
-            self._send_error(req, 404, "not_found", f"no app is served at {host}")
-            return
-        if route.https_redirect and self.proto == b"http" and (port := server.https_port) is not None:
-            # The app is HTTPS-only: answer 308 here; the app never sees plain HTTP. One flag read
-            # per request otherwise.
-            req.route = route
-            keep = self.keep_alive(req)  # a body not yet read is not read: the connection closes
-            self.write(_https_redirect(normalize_host(req.host), req.url, port, req.request_id, keep, req.http11))
-            req.status = 308
-            req.responded = True
-            self.finish(req, close=not keep)
-            return
-        if not route.targets:
-            self._send_error(req, 503, "app_not_running", f"app {route.app} is not running")
-            return
-        req.route = route
-        if req.body_done and not req.received:  # most requests: no body, nothing to hold or cap
-            self.forward(req)
-            return
-        limit = route.max_body
-        buffered = route.request_buffering and not req.upgrade
-        hold = buffered and not req.body_done  # a body that came whole with its head is sent on at once
-        bodies = server.bodies
-        if buffered and (limit is None or limit > bodies.max_body):
-            limit = bodies.max_body  # a buffered body is capped by the proxy's bound too, however it came
-        if limit is not None:
-            if req.content_length > limit or req.received > limit:
-                # Not read any further: the connection cannot be reused.
-                self._refuse(req, 413, "body_too_large", f"the body limit of app {route.app} is {limit} bytes")
-                return
-            req.limit = limit
-        if hold:
-            # Read the whole body first (the reader forwards it once complete): a slow client then
-            # costs the app nothing, whatever its workers.
-            try:
-                bodies.hold(req)
-            except CannotHold:
-                self._refuse(req, *CANNOT_HOLD)
-                return
-            if req.expect_continue:
-                req.head = _EXPECT_LINE.sub(b"", req.head, count=1)  # answered here, not by the app
-                if not req.received:
-                    self.write(_CONTINUE)
-            if self.paused & _P_BUFFER:
-                self.resume(_P_BUFFER)
-            return
-        self.forward(req)
-
-    def _refuse(self, req: Request, status: int, code: str, message: str) -> None:
-        """Answer `req` before its body is read whole, and read nothing more."""
-        self.pause(_P_BROKEN)
-        self._reader.drop()
-        self._send_error(req, status, code, message, close=True)
-
     def forward(self, req: Request, reroute: bool = False) -> None:
-        """Send a routed request to one of its app's targets: a pooled connection, or a new one.
+        """Send a routed request on (the reader calls it once a held body is whole)."""
+        self._forwarder.forward(req, reroute)
 
-        `reroute`: the request was held while its body came, and its app's route may have changed.
-        """
-        route = req.route
-        assert route is not None
-        if reroute:
-            current = self._server.table.routes.get(route.app)
-            if current is not None:
-                req.route = route = current
-        targets = route.targets
-        if not targets:
-            self._send_error(req, 503, "app_not_running", f"app {route.app} is not running")
-            return
-        pool = self._pool
-        target = targets[0] if len(targets) == 1 else pool.pick(targets)
-        slot = self._slot
-        if slot is None:  # the usual case: the last exchange released its target
-            self._slot = slot = pool.acquire(target)
-        elif slot.target is not target and slot.target != target:
-            slot = self._track(target)
-        up = pool.take_idle(slot)
-        if up is not None:
-            self._begin(req, up, reused=True)  # type: ignore[arg-type]
-        elif pool.wait(slot, self):
-            # Enough connections are being opened to this target: wait for one of them, or for one
-            # that frees up (take, connect).
-            self._waiting_for = slot
-        else:
-            self._connect_task = self._loop.create_task(self._connect(req, target))
-
-    async def _connect(self, req: Request, first: Target) -> None:
-        """Open a connection to `first`, else to the route's other targets (nothing was sent yet)."""
-        route = req.route
-        assert route is not None
-        try:
-            up = await self._server.connector.connect(route.app, first, self._track)
-        except asyncio.CancelledError:
-            raise
-        except Exception:  # a bug must not leave the client waiting forever
-            log.exception("proxy: internal error while connecting to an app")
-            self._connect_task = None
-            if not self._closed and self._active is req and not req.responded:
-                self._send_error(req, 502, "bad_gateway", "internal proxy error", close=True)
-            else:
-                self.abort()
-            return
-        self._connect_task = None
-        if isinstance(up, str):
-            if not self._closed and self._active is req:
-                self._send_error(req, 502, "bad_gateway", f"app {route.app} is unreachable (connection {up})")
-        elif self._closed or self._active is not req:
-            self._pool.put_idle(up)  # a fresh connection: someone else can use it
-        else:
-            self._begin(req, up, reused=False)  # type: ignore[arg-type]
-
-    def _begin(self, req: Request, up: Upstream, reused: bool) -> None:
+    def attach(self, req: Request, up: Upstream, reused: bool) -> None:
+        """Relay `req` through `up`, a connection to its target (the forwarder hands it over)."""
         self.up = up
         up.begin(self, req, reused)
         if self._write_paused:
@@ -459,54 +322,11 @@ class Downstream(asyncio.Protocol):
         if self.paused & _P_BUFFER:
             self.resume(_P_BUFFER)
 
-    def _retry(self, req: Request) -> None:
-        """Send an idempotent request again on a fresh connection, to the least busy target."""
-        route = self._server.table.routes.get(req.route.app) if req.route is not None else None
-        if route is None or not route.targets:
-            self._send_error(req, 502, "bad_gateway", "app closed the connection")
-            return
-        req.attempts += 1
-        req.route = route
-        target = self._pool.pick(route.targets)
-        self._track(target)
-        self._connect_task = self._loop.create_task(self._connect(req, target))
-
-    # -- in-flight accounting (drain) -----------------------------------------------------
-
-    def _track(self, target: Target) -> Slot:
-        """Count this connection's current exchange (or tunnel) against `target`."""
-        old = self._slot
-        if old is not None:
-            if old.target is target or old.target == target:
-                return old
-            self._slot = None
-            self._pool.release(old)
-        self._slot = slot = self._pool.acquire(target)
-        return slot
-
-    def _untrack(self) -> None:
-        slot = self._slot
-        if slot is not None:
-            self._slot = None
-            self._pool.release(slot)
-
-    # The pool's `Waiter`: queued for a connection to a busy target.
-
-    def claim(self, slot: Slot) -> bool:
-        if self._waiting_for is slot and not self._closed and self._active is not None:
-            self._waiting_for = None
-            return True
-        return False
-
-    def take(self, up: Connection) -> None:
-        req = self._active
-        assert req is not None
-        self._begin(req, up, reused=True)  # type: ignore[arg-type]
-
-    def connect(self, target: Target) -> None:
-        req = self._active
-        assert req is not None
-        self._connect_task = self._loop.create_task(self._connect(req, target))
+    def refuse(self, req: Request, status: int, code: str, message: str) -> None:
+        """Answer `req` before its body is read whole, and read nothing more."""
+        self.pause(_P_BROKEN)
+        self._reader.drop()
+        self.send_error(req, status, code, message, close=True)
 
     # -- responses (what the upstream side calls: its `ClientSide`) --------------------------
 
@@ -514,7 +334,7 @@ class Downstream(asyncio.Protocol):
         cork = self.cork
         if cork is not None:
             cork.append(data)
-        elif not self._closed:
+        elif not self.closed:
             self._bytes_out += len(data)
             self.transport.write(data)  # type: ignore[union-attr]
 
@@ -522,7 +342,7 @@ class Downstream(asyncio.Protocol):
         """Whether the connection stays open after the response to `req`."""
         return req.keep_alive and req.body_done and not self._eof and not self._server.stopping
 
-    def _send_error(self, req: Request, status: int, code: str, message: str, *, close: bool = False) -> None:
+    def send_error(self, req: Request, status: int, code: str, message: str, *, close: bool = False) -> None:
         keep = not close and self.keep_alive(req)
         if not req.request_id:
             req.request_id = next(self._ids)
@@ -554,15 +374,12 @@ class Downstream(asyncio.Protocol):
         queue = self.queue
         if queue and queue[0] is req:
             queue.popleft()
-        self._active = None
+        self.active = None
         self.up = None
         self._served += 1
-        slot = self._slot
-        if slot is not None:
-            self._slot = None
-            self._pool.release(slot)
+        self._forwarder.release()
         self.record(req)
-        if close or self._closed or self._eof:
+        if close or self.closed or self._eof:
             self.close()
             return
         reader = self._reader
@@ -581,7 +398,7 @@ class Downstream(asyncio.Protocol):
             data, self._leftover = self._leftover, b""
             if data:
                 self._feed(data)
-                if self._closed:
+                if self.closed:
                     return
         if self.paused & _P_QUEUE and len(queue) < PIPELINE_MAX:
             self.resume(_P_QUEUE)
@@ -623,15 +440,15 @@ class Downstream(asyncio.Protocol):
         """The upstream relaying `req` failed; `retry`: nothing of the response came, it may go again."""
         self.up = None
         req.sink = None
-        if self._closed or self._active is not req:
+        if self.closed or self.active is not req:
             return
         if req.responded:
             self.close()
             return
         if retry and req.attempts == 0 and req.replayable and req.method in _IDEMPOTENT:
-            self._retry(req)
+            self._forwarder.retry(req)
             return
-        self._send_error(req, status, code, message)
+        self.send_error(req, status, code, message)
 
     def start_tunnel(self, up: Upstream, tail: bytes) -> None:
         """The app switched protocols: from now on bytes go both ways unread (`tail` came with the 101)."""
@@ -649,7 +466,7 @@ class Downstream(asyncio.Protocol):
 
     def pause(self, reason: int) -> None:
         """Stop reading from the client for `reason` (a bit of the pause reasons), until `resume`."""
-        if not self.paused and not self._closed:
+        if not self.paused and not self.closed:
             self.transport.pause_reading()  # type: ignore[union-attr]
             self.deadline = None
             self._paused_at = self._loop.time()
@@ -659,7 +476,7 @@ class Downstream(asyncio.Protocol):
         if not self.paused & reason:
             return
         self.paused &= ~reason
-        if self.paused or self._closed:
+        if self.paused or self.closed:
             return
         self.transport.resume_reading()  # type: ignore[union-attr]
         server = self._server
@@ -689,11 +506,11 @@ class Downstream(asyncio.Protocol):
         if (
             req is not None
             and not self._write_paused
-            and not self._closed
+            and not self.closed
             and ((not req.headers_done and not queue) or (req.headers_done and queue[0] is req and not req.responded))
         ):
             self._detach_upstream()
-            self._refuse(req, 408, "request_timeout", "the request was not received in time")
+            self.refuse(req, 408, "request_timeout", "the request was not received in time")
             return
         self.close()
 
@@ -703,12 +520,7 @@ class Downstream(asyncio.Protocol):
             self.close()
 
     def _detach_upstream(self) -> None:
-        self._waiting_for = None  # skipped when its turn comes
-        self._untrack()
-        task = self._connect_task
-        if task is not None:
-            self._connect_task = None
-            task.cancel()
+        self._forwarder.stop()
         up = self.up
         if up is not None:
             self.up = None
@@ -718,16 +530,16 @@ class Downstream(asyncio.Protocol):
                 up.abandon()
 
     def close(self) -> None:
-        if self._closed:
+        if self.closed:
             return
-        self._closed = True
+        self.closed = True
         self.deadline = None
         self._detach_upstream()
         self._reader.free_bodies(self.queue)
         self.transport.close()  # type: ignore[union-attr]
 
     def abort(self) -> None:
-        self._closed = True
+        self.closed = True
         self.deadline = None
         self._detach_upstream()
         self._reader.free_bodies(self.queue)

@@ -1,0 +1,272 @@
+"""A client connection's side toward its app: each request routed, then sent to one of its targets.
+
+Every client connection (`Downstream`) builds one `Forwarder` and hands it the requests it
+answers, one at a time and in order (`dispatch`). The forwarder routes a request by the current
+`RouteTable` and answers, through its connection, what the proxy answers for a route itself: no
+app at the host (404), an app not running (503), an HTTPS-only app over plain HTTP (308), a body
+over the route's limit (413). A buffering route's body is held until it is whole (`HeldBodies`),
+then sent on (`forward`). Sending on means picking a target (`TargetPool.pick`), counting the
+exchange in flight to it (`track`, `release`: balancing and drain read the count) and handing
+the connection an upstream connection: a pooled one, one that frees up while the request is
+queued for the target (the forwarder is the pool's `Waiter`: `claim`, `take`, `connect`), or a
+new one from the `Connector`. A request a reused connection failed before any of its response
+came may go again, once, on a new connection (`retry`).
+
+What it must not do: read or write bytes itself, parse, or keep any per-target state (the pool
+holds it; a forwarder holds only the slot its connection's exchange counts against, the slot it
+is queued for and its connection attempt). It sees its connection only as a `Forwarding`, and
+an upstream connection only as the pool's `Connection`, handed to the connection (`attach`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+from typing import Protocol
+
+from lbsolo.proxy_buffering import CANNOT_HOLD, CannotHold, HeldBodies
+from lbsolo.proxy_connect import Connector
+from lbsolo.proxy_http import _P_BUFFER, _https_redirect
+from lbsolo.proxy_request import Request
+from lbsolo.proxy_routes import RouteTable, Target, normalize_host
+from lbsolo.proxy_targets import Connection, Slot, TargetPool
+
+__all__ = ["Forwarder", "Forwarding", "Routing"]
+
+log = logging.getLogger("lbsolo.proxy")
+
+_CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+_EXPECT_LINE = re.compile(rb"\r\nexpect:[^\r\n]*", re.IGNORECASE)
+
+
+class Routing(Protocol):
+    """What a forwarder reads of the proxy (`ProxyServer` is one)."""
+
+    table: RouteTable  # read per request: `set_routes` replaces it
+    pool: TargetPool
+    connector: Connector
+    bodies: HeldBodies
+
+    @property
+    def https_port(self) -> int | None: ...
+
+
+class Forwarding(Protocol):
+    """The client connection a forwarder sends requests on for (a `Downstream`)."""
+
+    proto: bytes  # b"http" or b"https": the listener it came in on
+    paused: int  # why reading from the client is paused (a bit set)
+    closed: bool
+    active: Request | None  # the request being answered now
+
+    def write(self, data: bytes) -> None: ...
+
+    def keep_alive(self, req: Request) -> bool: ...
+
+    def finish(self, req: Request, close: bool) -> None: ...
+
+    def send_error(self, req: Request, status: int, code: str, message: str, *, close: bool = False) -> None: ...
+
+    def refuse(self, req: Request, status: int, code: str, message: str) -> None:
+        """Answer `req` before its body is read whole, and read nothing more."""
+        ...
+
+    def resume(self, reason: int) -> None: ...
+
+    def attach(self, req: Request, up: Connection, reused: bool) -> None:
+        """Relay `req` through `up`, a connection to its target."""
+        ...
+
+    def abort(self) -> None: ...
+
+
+class Forwarder:
+    __slots__ = ("_conn", "_connect_task", "_connector", "_edge", "_loop", "_pool", "_slot", "_waiting_for")
+
+    def __init__(self, conn: Forwarding, edge: Routing, loop: asyncio.AbstractEventLoop) -> None:
+        self._conn = conn
+        self._edge = edge
+        self._loop = loop
+        self._pool = edge.pool
+        self._connector = edge.connector
+        self._slot: Slot | None = None  # the target the current exchange (or tunnel) goes to, for drain
+        self._waiting_for: Slot | None = None  # queued for a connection to this target
+        self._connect_task: asyncio.Task[None] | None = None
+
+    def dispatch(self, req: Request) -> None:
+        """Route `req`, the request its connection answers now: answer it here, hold its body, or send it on."""
+        conn = self._conn
+        edge = self._edge
+        table = edge.table
+        hit = table.by_raw_host.get(req.host)
+        route = hit[0] if hit is not None and hit[1] is None else table.match_raw(req.host, req.url)
+        if route is None:
+            host = normalize_host(req.host) or "(none)"
+            conn.send_error(req, 404, "not_found", f"no app is served at {host}")
+            return
+        if route.https_redirect and conn.proto == b"http" and (port := edge.https_port) is not None:
+            # The app is HTTPS-only: answer 308 here; the app never sees plain HTTP. One flag read
+            # per request otherwise.
+            req.route = route
+            keep = conn.keep_alive(req)  # a body not yet read is not read: the connection closes
+            conn.write(_https_redirect(normalize_host(req.host), req.url, port, req.request_id, keep, req.http11))
+            req.status = 308
+            req.responded = True
+            conn.finish(req, close=not keep)
+            return
+        if not route.targets:
+            conn.send_error(req, 503, "app_not_running", f"app {route.app} is not running")
+            return
+        req.route = route
+        if req.body_done and not req.received:  # most requests: no body, nothing to hold or cap
+            self.forward(req)
+            return
+        limit = route.max_body
+        buffered = route.request_buffering and not req.upgrade
+        hold = buffered and not req.body_done  # a body that came whole with its head is sent on at once
+        bodies = edge.bodies
+        if buffered and (limit is None or limit > bodies.max_body):
+            limit = bodies.max_body  # a buffered body is capped by the proxy's bound too, however it came
+        if limit is not None:
+            if req.content_length > limit or req.received > limit:
+                # Not read any further: the connection cannot be reused.
+                conn.refuse(req, 413, "body_too_large", f"the body limit of app {route.app} is {limit} bytes")
+                return
+            req.limit = limit
+        if hold:
+            # Read the whole body first (the reader forwards it once complete): a slow client then
+            # costs the app nothing, whatever its workers.
+            try:
+                bodies.hold(req)
+            except CannotHold:
+                conn.refuse(req, *CANNOT_HOLD)
+                return
+            if req.expect_continue:
+                req.head = _EXPECT_LINE.sub(b"", req.head, count=1)  # answered here, not by the app
+                if not req.received:
+                    conn.write(_CONTINUE)
+            if conn.paused & _P_BUFFER:
+                conn.resume(_P_BUFFER)
+            return
+        self.forward(req)
+
+    def forward(self, req: Request, reroute: bool = False) -> None:
+        """Send a routed request to one of its app's targets: a pooled connection, or a new one.
+
+        `reroute`: the request was held while its body came, and its app's route may have changed.
+        """
+        route = req.route
+        assert route is not None
+        if reroute:
+            current = self._edge.table.routes.get(route.app)
+            if current is not None:
+                req.route = route = current
+        targets = route.targets
+        if not targets:
+            self._conn.send_error(req, 503, "app_not_running", f"app {route.app} is not running")
+            return
+        pool = self._pool
+        target = targets[0] if len(targets) == 1 else pool.pick(targets)
+        slot = self._slot
+        if slot is None:  # the usual case: the last exchange released its target
+            self._slot = slot = pool.acquire(target)
+        elif slot.target is not target and slot.target != target:
+            slot = self.track(target)
+        up = pool.take_idle(slot)
+        if up is not None:
+            self._conn.attach(req, up, True)
+        elif pool.wait(slot, self):
+            # Enough connections are being opened to this target: wait for one of them, or for one
+            # that frees up (take, connect).
+            self._waiting_for = slot
+        else:
+            self._connect_task = self._loop.create_task(self._connect(req, target))
+
+    def retry(self, req: Request) -> None:
+        """Send an idempotent request again on a fresh connection, to the least busy target."""
+        route = self._edge.table.routes.get(req.route.app) if req.route is not None else None
+        if route is None or not route.targets:
+            self._conn.send_error(req, 502, "bad_gateway", "app closed the connection")
+            return
+        req.attempts += 1
+        req.route = route
+        target = self._pool.pick(route.targets)
+        self.track(target)
+        self._connect_task = self._loop.create_task(self._connect(req, target))
+
+    async def _connect(self, req: Request, first: Target) -> None:
+        """Open a connection to `first`, else to the route's other targets (nothing was sent yet)."""
+        route = req.route
+        assert route is not None
+        conn = self._conn
+        try:
+            up = await self._connector.connect(route.app, first, self.track)
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # a bug must not leave the client waiting forever
+            log.exception("proxy: internal error while connecting to an app")
+            self._connect_task = None
+            if not conn.closed and conn.active is req and not req.responded:
+                conn.send_error(req, 502, "bad_gateway", "internal proxy error", close=True)
+            else:
+                conn.abort()
+            return
+        self._connect_task = None
+        if isinstance(up, str):
+            if not conn.closed and conn.active is req:
+                conn.send_error(req, 502, "bad_gateway", f"app {route.app} is unreachable (connection {up})")
+        elif conn.closed or conn.active is not req:
+            self._pool.put_idle(up)  # a fresh connection: someone else can use it
+        else:
+            conn.attach(req, up, False)
+
+    # -- in-flight accounting (drain) -----------------------------------------------------
+
+    def track(self, target: Target) -> Slot:
+        """Count the connection's current exchange (or tunnel) against `target`."""
+        old = self._slot
+        if old is not None:
+            if old.target is target or old.target == target:
+                return old
+            self._slot = None
+            self._pool.release(old)
+        self._slot = slot = self._pool.acquire(target)
+        return slot
+
+    def release(self) -> None:
+        """The exchange (or tunnel) ended: its target is given back."""
+        slot = self._slot
+        if slot is not None:
+            self._slot = None
+            self._pool.release(slot)
+
+    def stop(self) -> None:
+        """The exchange is dropped (its connection closes, or it timed out): stop waiting for a
+        connection, give its target back, cancel a connection attempt."""
+        self._waiting_for = None  # skipped when its turn comes
+        self.release()
+        task = self._connect_task
+        if task is not None:
+            self._connect_task = None
+            task.cancel()
+
+    # -- the pool's `Waiter`: queued for a connection to a busy target --------------------
+
+    def claim(self, slot: Slot) -> bool:
+        conn = self._conn
+        if self._waiting_for is slot and not conn.closed and conn.active is not None:
+            self._waiting_for = None
+            return True
+        return False
+
+    def take(self, up: Connection) -> None:
+        conn = self._conn
+        req = conn.active
+        assert req is not None
+        conn.attach(req, up, True)
+
+    def connect(self, target: Target) -> None:
+        req = self._conn.active
+        assert req is not None
+        self._connect_task = self._loop.create_task(self._connect(req, target))
