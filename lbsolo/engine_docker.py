@@ -128,6 +128,11 @@ class DockerBackend:
         with _engine_errors("ping"):
             return str(self.client.version().get("Version", "?"))
 
+    def info(self) -> dict[str, Any]:
+        """The engine's own description (root dir, cgroup version, which limits it enforces)."""
+        with _engine_errors("info"):
+            return dict(self.client.info())
+
     def base_labels(self, app: str) -> dict[str, str]:
         return {LABEL_MANAGED: "true", LABEL_INSTANCE: self.instance, LABEL_APP: app}
 
