@@ -3,9 +3,11 @@
 It writes the request the client side prepared (with the forwarding headers; a body as it comes,
 or whole from memory or from its held file), reads the app's response and streams it back to the
 client connection, with backpressure both ways. A whole small response is relayed in one write by
-the fast path; anything else goes through httptools, and `proxy_response` says what its head means
-and what the client gets. Between exchanges the connection is pooled by the `TargetPool`
-(proxy_targets); after `101 Switching Protocols` it is one end of a byte tunnel.
+the fast path (`proxy_response` says what its head means and what the client gets); anything else
+goes through httptools, calling back the connection's `ResponseReader` (proxy_response_reader),
+and the connection ends the exchange as the reader says. Between exchanges the connection is
+pooled by the `TargetPool` (proxy_targets); after `101 Switching Protocols` it is one end of a
+byte tunnel.
 
 What it must not do: parse or answer a request, pick a target, or touch a client connection other
 than through its `ClientSide` methods; a connection whose state after an exchange is uncertain
@@ -20,26 +22,10 @@ from typing import IO, Protocol, cast
 
 import httptools
 
-from lbsolo.proxy_http import (
-    _M_CHUNKED,
-    _M_CLOSE,
-    _M_LENGTH,
-    _M_NONE,
-    _MAX_HEAD_BYTES,
-    _P_UPSTREAM,
-    _BadResponse,
-    _now,
-)
+from lbsolo.proxy_http import _P_UPSTREAM, _now
 from lbsolo.proxy_request import Request
-from lbsolo.proxy_response import (
-    KNOWN_HEADS,
-    closing_lines,
-    final_head,
-    interim_head,
-    read_response_head,
-    read_whole_head,
-    upgrade_head,
-)
+from lbsolo.proxy_response import KNOWN_HEADS, closing_lines, read_whole_head
+from lbsolo.proxy_response_reader import ResponseReader
 from lbsolo.proxy_routes import Target
 from lbsolo.proxy_targets import TargetPool
 
@@ -86,32 +72,18 @@ class ClientSide(Protocol):
 
 class Upstream(asyncio.Protocol):
     __slots__ = (
-        "_conn_close",
-        "_done",
-        "_eof_body",
         "_got",
-        "_head_buf",
-        "_head_bytes",
-        "_interim",
-        "_keep",
-        "_length",
         "_loop",
         "_lost",
-        "_mode",
-        "_parser",
         "_pool",
         "_read_paused",
+        "_reader",
         "_req_chunked",
         "_req_sent",
         "_reused",
-        "_sent_at",
         "_spool",
-        "_stale",
-        "_status",
-        "_te",
         "_timeouts",
         "_tunnel",
-        "_upgrade",
         "_write_paused",
         "client",
         "closed",
@@ -119,6 +91,7 @@ class Upstream(asyncio.Protocol):
         "idle_since",
         "pooled",
         "req",
+        "sent_at",
         "target",
         "transport",
         "write_deadline",
@@ -132,20 +105,12 @@ class Upstream(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.client: ClientSide | None = None
         self.req: Request | None = None
-        self._parser: httptools.HttpResponseParser | None = None
         self.closed = False
         self._lost = False
         self._read_paused = False
         self._write_paused = False
         self._tunnel = False
-        self._stale = True  # the response parser must be replaced before the next exchange
-        self._sent_at = 0.0
-        self._length: bytes | None = None  # Content-Length value
-        self._te: bytes | None = None  # Transfer-Encoding value
-        self._upgrade: bytes | None = None
-        self._conn_close = False  # the response's Connection header says close
-        self._mode = _M_NONE
-        self._keep = False
+        self.sent_at = 0.0  # when the request went out
         self._req_chunked = False
         self._reused = False
         self._spool: IO[bytes] | None = None  # a held body being sent from its temp file
@@ -153,19 +118,9 @@ class Upstream(asyncio.Protocol):
         self.idle_since = 0.0
         self.deadline: float | None = None  # waiting for the app to answer
         self.write_deadline: float | None = None  # waiting for the app to read the request
-        self._reset()
-
-    def _reset(self) -> None:
-        """Per-exchange state (the rest is set for every response before it is read)."""
-        self._status = 0
-        self._head_buf = b""  # the response head as received (the start of a response)
-        self._head_bytes = 0
-        self._eof_body = False
-        self._done = False
-        self._got = False
-        self._interim = False
-        self._req_sent = False
-        self._spool = None
+        self._got = False  # the parser path read some of this response: the fast path is off
+        self._req_sent = False  # all of the request is written
+        self._reader = ResponseReader(self, httptools.HttpResponseParser)
 
     # -- asyncio callbacks ---------------------------------------------------------------
 
@@ -186,11 +141,8 @@ class Upstream(asyncio.Protocol):
         if self._tunnel:
             self.client = None
             client.close()
-        elif exc is None and self._eof_body and self.req is not None and self.req.responded and not self._done:
-            self._done = True
-            if self._mode == _M_CHUNKED:
-                client.write(b"0\r\n\r\n")
-            self._complete()
+        elif exc is None and self.req is not None and self.req.responded and self._reader.ends_at_close():
+            self._complete(False)
         else:
             self._fail(502, "bad_gateway", "app closed the connection", retry=not self._got)
 
@@ -208,20 +160,18 @@ class Upstream(asyncio.Protocol):
             client.write(data)
             client.deadline = self._loop.time() + self._timeouts.tunnel_idle_timeout
             return
-        if not self._status and not self._head_buf and self._relay_whole(client, data):
+        if not self._got and self._relay_whole(client, data):
             return
         self._got = True
         if self.deadline is not None:
             self.deadline = self._loop.time() + self._timeouts.read_timeout
-        if not self._status:  # still in the response head
-            self._head_bytes += len(data)
-            self._head_buf += data
+        reader = self._reader
         # Everything this chunk produces for the client goes out in one write.
         client.cork = cork = []
         upgrade_at = -1
         error: Exception | None = None
         try:
-            self._parser.feed_data(data)  # type: ignore[union-attr]
+            reader.feed(data)
         except httptools.HttpParserUpgrade as exc:
             upgrade_at = exc.args[0] if exc.args else len(data)
         except httptools.HttpParserError as exc:
@@ -235,23 +185,21 @@ class Upstream(asyncio.Protocol):
                 client.write(cork[0] if len(cork) == 1 else b"".join(cork))
         if self.client is None:
             return
-        if not self._status and self._head_bytes > _MAX_HEAD_BYTES and error is None:
+        if error is None and reader.head_too_large():
             self._fail(502, "bad_gateway", "app sent a response head that is too large", retry=False)
             return
         if upgrade_at >= 0:
-            if self._status == 101:
+            if reader.status == 101:
                 self._start_tunnel(data[upgrade_at:])
             else:
                 self._fail(502, "bad_gateway", "app sent an unexpected upgrade", retry=False)
             return
-        if error is not None:
-            if not self._done:
-                log.warning("proxy: invalid response from %s: %s", self.target, error)
-                self._fail(502, "bad_gateway", "app sent an invalid response", retry=False)
-                return
-            self._keep = False
-        if self._done:
-            self._complete()
+        if error is not None and not reader.done:
+            log.warning("proxy: invalid response from %s: %s", self.target, error)
+            self._fail(502, "bad_gateway", "app sent an invalid response", retry=False)
+            return
+        if reader.done:
+            self._complete(error is None and reader.keep and not reader.eof_body)
 
     def pause_writing(self) -> None:
         self._write_paused = True
@@ -268,87 +216,6 @@ class Upstream(asyncio.Protocol):
         client = self.client
         if client is not None:
             client.resume(_P_UPSTREAM)
-
-    # -- httptools callbacks -------------------------------------------------------------
-
-    # No on_status/on_header: httptools then makes no Python call per header. The response head is
-    # read from the raw bytes by proxy_response.read_response_head, with C-level bytes operations.
-
-    def on_headers_complete(self) -> None:
-        client = self.client
-        req = self.req
-        if client is None or req is None:
-            return
-        parser = self._parser
-        assert parser is not None
-        status = parser.get_status_code()
-        self._status = status
-        first, self._head_buf, self._length, self._conn_close, self._te, self._upgrade = read_response_head(
-            self._head_buf, status
-        )
-        if status < 200 and status != 101:
-            self._interim = True
-            if req.http11:
-                client.write(interim_head(first))
-            return
-        if status == 101 and not req.upgrade:
-            raise _BadResponse("101 without an upgrade request")
-        req.status = status
-        req.upstream_time = _now() - self._sent_at
-        te = self._te
-        chunked = te is not None and te.rpartition(b",")[2].strip().lower() == b"chunked"
-        no_body = req.method == b"HEAD" or status in (204, 304) or status == 101
-        if no_body:
-            # The parser does not know the request method: a fresh one parses the next response.
-            self._stale = True
-            mode = _M_NONE
-        elif self._length is not None and te is None:
-            mode = _M_LENGTH
-        else:
-            self._eof_body = not chunked
-            mode = _M_CHUNKED if req.http11 else _M_CLOSE
-        self._mode = mode
-        self._keep = parser.should_keep_alive()
-        keep = mode != _M_CLOSE and client.keep_alive(req)
-        req.close_after = not keep
-        if status == 101:
-            head = upgrade_head(first, self._upgrade or req.upgrade_value)
-        else:
-            head = final_head(
-                first,
-                reframed=self._length is not None and mode >= _M_CHUNKED,
-                chunked=mode == _M_CHUNKED,
-                request_id=req.request_id,
-                keep=keep,
-                http11=req.http11,
-            )
-        client.write(head)
-        req.responded = True
-        if no_body and status != 101:
-            self._done = True
-
-    def on_body(self, data: bytes) -> None:
-        if self._done:
-            return
-        client = self.client
-        if client is None:
-            return
-        if self._mode == _M_CHUNKED:
-            client.write(b"%x\r\n%b\r\n" % (len(data), data))
-        else:
-            client.write(data)
-
-    def on_message_complete(self) -> None:
-        if self._interim:
-            self._interim = False
-            self._head_bytes = len(self._head_buf)
-            self._status = 0
-            return
-        if not self._done:
-            self._keep = self._keep and self._parser.should_keep_alive()  # type: ignore[union-attr]
-            self._done = True
-            if self._mode == _M_CHUNKED and self.client is not None:
-                self.client.write(b"0\r\n\r\n")
 
     # -- exchange ------------------------------------------------------------------------
 
@@ -373,27 +240,27 @@ class Upstream(asyncio.Protocol):
         if length != len(data) - end - 4:
             return False
         req.status = status
-        req.upstream_time = _now() - self._sent_at
-        self._keep = not close
+        req.upstream_time = _now() - self.sent_at
         keep = client.keep_alive(req)
         req.close_after = not keep
         client.write(b"%s\r\n%s%s" % (kept, closing_lines(req.request_id, keep, req.http11), data[end + 4 :]))
         req.responded = True
-        self._complete()
+        self._complete(not close)
         return True
 
     # -- what the client side calls -------------------------------------------------------
 
     def begin(self, client: ClientSide, req: Request, reused: bool) -> None:
         """Relay `req` for `client`: send it (its body too, or as it comes: `send_body`, `end_body`)."""
-        self._reset()
+        if self._got:  # the parser path read the last response: the reader forgets it
+            self._got = False
+            self._reader.reset()
+        self._req_sent = False
+        self._spool = None
         self.client = client
         self.req = req
         self._reused = reused
-        self._sent_at = _now()
-        if self._stale:
-            self._stale = False
-            self._parser = httptools.HttpResponseParser(self)
+        self.sent_at = _now()
         xff = req.xff
         peer = client.peer
         head = b"%sX-Forwarded-For: %s\r\nX-Forwarded-Proto: %s\r\nX-Request-Id: %s\r\n" % (
@@ -475,7 +342,8 @@ class Upstream(asyncio.Protocol):
         if self.deadline is None and not self._read_paused:
             self.deadline = self._loop.time() + self._timeouts.read_timeout
 
-    def _complete(self) -> None:
+    def _complete(self, keep: bool) -> None:
+        """The response is relayed whole; `keep`: the app keeps the connection open after it."""
         client = self.client
         req = self.req
         assert client is not None and req is not None
@@ -485,7 +353,7 @@ class Upstream(asyncio.Protocol):
         req.sink = None
         # A declined upgrade leaves the app's side of the connection in a state the proxy cannot see
         # (an app may still expect a body, or the switched protocol): never reused.
-        reusable = self._keep and self._req_sent and not self._eof_body and not self._write_paused and not req.upgrade
+        reusable = keep and self._req_sent and not self._write_paused and not req.upgrade
         if reusable and not self.closed:
             if self._read_paused:
                 self.resume_read()
