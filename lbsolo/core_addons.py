@@ -5,7 +5,8 @@ part), on the networks of the apps attached to it and no others. Attaching gives
 add-on's URL as a secret config var, which makes a new release rolled out like any config
 change. Creation is undone whole if any step fails (nothing half-made); a daemon killed during
 one finds the record still `creating` on its next start and removes what was made (`resume`).
-The kinds' knowledge (images, environment, URLs, readiness) is addon_kinds.py's.
+The kinds' knowledge (images, environment, URLs, readiness) is addon_kinds.py's; who reaches
+an add-on (expose, rotate, promote, shell) is core_addon_access.py's, composed here as `access`.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import Any
 
 from lbsolo.addon_kinds import Credentials, kind_of
 from lbsolo.build import LogBuffer
+from lbsolo.core_addon_access import AddonAccess
 from lbsolo.core_context import CoreContext
 from lbsolo.core_rollout import DeployJob
 from lbsolo.engine import Services
@@ -41,6 +43,7 @@ class Addons:
         self.ctx = ctx
         self.services = services
         self.set_config = set_config
+        self.access = AddonAccess(ctx, services, set_config, self._wait_ready)
 
     # ---- reading
     async def list(self) -> list[dict[str, Any]]:
@@ -52,9 +55,13 @@ class Addons:
 
     async def _shown(self, addon: Addon) -> dict[str, Any]:
         out = addon.public()
+        # A rotation keeps its next and retiring passwords on the record too: none is shown.
+        out["credentials"] = {k: ("********" if "password" in k else v) for k, v in addon.credentials.items()}
+        out["rotating"] = any(k.startswith(("next_", "retiring_")) for k in addon.credentials)
         record = await asyncio.to_thread(self.services.find_service, addon.name)
         out["container"] = None if record is None else {"state": record["state"], "image": record["image"]}
         out["url"] = kind_of(addon.kind).url(self._credentials(addon, masked=True), addon.name)
+        out.update({k: v for k, v in self.access.exposure(addon).items() if k in ("exposed_url", "public")})
         return out
 
     @staticmethod
@@ -121,6 +128,8 @@ class Addons:
             except EngineError as e:
                 raise InvalidInput(f"no image {image} here, and it could not be pulled: {e.message}") from e
             volume = await asyncio.to_thread(self.services.ensure_service_volume, addon.name)
+            await asyncio.to_thread(self.services.seed_service_files, addon.name, image, (volume, k.data_path),
+                                    k.files(creds))  # fmt: skip
             network = await self.ctx.ensure_network(app)
             await asyncio.to_thread(
                 lambda: self.services.run_service(
@@ -177,6 +186,7 @@ class Addons:
                     log.warning("add-on %s was being created when lbsolo stopped: removing what was made", addon.name)
                     await self._undo(addon)
                     continue
+                await self.access.resume(addon)
                 record = await asyncio.to_thread(self.services.find_service, addon.name)
                 if record is not None and not record["running"]:
                     await asyncio.to_thread(self.services.start_service, addon.name)

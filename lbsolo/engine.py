@@ -358,6 +358,59 @@ class Services(Protocol):
         """Remove every scratch container this instance left (a daemon killed mid-verify)."""
         ...
 
+    def host_port_state(self, address: str, port: int) -> str:
+        """Whether a port can be published at address: 'free', 'in use', or 'not here' (the
+        address is not one of the machine the services run on)."""
+        ...
+
+    def replace_service(
+        self,
+        service: str,
+        *,
+        kind: str,
+        image: str,
+        env: dict[str, str],
+        command: list[str] | None,
+        volume: tuple[str, str],
+        publish: tuple[int, str, int | None] | None = None,
+        files: dict[str, bytes] | None = None,
+        stop_timeout: int = 30,
+    ) -> tuple[ServiceRecord, dict[str, Any]]:
+        """Recreate the service's container on the same volume and networks (stopped first: one
+        server per data directory), publishing (container port, host address, host port or None
+        for any) or nothing; `files` as in seed_service_files. Put back as it was if the new one
+        cannot start. Returns the record and {"address", "port"} where it is published ({}: not)."""
+        ...
+
+    def published_port(self, service: str, port: int) -> dict[str, Any]:
+        """{"address", "port"} where the service's port is published ({}: it is not)."""
+        ...
+
+    def recover_replaced_service(self, service: str) -> str | None:
+        """Finish or undo a replace_service cut short (a daemon killed); says what it did, None if nothing."""
+        ...
+
+    def seed_service_files(self, service: str, image: str, volume: tuple[str, str], files: dict[str, bytes]) -> None:
+        """Write {absolute path: bytes} onto the service's volume (mounted at volume[1]) where missing."""
+        ...
+
+    def exec_service_session(
+        self,
+        service: str,
+        command: list[str],
+        *,
+        stdin: Iterable[bytes],
+        on_output: Callable[[int, bytes], None],
+        tty: bool = False,
+        size: tuple[int, int] | None = None,
+        on_start: Callable[[Callable[[], None]], None] | None = None,
+    ) -> int | None:
+        """An interactive argv in the service's container, no time limit: stdin streamed in,
+        output to on_output(stream 1|2, bytes) as it comes (a TTY: all on 1, raw; `size` is its
+        rows and columns). on_start gets a hang_up() that ends the session from another thread.
+        Returns the exit code (None: the process was left running)."""
+        ...
+
 
 @runtime_checkable
 class Backend(Replicas, Logs, Jobs, Events, Volumes, Networks, Stats, Images, Builds, Protocol):

@@ -11,9 +11,12 @@ translation; decides nothing about add-ons (core_addons.py does).
 from __future__ import annotations
 
 import contextlib
+import errno
+import io
 import logging
 import socket
 import struct
+import tarfile
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -287,3 +290,273 @@ class DockerServices:
                 self._client.api.disconnect_container_from_network(self.container_name(service), network)
             except docker.errors.APIError as e:
                 log.info("%s was not on %s: %s", service, network, e.explanation or e)
+
+    # ---- a port on this machine, files seeded on a volume, an interactive exec (addons:expose,
+    # Redis's ACL file, addons:shell)
+
+    def host_port_state(self, address: str, port: int) -> str:
+        """'free', 'in use' or 'not here' (not an address of this machine). Docker-local
+        publishes ports on this machine, so a bind here answers for Docker's. SO_REUSEADDR as
+        Docker's own listener sets it: only a listening socket counts as using the port."""
+        family = socket.AF_INET6 if ":" in address else socket.AF_INET
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind((address, port))
+            except OSError as e:
+                if e.errno == errno.EADDRINUSE:
+                    return "in use"
+                if e.errno == errno.EADDRNOTAVAIL:
+                    return "not here"
+                raise EngineError(f"cannot check {address}:{port}: {e}") from e
+        return "free"
+
+    def replace_service(
+        self,
+        service: str,
+        *,
+        kind: str,
+        image: str,
+        env: dict[str, str],
+        command: list[str] | None,
+        volume: tuple[str, str],
+        publish: tuple[int, str, int | None] | None = None,
+        files: dict[str, bytes] | None = None,
+        stop_timeout: int = 30,
+    ) -> tuple[ServiceRecord, dict[str, Any]]:
+        """Recreate the service's container on the same volume and networks, with `publish`
+        (container port, host address, host port or None for any) or no published port.
+
+        The old container is stopped before the new one starts (two servers must never share a
+        data directory) and set aside under `<name>-replaced`; if the new one cannot start (a
+        port taken meanwhile), the old one is put back and started. Returns the new record and
+        where the port is published ({} when it is not)."""
+        name = self.container_name(service)
+        api = self._client.api
+        with _engine_errors(f"replace {service}"):
+            old = api.inspect_container(name)
+            networks = sorted(((old.get("NetworkSettings") or {}).get("Networks") or {}).keys())
+            api.stop(old["Id"], timeout=stop_timeout)
+            api.rename(old["Id"], f"{name}-replaced")
+            new_id = ""
+            try:
+                new_id = self._create_service(service, kind, image, env, command, volume, networks, publish)
+                self._seed_files(new_id, files or {})
+                api.start(new_id)
+            except BaseException:
+                if new_id:
+                    with contextlib.suppress(docker.errors.APIError):
+                        api.remove_container(new_id, force=True)
+                api.rename(old["Id"], name)
+                api.start(old["Id"])
+                raise
+            api.remove_container(old["Id"], force=True)  # the named volume is not the container's to remove
+            attrs = api.inspect_container(new_id)
+        return service_record(attrs), _published(attrs, publish[0] if publish else None)
+
+    def published_port(self, service: str, port: int) -> dict[str, Any]:
+        """Where the service's `port` is published on this machine ({} if it is not)."""
+        with _engine_errors(f"find {service}"):
+            try:
+                return _published(self._client.api.inspect_container(self.container_name(service)), port)
+            except docker.errors.NotFound:
+                return {}
+
+    def recover_replaced_service(self, service: str) -> str | None:
+        """After a daemon killed inside replace_service: keep the new container if it runs, else
+        put the one set aside back. Says what it did (None: nothing was left)."""
+        name = self.container_name(service)
+        api = self._client.api
+        with _engine_errors(f"recover {service}"):
+            try:
+                aside = api.inspect_container(f"{name}-replaced")
+            except docker.errors.NotFound:
+                return None
+            try:
+                new = api.inspect_container(name)
+            except docker.errors.NotFound:
+                new = None
+            if new is not None and (new.get("State") or {}).get("Running"):
+                api.remove_container(aside["Id"], force=True)
+                return "kept its new container"
+            if new is not None:
+                api.remove_container(new["Id"], force=True)
+            api.rename(aside["Id"], name)
+            api.start(aside["Id"])
+            return "put its previous container back"
+
+    def seed_service_files(self, service: str, image: str, volume: tuple[str, str], files: dict[str, bytes]) -> None:
+        """Write files onto the service's volume where they are missing, before its first start:
+        through a container of the image that is created, never started, then removed."""
+        if not files:
+            return
+        api = self._client.api
+        with _engine_errors(f"seed files of {service}"):
+            created = api.create_container(
+                image,
+                command=["true"],
+                name=f"{self.container_name(service)}-seed",
+                labels={**self._labels(service), LABEL_SCRATCH: "true"},
+                host_config=api.create_host_config(
+                    binds={volume[0]: {"bind": volume[1], "mode": "rw"}}, network_mode="none"
+                ),
+            )
+            try:
+                self._seed_files(created["Id"], files)
+            finally:
+                api.remove_container(created["Id"], force=True)
+
+    def exec_service_session(
+        self,
+        service: str,
+        command: list[str],
+        *,
+        stdin: Iterable[bytes],
+        on_output: Callable[[int, bytes], None],
+        tty: bool = False,
+        size: tuple[int, int] | None = None,
+        on_start: Callable[[Callable[[], None]], None] | None = None,
+    ) -> int | None:
+        """An interactive exec with no time limit: stdin streamed in as it comes, output handed
+        to on_output as it comes (stream 1 or 2; with a TTY everything is 1, raw bytes).
+
+        When stdin ends the process sees end-of-input (with a TTY, which has none, the session
+        is hung up). `on_start` receives a hang_up() another thread may call to end it. Returns
+        the exit code (None if the process was left running when the session was hung up)."""
+        api = self._client.api
+        with _engine_errors(f"shell in {service}"):
+            created = api.exec_create(
+                self.container_name(service), command, stdin=True, stdout=True, stderr=True, tty=tty
+            )
+            raw = api.exec_start(created["Id"], socket=True, tty=tty)
+            sock: socket.socket = getattr(raw, "_sock", raw)
+            sock.settimeout(None)
+            if tty and size:
+                with contextlib.suppress(docker.errors.APIError):
+                    api.exec_resize(created["Id"], height=size[0], width=size[1])
+
+            def hang_up() -> None:
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+
+            def feed() -> None:
+                try:
+                    for chunk in stdin:
+                        if chunk:
+                            sock.sendall(chunk)
+                except OSError:
+                    pass  # the session ended first
+                finally:
+                    if tty:
+                        hang_up()
+                    else:
+                        with contextlib.suppress(OSError):
+                            sock.shutdown(socket.SHUT_WR)
+
+            if on_start is not None:
+                on_start(hang_up)
+            threading.Thread(target=feed, name=f"shell-stdin-{service}", daemon=True).start()
+            try:
+                _each_frame(sock, on_output, raw_stream=tty)
+            finally:
+                with contextlib.suppress(OSError):
+                    sock.close()
+                with contextlib.suppress(OSError):
+                    raw.close()
+            for _ in range(20):  # the engine records the exit a moment after the stream ends
+                state = api.exec_inspect(created["Id"])
+                if not state.get("Running"):
+                    code = state.get("ExitCode")
+                    return None if code is None else int(code)
+                time.sleep(0.05)
+        return None
+
+    def _create_service(
+        self,
+        service: str,
+        kind: str,
+        image: str,
+        env: dict[str, str],
+        command: list[str] | None,
+        volume: tuple[str, str],
+        networks: list[str],
+        publish: tuple[int, str, int | None] | None,
+    ) -> str:
+        api = self._client.api
+        first, rest = (networks[0], networks[1:]) if networks else (None, [])
+        host_config = api.create_host_config(
+            binds={volume[0]: {"bind": volume[1], "mode": "rw"}},
+            restart_policy={"Name": "unless-stopped"},
+            init=True,
+            network_mode=first,
+            port_bindings={publish[0]: (publish[1], publish[2])} if publish else None,
+        )
+        networking = (
+            api.create_networking_config({first: api.create_endpoint_config(aliases=[service])}) if first else None
+        )
+        created = api.create_container(
+            image,
+            command=command,
+            name=self.container_name(service),
+            hostname=service,
+            environment=env,
+            labels=self._labels(service, kind),
+            host_config=host_config,
+            networking_config=networking,
+            ports=[publish[0]] if publish else None,
+        )
+        for network in rest:
+            api.connect_container_to_network(created["Id"], network, aliases=[service])
+        return str(created["Id"])
+
+    def _seed_files(self, container_id: str, files: dict[str, bytes]) -> None:
+        """Put each file into the (created) container where it is missing; mode 0600."""
+        api = self._client.api
+        for path, data in files.items():
+            directory, base = path.rsplit("/", 1)
+            try:
+                api.get_archive(container_id, path)
+                continue  # there already: it is the service's own now
+            except docker.errors.NotFound:
+                pass
+            buf = io.BytesIO()
+            with tarfile.open(fileobj=buf, mode="w") as tar:
+                info = tarfile.TarInfo(base)
+                info.size, info.mode = len(data), 0o600
+                tar.addfile(info, io.BytesIO(data))
+            api.put_archive(container_id, directory or "/", buf.getvalue())
+
+
+def _published(attrs: dict[str, Any], port: int | None) -> dict[str, Any]:
+    if port is None:
+        return {}
+    bindings = (((attrs.get("NetworkSettings") or {}).get("Ports") or {}).get(f"{port}/tcp")) or []
+    if not bindings:
+        bindings = ((attrs.get("HostConfig") or {}).get("PortBindings") or {}).get(f"{port}/tcp") or []
+    for b in bindings:
+        if str(b.get("HostPort") or "").isdigit():
+            return {"address": b.get("HostIp") or "0.0.0.0", "port": int(b["HostPort"])}
+    return {}
+
+
+def _each_frame(sock: socket.socket, on_output: Callable[[int, bytes], None], *, raw_stream: bool) -> None:
+    """Hand each piece of an exec's output to on_output(stream, piece) until the stream ends:
+    raw (a TTY's) as stream 1, or Docker's multiplexed frames by their stream byte."""
+    try:
+        if raw_stream:
+            while piece := sock.recv(_PIECE):
+                on_output(1, piece)
+            return
+        while True:
+            head = _read_exact(sock, 8)
+            if len(head) < 8:
+                return
+            stream, size = head[0], struct.unpack(">I", head[4:])[0]
+            while size:
+                piece = sock.recv(min(size, _PIECE))
+                if not piece:
+                    return
+                size -= len(piece)
+                on_output(2 if stream == 2 else 1, piece)
+    except OSError:
+        return  # hung up

@@ -1,22 +1,29 @@
-"""The add-ons' REST routes: databases for apps (create, list, info, attach, detach, destroy).
+"""The add-ons' REST routes: databases for apps (create, list, info, attach, detach, destroy,
+expose, unexpose, credentials/rotate, promote, shell).
 
 A thin layer over core_addons.Addons, like the rest of the API: parse, call one use case, render.
-Creating and attaching make a release of the app, so they stream like a deploy (NDJSON lines,
-then the result). A daemon built without the engine's Services part answers 501, saying so.
+Creating, attaching, promoting and rotating make releases of apps, so they stream like a deploy
+(NDJSON lines, then the result). The shell is one exchange both ways at once (ShellExchange).
+A daemon built without the engine's Services part answers 501, saying so.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import asyncio
+import base64
+from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any, Protocol
 
 from fastapi import APIRouter, Depends
-from fastapi.responses import StreamingResponse
+from fastapi.responses import Response, StreamingResponse
 from pydantic import BaseModel, Field
 
-from lbsolo.api.jobs import stream_job
+from lbsolo.api.jobs import ndjson, stream_job
+from lbsolo.core_addon_access import ShellSession
 from lbsolo.core_addons import Addons
 from lbsolo.errors import LbsoloError
+
+Message = MutableMapping[str, Any]
 
 
 class AddonsAbsent(LbsoloError):
@@ -43,6 +50,65 @@ class AddonAttach(BaseModel):
 
 class AddonDetach(BaseModel):
     app: str
+
+
+class AddonExpose(BaseModel):
+    address: str = Field("127.0.0.1", description="an IP address of this machine; not a loopback one only with public")
+    port: int | None = Field(None, description="the port on this machine; default: a free one")
+    public: bool = Field(False, description="yes, other machines may reach it")
+
+
+class AddonPromote(BaseModel):
+    app: str
+
+
+class ShellExchange(Response):
+    """The shell's one HTTP exchange, both ways at once.
+
+    The request body (chunked, sent as it is typed or piped) is the session's input, read as
+    it arrives while the answer streams: NDJSON lines {"out": base64} and {"err": base64} as
+    the client prints, then {"exit": code} (null: it was left running) or {"error": message}.
+    A client that goes away ends the session (its input ends, then it is hung up).
+    """
+
+    media_type = "application/x-ndjson"
+
+    def __init__(self, session: ShellSession) -> None:
+        super().__init__(media_type=self.media_type)
+        self.session = session
+
+    async def __call__(
+        self,
+        scope: MutableMapping[str, Any],
+        receive: Callable[[], Awaitable[Message]],
+        send: Callable[[Message], Awaitable[None]],
+    ) -> None:
+        session = self.session
+        headers = [(b"content-type", b"application/x-ndjson"), (b"cache-control", b"no-store")]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+
+        async def pump() -> None:
+            try:
+                while True:
+                    message = await receive()
+                    if message["type"] != "http.request":
+                        return  # the client went away
+                    session.feed(message.get("body", b""))
+                    if not message.get("more_body"):
+                        return
+            finally:
+                session.end_input()
+
+        reader = asyncio.create_task(pump())
+        try:
+            async for stream, data in session.output():
+                line = ndjson({"out" if stream == 1 else "err": base64.b64encode(data).decode()})
+                await send({"type": "http.response.body", "body": line, "more_body": True})
+            end = {"error": session.error} if session.error else {"exit": session.exit_code}
+            await send({"type": "http.response.body", "body": ndjson(end)})
+        finally:
+            reader.cancel()
+            session.close()
 
 
 def create_addons_router(platform: HasAddons, require_token: Callable[..., Any]) -> APIRouter:
@@ -74,6 +140,33 @@ def create_addons_router(platform: HasAddons, require_token: Callable[..., Any])
     @router.post("/api/addons/{name}/detach")
     async def detach(name: str, body: AddonDetach) -> StreamingResponse:
         return stream_job(await addons().detach(name, body.app))
+
+    @router.post("/api/addons/{name}/expose")
+    async def expose(name: str, body: AddonExpose) -> dict[str, Any]:
+        """Publish the add-on's port on this machine (it restarts once); not on loopback only with `public`."""
+        return await addons().access.expose(name, address=body.address, port=body.port, public=body.public)
+
+    @router.post("/api/addons/{name}/unexpose")
+    async def unexpose(name: str) -> dict[str, Any]:
+        """Take the published port away (it restarts once)."""
+        return await addons().access.unexpose(name)
+
+    @router.post("/api/addons/{name}/credentials/rotate")
+    async def rotate(name: str) -> StreamingResponse:
+        """A new user (Redis: password), every attached app rolled onto it, then the old one removed."""
+        return stream_job(await addons().access.rotate(name))
+
+    @router.post("/api/addons/{name}/promote")
+    async def promote(name: str, body: AddonPromote) -> StreamingResponse:
+        """Make the add-on the app's DATABASE_URL (REDIS_URL); the one that was takes its old var."""
+        return stream_job(await addons().access.promote(name, body.app))
+
+    @router.post("/api/addons/{name}/shell", response_class=ShellExchange)
+    async def shell(name: str, tty: bool = False, rows: int = 0, cols: int = 0) -> ShellExchange:
+        """psql, redis-cli or mariadb in the add-on's container: the request body is its input,
+        the answer its output (NDJSON), both streamed at once."""
+        size = (rows, cols) if rows > 0 and cols > 0 else None
+        return ShellExchange(await addons().access.shell(name, tty=tty, size=size))
 
     @router.delete("/api/addons/{name}")
     async def destroy(name: str, confirm: str = "", detach: bool = False) -> dict[str, Any]:

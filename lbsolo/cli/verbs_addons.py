@@ -1,13 +1,20 @@
 """Add-on verbs: `addons`, `addons:create`, `addons:info`, `addons:attach`, `addons:detach`,
-`addons:destroy` — databases for apps, each a container lbsolo runs and links by a config var."""
+`addons:destroy`, `addons:expose`, `addons:unexpose`, `addons:credentials:rotate`,
+`addons:promote`, `addons:shell` — databases for apps, each a container lbsolo runs and links
+by a config var.
+
+The access verbs (expose, rotate, promote, shell) call lbsolo.cli.client_addon_access.
+"""
 
 from __future__ import annotations
 
+import sys
 from typing import Annotated
 
 import typer
 
-from lbsolo.cli.common import Table, _client, _when, app, clean_errors, console, escape, render_job
+from lbsolo.cli import client_addon_access as access
+from lbsolo.cli.common import Table, _client, _when, app, clean_errors, console, err, escape, render_job
 from lbsolo.errors import LbsoloError
 
 AddonArg = Annotated[str, typer.Argument(help="Add-on name.")]
@@ -64,6 +71,7 @@ def addons_info(name: AddonArg) -> None:
         ("container", f"{container.get('state', 'missing')} ({container.get('image', '-')})"),
         ("url", a["url"]),
         ("attached", ", ".join(f"{k} as {v}" for k, v in sorted(a["attachments"].items())) or "-"),
+        ("exposed", a.get("exposed_url") or "-"),
         ("created", _when(a["created_at"])),
     ):
         table.add_row(f"[bold]{key}[/]", escape(str(value)))
@@ -102,3 +110,68 @@ def addons_destroy(
         out = c.destroy_addon(name, confirm, detach)
     detached = f" (detached from {', '.join(out['detached'])})" if out.get("detached") else ""
     console.print(f"Destroyed {name}{detached}")
+
+
+def _public_warning(name: str, url: str) -> None:
+    err.print(
+        f"[bold red on yellow] PUBLIC [/] [bold red]{escape(name)} is reachable from other machines at "
+        f"{escape(url)}[/]: anyone who reaches this machine can try its password. "
+        f"Firewall it, or undo with: lbsolo addons:unexpose {escape(name)}",
+        highlight=False,
+        soft_wrap=True,
+    )
+
+
+@app.command("addons:expose")
+@clean_errors
+def addons_expose(
+    name: AddonArg,
+    port: Annotated[int | None, typer.Option("--port", "-p", help="Port here (default: a free one).")] = None,
+    address: Annotated[str, typer.Option("--address", help="IP address to listen on.")] = "127.0.0.1",
+    public: Annotated[bool, typer.Option("--public", help="Allow an address other machines reach.")] = False,
+) -> None:
+    """Publish an add-on's port on this machine (127.0.0.1 unless --public); it restarts once."""
+    with _client() as c:
+        out = access.expose(c, name, address, port, public)
+    console.print(f"{name} is exposed at {escape(out['exposed_url'])}")
+    if out.get("public"):
+        _public_warning(name, out["exposed_url"])
+
+
+@app.command("addons:unexpose")
+@clean_errors
+def addons_unexpose(name: AddonArg) -> None:
+    """Take an add-on's published port away (it restarts once); its apps keep reaching it."""
+    with _client() as c:
+        access.unexpose(c, name)
+    console.print(f"{name} is no longer exposed")
+
+
+@app.command("addons:credentials:rotate")
+@clean_errors
+def addons_rotate(name: AddonArg) -> None:
+    """New credentials: a second user (Redis: password), every attached app moved onto it in a
+    zero-downtime release, then the old one removed."""
+    with _client() as c:
+        result = render_job(access.rotate(c, name), f"rotating {name}")
+    moved = ", ".join(result.get("apps") or []) or "no app"
+    console.print(f"[bold green]{name}[/]'s credentials are rotated ({moved} moved; the old ones no longer work)")
+
+
+@app.command("addons:promote")
+@clean_errors
+def addons_promote(name: AddonArg, app_name: AppOption) -> None:
+    """Make an add-on the app's DATABASE_URL (Redis: REDIS_URL); the one that was keeps the other var."""
+    with _client() as c:
+        render_job(access.promote(c, name, app_name), f"promoting {name}")
+    console.print(f"{name} is {app_name}'s primary now")
+
+
+@app.command("addons:shell")
+@clean_errors
+def addons_shell(name: AddonArg) -> None:
+    """psql, redis-cli or mariadb inside the add-on's container; interactive on a terminal, or
+    reading what is piped in (`echo 'select 1' | lbsolo addons:shell NAME`)."""
+    with _client() as c:
+        code = access.shell(c, name, tty=sys.stdin.isatty() and sys.stdout.isatty())
+    raise typer.Exit(code)
