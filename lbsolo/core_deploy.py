@@ -117,6 +117,7 @@ class Deploys:
 
     async def _deploy(self, job: DeployJob, built: asyncio.Future[tuple[str, SourceSpec]], build_id: str) -> None:
         out = job.output
+        released = False
         try:
             try:
                 image_id, spec = await built
@@ -132,12 +133,7 @@ class Deploys:
             )
             job.result = self.rollouts.ok(job.app, release)
             self.rollouts.emit_result(job)
-            try:
-                cleaned = await self.gc(job.app)
-                if cleaned["removed"]:
-                    out.append(f"       removed {len(cleaned['removed'])} old image(s) (keeping the last releases')")
-            except LbsoloError as e:
-                log.warning("image clean-up of %s failed: %s", job.app, e.message)
+            released = True
         except LbsoloError as e:
             out.append(f" !     {e.message}")
             job.result = {"ok": False, "app": job.app, "error": {"code": e.code, "message": e.message}}
@@ -149,6 +145,15 @@ class Deploys:
         finally:
             out.close()
             await asyncio.to_thread(self._store_build_log, build_id, out.lines)
+        if released:
+            # After the output closed: the client's deploy is over once the release serves; with a
+            # few hundred apps' images the engine takes a while to list and prune them.
+            try:
+                cleaned = await self.gc(job.app)
+                if cleaned["removed"]:
+                    log.info("%s: removed %d old image(s)", job.app, len(cleaned["removed"]))
+            except LbsoloError as e:
+                log.warning("image clean-up of %s failed: %s", job.app, e.message)
 
     def _store_build_log(self, build_id: str, lines: list[str]) -> None:
         directory = self.ctx.settings.logs_dir / "builds"

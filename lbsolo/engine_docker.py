@@ -24,6 +24,7 @@ from typing import IO, Any
 import docker
 import docker.errors
 import docker.types
+import docker.utils
 import requests.exceptions
 
 from lbsolo.engine import EngineEvent, ImageRecord, ReplicaStats, free_subnet, parse_memory
@@ -111,6 +112,7 @@ class DockerBackend:
         self.network_pool, self.network_prefix = network_pool, network_prefix
         self._network_lock = threading.Lock()
         self._api_timeout = 120
+        self._cpu_before: dict[str, dict[str, Any]] = {}  # replica -> its previous reading's cpu_stats
 
     @property
     def client(self) -> docker.DockerClient:
@@ -242,9 +244,7 @@ class DockerBackend:
                 if any(net.get("Name") == name for net in listed):  # the engine's name filter is a substring match
                     return
                 taken = [
-                    cfg.get("Subnet", "")
-                    for net in listed
-                    for cfg in ((net.get("IPAM") or {}).get("Config") or [])
+                    cfg.get("Subnet", "") for net in listed for cfg in ((net.get("IPAM") or {}).get("Config") or [])
                 ]
                 try:
                     subnet = free_subnet(self.network_pool, self.network_prefix, taken)
@@ -385,13 +385,27 @@ class DockerBackend:
             raise EngineUnavailable(f"stop {replica_id[:12]}: {e}") from e
 
     def stats(self, replica_id: str) -> ReplicaStats:
-        """Blocks about a second: the engine takes two readings."""
+        """One reading of the replica's counters; CPU is measured since this replica's previous reading.
+
+        Engines of API 1.41+ answer at once (one-shot); older ones take a second reading a second
+        later. With a few hundred replicas sampled every few seconds, that second kept the
+        engine busy all the time, and every deploy waited behind it.
+        """
+        one_shot = docker.utils.version_gte(self.client.api.api_version, "1.41")
         with _engine_errors(f"stats of {replica_id[:12]}"):
             try:
-                raw = self.client.api.stats(replica_id, stream=False)
+                raw = dict(self.client.api.stats(replica_id, stream=False, **({"one_shot": True} if one_shot else {})))
             except ValueError as e:  # the container went away mid-answer: a cut-off JSON document
                 raise EngineError(f"stats of {replica_id[:12]}: incomplete answer ({e})") from e
-        return stats_numbers(raw or {})
+        if one_shot:
+            if len(self._cpu_before) > 4096:  # replicas long gone: forget them all, once in a while
+                self._cpu_before.clear()
+            before = self._cpu_before.get(replica_id)
+            self._cpu_before[replica_id] = raw.get("cpu_stats") or {}
+            if before is None:  # a first reading: nothing to measure CPU against yet
+                return {**stats_numbers(raw), "cpu_percent": 0.0}
+            raw["precpu_stats"] = before
+        return stats_numbers(raw)
 
     # ---- one-off jobs and exec
 

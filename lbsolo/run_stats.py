@@ -1,8 +1,8 @@
 """Resource and request metrics over time, per app, in bounded memory.
 
 A StatsSampler asks the engine for every running replica's CPU, memory and network counters
-every few seconds (in its own few worker threads: each engine call blocks about a second, and
-borrowing the loop's default pool for them starved every other `to_thread` call of the daemon
+every few seconds (in its own few worker threads: engine calls block, an older engine's for about a
+second, and borrowing the loop's default pool for them starved every other `to_thread` call of the daemon
 once there were more replicas than one round's worth), adds them up per app, and takes requests/s and mean
 latency from the proxy's cumulative counters. Each (app, metric) keeps a RingSeries: a fine
 tier (10 minutes at the sampling interval) and a coarse tier (24 hours of 1-minute averages

@@ -161,7 +161,7 @@ def create_addons_router(platform: HasAddons, require_token: Callable[..., Any])
         """Make the add-on the app's DATABASE_URL (REDIS_URL); the one that was takes its old var."""
         return stream_job(await addons().access.promote(name, body.app))
 
-    @router.post("/api/addons/{name}/shell", response_class=ShellExchange)
+    @router.post("/api/addons/{name}/shell", response_class=ShellExchange, status_code=200)
     async def shell(name: str, tty: bool = False, rows: int = 0, cols: int = 0) -> ShellExchange:
         """psql, redis-cli or mariadb in the add-on's container: the request body is its input,
         the answer its output (NDJSON), both streamed at once."""

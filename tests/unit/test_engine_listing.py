@@ -141,3 +141,36 @@ def test_logs_are_followed_on_the_loop_from_the_engines_unix_socket(tmp_path, mo
         await server.wait_closed()
 
     run(main)
+
+
+class _OneShotAPI:
+    """The engine's stats endpoint as an API 1.41 engine answers one-shot: no earlier reading."""
+
+    api_version = "1.41"
+
+    def __init__(self, readings):
+        self.readings, self.calls = list(readings), []
+
+    def stats(self, container, stream=True, one_shot=None):
+        self.calls.append((container, stream, one_shot))
+        total, system = self.readings.pop(0)
+        return {"cpu_stats": {"cpu_usage": {"total_usage": total}, "system_cpu_usage": system, "online_cpus": 2},
+                "precpu_stats": {}, "memory_stats": {"usage": 100}}  # fmt: skip
+
+
+class _Client:
+    def __init__(self, api):
+        self.api = api
+
+
+def test_stats_take_one_reading_and_count_cpu_since_the_replicas_previous_one():
+    """A two-reading stats call blocks a second in the engine; at 200 replicas every 5 s that
+    kept the engine busy and every deploy waited behind it (bench/scale.py)."""
+    from lbsolo.engine_docker import DockerBackend
+
+    api = _OneShotAPI([(1_000, 10_000), (1_500, 11_000), (9, 9)])
+    engine = DockerBackend("abc", client=_Client(api))  # type: ignore[arg-type]
+    assert engine.stats("r1")["cpu_percent"] == 0.0  # nothing to compare with yet
+    assert engine.stats("r1")["cpu_percent"] == 100.0  # 500 of 1,000 system ticks, on 2 CPUs
+    assert engine.stats("r2")["cpu_percent"] == 0.0  # another replica: its own first reading
+    assert api.calls == [("r1", False, True), ("r1", False, True), ("r2", False, True)]
