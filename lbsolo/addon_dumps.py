@@ -14,7 +14,9 @@ from __future__ import annotations
 import re
 import shlex
 import struct
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 from lbsolo.addon_kinds import Credentials, Kind
@@ -23,12 +25,33 @@ from lbsolo.errors import InvalidInput
 BACKUP_ID = re.compile(r"^[0-9]{8}T[0-9]{6}Z(-[a-z0-9]{1,12})?$")
 SNIFF_BYTES = 4096  # enough of a dump's start for `sniff`
 REDIS_SCRATCH_PORT = 6390
+EXTENSIONS = {"postgres": "dump", "redis": "rdb", "mariadb": "sql"}
+CRON_ALIASES = ("@yearly", "@annually", "@monthly", "@weekly", "@daily", "@midnight", "@hourly")
+MAX_KEEP = 1000
 
 
 def check_backup_id(backup_id: str) -> str:
     if not isinstance(backup_id, str) or not BACKUP_ID.match(backup_id):
         raise InvalidInput(f"invalid backup id {backup_id!r}: see lbsolo addons:backups NAME")
     return backup_id
+
+
+def new_backup_id(now: float, taken: Collection[str]) -> str:
+    """A backup id from the time (UTC, to the second), with a suffix if that second is taken."""
+    base = datetime.fromtimestamp(now, UTC).strftime("%Y%m%dT%H%M%SZ")
+    if base not in taken:
+        return base
+    n = 2
+    while f"{base}-{n}" in taken:
+        n += 1
+    return f"{base}-{n}"
+
+
+def dump_extension(kind: str) -> str:
+    try:
+        return EXTENSIONS[kind]
+    except KeyError:
+        raise InvalidInput(f"unknown add-on kind {kind!r}") from None
 
 
 def major_tuple(major: str) -> tuple[int, ...]:
@@ -91,15 +114,23 @@ def restore_command(kind: Kind, creds: Credentials) -> list[str]:
 
 def redis_replace_command(data_path: str) -> list[str]:
     """In a scratch container on the (stopped) add-on's volume: the RDB on stdin becomes the base
-    of a fresh append-only file (with appendonly on, Redis 7 loads only that), swapped in whole."""
-    d = data_path
+    of the append-only file (with appendonly on, Redis 7 loads only that). The new base is written
+    beside the old files, then a new manifest naming it alone is renamed over the old one: one
+    atomic step, so a restore cut off anywhere leaves the old data or the new, never none."""
+    d = f"{data_path}/appendonlydir"
     return _sh(
-        f"set -e; rm -rf {d}/restore.tmp; mkdir {d}/restore.tmp; cat > {d}/restore.tmp/appendonly.aof.1.base.rdb; "
-        f'printf "file appendonly.aof.1.base.rdb seq 1 type b\\n" > {d}/restore.tmp/appendonly.aof.manifest; '
-        f"chown -R --reference={d} {d}/restore.tmp; rm -rf {d}/appendonlydir.old; "
-        f"if [ -d {d}/appendonlydir ]; then mv {d}/appendonlydir {d}/appendonlydir.old; fi; "
-        f"mv {d}/restore.tmp {d}/appendonlydir; rm -rf {d}/appendonlydir.old {d}/dump.rdb"
+        f"set -e; mkdir -p {d}; n=$(date +%s); base=appendonly.aof.$n.base.rdb; "
+        f"cat > {d}/$base.tmp; mv {d}/$base.tmp {d}/$base; "
+        f'printf "file %s seq %s type b\\n" "$base" "$n" > {d}/appendonly.aof.manifest.tmp; '
+        f"chown --reference={data_path} {d} {d}/$base {d}/appendonly.aof.manifest.tmp; sync; "
+        f"mv {d}/appendonly.aof.manifest.tmp {d}/appendonly.aof.manifest; "
+        f'find {d} -type f ! -name "$base" ! -name appendonly.aof.manifest -delete; rm -f {data_path}/dump.rdb'
     )
+
+
+def list_command() -> list[str]:
+    """Postgres: the archive's table of contents read from stdin (`pg_restore --list`)."""
+    return _sh("exec pg_restore --list")
 
 
 def counts_command(kind: Kind, creds: Credentials, *, port: int | None = None) -> list[str]:
@@ -300,3 +331,52 @@ def manifest(
         "verify_error": None,
         "verified_at": None,
     }
+
+
+# ---- schedules: cron expressions, read by croniter (imported here only, when a schedule is)
+
+
+def check_schedule(schedule: str) -> str:
+    """A cron expression of five fields (minute hour day month weekday), or @daily and its kin."""
+    text = " ".join(str(schedule).split()) if isinstance(schedule, str) else ""
+    if not (text in CRON_ALIASES or len(text.split(" ")) == 5):
+        raise InvalidInput(
+            f"invalid schedule {schedule!r}: five cron fields (minute hour day month weekday), "
+            'e.g. "0 3 * * *", or @hourly, @daily, @weekly, @monthly'
+        )
+    from croniter import croniter
+
+    if not croniter.is_valid(text):
+        raise InvalidInput(f"invalid schedule {schedule!r}: not a cron expression croniter reads")
+    return text
+
+
+def check_keep(keep: int) -> int:
+    if not isinstance(keep, int) or isinstance(keep, bool) or not 1 <= keep <= MAX_KEEP:
+        raise InvalidInput(f"keep must be a number of backups from 1 to {MAX_KEEP}, got {keep!r}")
+    return keep
+
+
+def next_run(schedule: str, after: float) -> float:
+    """The first time after `after` (epoch seconds) the schedule names, in this machine's time zone."""
+    from croniter import croniter
+
+    start = datetime.fromtimestamp(after).astimezone()
+    return float(croniter(schedule, start).get_next(float))
+
+
+def schedule_interval(schedule: str, at: float) -> float:
+    """The gap between the schedule's two runs that follow `at`: how late is 'missed'."""
+    first = next_run(schedule, at)
+    return next_run(schedule, first) - first
+
+
+def to_prune(scheduled: Iterable[dict[str, Any]], keep: int) -> list[str]:
+    """Which scheduled backups go so that `keep` stay: the oldest, but never the newest verified
+    one while none of those kept is verified (a run of failed backups keeps the last good one)."""
+    newest_first = sorted(scheduled, key=lambda m: (float(m.get("created") or 0), str(m["id"])), reverse=True)
+    kept, rest = newest_first[:keep], newest_first[keep:]
+    if not any(m.get("verified") is True for m in kept):
+        good = next((m for m in rest if m.get("verified") is True), None)
+        rest = [m for m in rest if m is not good]
+    return [str(m["id"]) for m in rest]

@@ -21,6 +21,7 @@ from typing import Any
 from lbsolo import run
 from lbsolo.build import Builder, LogBuffer
 from lbsolo.config import Settings
+from lbsolo.core_addon_backups import AddonBackups
 from lbsolo.core_addons import Addons
 from lbsolo.core_context import AppLock, CoreContext, Ingress
 from lbsolo.core_deploy import Deploys
@@ -95,6 +96,7 @@ class Platform:
         self.routing = Routing(ctx)
         # Without the engine's Services part (tests' fakes) there are no add-ons, and the API says so.
         self.addons: Addons | None = None if services is None else Addons(ctx, services, self.set_config)
+        self.backups: AddonBackups | None = None if services is None else AddonBackups(ctx, services)
         # What the API and the daemon read of the context, by name.
         self.settings, self.state, self.engine, self.ingress = ctx.settings, ctx.state, ctx.engine, ctx.ingress
         self.bus, self.logs, self.collector, self.jobs = ctx.bus, ctx.logs, ctx.collector, ctx.jobs

@@ -284,6 +284,8 @@ class Daemon:
             await dns.start()
             await notifier.start()
             await platform.recover()
+            if platform.backups is not None:
+                await platform.backups.resume()  # first: a Redis restore's helper goes before its add-on restarts
             if platform.addons is not None:
                 await platform.addons.resume()
             await platform.load_static_routes()
@@ -302,6 +304,9 @@ class Daemon:
             if access is not None:
                 tasks.append(asyncio.create_task(_supervise("access-log", access.flush_forever), name="access-log"))
             tasks.append(asyncio.create_task(_supervise("stats", sampler.run), name="stats"))
+            if platform.backups is not None:
+                schedules = platform.backups.schedules.run_forever
+                tasks.append(asyncio.create_task(_supervise("backups", schedules), name="backups"))
             api_port = api_sock.getsockname()[1]
             info = {
                 "api": f"http://{s.api_host}:{api_port}",

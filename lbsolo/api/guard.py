@@ -8,7 +8,7 @@ route's cap (declared by Content-Length, or counted, chunked bodies included) it
 at once. A refusal of a request whose body is still unread says `Connection: close`, so the
 server closes the connection instead of reading (and discarding) the rest.
 
-Caps: settings.max_upload_bytes for source uploads and git pushes, settings.max_hook_bytes
+Caps: settings.max_upload_bytes for source uploads, git pushes and add-on dump imports, settings.max_hook_bytes
 for inbound push webhooks (their signature can only be checked once read), and
 settings.max_json_bytes for everything else (JSON, UI forms).
 
@@ -36,6 +36,7 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 CALLER = "lbsolo.caller"  # the scope key under which the guard leaves who the caller is
 UNAUTHORIZED = "missing or wrong API token (see `lbsolo` on the daemon's machine: ~/.lbsolo/token)"
 _DEPLOY = re.compile(r"/api/apps/[^/]+/deploy")
+_IMPORT = re.compile(r"/api/addons/[^/]+/import")  # an add-on's dump, streamed in
 
 
 def error_body(code: str, message: str) -> dict[str, Any]:
@@ -66,7 +67,7 @@ class BodyLimits:
 
     def cap(self, method: str, path: str) -> tuple[int, str]:
         """(limit, the setting that raises it) for a request."""
-        if path.startswith("/git/") or (method == "POST" and _DEPLOY.fullmatch(path)):
+        if path.startswith("/git/") or (method == "POST" and (_DEPLOY.fullmatch(path) or _IMPORT.fullmatch(path))):
             return self.upload, "LBSOLO_MAX_UPLOAD_BYTES"
         if path.startswith("/hooks/"):
             return self.hook, "LBSOLO_MAX_HOOK_BYTES"

@@ -20,6 +20,7 @@ from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from lbsolo import __version__
+from lbsolo.api.addon_backups import create_addon_backups_router
 from lbsolo.api.addons import create_addons_router
 from lbsolo.api.auth import Authenticator
 from lbsolo.api.git import create_git_router
@@ -447,6 +448,7 @@ def create_api(
     )
     api.include_router(create_ops_router(platform, bus, notifier, sampler, tokens, require_token))
     api.include_router(create_addons_router(platform, require_token))
+    api.include_router(create_addon_backups_router(platform, require_token))
     return api
 
 

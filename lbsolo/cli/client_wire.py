@@ -10,7 +10,7 @@ and speaks only plain HTTP to one host; a connection carries one exchange, then 
 from __future__ import annotations
 
 import socket
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 
 MAX_HEAD = 64 * 1024  # a status line and headers longer than this are not the daemon's
 
@@ -101,6 +101,14 @@ class Response:
         while piece := self._more():
             pieces.append(piece)
         return b"".join(pieces)
+
+    def pieces(self) -> Iterator[bytes]:
+        """The rest of the body, piece by piece as it arrives (a large body, never held whole)."""
+        if self._buffer:
+            piece, self._buffer = self._buffer, b""
+            yield piece
+        while piece := self._more():
+            yield piece
 
     def readline(self) -> bytes:
         """The body's next line, with its newline (the last may lack it); b"" at the end."""

@@ -15,7 +15,7 @@ import typer.main
 from typer.models import CommandInfo, TyperInfo
 
 from lbsolo import __version__
-from lbsolo.cli import verbs_addons, verbs_apps, verbs_deploy, verbs_platform, verbs_service
+from lbsolo.cli import verbs_addon_backups, verbs_addons, verbs_apps, verbs_deploy, verbs_platform, verbs_service
 from lbsolo.cli.common import (
     Table,
     app,
@@ -25,7 +25,17 @@ from lbsolo.cli.common import (
 from lbsolo.config import Settings
 from lbsolo.errors import LbsoloError
 
-__all__ = ["app", "app_for", "main", "verbs_addons", "verbs_apps", "verbs_deploy", "verbs_platform", "verbs_service"]
+__all__ = [
+    "app",
+    "app_for",
+    "main",
+    "verbs_addon_backups",
+    "verbs_addons",
+    "verbs_apps",
+    "verbs_deploy",
+    "verbs_platform",
+    "verbs_service",
+]
 
 
 @app.command()
