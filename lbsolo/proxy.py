@@ -2,14 +2,17 @@
 
 It runs inside the daemon's event loop (uvloop or the default loop). This module holds
 `ProxyServer` (listeners, connection caps, timeout sweep, metrics, access log). Its parts:
-`proxy_downstream` (the client side of each connection: keep-alive, pipelining, routing, timeouts,
-limits, error pages), `proxy_reader` (its parser path: bytes to requests, bodies), `proxy_request`
-(what a request head says, pure), `proxy_buffering` (held request bodies and their budget),
-`proxy_connect` (opening a connection to an app, with failover), `proxy_upstream` (the app side of
-an exchange, and WebSocket tunnels), `proxy_response` (what a response head says, pure),
-`proxy_targets` (per target: state, requests in flight, upstream connection pool, balancing,
-passive ejection, drain), `proxy_routes` (the routing table), `proxy_http` (shared HTTP constants
-and helpers), `proxy_metrics`; TLS certificates come from `lbsolo.proxy_tls`.
+`proxy_downstream` (the client side of each connection: keep-alive, pipelining, timeouts, error
+pages), `proxy_reader` (its parser path: bytes to requests, bodies), `proxy_request` (what a
+request head says, pure), `proxy_forward` (each request routed and sent to a target: the proxy's
+own answers for a route, the target's slot, the upstream connection, a retry), `proxy_buffering`
+(held request bodies and their budget), `proxy_connect` (opening a connection to an app, with
+failover), `proxy_upstream` (the app side of an exchange, and WebSocket tunnels),
+`proxy_response_reader` (its parser path: a response relayed in pieces), `proxy_response` (what a
+response head says, pure), `proxy_targets` (per target: state, requests in flight, upstream
+connection pool, balancing, passive ejection, drain), `proxy_routes` (the routing table),
+`proxy_http` (shared HTTP constants and helpers), `proxy_metrics`; TLS certificates come from
+`lbsolo.proxy_tls`.
 
 What it must not do: know about containers, releases or state. It never imports docker,
 tinydb or lbsolo modules other than those parts. The core decides routes and pushes them in with
@@ -330,14 +333,12 @@ class ProxyServer:
                     deadline = client.write_deadline
                 if deadline is not None and deadline <= now:
                     client.on_timeout()
-                    continue
-                up = client.up
-                if up is not None:
-                    deadline = up.deadline
-                    if deadline is None or deadline > now:
-                        deadline = up.write_deadline
-                    if deadline is not None and deadline <= now:
-                        up.on_timeout()
+            for up in list(self.pool.connections):  # only those relaying an exchange have deadlines
+                deadline = up.deadline
+                if deadline is None or deadline > now:
+                    deadline = up.write_deadline
+                if deadline is not None and deadline <= now:
+                    up.on_timeout()
             self.pool.sweep_idle(now)
         except Exception:
             log.exception("proxy: error in the timeout sweep")

@@ -5,10 +5,10 @@ headers) by the fast path of `proxy_request`, from its raw bytes; anything else 
 calling back a `RequestReader` (proxy_reader). The connection answers the requests it read one at
 a time, in order: a request that could not be read gets its error page here; every other one goes
 to the connection's `Forwarder` (proxy_forward), which routes it, answers what the proxy answers
-for a route, or hands back an `Upstream` (proxy_upstream) to relay it through (`attach`). The
-connection writes what the upstream relays, ends each exchange (`finish`, `record`), keeps
-connections alive, pipelines, turns into a tunnel after an upgrade, applies backpressure both
-ways, and the timeouts and caps.
+for a route, or starts it on an `Upstream` (proxy_upstream). The connection writes what the
+upstream relays (it is the upstream's `ClientSide`), ends each exchange (`finish`, `record`),
+keeps connections alive, pipelines, turns into a tunnel after an upgrade, applies backpressure
+both ways, and the timeouts and caps.
 
 What it must not do: log per request or format anything for the access log on the hot path
 (`record` appends a tuple, the server folds them), let one connection break another, route, or
@@ -28,7 +28,6 @@ import httptools
 from lbsolo.proxy_forward import Forwarder, Routing
 from lbsolo.proxy_http import (
     _P_BROKEN,
-    _P_BUFFER,
     _P_EOF,
     _P_QUEUE,
     _P_UPSTREAM,
@@ -46,7 +45,6 @@ _UNROUTED = "(unrouted)"  # metrics key of requests that matched no app
 _NO_ROUTE = Route(_UNROUTED)
 # Bound once: a method call on an imported name compiles to a slower attribute load plus a call.
 _known_request = KNOWN_REQUESTS.get
-_IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE", b"TRACE"})
 _REFUSED_BODY = b"too many connections; retry later\n"
 _REFUSED = (  # the answer to a connection past a cap, before anything is read
     b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: %d\r\n"
@@ -98,7 +96,6 @@ class Downstream(asyncio.Protocol):
         "_server",
         "_tunnel",
         "_upgrade_wait",
-        "_write_paused",
         "active",
         "closed",
         "cork",
@@ -109,8 +106,8 @@ class Downstream(asyncio.Protocol):
         "queue",
         "transport",
         "trusted",
-        "up",
         "write_deadline",
+        "write_paused",
     )
 
     def __init__(self, server: Edge, https: bool = False) -> None:
@@ -130,8 +127,7 @@ class Downstream(asyncio.Protocol):
         self.paused = 0
         self._paused_at = 0.0  # loop time reading paused (the body rate does not count it)
         self._counted = False  # counted in the server's connections per client address
-        self._write_paused = False
-        self.up: Upstream | None = None
+        self.write_paused = False  # the client does not read what is written
         self.active: Request | None = None
         self._pumping = False
         self.closed = False
@@ -169,18 +165,16 @@ class Downstream(asyncio.Protocol):
         self.deadline = self._loop.time() + server.header_timeout
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.closed = self._lost = True
-        self.deadline = None
+        self._lost = True
+        self._drop()
         if self._counted:
             self._counted = False
             self._server.leave(self, self.peer)
-        self._detach_upstream()
-        self._reader.free_bodies(self.queue)
 
     def data_received(self, data: bytes) -> None:
         self._bytes_in += len(data)
         if self._tunnel:
-            up = self.up
+            up = self._forwarder.up
             if up is not None:
                 up.write(data)
                 self.deadline = self._loop.time() + self._server.tunnel_idle_timeout
@@ -220,16 +214,16 @@ class Downstream(asyncio.Protocol):
         return True
 
     def pause_writing(self) -> None:
-        self._write_paused = True
+        self.write_paused = True
         self.write_deadline = self._loop.time() + self._server.read_timeout
-        up = self.up
+        up = self._forwarder.up
         if up is not None:
             up.pause_read()
 
     def resume_writing(self) -> None:
-        self._write_paused = False
+        self.write_paused = False
         self.write_deadline = None
-        up = self.up
+        up = self._forwarder.up
         if up is not None:
             up.resume_read()
 
@@ -275,11 +269,7 @@ class Downstream(asyncio.Protocol):
         if cur is not None and cur.headers_done:
             # The error is inside the body of a request already queued.
             if cur is self.active:
-                up = self.up
-                if up is not None:
-                    self.up = None
-                    cur.sink = None
-                    up.abandon()
+                self._forwarder.abandon(cur)
                 if cur.responded:
                     self.close()
                 else:
@@ -312,15 +302,6 @@ class Downstream(asyncio.Protocol):
     def forward(self, req: Request, reroute: bool = False) -> None:
         """Send a routed request on (the reader calls it once a held body is whole)."""
         self._forwarder.forward(req, reroute)
-
-    def attach(self, req: Request, up: Upstream, reused: bool) -> None:
-        """Relay `req` through `up`, a connection to its target (the forwarder hands it over)."""
-        self.up = up
-        up.begin(self, req, reused)
-        if self._write_paused:
-            up.pause_read()
-        if self.paused & _P_BUFFER:
-            self.resume(_P_BUFFER)
 
     def refuse(self, req: Request, status: int, code: str, message: str) -> None:
         """Answer `req` before its body is read whole, and read nothing more."""
@@ -375,7 +356,6 @@ class Downstream(asyncio.Protocol):
         if queue and queue[0] is req:
             queue.popleft()
         self.active = None
-        self.up = None
         self._served += 1
         self._forwarder.release()
         self.record(req)
@@ -438,17 +418,7 @@ class Downstream(asyncio.Protocol):
 
     def upstream_failed(self, req: Request, status: int, code: str, message: str, retry: bool) -> None:
         """The upstream relaying `req` failed; `retry`: nothing of the response came, it may go again."""
-        self.up = None
-        req.sink = None
-        if self.closed or self.active is not req:
-            return
-        if req.responded:
-            self.close()
-            return
-        if retry and req.attempts == 0 and req.replayable and req.method in _IDEMPOTENT:
-            self._forwarder.retry(req)
-            return
-        self.send_error(req, status, code, message)
+        self._forwarder.failed(req, status, code, message, retry)
 
     def start_tunnel(self, up: Upstream, tail: bytes) -> None:
         """The app switched protocols: from now on bytes go both ways unread (`tail` came with the 101)."""
@@ -505,11 +475,11 @@ class Downstream(asyncio.Protocol):
         # A request arriving too slowly (slowloris) gets 408 if it is the next one to be answered.
         if (
             req is not None
-            and not self._write_paused
+            and not self.write_paused
             and not self.closed
             and ((not req.headers_done and not queue) or (req.headers_done and queue[0] is req and not req.responded))
         ):
-            self._detach_upstream()
+            self._forwarder.stop()
             self.refuse(req, 408, "request_timeout", "the request was not received in time")
             return
         self.close()
@@ -519,29 +489,19 @@ class Downstream(asyncio.Protocol):
         if self._tunnel or (not self.queue and self._reader.parsing is None):
             self.close()
 
-    def _detach_upstream(self) -> None:
-        self._forwarder.stop()
-        up = self.up
-        if up is not None:
-            self.up = None
-            if self._tunnel:
-                up.close()
-            else:
-                up.abandon()
-
     def close(self) -> None:
-        if self.closed:
-            return
-        self.closed = True
-        self.deadline = None
-        self._detach_upstream()
-        self._reader.free_bodies(self.queue)
-        self.transport.close()  # type: ignore[union-attr]
+        if not self.closed:
+            self._drop()
+            self.transport.close()  # type: ignore[union-attr]
 
     def abort(self) -> None:
-        self.closed = True
-        self.deadline = None
-        self._detach_upstream()
-        self._reader.free_bodies(self.queue)
+        self._drop()
         if self.transport is not None and not self._lost:
             self.transport.abort()
+
+    def _drop(self) -> None:
+        """The connection ends: its exchange (or tunnel) and every body it holds go."""
+        self.closed = True
+        self.deadline = None
+        self._forwarder.stop(self._tunnel)
+        self._reader.free_bodies(self.queue)

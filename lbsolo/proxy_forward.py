@@ -6,16 +6,16 @@ answers, one at a time and in order (`dispatch`). The forwarder routes a request
 app at the host (404), an app not running (503), an HTTPS-only app over plain HTTP (308), a body
 over the route's limit (413). A buffering route's body is held until it is whole (`HeldBodies`),
 then sent on (`forward`). Sending on means picking a target (`TargetPool.pick`), counting the
-exchange in flight to it (`track`, `release`: balancing and drain read the count) and handing
-the connection an upstream connection: a pooled one, one that frees up while the request is
-queued for the target (the forwarder is the pool's `Waiter`: `claim`, `take`, `connect`), or a
-new one from the `Connector`. A request a reused connection failed before any of its response
-came may go again, once, on a new connection (`retry`).
+exchange in flight to it (`track`, `release`: balancing and drain read the count), taking an
+upstream connection to it (a pooled one, one that frees up while the request is queued for the
+target: the forwarder is the pool's `Waiter`, or a new one from the `Connector`) and starting the
+exchange on it (`Upstream.begin`). When that connection fails (`failed`), a request none of whose
+response came may go again, once, on a new connection; otherwise its connection answers 502/504.
 
 What it must not do: read or write bytes itself, parse, or keep any per-target state (the pool
-holds it; a forwarder holds only the slot its connection's exchange counts against, the slot it
-is queued for and its connection attempt). It sees its connection only as a `Forwarding`, and
-an upstream connection only as the pool's `Connection`, handed to the connection (`attach`).
+holds it). A forwarder holds only its connection's current exchange: the slot it counts against,
+its upstream connection (`up`), the slot it is queued for and its connection attempt. It sees its
+connection only as a `Forwarding`, and an upstream connection only as a `Relay`.
 """
 
 from __future__ import annotations
@@ -32,10 +32,11 @@ from lbsolo.proxy_request import Request
 from lbsolo.proxy_routes import RouteTable, Target, normalize_host
 from lbsolo.proxy_targets import Connection, Slot, TargetPool
 
-__all__ = ["Forwarder", "Forwarding", "Routing"]
+__all__ = ["Forwarder", "Forwarding", "Relay", "Routing"]
 
 log = logging.getLogger("lbsolo.proxy")
 
+_IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE", b"TRACE"})
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 _EXPECT_LINE = re.compile(rb"\r\nexpect:[^\r\n]*", re.IGNORECASE)
 
@@ -57,6 +58,7 @@ class Forwarding(Protocol):
 
     proto: bytes  # b"http" or b"https": the listener it came in on
     paused: int  # why reading from the client is paused (a bit set)
+    write_paused: bool  # the client does not read what is written: the app is not read either
     closed: bool
     active: Request | None  # the request being answered now
 
@@ -74,15 +76,31 @@ class Forwarding(Protocol):
 
     def resume(self, reason: int) -> None: ...
 
-    def attach(self, req: Request, up: Connection, reused: bool) -> None:
-        """Relay `req` through `up`, a connection to its target."""
-        ...
+    def close(self) -> None: ...
 
     def abort(self) -> None: ...
 
 
+class Relay(Connection, Protocol):
+    """An upstream connection, as a forwarder starts an exchange on it (an `Upstream`)."""
+
+    def begin(self, client: Forwarding, req: Request, reused: bool) -> None:
+        """Relay `req` for `client` (the forwarder's connection)."""
+        ...
+
+    def write(self, data: bytes) -> None: ...
+
+    def pause_read(self) -> None: ...
+
+    def resume_read(self) -> None: ...
+
+    def abandon(self) -> None:
+        """Drop the connection mid-exchange."""
+        ...
+
+
 class Forwarder:
-    __slots__ = ("_conn", "_connect_task", "_connector", "_edge", "_loop", "_pool", "_slot", "_waiting_for")
+    __slots__ = ("_conn", "_connect_task", "_connector", "_edge", "_loop", "_pool", "_slot", "_waiting_for", "up")
 
     def __init__(self, conn: Forwarding, edge: Routing, loop: asyncio.AbstractEventLoop) -> None:
         self._conn = conn
@@ -91,6 +109,7 @@ class Forwarder:
         self._pool = edge.pool
         self._connector = edge.connector
         self._slot: Slot | None = None  # the target the current exchange (or tunnel) goes to, for drain
+        self.up: Relay | None = None  # the upstream connection relaying the current exchange (or tunnel)
         self._waiting_for: Slot | None = None  # queued for a connection to this target
         self._connect_task: asyncio.Task[None] | None = None
 
@@ -175,7 +194,7 @@ class Forwarder:
             slot = self.track(target)
         up = pool.take_idle(slot)
         if up is not None:
-            self._conn.attach(req, up, True)
+            self._begin(req, up, True)  # type: ignore[arg-type]
         elif pool.wait(slot, self):
             # Enough connections are being opened to this target: wait for one of them, or for one
             # that frees up (take, connect).
@@ -183,7 +202,31 @@ class Forwarder:
         else:
             self._connect_task = self._loop.create_task(self._connect(req, target))
 
-    def retry(self, req: Request) -> None:
+    def _begin(self, req: Request, up: Relay, reused: bool) -> None:
+        conn = self._conn
+        self.up = up
+        up.begin(conn, req, reused)
+        if conn.write_paused:
+            up.pause_read()
+        if conn.paused & _P_BUFFER:
+            conn.resume(_P_BUFFER)
+
+    def failed(self, req: Request, status: int, code: str, message: str, retry: bool) -> None:
+        """The upstream connection relaying `req` failed (it is closed). `retry`: none of the response
+        came, and an idempotent request whose body is still at hand goes again, once, on a new one."""
+        self.up = None
+        req.sink = None
+        conn = self._conn
+        if conn.closed or conn.active is not req:
+            return
+        if req.responded:
+            conn.close()
+        elif retry and req.attempts == 0 and req.replayable and req.method in _IDEMPOTENT:
+            self._retry(req)
+        else:
+            conn.send_error(req, status, code, message)
+
+    def _retry(self, req: Request) -> None:
         """Send an idempotent request again on a fresh connection, to the least busy target."""
         route = self._edge.table.routes.get(req.route.app) if req.route is not None else None
         if route is None or not route.targets:
@@ -219,7 +262,7 @@ class Forwarder:
         elif conn.closed or conn.active is not req:
             self._pool.put_idle(up)  # a fresh connection: someone else can use it
         else:
-            conn.attach(req, up, False)
+            self._begin(req, up, False)  # type: ignore[arg-type]
 
     # -- in-flight accounting (drain) -----------------------------------------------------
 
@@ -235,21 +278,38 @@ class Forwarder:
         return slot
 
     def release(self) -> None:
-        """The exchange (or tunnel) ended: its target is given back."""
+        """The exchange ended (its upstream connection is pooled or closed): its target is given back."""
+        self.up = None
         slot = self._slot
         if slot is not None:
             self._slot = None
             self._pool.release(slot)
 
-    def stop(self) -> None:
-        """The exchange is dropped (its connection closes, or it timed out): stop waiting for a
-        connection, give its target back, cancel a connection attempt."""
+    def abandon(self, req: Request) -> None:
+        """`req`'s body went wrong while its upstream connection had it: the connection is dropped
+        (the client connection answers `req`, or closes)."""
+        up = self.up
+        if up is not None:
+            self.up = None
+            req.sink = None
+            up.abandon()
+
+    def stop(self, tunnel: bool = False) -> None:
+        """The exchange is dropped (its connection closes, or a request timed out): stop waiting for a
+        connection, give its target back, cancel a connection attempt, drop the upstream connection
+        (a tunnel's is closed, not aborted: what is buffered for the app still goes)."""
         self._waiting_for = None  # skipped when its turn comes
+        up = self.up
         self.release()
         task = self._connect_task
         if task is not None:
             self._connect_task = None
             task.cancel()
+        if up is not None:
+            if tunnel:
+                up.close()
+            else:
+                up.abandon()
 
     # -- the pool's `Waiter`: queued for a connection to a busy target --------------------
 
@@ -261,10 +321,9 @@ class Forwarder:
         return False
 
     def take(self, up: Connection) -> None:
-        conn = self._conn
-        req = conn.active
+        req = self._conn.active
         assert req is not None
-        conn.attach(req, up, True)
+        self._begin(req, up, True)  # type: ignore[arg-type]
 
     def connect(self, target: Target) -> None:
         req = self._conn.active

@@ -48,6 +48,10 @@ class Connection(Protocol):
     idle_since: float
     closed: bool
     transport: asyncio.Transport | None
+    deadline: float | None  # waiting for the app (the server's sweep reads both deadlines)
+    write_deadline: float | None
+
+    def on_timeout(self) -> None: ...
 
     def close(self) -> None: ...
 

@@ -316,6 +316,32 @@ def test_upgrade_becomes_a_tunnel(run):
     run(scenario)
 
 
+def test_an_idle_tunnel_is_closed_on_both_sides(run):
+    async def scenario():
+        async with stack(tunnel_idle_timeout=0.3) as (proxy, app):
+            target = Target("127.0.0.1", app.port)
+            c = await Conn.open(proxy.port)
+            await c.send(
+                b"GET /ws HTTP/1.1\r\nHost: hello.lbsolo.localhost\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n"
+            )
+            assert (await read_response(c.reader)).status == 101
+            await c.send(b"ping")
+            assert await c.reader.readexactly(4) == b"PING"
+            assert proxy.in_flight(target) == 1  # a tunnel counts for drain
+            started = time.monotonic()
+            assert await c.at_eof(timeout=3)  # nothing moved for tunnel_idle_timeout: the client side closes
+            assert time.monotonic() - started >= 0.25
+            for _ in range(100):  # ... and the app's side, and the tunnel no longer counts
+                if not proxy.pool.connections and not proxy.in_flight(target):
+                    break
+                await asyncio.sleep(0.01)
+            assert not proxy.pool.connections
+            assert proxy.in_flight(target) == 0
+            await c.close()
+
+    run(scenario)
+
+
 # ---------------------------------------------------------------------------------------------
 # errors
 

@@ -31,6 +31,11 @@ class Up:
         self.idle_since = 0.0
         self.closed = False
         self.transport = Transport()
+        self.deadline: float | None = None
+        self.write_deadline: float | None = None
+
+    def on_timeout(self) -> None:
+        self.abort()
 
     def close(self) -> None:
         self.closed = True
