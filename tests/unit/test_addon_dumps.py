@@ -11,14 +11,21 @@ from lbsolo.addon_dumps import (
     Sniffed,
     check_backup_id,
     check_complete,
+    check_keep,
     check_restorable,
+    check_schedule,
     compare_counts,
     counts_command,
     dump_command,
     manifest,
+    new_backup_id,
+    next_run,
     parse_counts,
+    redis_replace_command,
     restore_command,
+    schedule_interval,
     sniff,
+    to_prune,
 )
 from lbsolo.addon_kinds import KINDS, Credentials
 from lbsolo.errors import InvalidInput
@@ -127,3 +134,47 @@ def test_the_manifest_is_json_with_what_a_restore_checks():
         counts_after={"t": 1},
     )
     assert json.loads(json.dumps(m))["major"] == "10.11" and m["verified"] is None and m["kind"] == "mariadb"
+
+
+def test_a_backup_id_takes_a_suffix_when_its_second_is_taken():
+    at = 1796457600.5  # 2026-12-05T08:00:00Z
+    assert new_backup_id(at, set()) == "20261205T080000Z"
+    assert new_backup_id(at, {"20261205T080000Z"}) == "20261205T080000Z-2"
+    assert new_backup_id(at, {"20261205T080000Z", "20261205T080000Z-2"}) == "20261205T080000Z-3"
+    assert all(check_backup_id(new_backup_id(at, {"20261205T080000Z"})) for _ in range(2))
+
+
+def test_schedules_are_five_cron_fields_or_an_alias_and_run_in_order():
+    assert check_schedule(" 0  3 * * * ") == "0 3 * * *"
+    assert check_schedule("@daily") == "@daily"
+    for bad in ("every day", "61 3 * * *", "0 3 * * * *", "", "@sometimes"):
+        with pytest.raises(InvalidInput, match="invalid schedule"):
+            check_schedule(bad)
+    at = 1796457600.0
+    first = next_run("0 * * * *", at)
+    assert at < first <= at + 3600 and next_run("0 * * * *", first) == first + 3600
+    assert schedule_interval("0 * * * *", at) == 3600
+    assert check_keep(7) == 7
+    for bad in (0, -1, 1001, True):
+        with pytest.raises(InvalidInput):
+            check_keep(bad)
+
+
+def test_pruning_keeps_the_newest_and_never_the_last_verified_backup():
+    def m(i: int, verified: bool | None) -> dict:
+        return {"id": f"b{i}", "created": float(i), "verified": verified}
+
+    assert to_prune([m(1, True), m(2, True), m(3, True)], 2) == ["b1"]
+    assert to_prune([m(1, True), m(2, True)], 2) == []
+    # The two newest failed their verification: the newest good one stays too.
+    assert to_prune([m(1, True), m(2, True), m(3, False), m(4, False)], 2) == ["b1"]
+
+
+def test_a_redis_restore_swaps_its_data_in_by_renaming_one_manifest_last():
+    script = redis_replace_command("/data")[2]
+    swap = script.index(
+        "mv /data/appendonlydir/appendonly.aof.manifest.tmp /data/appendonlydir/appendonly.aof.manifest"
+    )
+    assert script.index("cat > /data/appendonlydir/$base.tmp") < script.index("sync") < swap
+    assert script.index("-delete") > swap  # the old files go only after the new manifest names the new base
+    assert "users.acl" not in script and "rm -rf" not in script
