@@ -154,7 +154,8 @@ class Kind:
             return ["env", f"PGPASSWORD={creds.password}", "psql", "-X", "-q", "-At", "-v", "ON_ERROR_STOP=1",
                     "-U", creds.user, "-d", creds.database, "-f", "-"]  # fmt: skip
         if self.name == "mariadb":
-            return ["mariadb", "-u", "root", f"--password={creds.password}", "-N", "-B"]
+            # --raw: batch output unescaped, so a grant on `shop\_db` (the entrypoint's) replays as it is
+            return ["mariadb", "-u", "root", f"--password={creds.password}", "-N", "-B", "--raw"]
         return ["env", f"REDISCLI_AUTH={creds.password}", "redis-cli", "-h", "127.0.0.1", "-p", str(self.port)]
 
     def next_user(self, addon: str, current: str) -> str:

@@ -12,15 +12,22 @@ from __future__ import annotations
 
 import socket
 import subprocess
+import threading
+import time
 import urllib.parse
+from pathlib import Path
 
+import httpx
 import pytest
 
 from .conftest import EXAMPLES, free_port
 
 pytestmark = pytest.mark.docker
 
-APP = "store"
+APP, LOADER = "store", "loader"
+PROBE_APP = Path(__file__).parent / "dbprobe"
+VARS = ("DATABASE_URL", "REDIS_URL", "MYSQL_URL")
+DENIED = ("authentication failed", "not permitted to log in", "Access denied", "WRONGPASS")
 
 
 def addon_container(docker_client, daemon, name: str):
@@ -149,3 +156,134 @@ def test_a_public_exposure_says_so_loudly(daemon, docker_client, pg):
     assert daemon.api_get(f"/api/addons/{pg}").json()["public"] is True
     assert ok(psql(host_url(daemon, docker_client, APP, port), "select count(*) from items")).stdout.strip() == "3"
     ok(daemon.cli("addons:unexpose", pg))
+
+
+# ---------------------------------------------------------------- credentials:rotate
+
+
+class Load:
+    """Requests through the proxy to the app, each of which queries one of its databases afresh."""
+
+    def __init__(self, daemon, app: str, variables: tuple[str, ...], threads: int = 3) -> None:
+        self.daemon, self.app, self.variables = daemon, app, variables
+        self.count, self.failures = 0, []
+        self.stopping = threading.Event()
+        self.threads = [threading.Thread(target=self.run, args=(i,), daemon=True) for i in range(threads)]
+
+    def run(self, offset: int) -> None:
+        i = offset
+        while not self.stopping.is_set():
+            var = self.variables[i % len(self.variables)]
+            i += 1
+            try:
+                r = self.daemon.get(self.app, "/q", params={"var": var})
+                if r.status_code != 200 or not r.text.startswith("ok"):
+                    self.failures.append((var, r.status_code, r.text.strip()))
+            except httpx.HTTPError as e:
+                self.failures.append((var, "error", repr(e)))
+            self.count += 1
+
+    def __enter__(self) -> Load:
+        for t in self.threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stopping.set()
+        for t in self.threads:
+            t.join(15)
+
+
+@pytest.fixture(scope="module")
+def loader(daemon):
+    ok(daemon.cli("apps:create", LOADER))
+    ok(daemon.cli("deploy", str(PROBE_APP), "--app", LOADER))
+    ok(daemon.cli("addons:create", "postgres", "--app", LOADER, "--name", "loader-db", "--version", "15"))
+    ok(daemon.cli("addons:create", "redis", "--app", LOADER, "--name", "loader-cache", "--version", "7"))
+    ok(daemon.cli("addons:create", "mariadb", "--app", LOADER, "--name", "loader-maria", "--version", "10.11",
+                  "--as", "MYSQL_URL"))  # fmt: skip
+    for var in VARS:
+        r = daemon.get(LOADER, "/q", params={"var": var})
+        assert r.status_code == 200, r.text
+    yield LOADER
+    for name in ("loader-db", "loader-cache", "loader-maria"):
+        daemon.cli("addons:destroy", name, "--confirm", name, "--detach")
+    daemon.cli("destroy", LOADER, "--yes")
+
+
+def tried(daemon, url: str) -> httpx.Response:
+    return daemon.get(LOADER, "/try", params={"url": url})
+
+
+def test_rotation_moves_the_app_without_a_failed_request_then_the_old_credentials_stop_working(
+    daemon, docker_client, loader
+):
+    old = {var: web_env(docker_client, daemon, LOADER)[var] for var in VARS}
+    with Load(daemon, LOADER, VARS) as load:
+        time.sleep(1)
+        for name in ("loader-db", "loader-cache", "loader-maria"):
+            out = ok(daemon.cli("addons:credentials:rotate", name))
+            assert "credentials are rotated (loader moved" in out.stdout, out.stdout
+        time.sleep(1)
+    assert load.failures == [], load.failures[:5]
+    assert load.count > 60, load.count
+    new = {var: web_env(docker_client, daemon, LOADER)[var] for var in VARS}
+    for var in VARS:
+        assert new[var] != old[var]
+        assert tried(daemon, new[var]).text.startswith("ok"), var
+        r = tried(daemon, old[var])
+        assert r.status_code == 500 and any(d in r.text for d in DENIED), (var, r.text)
+    assert new["DATABASE_URL"].startswith("postgres://loader_db_2:")
+    assert new["MYSQL_URL"].startswith("mysql://loader_maria_2:")
+    assert new["REDIS_URL"].startswith("redis://default:")
+    # The Postgres bootstrap user cannot be dropped: it is locked instead.
+    db = addon_container(docker_client, daemon, "loader-db")
+    roles = "select rolname, rolcanlogin, rolsuper from pg_roles where rolname like 'loader%' order by 1"
+    code, said = db.exec_run(["psql", "-U", "loader_db_2", "-d", "loader_db", "-Atc", roles])
+    assert (code, said.decode().split()) == (0, ["loader_db|f|t", "loader_db_2|t|t"]), said
+    maria = addon_container(docker_client, daemon, "loader-maria")
+    root = urllib.parse.urlsplit(new["MYSQL_URL"]).password
+    users = "select user from mysql.user where user like 'loader%'"
+    code, said = maria.exec_run(["mariadb", "-u", "root", f"-p{root}", "-N", "-e", users])
+    assert (code, said.decode().split()) == (0, ["loader_maria_2"]), said
+    old_root = urllib.parse.urlsplit(old["MYSQL_URL"]).password
+    code, said = maria.exec_run(["mariadb", "-h", "loader-maria", "-u", "root", f"-p{old_root}", "-e", "select 1"])
+    assert code != 0 and b"Access denied" in said, said  # root's password moved on too
+    info = daemon.api_get("/api/addons/loader-db").json()
+    assert info["credentials"]["user"] == "loader_db_2" and info["rotating"] is False
+    assert "retiring_user" not in info["credentials"]
+    # A restart keeps the new Redis password (the ACL file) and not the old one.
+    cache = addon_container(docker_client, daemon, "loader-cache")
+    cache.restart(timeout=5)
+    deadline = time.monotonic() + 20
+    while not tried(daemon, new["REDIS_URL"]).text.startswith("ok"):
+        assert time.monotonic() < deadline, tried(daemon, new["REDIS_URL"]).text
+        time.sleep(0.3)
+    assert tried(daemon, old["REDIS_URL"]).status_code == 500
+
+
+def test_a_second_rotation_drops_the_user_the_first_made_and_keeps_what_it_owned(daemon, docker_client, loader):
+    db = addon_container(docker_client, daemon, "loader-db")
+    make = "create table notes (id int); insert into notes values (1), (2)"
+    code, said = db.exec_run(["psql", "-U", "loader_db_2", "-d", "loader_db", "-Atc", make])
+    assert code == 0, said
+    with Load(daemon, LOADER, ("DATABASE_URL",), threads=2) as load:
+        ok(daemon.cli("addons:credentials:rotate", "loader-db"))
+    assert load.failures == [] and load.count > 10, (load.count, load.failures[:5])
+    who = "select tableowner from pg_tables where tablename = 'notes'; select count(*) from notes;"
+    who += "select count(*) from pg_roles where rolname = 'loader_db_2'"
+    code, said = db.exec_run(["psql", "-U", "loader_db_3", "-d", "loader_db", "-Atc", who])
+    assert (code, said.decode().split()) == (0, ["loader_db_3", "2", "0"]), said
+
+
+def test_rotation_refuses_an_unknown_or_stopped_add_on_and_changes_nothing(daemon, docker_client, loader):
+    refused(daemon.cli("addons:credentials:rotate", "nothere"), "no add-on 'nothere'")
+    before = web_env(docker_client, daemon, LOADER)["REDIS_URL"]
+    cache = addon_container(docker_client, daemon, "loader-cache")
+    cache.stop(timeout=5)
+    try:
+        refused(daemon.cli("addons:credentials:rotate", "loader-cache"), "container is exited")
+    finally:
+        cache.start()
+    assert web_env(docker_client, daemon, LOADER)["REDIS_URL"] == before
+    assert daemon.api_get("/api/addons/loader-cache").json()["rotating"] is False
