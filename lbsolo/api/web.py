@@ -8,8 +8,8 @@ and a strict Content-Security-Policy allows only lbsolo's own script file, so a 
 
 This module routes, checks sessions and forms, renders and redirects; it decides nothing about
 apps: each form calls one Platform use case, and what each page shows is gathered in
-lbsolo.api.web_views (sessions, CSRF and form parsing are in lbsolo.api.web_session). It must
-not import the engine, the state store or the CLI.
+lbsolo.api.web_views (sessions, CSRF and form parsing are in lbsolo.api.web_session; the add-on
+pages' routes in lbsolo.api.web_addons). It must not import the engine, the state store or the CLI.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response, StreamingResponse
 
 from lbsolo.api import web_views as views
+from lbsolo.api.web_addons import Pages, create_web_addons_router
 from lbsolo.api.web_jobs import UiDeploys
 from lbsolo.api.web_session import (
     COOKIE,
@@ -255,15 +256,6 @@ def create_web_router(
         git_remote = f"{str(request.base_url).rstrip('/')}/git/{quote(name)}.git"
         return page(request, "app.html", session, deploy=deploys.get(name), git_remote=git_remote, **shown)
 
-    @router.get("/ui/addons")
-    async def addons_page(request: Request) -> Response:
-        """Every add-on: kind, version, status, attached apps, and a Destroy that asks for the name."""
-        session = current(request)
-        if session is None:
-            return to_login(request)
-        shown = await views.addons(platform)
-        return page(request, "addons.html", session, addons=shown, addons_on=views.has_addons(platform))
-
     @router.get("/ui/apps/{name}/deploy/stream")
     async def deploy_stream(request: Request, name: str) -> Response:
         """Server-sent events: the output of the deploy the New app form started, from its first line."""
@@ -415,7 +407,7 @@ def create_web_router(
 
         return await finish_change(session, name, change)
 
-    # ---- new apps and add-ons
+    # ---- new apps (add-ons: lbsolo.api.web_addons)
     @router.post("/ui/apps")
     async def app_create(request: Request) -> Response:
         """The New app form: create the app; with a git URL, start its first deploy, streamed on its page."""
@@ -433,47 +425,6 @@ def create_web_router(
             return back_to_app(session, name, "ok", f"created {name}: deploy it as shown below")
         deploys.start_git(name, url, ref or None)
         return back_to_app(session, name, "ok", f"created {name}; its first deploy is running")
-
-    @router.post("/ui/apps/{name}/addons")
-    async def addon_add(request: Request, name: str) -> Response:
-        """Add database: create an add-on of the kind and version for this app, attach it, wait until done."""
-        checked = await checked_post(request)
-        if isinstance(checked, Response):
-            return checked
-        session, form = checked
-        kind, version = form.get("kind", "").strip(), form.get("version", "").strip() or None
-
-        async def change() -> str:
-            if platform.addons is None:
-                raise InvalidInput("this daemon runs without add-on support")
-            job = await platform.addons.create(kind, name, version=version)
-            if job.task is not None:
-                await job.task
-            result = job.result
-            if not result.get("ok"):
-                raise InvalidInput(f"add {kind} failed: {(result.get('error') or {}).get('message', 'unknown error')}")
-            release = result.get("release")
-            live = f"{release} is live" if release else "its first deploy gets the URL"
-            return f"added {result.get('addon', kind)} ({kind} {version or 'default version'}): {live}"
-
-        return await finish_change(session, name, change)
-
-    @router.post("/ui/addons/{name}/destroy")
-    async def addon_destroy(request: Request, name: str) -> Response:
-        checked = await checked_post(request)
-        if isinstance(checked, Response):
-            return checked
-        session, form = checked
-        try:
-            if platform.addons is None:
-                raise InvalidInput("this daemon runs without add-on support")
-            validate_app_name(name, "add-on name")
-            confirm, detach = form.get("confirm", "").strip(), form.get("detach") == "on"
-            done = await platform.addons.destroy(name, confirm=confirm, detach=detach)
-        except LbsoloError as e:
-            return back_to(session, "/ui/addons", "error", e.message)
-        detached = f" (detached from {', '.join(done['detached'])})" if done["detached"] else ""
-        return back_to(session, "/ui/addons", "ok", f"destroyed {name}{detached}")
 
     # ---- static routes: their forms go back to the routes page, whose flash says what happened
     async def finish_route_change(session: Session, change: Callable[[], Awaitable[str]]) -> Response:
@@ -510,6 +461,8 @@ def create_web_router(
 
         return await finish_route_change(session, change)
 
+    pages = Pages(current, to_login, page, checked_post, back_to, finish_change)
+    router.include_router(create_web_addons_router(platform, pages))
     return router
 
 

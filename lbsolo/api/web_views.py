@@ -15,6 +15,7 @@ import re
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
+from lbsolo.addon_dumps import schedule_interval
 from lbsolo.api.web_session import sparkline, sse_event
 from lbsolo.core import Platform
 from lbsolo.errors import LbsoloError
@@ -30,6 +31,8 @@ LOG_BACKLOG = 200
 KEEPALIVE_SECONDS = 15.0
 APP_STATUSES = ("running", "deploying", "new", "down", "crashloop", "scaled-down")  # core's _describe
 ADDON_KINDS = ("postgres", "redis", "mariadb")  # addon_kinds.KINDS, in the order the form offers them
+BACKUPS_SHOWN = 20  # newest backups listed per add-on; the CLI lists them all
+BACKUP_GRACE = 300.0  # seconds a scheduled backup may run late (the scheduler looks every 30 s) before it is red
 _DIGITS = re.compile(r"(\d+)")
 
 
@@ -91,6 +94,71 @@ async def addons(platform: Platform) -> list[dict[str, Any]]:
     return sorted(await platform.addons.list(), key=lambda a: natural_key(a["name"]))
 
 
+async def addon_backups(platform: Platform, names: list[str], now: float) -> dict[str, dict[str, Any]]:
+    """Each add-on's backups, schedule and next run as the Add-ons page shows them, with the reason
+    for a red mark (`alarm`); an add-on whose listing fails gets its `error`. Empty without backups."""
+    backups = getattr(platform, "backups", None)
+    if backups is None:
+        return {}
+    out: dict[str, dict[str, Any]] = {}
+    for name in names:
+        try:
+            listing = await backups.list(name)
+        except LbsoloError as e:
+            out[name] = {"error": e.message, "backups": [], "more": 0, "alarm": None}
+            continue
+        rows = [{**b, "size_text": size_text(b.get("size") or 0)} for b in listing["backups"]]
+        out[name] = {
+            **listing,
+            "backups": rows[:BACKUPS_SHOWN],
+            "more": max(0, len(rows) - BACKUPS_SHOWN),
+            "alarm": backup_alarm(listing, now),
+            "error": None,
+        }
+    return out
+
+
+def backup_alarm(listing: dict[str, Any], now: float) -> str | None:
+    """Why an add-on's backups need a look, or None: its newest backup failed verification, or it
+    has a schedule and no backup made within one interval of it (or its next run is long overdue)."""
+    backups = listing.get("backups") or []
+    newest = max(backups, key=lambda b: float(b.get("created") or 0), default=None)
+    if newest is not None and newest.get("verified") is False:
+        why = newest.get("verify_error") or "no reason given"
+        return f"the last backup ({newest['id']}) failed verification: {why}"
+    schedule, due = listing.get("schedule"), listing.get("next_run")
+    if not schedule:
+        return None
+    if due is not None and now - float(due) > BACKUP_GRACE:
+        return "the scheduled backup is overdue: it has not run"
+    if newest is None:
+        return None  # a schedule just set, no backup yet: its first run is not late
+    interval = schedule_interval(schedule, float(newest.get("created") or 0))
+    if now - float(newest.get("created") or 0) > interval + BACKUP_GRACE:
+        return f"scheduled, but no backup within its interval ({duration_text(interval)})"
+    return None
+
+
+def size_text(n: float) -> str:
+    """Bytes as people read them: 512 B, 1.5 KB, 2.0 MB."""
+    if n < 1024:
+        return f"{n:.0f} B"
+    for unit in ("KB", "MB", "GB", "TB"):
+        n /= 1024
+        if n < 1024 or unit == "TB":
+            break
+    return f"{n:.1f} {unit}"
+
+
+def duration_text(seconds: float) -> str:
+    """A schedule's interval in the largest unit that fits: 15 min, 6 h, 1 day, 7 days."""
+    for unit, size in (("day", 86400), ("h", 3600), ("min", 60)):
+        if seconds >= size:
+            count = round(seconds / size)
+            return f"{count} {unit}{'s' if unit == 'day' and count != 1 else ''}"
+    return f"{round(seconds)} s"
+
+
 def webhooks(notifier: WebhookNotifier | None) -> dict[str, Any]:
     """Outbound webhooks, each with its 20 latest delivery attempts."""
     hooks = []
@@ -144,3 +212,16 @@ async def log_events(platform: Platform, name: str, since: float | None) -> Asyn
         follower.cancel()
         with contextlib.suppress(asyncio.CancelledError, LbsoloError):
             await follower
+
+
+def job_view(what: str, result: dict[str, Any] | None, started: float) -> dict[str, Any]:
+    """A backup or restore the UI started, as its add-on's section shows it: running, or what came of it."""
+    if not result:
+        verb = {"backup": "backing up", "restore": "restoring"}.get(what, what)
+        return {"what": what, "running": True, "ok": None, "started": started, "text": f"{verb}…"}
+    if not result.get("ok"):
+        message = (result.get("error") or {}).get("message", "unknown error")
+        return {"what": what, "running": False, "ok": False, "started": started, "text": f"{what} failed: {message}"}
+    backup = (result.get("backup") or {}).get("id", "?")
+    text = f"backup {backup} made and verified" if what == "backup" else f"restored from {backup}"
+    return {"what": what, "running": False, "ok": True, "started": started, "text": text}

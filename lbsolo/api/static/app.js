@@ -1,5 +1,6 @@
 // lbsolo web UI: the live log tail with its filter, a quiet refresh of the apps list with its
-// filters, and the output of a first deploy started from the New app form.
+// filters, the output of a first deploy started from the New app form, and a reload of the
+// Add-ons page once the backup or restore it shows running has ended.
 // Plain JavaScript, no build step. Text from the server only ever goes in through textContent.
 "use strict";
 
@@ -105,6 +106,23 @@ function deployOutput(pre) {
   };
 }
 
+function reloadWhenJobsEnd() {
+  // Ask for the page again every 2 s (its fields left alone); once it shows no job running, reload it.
+  const timer = setInterval(async () => {
+    if (document.hidden) return;
+    try {
+      const response = await fetch(location.href, { credentials: "same-origin" });
+      if (!response.ok || response.redirected) return;
+      const page = new DOMParser().parseFromString(await response.text(), "text/html");
+      if (page.querySelector("[data-job-running]")) return;
+      clearInterval(timer);
+      location.reload();
+    } catch (e) {
+      // The daemon may be restarting; the next tick tries again.
+    }
+  }, 2000);
+}
+
 document.addEventListener("DOMContentLoaded", () => {
   const pre = document.getElementById("logs");
   if (pre && window.EventSource) logTail(pre);
@@ -114,4 +132,5 @@ document.addEventListener("DOMContentLoaded", () => {
   if (filter) appFilters(filter, document.getElementById("status-filter"));
   const build = document.getElementById("deploy-output");
   if (build && window.EventSource) deployOutput(build);
+  if (document.querySelector("[data-job-running]")) reloadWhenJobsEnd();
 });
