@@ -10,8 +10,15 @@ wire protocols with the standard library alone: its build reaches no package ind
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import os
+import pty
+import select
 import socket
+import struct
 import subprocess
+import termios
 import threading
 import time
 import urllib.parse
@@ -20,7 +27,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from .conftest import EXAMPLES, free_port
+from .conftest import EXAMPLES, ROOT, free_port
 
 pytestmark = pytest.mark.docker
 
@@ -287,3 +294,113 @@ def test_rotation_refuses_an_unknown_or_stopped_add_on_and_changes_nothing(daemo
         cache.start()
     assert web_env(docker_client, daemon, LOADER)["REDIS_URL"] == before
     assert daemon.api_get("/api/addons/loader-cache").json()["rotating"] is False
+
+
+# ---------------------------------------------------------------- promote
+
+
+def test_promote_swaps_which_attachment_is_database_url_with_no_failed_request(daemon, docker_client, loader, app):
+    refused(daemon.cli("addons:promote", "loader-db", "--app", LOADER), "already is loader's DATABASE_URL")
+    refused(daemon.cli("addons:promote", "nothere", "--app", LOADER), "no add-on 'nothere'")
+    refused(daemon.cli("addons:promote", "loader-cache", "--app", "nope"), "unknown app 'nope'")
+    refused(daemon.cli("addons:promote", "loader-db", "--app", app), "loader-db is not attached to store")
+    before = web_env(docker_client, daemon, LOADER)
+    with Load(daemon, LOADER, VARS, threads=2) as load:
+        ok(daemon.cli("addons:promote", "loader-maria", "--app", LOADER))
+    assert load.failures == [], load.failures[:5]
+    env = web_env(docker_client, daemon, LOADER)
+    assert env["DATABASE_URL"] == before["MYSQL_URL"] and env["MYSQL_URL"] == before["DATABASE_URL"]
+    assert daemon.api_get("/api/addons/loader-maria").json()["attachments"] == {LOADER: "DATABASE_URL"}
+    assert daemon.api_get("/api/addons/loader-db").json()["attachments"] == {LOADER: "MYSQL_URL"}
+    assert daemon.get(LOADER, "/q", params={"var": "DATABASE_URL"}).text.startswith("ok 42")
+
+    ok(daemon.cli("addons:promote", "loader-db", "--app", LOADER))
+    env = web_env(docker_client, daemon, LOADER)
+    assert env["DATABASE_URL"] == before["DATABASE_URL"] and env["MYSQL_URL"] == before["MYSQL_URL"]
+
+
+# ---------------------------------------------------------------- shell
+
+
+def shell(daemon, name: str, given: str) -> subprocess.CompletedProcess[str]:
+    argv = daemon.cli_argv("addons:shell", name)
+    return subprocess.run(argv, input=given, env=daemon.env, capture_output=True, text=True, timeout=60, cwd=ROOT)
+
+
+def test_the_shell_runs_each_kinds_client_on_what_is_piped_in(daemon, loader):
+    out = ok(shell(daemon, "loader-db", "select 40 + 2 as answer;\n"))
+    assert "answer" in out.stdout and "42" in out.stdout, out.stdout
+    out = ok(shell(daemon, "loader-cache", "PING\nSET k v\nGET k\n"))
+    assert out.stdout.split() == ["PONG", "OK", "v"], out.stdout
+    out = ok(shell(daemon, "loader-maria", "select 6 * 7;\n"))
+    assert "42" in out.stdout, out.stdout
+    big = ok(
+        shell(daemon, "loader-db", "\\pset format unaligned\n\\pset tuples_only on\nselect repeat('x', 400000);\n")
+    )
+    assert big.stdout.strip().endswith("x" * 400000), big.stdout[-200:]
+
+
+def test_the_shell_passes_the_clients_exit_code_and_errors(daemon, loader):
+    out = shell(daemon, "loader-maria", "select * from no_such_table;\n")
+    assert out.returncode == 1 and "doesn't exist" in out.stderr, out.stdout + out.stderr
+    out = shell(daemon, "loader-db", "\\set ON_ERROR_STOP on\nselect nope;\nselect 1;\n")
+    assert out.returncode == 3 and 'column "nope" does not exist' in out.stderr, out.stdout + out.stderr
+    refused(shell(daemon, "nothere", "select 1;\n"), "no add-on 'nothere'")
+
+
+def test_the_shell_is_interactive_its_answers_come_while_its_input_is_still_open(daemon, loader):
+    argv = daemon.cli_argv("addons:shell", "loader-db")
+    pipes = {"stdin": subprocess.PIPE, "stdout": subprocess.PIPE, "stderr": subprocess.PIPE}
+    with subprocess.Popen(argv, env=daemon.env, cwd=ROOT, **pipes) as proc:
+        try:
+            assert proc.stdin is not None and proc.stdout is not None
+            for question, answer in ((b"select 'first' || 1;\n", b"first1"), (b"select 'then' || 2;\n", b"then2")):
+                proc.stdin.write(question)
+                proc.stdin.flush()
+                seen = b""
+                deadline = time.monotonic() + 15
+                while answer not in seen:
+                    assert time.monotonic() < deadline, seen
+                    seen += proc.stdout.read1(4096)
+            proc.stdin.close()
+            assert proc.wait(15) == 0
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+
+
+def read_some(fd: int) -> bytes:
+    """What the terminal has for us within 0.2 s (a bare read would block for good on a quiet one)."""
+    ready, _, _ = select.select([fd], [], [], 0.2)
+    if not ready:
+        return b""
+    with contextlib.suppress(OSError):
+        return os.read(fd, 4096)
+    return b""
+
+
+def test_on_a_terminal_the_shell_is_the_clients_own_prompt(daemon, loader):
+    main, terminal = pty.openpty()
+    fcntl.ioctl(terminal, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))  # else psql pages its answers
+    try:
+        argv = daemon.cli_argv("addons:shell", "loader-db")
+        with subprocess.Popen(argv, env=daemon.env, cwd=ROOT, stdin=terminal, stdout=terminal, stderr=terminal) as proc:
+            try:
+                seen = b""
+                for question, answer in ((b"", b"loader_db=#"), (b"select 6 * 7 as answer;\r", b"42")):
+                    os.write(main, question)
+                    deadline = time.monotonic() + 15
+                    while answer not in seen:
+                        assert time.monotonic() < deadline, seen
+                        seen += read_some(main)
+                os.write(main, b"\\q\r")
+                deadline = time.monotonic() + 15
+                while proc.poll() is None and time.monotonic() < deadline:
+                    seen += read_some(main)
+                assert proc.wait(1) == 0, seen
+            finally:
+                if proc.poll() is None:
+                    proc.kill()
+    finally:
+        os.close(main)
+        os.close(terminal)
