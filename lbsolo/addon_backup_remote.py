@@ -44,6 +44,10 @@ class RemoteError(LbsoloError):
     code = "remote_storage"
     status = 502
 
+    def __init__(self, message: str) -> None:
+        # The words of a server or a socket may hold brackets, which the CLI would read as markup.
+        super().__init__(message.replace("[", "(").replace("]", ")"))
+
 
 @dataclass(frozen=True)
 class Target:
@@ -62,7 +66,7 @@ class Target:
     ) -> Target:
         u = urlsplit(url.strip())
         if u.scheme != "s3" or not u.netloc:
-            raise InvalidInput(f"a backup target is s3://BUCKET[/PREFIX], not {url!r}")
+            raise InvalidInput(f"a backup target is s3://BUCKET or s3://BUCKET/PREFIX, not {url!r}")
         if not _BUCKET.match(u.netloc):
             raise InvalidInput(f"{u.netloc!r} is not a bucket name (3-63 lowercase letters, digits, dots, dashes)")
         e = urlsplit(endpoint.strip())
@@ -119,7 +123,7 @@ class Stored:
 class RemoteStore:
     """The objects of one target, through the minio client (made on first use)."""
 
-    def __init__(self, target: Target, *, part_size: int = PART_SIZE, timeout: float = 10.0) -> None:
+    def __init__(self, target: Target, *, part_size: int = PART_SIZE, timeout: float = 5.0) -> None:
         if part_size < MIN_PART_SIZE:
             raise InvalidInput(f"a part is at least {MIN_PART_SIZE} bytes (S3's smallest)")
         self.target = target

@@ -11,8 +11,9 @@ Postgres restores in one transaction. Scheduled backups run from the daemon's lo
 (`run_schedules`), pruned to the add-on's `backup_keep`; a run missed while the daemon was
 down runs once when it is back. Blocking engine and file calls run off the event loop.
 
-It changes no add-on record other than its schedule, and creates or attaches nothing
-(core_addons.py does); the dump commands and checks are addon_dumps.py's.
+With a bucket as the add-on's target, verified backups are uploaded, listed and downloaded
+through core_addon_backup_remote.py. It changes no add-on record other than its schedule, and
+creates or attaches nothing (core_addons.py does); the dump commands and checks are addon_dumps.py's.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from lbsolo.addon_backup_files import BackupFiles
 from lbsolo.addon_kinds import Credentials, Kind, kind_of
 from lbsolo.addon_scratch import DUMP_TIMEOUT, BackupFailed, DumpSink, Scratch, WriteFailed, file_sha256, last_line
 from lbsolo.build import LogBuffer
+from lbsolo.core_addon_backup_remote import BackupRemote
 from lbsolo.core_addon_schedules import BackupSchedules
 from lbsolo.core_context import CoreContext
 from lbsolo.core_rollout import DeployJob
@@ -86,7 +88,8 @@ class AddonBackups:
         self.services = services
         self.files = files or BackupFiles(ctx.settings.home / "backups")
         self.scratch = Scratch(services, ready_timeout=ctx.settings.addon_ready_timeout)
-        self.schedules = BackupSchedules(ctx, self.files, self.backup)
+        self.remote = BackupRemote(ctx, self.files)  # the S3 target: uploads, remote listing, downloads
+        self.schedules = BackupSchedules(ctx, self.files, self.backup, self.remote.prune)
 
     # ---- reading
     async def _addon(self, name: str, *, running: bool = False) -> Addon:
@@ -99,13 +102,16 @@ class AddonBackups:
         addon = await self._addon(name)
         manifests = await asyncio.to_thread(self.files.list, name)
         due = await self.schedules.due(addon, manifests)
+        merged = await self.remote.listing(name, manifests)
         return {
             "addon": name,
             "kind": addon.kind,
             "schedule": addon.backup_schedule,
             "keep": addon.backup_keep,
             "next_run": due,
-            "backups": [shown(m) for m in manifests],
+            "target": merged["target"],
+            "remote_error": merged.get("remote_error"),
+            "backups": [shown(m) for m in merged["manifests"]],
         }
 
     async def info(self, name: str, backup_id: str) -> dict[str, Any]:
@@ -126,6 +132,7 @@ class AddonBackups:
         async with self.ctx.lock(name):
             m = await asyncio.to_thread(self.files.read, name, dumps.check_backup_id(backup_id))
             await asyncio.to_thread(self.files.remove, name, backup_id, m.get("kind", addon.kind))
+            await self.remote.delete(name, backup_id, str(m.get("kind", addon.kind)))
 
     # ---- jobs: each runs in the background, its output streamed like a deploy's
     def _job(self, name: str, what: str, work: Any) -> DeployJob:
@@ -163,6 +170,11 @@ class AddonBackups:
                 self._emit(BACKUP_FAILED, name, f"backup of {name} failed: {e.message}", source=source)
                 raise
             m = await self._verify(name, m, out)
+            try:
+                m = await self.remote.upload(name, m, out)
+            except LbsoloError as e:
+                self._emit(BACKUP_FAILED, name, f"backup of {name} failed: {e.message}", source=source)
+                raise
             self._emit(BACKUP_SUCCEEDED, name, f"backup {m['id']} of {name} made and verified", backup=m["id"])
             return {"backup": shown(m)}
 
@@ -261,18 +273,25 @@ class AddonBackups:
 
     # ---- restoring
     async def restore(self, name: str, backup_id: str) -> DeployJob:
-        """Put a stored backup's data back into the running add-on, once it passes every check."""
+        """Put a stored backup's data back into the running add-on, once it passes every check; one
+        whose file is only in the add-on's bucket is downloaded first (and checked before it is kept)."""
         addon = await self._addon(name, running=True)
         k = kind_of(addon.kind)
-        m = await asyncio.to_thread(self.files.read, name, dumps.check_backup_id(backup_id))
+        fetch = await self.remote.needs_fetch(name, dumps.check_backup_id(backup_id))
+        m = fetch or await asyncio.to_thread(self.files.read, name, backup_id)
         path = self.files.dump_path(name, backup_id, str(m.get("kind", k.name)))
         what = f"backup {backup_id}"
         dumps.check_restorable(
             dumps.Sniffed(str(m.get("kind")), str(m.get("major") or "") or None), k, addon.version, what
         )
-        await asyncio.to_thread(self._check_file, k, addon.version, path, what, m.get("sha256"))
+        if fetch is None:
+            await asyncio.to_thread(self._check_file, k, addon.version, path, what, m.get("sha256"))
 
         async def work(out: LogBuffer) -> dict[str, Any]:
+            if fetch is not None:
+                await self.remote.fetch(
+                    name, m, out, lambda part: self._check_file(k, addon.version, part, what, m.get("sha256"))
+                )
             checked = m
             if m.get("verified") is not True and k.name != "postgres":
                 # A MariaDB or Redis load cannot be undone: the file proves it loads elsewhere first.

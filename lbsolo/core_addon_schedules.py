@@ -5,7 +5,8 @@ The schedule and keep live on the Addon record (so they survive restarts); when 
 schedule was set is kept beside the backups (addon_backup_files). A backup is due at the
 schedule's first time after the last scheduled backup (or the last attempt, or the setting of
 the schedule): a run missed while the daemon was down is due at once, runs once, and raises an
-event saying so. Backups themselves are made by the backup use case handed in (core_addon_backups).
+event saying so. Backups themselves are made by the backup use case handed in (core_addon_backups);
+a prune prunes the add-on's bucket too, through the function handed in (core_addon_backup_remote).
 It must not change an add-on record other than its schedule and keep.
 """
 
@@ -30,15 +31,19 @@ SCHEDULE_TICK = 30.0  # seconds between two looks at the schedules
 BACKUP_MISSED = "addon.backup.missed"  # an event kind (EventKind's are plain strings)
 
 StartBackup = Callable[..., Awaitable[DeployJob]]
+PruneRemote = Callable[[str, int], Awaitable[list[str]]]
 
 
 class BackupSchedules:
     """The add-ons' backup schedules, over the core's context and the backup files."""
 
-    def __init__(self, ctx: CoreContext, files: BackupFiles, start_backup: StartBackup) -> None:
+    def __init__(
+        self, ctx: CoreContext, files: BackupFiles, start_backup: StartBackup, prune_remote: PruneRemote | None = None
+    ) -> None:
         self.ctx = ctx
         self.files = files
         self.start_backup = start_backup
+        self.prune_remote = prune_remote  # the bucket's copies beyond keep (core_addon_backup_remote)
         self._attempted: dict[str, float] = {}  # add-on -> when its last scheduled backup was tried
 
     async def set(self, name: str, schedule: str | None, keep: int | None = None) -> dict[str, Any]:
@@ -107,6 +112,11 @@ class BackupSchedules:
                 await asyncio.to_thread(self.files.remove, name, backup_id, kind)
         if gone:
             log.info("pruned %d scheduled backups of %s (keeping %d)", len(gone), name, keep)
+        if self.prune_remote is not None:
+            try:
+                await self.prune_remote(name, keep)
+            except LbsoloError as e:
+                log.warning("pruning the bucket's backups of %s: %s", name, e.message)
         return gone
 
     async def run_forever(self, tick: float = SCHEDULE_TICK) -> None:

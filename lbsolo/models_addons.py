@@ -40,6 +40,9 @@ class Addon:
     backup_keep: int = 7
     # Published on the host by addons:expose: {"address": "127.0.0.1", "port": 15432}; empty: not published.
     exposed: dict[str, Any] = field(default_factory=dict)
+    # Where backups are also kept (addon_backup_remote.Target's fields, with `encrypt` and the key's
+    # `key_id`): an S3-compatible bucket; empty: local only. Its credentials are never shown.
+    backup_target: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -60,10 +63,18 @@ class Addon:
             backup_schedule=d.get("backup_schedule"),
             backup_keep=int(d.get("backup_keep", 7)),
             exposed=dict(d.get("exposed") or {}),
+            backup_target=dict(d.get("backup_target") or {}),
         )
 
     def public(self) -> dict[str, Any]:
-        """As the API shows it: no password."""
+        """As the API shows it: no password, no bucket credentials."""
         d = self.to_dict()
         d["credentials"] = {k: (MASK if k == "password" else v) for k, v in self.credentials.items()}
+        d["backup_target"] = masked_target(self.backup_target)
         return d
+
+
+def masked_target(target: dict[str, Any]) -> dict[str, Any]:
+    """A backup target as outputs show it: its credentials masked."""
+    secret = ("access_key_id", "secret_access_key")
+    return {k: (MASK if k in secret and v else v) for k, v in target.items()}

@@ -1,4 +1,4 @@
-"""The add-on backups' REST routes: back up now, list, verify, restore, schedule, download, export, import.
+"""The add-on backups' REST routes: back up now, list, verify, restore, schedule, target, download, export, import.
 
 A thin layer over core_addon_backups.AddonBackups, like the rest of the API: parse, call one use
 case, render. Backing up, verifying, restoring and importing run in the background and stream
@@ -43,6 +43,33 @@ class ScheduleChange(BaseModel):
     keep: int | None = Field(None, ge=1, le=1000, description="How many scheduled backups to keep (default: as is).")
 
 
+class TargetChange(BaseModel):
+    url: str | None = Field(None, max_length=1000, description="s3://BUCKET/PREFIX; null: back up here only.")
+    endpoint: str | None = Field(None, max_length=500, description="The S3 API's http(s):// URL.")
+    region: str | None = Field(None, max_length=100)
+    access_key_id: str | None = Field(None, max_length=512, description="Kept on the add-on, never shown again.")
+    secret_access_key: str | None = Field(None, max_length=512, description="Kept on the add-on, never shown again.")
+    encrypt: bool = Field(False, description="Seal uploads with a new 256-bit key (returned once).")
+    key: str | None = Field(None, max_length=200, description="Seal uploads with this key: 64 hex characters.")
+
+
+class TargetShown(BaseModel):
+    url: str
+    endpoint: str
+    region: str | None
+    access_key_id: str = Field(description="Always masked.")
+    secret_access_key: str = Field(description="Always masked.")
+
+
+class TargetOut(BaseModel):
+    addon: str
+    target: TargetShown | None
+    encrypt: bool = False
+    key_id: str | None = Field(None, description="The key's id (a hash), as manifests record it.")
+    key_file: str | None = Field(None, description="Where the daemon keeps the key (0600).")
+    key: str | None = Field(None, description="A generated key, in hex: shown this once, keep it.")
+
+
 class ScheduleOut(BaseModel):
     addon: str
     schedule: str | None
@@ -76,6 +103,16 @@ def create_addon_backups_router(platform: HasBackups, require_token: Callable[..
     async def set_schedule(name: str, body: ScheduleChange) -> ScheduleOut:
         """Back the add-on up on a cron schedule, keeping the newest `keep` scheduled backups."""
         return ScheduleOut(**await backups().schedules.set(name, body.schedule, body.keep))
+
+    @router.put("/api/addons/{name}/backups/target")
+    async def set_target(name: str, body: TargetChange) -> TargetOut:
+        """Keep the add-on's backups in an S3-compatible bucket too (checked at once: a small object
+        written and deleted), optionally sealed client-side with AES-256-GCM; url null: here only."""
+        out = await backups().remote.set_target(
+            name, body.url, endpoint=body.endpoint, region=body.region, access_key_id=body.access_key_id,
+            secret_access_key=body.secret_access_key, encrypt=body.encrypt, key_hex=body.key,
+        )  # fmt: skip
+        return TargetOut(**out)
 
     @router.get("/api/addons/{name}/backups/{backup_id}")
     async def backup_info(name: str, backup_id: str) -> dict[str, Any]:

@@ -351,6 +351,9 @@ class Client:
     def schedule_backups(self, name: str, schedule: str | None, keep: int | None) -> dict[str, Any]:
         return self._object("PUT", "addons", name, "backups", "schedule", json={"schedule": schedule, "keep": keep})
 
+    def set_backup_target(self, name: str, target: dict[str, Any]) -> dict[str, Any]:
+        return self._object("PUT", "addons", name, "backups", "target", json=target, timeout=120)
+
     def import_dump(self, name: str, source: IO[bytes]) -> Iterator[dict[str, Any]]:
         """Send a dump as it is read (chunked); the answer streams the import's output."""
 

@@ -1,4 +1,4 @@
-"""Add-on backup verbs: `addons:backup`, `addons:backups`, `addons:backups:schedule`,
+"""Add-on backup verbs: `addons:backup`, `addons:backups`, `addons:backups:schedule`, `addons:backups:target`,
 `addons:backups:verify`, `addons:backups:remove`, `addons:restore`, `addons:export`,
 `addons:import` — dumps of a database, kept verified under the daemon's home, or streamed in
 and out through the CLI.
@@ -57,17 +57,103 @@ def addons_backups(name: AddonArg) -> None:
     with _client() as c:
         listing = c.addon_backups(name)
     rows = listing["backups"]
-    table = Table("id", "created", "source", "size", "tables", "rows", "verified")
+    table = Table("id", "created", "source", "size", "tables", "rows", "verified", "where")
     for b in rows:
         table.add_row(
-            b["id"], _when(b["created"]), b["source"], _size(b["size"]), str(b["tables"]), str(b["rows"]), _verified(b)
-        )
+            b["id"], _when(b["created"]), b["source"], _size(b["size"]), str(b["tables"]), str(b["rows"]), _verified(b),
+            _where(b),
+        )  # fmt: skip
     console.print(table if rows else f"No backups of {name} yet: lbsolo addons:backup {name}")
+    target = listing.get("target")
+    if target:
+        sealed = ", encrypted" if target.get("encrypt") else ""
+        console.print(f"Also kept in {escape(target['url'])} at {escape(target['endpoint'])}{sealed}")
+    if listing.get("remote_error"):
+        console.print(f"[red]The bucket could not be listed[/]: {escape(listing['remote_error'])}")
     if listing["schedule"]:
         when = _when(listing["next_run"])
         console.print(f"Scheduled: {escape(listing['schedule'])}, keeping {listing['keep']}; next run {when}")
     else:
         console.print(f'No schedule: lbsolo addons:backups:schedule {name} "0 3 * * *" --keep 7')
+
+
+def _where(b: dict[str, Any]) -> str:
+    location = b.get("location") or "local"
+    if location == "lost":
+        return "[red]file lost[/]"
+    if location == "remote":
+        return f"bucket only: {escape(str((b.get('remote') or {}).get('url') or ''))}"
+    if location == "local+remote":
+        return "here + bucket"
+    if (b.get("remote") or {}).get("ok") is False:
+        return "[red]here; upload failed[/]"
+    return "here"
+
+
+def _read_key(path: str) -> str:
+    """A key file's key, in hex: 32 raw bytes or 64 hex characters (checked here and again by the daemon)."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read(4096)
+    except OSError as e:
+        raise LbsoloError(f"cannot read the key file {path}: {e.strerror}") from e
+    if len(data) == 32:
+        return data.hex()
+    text = data.strip()
+    if len(text) == 64 and all(c in b"0123456789abcdefABCDEF" for c in text):
+        return text.decode().lower()
+    raise LbsoloError(f"the key file {path} holds {len(data)} bytes: a key is 32 raw bytes or 64 hex characters")
+
+
+@app.command("addons:backups:target")
+@clean_errors
+def addons_backups_target(
+    name: AddonArg,
+    url: Annotated[str | None, typer.Argument(help="s3://BUCKET/PREFIX: where backups are also kept.")] = None,
+    endpoint: Annotated[str | None, typer.Option("--endpoint", help="The S3 API's http(s):// URL.")] = None,
+    region: Annotated[str | None, typer.Option("--region", help="The bucket's region.")] = None,
+    access_key_id: Annotated[
+        str | None, typer.Option("--access-key-id", help="Default: $AWS_ACCESS_KEY_ID.", show_default=False)
+    ] = None,
+    secret_access_key: Annotated[
+        str | None, typer.Option("--secret-access-key", help="Default: $AWS_SECRET_ACCESS_KEY.", show_default=False)
+    ] = None,
+    encrypt: Annotated[bool, typer.Option("--encrypt", help="Seal uploads with a new key, printed once.")] = False,
+    key_file: Annotated[
+        str | None, typer.Option("--key-file", help="Seal (and open) uploads with this key: 32 bytes or 64 hex.")
+    ] = None,
+    local: Annotated[bool, typer.Option("--local", help="Keep backups here only again.")] = False,
+) -> None:
+    """Keep an add-on's backups in an S3-compatible bucket too: each verified backup is uploaded,
+    listed by addons:backups and restored from there when its file is not here. The target is
+    checked at once (a small object written and deleted); credentials are kept by the daemon and
+    never shown again."""
+    if local:
+        if url or endpoint or encrypt or key_file:
+            raise LbsoloError("--local takes no bucket, endpoint or key")
+        with _client() as c:
+            c.set_backup_target(name, {"url": None})
+        console.print(f"{name}: backups are kept here only (the bucket's copies stay where they are)")
+        return
+    if not url or not endpoint:
+        raise LbsoloError(f"usage: lbsolo addons:backups:target {name} s3://BUCKET/PREFIX --endpoint URL (or --local)")
+    body = {
+        "url": url, "endpoint": endpoint, "region": region, "encrypt": encrypt,
+        "access_key_id": access_key_id or os.environ.get("AWS_ACCESS_KEY_ID"),
+        "secret_access_key": secret_access_key or os.environ.get("AWS_SECRET_ACCESS_KEY"),
+        "key": _read_key(key_file) if key_file else None,
+    }  # fmt: skip
+    with _client() as c:
+        out = c.set_backup_target(name, body)
+    sealed = f", encrypted with key {out['key_id']}" if out.get("encrypt") else ""
+    console.print(f"{name}: backups also go to {escape(out['target']['url'])}{sealed} (checked: writable)")
+    if out.get("key"):
+        console.print(
+            "[bold red]!!! KEEP THIS KEY[/] — it is shown this once. Without it the encrypted backups in the "
+            "bucket cannot be restored (on a new server: addons:backups:target … --key-file FILE):"
+        )
+        console.print(out["key"], markup=False, highlight=False, soft_wrap=True)
+        console.print(f"(a copy is kept on this server in {escape(out['key_file'])}, mode 0600)")
 
 
 @app.command("addons:backups:schedule")

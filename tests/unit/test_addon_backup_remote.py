@@ -185,3 +185,14 @@ def test_a_target_shows_no_credentials() -> None:
     assert t.url == "s3://bucket/a/b" and t.key("db", "1.dump") == "a/b/db/1.dump"
     assert "AKIAKEY" not in str(t.public()) and "SECRET" not in str(t.public())
     assert Target.from_dict(t.to_dict()) == t
+
+
+def test_the_add_on_record_keeps_its_target_and_shows_it_masked() -> None:
+    from lbsolo.models_addons import Addon
+
+    t = Target.parse("s3://bucket/p", "http://127.0.0.1:9000", None, "AKIAKEY", "SECRET")
+    addon = Addon(name="db", kind="postgres", version="15", backup_target={**t.to_dict(), "encrypt": True})
+    back = Addon.from_dict(addon.to_dict())
+    assert back.backup_target == addon.backup_target
+    shown = str(back.public())
+    assert "AKIAKEY" not in shown and "SECRET" not in shown and "s3://" not in shown and "bucket" in shown
