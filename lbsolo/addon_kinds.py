@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 from lbsolo.errors import InvalidInput
 
-_VERSION = re.compile(r"^[0-9]{1,3}(\.[0-9]{1,3})?$")
+_VERSION = re.compile(r"^[0-9]{1,3}(\.[0-9]{1,3}){0,2}$")  # 16, 10.11, 10.11.9
 _USER = re.compile(r"^[a-z][a-z0-9_]{0,30}$")
 
 

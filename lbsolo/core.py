@@ -95,8 +95,10 @@ class Platform:
         self.deploys = Deploys(ctx, builder, self.rollouts)
         self.routing = Routing(ctx)
         # Without the engine's Services part (tests' fakes) there are no add-ons, and the API says so.
-        self.addons: Addons | None = None if services is None else Addons(ctx, services, self.set_config)
         self.backups: AddonBackups | None = None if services is None else AddonBackups(ctx, services)
+        self.addons: Addons | None = (
+            None if services is None or self.backups is None else Addons(ctx, services, self.set_config, self.backups)
+        )
         # What the API and the daemon read of the context, by name.
         self.settings, self.state, self.engine, self.ingress = ctx.settings, ctx.state, ctx.engine, ctx.ingress
         self.bus, self.logs, self.collector, self.jobs = ctx.bus, ctx.logs, ctx.collector, ctx.jobs

@@ -198,7 +198,7 @@ class AddonAccess:
                     raise Conflict(f"port {port} on {address} is in use: pick another with --port")
                 if where == "not here":
                     raise InvalidInput(f"{address} is not an address of this machine")
-            addon.exposed = await self._replace(addon, (k.port, address, port))
+            addon.exposed = await self.recreate(addon, (k.port, address, port))
             await asyncio.to_thread(self.ctx.state.save_addon, addon)
             return self.exposure(addon)
 
@@ -208,7 +208,7 @@ class AddonAccess:
             if not addon.exposed:
                 raise Conflict(f"{name} is not exposed")
             await self._running(name, "unexpose")
-            await self._replace(addon, None)
+            await self.recreate(addon, None)
             addon.exposed = {}
             await asyncio.to_thread(self.ctx.state.save_addon, addon)
             return self.exposure(addon)
@@ -225,7 +225,7 @@ class AddonAccess:
             out["public"] = not ip.is_loopback
         return out
 
-    async def _replace(self, addon: Addon, publish: tuple[int, str, int | None] | None) -> dict[str, Any]:
+    async def recreate(self, addon: Addon, publish: tuple[int, str, int | None] | None) -> dict[str, Any]:
         k = kind_of(addon.kind)
         creds = self.credentials(addon)
         volume = await asyncio.to_thread(self.services.ensure_service_volume, addon.name)
@@ -286,7 +286,7 @@ class AddonAccess:
             for app, var in sorted(addon.attachments.items()):
                 await self._move(addon, app, var, k.url(new, addon.name), out)
             if addon.kind == "mariadb":
-                await self._admin(addon, [old, new], kinds.my_switch_root(new.password))
+                await self.admin(addon, [old, new], kinds.my_switch_root(new.password))
             addon.credentials = {**new.to_dict(), RETIRING[0]: old.user, RETIRING[1]: old.password}
             await asyncio.to_thread(self.ctx.state.save_addon, addon)
         current = self.credentials(addon)
@@ -323,14 +323,14 @@ class AddonAccess:
 
     async def _add(self, addon: Addon, k: Kind, old: Credentials, new: Credentials) -> None:
         if addon.kind == "postgres":
-            await self._admin(addon, [old, new], kinds.pg_add_user(old.user, new))
+            await self.admin(addon, [old, new], kinds.pg_add_user(old.user, new))
         elif addon.kind == "mariadb":
-            grants = await self._admin(addon, [old, new], kinds.my_grants_query(old.user))
-            await self._admin(addon, [old, new], kinds.my_add_user(old.user, new, grants.splitlines()))
+            grants = await self.admin(addon, [old, new], kinds.my_grants_query(old.user))
+            await self.admin(addon, [old, new], kinds.my_add_user(old.user, new, grants.splitlines()))
         else:
-            said = await self._admin(addon, [old, new], kinds.redis_add_password(new.password))
+            said = await self.admin(addon, [old, new], kinds.redis_add_password(new.password))
             if "ACL file" in said:  # made before lbsolo kept Redis users in one: the new password must not stay
-                await self._admin(addon, [old], kinds.redis_retire_password(new.password))
+                await self.admin(addon, [old], kinds.redis_retire_password(new.password))
                 raise Conflict(
                     f"{addon.name} keeps no ACL file, so a new password would not survive a restart: "
                     f"`lbsolo addons:expose {addon.name}` once (a restart that adds one), then rotate"
@@ -339,15 +339,15 @@ class AddonAccess:
 
     async def _retire(self, addon: Addon, current: Credentials, old_user: str, old_password: str) -> None:
         if addon.kind == "postgres":
-            databases = (await self._admin(addon, [current], kinds.PG_DATABASES)).split()
-            await self._admin(addon, [current], kinds.pg_retire_user(old_user, current.user, databases))
+            databases = (await self.admin(addon, [current], kinds.PG_DATABASES)).split()
+            await self.admin(addon, [current], kinds.pg_retire_user(old_user, current.user, databases))
         elif addon.kind == "mariadb":
-            await self._admin(addon, [current], kinds.my_retire_user(old_user))
+            await self.admin(addon, [current], kinds.my_retire_user(old_user))
         else:
-            said = await self._admin(addon, [current], kinds.redis_retire_password(old_password))
+            said = await self.admin(addon, [current], kinds.redis_retire_password(old_password))
             _redis_errors(said, addon.name, allowed="does not exist")
 
-    async def _admin(self, addon: Addon, logins: list[Credentials], script: str) -> str:
+    async def admin(self, addon: Addon, logins: list[Credentials], script: str) -> str:
         """Run a script through the kind's client as its administrator, and what it printed; the
         first of `logins` let in is used (MariaDB's root password follows a rotation a step late)."""
         k = kind_of(addon.kind)

@@ -182,15 +182,20 @@ class AddonBackups:
 
     async def _backup(self, name: str, source: str, out: LogBuffer) -> dict[str, Any]:
         async with self.ctx.lock(name):
-            addon = await self._addon(name, running=True)
-            k, creds = kind_of(addon.kind), Credentials.from_dict(addon.credentials)
-            backup_id = dumps.new_backup_id(time.time(), await asyncio.to_thread(self.files.ids, name))
-            out.append(f"-----> Backing up {name} ({addon.kind} {addon.version}) as {backup_id}")
-            before = await self.scratch.counts(name, k, creds)
-            created, started = time.time(), time.monotonic()
-            path, sink = await self._dump(name, k, creds, backup_id, addon.version)
-            seconds = time.monotonic() - started
-            after = await self.scratch.counts(name, k, creds)
+            return await self.take(await self._addon(name, running=True), source, out)
+
+    async def take(self, addon: Addon, source: str, out: LogBuffer) -> dict[str, Any]:
+        """Dump the add-on into a new stored backup (not verified yet) and return its manifest.
+        The caller holds the add-on's lock (an upgrade dumps inside its own)."""
+        name = addon.name
+        k, creds = kind_of(addon.kind), Credentials.from_dict(addon.credentials)
+        backup_id = dumps.new_backup_id(time.time(), await asyncio.to_thread(self.files.ids, name))
+        out.append(f"-----> Backing up {name} ({addon.kind} {addon.version}) as {backup_id}")
+        before = await self.scratch.counts(name, k, creds)
+        created, started = time.time(), time.monotonic()
+        path, sink = await self._dump(name, k, creds, backup_id, addon.version)
+        seconds = time.monotonic() - started
+        after = await self.scratch.counts(name, k, creds)
         m = dumps.manifest(
             backup_id=backup_id,
             addon=name,
@@ -207,6 +212,13 @@ class AddonBackups:
         await asyncio.to_thread(self.files.save, name, m)
         rate = f"{_size(sink.size / seconds)}/s" if seconds > 0 else "-"
         out.append(f"       {_size(sink.size)} in {seconds:.1f}s ({rate}); {len(after)} tables/databases counted")
+        return m
+
+    async def final(self, addon: Addon, out: LogBuffer) -> dict[str, Any]:
+        """The backup `addons:destroy` takes last, made and verified under the caller's lock."""
+        m = await self.take(addon, "final", out)
+        m = await self._verify(addon.name, m, out)
+        self._emit(BACKUP_SUCCEEDED, addon.name, f"final backup {m['id']} of {addon.name} made and verified")
         return m
 
     async def _dump(
@@ -317,20 +329,9 @@ class AddonBackups:
     async def _restore_into(self, name: str, path: Path, out: LogBuffer, m: dict[str, Any]) -> dict[str, Any]:
         async with self.ctx.lock(name):
             addon = await self._addon(name, running=True)
-            k, creds = kind_of(addon.kind), Credentials.from_dict(addon.credentials)
-            out.append(f"-----> Restoring {m['id']} into {name}")
             started = time.monotonic()
-            if k.name == "redis":
-                await self.scratch.replace_redis(name, k, addon.version, creds, path)
-            else:
-                code, err = await self.scratch.run(
-                    name, dumps.restore_command(k, creds), stdin=path, timeout=DUMP_TIMEOUT
-                )
-                if code != 0:
-                    kept = "; nothing changed (one transaction)" if k.name == "postgres" else ""
-                    raise BackupFailed(f"the restore into {name} failed (exit {code}){kept}: {last_line(err)}")
+            counts = await self.load(addon, path, m["id"], out)
             seconds = time.monotonic() - started
-            counts = await self.scratch.counts(name, k, creds)
         problems = dumps.compare_counts(m.get("counts") or {}, m.get("counts_after") or {}, counts)
         out.append(
             f"       restored in {seconds:.1f}s: {len(counts)} tables/databases, {sum(counts.values())} rows/keys"
@@ -339,6 +340,20 @@ class AddonBackups:
             out.append(f"       note: now {'; '.join(problems[:3])} (apps may have written since)")
         self._emit(RESTORED, name, f"{name} restored from {m['id']}", backup=m["id"])
         return {"backup": shown(m), "restore_seconds": round(seconds, 3)}
+
+    async def load(self, addon: Addon, path: Path, what: str, out: LogBuffer) -> dict[str, int]:
+        """Load a dump file into the running add-on and count what it then holds. The caller holds
+        the add-on's lock and has checked the file (kind, major, wholeness)."""
+        name, k, creds = addon.name, kind_of(addon.kind), Credentials.from_dict(addon.credentials)
+        out.append(f"-----> Restoring {what} into {name}")
+        if k.name == "redis":
+            await self.scratch.replace_redis(name, k, addon.version, creds, path)
+        else:
+            code, err = await self.scratch.run(name, dumps.restore_command(k, creds), stdin=path, timeout=DUMP_TIMEOUT)
+            if code != 0:
+                kept = "; nothing changed (one transaction)" if k.name == "postgres" else ""
+                raise BackupFailed(f"the restore into {name} failed (exit {code}){kept}: {last_line(err)}")
+        return await self.scratch.counts(name, k, creds)
 
     # ---- importing a dump from outside, and exporting one
     async def receive(self, name: str, chunks: AsyncIterator[bytes], limit: int) -> Received:

@@ -6,7 +6,9 @@ add-on's URL as a secret config var, which makes a new release rolled out like a
 change. Creation is undone whole if any step fails (nothing half-made); a daemon killed during
 one finds the record still `creating` on its next start and removes what was made (`resume`).
 The kinds' knowledge (images, environment, URLs, readiness) is addon_kinds.py's; who reaches
-an add-on (expose, rotate, promote, shell) is core_addon_access.py's, composed here as `access`.
+an add-on (expose, rotate, promote, shell) is core_addon_access.py's, composed here as `access`;
+new versions (addons:upgrade) are core_addon_upgrade.py's, composed as `upgrades`. Destroying
+takes a final, verified backup first (through the backups part) unless told not to.
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ from typing import Any
 from lbsolo.addon_kinds import Credentials, kind_of
 from lbsolo.build import LogBuffer
 from lbsolo.core_addon_access import AddonAccess
+from lbsolo.core_addon_backups import AddonBackups
+from lbsolo.core_addon_upgrade import AddonUpgrades
 from lbsolo.core_context import CoreContext
 from lbsolo.core_rollout import DeployJob
 from lbsolo.engine import Services
@@ -36,14 +40,17 @@ SetConfig = Callable[..., Awaitable[DeployJob | None]]
 class Addons:
     """The add-on use cases, over the core's context and the engine's Services part.
 
-    `set_config` is the platform's own config change (a release of the app, rolled out).
+    `set_config` is the platform's own config change (a release of the app, rolled out);
+    `backups` the backups part, for the final backup of a destroy and an upgrade's dump.
     """
 
-    def __init__(self, ctx: CoreContext, services: Services, set_config: SetConfig) -> None:
+    def __init__(self, ctx: CoreContext, services: Services, set_config: SetConfig, backups: AddonBackups) -> None:
         self.ctx = ctx
         self.services = services
         self.set_config = set_config
+        self.backups = backups
         self.access = AddonAccess(ctx, services, set_config, self._wait_ready)
+        self.upgrades = AddonUpgrades(ctx, services, set_config, self, backups)
 
     # ---- reading
     async def list(self) -> list[dict[str, Any]]:
@@ -112,12 +119,15 @@ class Addons:
             raise Conflict(f"{app} already has {var}: attach with --as ANOTHER_NAME, or unset it first")
 
     async def _provision(self, addon: Addon, app: str, out: LogBuffer) -> None:
-        """Image, volume, container on the app's network, ready; undone whole if a step fails."""
+        out.append(f"-----> Creating {addon.kind} {addon.version} add-on {addon.name} for {app}")
+        await self.provision(addon, [await self.ctx.ensure_network(app)], out)
+
+    async def provision(self, addon: Addon, networks: list[str], out: LogBuffer) -> None:
+        """Image, volume, container on `networks`, ready; undone whole if a step fails."""
         k = kind_of(addon.kind)
         creds = self._credentials(addon)
         image = k.image(addon.version)
         loop = asyncio.get_running_loop()
-        out.append(f"-----> Creating {addon.kind} {addon.version} add-on {addon.name} for {app}")
         try:
             try:
                 await asyncio.to_thread(
@@ -130,7 +140,6 @@ class Addons:
             volume = await asyncio.to_thread(self.services.ensure_service_volume, addon.name)
             await asyncio.to_thread(self.services.seed_service_files, addon.name, image, (volume, k.data_path),
                                     k.files(creds))  # fmt: skip
-            network = await self.ctx.ensure_network(app)
             await asyncio.to_thread(
                 lambda: self.services.run_service(
                     service=addon.name,
@@ -139,13 +148,13 @@ class Addons:
                     env=k.environment(creds),
                     command=k.command(creds),
                     volume=(volume, k.data_path),
-                    networks=[network],
+                    networks=networks,
                 )
             )
             out.append("-----> Waiting until it takes connections")
             await self._wait_ready(addon)
         except BaseException:
-            await self._undo(addon)
+            await self.undo(addon)
             raise
         addon.status = AddonStatus.RUNNING
         await asyncio.to_thread(self.ctx.state.save_addon, addon)
@@ -172,26 +181,40 @@ class Addons:
                 )
             await asyncio.sleep(0.25)
 
-    async def _undo(self, addon: Addon) -> None:
+    async def undo(self, addon: Addon) -> None:
+        """Remove an add-on whole: container, volume, record."""
         try:
             await asyncio.to_thread(self.services.remove_service, addon.name, volume=True)
         finally:
             await asyncio.to_thread(self.ctx.state.delete_addon, addon.name)
 
     async def resume(self) -> None:
-        """On start: creations a killed daemon left half done are undone; the rest keep running."""
+        """On start: creations a killed daemon left half done are undone (after the upgrades'
+        own, which may remove the add-on they were making); the rest keep running."""
+        await self.upgrades.resume()
         for addon in await asyncio.to_thread(self.ctx.state.list_addons):
             try:
                 if addon.status == AddonStatus.CREATING:
                     log.warning("add-on %s was being created when lbsolo stopped: removing what was made", addon.name)
-                    await self._undo(addon)
+                    await self.undo(addon)
                     continue
                 await self.access.resume(addon)
+                if addon.status == AddonStatus.RETIRED:
+                    continue  # stopped on purpose by its upgrade
                 record = await asyncio.to_thread(self.services.find_service, addon.name)
                 if record is not None and not record["running"]:
                     await asyncio.to_thread(self.services.start_service, addon.name)
             except LbsoloError as e:
                 log.warning("add-on %s: %s", addon.name, e.message)
+
+    async def replace(self, addon: Addon) -> None:
+        """Recreate the add-on's container (its version's image, same volume, networks and port), ready."""
+        k = kind_of(addon.kind)
+        publish = (k.port, addon.exposed["address"], addon.exposed["port"]) if addon.exposed else None
+        await self.access.recreate(addon, publish)
+
+    async def admin(self, addon: Addon, script: str) -> str:
+        return await self.access.admin(addon, [self._credentials(addon)], script)
 
     # ---- attaching
     async def attach(self, name: str, app: str, as_var: str | None = None) -> DeployJob | None:
@@ -237,7 +260,11 @@ class Addons:
             return job
 
     # ---- destroying
-    async def destroy(self, name: str, *, confirm: str, detach: bool = False) -> dict[str, Any]:
+    async def destroy(
+        self, name: str, *, confirm: str, detach: bool = False, backup: bool = True
+    ) -> dict[str, Any]:
+        """Remove the add-on and its data, after a final verified backup (kept under the backups
+        directory, restorable into another add-on) unless `backup` is False."""
         if confirm != name:
             raise InvalidInput(f"destroying {name} deletes its data: confirm with --confirm {name}")
         async with self.ctx.lock(name):
@@ -245,10 +272,31 @@ class Addons:
             if addon.attachments and not detach:
                 apps = ", ".join(sorted(addon.attachments))
                 raise Conflict(f"{name} is attached to {apps}: detach it first, or destroy with --detach")
+            if addon.upgrade and addon.status == AddonStatus.RUNNING:
+                raise Conflict(f"{name} is being upgraded: let it finish (or fail) first")
+            final = await self._final_backup(addon) if backup else None
             for app, var in sorted(addon.attachments.items()):
                 job = await self.set_config(app, {}, [var])
                 if job is not None and job.task is not None:
                     await job.task
             await asyncio.to_thread(self.services.remove_service, name, volume=True)
             await asyncio.to_thread(self.ctx.state.delete_addon, name)
-        return {"name": name, "detached": sorted(addon.attachments)}
+        return {"name": name, "detached": sorted(addon.attachments), "final_backup": final}
+
+    async def _final_backup(self, addon: Addon) -> dict[str, Any] | None:
+        """A running add-on's last backup, verified; a stopped one (retired, failed) has none to take."""
+        record = await asyncio.to_thread(self.services.find_service, addon.name)
+        if addon.status != AddonStatus.RUNNING or record is None or not record["running"]:
+            return None
+        out = LogBuffer()
+        try:
+            m = await self.backups.final(addon, out)
+        except LbsoloError as e:
+            raise Conflict(
+                f"the final backup of {addon.name} failed, so nothing was destroyed: {e.message} "
+                f"(destroy with --no-backup to go without one)"
+            ) from e
+        finally:
+            out.close()
+        path = self.backups.files.dump_path(addon.name, m["id"], addon.kind)
+        return {"id": m["id"], "path": str(path), "size": m.get("size")}

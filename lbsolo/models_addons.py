@@ -17,6 +17,7 @@ class AddonStatus(StrEnum):
     CREATING = "creating"  # container, volume and network being made; not attached yet
     RUNNING = "running"
     FAILED = "failed"  # creation failed: `error` says why; destroy removes what is left
+    RETIRED = "retired"  # replaced by a major upgrade (`upgrade` names its successor): stopped, kept until destroyed
 
 
 @dataclass
@@ -43,6 +44,8 @@ class Addon:
     # Where backups are also kept (addon_backup_remote.Target's fields, with `encrypt` and the key's
     # `key_id`): an S3-compatible bucket; empty: local only. Its credentials are never shown.
     backup_target: dict[str, Any] = field(default_factory=dict)
+    # An upgrade under way or done (core_addon_upgrade.py): {"to", "version", "step"|"way"|"done"}; empty: none.
+    upgrade: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -64,6 +67,7 @@ class Addon:
             backup_keep=int(d.get("backup_keep", 7)),
             exposed=dict(d.get("exposed") or {}),
             backup_target=dict(d.get("backup_target") or {}),
+            upgrade=dict(d.get("upgrade") or {}),
         )
 
     def public(self) -> dict[str, Any]:

@@ -1,8 +1,8 @@
 """The add-ons' REST routes: databases for apps (create, list, info, attach, detach, destroy,
-expose, unexpose, credentials/rotate, promote, shell).
+expose, unexpose, credentials/rotate, promote, shell, upgrade).
 
 A thin layer over core_addons.Addons, like the rest of the API: parse, call one use case, render.
-Creating, attaching, promoting and rotating make releases of apps, so they stream like a deploy
+Creating, attaching, promoting, rotating and upgrading make releases of apps, so they stream like a deploy
 (NDJSON lines, then the result). The shell is one exchange both ways at once (ShellExchange).
 A daemon built without the engine's Services part answers 501, saying so.
 """
@@ -60,6 +60,12 @@ class AddonExpose(BaseModel):
 
 class AddonPromote(BaseModel):
     app: str
+
+
+class AddonUpgrade(BaseModel):
+    version: str = Field(description="the version to run: the same major upgrades in place")
+    via_dump: bool = Field(False, description="a new major: through a dump into a new add-on")
+    name: str | None = Field(None, description="the new add-on's name (a major upgrade); default: <name>-<major>")
 
 
 class ShellExchange(Response):
@@ -168,9 +174,17 @@ def create_addons_router(platform: HasAddons, require_token: Callable[..., Any])
         size = (rows, cols) if rows > 0 and cols > 0 else None
         return ShellExchange(await addons().access.shell(name, tty=tty, size=size))
 
+    @router.post("/api/addons/{name}/upgrade")
+    async def upgrade(name: str, body: AddonUpgrade) -> StreamingResponse:
+        """A new version: the same major in place; a new major only with `via_dump` (dump, restore
+        into a new add-on, verify, move the attached apps, keep the old one stopped)."""
+        job = await addons().upgrades.upgrade(name, body.version, via_dump=body.via_dump, new_name=body.name)
+        return stream_job(job)
+
     @router.delete("/api/addons/{name}")
-    async def destroy(name: str, confirm: str = "", detach: bool = False) -> dict[str, Any]:
-        """Remove the add-on and its data; `confirm` must repeat its name."""
-        return await addons().destroy(name, confirm=confirm, detach=detach)
+    async def destroy(name: str, confirm: str = "", detach: bool = False, backup: bool = True) -> dict[str, Any]:
+        """Remove the add-on and its data; `confirm` must repeat its name. A final backup is taken
+        and verified first (kept under the backups directory) unless `backup` is false."""
+        return await addons().destroy(name, confirm=confirm, detach=detach, backup=backup)
 
     return router

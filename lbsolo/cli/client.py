@@ -329,8 +329,9 @@ class Client:
     def detach_addon(self, name: str, app: str) -> Iterator[dict[str, Any]]:
         return self._job("POST", "addons", name, "detach", json={"app": app})
 
-    def destroy_addon(self, name: str, confirm: str, detach: bool) -> dict[str, Any]:
-        return self._object("DELETE", "addons", name, params={"confirm": confirm, "detach": detach}, timeout=None)
+    def destroy_addon(self, name: str, confirm: str, detach: bool, backup: bool = True) -> dict[str, Any]:
+        params = {"confirm": confirm, "detach": detach, "backup": backup}
+        return self._object("DELETE", "addons", name, params=params, timeout=None)
 
     # add-on backups; dumps go out and come in as they are read, never held whole
     def addon_backups(self, name: str) -> dict[str, Any]:

@@ -45,6 +45,10 @@ def promote(c: Client, name: str, app: str) -> Iterator[dict[str, Any]]:
     return c.stream("POST", _path(name, "promote"), json={"app": app})
 
 
+def upgrade(c: Client, name: str, version: str, via_dump: bool, new_name: str | None) -> Iterator[dict[str, Any]]:
+    return c.stream("POST", _path(name, "upgrade"), json={"version": version, "via_dump": via_dump, "name": new_name})
+
+
 def shell(c: Client, name: str, *, tty: bool) -> int:
     """One request both ways: stdin goes up chunked from a thread while the answer's lines come down."""
     params: dict[str, Any] = {"tty": "true" if tty else "false"}

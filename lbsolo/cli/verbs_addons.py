@@ -1,9 +1,9 @@
 """Add-on verbs: `addons`, `addons:create`, `addons:info`, `addons:attach`, `addons:detach`,
 `addons:destroy`, `addons:expose`, `addons:unexpose`, `addons:credentials:rotate`,
-`addons:promote`, `addons:shell` — databases for apps, each a container lbsolo runs and links
+`addons:promote`, `addons:shell`, `addons:upgrade` — databases for apps, each a container lbsolo runs and links
 by a config var.
 
-The access verbs (expose, rotate, promote, shell) call lbsolo.cli.client_addon_access.
+The access verbs (expose, rotate, promote, shell) and upgrade call lbsolo.cli.client_addon_access.
 """
 
 from __future__ import annotations
@@ -102,14 +102,43 @@ def addons_destroy(
     name: AddonArg,
     confirm: Annotated[str, typer.Option("--confirm", help="The add-on's name again: its data is deleted.")] = "",
     detach: Annotated[bool, typer.Option("--detach", help="Detach it from its apps first.")] = False,
+    no_backup: Annotated[bool, typer.Option("--no-backup", help="Skip the final backup.")] = False,
 ) -> None:
-    """Delete an add-on and its data."""
+    """Delete an add-on and its data, after a final verified backup (unless --no-backup)."""
     if confirm != name:
         raise LbsoloError(f"destroying {name} deletes its data: repeat its name with --confirm {name}")
     with _client() as c:
-        out = c.destroy_addon(name, confirm, detach)
+        out = c.destroy_addon(name, confirm, detach, backup=not no_backup)
     detached = f" (detached from {', '.join(out['detached'])})" if out.get("detached") else ""
     console.print(f"Destroyed {name}{detached}")
+    final = out.get("final_backup")
+    if final:
+        console.print(f"Its final backup {final['id']} is kept at {escape(final['path'])} "
+                      f"(restore it with: lbsolo addons:restore OTHER {escape(final['path'])})")  # fmt: skip
+
+
+@app.command("addons:upgrade")
+@clean_errors
+def addons_upgrade(
+    name: AddonArg,
+    version: Annotated[str, typer.Option("--version", help="The version to run, e.g. 15.8 or 17.")],
+    via_dump: Annotated[
+        bool, typer.Option("--via-dump", help="A new major: dump, restore into a new add-on, verify, move the apps.")
+    ] = False,
+    new_name: Annotated[
+        str | None, typer.Option("--name", help="The new add-on's name (default: NAME-<major>).")
+    ] = None,
+) -> None:
+    """A new version of an add-on: the same major in place (it restarts once); a new major only
+    with --via-dump, the old one kept stopped until addons:destroy. A silent major jump is refused."""
+    with _client() as c:
+        result = render_job(access.upgrade(c, name, version, via_dump, new_name), f"upgrading {name}")
+    if result.get("new"):
+        moved = ", ".join(result.get("moved") or []) or "no app"
+        console.print(f"[bold green]{result['new']}[/] runs {result['version']} and serves {moved}; {name} is "
+                      f"stopped: lbsolo addons:destroy {name} --confirm {name} once you are sure")  # fmt: skip
+    else:
+        console.print(f"[bold green]{name}[/] runs {result['version']}")
 
 
 def _public_warning(name: str, url: str) -> None:
