@@ -188,7 +188,8 @@ def clean_errors(fn: F) -> F:
         try:
             return fn(*args, **kwargs)
         except LbsoloError as e:
-            err.print(f"[bold red]error:[/] {e.message}", highlight=False, markup=True, soft_wrap=True)
+            # The message may quote what the user or a server sent ("[/x]" included): never markup.
+            err.print(f"[bold red]error:[/] {escape(e.message)}", highlight=False, markup=True, soft_wrap=True)
             raise typer.Exit(1) from None
 
     return wrapper  # type: ignore[return-value]

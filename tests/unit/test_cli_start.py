@@ -22,3 +22,4 @@ def test_every_verb_can_be_built_alone():
     assert len(names) > 10
     for name in names:
         assert list(typer.main.get_command(app_for([name])).commands) == [name]
+
