@@ -7,7 +7,8 @@ change. Creation is undone whole if any step fails (nothing half-made); a daemon
 one finds the record still `creating` on its next start and removes what was made (`resume`).
 The kinds' knowledge (images, environment, URLs, readiness) is addon_kinds.py's; who reaches
 an add-on (expose, rotate, promote, shell) is core_addon_access.py's, composed here as `access`;
-new versions (addons:upgrade) are core_addon_upgrade.py's, composed as `upgrades`. Destroying
+new versions (addons:upgrade) are core_addon_upgrade.py's, composed as `upgrades`; logs and
+CPU/memory readings core_addon_observe.py's, composed as `observe`. Destroying
 takes a final, verified backup first (through the backups part) unless told not to.
 """
 
@@ -23,6 +24,7 @@ from lbsolo.addon_kinds import Credentials, kind_of
 from lbsolo.build import LogBuffer
 from lbsolo.core_addon_access import AddonAccess
 from lbsolo.core_addon_backups import AddonBackups
+from lbsolo.core_addon_observe import AddonObserve
 from lbsolo.core_addon_upgrade import AddonUpgrades
 from lbsolo.core_context import CoreContext
 from lbsolo.core_rollout import DeployJob
@@ -51,14 +53,24 @@ class Addons:
         self.backups = backups
         self.access = AddonAccess(ctx, services, set_config, self._wait_ready)
         self.upgrades = AddonUpgrades(ctx, services, set_config, self, backups)
+        self.observe = AddonObserve(ctx, services)
 
     # ---- reading
     async def list(self) -> list[dict[str, Any]]:
         addons = await asyncio.to_thread(self.ctx.state.list_addons)
-        return [await self._shown(a) for a in addons]
+        return await self._with_stats([await self._shown(a) for a in addons])
 
     async def info(self, name: str) -> dict[str, Any]:
-        return await self._shown(await asyncio.to_thread(self.ctx.state.get_addon, name))
+        addon = await asyncio.to_thread(self.ctx.state.get_addon, name)
+        return (await self._with_stats([await self._shown(addon)]))[0]
+
+    async def _with_stats(self, shown: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Each running container's CPU and memory now (`stats`, None: not running or no reading), read at once."""
+        containers = [out["container"] for out in shown]
+        ids = [c["id"] if c and c["state"] == "running" else None for c in containers]
+        for out, numbers in zip(shown, await self.observe.stats(ids), strict=True):
+            out["stats"] = numbers
+        return shown
 
     async def _shown(self, addon: Addon) -> dict[str, Any]:
         out = addon.public()
@@ -66,7 +78,9 @@ class Addons:
         out["credentials"] = {k: ("********" if "password" in k else v) for k, v in addon.credentials.items()}
         out["rotating"] = any(k.startswith(("next_", "retiring_")) for k in addon.credentials)
         record = await asyncio.to_thread(self.services.find_service, addon.name)
-        out["container"] = None if record is None else {"state": record["state"], "image": record["image"]}
+        out["container"] = (
+            None if record is None else {"state": record["state"], "image": record["image"], "id": record["id"]}
+        )
         out["url"] = kind_of(addon.kind).url(self._credentials(addon, masked=True), addon.name)
         out.update({k: v for k, v in self.access.exposure(addon).items() if k in ("exposed_url", "public")})
         return out

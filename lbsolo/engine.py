@@ -273,6 +273,16 @@ class ServiceRecord(TypedDict):
     networks: list[str]
 
 
+class ServiceLog(Protocol):
+    """An add-on's log lines as (when the engine stamped it, in nanoseconds since the epoch; text)."""
+
+    def __iter__(self) -> Iterator[tuple[int, str]]: ...
+
+    def close(self) -> None:
+        """Stop reading (from any thread: a follow waiting for the next line ends)."""
+        ...
+
+
 @runtime_checkable
 class Services(Protocol):
     """Long-running containers lbsolo keeps for apps that are not their replicas: add-ons.
@@ -298,6 +308,14 @@ class Services(Protocol):
 
     def find_service(self, service: str) -> ServiceRecord | None:
         """The service's container, running or not; None if there is none."""
+        ...
+
+    def service_logs(
+        self, service: str, tail: int | None = 200, since: float | None = None, follow: bool = False
+    ) -> ServiceLog:
+        """The container's output (stdout and stderr): its last `tail` lines (None: all) from
+        `since` (epoch seconds; None: its start); with `follow`, then each new line as it comes,
+        until the container stops or the log is closed. Read as it is iterated, never held whole."""
         ...
 
     def start_service(self, service: str) -> ServiceRecord: ...

@@ -26,6 +26,7 @@ import docker.errors
 
 from lbsolo.engine import ServiceRecord
 from lbsolo.engine_docker import DockerBackend, _engine_errors
+from lbsolo.engine_docker_service_logs import DockerServiceLog
 from lbsolo.errors import EngineError
 from lbsolo.models import LABEL_INSTANCE, LABEL_MANAGED
 
@@ -169,6 +170,11 @@ class DockerServices:
                 return service_record(self._client.api.inspect_container(self.container_name(service)))
             except docker.errors.NotFound:
                 return None
+
+    def service_logs(
+        self, service: str, tail: int | None = 200, since: float | None = None, follow: bool = False
+    ) -> DockerServiceLog:
+        return DockerServiceLog(self._client.api, self.container_name(service), tail=tail, since=since, follow=follow)
 
     def start_service(self, service: str) -> ServiceRecord:
         with _engine_errors(f"start {service}"):

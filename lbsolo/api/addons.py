@@ -1,4 +1,4 @@
-"""The add-ons' REST routes: databases for apps (create, list, info, attach, detach, destroy,
+"""The add-ons' REST routes: databases for apps (create, list, info, logs, attach, detach, destroy,
 expose, unexpose, credentials/rotate, promote, shell, upgrade).
 
 A thin layer over core_addons.Addons, like the rest of the API: parse, call one use case, render.
@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import base64
-from collections.abc import Awaitable, Callable, MutableMapping
-from typing import Any, Protocol
+from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
+from typing import Annotated, Any, Protocol
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Query
 from fastapi.responses import Response, StreamingResponse
 from pydantic import BaseModel, Field
 
@@ -138,6 +138,31 @@ def create_addons_router(platform: HasAddons, require_token: Callable[..., Any])
     @router.get("/api/addons/{name}")
     async def addon_info(name: str) -> dict[str, Any]:
         return await addons().info(name)
+
+    @router.get("/api/addons/{name}/logs", response_model=None)
+    async def addon_logs(
+        name: str,
+        tail: Annotated[int, Query(ge=1, le=100000)] = 200,
+        since: float | None = None,
+        grep: str | None = None,
+        follow: bool = False,
+    ) -> list[dict[str, Any]] | StreamingResponse:
+        """The add-on container's output (the engine's log, lines shaped like an app's: `process`
+        is the kind, `release` the version): the last `tail` lines from `since` (epoch seconds)
+        containing `grep`; `follow` streams them, then new ones as they come, as NDJSON."""
+        observe = addons().observe
+        read = await observe.read_logs(name, tail=tail, since=since, grep=grep or None)
+        if not follow:
+            return read.lines
+        following = observe.follow_logs(name, after=read, since=since, grep=grep or None)
+
+        async def body() -> AsyncIterator[bytes]:
+            for line in read.lines:
+                yield ndjson(line)
+            async for line in following:
+                yield ndjson(line)
+
+        return StreamingResponse(body(), media_type="application/x-ndjson")
 
     @router.post("/api/addons/{name}/attach")
     async def attach(name: str, body: AddonAttach) -> StreamingResponse:

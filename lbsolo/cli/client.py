@@ -317,6 +317,13 @@ class Client:
     def addon(self, name: str) -> dict[str, Any]:
         return self._object("GET", "addons", name)
 
+    def addon_logs(self, name: str, params: dict[str, Any]) -> list[dict[str, Any]]:
+        """The add-on container's output, lines shaped like an app's (see logs)."""
+        return self._list("GET", "addons", name, "logs", params=params)
+
+    def follow_addon_logs(self, name: str, params: dict[str, Any]) -> Iterator[dict[str, Any]]:
+        return self._job("GET", "addons", name, "logs", params={**params, "follow": True})
+
     def create_addon(
         self, kind: str, app: str, name: str | None, version: str | None, as_var: str | None
     ) -> Iterator[dict[str, Any]]:

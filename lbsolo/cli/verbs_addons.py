@@ -9,17 +9,31 @@ The access verbs (expose, rotate, promote, shell) and upgrade call lbsolo.cli.cl
 from __future__ import annotations
 
 import sys
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
 from lbsolo.cli import client_addon_access as access
-from lbsolo.cli.common import Table, _client, _when, app, clean_errors, console, err, escape, render_job
+from lbsolo.cli.common import Table, _client, _size, _when, app, clean_errors, console, err, escape, render_job
 from lbsolo.errors import LbsoloError
 
 AddonArg = Annotated[str, typer.Argument(help="Add-on name.")]
 AppOption = Annotated[str, typer.Option("--app", "-a", help="The app it is for.")]
 AsOption = Annotated[str | None, typer.Option("--as", help="The app's config var for its URL (default per kind).")]
+
+
+def _cpu(a: dict[str, Any]) -> str:
+    stats = a.get("stats")
+    return "-" if not stats else f"{stats['cpu_percent']:.1f} %"
+
+
+def _memory(a: dict[str, Any]) -> str:
+    """Used / limit (the machine's memory when the container has no limit of its own)."""
+    stats = a.get("stats")
+    if not stats:
+        return "-"
+    limit = f" / {_size(int(stats['mem_limit']))}" if stats.get("mem_limit") else ""
+    return f"{_size(int(stats['mem_bytes']))}{limit}"
 
 
 def _attached(result: dict[str, object], app_name: str, var: str) -> None:
@@ -30,13 +44,15 @@ def _attached(result: dict[str, object], app_name: str, var: str) -> None:
 @app.command("addons")
 @clean_errors
 def addons_list() -> None:
-    """List add-ons: name, kind, version, status, attached apps."""
+    """List add-ons: name, kind, version, status, CPU and memory now, attached apps."""
     with _client() as c:
         rows = c.addons()
-    table = Table("name", "kind", "version", "status", "attached to", "created")
+    table = Table("name", "kind", "version", "status", "cpu", "memory", "attached to", "created")
     for a in rows:
         attached = ", ".join(f"{app_name} ({var})" for app_name, var in sorted(a["attachments"].items())) or "-"
-        table.add_row(a["name"], a["kind"], a["version"], a["status"], attached, _when(a["created_at"]))
+        table.add_row(
+            a["name"], a["kind"], a["version"], a["status"], _cpu(a), _memory(a), attached, _when(a["created_at"])
+        )
     console.print(table if rows else "No add-ons yet: lbsolo addons:create postgres --app APP")
 
 
@@ -59,7 +75,7 @@ def addons_create(
 @app.command("addons:info")
 @clean_errors
 def addons_info(name: AddonArg) -> None:
-    """One add-on: kind, version, status, container, URL (password masked), attachments."""
+    """One add-on: kind, version, status, container, CPU and memory now, URL (password masked), attachments."""
     with _client() as c:
         a = c.addon(name)
     table = Table(show_header=False, box=None)
@@ -69,6 +85,8 @@ def addons_info(name: AddonArg) -> None:
         ("kind", f"{a['kind']} {a['version']}"),
         ("status", a["status"]),
         ("container", f"{container.get('state', 'missing')} ({container.get('image', '-')})"),
+        ("cpu", _cpu(a)),
+        ("memory", _memory(a)),
         ("url", a["url"]),
         ("attached", ", ".join(f"{k} as {v}" for k, v in sorted(a["attachments"].items())) or "-"),
         ("exposed", a.get("exposed_url") or "-"),

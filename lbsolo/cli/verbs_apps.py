@@ -4,6 +4,7 @@ logs, metrics, events, domains, HTTPS and proxy settings."""
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
@@ -11,7 +12,7 @@ from typing import Annotated, Any
 import typer
 import typer.main
 
-from lbsolo.cli.client import in_background
+from lbsolo.cli.client import Client, in_background
 from lbsolo.cli.common import (
     AppArg,
     Table,
@@ -26,7 +27,7 @@ from lbsolo.cli.common import (
     render_job,
     validate_app_name,
 )
-from lbsolo.errors import LbsoloError
+from lbsolo.errors import APIError, LbsoloError
 
 
 @app.command("apps")
@@ -228,19 +229,41 @@ def logs(
     since: Annotated[str | None, typer.Option(help="Only lines newer than e.g. 10m.")] = None,
     grep: Annotated[str | None, typer.Option(help="Only lines containing this text.")] = None,
 ) -> None:
-    """Print an app's logs, kept across releases and container removal."""
+    """Print an app's logs, kept across releases and container removal (an add-on's: its container's)."""
     params = {"tail": tail, "process": process, "release": release, "since": _since(since), "grep": grep}
     params = {k: v for k, v in params.items() if v is not None}
     with _client() as c:
-        if not follow:
-            for row in c.logs(name, params):
-                _print_log(row)
-            return
         try:
-            for row in c.follow_logs(name, params):
+            for row in _log_rows(c, name, params, follow):
                 _print_log(row)
         except KeyboardInterrupt:
             return
+
+
+def _log_rows(c: Client, name: str, params: dict[str, Any], follow: bool) -> Iterator[dict[str, Any]]:
+    """The app's stored lines; if there is no such app, the add-on's container output (add-ons
+    share the apps' names); if neither, the app's error."""
+    try:
+        yield from c.follow_logs(name, params) if follow else c.logs(name, params)
+        return
+    except APIError as e:
+        if e.status != 404:
+            raise
+        not_an_app = e
+    try:
+        if "process" in params or "release" in params:
+            c.addon(name)
+            raise LbsoloError(f"{name} is an add-on: --process and --release are for apps")
+        kept = {k: v for k, v in params.items() if k in ("tail", "since", "grep")}
+        rows = iter(c.follow_addon_logs(name, kept) if follow else c.addon_logs(name, kept))
+        first = next(rows, None)
+    except APIError as e:
+        if e.status in (404, 501):  # no such add-on either, or a daemon without add-ons
+            raise not_an_app from None
+        raise
+    if first is not None:
+        yield first
+        yield from rows
 
 
 def _print_log(row: dict[str, Any]) -> None:
