@@ -156,7 +156,8 @@ def main() -> None:
         print(f"verify  (restore into a throw-away + counts) {med(our_verify):6.2f}s, reported apart")
         print(f"addons:backup CLI wall (dump + verify)     {med(our_total):6.2f}s")
     finally:
-        subprocess.run([*lbsolo, "addons:destroy", ADDON, "--confirm", ADDON, "--detach"], env=env, capture_output=True)
+        gone = ["addons:destroy", ADDON, "--confirm", ADDON, "--detach", "--no-backup"]
+        subprocess.run([*lbsolo, *gone], env=env, capture_output=True)
         subprocess.run([*lbsolo, "destroy", "bench", "--yes"], env=env, capture_output=True)
         daemon.terminate()
         daemon.wait(30)

@@ -70,45 +70,55 @@ def upgraded_name(name: str, k: Kind, target: str) -> str:
     return f"{base}-{suffix}"
 
 
-def fence(k: Kind, creds: Credentials) -> str:
-    """The admin script that makes the add-on read-only for its apps (admin_command's stdin)."""
-    if k.name == "postgres":
-        db = db_identifier(creds.database)
-        # New sessions start read-only; the ones from before are ended once idle (a query under
-        # way finishes first), and after 10 s whatever is left.
-        theirs = (
-            f"datname = '{db}' AND pid <> pg_backend_pid() AND backend_type = 'client backend' AND backend_start < t0"
-        )
-        return f"""ALTER DATABASE "{db}" SET default_transaction_read_only = on;
-DO $lbsolo$
+def _pg_end_sessions(db: str) -> str:
+    """End the database's other client sessions that began before this script: each once idle
+    (a query under way finishes first), the rest after 10 s; then wait until they are gone."""
+    theirs = f"datname = '{db}' AND pid <> pg_backend_pid() AND backend_type = 'client backend' AND backend_start < t0"
+    return f"""DO $lbsolo$
 DECLARE
     t0 timestamptz := clock_timestamp();
     left_ int;
 BEGIN
-    FOR i IN 1..100 LOOP
+    FOR i IN 1..150 LOOP
         PERFORM pg_stat_clear_snapshot();
-        PERFORM pg_terminate_backend(pid) FROM pg_stat_activity WHERE {theirs} AND state <> 'active';
+        IF i <= 100 THEN
+            PERFORM pg_terminate_backend(pid) FROM pg_stat_activity WHERE {theirs} AND state <> 'active';
+        ELSE
+            PERFORM pg_terminate_backend(pid) FROM pg_stat_activity WHERE {theirs};
+        END IF;
+        PERFORM pg_stat_clear_snapshot();
         SELECT count(*) INTO left_ FROM pg_stat_activity WHERE {theirs};
         EXIT WHEN left_ = 0;
         PERFORM pg_sleep(0.1);
     END LOOP;
-    PERFORM pg_stat_clear_snapshot();
-    PERFORM pg_terminate_backend(pid) FROM pg_stat_activity WHERE {theirs};
+    IF left_ > 0 THEN
+        RAISE EXCEPTION '% sessions of % did not end', left_, '{db}';
+    END IF;
 END $lbsolo$;
 """
+
+
+def fence(k: Kind, creds: Credentials) -> str:
+    """The admin script that makes the add-on read-only for its apps (admin_command's stdin)."""
+    if k.name == "postgres":
+        db = db_identifier(creds.database)
+        # New sessions start read-only; the ones from before end (see _pg_end_sessions).
+        return f'ALTER DATABASE "{db}" SET default_transaction_read_only = on;\n' + _pg_end_sessions(db)
     if k.name == "mariadb":
-        return "SET GLOBAL read_only = ON;\n"
+        # Waits for open transactions to end, but not for ever (the upgrade then fails, undone).
+        return "SET SESSION lock_wait_timeout = 10;\nSET GLOBAL read_only = ON;\n"
     return "ACL SETUSER default -@write\n"
 
 
 def unfence(k: Kind, creds: Credentials) -> str:
-    """The admin script that takes the fence down (the session itself starts read-only in Postgres)."""
+    """The admin script that takes the fence down. Postgres sessions opened under the fence
+    would stay read-only: they are ended too (once idle), and reconnect writable."""
     if k.name == "postgres":
         db = db_identifier(creds.database)
         return (
             "SET SESSION CHARACTERISTICS AS TRANSACTION READ WRITE;\n"
-            f'ALTER DATABASE "{db}" RESET default_transaction_read_only;\n'
+            f'ALTER DATABASE "{db}" RESET default_transaction_read_only;\n' + _pg_end_sessions(db)
         )
     if k.name == "mariadb":
         return "SET GLOBAL read_only = OFF;\n"
-    return "ACL SETUSER default +@all\n"
+    return "ACL SETUSER default +@write\n"

@@ -168,6 +168,7 @@ class AddonAccess:
 
     async def _running(self, name: str, doing: str) -> Addon:
         addon = await asyncio.to_thread(self.ctx.state.get_addon, name)
+        refuse_while_upgrading(addon, doing)
         if addon.status != AddonStatus.RUNNING:
             raise Conflict(f"{name} is {addon.status}, not running: cannot {doing} it")
         record = await asyncio.to_thread(self.services.find_service, name)
@@ -335,7 +336,7 @@ class AddonAccess:
                     f"{addon.name} keeps no ACL file, so a new password would not survive a restart: "
                     f"`lbsolo addons:expose {addon.name}` once (a restart that adds one), then rotate"
                 )
-            _redis_errors(said, addon.name)
+            redis_errors(said, addon.name)
 
     async def _retire(self, addon: Addon, current: Credentials, old_user: str, old_password: str) -> None:
         if addon.kind == "postgres":
@@ -345,7 +346,7 @@ class AddonAccess:
             await self.admin(addon, [current], kinds.my_retire_user(old_user))
         else:
             said = await self.admin(addon, [current], kinds.redis_retire_password(old_password))
-            _redis_errors(said, addon.name, allowed="does not exist")
+            redis_errors(said, addon.name, allowed="does not exist")
 
     async def admin(self, addon: Addon, logins: list[Credentials], script: str) -> str:
         """Run a script through the kind's client as its administrator, and what it printed; the
@@ -454,7 +455,16 @@ class AddonAccess:
 _DENIED = ("Access denied", "password authentication failed", "WRONGPASS", "NOAUTH", "not permitted to log in")
 
 
-def _redis_errors(said: str, name: str, allowed: str = "") -> None:
+def refuse_while_upgrading(addon: Addon, doing: str) -> None:
+    """An add-on in the middle of a major upgrade (old or new) takes no other change: its apps
+    are moving, its data is being copied."""
+    if addon.upgrade.get("step"):
+        raise Conflict(f"{addon.name} is being upgraded to {addon.upgrade.get('to')}: cannot {doing} it now")
+    if addon.upgrade.get("from"):
+        raise Conflict(f"{addon.name} is being made by {addon.upgrade['from']}'s upgrade: cannot {doing} it now")
+
+
+def redis_errors(said: str, name: str, allowed: str = "") -> None:
     for line in said.splitlines():
         if line.startswith(("ERR", "WRONGPASS", "NOAUTH", "NOPERM")) and not (allowed and allowed in line):
             raise EngineError(f"{name}: {line[:300]}")

@@ -35,6 +35,7 @@ from lbsolo.addon_backup_files import BackupFiles
 from lbsolo.addon_kinds import Credentials, Kind, kind_of
 from lbsolo.addon_scratch import DUMP_TIMEOUT, BackupFailed, DumpSink, Scratch, WriteFailed, file_sha256, last_line
 from lbsolo.build import LogBuffer
+from lbsolo.core_addon_access import refuse_while_upgrading
 from lbsolo.core_addon_backup_remote import BackupRemote
 from lbsolo.core_addon_schedules import BackupSchedules
 from lbsolo.core_context import CoreContext
@@ -94,6 +95,8 @@ class AddonBackups:
     # ---- reading
     async def _addon(self, name: str, *, running: bool = False) -> Addon:
         addon = await asyncio.to_thread(self.ctx.state.get_addon, name)
+        if running:
+            refuse_while_upgrading(addon, "back up or restore")
         if running and addon.status != AddonStatus.RUNNING:
             raise Conflict(f"{name} is {addon.status}, not running")
         return addon

@@ -31,7 +31,7 @@ from lbsolo.core_addon_backups import AddonBackups
 from lbsolo.core_context import CoreContext
 from lbsolo.core_rollout import DeployJob
 from lbsolo.engine import Services
-from lbsolo.errors import Conflict, DeployFailed, EngineError, InvalidInput, LbsoloError
+from lbsolo.errors import Conflict, DeployFailed, EngineError, InvalidInput, LbsoloError, NotFound
 from lbsolo.models import validate_app_name
 from lbsolo.models_addons import Addon, AddonStatus
 
@@ -55,6 +55,7 @@ class Provisioner(Protocol):
     async def undo(self, addon: Addon) -> None: ...
     async def replace(self, addon: Addon) -> None: ...
     async def admin(self, addon: Addon, script: str) -> str: ...
+    async def wait_ready(self, addon: Addon) -> None: ...
 
 
 class AddonUpgrades:
@@ -75,26 +76,34 @@ class AddonUpgrades:
     async def upgrade(
         self, name: str, version: str, *, via_dump: bool = False, new_name: str | None = None
     ) -> DeployJob:
-        """Check the request now (a bad one changes nothing), then upgrade in the background."""
-        addon = await asyncio.to_thread(self.ctx.state.get_addon, name)
-        k = kind_of(addon.kind)
-        if addon.status != AddonStatus.RUNNING:
-            raise Conflict(f"{name} is {addon.status}, not running: it cannot be upgraded")
-        if addon.upgrade and addon.upgrade.get("step") == UpgradeStep.SWITCHING:
-            return self._job(name, lambda out: self._finish_switch(name, out))  # asked again: finish what was started
-        if addon.upgrade:
-            raise Conflict(f"{name} is already being upgraded to {addon.upgrade.get('version')}")
-        way = plan.way(k, addon.version, version, via_dump=via_dump)
-        if way == UpgradeWay.IN_PLACE:
-            if new_name:
-                raise InvalidInput("--name names the new add-on of a major upgrade: an in-place one keeps its name")
-            return self._job(name, lambda out: self._in_place(name, version, out))
-        target = validate_app_name(new_name or plan.upgraded_name(name, k, version), "add-on name")
-        new = Addon(target, addon.kind, version, credentials=dict(addon.credentials))
-        await asyncio.to_thread(self.ctx.state.create_addon, new)  # the name is taken now, or refused
-        addon.upgrade = {"to": target, "version": version, "step": UpgradeStep.DUMPING, "started": time.time()}
-        await asyncio.to_thread(self.ctx.state.save_addon, addon)
-        return self._job(name, lambda out: self._via_dump(name, target, out))
+        """Check the request now (a bad one changes nothing), then upgrade in the background. The
+        checks and the marks on the records are made under the add-on's lock, so no rotation,
+        expose or restore of it interleaves (they refuse while the mark is there)."""
+        async with self.ctx.lock(name):
+            addon = await asyncio.to_thread(self.ctx.state.get_addon, name)
+            k = kind_of(addon.kind)
+            if addon.upgrade.get("from"):
+                raise Conflict(f"{name} is the new add-on of {addon.upgrade['from']}'s upgrade, not ready yet")
+            if addon.status != AddonStatus.RUNNING:
+                raise Conflict(f"{name} is {addon.status}, not running: it cannot be upgraded")
+            if addon.upgrade.get("step") == UpgradeStep.SWITCHING:
+                return self._job(name, lambda out: self._finish_switch(name, out))  # asked again: finish it
+            if addon.upgrade:
+                raise Conflict(f"{name} is already being upgraded to {addon.upgrade.get('version')}")
+            if any(key.startswith(("next_", "retiring_")) for key in addon.credentials):
+                raise Conflict(f"{name} is rotating its credentials: upgrade it once that has finished")
+            way = plan.way(k, addon.version, version, via_dump=via_dump)
+            if way == UpgradeWay.IN_PLACE:
+                if new_name:
+                    raise InvalidInput("--name names the new add-on of a major upgrade: an in-place one keeps its name")
+                return self._job(name, lambda out: self._in_place(name, version, out))
+            target = validate_app_name(new_name or plan.upgraded_name(name, k, version), "add-on name")
+            new = Addon(target, addon.kind, version, credentials=dict(addon.credentials))
+            new.upgrade = {"from": name}
+            await asyncio.to_thread(self.ctx.state.create_addon, new)  # the name is taken now, or refused
+            addon.upgrade = {"to": target, "version": version, "step": UpgradeStep.DUMPING, "started": time.time()}
+            await asyncio.to_thread(self.ctx.state.save_addon, addon)
+            return self._job(name, lambda out: self._via_dump(name, target, out))
 
     def _job(self, name: str, work: Work) -> DeployJob:
         job = DeployJob(app=name, output=LogBuffer())
@@ -156,6 +165,7 @@ class AddonUpgrades:
             addon = await asyncio.to_thread(self.ctx.state.get_addon, name)
             new = await asyncio.to_thread(self.ctx.state.get_addon, target)
             k = kind_of(addon.kind)
+            new.credentials = dict(addon.credentials)
             out.append(f"-----> Upgrading {name} ({k.name} {addon.version}) to {k.name} {new.version} as {target}")
             try:
                 await self._pull(k.image(new.version), out)
@@ -173,7 +183,12 @@ class AddonUpgrades:
                 out.append(f"       {target} holds {len(counts)} tables/databases, {sum(counts.values())} "
                            "rows/keys: as the dump")  # fmt: skip
             except BaseException as e:
-                await self._undo(addon, new, out)
+                try:
+                    await self._undo(addon, new, out)
+                except LbsoloError as undo_error:
+                    if isinstance(e, LbsoloError):
+                        raise UpgradeFailed(f"{e.message}; then undoing it: {undo_error.message}") from e
+                    raise
                 if isinstance(e, LbsoloError):
                     raise UpgradeFailed(f"nothing changed, {name} serves as before: {e.message}") from e
                 raise
@@ -185,25 +200,33 @@ class AddonUpgrades:
         await asyncio.to_thread(self.ctx.state.save_addon, addon)
 
     async def _undo(self, addon: Addon, new: Addon, out: LogBuffer | None) -> None:
-        """Before the switch: the new add-on goes, the fence comes down, the old one is as it was."""
+        """Before the switch: the new add-on goes, the fence comes down, the old one is as it was.
+        The mark stays until the fence is down (a next start tries again); a failure says so."""
         if out is not None:
             out.append(f"       undoing: removing {new.name}, {addon.name} writable again")
+        await self.addons.undo(new)
         try:
-            await self.addons.undo(new)
-        finally:
-            try:
-                await self.addons.admin(addon, plan.unfence(kind_of(addon.kind), _creds(addon)))
-            finally:
-                addon.upgrade = {}
-                await asyncio.to_thread(self.ctx.state.save_addon, addon)
+            await self.addons.wait_ready(addon)
+            await self.addons.admin(addon, plan.unfence(kind_of(addon.kind), _creds(addon)))
+        except LbsoloError as e:
+            raise UpgradeFailed(
+                f"{addon.name} may still be read-only for its apps: {e.message}; lbsolo tries again on its next start"
+            ) from e
+        addon.upgrade = {}
+        await asyncio.to_thread(self.ctx.state.save_addon, addon)
 
     async def _switch(self, addon: Addon, new: Addon, out: LogBuffer, backup: str = "") -> dict[str, Any]:
         """Move every attached app to the new add-on (a release each), then retire the old one."""
         k = kind_of(new.kind)
         url = k.url(_creds(new), new.name)
         for app, var in sorted(addon.attachments.items()):
-            if app in new.attachments:
-                continue  # moved before a restart
+            try:
+                config = (await self.ctx.app(app)).config
+            except NotFound:
+                continue  # destroyed meanwhile: nothing to move
+            if config.get(var) == url:
+                new.attachments[app] = var
+                continue  # moved before a failure or a restart: its release went out
             out.append(f"-----> Moving {app} ({var}) to {new.name}")
             network = await self.ctx.ensure_network(app)
             await asyncio.to_thread(self.services.connect_service, new.name, network)
@@ -222,6 +245,7 @@ class AddonUpgrades:
                     )
         await asyncio.to_thread(self.services.stop_service, addon.name)
         new.backup_schedule, new.backup_keep = addon.backup_schedule, addon.backup_keep
+        new.upgrade = {}
         await asyncio.to_thread(self.ctx.state.save_addon, new)
         moved = sorted(addon.attachments)
         addon.status, addon.attachments, addon.backup_schedule = AddonStatus.RETIRED, {}, None
@@ -236,6 +260,9 @@ class AddonUpgrades:
     async def _finish_switch(self, name: str, out: LogBuffer) -> dict[str, Any]:
         async with self.ctx.lock(name):
             addon = await asyncio.to_thread(self.ctx.state.get_addon, name)
+            if addon.status != AddonStatus.RUNNING or addon.upgrade.get("step") != UpgradeStep.SWITCHING:
+                done = addon.upgrade
+                return {"version": done.get("version"), "way": str(UpgradeWay.VIA_DUMP), "new": done.get("to")}
             new = await asyncio.to_thread(self.ctx.state.get_addon, addon.upgrade["to"])
             out.append(f"-----> Finishing the upgrade of {name} to {new.name}: moving the remaining apps")
             return await self._switch(addon, new, out)
@@ -245,7 +272,7 @@ class AddonUpgrades:
         """What a killed daemon left: an upgrade before its switch is undone, one in it finished,
         an in-place one takes the version its container runs."""
         for addon in await asyncio.to_thread(self.ctx.state.list_addons):
-            if addon.status != AddonStatus.RUNNING or not addon.upgrade:
+            if addon.status != AddonStatus.RUNNING or not addon.upgrade or addon.upgrade.get("from"):
                 continue
             try:
                 await self._resume(addon)
@@ -255,9 +282,11 @@ class AddonUpgrades:
     async def _resume(self, addon: Addon) -> None:
         step = addon.upgrade.get("step")
         if addon.upgrade.get("way") == UpgradeWay.IN_PLACE:
+            # A container swap cut off in the middle is settled first (the new one kept only if it runs).
+            await asyncio.to_thread(self.services.recover_replaced_service, addon.name)
             record = await asyncio.to_thread(self.services.find_service, addon.name)
             image = kind_of(addon.kind).image(str(addon.upgrade["version"]))
-            if record is not None and record["image"] == image:
+            if record is not None and record["running"] and record["image"] == image:
                 addon.version = str(addon.upgrade["version"])
             addon.upgrade = {}
             await asyncio.to_thread(self.ctx.state.save_addon, addon)
@@ -271,6 +300,9 @@ class AddonUpgrades:
         log.warning("add-on %s was being upgraded when lbsolo stopped: undoing it", addon.name)
         if new is None:
             new = Addon(str(addon.upgrade.get("to")), addon.kind, str(addon.upgrade.get("version")))
+        record = await asyncio.to_thread(self.services.find_service, addon.name)
+        if record is not None and not record["running"]:
+            await asyncio.to_thread(self.services.start_service, addon.name)  # a host restart stopped it
         await self._undo(addon, new, None)
 
     async def _resume_switch(self, name: str) -> None:

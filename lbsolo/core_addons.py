@@ -22,7 +22,7 @@ from typing import Any
 
 from lbsolo.addon_kinds import Credentials, kind_of
 from lbsolo.build import LogBuffer
-from lbsolo.core_addon_access import AddonAccess
+from lbsolo.core_addon_access import AddonAccess, redis_errors, refuse_while_upgrading
 from lbsolo.core_addon_backups import AddonBackups
 from lbsolo.core_addon_observe import AddonObserve
 from lbsolo.core_addon_upgrade import AddonUpgrades
@@ -228,12 +228,19 @@ class Addons:
         await self.access.recreate(addon, publish)
 
     async def admin(self, addon: Addon, script: str) -> str:
-        return await self.access.admin(addon, [self._credentials(addon)], script)
+        said = await self.access.admin(addon, [self._credentials(addon)], script)
+        if addon.kind == "redis":
+            redis_errors(said, addon.name)  # redis-cli exits 0 on an ERR answer
+        return said
+
+    async def wait_ready(self, addon: Addon) -> None:
+        await self._wait_ready(addon)
 
     # ---- attaching
     async def attach(self, name: str, app: str, as_var: str | None = None) -> DeployJob | None:
         async with self.ctx.lock(name):
             addon = await asyncio.to_thread(self.ctx.state.get_addon, name)
+            refuse_while_upgrading(addon, "attach")
             if addon.status != AddonStatus.RUNNING:
                 raise Conflict(f"{name} is {addon.status}, not running")
             if app in addon.attachments:
@@ -265,6 +272,7 @@ class Addons:
     async def detach(self, name: str, app: str) -> DeployJob | None:
         async with self.ctx.lock(name):
             addon = await asyncio.to_thread(self.ctx.state.get_addon, name)
+            refuse_while_upgrading(addon, "detach")
             var = addon.attachments.pop(app, None)
             if var is None:
                 raise NotFound(f"{name} is not attached to {app}")
@@ -286,13 +294,13 @@ class Addons:
             if addon.attachments and not detach:
                 apps = ", ".join(sorted(addon.attachments))
                 raise Conflict(f"{name} is attached to {apps}: detach it first, or destroy with --detach")
-            if addon.upgrade and addon.status == AddonStatus.RUNNING:
-                raise Conflict(f"{name} is being upgraded: let it finish (or fail) first")
-            final = await self._final_backup(addon) if backup else None
+            refuse_while_upgrading(addon, "destroy")
             for app, var in sorted(addon.attachments.items()):
                 job = await self.set_config(app, {}, [var])
                 if job is not None and job.task is not None:
                     await job.task
+            # After the detaching releases: what the apps wrote until then is in it.
+            final = await self._final_backup(addon) if backup else None
             await asyncio.to_thread(self.services.remove_service, name, volume=True)
             await asyncio.to_thread(self.ctx.state.delete_addon, name)
         return {"name": name, "detached": sorted(addon.attachments), "final_backup": final}
@@ -306,8 +314,9 @@ class Addons:
         try:
             m = await self.backups.final(addon, out)
         except LbsoloError as e:
+            detached = f" ({', '.join(sorted(addon.attachments))} detached)" if addon.attachments else ""
             raise Conflict(
-                f"the final backup of {addon.name} failed, so nothing was destroyed: {e.message} "
+                f"the final backup of {addon.name} failed, so its data was kept{detached}: {e.message} "
                 f"(destroy with --no-backup to go without one)"
             ) from e
         finally:

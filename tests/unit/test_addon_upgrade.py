@@ -75,10 +75,12 @@ def test_the_fence_scripts_name_the_add_ons_database_and_undo_each_other():
     assert "state <> 'active'" in fence  # a query under way is let finish, not cut off
     unfence = plan.unfence(PG, creds)
     assert unfence.index("READ WRITE") < unfence.index('ALTER DATABASE "shop_db" RESET default_transaction_read_only')
-    assert plan.fence(MARIA, creds) == "SET GLOBAL read_only = ON;\n"
+    assert "pg_stat_clear_snapshot" in unfence and "pg_terminate_backend" in unfence  # sessions opened read-only
+    assert plan.fence(MARIA, creds).endswith("SET GLOBAL read_only = ON;\n")
+    assert "lock_wait_timeout" in plan.fence(MARIA, creds)
     assert plan.unfence(MARIA, creds) == "SET GLOBAL read_only = OFF;\n"
     assert plan.fence(REDIS, creds) == "ACL SETUSER default -@write\n"
-    assert plan.unfence(REDIS, creds) == "ACL SETUSER default +@all\n"
+    assert plan.unfence(REDIS, creds) == "ACL SETUSER default +@write\n"
 
 
 def test_a_database_name_that_is_no_identifier_is_refused_before_it_reaches_a_script():
