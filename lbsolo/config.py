@@ -29,6 +29,12 @@ def networks(value: str, setting: str) -> tuple[str, ...]:
     return tuple(out)
 
 
+ACME_DIRECTORIES = {
+    "production": "https://acme-v02.api.letsencrypt.org/directory",
+    "staging": "https://acme-staging-v02.api.letsencrypt.org/directory",
+}
+
+
 def _default_home() -> Path:
     return Path(os.environ.get("LBSOLO_HOME") or Path.home() / ".lbsolo")
 
@@ -62,6 +68,19 @@ class Settings:
     proxy_body_grace: float = 10.0
     # A WebSocket (or other upgraded) tunnel with no bytes either way for this long is closed.
     proxy_tunnel_idle_timeout: float = 300.0
+    # ACME: certificates from a CA (Let's Encrypt by default) for the apps' custom domains, HTTP-01
+    # answered by the proxy. Off without a contact email (`lbsolo doctor` says so). The directory is a
+    # URL, or "production" / "staging" (Let's Encrypt's). A private CA's HTTPS endpoint (Pebble in the
+    # tests) is checked against acme_ca_bundle (a PEM file; empty: the system's CAs).
+    acme_email: str = ""
+    acme_directory: str = "production"
+    acme_ca_bundle: str = ""
+    # The DNS server (host[:port]) the preflight asks whether a name points here; empty: this machine's.
+    acme_resolver: str = ""
+    # The port the CA connects to for HTTP-01 (80 for every public CA): the preflight's self-check goes there.
+    acme_http_port: int = 80
+    # Orders sent to the CA per domain per hour, well under the CA's failed-authorization limit.
+    acme_attempts_per_hour: int = 3
     dns_host: str = "127.0.0.1"
     dns_port: int = 5354
     dns_strict: bool = False
@@ -171,6 +190,19 @@ class Settings:
     def socket_path(self) -> Path:
         """The API's unix socket (mode 0600) for the local CLI."""
         return self.home / "api.sock"
+
+    @property
+    def acme_on(self) -> bool:
+        return bool(self.acme_email.strip())
+
+    @property
+    def acme_directory_url(self) -> str:
+        return ACME_DIRECTORIES.get(self.acme_directory.strip().lower(), self.acme_directory.strip())
+
+    @property
+    def acme_dir(self) -> Path:
+        """The ACME account key and the certificates issued (0600 files)."""
+        return self.home / "acme"
 
     @property
     def tls_dir(self) -> Path:

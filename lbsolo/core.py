@@ -23,6 +23,7 @@ from lbsolo.build import Builder, LogBuffer
 from lbsolo.config import Settings
 from lbsolo.core_addon_backups import AddonBackups
 from lbsolo.core_addons import Addons
+from lbsolo.core_certs import Certificates
 from lbsolo.core_context import AppLock, CoreContext, Ingress
 from lbsolo.core_deploy import Deploys
 from lbsolo.core_plan import (
@@ -81,13 +82,17 @@ class Platform:
         self._compose(ctx, builder, services)
 
     @classmethod
-    def over(cls, ctx: CoreContext, builder: Builder, services: Services | None = None) -> Platform:
+    def over(
+        cls, ctx: CoreContext, builder: Builder, services: Services | None = None, certs: Certificates | None = None
+    ) -> Platform:
         """A Platform over a context made beforehand (the daemon's, whose builder records builds into it)."""
         platform = cls.__new__(cls)
-        platform._compose(ctx, builder, services)
+        platform._compose(ctx, builder, services, certs)
         return platform
 
-    def _compose(self, ctx: CoreContext, builder: Builder, services: Services | None) -> None:
+    def _compose(
+        self, ctx: CoreContext, builder: Builder, services: Services | None, certs: Certificates | None = None
+    ) -> None:
         self.ctx = ctx
         self.builder = builder
         self.rollouts = Rollouts(ctx)
@@ -99,6 +104,8 @@ class Platform:
         self.addons: Addons | None = (
             None if services is None or self.backups is None else Addons(ctx, services, self.set_config, self.backups)
         )
+        # ACME certificates: made by the daemon, which wires them to the proxy (None: the API says ACME is off).
+        self.certs = certs
         # What the API and the daemon read of the context, by name.
         self.settings, self.state, self.engine, self.ingress = ctx.settings, ctx.state, ctx.engine, ctx.ingress
         self.bus, self.logs, self.collector, self.jobs = ctx.bus, ctx.logs, ctx.collector, ctx.jobs

@@ -56,6 +56,9 @@ class Routing:
             await self.ctx.save(app)
             route = self.ctx.routes.get(name, Route(app=name))
             self.ctx.publish_route(name, replace(route, domains=tuple(app.domains)))
+        if added or removed:  # certificates (core_certs) follow the domains
+            self.ctx.bus.emit("domains.changed", name, f"domains of {name}: {', '.join(app.domains) or 'none'}",
+                              added=sorted(added), removed=sorted(removed))  # fmt: skip
         return app.domains
 
     async def https(self, name: str) -> dict[str, Any]:

@@ -31,6 +31,7 @@ from lbsolo.api.tokens import TokenStore
 from lbsolo.build import Builder
 from lbsolo.config import Settings, networks
 from lbsolo.core import Platform
+from lbsolo.core_certs import Certificates
 from lbsolo.core_context import CoreContext
 from lbsolo.dns import DNSServer, ForwardConfig, RateLimit, Zone
 from lbsolo.engine import free_subnet
@@ -191,14 +192,23 @@ class Daemon:
             else None
         )
         tls = None
+        install: Callable[[str, bytes, bytes], None] | None = None
         if s.proxy_https_port:
-            from lbsolo.proxy_tls import CertStore, LocalCA
+            from lbsolo.proxy_tls import CertStore, LocalCA, LocalCASource, PushedSource
 
             ca = await asyncio.to_thread(LocalCA(s.tls_dir, domain=s.domain).load_or_create)
             if problem := await asyncio.to_thread(ca.problem):
                 log.warning("%s", problem)
+            # ACME's certificates are pushed in (core_certs); user certificates keep priority in the store.
+            pushed = PushedSource()
+            store = CertStore(s.domain, ca, s.tls_dir / "certs", sources=[LocalCASource(ca, s.domain), pushed])
             # Mints the certificate of the domain and *.<domain> once, before any handshake.
-            tls = await asyncio.to_thread(CertStore(s.domain, ca, s.tls_dir / "certs").server_context)
+            tls = await asyncio.to_thread(store.server_context)
+
+            def install(domain: str, chain: bytes, key: bytes) -> None:
+                pushed.put(domain, chain, key)
+                store.refresh(domain)
+
         proxy = ProxyServer(
             host=s.proxy_host,
             port=s.proxy_port,
@@ -216,6 +226,7 @@ class Daemon:
             body_min_rate=s.proxy_body_min_rate,
             body_grace=s.proxy_body_grace,
             tunnel_idle_timeout=s.proxy_tunnel_idle_timeout,
+            acme_challenges=s.acme_on,
         )
         zone = Zone(domain=s.domain, ipv4=s.dns_ipv4, ipv6=s.dns_ipv6, strict=s.dns_strict, ttl=s.dns_ttl)
         forward = None
@@ -253,7 +264,10 @@ class Daemon:
             keep_builds=s.keep_builds,
             on_change=ctx.record_build,
         )
-        platform = Platform.over(ctx, builder, DockerServices(engine))
+        certs = Certificates(s, state, bus, proxy, install) if s.acme_on else None
+        if certs is not None:
+            bus.add_listener(certs.on_event)  # a domain added: its certificate is asked in the background
+        platform = Platform.over(ctx, builder, DockerServices(engine), certs)
         notifier = WebhookNotifier(state, bus, allow_private=s.webhook_allow_private)
         sampler = StatsSampler(engine, interval=s.stats_interval, requests=proxy.metrics)
         bus.add_listener(sampler.on_event)
@@ -304,6 +318,9 @@ class Daemon:
             if access is not None:
                 tasks.append(asyncio.create_task(_supervise("access-log", access.flush_forever), name="access-log"))
             tasks.append(asyncio.create_task(_supervise("stats", sampler.run), name="stats"))
+            if certs is not None:
+                await certs.load()  # certificates issued before: served from the first handshake
+                tasks.append(asyncio.create_task(_supervise("acme", certs.run_forever), name="acme"))
             if platform.backups is not None:
                 schedules = platform.backups.schedules.run_forever
                 tasks.append(asyncio.create_task(_supervise("backups", schedules), name="backups"))

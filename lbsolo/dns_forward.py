@@ -31,7 +31,7 @@ from pathlib import Path
 
 from dnslib import CLASS, EDNS0, OPCODE, QTYPE, RCODE, RR, DNSHeader, DNSQuestion, DNSRecord
 
-__all__ = ["ForwardConfig", "Forwarder", "parse_upstream", "system_upstreams"]
+__all__ = ["ForwardConfig", "Forwarder", "lookup_addresses", "parse_upstream", "system_upstreams"]
 
 log = logging.getLogger("lbsolo.dns")
 
@@ -288,6 +288,22 @@ class Forwarder:
         else:
             ttl = 0
         return _Entry(bytes(reply.pack()), now, now + max(ttl, 0))
+
+
+async def lookup_addresses(name: str, upstream: tuple[str, int], timeout: float = 3.0) -> set[str]:
+    """The A and AAAA addresses one resolver gives for `name` (CNAMEs it followed included); empty
+    when it has none. Raises OSError or TimeoutError when it does not answer (the ACME preflight)."""
+    qname = name.rstrip(".").lower() + "."
+    found: set[str] = set()
+    for qtype in (QTYPE.A, QTYPE.AAAA):
+        key = (qname, int(qtype), int(CLASS.IN))
+        qid = secrets.randbits(16)
+        wire = bytes(DNSRecord(DNSHeader(id=qid, rd=1), q=DNSQuestion(qname, qtype, CLASS.IN)).pack())
+        reply = await _udp_exchange(wire, upstream[0], upstream[1], timeout, qid, key)
+        if reply.header.tc:
+            reply = await _tcp_exchange(wire, upstream[0], upstream[1], timeout, qid, key)
+        found.update(str(rr.rdata) for rr in reply.rr if rr.rtype in (QTYPE.A, QTYPE.AAAA))
+    return found
 
 
 def _matches(reply: DNSRecord, qid: int, key: tuple[str, int, int]) -> bool:

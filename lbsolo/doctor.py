@@ -135,6 +135,7 @@ def judge(facts: Facts, settings: Settings) -> list[Finding]:
         out.append(Finding(Level.WARN, f"disk ({name})", detail, "lbsolo gc; docker system prune") if low
                    else Finding(Level.OK, f"disk ({name})", detail))  # fmt: skip
     out += _dns(facts, settings)
+    out += _acme(settings)
     return out
 
 
@@ -190,6 +191,28 @@ def _dns(facts: Facts, settings: Settings) -> list[Finding]:
     if public and not settings.public_ipv4 and not settings.public_ipv6:
         detail = "the proxy listens beyond loopback but LBSOLO_PUBLIC_IPV4 is unset: the DNS answers with 127.0.0.1"
         out.append(Finding(Level.WARN, "public address", detail, "set LBSOLO_PUBLIC_IPV4=<this server's address>"))
+    return out
+
+
+def _acme(settings: Settings) -> list[Finding]:
+    """Whether custom domains get certificates from an ACME CA, and what keeps them from it."""
+    public = settings.proxy_host in ("0.0.0.0", "::") or not _all_loopback(set(settings.dns_ipv4))
+    if not settings.acme_on:
+        detail = "off: LBSOLO_ACME_EMAIL is not set, so custom domains get no certificate from a CA"
+        fix = "set LBSOLO_ACME_EMAIL=you@example.com (and LBSOLO_PROXY_HTTPS_PORT=443), then restart lbsolo"
+        return [Finding(Level.WARN if public else Level.OK, "acme", detail, fix if public else "")]
+    out = []
+    where = settings.acme_directory_url
+    out.append(Finding(Level.OK, "acme", f"on: {where}, contact {settings.acme_email}"))
+    if not settings.proxy_https_port:
+        detail = "certificates are issued but not served: the proxy has no HTTPS listener"
+        out.append(Finding(Level.WARN, "acme", detail, "set LBSOLO_PROXY_HTTPS_PORT=443"))
+    if settings.acme_http_port != settings.proxy_port:
+        detail = (
+            f"the CA fetches HTTP-01 tokens on port {settings.acme_http_port}, the proxy listens on "
+            f"{settings.proxy_port}: forward one to the other"
+        )
+        out.append(Finding(Level.WARN, "acme", detail, "set LBSOLO_PROXY_PORT=80"))
     return out
 
 

@@ -80,6 +80,7 @@ class ProxyServer:
         body_grace: float = 10.0,
         tunnel_idle_timeout: float = 300.0,
         request_ids: Iterator[bytes] | None = None,
+        acme_challenges: bool = False,
     ) -> None:
         self.host = host
         self._port = port
@@ -113,6 +114,10 @@ class ProxyServer:
         # `next(...)`: the id of a request that came without one (given: the same ids every run, for tests).
         self.request_ids = request_ids if request_ids is not None else new_request_ids()
         self._stats: dict[str, AppStats] = {}
+        # ACME HTTP-01: /.well-known/acme-challenge/<token> on any routed host is answered from this
+        # table (token -> key authorization) and never reaches an app; the core puts tokens in
+        # (`put_challenge`). None while ACME is off: apps get that path as before.
+        self.challenges: dict[str, bytes] | None = {} if acme_challenges else None
         # HTTPS listener: `tls` is a server context, e.g. lbsolo.proxy_tls.CertStore(...).server_context().
         self._https_port = https_port
         self._tls = tls
@@ -136,6 +141,16 @@ class ProxyServer:
         """Replace the routing table (atomic swap; in-flight requests keep their target)."""
         self.table = table = RouteTable(self.table.domain, routes)
         self.pool.update(table.targets())
+
+    def put_challenge(self, token: str, key_authorization: str) -> None:
+        """Answer GET /.well-known/acme-challenge/`token` with `key_authorization` (ACME must be on)."""
+        if self.challenges is None:
+            raise RuntimeError("the proxy was started without ACME challenges")
+        self.challenges[token] = key_authorization.encode("ascii")
+
+    def drop_challenge(self, token: str) -> None:
+        if self.challenges is not None:
+            self.challenges.pop(token, None)
 
     def metrics(self) -> dict[str, dict[str, Any]]:
         """Per-app counters since start (JSON-able): requests by status class, bytes, latency histogram."""

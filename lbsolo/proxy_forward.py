@@ -27,7 +27,7 @@ from typing import Protocol
 
 from lbsolo.proxy_buffering import CANNOT_HOLD, CannotHold, HeldBodies
 from lbsolo.proxy_connect import Connector
-from lbsolo.proxy_http import _P_BUFFER, _https_redirect
+from lbsolo.proxy_http import _P_BUFFER, ACME_CHALLENGE_PREFIX, _acme_answer, _https_redirect
 from lbsolo.proxy_request import Request
 from lbsolo.proxy_routes import RouteTable, Target, normalize_host
 from lbsolo.proxy_targets import Connection, Slot, TargetPool
@@ -48,6 +48,8 @@ class Routing(Protocol):
     pool: TargetPool
     connector: Connector
     bodies: HeldBodies
+    # HTTP-01 tokens -> key authorizations while ACME is on (None: off, and apps get that path as before).
+    challenges: dict[str, bytes] | None
 
     @property
     def https_port(self) -> int | None: ...
@@ -124,6 +126,9 @@ class Forwarder:
             host = normalize_host(req.host) or "(none)"
             conn.send_error(req, 404, "not_found", f"no app is served at {host}")
             return
+        if edge.challenges is not None and req.url.startswith(ACME_CHALLENGE_PREFIX):
+            self._challenge(req)  # ACME off: one attribute read per request; on: a prefix check too
+            return
         if route.https_redirect and conn.proto == b"http" and (port := edge.https_port) is not None:
             # The app is HTTPS-only: answer 308 here; the app never sees plain HTTP. One flag read
             # per request otherwise.
@@ -169,6 +174,22 @@ class Forwarder:
                 conn.resume(_P_BUFFER)
             return
         self.forward(req)
+
+    def _challenge(self, req: Request) -> None:
+        """Answer an ACME HTTP-01 request from the token table; an unknown token gets 404. Never sent on."""
+        conn = self._conn
+        challenges = self._edge.challenges
+        assert challenges is not None
+        token = req.url[len(ACME_CHALLENGE_PREFIX) :].partition(b"?")[0].decode("latin-1")
+        answer = challenges.get(token) if req.method in (b"GET", b"HEAD") else None
+        if answer is None:
+            conn.send_error(req, 404, "not_found", "no such ACME challenge")
+            return
+        keep = conn.keep_alive(req)
+        conn.write(_acme_answer(answer, req.request_id, keep, req.http11, req.method == b"HEAD"))
+        req.status = 200
+        req.responded = True
+        conn.finish(req, close=not keep)
 
     def forward(self, req: Request, reroute: bool = False) -> None:
         """Send a routed request to one of its app's targets: a pooled connection, or a new one.

@@ -163,6 +163,26 @@ def _origin_form(target: bytes) -> tuple[bytes, bytes] | None:
     return authority, path
 
 
+# HTTP-01 challenges (ACME) are answered by the proxy itself, for any host it routes, never by an app.
+ACME_CHALLENGE_PREFIX = b"/.well-known/acme-challenge/"
+
+
+def _acme_answer(key_authorization: bytes, request_id: bytes, keep: bool, http11: bool, head_only: bool) -> bytes:
+    """A complete 200 response carrying an HTTP-01 key authorization (RFC 8555, section 8.3)."""
+    parts = [
+        b"HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\nContent-Length: %d\r\n"
+        b"Cache-Control: no-store\r\nX-Request-Id: %s\r\n" % (len(key_authorization), request_id)
+    ]
+    if not keep:
+        parts.append(b"Connection: close\r\n")
+    elif not http11:
+        parts.append(b"Connection: keep-alive\r\n")
+    parts.append(b"\r\n")
+    if not head_only:
+        parts.append(key_authorization)
+    return b"".join(parts)
+
+
 def _https_redirect(host: str, target: bytes, https_port: int, request_id: bytes, keep: bool, http11: bool) -> bytes:
     """A complete 308 response sending a plain-HTTP request to the same host and path over HTTPS.
 

@@ -9,7 +9,8 @@ certificates for custom domains are picked by SNI first.
 
 Where certificates come from is one seam, `CertificateSource`: `CertStore` asks its sources, in
 order, for a host it has no certificate for. `LocalCASource` (the local CA, for the lbsolo domain)
-is the one source today; an ACME client plugs in as another source, without changes here.
+is one source; `PushedSource` is another: certificates another part obtained (ACME, in the
+core) are pushed into it, and `CertStore.refresh` makes the next handshake use them.
 No I/O beyond the CA directory; of lbsolo, only the token bucket of `dns_ratelimit` is used.
 """
 
@@ -33,7 +34,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from lbsolo.dns_ratelimit import RateLimit, RateLimiter
 
-__all__ = ["CertStore", "CertificateSource", "LocalCA", "LocalCASource", "served_names"]
+__all__ = ["CertStore", "CertificateSource", "LocalCA", "LocalCASource", "PushedSource", "served_names"]
 
 _CA_DAYS = 3650
 _LEAF_DAYS = 397  # what browsers accept for a leaf certificate
@@ -327,6 +328,28 @@ class LocalCASource:
             self._pool.submit(lambda: None).result(timeout)
 
 
+class PushedSource:
+    """Certificates obtained elsewhere (an ACME CA, by the core), pushed in by host; answers from memory.
+
+    `put` and `drop` may be called from any thread; the handshake reads one dict entry.
+    """
+
+    def __init__(self) -> None:
+        self._pems: dict[str, tuple[bytes, bytes]] = {}
+
+    def put(self, host: str, chain_pem: bytes, key_pem: bytes) -> None:
+        self._pems[_norm(host)] = (chain_pem, key_pem)
+
+    def drop(self, host: str) -> None:
+        self._pems.pop(_norm(host), None)
+
+    def hosts(self) -> list[str]:
+        return sorted(self._pems)
+
+    def issue(self, host: str) -> tuple[bytes, bytes] | None:
+        return self._pems.get(host)
+
+
 def _context(cert_pem: bytes, key_pem: bytes, directory: Path) -> ssl.SSLContext:
     """A server context for one certificate (the ssl module loads chains from files only)."""
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
@@ -383,6 +406,11 @@ class CertStore:
         self._issued.pop(name, None)
         if name == self.domain:
             self._domain_ctx = None
+
+    def refresh(self, host: str) -> None:
+        """Forget what a source gave for `host` (not a user certificate, which keeps priority): the
+        next handshake asks the sources again and gets the new certificate."""
+        self._issued.pop(_norm(host), None)
 
     def _domain_context(self) -> ssl.SSLContext | None:
         """The certificate of the domain and `*.<domain>`, from the first source that has it."""

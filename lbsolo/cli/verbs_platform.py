@@ -1,4 +1,5 @@
-"""Verbs on the platform: tokens, webhooks, static routes, DNS set-up, the local CA, the version."""
+"""Verbs on the platform: tokens, webhooks, static routes, DNS set-up, the local CA, ACME certificates,
+the version."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import typer
 import typer.main
 
 from lbsolo import __version__
+from lbsolo.cli import client_certs as certs_api
 from lbsolo.cli.common import (
     Table,
     _client,
@@ -193,6 +195,73 @@ def tls_rotate_ca() -> None:
     console.print(f"new local CA: {ca.cert_path} (limited to {settings.domain}, localhost and loopback addresses)")
     console.print("Every machine that trusted the old CA must trust this one instead:", highlight=False)
     console.print(ca.trust_instructions(), highlight=False, markup=False)
+
+
+DomainArg = Annotated[str, typer.Argument(help="A custom domain of an app or static route.")]
+
+
+def _cert_lines(c: dict) -> list[str]:
+    return [
+        f"domain        {c['domain']}",
+        f"status        {c['status']}",
+        f"issuer        {c['issuer'] or '-'}",
+        f"expires       {_when(c['not_after'])}",
+        f"renews        {_when(c['renew_at'])}",
+        f"last attempt  {_when(c['last_attempt'])}",
+        f"last error    {c['last_error'] or '-'}",
+        f"next try      {_when(c['next_try']) if c['status'] != 'valid' else '-'}",
+        f"CA orders     {c['ca_attempts_last_hour']} in the last hour",
+    ]
+
+
+def _cert_result(c: dict) -> None:
+    console.print("\n".join(_cert_lines(c)), highlight=False)
+    if c["last_error"]:
+        text = f"no certificate for {c['domain']}: {c['last_error']} (retried by itself; see lbsolo certs)"
+        err.print(text, style="red", markup=False, highlight=False)
+        raise typer.Exit(1)
+
+
+@app.command("certs")
+@clean_errors
+def certs_list() -> None:
+    """List ACME certificates: domain, issuer, expiry, last attempt and last error (LBSOLO_ACME_EMAIL turns ACME on)."""
+    with _client() as c:
+        rows = certs_api.certs(c)
+    table = Table("domain", "status", "issuer", "expires", "last attempt", "last error")
+    for r in rows:
+        table.add_row(
+            r["domain"], r["status"], r["issuer"] or "-", _when(r["not_after"]), _when(r["last_attempt"]),
+            escape(r["last_error"] or "-"),
+        )  # fmt: skip
+    console.print(table if rows else "No certificates yet: a public custom domain (lbsolo domains:add) gets one")
+
+
+@app.command("certs:info")
+@clean_errors
+def certs_info(domain: DomainArg) -> None:
+    """One domain's ACME certificate: issuer, expiry, renewal, last attempt and error, orders this hour."""
+    with _client() as c:
+        out = certs_api.cert(c, domain)
+    console.print("\n".join(_cert_lines(out)), highlight=False)
+
+
+@app.command("certs:issue")
+@clean_errors
+def certs_issue(domain: DomainArg) -> None:
+    """Ask the CA for a certificate now: a preflight first (the name points here, this proxy answers), then an order."""
+    with _client() as c:
+        out = certs_api.issue(c, domain)
+    _cert_result(out)
+
+
+@app.command("certs:renew")
+@clean_errors
+def certs_renew(domain: DomainArg) -> None:
+    """Get a new certificate now, whatever the expiry of the one served (at most a few orders an hour)."""
+    with _client() as c:
+        out = certs_api.renew(c, domain)
+    _cert_result(out)
 
 
 @app.command()

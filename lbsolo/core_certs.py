@@ -1,0 +1,380 @@
+"""Certificates from an ACME CA for the domains lbsolo serves: issued, stored, renewed, served.
+
+`Certificates` holds the use cases (`certs`, `certs:info`, `certs:issue`, `certs:renew`) and the
+loop the daemon supervises: every public custom domain of an app or static route gets a
+certificate in the background (the domain is served over plain HTTP meanwhile; names under the
+lbsolo domain keep the local CA's), renewed when a third of its lifetime remains. The pure
+decisions (when, backoff, the hourly cap) are `lbsolo.acme_plan`'s; the CA is spoken to through
+`lbsolo.acme_client`, imported only when ACME is on, and run in a thread.
+
+Before an order, a preflight that costs the CA nothing: the name must resolve (through the
+resolver `LBSOLO_ACME_RESOLVER`) to this server's addresses, and a self-check token fetched from
+http://<name>:<acme_http_port>/.well-known/acme-challenge/ must come back from this proxy. A
+failed preflight is retried with the same backoff as a failed order, and sends no order.
+
+Stored under $LBSOLO_HOME/acme/ (0700): the account key, and per domain `<domain>.pem` (chain),
+`<domain>.key` and `<domain>.json` (the record), all 0600. A new certificate is pushed into the
+proxy's TLS store at once (`install`); a user-supplied certificate keeps priority there.
+
+What it must not do: import the proxy (HTTP-01 tokens go through the `ChallengeBoard` it is
+given), block the loop (files and the CA in threads), or send an order past the hourly cap.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import secrets
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+from lbsolo.acme_plan import CertRecord, Step, attempts_in_window, is_public_name, next_try, renew_at
+from lbsolo.config import Settings
+from lbsolo.dns_forward import lookup_addresses, parse_upstream
+from lbsolo.errors import Conflict, InvalidInput, LbsoloError, NotFound
+from lbsolo.events import EventBus
+from lbsolo.state import State
+
+if TYPE_CHECKING:
+    from lbsolo.acme_client import AcmeAccount, Issued
+
+__all__ = ["AcmeOff", "Certificates", "ChallengeBoard"]
+
+log = logging.getLogger("lbsolo.certs")
+
+_LOOP_MAX_SLEEP = 60.0  # the loop looks again at least this often (new domains, a changed clock)
+_PREFLIGHT_TIMEOUT = 5.0
+_ORDER_DEADLINE = 90.0
+
+
+class AcmeOff(LbsoloError):
+    status = 409
+    code = "acme_off"
+
+
+class ChallengeBoard(Protocol):
+    """Where HTTP-01 tokens are put for the proxy to answer (the `ProxyServer`)."""
+
+    def put_challenge(self, token: str, key_authorization: str) -> None: ...
+
+    def drop_challenge(self, token: str) -> None: ...
+
+
+Installer = Callable[[str, bytes, bytes], None]  # (domain, chain PEM, key PEM): serve it from now on
+
+
+def _write_private(path: Path, data: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".")
+    try:
+        os.fchmod(fd, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+class Certificates:
+    """ACME certificates for the served domains. `board`: the proxy's HTTP-01 table; `install`:
+    hands a new certificate to the TLS store (None without an HTTPS listener: stored only)."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        state: State,
+        bus: EventBus,
+        board: ChallengeBoard | None,
+        install: Installer | None = None,
+        *,
+        account: AcmeAccount | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.settings = settings
+        self.state = state
+        self.bus = bus
+        self.board = board
+        self.install = install
+        self.clock = clock
+        self.dir = settings.acme_dir
+        self._account = account
+        self._records: dict[str, CertRecord] = {}
+        self._running: dict[str, asyncio.Task[CertRecord]] = {}
+        self._wake = asyncio.Event()
+        self._loaded = False
+
+    # ---- whether it is on
+    @property
+    def enabled(self) -> bool:
+        return self.settings.acme_on and self.board is not None
+
+    def off_reason(self) -> str:
+        if not self.settings.acme_on:
+            return "ACME is off: set LBSOLO_ACME_EMAIL (a contact address for the CA) and restart lbsolo"
+        return "ACME is off: the proxy answers no HTTP-01 challenges in this daemon"
+
+    def _require(self) -> None:
+        if not self.enabled:
+            raise AcmeOff(self.off_reason())
+
+    def account(self) -> AcmeAccount:
+        if self._account is None:
+            from lbsolo.acme_client import AcmeAccount  # acme, josepy, requests: only when ACME is on
+
+            s = self.settings
+            self._account = AcmeAccount(s.acme_directory_url, s.acme_email, self.dir, ca_bundle=s.acme_ca_bundle)
+        return self._account
+
+    # ---- records on disk
+    def _paths(self, domain: str) -> tuple[Path, Path, Path]:
+        base = self.dir / "certs"
+        return base / f"{domain}.json", base / f"{domain}.pem", base / f"{domain}.key"
+
+    def _save(self, record: CertRecord, issued: Issued | None = None) -> None:
+        """Write the record (and a new certificate, its key first) 0600; runs in a thread."""
+        (self.dir / "certs").mkdir(mode=0o700, parents=True, exist_ok=True)
+        os.chmod(self.dir, 0o700)
+        meta, chain, key = self._paths(record.domain)
+        if issued is not None:
+            _write_private(key, issued.key_pem)
+            _write_private(chain, issued.chain_pem)
+        _write_private(meta, json.dumps(record.to_dict(), indent=1).encode())
+
+    def _read_all(self) -> list[tuple[CertRecord, bytes | None, bytes | None]]:
+        base = self.dir / "certs"
+        out = []
+        for meta in sorted(base.glob("*.json")) if base.is_dir() else []:
+            try:
+                record = CertRecord.from_dict(json.loads(meta.read_text()))
+            except (OSError, ValueError, TypeError) as e:
+                log.warning("ignoring %s: %s", meta, e)
+                continue
+            _, chain, key = self._paths(record.domain)
+            pems = (chain.read_bytes(), key.read_bytes()) if chain.exists() and key.exists() else (None, None)
+            out.append((record, *pems))
+        return out
+
+    async def load(self) -> int:
+        """Read the stored records and serve their certificates (the daemon's start); how many."""
+        served = 0
+        for record, chain, key in await asyncio.to_thread(self._read_all):
+            self._records[record.domain] = record
+            if chain and key and record.not_after > self.clock() and self.install is not None:
+                self.install(record.domain, chain, key)
+                served += 1
+        self._loaded = True
+        return served
+
+    # ---- which domains
+    async def served_domains(self) -> set[str]:
+        """Every custom domain (host part) of an app or a static route."""
+        apps = await asyncio.to_thread(self.state.list_apps)
+        routes = await asyncio.to_thread(self.state.list_routes)
+        entries = [d for a in apps for d in a.domains] + [d for r in routes for d in r.domains]
+        return {e.split("/", 1)[0].lower().rstrip(".") for e in entries}
+
+    async def wanted(self) -> set[str]:
+        """Domains that get a certificate without being asked: the public ones, and those that have one."""
+        served = await self.served_domains()
+        return {d for d in served if is_public_name(d)} | {d for d, r in self._records.items() if d in served}
+
+    # ---- use cases
+    def describe(self, record: CertRecord) -> dict[str, Any]:
+        now = self.clock()
+        running = record.domain in self._running
+        step = Step.ISSUING if running else Step.VALID if record.not_after > now else Step.WAITING
+        return {
+            **record.to_dict(),
+            "status": str(step),
+            "ca_attempts_last_hour": len(attempts_in_window(record.ca_attempts, now)),
+            "renew_at": renew_at(record.domain, record.not_before, record.not_after) if record.has_certificate else 0,
+            "next_try": max(now, next_try(record, now, self.settings.acme_attempts_per_hour)),
+        }
+
+    async def list(self) -> list[dict[str, Any]]:
+        wanted = await self.wanted() if self.enabled else set()
+        names = sorted(wanted | set(self._records))
+        return [self.describe(self._records.get(d) or CertRecord(d)) for d in names]
+
+    async def info(self, domain: str) -> dict[str, Any]:
+        domain = domain.lower().rstrip(".")
+        record = self._records.get(domain)
+        if record is None:
+            if domain not in await self.served_domains():
+                raise NotFound(f"no app or route serves {domain}")
+            record = CertRecord(domain)
+        return self.describe(record)
+
+    async def issue(self, domain: str, *, renew: bool = False) -> dict[str, Any]:
+        """Try now (preflight, then an order unless the hourly cap is reached) and wait for the result.
+
+        `renew`: a domain that has a valid certificate gets a new one (`certs:renew`)."""
+        self._require()
+        domain = domain.lower().rstrip(".")
+        if domain not in await self.served_domains():
+            raise NotFound(f"no app or route serves {domain}: add it first (lbsolo domains:add APP {domain})")
+        if not is_public_name(domain):
+            raise InvalidInput(f"{domain} is not a name a public CA issues for over HTTP-01 (wildcards need DNS-01)")
+        record = self._records.setdefault(domain, CertRecord(domain))
+        now = self.clock()
+        if record.not_after > now and not renew:
+            until = time.ctime(record.not_after)
+            raise Conflict(f"{domain} has a certificate until {until} (a new one: lbsolo certs:renew {domain})")
+        record.wanted_at = now
+        record.failures = 0  # asked by hand: no backoff; the hourly cap on orders still holds
+        result = await self._start(domain)
+        return self.describe(result)
+
+    async def renew(self, domain: str) -> dict[str, Any]:
+        return await self.issue(domain, renew=True)
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def on_event(self, event: Any) -> None:
+        """A bus listener: a domain added (or anything that changes routes) wakes the loop."""
+        if str(getattr(event, "kind", "")).startswith("domains."):
+            self._wake.set()
+
+    # ---- the loop
+    async def run_forever(self) -> None:
+        if not self._loaded:
+            await self.load()
+        while True:
+            self._wake.clear()
+            sleep = _LOOP_MAX_SLEEP
+            now = self.clock()
+            for domain in sorted(await self.wanted()):
+                record = self._records.get(domain) or CertRecord(domain)
+                due = next_try(record, now, self.settings.acme_attempts_per_hour)
+                if due <= now and domain not in self._running:
+                    self._records.setdefault(domain, record)
+                    asyncio.create_task(self._start(domain))  # noqa: RUF006  (kept in self._running)
+                else:
+                    sleep = min(sleep, max(1.0, due - now))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), sleep)
+
+    async def _start(self, domain: str) -> CertRecord:
+        """One try for `domain`, or the one running already."""
+        task = self._running.get(domain)
+        if task is None:
+            task = asyncio.create_task(self._attempt(domain), name=f"acme-{domain}")
+            self._running[domain] = task
+            task.add_done_callback(lambda _t: self._running.pop(domain, None))
+        return await asyncio.shield(task)
+
+    async def _attempt(self, domain: str) -> CertRecord:
+        record = self._records.setdefault(domain, CertRecord(domain))
+        now = self.clock()
+        record.last_attempt = now
+        record.ca_attempts = attempts_in_window(record.ca_attempts, now)
+        try:
+            await self.preflight(domain)
+            cap = self.settings.acme_attempts_per_hour
+            if cap > 0 and len(record.ca_attempts) >= cap:
+                raise LbsoloError(f"{cap} orders for {domain} in the last hour: the next waits for the hour to pass")
+            record.ca_attempts.append(now)
+            await asyncio.to_thread(self._save, record)
+            issued = await asyncio.to_thread(self._order, domain, asyncio.get_running_loop())
+        except LbsoloError as e:
+            record.failures += 1
+            record.last_error = e.message
+            await asyncio.to_thread(self._save, record)
+            log.warning("certificate for %s: %s", domain, e.message)
+            self.bus.emit("cert.failed", None, f"certificate for {domain}: {e.message}", domain=domain)
+            return record
+        record.issuer, record.not_before, record.not_after = issued.issuer, issued.not_before, issued.not_after
+        record.last_success, record.failures, record.last_error = self.clock(), 0, ""
+        await asyncio.to_thread(self._save, record, issued)
+        if self.install is not None:
+            self.install(domain, issued.chain_pem, issued.key_pem)
+        self.bus.emit("cert.issued", None, f"certificate for {domain} from {issued.issuer}", domain=domain)
+        return record
+
+    def _order(self, domain: str, loop: asyncio.AbstractEventLoop) -> Issued:
+        """The order, in a worker thread; challenge tokens are put on the board from the loop."""
+        board = self.board
+        assert board is not None
+
+        def publish(token: str, key_authorization: str) -> None:
+            # The CA may fetch the token as soon as it is told: wait until the loop has put it there
+            # (callbacks run in order, so the no-op's end comes after the put).
+            loop.call_soon_threadsafe(board.put_challenge, token, key_authorization)
+            asyncio.run_coroutine_threadsafe(_noop(), loop).result(10)
+
+        def withdraw(token: str) -> None:
+            loop.call_soon_threadsafe(board.drop_challenge, token)
+
+        return self.account().order(domain, publish, withdraw, deadline=_ORDER_DEADLINE)
+
+    # ---- preflight
+    def _this_server(self) -> set[str]:
+        return set(self.settings.dns_ipv4) | set(self.settings.dns_ipv6)
+
+    async def _resolve(self, domain: str) -> set[str]:
+        resolver = self.settings.acme_resolver.strip()
+        try:
+            if resolver:
+                return await lookup_addresses(domain, parse_upstream(resolver), _PREFLIGHT_TIMEOUT)
+            infos = await asyncio.get_running_loop().getaddrinfo(domain, None)
+            return {str(i[4][0]) for i in infos}
+        except (OSError, TimeoutError, ValueError) as e:
+            raise LbsoloError(f"{domain} could not be resolved ({e or type(e).__name__})") from e
+
+    async def preflight(self, domain: str) -> None:
+        """Raise (an LbsoloError saying why) unless `domain` points here and reaches this proxy."""
+        addresses = await self._resolve(domain)
+        here = self._this_server()
+        if not addresses:
+            here_text = ", ".join(sorted(here))
+            raise LbsoloError(f"{domain} does not resolve: point its A/AAAA record at this server ({here_text})")
+        ours = sorted(addresses & here)
+        if not ours:
+            raise LbsoloError(
+                f"{domain} resolves to {', '.join(sorted(addresses))}, not to this server ({', '.join(sorted(here))})"
+            )
+        await self._self_check(domain, ours[0])
+
+    async def _self_check(self, domain: str, address: str) -> None:
+        board = self.board
+        assert board is not None
+        token = secrets.token_urlsafe(24)
+        value = f"{token}.lbsolo-self-check"
+        port = self.settings.acme_http_port
+        board.put_challenge(token, value)
+        where = f"http://{domain}:{port}/.well-known/acme-challenge/"
+        try:
+            async with asyncio.timeout(_PREFLIGHT_TIMEOUT):
+                reader, writer = await asyncio.open_connection(address, port)
+                try:
+                    writer.write(
+                        f"GET /.well-known/acme-challenge/{token} HTTP/1.1\r\nHost: {domain}\r\n"
+                        "Connection: close\r\nUser-Agent: lbsolo-preflight\r\n\r\n".encode()
+                    )
+                    answer = await reader.read(64 * 1024)
+                    while len(answer) < 64 * 1024 and (more := await reader.read(64 * 1024)):
+                        answer += more
+                finally:
+                    writer.close()
+                    with contextlib.suppress(Exception):
+                        await writer.wait_closed()
+        except (OSError, TimeoutError) as e:
+            raise LbsoloError(f"the self-check through {where} failed: {e or type(e).__name__}") from e
+        finally:
+            board.drop_challenge(token)
+        head, _, body = answer.partition(b"\r\n\r\n")
+        status = head.split(b" ", 2)[1:2]
+        if status != [b"200"] or body.strip() != value.encode():
+            line = head.split(b"\r\n", 1)[0].decode("latin-1", "replace") or "no answer"
+            raise LbsoloError(f"the self-check through {where} did not reach this proxy ({line})")
+
+
+async def _noop() -> None:
+    return None
