@@ -1,5 +1,7 @@
 """The web UI's add-on routes: the Add-ons page, Add database on an app page, Destroy, and each
-add-on's backups (Backup now, Restore, Download, the schedule).
+add-on's backups (Backup now, Restore, Download, the schedule, the bucket they also go to). The
+other verbs (attach, detach, promote, expose, rotate, upgrade) are lbsolo.api.web_addon_actions',
+included from here.
 
 Included by lbsolo.api.web, whose sessions, CSRF checks, rendering and flash messages it uses
 through `Pages`. A backup or a restore runs in the background (core's job); the form goes back
@@ -13,7 +15,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote
 
@@ -21,6 +23,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, Response
 
 from lbsolo.api import web_views as views
+from lbsolo.api.web_addon_actions import create_web_addon_actions_router
 from lbsolo.api.web_session import Session, local_time
 from lbsolo.core import DeployJob, Platform
 from lbsolo.core_addon_backups import AddonBackups
@@ -45,20 +48,21 @@ class Pages:
 
 @dataclass
 class UiJob:
-    what: str  # "backup" or "restore"
+    what: str  # "backup", "restore", or a verb making app releases: "attach", "rotate", "upgrade", …
     job: DeployJob
     started: float
+    detail: dict[str, str] = field(default_factory=dict)  # the app, var or version it is about
 
     @property
     def running(self) -> bool:
         return self.job.task is not None and not self.job.task.done()
 
     def view(self) -> dict[str, Any]:
-        return views.job_view(self.what, None if self.running else self.job.result, self.started)
+        return views.job_view(self.what, None if self.running else self.job.result, self.started, self.detail)
 
 
 class UiJobs:
-    """The latest backup or restore the UI started per add-on (kept after it ends, to show its outcome)."""
+    """The latest job of one sort the UI started per add-on (kept after it ends, to show its outcome)."""
 
     def __init__(self) -> None:
         self._by_addon: dict[str, UiJob] = {}
@@ -67,8 +71,8 @@ class UiJobs:
         job = self._by_addon.get(name)
         return job if job is not None and job.running else None
 
-    def start(self, name: str, what: str, job: DeployJob) -> None:
-        self._by_addon[name] = UiJob(what, job, time.time())
+    def start(self, name: str, what: str, job: DeployJob, **detail: str) -> None:
+        self._by_addon[name] = UiJob(what, job, time.time(), detail)
 
     def views(self) -> dict[str, dict[str, Any]]:
         return {name: job.view() for name, job in self._by_addon.items()}
@@ -79,7 +83,8 @@ class UiJobs:
 
 def create_web_addons_router(platform: Platform, pages: Pages) -> APIRouter:
     router = APIRouter(include_in_schema=False)
-    jobs = UiJobs()
+    jobs = UiJobs()  # backups and restores, shown in each add-on's backups section
+    actions = UiJobs()  # the verbs making app releases, shown in each add-on's own section
 
     def backups_of(name: str) -> AddonBackups:
         validate_app_name(name, "add-on name")
@@ -104,6 +109,7 @@ def create_web_addons_router(platform: Platform, pages: Pages) -> APIRouter:
             return pages.to_login(request)
         shown = await views.addons(platform)
         backups = await views.addon_backups(platform, [a["name"] for a in shown], time.time())
+        apps = [a["name"] for a in await platform.list_apps()] if shown else []
         return pages.page(
             request,
             "addons.html",
@@ -113,6 +119,8 @@ def create_web_addons_router(platform: Platform, pages: Pages) -> APIRouter:
             backups_on=getattr(platform, "backups", None) is not None,
             backups=backups,
             jobs=jobs.views(),
+            actions=views.addon_actions(shown, sorted(apps, key=views.natural_key)),
+            action_jobs=actions.views(),
         )
 
     @router.post("/ui/apps/{name}/addons")
@@ -154,6 +162,7 @@ def create_web_addons_router(platform: Platform, pages: Pages) -> APIRouter:
         except LbsoloError as e:
             return pages.back_to(session, ADDONS, "error", e.message)
         jobs.forget(name)
+        actions.forget(name)
         detached = f" (detached from {', '.join(done['detached'])})" if done["detached"] else ""
         return pages.back_to(session, ADDONS, "ok", f"destroyed {name}{detached}")
 
@@ -215,6 +224,39 @@ def create_web_addons_router(platform: Platform, pages: Pages) -> APIRouter:
 
         return await back_with(session, name, change)
 
+    @router.post("/ui/addons/{name}/backups/target")
+    async def backup_target(request: Request, name: str) -> Response:
+        """The bucket the backups also go to (checked at once: a small object written and deleted),
+        or back to local only. A key generated by Encrypt is in this answer's flash, and never again."""
+        checked = await pages.checked_post(request)
+        if isinstance(checked, Response):
+            return checked
+        session, form = checked
+
+        async def change() -> tuple[str, str]:
+            backups = backups_of(name)
+            if form.get("local"):
+                await backups.remote.set_target(name, None)
+                return "ok", f"backups of {name} are kept here only"
+            url = form.get("url", "").strip()
+            if not url:
+                raise InvalidInput("the bucket's s3://BUCKET/PREFIX is needed (or press Local only)")
+            field_of = {k: form.get(k, "").strip() or None for k in ("endpoint", "region", "access_key_id")}
+            secret = form.get("secret_access_key", "").strip() or None
+            done = await backups.remote.set_target(
+                name, url, **field_of, secret_access_key=secret, encrypt=form.get("encrypt") == "on"
+            )
+            where = f"backups of {name} go to {done['target']['url']} too"
+            if done.get("key"):
+                return "key", (
+                    f"{where}, encrypted. KEEP THIS KEY, it is shown only this once: {done['key']} "
+                    f"(key id {done.get('key_id')}). Without it the uploaded backups cannot be read anywhere else; "
+                    f"this server keeps its copy in {done.get('key_file')}."
+                )
+            return "ok", where + (" (encrypted)" if done.get("encrypt") else "")
+
+        return await back_with(session, name, change)
+
     @router.get("/ui/addons/{name}/backups/{backup_id}/download")
     async def backup_download(request: Request, name: str, backup_id: str) -> Response:
         """The backup's dump file, as an attachment."""
@@ -227,4 +269,5 @@ def create_web_addons_router(platform: Platform, pages: Pages) -> APIRouter:
             return pages.page(request, "error.html", session, e.status, title="Not available", message=e.message)
         return FileResponse(path, media_type="application/octet-stream", filename=filename, headers=DOWNLOAD_HEADERS)
 
+    router.include_router(create_web_addon_actions_router(platform, pages, actions))
     return router

@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
 from lbsolo.addon_dumps import schedule_interval
+from lbsolo.addon_kinds import kind_of
 from lbsolo.api.web_session import sparkline, sse_event
 from lbsolo.core import Platform
 from lbsolo.errors import LbsoloError
@@ -214,14 +215,88 @@ async def log_events(platform: Platform, name: str, since: float | None) -> Asyn
             await follower
 
 
-def job_view(what: str, result: dict[str, Any] | None, started: float) -> dict[str, Any]:
-    """A backup or restore the UI started, as its add-on's section shows it: running, or what came of it."""
+JOB_RUNNING = {
+    "backup": "backing up",
+    "restore": "restoring",
+    "attach": "attaching to {app}",
+    "detach": "detaching from {app}",
+    "promote": "making it {app}'s primary URL",
+    "rotate": "rotating its credentials",
+    "upgrade": "upgrading to {version}",
+}
+
+
+def job_view(
+    what: str, result: dict[str, Any] | None, started: float, detail: dict[str, str] | None = None
+) -> dict[str, Any]:
+    """A job the UI started for an add-on (a backup, a restore, or one of the verbs making app
+    releases), as the page shows it: running, or what came of it. `detail` names its app or version."""
+    detail = detail or {}
     if not result:
-        verb = {"backup": "backing up", "restore": "restoring"}.get(what, what)
-        return {"what": what, "running": True, "ok": None, "started": started, "text": f"{verb}…"}
+        text = JOB_RUNNING.get(what, what).format_map({"app": "the app", "version": "?", **detail})
+        return {"what": what, "running": True, "ok": None, "started": started, "text": f"{text}…"}
     if not result.get("ok"):
         message = (result.get("error") or {}).get("message", "unknown error")
         return {"what": what, "running": False, "ok": False, "started": started, "text": f"{what} failed: {message}"}
-    backup = (result.get("backup") or {}).get("id", "?")
-    text = f"backup {backup} made and verified" if what == "backup" else f"restored from {backup}"
-    return {"what": what, "running": False, "ok": True, "started": started, "text": text}
+    return {"what": what, "running": False, "ok": True, "started": started, "text": job_done_text(what, result, detail)}
+
+
+def job_done_text(what: str, result: dict[str, Any], detail: dict[str, str]) -> str:
+    """What a job that went well did, in one line."""
+    release = f": {result['release']} is live" if result.get("release") else ""
+    if what == "backup":
+        return f"backup {(result.get('backup') or {}).get('id', '?')} made and verified"
+    if what == "restore":
+        return f"restored from {(result.get('backup') or {}).get('id', '?')}"
+    if what == "attach":
+        var = f" as {detail['var']}" if detail.get("var") else ""
+        return f"attached to {detail.get('app')}{var}{release}"
+    if what == "detach":
+        return f"detached from {detail.get('app')}{release}"
+    if what == "promote":
+        return f"now {detail.get('app')}'s primary URL{release}"
+    if what == "rotate":
+        moved = result.get("apps") or []
+        return "credentials rotated" + (f" ({', '.join(moved)} moved onto them)" if moved else "")
+    if what == "upgrade" and result.get("new"):
+        moved = result.get("moved") or []
+        apps = f", {', '.join(moved)} moved to it" if moved else ""
+        return f"upgraded to {result.get('version')} through a dump into {result['new']}{apps}; this one is retired"
+    if what == "upgrade":
+        return f"upgraded to {result.get('version')} in place"
+    return f"{what} done"
+
+
+def addon_actions(shown: list[dict[str, Any]], apps: list[str]) -> dict[str, dict[str, Any]]:
+    """Per add-on, what its forms offer: the apps it could be attached to, its kind's primary var
+    (Promote is offered where an app holds it under another), and whether it is retired or in an
+    upgrade (a retired one offers Destroy only)."""
+    out: dict[str, dict[str, Any]] = {}
+    for a in shown:
+        upgrade = a.get("upgrade") or {}
+        retired = a.get("status") == "retired"
+        if upgrade.get("step"):
+            busy = f"being upgraded to {upgrade.get('to')} ({upgrade.get('step')}): other changes wait until it ends"
+        elif upgrade.get("from"):
+            busy = f"being made by {upgrade['from']}'s upgrade: other changes wait until it ends"
+        else:
+            busy = None
+        out[a["name"]] = {
+            "attachable": [app for app in apps if app not in (a.get("attachments") or {})],
+            "primary": kind_of(a["kind"]).url_var if a.get("kind") in ADDON_KINDS else None,
+            "retired": retired,
+            "successor": upgrade.get("to") if retired else None,
+            "busy": busy,
+            "target": target_view(a.get("backup_target") or {}),
+        }
+    return out
+
+
+def target_view(target: dict[str, Any]) -> dict[str, Any] | None:
+    """The bucket an add-on's backups also go to, from its record as the API shows it (credentials
+    masked there already); None: local only."""
+    if not target.get("bucket"):
+        return None
+    url = f"s3://{target['bucket']}/{target.get('prefix') or ''}".rstrip("/")
+    keep = ("endpoint", "region", "access_key_id", "secret_access_key", "encrypt", "key_id")
+    return {"url": url, **{k: target.get(k) for k in keep}}
