@@ -15,6 +15,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -49,7 +50,8 @@ def this_command() -> list[str]:
     if getattr(sys, "frozen", False):
         return [sys.executable]
     argv0 = Path(sys.argv[0]) if sys.argv and sys.argv[0] else None
-    if argv0 is not None and argv0.suffix == ".pyz" and argv0.is_file():
+    # A zipapp (scripts/build-binary's dist/lbsolo, shiv): argv[0] is the archive, whatever its name.
+    if argv0 is not None and argv0.is_file() and (argv0.suffix == ".pyz" or zipfile.is_zipfile(argv0)):
         return [str(argv0.resolve())]
     return [sys.executable, "-m", "lbsolo"]
 
