@@ -131,6 +131,8 @@ class Settings:
     stop_timeout: int = 10
     drain_timeout: float = 30.0
     shutdown_timeout: float = 10.0
+    # `lbsolo restart`: how long the new daemon may take to serve before the old one gives up on it.
+    handover_timeout: float = 60.0
     keep_releases: int = 5
     # Builds kept per app (their records and stored logs); older ones are forgotten as new ones start.
     keep_builds: int = 20

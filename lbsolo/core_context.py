@@ -89,6 +89,8 @@ class CoreContext:
         self.static: dict[str, Route] = {}  # ... and static routes, by name (never an app's name)
         self.wake_event = asyncio.Event()  # set: the reconcile loop runs a pass now
         self.jobs: set[asyncio.Task[Any]] = set()  # background use cases (deploys, saves)
+        # Set while the daemon hands over to its successor: the API refuses changes, saying this.
+        self.pause_note: str | None = None
         self._build_saved: asyncio.Task[None] | None = None  # the last build record write
 
     # ---- locks: every change of an app holds its lock

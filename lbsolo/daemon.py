@@ -33,6 +33,7 @@ from lbsolo.config import Settings, networks
 from lbsolo.core import Platform
 from lbsolo.core_certs import Certificates
 from lbsolo.core_context import CoreContext
+from lbsolo.daemon_handover import Listeners, bind_dns, bind_tcp, inherited, signal_ready, start_successor
 from lbsolo.dns import DNSServer, ForwardConfig, RateLimit, Zone
 from lbsolo.engine import free_subnet
 from lbsolo.engine_docker import DockerBackend
@@ -113,20 +114,41 @@ def _fresh_dir(path: Path) -> Path:
     return path
 
 
+def _spool_dir(tmp: Path) -> Path:
+    """This process's own spool directory under `tmp`; those of processes no longer alive are
+    removed (a daemon handing over still spools into its own while it finishes)."""
+    tmp.mkdir(mode=0o700, parents=True, exist_ok=True)
+    for old in tmp.iterdir():
+        alive = old.name.isdigit() and Path(f"/proc/{old.name}").exists() and int(old.name) != os.getpid()
+        if not alive:
+            shutil.rmtree(old, ignore_errors=True) if old.is_dir() else old.unlink(missing_ok=True)
+    return _fresh_dir(tmp / str(os.getpid()))
+
+
 class _APIServer(uvicorn.Server):
     def capture_signals(self) -> contextlib.AbstractContextManager[None]:
         # The daemon owns SIGINT/SIGTERM and shuts every part down in order.
         return contextlib.nullcontext()
 
 
-def _bind(host: str, port: int) -> socket.socket:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host, port))
-    sock.listen(1024)
-    sock.setblocking(False)
-    return sock
+def _listeners(s: Settings, https: bool) -> Listeners:
+    """The listening sockets: inherited from the daemon this one takes over from, or bound now."""
+    given = inherited()
+    if given:
+        return Listeners(
+            proxy=given["proxy"],
+            dns_udp=given["dns_udp"],
+            dns_tcp=given["dns_tcp"],
+            api=given["api"],
+            proxy_tls=given.get("proxy_tls"),
+            api_unix=given.get("api_unix"),
+            inherited=True,
+        )
+    proxy = bind_tcp(s.proxy_host, s.proxy_port)
+    proxy_tls = bind_tcp(s.proxy_host, s.proxy_https_port) if https and s.proxy_https_port else None
+    dns_udp, dns_tcp = bind_dns(s.dns_host, s.dns_port)
+    api = bind_tcp(s.api_host, s.api_port, backlog=1024)
+    return Listeners(proxy, dns_udp, dns_tcp, api, proxy_tls, _bind_unix(s.socket_path))
 
 
 def _is_loopback(host: str) -> bool:
@@ -153,6 +175,10 @@ def _bind_unix(path: Path) -> socket.socket | None:
     return sock
 
 
+def _start(background: dict[str, Callable[[], Awaitable[None]]]) -> list[asyncio.Task[None]]:
+    return [asyncio.create_task(_supervise(name, f), name=name) for name, f in background.items()]
+
+
 async def _supervise(name: str, factory: Callable[[], Awaitable[None]]) -> None:
     """Run a long-lived task; log and restart it if it dies, with a short pause."""
     while True:
@@ -170,9 +196,15 @@ class Daemon:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self._stop = asyncio.Event()
+        self._handover = asyncio.Event()
+        self._handed_over = False
 
     def request_stop(self) -> None:
         self._stop.set()
+
+    def request_handover(self) -> None:
+        """SIGUSR2 (lbsolo restart, systemctl reload): start the next daemon on our sockets."""
+        self._handover.set()
 
     async def run(self, on_ready: Callable[[dict[str, Any]], None] | None = None) -> None:
         s = self.settings
@@ -222,7 +254,7 @@ class Daemon:
             buffer_memory=s.proxy_buffer_memory,
             buffer_max=s.proxy_buffer_max,
             buffer_disk=s.proxy_buffer_disk,
-            spool_dir=await asyncio.to_thread(_fresh_dir, s.tmp_dir),
+            spool_dir=await asyncio.to_thread(_spool_dir, s.tmp_dir),
             body_min_rate=s.proxy_body_min_rate,
             body_grace=s.proxy_body_grace,
             tunnel_idle_timeout=s.proxy_tunnel_idle_timeout,
@@ -245,7 +277,11 @@ class Daemon:
             tcp_max_lifetime=s.dns_tcp_max_lifetime,
         )
 
-        api_sock = _bind(s.api_host, s.api_port)
+        listeners = await asyncio.to_thread(_listeners, s, tls is not None)
+        if listeners.inherited and os.environ.get("LBSOLO_FAIL_TAKEOVER"):
+            # Fault injection for tests: a successor that dies before it serves (the old one goes on).
+            raise SystemExit("LBSOLO_FAIL_TAKEOVER: this successor gives up before it serves")
+        api_sock = listeners.api
         api_url = f"http://{s.api_host}:{api_sock.getsockname()[1]}"
         loopback = "127.0.0.1" if s.api_host in ("0.0.0.0", "", "127.0.0.1") else s.api_host
         ingress = ProxyIngress(proxy, dns, own=own_route(s, Target(loopback, api_sock.getsockname()[1])))
@@ -273,7 +309,7 @@ class Daemon:
         bus.add_listener(sampler.on_event)
         tokens = await asyncio.to_thread(TokenStore, state)
         ingress.publish({})
-        unix_sock = _bind_unix(s.socket_path)
+        unix_sock = listeners.api_unix
         if not _is_loopback(s.api_host):
             log.warning(
                 "THE API LISTENS ON %s WITHOUT TLS: the token crosses the network in clear text. "
@@ -293,9 +329,11 @@ class Daemon:
         for sig in (signal.SIGINT, signal.SIGTERM):
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.add_signal_handler(sig, self.request_stop)
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(signal.SIGUSR2, self.request_handover)
         try:
-            await proxy.start()
-            await dns.start()
+            await proxy.start(listeners.proxy, listeners.proxy_tls)
+            await dns.start(udp_sock=listeners.dns_udp, tcp_sock=listeners.dns_tcp)
             await notifier.start()
             await platform.recover()
             if platform.backups is not None:
@@ -311,19 +349,23 @@ class Daemon:
                 if tasks[0].done():
                     await tasks[0]
                 await asyncio.sleep(0.01)
-            tasks.append(asyncio.create_task(_supervise("builder", builder.run), name="builder"))
-            tasks.append(asyncio.create_task(_supervise("reconcile", platform.reconcile_forever), name="reconcile"))
-            tasks.append(asyncio.create_task(_supervise("events", platform.watch_events), name="events"))
-            tasks.append(asyncio.create_task(_supervise("logs", platform.logs.flush_forever), name="logs"))
-            if access is not None:
-                tasks.append(asyncio.create_task(_supervise("access-log", access.flush_forever), name="access-log"))
-            tasks.append(asyncio.create_task(_supervise("stats", sampler.run), name="stats"))
             if certs is not None:
                 await certs.load()  # certificates issued before: served from the first handshake
-                tasks.append(asyncio.create_task(_supervise("acme", certs.run_forever), name="acme"))
+            # The tasks that change the state (and what feeds them): stopped while handing over.
+            background: dict[str, Callable[[], Awaitable[None]]] = {
+                "builder": builder.run,
+                "reconcile": platform.reconcile_forever,
+                "events": platform.watch_events,
+                "logs": platform.logs.flush_forever,
+                "stats": sampler.run,
+            }
+            if access is not None:
+                background["access-log"] = access.flush_forever
+            if certs is not None:
+                background["acme"] = certs.run_forever
             if platform.backups is not None:
-                schedules = platform.backups.schedules.run_forever
-                tasks.append(asyncio.create_task(_supervise("backups", schedules), name="backups"))
+                background["backups"] = platform.backups.schedules.run_forever
+            tasks.extend(_start(background))
             api_port = api_sock.getsockname()[1]
             info = {
                 "api": f"http://{s.api_host}:{api_port}",
@@ -352,7 +394,16 @@ class Daemon:
             gc.freeze()
             if on_ready:
                 on_ready(info)
-            await self._stop.wait()
+            signal_ready()  # to the daemon handing over to us, if any, and to systemd
+            while not self._stop.is_set():
+                handover = asyncio.create_task(self._handover.wait())
+                stop = asyncio.create_task(self._stop.wait())
+                await asyncio.wait([handover, stop], return_when=asyncio.FIRST_COMPLETED)
+                handover.cancel()
+                stop.cancel()
+                if self._handover.is_set() and not self._stop.is_set():
+                    self._handover.clear()
+                    tasks[1:] = await self._hand_over(platform, listeners, tasks[1:], background)
         finally:
             await self._shutdown(server, proxy, dns, platform, tasks)
             with contextlib.suppress(Exception):
@@ -360,12 +411,49 @@ class Daemon:
             api_sock.close()
             if unix_sock is not None:
                 unix_sock.close()
-                with contextlib.suppress(OSError):
-                    s.socket_path.unlink()
+                if not self._handed_over:  # the next daemon serves on it now
+                    with contextlib.suppress(OSError):
+                        s.socket_path.unlink()
             await asyncio.to_thread(state.close)
             engine.close()
-            with contextlib.suppress(OSError):
-                s.runtime_path.unlink()
+            if not self._handed_over:
+                with contextlib.suppress(OSError):
+                    s.runtime_path.unlink()
+
+    async def _hand_over(
+        self,
+        platform: Platform,
+        listeners: Listeners,
+        tasks: list[asyncio.Task[None]],
+        background: dict[str, Callable[[], Awaitable[None]]],
+    ) -> list[asyncio.Task[None]]:
+        """Stop writing the state, start the next daemon on our sockets, and stop once it serves.
+        If it does not come up, take the tasks up again and go on: nothing was closed."""
+        s = self.settings
+        platform.ctx.pause_note = "lbsolo is restarting: try again in a few seconds"
+        deadline = asyncio.get_running_loop().time() + s.shutdown_timeout
+        while platform.jobs and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.05)  # a deploy, backup or upgrade under way ends first
+        if platform.jobs:
+            log.warning("not handing over: %d jobs still running after %.0fs", len(platform.jobs), s.shutdown_timeout)
+            platform.ctx.pause_note = None
+            return tasks
+        for t in tasks:
+            t.cancel()
+        await asyncio.wait(tasks, timeout=5)
+        with contextlib.suppress(Exception):
+            await platform.logs.flush()
+        successor = await asyncio.to_thread(start_successor, listeners, s.home)
+        pid = await asyncio.to_thread(successor.wait_ready, s.handover_timeout)
+        if pid is None:
+            await asyncio.to_thread(successor.stop)
+            log.error("the new daemon did not become ready in %.0fs: this one goes on", s.handover_timeout)
+            platform.ctx.pause_note = None
+            return _start(background)
+        log.info("the new daemon (pid %d) serves: this one finishes its requests and exits", pid)
+        self._handed_over = True
+        self._stop.set()
+        return []
 
     async def _shutdown(
         self,
@@ -378,8 +466,9 @@ class Daemon:
         timeout = self.settings.shutdown_timeout
         log.info("shutting down (at most %.0fs)", timeout)
         server.should_exit = True
+        grace = 1.0 if self._handed_over else 0.0
         with contextlib.suppress(Exception):
-            await asyncio.wait_for(proxy.stop(timeout=timeout / 2), timeout / 2 + 1)
+            await asyncio.wait_for(proxy.stop(timeout=timeout / 2, handing_over=grace), timeout / 2 + 1)
         with contextlib.suppress(Exception):
             await asyncio.wait_for(dns.stop(), 2)
         pending = [t for t in (*tasks, *platform.jobs) if not t.done()]

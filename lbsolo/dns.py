@@ -22,6 +22,7 @@ import asyncio
 import contextlib
 import logging
 import math
+import socket
 import struct
 from collections.abc import Coroutine
 from typing import Any
@@ -139,11 +140,22 @@ class DNSServer:
         """The bound port once started (the requested one before)."""
         return self._port
 
-    async def start(self, attempts: int = 5) -> None:
-        """Bind UDP, then TCP on the same port.  With port 0, retry if TCP's bind fails."""
+    async def start(
+        self, attempts: int = 5, *, udp_sock: socket.socket | None = None, tcp_sock: socket.socket | None = None
+    ) -> None:
+        """Bind UDP, then TCP on the same port.  With port 0, retry if TCP's bind fails.
+        Or serve on sockets bound beforehand (a daemon taking over passes the ones it inherited)."""
         if self._udp is not None:
             raise RuntimeError("DNS server already started")
         loop = asyncio.get_running_loop()
+        if udp_sock is not None and tcp_sock is not None:
+            _, protocol = await loop.create_datagram_endpoint(lambda: _UDPProtocol(self), sock=udp_sock)
+            self._tcp = await asyncio.start_server(self._serve_tcp, sock=tcp_sock)
+            self._udp = protocol
+            self._port = int(udp_sock.getsockname()[1])
+            if self.forwarder is not None:
+                self.forwarder.ignore(self.host, self._port)
+            return
         for attempt in range(attempts):
             transport, protocol = await loop.create_datagram_endpoint(
                 lambda: _UDPProtocol(self), local_addr=(self.host, self._requested_port)

@@ -27,6 +27,7 @@ import asyncio
 import ipaddress
 import logging
 import os
+import socket
 import ssl
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -220,24 +221,26 @@ class ProxyServer:
             return False
         return any(address in network for network in self.trusted_proxies)
 
-    async def start(self) -> None:
+    async def start(self, sock: socket.socket | None = None, tls_sock: socket.socket | None = None) -> None:
+        """Listen on host:port (and the HTTPS port), or on listening sockets made beforehand (a
+        daemon taking over from another passes it the sockets it inherited)."""
         if self._server is not None:
             raise RuntimeError("proxy already started")
         self.loop = loop = asyncio.get_running_loop()
         self.stopping = False
         self.pool.start(loop)
         # A deep accept queue: a burst of new connections must not overflow it (SYN retries cost seconds).
-        self._server = await loop.create_server(
-            lambda: Downstream(self), self.host, self._port, reuse_address=True, backlog=4096
-        )
+        here = {"host": self.host, "port": self._port, "reuse_address": True}
+        where: dict[str, Any] = {"sock": sock} if sock is not None else here
+        self._server = await loop.create_server(lambda: Downstream(self), **where, backlog=4096)
         self._port = self._server.sockets[0].getsockname()[1]
-        if self._tls is not None and self._https_port is not None:
+        if self._tls is not None and (self._https_port is not None or tls_sock is not None):
+            here = {"host": self.host, "port": self._https_port, "reuse_address": True}
+            where = {"sock": tls_sock} if tls_sock is not None else here
             self._tls_server = await loop.create_server(
                 lambda: Downstream(self, https=True),
-                self.host,
-                self._https_port,
+                **where,
                 ssl=self._tls,
-                reuse_address=True,
                 backlog=4096,
                 ssl_handshake_timeout=self.header_timeout,
             )
@@ -256,23 +259,37 @@ class ProxyServer:
     def port(self) -> int:
         return self._port
 
-    async def stop(self, timeout: float = 5.0) -> None:
-        """Stop accepting, let in-flight requests finish for up to `timeout`, then close everything."""
+    async def stop(self, timeout: float = 5.0, *, handing_over: float = 0.0) -> None:
+        """Stop accepting, let in-flight requests finish for up to `timeout`, then close everything.
+
+        `handing_over` (seconds): another process keeps the listening sockets and accepts from
+        now on. Connections this one accepted last are answered, not closed, and idle keep-alive
+        connections get that long to send one more request (answered with `Connection: close`),
+        so a client never finds its connection closed under a request it had just sent."""
         server = self._server
         if server is None:
             return
         loop = self.loop
         assert loop is not None
+        tls_server = self._tls_server
+        if handing_over > 0:
+            server.close()
+            if tls_server is not None:
+                tls_server.close()
+            await asyncio.sleep(0)  # connections accepted in the last accept round get connection_made
         self.stopping = True
         self.pool.stop()
         server.close()
-        tls_server = self._tls_server
         if tls_server is not None:
             tls_server.close()
         if self._sweeper is not None:
             self._sweeper.cancel()
             self._sweeper = None
         self.pool.close_idle()
+        if handing_over > 0:
+            grace = loop.time() + min(handing_over, timeout)
+            while self.clients and loop.time() < grace:  # each closes after its next answer
+                await asyncio.sleep(0.01)
         for client in list(self.clients):
             client.shutdown_if_idle()
         deadline = loop.time() + max(0.0, timeout)

@@ -84,10 +84,14 @@ After=network-online.target docker.service
 Wants=network-online.target docker.service
 
 [Service]
-Type=exec
+# notify: the daemon says when it serves; on a reload (lbsolo restart) the new process says
+# so with its pid (MAINPID) before the old one exits, and the service stays up.
+Type=notify
+NotifyAccess=all
 {user_lines}EnvironmentFile=-{plan.env_file}
 Environment=LBSOLO_HOME={plan.home}
 ExecStart={_exec([*plan.command, "up"])}
+ExecReload=/bin/kill -USR2 $MAINPID
 Restart=on-failure
 RestartSec=2
 # The daemon drains the proxy and stops its parts on SIGTERM; give it time to.

@@ -33,6 +33,13 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
+class Paused(LbsoloError):
+    """The daemon is handing over to its successor (`lbsolo restart`): changes wait a moment."""
+
+    code = "restarting"
+    status = 503
+
+
 CALLER = "lbsolo.caller"  # the scope key under which the guard leaves who the caller is
 UNAUTHORIZED = "missing or wrong API token (see `lbsolo` on the daemon's machine: ~/.lbsolo/token)"
 _DEPLOY = re.compile(r"/api/apps/[^/]+/deploy")
@@ -151,10 +158,13 @@ class _CappedBody:
 class ApiGuard:
     """ASGI middleware: authentication for /api/* and /metrics, and body caps on every route."""
 
-    def __init__(self, app: ASGIApp, auth: Authenticator, limits: BodyLimits) -> None:
+    def __init__(
+        self, app: ASGIApp, auth: Authenticator, limits: BodyLimits, paused: Callable[[], str | None] = lambda: None
+    ) -> None:
         self.app = app
         self.auth = auth
         self.limits = limits
+        self.paused = paused  # a note while the daemon hands over: changes are refused meanwhile
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -170,6 +180,10 @@ class ApiGuard:
                 await refuse(send, Unauthorized(UNAUTHORIZED), close=unread, headers=challenge)
                 return
             scope[CALLER] = caller
+        note = self.paused()
+        if note and scope.get("method", "GET") not in ("GET", "HEAD", "OPTIONS"):
+            await refuse(send, Paused(note), close=unread, headers=((b"retry-after", b"2"),))
+            return
         limit, setting = self.limits.cap(scope.get("method", "GET"), path)
         try:
             declared = declared_length(headers)

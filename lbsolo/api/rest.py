@@ -187,7 +187,12 @@ def create_api(
         version=__version__,
         description="A one-server Platform-as-a-Service. Every route needs `Authorization: Bearer <token>`.",
     )
-    api.add_middleware(ApiGuard, auth=authenticator, limits=BodyLimits.from_settings(settings))
+    api.add_middleware(
+        ApiGuard,
+        auth=authenticator,
+        limits=BodyLimits.from_settings(settings),
+        paused=lambda: platform.ctx.pause_note,
+    )
     auth = [Depends(require_token)]
 
     @api.exception_handler(LbsoloError)

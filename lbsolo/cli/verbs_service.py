@@ -1,4 +1,4 @@
-"""Verbs for running lbsolo on a server: `doctor`, and `service:install` / `service:status` /
+"""Verbs for running lbsolo on a server: `doctor`, `restart`, and `service:install` / `service:status` /
 `service:uninstall` (a systemd unit). They work without a running daemon and never call the API."""
 
 from __future__ import annotations
@@ -82,3 +82,73 @@ def service_uninstall(unit_dir: UnitDir = None) -> None:
     """Stop and remove the service; apps' data under the home and the settings file stay."""
     for line in service.uninstall(_plan(None, unit_dir, None)):
         console.print(escape(line), highlight=False)
+
+
+def _daemon_pid(settings: Settings) -> int | None:
+    """The pid of the daemon serving this home, from its runtime file (None: none runs)."""
+    import json
+
+    try:
+        pid = int(json.loads(settings.runtime_path.read_text())["pid"])
+        os.kill(pid, 0)
+    except PermissionError:
+        return pid  # someone else's process (root's): it exists
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return pid
+
+
+def _alive(pid: int) -> bool:
+    """Whether the process runs (a zombie that no one has reaped yet has ended)."""
+    try:
+        os.kill(pid, 0)
+    except PermissionError:
+        pass
+    except OSError:
+        return False
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True  # no /proc: the signal said it exists
+    return stat.rsplit(")", 1)[-1].split()[0] != "Z"
+
+
+@app.command("restart")
+@clean_errors
+def restart() -> None:
+    """Restart the daemon without dropping a request (also how an upgrade takes effect).
+
+    A new daemon starts with the running one's listening sockets, serves, and only then the old
+    one answers what it had accepted and exits. `systemctl reload lbsolo` does the same."""
+    import signal
+    import time
+
+    from lbsolo.errors import LbsoloError
+
+    settings = Settings.load()
+    old = _daemon_pid(settings)
+    if old is None:
+        raise LbsoloError("no lbsolo daemon runs with this home: start it with `lbsolo up`")
+    try:
+        os.kill(old, signal.SIGUSR2)
+    except PermissionError:
+        raise LbsoloError(f"the daemon (pid {old}) is not yours to restart: run this as its user") from None
+    deadline = time.monotonic() + settings.handover_timeout + settings.shutdown_timeout + 10
+    new = None
+    with console.status("restarting"):
+        while time.monotonic() < deadline:
+            current = _daemon_pid(settings)
+            if current is not None and current != old:
+                new = current
+            if new is not None and not _alive(old):
+                break
+            if current is None and not _alive(old):
+                break
+            time.sleep(0.1)
+    if new is None:
+        raise LbsoloError(
+            f"the daemon (pid {old}) did not hand over and keeps serving: a deploy may still be running, "
+            "or the new process failed to start (see the daemon's log)"
+        )
+    state = "" if not _alive(old) else f" (pid {old} still finishing its requests)"
+    console.print(f"lbsolo restarted: pid {old} -> {new}{state}", highlight=False)
