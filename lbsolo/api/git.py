@@ -15,7 +15,6 @@ import hmac
 import json
 import os
 import shlex
-import sys
 from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -27,13 +26,14 @@ from lbsolo.api.auth import Authenticator
 from lbsolo.build_git import run_git
 from lbsolo.errors import InvalidInput, NotFound, Unauthorized
 from lbsolo.models import validate_app_name
+from lbsolo.service import this_command
 
 if TYPE_CHECKING:  # the router is handed the platform
     from lbsolo.core import Platform
 
 HOOK = """#!/bin/sh
 # Installed by lbsolo: deploy what was pushed. Output goes back to `git push` as remote: lines.
-exec {python} -m lbsolo git-hook {app}
+exec {lbsolo} git-hook {app}
 """
 
 
@@ -45,7 +45,8 @@ async def ensure_repo(root: Path, app: str) -> Path:
         await run_git("init", "--bare", "--quiet", "--initial-branch=main", str(repo))
         await run_git("config", "http.receivepack", "true", cwd=repo)
     hook = repo / "hooks" / "post-receive"
-    text = HOOK.format(python=shlex.quote(sys.executable), app=shlex.quote(app))
+    # The daemon's own way of running lbsolo: the one-file dist/lbsolo has no `python -m lbsolo`.
+    text = HOOK.format(lbsolo=shlex.join(this_command()), app=shlex.quote(app))
     if not hook.exists() or hook.read_text() != text:
         hook.write_text(text)
         hook.chmod(0o755)

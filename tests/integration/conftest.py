@@ -73,6 +73,8 @@ class Daemon:
     proc: subprocess.Popen[str] | None = None
     log_path: Path | None = None
     extra_env: dict[str, str] = field(default_factory=dict)
+    # How lbsolo is run: this Python's package by default, or a built file (tests/integration/test_binary.py).
+    command: list[str] = field(default_factory=lambda: [sys.executable, "-m", "lbsolo"])
 
     @property
     def env(self) -> dict[str, str]:
@@ -108,7 +110,7 @@ class Daemon:
         self.log_path = self.home.parent / f"daemon-{time.monotonic_ns()}.log"
         log = self.log_path.open("w")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "lbsolo", "up"], env=self.env, stdout=log, stderr=subprocess.STDOUT, text=True
+            [*self.command, "up"], env=self.env, stdout=log, stderr=subprocess.STDOUT, text=True
         )
         log.close()
         deadline = time.monotonic() + timeout
@@ -137,7 +139,7 @@ class Daemon:
 
     def cli(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [sys.executable, "-m", "lbsolo", *args],
+            [*self.command, *args],
             env=self.env,
             capture_output=True,
             text=True,
@@ -146,11 +148,11 @@ class Daemon:
         )
 
     def cli_argv(self, *args: str) -> list[str]:
-        return [sys.executable, "-m", "lbsolo", *args]
+        return [*self.command, *args]
 
     def cli_background(self, *args: str) -> subprocess.Popen[str]:
         return subprocess.Popen(
-            [sys.executable, "-m", "lbsolo", *args],
+            [*self.command, *args],
             env=self.env,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
