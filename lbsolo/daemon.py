@@ -332,8 +332,9 @@ class Daemon:
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(signal.SIGUSR2, self.request_handover)
         try:
-            await proxy.start(listeners.proxy, listeners.proxy_tls)
-            await dns.start(udp_sock=listeners.dns_udp, tcp_sock=listeners.dns_tcp)
+            if not listeners.inherited:
+                await proxy.start(listeners.proxy, listeners.proxy_tls)
+                await dns.start(udp_sock=listeners.dns_udp, tcp_sock=listeners.dns_tcp)
             await notifier.start()
             await platform.recover()
             if platform.backups is not None:
@@ -342,6 +343,10 @@ class Daemon:
                 await platform.addons.resume()
             await platform.load_static_routes()
             actions = await platform.reconcile()  # adopt what runs; start what should
+            if listeners.inherited:
+                # Taking over: the old daemon serves until this one knows every route, then both accept.
+                await proxy.start(listeners.proxy, listeners.proxy_tls)
+                await dns.start(udp_sock=listeners.dns_udp, tcp_sock=listeners.dns_tcp)
             tasks.append(
                 asyncio.create_task(server.serve(sockets=[api_sock, *([unix_sock] if unix_sock else [])]), name="api")
             )

@@ -90,6 +90,8 @@ Type=notify
 NotifyAccess=all
 {user_lines}EnvironmentFile=-{plan.env_file}
 Environment=LBSOLO_HOME={plan.home}
+# The one-file build unpacks itself once per version: into the one writable place (ProtectSystem=strict).
+Environment=SHIV_ROOT={plan.home}/shiv
 ExecStart={_exec([*plan.command, "up"])}
 ExecReload=/bin/kill -USR2 $MAINPID
 Restart=on-failure
