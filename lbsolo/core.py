@@ -126,6 +126,11 @@ class Platform:
     def wake(self) -> None:
         self.ctx.wake()
 
+    @property
+    def pause_note(self) -> str | None:
+        """Set while the daemon hands over to its successor: the API refuses changes, saying this."""
+        return self.ctx.pause_note
+
     def serving_replicas(self) -> int:
         return self.reconciler.serving_replicas()
 

@@ -191,7 +191,7 @@ def create_api(
         ApiGuard,
         auth=authenticator,
         limits=BodyLimits.from_settings(settings),
-        paused=lambda: platform.ctx.pause_note,
+        paused=lambda: platform.pause_note,
     )
     auth = [Depends(require_token)]
 

@@ -49,6 +49,7 @@ class FakePlatform:
         self.apps = {"hello"}
         self.created: list[str] = []
         self.uploads: list[int] = []
+        self.pause_note: str | None = None  # set while a daemon hands over (lbsolo restart)
 
     async def get_app(self, name: str) -> dict[str, Any]:
         if name not in self.apps:
@@ -379,3 +380,23 @@ def test_extra_tokens_work_for_git_too(served):
         r = httpx.get(url, headers=basic(wrong), timeout=20)
         assert r.status_code == 401 and r.headers["www-authenticate"].startswith("Basic")
     assert httpx.get(url, timeout=20).status_code == 401
+
+
+def test_while_the_daemon_hands_over_changes_are_refused_and_reads_answered(served):
+    """lbsolo restart: between the old daemon's last state write and the new one's first, a change
+    would be lost: it is refused (503, retry) before its body is read; reads go on."""
+    served.platform.pause_note = "lbsolo is restarting: try again in a few seconds"
+    try:
+        auth = {"Authorization": f"Bearer {ADMIN}"}
+        r = httpx.post(f"http://127.0.0.1:{served.port}/api/apps", json={"name": "later"}, headers=auth, timeout=10)
+        assert r.status_code == 503 and r.headers["retry-after"] == "2", r.text
+        assert r.json()["error"] == {"code": "restarting", "message": served.platform.pause_note}
+        assert served.platform.created == []
+        r = httpx.get(f"http://127.0.0.1:{served.port}/api/apps", headers=auth, timeout=10)
+        assert r.status_code == 200 and r.json()
+        unauthenticated = httpx.post(f"http://127.0.0.1:{served.port}/api/apps", json={"name": "x"}, timeout=10)
+        assert unauthenticated.status_code == 401  # who asks is still checked first
+    finally:
+        served.platform.pause_note = None
+    r = httpx.post(f"http://127.0.0.1:{served.port}/api/apps", json={"name": "later"}, headers=auth, timeout=10)
+    assert r.status_code < 300 and served.platform.created == ["later"], r.text
