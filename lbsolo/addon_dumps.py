@@ -16,7 +16,7 @@ import shlex
 import struct
 from collections.abc import Collection, Iterable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, tzinfo
 from typing import Any
 
 from lbsolo.addon_kinds import Credentials, Kind
@@ -357,12 +357,23 @@ def check_keep(keep: int) -> int:
     return keep
 
 
-def next_run(schedule: str, after: float) -> float:
-    """The first time after `after` (epoch seconds) the schedule names, in this machine's time zone."""
+def next_run(schedule: str, after: float, tz: tzinfo | None = None) -> float:
+    """The first time after `after` (epoch seconds) the schedule names, in time zone `tz`
+    (None: this machine's)."""
     from croniter import croniter
 
-    start = datetime.fromtimestamp(after).astimezone()
+    start = datetime.fromtimestamp(after, tz) if tz is not None else datetime.fromtimestamp(after).astimezone()
     return float(croniter(schedule, start).get_next(float))
+
+
+def previous_run(schedule: str, before: float, tz: tzinfo | None = None) -> float:
+    """The last time at or before `before` (epoch seconds) the schedule names, in time zone `tz`."""
+    from croniter import croniter
+
+    start = datetime.fromtimestamp(before, tz) if tz is not None else datetime.fromtimestamp(before).astimezone()
+    if croniter.match(schedule, start) and start.second == 0 and start.microsecond == 0:
+        return before
+    return float(croniter(schedule, start).get_prev(float))
 
 
 def schedule_interval(schedule: str, at: float) -> float:

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from lbsolo.build_detect import Detection, detect, parse_procfile
+from lbsolo.cron_plan import toml_entries
 from lbsolo.engine import Engine
 from lbsolo.errors import BuildFailed, InvalidInput, LbsoloError
 from lbsolo.models import Build, BuildStatus, HealthCheck, now, validate_process_name
@@ -95,6 +96,7 @@ class SourceSpec:
     health: dict[str, object] = field(default_factory=dict)
     base_images: dict[str, str] = field(default_factory=dict)  # [build] base_images in lbsolo.toml
     build_args: dict[str, str] = field(default_factory=dict)  # [build] args in lbsolo.toml
+    cron: list[dict[str, str]] = field(default_factory=list)  # [[cron]] entries in lbsolo.toml, checked
 
 
 SPEC_FILES = ("Dockerfile", "Procfile", "lbsolo.toml")
@@ -150,6 +152,7 @@ def add_generated_dockerfile(path: Path, base_images: Mapping[str, str] | None =
 def parse_spec(procfile: bytes | None, app_toml: bytes | None) -> SourceSpec:
     processes: dict[str, str] = {}
     health: dict[str, object] = {}
+    cron: list[dict[str, str]] = []
     if app_toml is not None:
         try:
             doc = tomllib.loads(app_toml.decode("utf-8"))
@@ -164,11 +167,12 @@ def parse_spec(procfile: bytes | None, app_toml: bytes | None) -> SourceSpec:
             raise InvalidInput("[build] in lbsolo.toml must be a table")
         base_images = {str(k): str(v) for k, v in (build.get("base_images") or {}).items()}
         build_args = {str(k): str(v) for k, v in (build.get("args") or {}).items()}
+        cron = toml_entries(doc.get("cron"))
     else:
         base_images, build_args = {}, {}
     if procfile is not None:
         processes.update(parse_procfile(procfile.decode("utf-8", "replace")))
-    return SourceSpec(processes=processes, health=health, base_images=base_images, build_args=build_args)
+    return SourceSpec(processes=processes, health=health, base_images=base_images, build_args=build_args, cron=cron)
 
 
 def label_dockerfile(text: str, labels: Mapping[str, str]) -> str:

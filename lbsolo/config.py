@@ -113,6 +113,16 @@ class Settings:
     reconcile_interval: float = 5.0
     # Seconds between two rounds of replicas' CPU/memory/network numbers (the graphs' resolution).
     stats_interval: float = 5.0
+    # Scheduled jobs (cron): schedules read in this time zone (an IANA name); a run still going
+    # after cron_timeout seconds is killed; a run missed while the daemon was down runs once on
+    # start if at most cron_grace seconds late (older ones are only reported); the scheduler
+    # looks at the schedules at least every cron_poll seconds (and at each due time).
+    cron_tz: str = "UTC"
+    cron_timeout: float = 3600.0
+    cron_grace: float = 3600.0
+    cron_poll: float = 30.0
+    # Tests only: seconds added to the scheduler's clock, so that a test reaches a due time at once.
+    cron_clock_offset: float = 0.0
     deploy_timeout: float = 60.0
     build_timeout: float = 900.0
     build_memory: str = "2g"

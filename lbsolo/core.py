@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import shutil
 from collections.abc import AsyncIterator, Iterable
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,7 @@ from lbsolo.core_addon_backups import AddonBackups
 from lbsolo.core_addons import Addons
 from lbsolo.core_certs import Certificates
 from lbsolo.core_context import AppLock, CoreContext, Ingress
+from lbsolo.core_cron import CronJobs
 from lbsolo.core_deploy import Deploys
 from lbsolo.core_plan import (
     Action,
@@ -99,6 +101,8 @@ class Platform:
         self.reconciler = Reconciler(ctx)
         self.deploys = Deploys(ctx, builder, self.rollouts)
         self.routing = Routing(ctx)
+        # Scheduled jobs: each run is a `lbsolo run` (run_command below).
+        self.cron = CronJobs(ctx, self.run_command)
         # Without the engine's Services part (tests' fakes) there are no add-ons, and the API says so.
         self.backups: AddonBackups | None = None if services is None else AddonBackups(ctx, services)
         self.addons: Addons | None = (
@@ -201,6 +205,7 @@ class Platform:
             removed = await asyncio.to_thread(self.engine.remove_app_images, name) if images else []
             vols = await asyncio.to_thread(self.engine.remove_app_volumes, name) if volumes else 0
             await asyncio.to_thread(self.logs.forget, name)
+            await asyncio.to_thread(shutil.rmtree, self.cron.log_dir / name, True)
             await asyncio.to_thread(self.engine.remove_network, self.ctx.network(name))
             if not await asyncio.to_thread(self.state.list_apps):
                 # The network all apps shared before each had its own: gone with the last app.
@@ -307,6 +312,7 @@ class Platform:
                 image=rel.image,
                 processes=rel.processes,
                 health=rel.health,
+                cron=rel.cron,
             )
 
         return await self.rollouts.run_job(target, work)
@@ -392,7 +398,11 @@ class Platform:
         return await self.get_app(name)
 
     # ---- one-off commands
-    async def run_command(self, name: str, command: str, out: LogBuffer) -> int:
+    async def run_command(
+        self, name: str, command: str, out: LogBuffer, *, timeout: float | None = None, container: str | None = None
+    ) -> int:
+        """`lbsolo run` (and each scheduled job's run): a one-off container of the current release
+        with its config, named `container` if given, removed after; its exit code."""
         app = await self.ctx.app(name)
         if app.release is None:
             raise Conflict(f"{name} has no release yet: deploy it first")
@@ -408,7 +418,8 @@ class Platform:
             network=network,
             volumes=await self.ctx.volumes(app),
             on_output=lambda line: loop.call_soon_threadsafe(out.append, line),
-            timeout=self.settings.deploy_timeout * 10,
+            timeout=self.settings.deploy_timeout * 10 if timeout is None else timeout,
+            name=container,
         )
 
     # ---- delegated to the composed parts (core_deploy.Deploys, core_routing.Routing)

@@ -56,6 +56,7 @@ class Rollouts:
         image: str | None = None,
         processes: dict[str, str] | None = None,
         health: dict[str, Any] | None = None,
+        cron: list[dict[str, Any]] | None = None,
         config: dict[str, str] | None = None,
         base: Release | None = None,
         app_changes: Any = None,
@@ -83,6 +84,7 @@ class Rollouts:
                 secrets=sorted(k for k in values if k in set(app.secrets)),  # masks this release, whatever comes later
                 processes=dict(processes if processes is not None else source.processes),  # type: ignore[union-attr]
                 health={**(health if health is not None else source.health), **(app.health or {})},  # type: ignore[union-attr]
+                cron=[dict(e) for e in (cron if cron is not None else source.cron if source else [])],
             )
             await asyncio.gather(
                 asyncio.to_thread(ctx.engine.tag_image, release.image, f"lbsolo/{app_name}", release.label),

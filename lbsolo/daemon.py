@@ -307,6 +307,7 @@ class Daemon:
         notifier = WebhookNotifier(state, bus, allow_private=s.webhook_allow_private)
         sampler = StatsSampler(engine, interval=s.stats_interval, requests=proxy.metrics)
         bus.add_listener(sampler.on_event)
+        bus.add_listener(platform.cron.on_event)
         tokens = await asyncio.to_thread(TokenStore, state)
         ingress.publish({})
         unix_sock = listeners.api_unix
@@ -363,6 +364,7 @@ class Daemon:
                 "events": platform.watch_events,
                 "logs": platform.logs.flush_forever,
                 "stats": sampler.run,
+                "cron": platform.cron.run_forever,
             }
             if access is not None:
                 background["access-log"] = access.flush_forever

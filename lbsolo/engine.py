@@ -135,10 +135,12 @@ class Jobs(Protocol):
         on_output: Callable[[str], None],
         timeout: float,
         volumes: dict[str, str] | None = None,
+        name: str | None = None,
     ) -> int:
         """Run command (/bin/sh -c) in a fresh replica of image, streaming its lines; its exit code.
 
-        The replica is a one-off (Replica.one_off) and is removed when the command ends.
+        The replica is a one-off (Replica.one_off) and is removed when the command ends; `name`
+        names its container (so that whoever started it can stop it: a job past its timeout).
         """
         ...
 

@@ -420,6 +420,7 @@ class DockerBackend:
         on_output: Callable[[str], None],
         timeout: float,
         volumes: dict[str, str] | None = None,
+        name: str | None = None,
     ) -> int:
         mounts = {vol: {"bind": path, "mode": "rw"} for vol, path in (volumes or {}).items()}
         with _engine_errors(f"run in {app}"):
@@ -433,6 +434,7 @@ class DockerBackend:
                 network=network,
                 init=True,
                 volumes=mounts or None,
+                name=name,
             )
             try:
                 for line in text_lines(container.logs(stream=True, follow=True)):

@@ -357,6 +357,8 @@ class Release:
     secrets: list[str] | None = None
     processes: dict[str, str] = field(default_factory=dict)  # type -> command; empty: the image's CMD as web
     health: dict[str, Any] = field(default_factory=dict)
+    # lbsolo.toml's [[cron]] entries (checked, see cron_plan): the app's scheduled jobs while it is current.
+    cron: list[dict[str, Any]] = field(default_factory=list)
     status: ReleaseStatus = ReleaseStatus.PENDING
     step: DeployStep | None = None
     error: str | None = None
@@ -392,6 +394,7 @@ class Release:
             secrets=None if d.get("secrets") is None else list(d["secrets"]),
             processes=dict(d.get("processes") or {}),
             health=dict(d.get("health") or {}),
+            cron=[dict(e) for e in d.get("cron") or []],
             status=ReleaseStatus(d.get("status", "pending")),
             step=DeployStep(d["step"]) if d.get("step") else None,
             error=d.get("error"),

@@ -28,6 +28,7 @@ from typing import Any
 from tinydb import Query, TinyDB
 from tinydb.storages import Storage
 
+from lbsolo.cron_plan import CronJob, CronRun
 from lbsolo.errors import Conflict, InvalidInput, NotFound, StorageError
 from lbsolo.models import App, Build, Release, StaticRoute
 from lbsolo.models_addons import Addon
@@ -46,8 +47,15 @@ def _addons(data: Data) -> Data:
     return data
 
 
+def _cron(data: Data) -> Data:
+    """2 -> 3: the scheduled jobs added by cron:add and the runs of every job, empty."""
+    data.setdefault("cron_jobs", {})
+    data.setdefault("cron_runs", {})
+    return data
+
+
 #: MIGRATIONS[n] turns a file of schema n into schema n + 1. Pure: data in, data out.
-MIGRATIONS: list[Any] = [_stamp, _addons]
+MIGRATIONS: list[Any] = [_stamp, _addons, _cron]
 SCHEMA = len(MIGRATIONS)
 META = "_meta"
 
@@ -231,6 +239,8 @@ class State:
             self._apps.remove(q.name == name)
             self._releases.remove(q.app == name)
             self._builds.remove(q.app == name)
+            self._db.table("cron_jobs").remove(q.app == name)
+            self._db.table("cron_runs").remove(q.app == name)
 
     # releases
     def list_releases(self, app: str) -> list[Release]:
@@ -319,6 +329,37 @@ class State:
     def delete_addon(self, name: str) -> None:
         with self._lock:
             self._addons.remove(Query().name == name)
+
+    # scheduled jobs (those of cron:add; lbsolo.toml's are on the releases) and every job's runs
+    def list_cron_jobs(self, app: str | None = None) -> list[CronJob]:
+        with self._lock:
+            rows = self._memory.rows("cron_jobs", lambda d: app is None or d.get("app") == app)
+        return sorted((CronJob.from_dict(d) for d in rows), key=lambda j: (j.app, j.created_at, j.id))
+
+    def add_cron_job(self, job: CronJob) -> None:
+        with self._lock:
+            self._db.table("cron_jobs").insert(job.to_dict())
+
+    def delete_cron_job(self, app: str, job_id: str) -> bool:
+        q = Query()
+        with self._lock:
+            return bool(self._db.table("cron_jobs").remove((q.app == app) & (q.id == job_id)))
+
+    def list_cron_runs(self, app: str | None = None, job: str | None = None) -> list[CronRun]:
+        def match(d: dict[str, Any]) -> bool:
+            return (app is None or d.get("app") == app) and (job is None or d.get("job") == job)
+
+        with self._lock:
+            rows = self._memory.rows("cron_runs", match)
+        return sorted((CronRun.from_dict(d) for d in rows), key=lambda r: (r.started, r.id))
+
+    def save_cron_run(self, run: CronRun) -> None:
+        with self._lock:
+            self._upsert("cron_runs", run.to_dict(), id=run.id)
+
+    def delete_cron_runs(self, ids: list[str]) -> None:
+        with self._lock:
+            self._db.table("cron_runs").remove(Query().id.one_of(ids))
 
     # builds
     def save_build(self, build: Build) -> None:

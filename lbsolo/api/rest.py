@@ -24,6 +24,7 @@ from lbsolo.api.addon_backups import create_addon_backups_router
 from lbsolo.api.addons import create_addons_router
 from lbsolo.api.auth import Authenticator
 from lbsolo.api.certs import create_certs_router
+from lbsolo.api.cron import create_cron_router
 from lbsolo.api.git import create_git_router
 from lbsolo.api.guard import UNAUTHORIZED, ApiGuard, BodyLimits, caller_of, error_body
 from lbsolo.api.jobs import ndjson, stream_job
@@ -456,6 +457,7 @@ def create_api(
     api.include_router(create_addons_router(platform, require_token))
     api.include_router(create_addon_backups_router(platform, require_token))
     api.include_router(create_certs_router(platform, require_token))
+    api.include_router(create_cron_router(platform, require_token))
     return api
 
 

@@ -80,6 +80,8 @@ async def app_page(platform: Platform, sampler: StatsSampler | None, name: str) 
         "addons": [a for a in await addons(platform) if name in a["attachments"]],
         "addons_on": has_addons(platform),
         "kinds": ADDON_KINDS,
+        "cron": await platform.cron.listing(name),
+        "cron_runs": (await platform.cron.runs(name))[:10],
     }
 
 

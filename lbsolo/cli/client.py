@@ -226,6 +226,26 @@ class Client:
         """A one-off command: its output lines, then its result."""
         return self._job("POST", "apps", name, "run", json={"command": command})
 
+    # scheduled jobs
+    def cron_jobs(self, name: str) -> list[dict[str, Any]]:
+        return self._list("GET", "apps", name, "cron")
+
+    def add_cron(self, name: str, job: dict[str, Any]) -> dict[str, Any]:
+        return self._object("POST", "apps", name, "cron", json=job)
+
+    def remove_cron(self, name: str, job: str) -> dict[str, Any]:
+        return self._object("DELETE", "apps", name, "cron", job)
+
+    def run_cron(self, name: str, job: str) -> Iterator[dict[str, Any]]:
+        """A job now: its output lines, then its result."""
+        return self._job("POST", "apps", name, "cron", job, "run")
+
+    def cron_runs(self, name: str, job: str | None = None) -> list[dict[str, Any]]:
+        return self._list("GET", "apps", name, "cron-runs", params={"job": job} if job else None)
+
+    def cron_run_log(self, name: str, run: str) -> list[str]:
+        return self._list("GET", "apps", name, "cron-runs", run, "logs")
+
     # logs, metrics, events
     def logs(self, name: str, params: dict[str, Any]) -> list[dict[str, Any]]:
         return self._list("GET", "apps", name, "logs", params=params)

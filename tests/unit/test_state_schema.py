@@ -58,7 +58,7 @@ def test_a_schema_1_file_gets_the_addons_table_and_keeps_its_apps(tmp_path):
     shutil.copy(FIXTURES / "state-schema-1.json", path)
     state = State(path)
     data = json.loads(path.read_text())
-    assert schema_of(data) == SCHEMA == 2 and data["addons"] == {}
+    assert schema_of(data) == SCHEMA and data["addons"] == {}
     assert (tmp_path / "state.json.schema-1.bak").exists()
     assert [a.name for a in state.list_apps()] == ["shop"] and state.list_addons() == []
     state.close()
@@ -83,4 +83,27 @@ def test_add_ons_share_the_namespace_of_apps_and_static_routes(tmp_path):
     with pytest.raises(Conflict, match="is an add-on"):
         state.add_route(StaticRoute.create("shop-db", "127.0.0.1:3000"))
     assert state.get_addon("shop-db").public()["credentials"] == {"user": "u", "password": "********"}
+    state.close()
+
+
+def test_a_schema_2_file_gets_the_cron_tables_and_keeps_its_apps_and_add_ons(tmp_path):
+    from lbsolo.cron_plan import CronJob, CronRun, RunStatus, Trigger
+
+    path = tmp_path / "state.json"
+    shutil.copy(FIXTURES / "state-schema-2.json", path)
+    state = State(path)
+    data = json.loads(path.read_text())
+    assert schema_of(data) == SCHEMA == 3 and data["cron_jobs"] == {} and data["cron_runs"] == {}
+    assert (tmp_path / "state.json.schema-2.bak").exists()
+    assert [a.name for a in state.list_apps()] == ["shop"] and [a.name for a in state.list_addons()] == ["shop-db"]
+    state.add_cron_job(CronJob("shop", "c1", "0 3 * * *", "echo hi", created_at=1.0))
+    state.save_cron_run(
+        CronRun("r1", "shop", "c1", Trigger.MANUAL, RunStatus.SUCCEEDED, 2.0, finished=3.0, exit_code=0)
+    )
+    state.close()
+    state = State(path)
+    assert [j.id for j in state.list_cron_jobs("shop")] == ["c1"]
+    assert [(r.id, r.duration) for r in state.list_cron_runs("shop", "c1")] == [("r1", 1.0)]
+    state.delete_app("shop")
+    assert state.list_cron_jobs() == [] and state.list_cron_runs() == []
     state.close()

@@ -172,6 +172,32 @@ def test_job_outcome():
 # ---- the router against a fake platform -------------------------------------------------------
 
 
+class FakeCron:
+    """The scheduled jobs' use cases the app page's section calls."""
+
+    def __init__(self, calls: list[tuple[Any, ...]]) -> None:
+        self.calls = calls
+        self.jobs: list[dict[str, Any]] = []
+
+    async def listing(self, name: str) -> list[dict[str, Any]]:
+        return list(self.jobs)
+
+    async def runs(self, name: str, ref: str | None = None) -> list[dict[str, Any]]:
+        return []
+
+    async def add(self, name: str, schedule: str, command: str, job_name: str | None, overlap: str) -> dict[str, Any]:
+        from lbsolo.addon_dumps import check_schedule
+
+        check_schedule(schedule)
+        self.calls.append(("cron:add", name, schedule, command))
+        job = {
+            "id": "c1", "name": job_name, "schedule": schedule, "command": command, "source": "cli",
+            "next_run_local": "2027-01-01 03:00 UTC", "last_run": None,
+        }  # fmt: skip
+        self.jobs.append(job)
+        return job
+
+
 class FakePlatform:
     """Just the Platform use cases the UI calls, over dicts."""
 
@@ -183,6 +209,7 @@ class FakePlatform:
         self.buffering = True
         self.https_port: int | None = None
         self.routes: dict[str, dict[str, Any]] = {}
+        self.cron = FakeCron(self.calls)
 
     def _app(self) -> dict[str, Any]:
         return {
@@ -521,3 +548,17 @@ def test_sparkline_scales_points_into_the_box():
     assert one["points"] == "0.0,1.0 100.0,1.0" and one["last"] == 5.0
     many = sparkline([(0.0, 0.0), (5.0, 2.0), (10.0, 4.0)], width=100, height=10)
     assert many["points"] == "0.0,9.0 50.0,5.0 100.0,1.0"
+
+
+def test_the_app_page_adds_and_lists_scheduled_jobs(client, platform):
+    csrf = login(client)
+    assert client.post("/ui/apps/hello/cron", data={"schedule": "0 3 * * *", "command": "x"}).status_code == 403
+    assert 'id="cron-form"' in client.get("/ui/apps/hello").text
+    r = client.post("/ui/apps/hello/cron", data={"schedule": "61 * * * *", "command": "x", "csrf": csrf})
+    assert r.status_code == 303 and "invalid schedule" in client.get("/ui/apps/hello").text
+    assert platform.calls == []
+    data = {"schedule": "0 3 * * *", "command": "echo <b>hi</b>", "name": "nightly", "csrf": csrf}
+    assert client.post("/ui/apps/hello/cron", data=data).status_code == 303
+    page = client.get("/ui/apps/hello").text
+    assert "added job nightly" in page and 'data-job="c1"' in page and "echo &lt;b&gt;hi&lt;/b&gt;" in page
+    assert "/ui/apps/hello/cron/c1/run" in page and "/ui/apps/hello/cron/c1/remove" in page
