@@ -67,10 +67,11 @@ def test_httpx_over_http2_many_requests_on_one_connection(daemon):
     url = f"https://127.0.0.1:{port}/"
     host = {"Host": _host(daemon)}
     with httpx.Client(http2=True, verify=ctx, timeout=10) as client:
-        responses = [client.get(url, params={"n": i}, headers=host) for i in range(20)]
+        responses = [client.get(url, headers=host) for _ in range(20)]
         assert {(r.http_version, r.status_code) for r in responses} == {("HTTP/2", 200)}
         body = client.post(url, content=b"x" * 300_000, headers=host)
-        assert body.http_version == "HTTP/2" and body.status_code < 500
+        # The body went through to the app, which answers (hello has no POST handler: 501 is its answer).
+        assert body.http_version == "HTTP/2" and body.status_code not in (413, 502, 503, 504)
         missing = client.get(url, headers={"Host": "nobody.lbsolo.localhost"})
         assert (missing.http_version, missing.status_code) == ("HTTP/2", 404)
 
