@@ -1,4 +1,4 @@
-"""lbsolo's HTTP/1.1 reverse proxy: routes `<app>.<domain>` (and custom domains) to app replicas.
+"""lbsolo's HTTP reverse proxy: routes `<app>.<domain>` (and custom domains) to app replicas.
 
 It runs inside the daemon's event loop (uvloop or the default loop). This module holds
 `ProxyServer` (listeners, connection caps, timeout sweep, metrics, access log). Its parts:
@@ -12,7 +12,8 @@ failover), `proxy_upstream` (the app side of an exchange, and WebSocket tunnels)
 response head says, pure), `proxy_targets` (per target: state, requests in flight, upstream
 connection pool, balancing, passive ejection, drain), `proxy_routes` (the routing table),
 `proxy_http` (shared HTTP constants and helpers), `proxy_metrics`; TLS certificates come from
-`lbsolo.proxy_tls`.
+`lbsolo.proxy_tls`. A client that picks HTTP/2 on the HTTPS listener (ALPN) gets `proxy_h2`'s
+connection instead of a `Downstream`, imported only then (`_Negotiated`).
 
 What it must not do: know about containers, releases or state. It never imports docker,
 tinydb or lbsolo modules other than those parts. The core decides routes and pushes them in with
@@ -178,6 +179,13 @@ class ProxyServer:
         """A protocol for one accepted client connection (what the listeners make)."""
         return Downstream(self, https)
 
+    def h2_connection(self) -> asyncio.Protocol:
+        """A protocol for one HTTPS connection whose client chose HTTP/2. python-hyper's h2 is
+        imported by the first one: a daemon no h2 client reached never holds it in memory."""
+        from lbsolo.proxy_h2 import H2Connection
+
+        return H2Connection(self)
+
     def upstream(self, target: Target) -> Upstream:
         """A protocol for one connection to `target` (what the connector opens)."""
         return Upstream(self.pool, target, self)
@@ -238,7 +246,7 @@ class ProxyServer:
             here = {"host": self.host, "port": self._https_port, "reuse_address": True}
             where = {"sock": tls_sock} if tls_sock is not None else here
             self._tls_server = await loop.create_server(
-                lambda: Downstream(self, https=True),
+                lambda: _Negotiated(self),
                 **where,
                 ssl=self._tls,
                 backlog=4096,
@@ -376,3 +384,24 @@ class ProxyServer:
             log.exception("proxy: error in the timeout sweep")
         if not self.stopping:
             self._sweeper = loop.call_later(self._sweep_every, self._sweep)
+
+
+class _Negotiated(asyncio.Protocol):
+    """An accepted HTTPS connection until its handshake is done (asyncio calls `connection_made`
+    after it): then the protocol its client chose by ALPN takes the transport over, HTTP/2 or
+    HTTP/1.1 (a client that offers nothing gets HTTP/1.1). Before that, there is nothing to do."""
+
+    __slots__ = ("_server",)
+
+    def __init__(self, server: ProxyServer) -> None:
+        self._server = server
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        tls = transport.get_extra_info("ssl_object")
+        protocol: asyncio.Protocol
+        if tls is not None and tls.selected_alpn_protocol() == "h2":
+            protocol = self._server.h2_connection()
+        else:
+            protocol = Downstream(self._server, https=True)
+        transport.set_protocol(protocol)
+        protocol.connection_made(transport)

@@ -34,8 +34,20 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from lbsolo.dns_ratelimit import RateLimit, RateLimiter
 
-__all__ = ["CertStore", "CertificateSource", "LocalCA", "LocalCASource", "PushedSource", "served_names"]
+__all__ = [
+    "ALPN_PROTOCOLS",
+    "CertStore",
+    "CertificateSource",
+    "LocalCA",
+    "LocalCASource",
+    "PushedSource",
+    "served_names",
+]
 
+# What the HTTPS listener offers by ALPN, in order of preference: HTTP/2 (lbsolo.proxy_h2), then
+# HTTP/1.1 (and what a client that offers nothing gets). Every context a handshake may switch to
+# offers the same (`_offer`).
+ALPN_PROTOCOLS = ("h2", "http/1.1")
 _CA_DAYS = 3650
 _LEAF_DAYS = 397  # what browsers accept for a leaf certificate
 # What a local CA may sign besides its domain: loopback, where lbsolo also answers.
@@ -350,11 +362,17 @@ class PushedSource:
         return self._pems.get(host)
 
 
+def _offer(ctx: ssl.SSLContext) -> ssl.SSLContext:
+    """Make `ctx` offer the listener's protocols (ALPN_PROTOCOLS)."""
+    ctx.set_alpn_protocols(list(ALPN_PROTOCOLS))
+    return ctx
+
+
 def _context(cert_pem: bytes, key_pem: bytes, directory: Path) -> ssl.SSLContext:
     """A server context for one certificate (the ssl module loads chains from files only)."""
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-    ctx.set_alpn_protocols(["http/1.1"])
+    _offer(ctx)
     with tempfile.NamedTemporaryFile(dir=directory, suffix=".pem") as f:
         os.fchmod(f.fileno(), 0o600)
         f.write(key_pem + cert_pem)
@@ -456,7 +474,7 @@ class CertStore:
 
         Makes the domain certificate if it is not made yet: call it off the event loop.
         """
-        default = self.context_for(None) or ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        default = self.context_for(None) or _offer(ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER))
         store = self
 
         def pick(sock: ssl.SSLObject, server_name: str | None, _ctx: ssl.SSLContext) -> int | None:
