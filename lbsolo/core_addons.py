@@ -37,6 +37,7 @@ from lbsolo.models_addons import Addon, AddonStatus
 log = logging.getLogger("lbsolo.core")
 
 SetConfig = Callable[..., Awaitable[DeployJob | None]]
+ADDON_RESTARTED = "addon.restarted"  # an event kind (EventKind's are plain strings)
 
 
 class Addons:
@@ -235,6 +236,38 @@ class Addons:
 
     async def wait_ready(self, addon: Addon) -> None:
         await self._wait_ready(addon)
+
+    # ---- keeping them up
+    async def heal(self) -> list[str]:
+        """A pass like the reconcile loop's, over add-ons: one that should run but whose container
+        stopped (crashed past Docker's own restarts, or stopped from outside) is started again.
+        One being changed (its lock held: expose, restore, upgrade, rotation, destroy), being made,
+        retired or upgraded is left to that change. Returns the names started."""
+        started = []
+        for addon in await asyncio.to_thread(self.ctx.state.list_addons):
+            if addon.status != AddonStatus.RUNNING or addon.upgrade.get("step") or addon.upgrade.get("from"):
+                continue
+            lock = self.ctx.lock(addon.name)
+            if lock.locked():
+                continue
+            async with lock:
+                try:
+                    record = await asyncio.to_thread(self.services.find_service, addon.name)
+                    if record is None or record["running"] or record["state"] == "restarting":
+                        continue
+                    await asyncio.to_thread(self.services.start_service, addon.name)
+                except LbsoloError as e:
+                    log.warning("add-on %s is down and could not be started: %s", addon.name, e.message)
+                    continue
+            log.warning("add-on %s was %s: started it again", addon.name, record["state"])
+            self.ctx.bus.emit(ADDON_RESTARTED, addon.name, f"add-on {addon.name} was {record['state']}: started again")
+            started.append(addon.name)
+        return started
+
+    async def heal_forever(self) -> None:
+        while True:
+            await self.heal()
+            await asyncio.sleep(self.ctx.settings.reconcile_interval)
 
     # ---- attaching
     async def attach(self, name: str, app: str, as_var: str | None = None) -> DeployJob | None:

@@ -372,6 +372,8 @@ class Daemon:
                 background["acme"] = certs.run_forever
             if platform.backups is not None:
                 background["backups"] = platform.backups.schedules.run_forever
+            if platform.addons is not None:
+                background["addons"] = platform.addons.heal_forever  # a stopped add-on started again
             tasks.extend(_start(background))
             api_port = api_sock.getsockname()[1]
             info = {
