@@ -15,7 +15,15 @@ import typer.main
 from typer.models import CommandInfo, TyperInfo
 
 from lbsolo import __version__
-from lbsolo.cli import verbs_addon_backups, verbs_addons, verbs_apps, verbs_deploy, verbs_platform, verbs_service
+from lbsolo.cli import (
+    verbs_addon_backups,
+    verbs_addons,
+    verbs_apps,
+    verbs_backup,
+    verbs_deploy,
+    verbs_platform,
+    verbs_service,
+)
 from lbsolo.cli.common import (
     Table,
     app,
@@ -32,6 +40,7 @@ __all__ = [
     "verbs_addon_backups",
     "verbs_addons",
     "verbs_apps",
+    "verbs_backup",
     "verbs_deploy",
     "verbs_platform",
     "verbs_service",
