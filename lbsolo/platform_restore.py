@@ -34,6 +34,7 @@ from lbsolo.errors import Conflict
 from lbsolo.state import SCHEMA, schema_of
 
 FALLBACK_IMAGE = "busybox:latest"
+RESTORE_MARKER = ".platform-restore"  # core_addons.RESTORE_MARKER (not imported: the CLI stays off the core)
 
 
 class RestoreEngine(Protocol):
@@ -186,6 +187,8 @@ def _into_home(settings: Settings, m: pa.Manifest, paths: dict[str, Path], stagi
             folder = home / "backups" / addon
             folder.mkdir(mode=0o700, parents=True, exist_ok=True)
             os.replace(path, folder / file)
+            if file.endswith(".json"):  # its manifest: `lbsolo up` loads this backup into a new container
+                (folder / RESTORE_MARKER).write_text(str(entry.meta["backup"]) + "\n")
     (home / "instance").write_text(m.instance + "\n")
     if "token" in paths:
         os.chmod(paths["token"], 0o600)
