@@ -155,7 +155,8 @@ def write_archive(out: Writable, manifest: Manifest, files: Iterable[tuple[Entry
     pairs = list(files)
     manifest.entries = [e for e, _ in pairs]
     written = 0
-    with tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT) as tf:  # type: ignore[call-overload]
+    # bufsize: the pieces handed to `out` (the daemon's answer) are about 1 MB, not tarfile's 10 KB.
+    with tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT, bufsize=COPY) as tf:  # type: ignore[call-overload]
         raw = manifest.to_bytes()
         tf.addfile(_info(MANIFEST, len(raw), manifest.created), io.BytesIO(raw))
         for entry, path in pairs:
