@@ -9,7 +9,7 @@ Staged: a copy of the state (written atomically, so a copy is a consistent file)
 token file, the TLS, ACME and git directories (each as one tar), every app volume (read through
 a throw-away container of the app's image), each running add-on's fresh verified backup
 (core_addon_backups: take, then verify), and the images of every release whose image is still
-present, in one `docker save`. The archive's format is platform_archive.py's; restoring is
+present and those the add-ons run, in one `docker save`. The archive's format is platform_archive.py's; restoring is
 platform_restore.py's. Encryption is the CLI's: the passphrase never reaches the daemon.
 """
 
@@ -29,6 +29,7 @@ from typing import Protocol
 
 from lbsolo import __version__
 from lbsolo import platform_archive as pa
+from lbsolo.addon_kinds import kind_of
 from lbsolo.build import LogBuffer
 from lbsolo.core_addon_backups import AddonBackups
 from lbsolo.core_context import CoreContext
@@ -101,7 +102,9 @@ class PlatformBackup:
                 await asyncio.to_thread(self.engine.export_volume, volume, holder, out)
                 await add(out, f"volumes/{app.name}/{volume_name}.tar", "volume", app=app.name, volume=volume_name)
 
-        await self._stage_addons(staging, add)
+        for image in await self._stage_addons(staging, add):
+            if await asyncio.to_thread(self.engine.image_present, image):
+                images[image] = image  # the add-on's official image: a new machine may have no registry
 
         if images:  # last: the biggest, and the restore loads them first
             out = staging / "images.tar"
@@ -109,13 +112,15 @@ class PlatformBackup:
             await add(out, "images/images.tar", "images", ids=sorted(images))
         return files
 
-    async def _stage_addons(self, staging: Path, add: object) -> None:
+    async def _stage_addons(self, staging: Path, add: object) -> list[str]:
+        """Each running add-on's fresh verified backup; the images the add-ons run."""
         if self.addon_backups is None:
-            return
-        b = self.addon_backups
+            return []
+        b, images = self.addon_backups, []
         for addon in await asyncio.to_thread(self.ctx.state.list_addons):
             if addon.status != AddonStatus.RUNNING:
                 continue
+            images.append(kind_of(addon.kind).image(addon.version))
             out = LogBuffer()
             async with self.ctx.lock(addon.name):
                 m = await b.final(addon, out, source="platform")
@@ -126,6 +131,7 @@ class PlatformBackup:
                 await asyncio.to_thread(shutil.copyfile, path, copy)
                 await add(copy, f"addons/{addon.name}/{path.name}", "addon", addon=addon.name,  # type: ignore[operator]
                           backup=str(m["id"]), file=path.name)  # fmt: skip
+        return images
 
     def _body(self, manifest: pa.Manifest, files: list[tuple[pa.Entry, Path]], staging: Path) -> AsyncIterator[bytes]:
         pieces: queue.Queue[bytes | BaseException | None] = queue.Queue(maxsize=16)
