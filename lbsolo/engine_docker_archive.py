@@ -33,6 +33,9 @@ class DockerArchive:
     def _client(self) -> docker.DockerClient:
         return self.backend.client
 
+    def ping(self) -> str:
+        return self.backend.ping()
+
     def volume_name(self, app: str, name: str) -> str:
         return f"lbsolo-{self.backend.instance}-{app}-{name}"
 
