@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import time
 from pathlib import Path
 
 import httpx
@@ -48,6 +49,16 @@ def psql(c, sql: str) -> str:
     code, out = c.exec_run(["sh", "-c", client, sql])
     assert code == 0, out
     return out.decode().strip()
+
+
+def answered(d: Daemon, app: str, timeout: float = 60) -> httpx.Response:
+    """The app's first 200 (its replicas start once the daemon serves), or its last answer."""
+    deadline = time.monotonic() + timeout
+    while True:
+        r = d.get(app)
+        if r.status_code == 200 or time.monotonic() > deadline:
+            return r
+        time.sleep(0.5)
 
 
 def releases(d: Daemon, app: str) -> list[tuple[int, str]]:
@@ -110,10 +121,10 @@ def test_restore_drill(docker_client, tmp_path: Path) -> None:
         assert new.instance == instance  # the images' labels and volumes' names carry it
         new.start(timeout=180)  # the add-on is made again and loaded before the daemon serves
         assert releases(new, "hello") == before and releases(new, "shop") == before_shop
-        assert new.get("shop").status_code == 200
+        assert answered(new, "shop").status_code == 200
         rows = psql(addon_container(docker_client, instance, "shop-db"), "select count(*), max(label) from items")
         assert rows == "500|item 99"
-        response = new.get("hello")
+        response = answered(new, "hello")
         assert response.status_code == 200 and "Restored from lbsolo" in response.text
         assert "kept-in-volume" in ok(new.cli("run", "hello", "--", "cat", "/data/file.txt"))
         r = httpx.get(f"{new.api}/api/apps", headers={"Authorization": f"Bearer {token}"}, timeout=10)
