@@ -1,8 +1,8 @@
 """Whole-platform backup benchmark on the drill set: examples/hello as one app with a volume holding a
 file, and a second app with a postgres:15 add-on holding a table of `rows` rows. Times `lbsolo backup`
 (daemon running), `lbsolo restore` into a new home after the instance is wiped (no daemon), and the
-`lbsolo up` that follows until it is ready (the add-on made again and loaded); reports the archive's
-size and what it holds. Anchor in the same run: a raw `docker save` of the same images.
+`lbsolo up` that follows until it is ready (the add-on made again and loaded) and both apps answer;
+reports the archive's size and what it holds. Anchor in the same run: a raw `docker save` of the same images.
 
 Usage: .venv/bin/python bench/platform_backup.py [rows]   (default 100000; needs a Docker engine, the
 seeded postgres:15 and busybox images; run it under the Docker lock where the engine is shared)
@@ -24,7 +24,7 @@ sys.path.insert(0, str(ROOT))
 import docker  # noqa: E402
 
 from tests.integration.conftest import Daemon, remove_instance  # noqa: E402
-from tests.integration.test_platform_backup import addon_container, psql  # noqa: E402
+from tests.integration.test_platform_backup import addon_container, answered, psql  # noqa: E402
 
 
 def ok(out: subprocess.CompletedProcess[str]) -> str:
@@ -72,7 +72,8 @@ def main(rows: int) -> None:
         remove_instance(client, instance)
         restore_s, _ = timed(lambda: ok(new.cli("restore", str(archive), timeout=1800)))
         up_s, _ = timed(lambda: new.start(timeout=600))
-        assert new.get("hello").status_code == 200 and new.get("shop").status_code == 200
+        serving_s, codes = timed(lambda: [answered(new, a, 300).status_code for a in ("hello", "shop")])
+        assert codes == [200, 200], codes
         count = psql(addon_container(client, instance, "shop-db"), "select count(*) from items")
         assert count == str(rows), count
         print(json.dumps({
@@ -81,6 +82,7 @@ def main(rows: int) -> None:
             "backup_s": round(backup_s, 2), "raw_docker_save_s": round(raw_s, 2),
             "raw_docker_save_mb": round((work / "raw.tar").stat().st_size / 1e6, 1),
             "restore_s": round(restore_s, 2), "up_ready_s": round(up_s, 2),
+            "both_apps_200_after_ready_s": round(serving_s, 2),
         }, indent=1))  # fmt: skip
     finally:
         old.stop()
