@@ -67,6 +67,7 @@ def main(rows: int) -> None:
         for e in manifest["entries"]:
             by_kind[e["kind"]] = by_kind.get(e["kind"], 0) + e["size"]
         images = next(e["meta"]["ids"] for e in manifest["entries"] if e["kind"] == "images")
+        staged = [line for line in old.log_path.read_text().splitlines() if "platform backup staged" in line]  # type: ignore[union-attr]
         raw_s, _ = timed(lambda: subprocess.run(["docker", "save", "-o", str(work / "raw.tar"), *images], check=True))
         old.stop()
         remove_instance(client, instance)
@@ -82,7 +83,7 @@ def main(rows: int) -> None:
             "backup_s": round(backup_s, 2), "raw_docker_save_s": round(raw_s, 2),
             "raw_docker_save_mb": round((work / "raw.tar").stat().st_size / 1e6, 1),
             "restore_s": round(restore_s, 2), "up_ready_s": round(up_s, 2),
-            "both_apps_200_after_ready_s": round(serving_s, 2),
+            "both_apps_200_after_ready_s": round(serving_s, 2), "daemon": staged[-1:],
         }, indent=1))  # fmt: skip
     finally:
         old.stop()
