@@ -194,6 +194,11 @@ class Settings:
         return self.home / "token"
 
     @property
+    def instance_path(self) -> Path:
+        """Set by `lbsolo restore`: the restored platform keeps its instance id (its images' and volumes' labels)."""
+        return self.home / "instance"
+
+    @property
     def runtime_path(self) -> Path:
         """Where the running daemon records the addresses it actually bound."""
         return self.home / "daemon.json"

@@ -217,11 +217,11 @@ class AddonBackups:
         out.append(f"       {_size(sink.size)} in {seconds:.1f}s ({rate}); {len(after)} tables/databases counted")
         return m
 
-    async def final(self, addon: Addon, out: LogBuffer) -> dict[str, Any]:
-        """The backup `addons:destroy` takes last, made and verified under the caller's lock."""
-        m = await self.take(addon, "final", out)
+    async def final(self, addon: Addon, out: LogBuffer, source: str = "final") -> dict[str, Any]:
+        """A backup made and verified under the caller's lock: `addons:destroy`'s last, or `lbsolo backup`'s."""
+        m = await self.take(addon, source, out)
         m = await self._verify(addon.name, m, out)
-        self._emit(BACKUP_SUCCEEDED, addon.name, f"final backup {m['id']} of {addon.name} made and verified")
+        self._emit(BACKUP_SUCCEEDED, addon.name, f"{source} backup {m['id']} of {addon.name} made and verified")
         return m
 
     async def _dump(

@@ -36,6 +36,8 @@ from lbsolo.models_addons import Addon, AddonStatus
 
 log = logging.getLogger("lbsolo.core")
 
+RESTORE_MARKER = ".platform-restore"  # written by lbsolo restore beside the backup to load (platform_restore.py)
+
 SetConfig = Callable[..., Awaitable[DeployJob | None]]
 ADDON_RESTARTED = "addon.restarted"  # an event kind (EventKind's are plain strings)
 
@@ -139,41 +141,44 @@ class Addons:
 
     async def provision(self, addon: Addon, networks: list[str], out: LogBuffer) -> None:
         """Image, volume, container on `networks`, ready; undone whole if a step fails."""
-        k = kind_of(addon.kind)
-        creds = self._credentials(addon)
-        image = k.image(addon.version)
-        loop = asyncio.get_running_loop()
         try:
-            try:
-                await asyncio.to_thread(
-                    self.services.pull_image,
-                    image,
-                    lambda line: loop.call_soon_threadsafe(out.append, f"       {line}"),
-                )
-            except EngineError as e:
-                raise InvalidInput(f"no image {image} here, and it could not be pulled: {e.message}") from e
-            volume = await asyncio.to_thread(self.services.ensure_service_volume, addon.name)
-            await asyncio.to_thread(self.services.seed_service_files, addon.name, image, (volume, k.data_path),
-                                    k.files(creds))  # fmt: skip
-            await asyncio.to_thread(
-                lambda: self.services.run_service(
-                    service=addon.name,
-                    kind=addon.kind,
-                    image=image,
-                    env=k.environment(creds),
-                    command=k.command(creds),
-                    volume=(volume, k.data_path),
-                    networks=networks,
-                )
-            )
-            out.append("-----> Waiting until it takes connections")
-            await self._wait_ready(addon)
+            await self._start(addon, networks, out)
         except BaseException:
             await self.undo(addon)
             raise
         addon.status = AddonStatus.RUNNING
         await asyncio.to_thread(self.ctx.state.save_addon, addon)
         out.append(f"-----> {addon.name} is running")
+
+    async def _start(self, addon: Addon, networks: list[str], out: LogBuffer) -> None:
+        k = kind_of(addon.kind)
+        creds = self._credentials(addon)
+        image = k.image(addon.version)
+        loop = asyncio.get_running_loop()
+        try:
+            await asyncio.to_thread(
+                self.services.pull_image,
+                image,
+                lambda line: loop.call_soon_threadsafe(out.append, f"       {line}"),
+            )
+        except EngineError as e:
+            raise InvalidInput(f"no image {image} here, and it could not be pulled: {e.message}") from e
+        volume = await asyncio.to_thread(self.services.ensure_service_volume, addon.name)
+        await asyncio.to_thread(self.services.seed_service_files, addon.name, image, (volume, k.data_path),
+                                k.files(creds))  # fmt: skip
+        await asyncio.to_thread(
+            lambda: self.services.run_service(
+                service=addon.name,
+                kind=addon.kind,
+                image=image,
+                env=k.environment(creds),
+                command=k.command(creds),
+                volume=(volume, k.data_path),
+                networks=networks,
+            )
+        )
+        out.append("-----> Waiting until it takes connections")
+        await self._wait_ready(addon)
 
     async def _wait_ready(self, addon: Addon) -> None:
         k = kind_of(addon.kind)
@@ -217,10 +222,30 @@ class Addons:
                 if addon.status == AddonStatus.RETIRED:
                     continue  # stopped on purpose by its upgrade
                 record = await asyncio.to_thread(self.services.find_service, addon.name)
-                if record is not None and not record["running"]:
+                if record is None and addon.status == AddonStatus.RUNNING:
+                    await self._restored(addon)
+                elif record is not None and not record["running"]:
                     await asyncio.to_thread(self.services.start_service, addon.name)
             except LbsoloError as e:
                 log.warning("add-on %s: %s", addon.name, e.message)
+
+    async def _restored(self, addon: Addon) -> None:
+        """A record without its container after `lbsolo restore`: the container made again on the
+        networks of its apps and loaded from the verified backup the restore named beside it."""
+        marker = self.backups.files.dir(addon.name) / RESTORE_MARKER
+        try:
+            backup_id = (await asyncio.to_thread(marker.read_text)).strip()
+        except FileNotFoundError:
+            log.warning("add-on %s has no container (removed outside lbsolo?)", addon.name)
+            return
+        out = LogBuffer()
+        networks = [await self.ctx.ensure_network(app) for app in sorted(addon.attachments)]
+        async with self.ctx.lock(addon.name):
+            await self._start(addon, networks, out)
+            path = self.backups.files.dump_path(addon.name, backup_id, addon.kind)
+            counts = await self.backups.load(addon, path, f"backup {backup_id}", out)
+        await asyncio.to_thread(marker.unlink, missing_ok=True)
+        log.info("add-on %s restored from backup %s (%d tables/databases)", addon.name, backup_id, len(counts))
 
     async def replace(self, addon: Addon) -> None:
         """Recreate the add-on's container (its version's image, same volume, networks and port), ready."""

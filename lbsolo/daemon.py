@@ -15,6 +15,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import secrets
 import shutil
 import signal
@@ -63,7 +64,14 @@ def ensure_home(settings: Settings) -> str:
 
 
 def instance_id(settings: Settings) -> str:
-    """Names this lbsolo home on a shared engine: it only ever touches its own containers."""
+    """Names this lbsolo home on a shared engine: it only ever touches its own containers.
+
+    A hash of the home's path, unless the home was restored from a backup: then the backed-up
+    platform's, kept in $LBSOLO_HOME/instance, which its images' labels and volumes' names carry."""
+    with contextlib.suppress(OSError):
+        kept = settings.instance_path.read_text().strip()
+        if re.fullmatch(r"[0-9a-f]{12}", kept):
+            return kept
     return hashlib.sha256(str(settings.home.resolve()).encode()).hexdigest()[:12]
 
 

@@ -29,6 +29,7 @@ from lbsolo.api.git import create_git_router
 from lbsolo.api.guard import UNAUTHORIZED, ApiGuard, BodyLimits, caller_of, error_body
 from lbsolo.api.jobs import ndjson, stream_job
 from lbsolo.api.ops import create_ops_router
+from lbsolo.api.platform_backup import create_platform_backup_router
 from lbsolo.api.tokens import TokenStore
 from lbsolo.api.web import create_web_router
 from lbsolo.build import LogBuffer
@@ -458,6 +459,7 @@ def create_api(
     api.include_router(create_addon_backups_router(platform, require_token))
     api.include_router(create_certs_router(platform, require_token))
     api.include_router(create_cron_router(platform, require_token))
+    api.include_router(create_platform_backup_router(platform, require_token))
     return api
 
 

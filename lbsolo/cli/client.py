@@ -409,6 +409,23 @@ class Client:
             response.close()
         return written
 
+    def platform_backup(self, out: Any) -> tuple[str, int]:
+        """The whole platform's archive, written to out (a file, or a Sealer) as it arrives; its
+        file name and the bytes written. A backup that failed midway ends short: an OSError here."""
+        response = self._send("GET", _path("backup"), timeout=None)
+        written = 0
+        try:
+            if response.status >= 400:
+                raise self._error(response.status, response.read())
+            disposition = response.headers.get("content-disposition", "")
+            name = disposition.partition('filename="')[2].rstrip('"') or "lbsolo-backup.tar"
+            for piece in response.pieces():
+                out.write(piece)
+                written += len(piece)
+        finally:
+            response.close()
+        return name, written
+
     # tokens, webhooks, static routes
     def tokens(self) -> list[dict[str, Any]]:
         return self._list("GET", "tokens")
