@@ -50,6 +50,7 @@ class FakePlatform:
         self.created: list[str] = []
         self.uploads: list[int] = []
         self.pause_note: str | None = None  # set while a daemon hands over (lbsolo restart)
+        self.cron = None  # the cron router is built over it; these tests call none of its routes
 
     async def get_app(self, name: str) -> dict[str, Any]:
         if name not in self.apps:
