@@ -261,6 +261,19 @@ class Certificates:
     async def renew(self, domain: str) -> dict[str, Any]:
         return await self.issue(domain, renew=True)
 
+    async def request_renewal(self, domain: str) -> dict[str, Any]:
+        """As `renew`, but in the background (the UI's Renew button): the loop tries at once."""
+        self._require()
+        domain = domain.lower().rstrip(".")
+        if domain not in await self.served_domains():
+            raise NotFound(f"no app or route serves {domain}")
+        if not is_public_name(domain):
+            raise InvalidInput(f"{domain} is not a name a public CA issues for over HTTP-01 (wildcards need DNS-01)")
+        record = self._records.setdefault(domain, CertRecord(domain))
+        record.wanted_at, record.failures = self.clock(), 0  # the hourly cap on orders still holds
+        self.wake()
+        return self.describe(record)
+
     def wake(self) -> None:
         self._wake.set()
 
