@@ -276,6 +276,14 @@ def test_after_issuance_the_app_redirects_to_https_and_hsts_comes_over_https_onl
     assert cert["expires_soon"] is False and cert["ca"] == "production"
     listing = d.cli("certs")
     assert time.strftime("%Y-%m-%d", time.localtime(cert["not_after"])) in listing.stdout
+    # And the app page: issuer, expiry and a Renew button for the domain.
+    with httpx.Client(base_url=d.api, timeout=10) as ui:
+        r = ui.post("/ui/login", data={"token": d.token, "next": "/ui/apps/shop"})
+        assert r.status_code == 303, r.text
+        page = ui.get("/ui/apps/shop").text
+    row = page[page.index(f'data-cert="{SHOP}"') :].split("</tr>", 1)[0]
+    assert "Pebble Intermediate CA" in row and 'class="ok" data-expiry' in row and "Renew" in row
+    assert time.strftime("%Y-%m-%d", time.localtime(cert["not_after"])) in row
 
 
 def test_a_name_that_does_not_point_here_is_never_sent_to_the_ca(acme: Setup):
