@@ -28,7 +28,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from lbsolo.errors import LbsoloError
 
-__all__ = ["AcmeAccount", "AcmeFailed", "Issued", "certificate_facts"]
+__all__ = ["AcmeAccount", "AcmeFailed", "AuthorizationFailed", "Issued", "certificate_facts"]
 
 _USER_AGENT = "lbsolo"
 
@@ -38,6 +38,16 @@ class AcmeFailed(LbsoloError):
 
     status = 502
     code = "acme_failed"
+
+
+class AuthorizationFailed(AcmeFailed):
+    """The CA could not validate the domain: the failures Let's Encrypt counts against its limit."""
+
+    code = "authorization_failed"
+
+
+# Problem types (RFC 8555 section 6.7) of a failed validation.
+_AUTHORIZATION_PROBLEMS = {"unauthorized", "connection", "dns", "incorrectResponse", "tls", "caa"}
 
 
 @dataclass(frozen=True)
@@ -186,6 +196,9 @@ class AcmeAccount:
         except AcmeFailed:
             raise
         except Exception as e:
+            problem = getattr(e, "code", None) if isinstance(e, messages.Error) else None
+            if isinstance(e, errors.ValidationError) or problem in _AUTHORIZATION_PROBLEMS:
+                raise AuthorizationFailed(_reason(e)) from e
             raise AcmeFailed(_reason(e)) from e
         finally:
             for token in published:

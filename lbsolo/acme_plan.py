@@ -7,6 +7,15 @@ exponentially, up to a day; CA attempts are capped per domain per hour, well und
 failed-authorization limit (Let's Encrypt: 5 per hour per account and name), so that lbsolo is
 never why a domain gets locked out. A preflight that fails costs no CA attempt.
 
+After a failed authorization at the CA, the next tries go to the staging CA (as Caddy does: its
+limits are far higher, and its certificates are thrown away) until one succeeds there; then one
+try at production. Staging orders are not counted against the production hourly cap.
+
+A certificate with fewer than EXPIRY_WARNING seconds left (no renewal has succeeded) raises
+`cert.expiring` once per certificate per day, and `cert.expired` once it has expired. An app
+serving a public name turns its HTTPS redirect on with its first certificate, unless its owner
+chose (`apps:https --no-redirect`).
+
 What it must not do: read clocks, files or the network; callers pass `now` and the record.
 """
 
@@ -21,12 +30,19 @@ __all__ = [
     "BACKOFF_BASE",
     "BACKOFF_MAX",
     "CA_ATTEMPTS_PER_HOUR",
+    "EXPIRY_WARNING",
+    "Ca",
     "CertRecord",
     "Step",
+    "after_attempt",
     "attempts_in_window",
     "backoff",
+    "ca_for",
+    "expires_soon",
+    "expiry_alert",
     "is_public_name",
     "next_try",
+    "redirect_by_default",
     "renew_at",
 ]
 
@@ -35,9 +51,18 @@ BACKOFF_MAX = 86400.0  # never more than a day between two tries
 CA_ATTEMPTS_PER_HOUR = 3  # orders sent to the CA per domain per hour
 RENEW_JITTER = 0.02  # renewals spread over this share of a certificate's lifetime
 HOUR = 3600.0
+DAY = 86400.0
+EXPIRY_WARNING = 14 * DAY  # a certificate with less left, not renewed, is warned about (and shown red)
 
 # Names no public CA will ever issue for (RFC 6761, RFC 8375 and common private suffixes).
 _PRIVATE_SUFFIXES = ("localhost", "test", "local", "internal", "invalid", "example", "home.arpa", "lan", "localdomain")
+
+
+class Ca(StrEnum):
+    """Which CA the next order goes to."""
+
+    PRODUCTION = "production"
+    STAGING = "staging"  # after a failed authorization: try there until one succeeds
 
 
 class Step(StrEnum):
@@ -62,6 +87,10 @@ class CertRecord:
     failures: int = 0  # tries failed in a row since the last success
     ca_attempts: list[float] = field(default_factory=list)  # when orders were sent to the CA (last hour kept)
     wanted_at: float = 0.0  # a renewal asked by hand (`certs:renew`): due now, whatever the expiry
+    ca: str = Ca.PRODUCTION  # where the next order goes (staging after a failed authorization)
+    staging_passed: bool = False  # a staging order just succeeded: the next try is production's, at once
+    staging_attempts: list[float] = field(default_factory=list)  # orders sent to staging (not capped)
+    alerted: str = ""  # the last expiry alert sent: "<kind>:<not_after>:<day>" (once per certificate per day)
 
     def to_dict(self) -> dict[str, object]:
         return {
@@ -75,6 +104,10 @@ class CertRecord:
             "failures": self.failures,
             "ca_attempts": list(self.ca_attempts),
             "wanted_at": self.wanted_at,
+            "ca": str(self.ca),
+            "staging_passed": self.staging_passed,
+            "staging_attempts": list(self.staging_attempts),
+            "alerted": self.alerted,
         }
 
     @classmethod
@@ -112,16 +145,16 @@ def next_try(record: CertRecord, now: float, per_hour: int = CA_ATTEMPTS_PER_HOU
     """The earliest time the next try for `record`'s domain may start (<= now: due now).
 
     Renewal time for a certificate not asked again by hand; backoff after failures; and the
-    hourly cap on CA attempts (the next one is allowed once the oldest leaves the hour).
+    hourly cap on production CA attempts (the next one is allowed once the oldest leaves the hour).
     """
     if record.has_certificate and record.wanted_at <= record.last_success:
         due = renew_at(record.domain, record.not_before, record.not_after)
     else:
         due = now
-    if record.failures:
+    if record.failures and not record.staging_passed:
         due = max(due, record.last_attempt + backoff(record.failures))
     recent = attempts_in_window(record.ca_attempts, now)
-    if per_hour > 0 and len(recent) >= per_hour:
+    if per_hour > 0 and len(recent) >= per_hour and ca_for(record) == Ca.PRODUCTION:  # staging: not capped
         due = max(due, recent[-per_hour] + HOUR)
     return due
 
@@ -135,3 +168,51 @@ def is_public_name(name: str) -> bool:
     if name.replace(".", "").isdigit() or ":" in name:
         return False
     return not any(name == s or name.endswith("." + s) for s in _PRIVATE_SUFFIXES)
+
+
+def ca_for(record: CertRecord) -> Ca:
+    """Where the next order for `record`'s domain goes."""
+    return Ca.STAGING if record.ca == Ca.STAGING else Ca.PRODUCTION
+
+
+def after_attempt(record: CertRecord, ca: Ca, ok: bool, authorization_failed: bool) -> None:
+    """Where the orders go after one at `ca` ended (`ok`; or failed, by a refused authorization or
+    otherwise). A failed authorization at production sends the next tries to staging; a success
+    at staging sends the next one (at once, `staging_passed`) back to production; a success at
+    production ends the detour. Other failures (the CA unreachable, the cap) change nothing."""
+    if ca == Ca.STAGING:
+        if ok:
+            record.ca, record.staging_passed = Ca.PRODUCTION, True
+        return
+    record.staging_passed = False
+    if ok:
+        record.ca = Ca.PRODUCTION
+    elif authorization_failed:
+        record.ca = Ca.STAGING
+
+
+def expiry_alert(record: CertRecord, now: float, warn: float = EXPIRY_WARNING) -> tuple[str, str] | None:
+    """The event to raise about `record`'s certificate now, as (kind, key), or None.
+
+    `cert.expired` past its end, `cert.expiring` with less than `warn` seconds left; the key names
+    the certificate and the day, and the caller keeps it in `record.alerted`: an alert whose key
+    is the one sent last is not raised again, so each goes out once per certificate per day."""
+    if not record.has_certificate:
+        return None
+    left = record.not_after - now
+    if left >= warn:
+        return None
+    kind = "cert.expired" if left <= 0 else "cert.expiring"
+    key = f"{kind}:{int(record.not_after)}:{int(now // DAY)}"
+    return None if key == record.alerted else (kind, key)
+
+
+def expires_soon(record: CertRecord, now: float, warn: float = EXPIRY_WARNING) -> bool:
+    """Whether `record`'s certificate is shown red: it expires within `warn` seconds (or has)."""
+    return record.has_certificate and record.not_after - now < warn
+
+
+def redirect_by_default(redirect: bool, chosen: bool, domain: str) -> bool:
+    """Whether an app whose `domain` just got its first certificate has its HTTPS redirect turned
+    on: a public name, the redirect off, and its owner never set it by hand (`chosen`)."""
+    return not redirect and not chosen and is_public_name(domain)

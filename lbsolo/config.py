@@ -74,6 +74,8 @@ class Settings:
     # tests) is checked against acme_ca_bundle (a PEM file; empty: the system's CAs).
     acme_email: str = ""
     acme_directory: str = "production"
+    # Where orders go while a domain's authorizations fail (until one passes there): a URL or "staging".
+    acme_staging_directory: str = "staging"
     acme_ca_bundle: str = ""
     # The DNS server (host[:port]) the preflight asks whether a name points here; empty: this machine's.
     acme_resolver: str = ""
@@ -215,6 +217,11 @@ class Settings:
     @property
     def acme_directory_url(self) -> str:
         return ACME_DIRECTORIES.get(self.acme_directory.strip().lower(), self.acme_directory.strip())
+
+    @property
+    def acme_staging_url(self) -> str:
+        name = self.acme_staging_directory.strip()
+        return ACME_DIRECTORIES.get(name.lower(), name)
 
     @property
     def acme_dir(self) -> Path:

@@ -462,8 +462,15 @@ class Platform:
     async def https(self, name: str) -> dict[str, Any]:
         return await self.routing.https(name)
 
-    async def set_https(self, name: str, redirect: bool | None) -> dict[str, Any]:
-        return await self.routing.set_https(name, redirect)
+    async def set_https(
+        self,
+        name: str,
+        redirect: bool | None,
+        hsts: bool | None = None,
+        hsts_max_age: int | None = None,
+        hsts_subdomains: bool | None = None,
+    ) -> dict[str, Any]:
+        return await self.routing.set_https(name, redirect, hsts, hsts_max_age, hsts_subdomains)
 
     async def proxy_settings(self, name: str) -> dict[str, Any]:
         return await self.routing.proxy_settings(name)

@@ -34,7 +34,19 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from lbsolo.acme_plan import CertRecord, Step, attempts_in_window, is_public_name, next_try, renew_at
+from lbsolo.acme_plan import (
+    Ca,
+    CertRecord,
+    Step,
+    after_attempt,
+    attempts_in_window,
+    ca_for,
+    expires_soon,
+    expiry_alert,
+    is_public_name,
+    next_try,
+    renew_at,
+)
 from lbsolo.config import Settings
 from lbsolo.dns_forward import lookup_addresses, parse_upstream
 from lbsolo.errors import Conflict, InvalidInput, LbsoloError, NotFound
@@ -94,6 +106,7 @@ class Certificates:
         install: Installer | None = None,
         *,
         account: AcmeAccount | None = None,
+        staging: AcmeAccount | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.settings = settings
@@ -104,6 +117,7 @@ class Certificates:
         self.clock = clock
         self.dir = settings.acme_dir
         self._account = account
+        self._staging = staging
         self._records: dict[str, CertRecord] = {}
         self._running: dict[str, asyncio.Task[CertRecord]] = {}
         self._wake = asyncio.Event()
@@ -130,6 +144,16 @@ class Certificates:
             s = self.settings
             self._account = AcmeAccount(s.acme_directory_url, s.acme_email, self.dir, ca_bundle=s.acme_ca_bundle)
         return self._account
+
+    def staging_account(self) -> AcmeAccount:
+        """The account at the staging CA (its own key, under acme/staging/), for retries."""
+        if self._staging is None:
+            from lbsolo.acme_client import AcmeAccount
+
+            s = self.settings
+            home = self.dir / "staging"
+            self._staging = AcmeAccount(s.acme_staging_url, s.acme_email, home, ca_bundle=s.acme_ca_bundle)
+        return self._staging
 
     # ---- records on disk
     def _paths(self, domain: str) -> tuple[Path, Path, Path]:
@@ -192,6 +216,7 @@ class Certificates:
         return {
             **record.to_dict(),
             "status": str(step),
+            "expires_soon": expires_soon(record, now),
             "ca_attempts_last_hour": len(attempts_in_window(record.ca_attempts, now)),
             "renew_at": renew_at(record.domain, record.not_before, record.not_after) if record.has_certificate else 0,
             "next_try": max(now, next_try(record, now, self.settings.acme_attempts_per_hour)),
@@ -229,10 +254,25 @@ class Certificates:
         record.wanted_at = now
         record.failures = 0  # asked by hand: no backoff; the hourly cap on orders still holds
         result = await self._start(domain)
+        if result.staging_passed:  # the staging CA validated it: production at once, as the loop would
+            result = await self._start(domain)
         return self.describe(result)
 
     async def renew(self, domain: str) -> dict[str, Any]:
         return await self.issue(domain, renew=True)
+
+    async def request_renewal(self, domain: str) -> dict[str, Any]:
+        """As `renew`, but in the background (the UI's Renew button): the loop tries at once."""
+        self._require()
+        domain = domain.lower().rstrip(".")
+        if domain not in await self.served_domains():
+            raise NotFound(f"no app or route serves {domain}")
+        if not is_public_name(domain):
+            raise InvalidInput(f"{domain} is not a name a public CA issues for over HTTP-01 (wildcards need DNS-01)")
+        record = self._records.setdefault(domain, CertRecord(domain))
+        record.wanted_at, record.failures = self.clock(), 0  # the hourly cap on orders still holds
+        self.wake()
+        return self.describe(record)
 
     def wake(self) -> None:
         self._wake.set()
@@ -250,6 +290,7 @@ class Certificates:
             self._wake.clear()
             sleep = _LOOP_MAX_SLEEP
             now = self.clock()
+            await self._alerts(now)
             for domain in sorted(await self.wanted()):
                 record = self._records.get(domain) or CertRecord(domain)
                 due = next_try(record, now, self.settings.acme_attempts_per_hour)
@@ -260,6 +301,20 @@ class Certificates:
                     sleep = min(sleep, max(1.0, due - now))
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), sleep)
+
+    async def _alerts(self, now: float) -> None:
+        """Raise cert.expiring / cert.expired for each certificate that needs it (once a day each)."""
+        for record in list(self._records.values()):
+            alert = expiry_alert(record, now)
+            if alert is None:
+                continue
+            kind, record.alerted = alert
+            await asyncio.to_thread(self._save, record)
+            days = (record.not_after - now) / 86400
+            when = f"expired {time.ctime(record.not_after)}" if days <= 0 else f"expires in {days:.1f} days"
+            why = f" (last error: {record.last_error})" if record.last_error else ""
+            self.bus.emit(kind, None, f"certificate for {record.domain} {when}{why}",
+                          domain=record.domain, not_after=record.not_after)  # fmt: skip
 
     async def _start(self, domain: str) -> CertRecord:
         """One try for `domain`, or the one running already."""
@@ -275,30 +330,45 @@ class Certificates:
         now = self.clock()
         record.last_attempt = now
         record.ca_attempts = attempts_in_window(record.ca_attempts, now)
+        record.staging_attempts = attempts_in_window(record.staging_attempts, now)
+        ca = ca_for(record)
         try:
             await self.preflight(domain)
             cap = self.settings.acme_attempts_per_hour
-            if cap > 0 and len(record.ca_attempts) >= cap:
+            if ca == Ca.STAGING:  # not counted against the production cap
+                record.staging_attempts.append(now)
+            elif cap > 0 and len(record.ca_attempts) >= cap:
                 raise LbsoloError(f"{cap} orders for {domain} in the last hour: the next waits for the hour to pass")
-            record.ca_attempts.append(now)
+            else:
+                record.ca_attempts.append(now)
             await asyncio.to_thread(self._save, record)
-            issued = await asyncio.to_thread(self._order, domain, asyncio.get_running_loop())
+            account = self.staging_account() if ca == Ca.STAGING else self.account()
+            issued = await asyncio.to_thread(self._order, account, domain, asyncio.get_running_loop())
         except LbsoloError as e:
             record.failures += 1
-            record.last_error = e.message
+            record.last_error = e.message if ca == Ca.PRODUCTION else f"(staging CA) {e.message}"
+            after_attempt(record, ca, ok=False, authorization_failed=e.code == "authorization_failed")
             await asyncio.to_thread(self._save, record)
-            log.warning("certificate for %s: %s", domain, e.message)
-            self.bus.emit("cert.failed", None, f"certificate for {domain}: {e.message}", domain=domain)
+            log.warning("certificate for %s: %s", domain, record.last_error)
+            self.bus.emit("cert.failed", None, f"certificate for {domain}: {record.last_error}", domain=domain, ca=ca)
             return record
+        after_attempt(record, ca, ok=True, authorization_failed=False)
+        if ca == Ca.STAGING:  # a test certificate, thrown away: production is tried next, at once
+            record.last_error = "validated by the staging CA: production is asked next"
+            await asyncio.to_thread(self._save, record)
+            log.info("certificate for %s: the staging CA validated it, production next", domain)
+            self.wake()
+            return record
+        first = not record.has_certificate
         record.issuer, record.not_before, record.not_after = issued.issuer, issued.not_before, issued.not_after
         record.last_success, record.failures, record.last_error = self.clock(), 0, ""
         await asyncio.to_thread(self._save, record, issued)
         if self.install is not None:
             self.install(domain, issued.chain_pem, issued.key_pem)
-        self.bus.emit("cert.issued", None, f"certificate for {domain} from {issued.issuer}", domain=domain)
+        self.bus.emit("cert.issued", None, f"certificate for {domain} from {issued.issuer}", domain=domain, first=first)
         return record
 
-    def _order(self, domain: str, loop: asyncio.AbstractEventLoop) -> Issued:
+    def _order(self, account: AcmeAccount, domain: str, loop: asyncio.AbstractEventLoop) -> Issued:
         """The order, in a worker thread; challenge tokens are put on the board from the loop."""
         board = self.board
         assert board is not None
@@ -312,7 +382,7 @@ class Certificates:
         def withdraw(token: str) -> None:
             loop.call_soon_threadsafe(board.drop_challenge, token)
 
-        return self.account().order(domain, publish, withdraw, deadline=_ORDER_DEADLINE)
+        return account.order(domain, publish, withdraw, deadline=_ORDER_DEADLINE)
 
     # ---- preflight
     def _this_server(self) -> set[str]:

@@ -17,7 +17,7 @@ from typing import Any, Protocol
 
 from lbsolo import run
 from lbsolo.config import Settings
-from lbsolo.core_plan import Desired, RestartHistory
+from lbsolo.core_plan import Desired, RestartHistory, hsts_line
 from lbsolo.engine import Engine
 from lbsolo.events import EventBus
 from lbsolo.models import WEB, App, Build, Release, Replica, reserved_host
@@ -147,6 +147,7 @@ class CoreContext:
             tuple(app.domains),
             app.https_redirect,
             app.request_buffering,
+            hsts_line(app.hsts_max_age, app.hsts_subdomains),
         )
 
     def host_header(self, app: str) -> str:

@@ -22,6 +22,25 @@ class Desired:
     domains: tuple[str, ...] = ()
     https_redirect: bool = False
     request_buffering: bool = True
+    hsts: bytes = b""  # the Strict-Transport-Security line (hsts_line), b"": none
+
+
+HSTS_MAX_AGE_LIMIT = 2 * 365 * 86400  # two years, the longest max-age lbsolo sends
+HSTS_DEFAULT_MAX_AGE = 365 * 86400  # one year (Caddy's and the preload list's minimum)
+
+
+def validate_hsts_max_age(value: object) -> int:
+    """An HSTS max-age: a positive whole number of seconds, at most two years."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 < value <= HSTS_MAX_AGE_LIMIT:
+        raise InvalidInput(f"HSTS max-age must be a whole number of seconds from 1 to {HSTS_MAX_AGE_LIMIT} (two years)")
+    return value
+
+
+def hsts_line(max_age: int, subdomains: bool) -> bytes:
+    """The Strict-Transport-Security header line for an app (RFC 6797), b"" when HSTS is off (max_age 0)."""
+    if max_age <= 0:
+        return b""
+    return b"Strict-Transport-Security: max-age=%d%s\r\n" % (max_age, b"; includeSubDomains" if subdomains else b"")
 
 
 class ActionKind(StrEnum):
@@ -145,6 +164,7 @@ def routes_for(desired: Mapping[str, Desired | int | None], actual: list[Replica
             targets=targets,
             domains=want.domains,
             https_redirect=want.https_redirect,
+            hsts=want.hsts,
             request_buffering=want.request_buffering,
         )
     return routes

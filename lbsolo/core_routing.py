@@ -12,11 +12,16 @@ from collections.abc import Iterable
 from dataclasses import replace
 from typing import Any
 
+from lbsolo.acme_plan import redirect_by_default
 from lbsolo.core_context import CoreContext
 from lbsolo.core_plan import (
+    HSTS_DEFAULT_MAX_AGE,
+    hsts_line,
     static_routes_for,
+    validate_hsts_max_age,
 )
-from lbsolo.errors import Conflict, NotFound
+from lbsolo.errors import Conflict, InvalidInput, NotFound
+from lbsolo.events import Event
 from lbsolo.models import (
     App,
     StaticRoute,
@@ -64,19 +69,72 @@ class Routing:
     async def https(self, name: str) -> dict[str, Any]:
         return self._https(await self.ctx.app(name))
 
-    async def set_https(self, name: str, redirect: bool | None) -> dict[str, Any]:
-        """`redirect` sends the app's plain-HTTP requests to https:// (308) from now on; None changes nothing."""
-        if redirect is None:
-            return await self.https(name)
+    async def set_https(
+        self,
+        name: str,
+        redirect: bool | None,
+        hsts: bool | None = None,
+        hsts_max_age: int | None = None,
+        hsts_subdomains: bool | None = None,
+    ) -> dict[str, Any]:
+        """`redirect` sends the app's plain-HTTP requests to https:// (308) from now on (and is the
+        owner's choice: a first ACME certificate no longer changes it); `hsts` adds a
+        Strict-Transport-Security header to its responses over HTTPS. None changes nothing.
+        Everything is checked before anything changes."""
+        if hsts_max_age is not None:
+            validate_hsts_max_age(hsts_max_age)
+        if hsts and not self.ctx.settings.proxy_https_port:
+            raise InvalidInput(f"{name} has no HTTPS listener to send HSTS on: start lbsolo with --https-port (443)")
         # Under the app's lock: a rollout in progress saves the app and its route when it ends.
         async with self.ctx.lock(name):
             app = await self.ctx.app(name)
-            if redirect != app.https_redirect:
-                app.https_redirect = redirect
-                await self.ctx.save(app)
-                route = self.ctx.routes.get(name, Route(app=name))
-                self.ctx.publish_route(name, replace(route, https_redirect=redirect))
+            on = bool(app.hsts_max_age) if hsts is None else hsts
+            if not on and hsts is not False and (hsts_max_age is not None or hsts_subdomains is not None):
+                raise InvalidInput(f"HSTS is off for {name}: turn it on with --hsts")
+            if hsts is False and (hsts_max_age is not None or hsts_subdomains):
+                raise InvalidInput("--no-hsts takes no max-age or subdomains")
+            before = (app.https_redirect, app.redirect_chosen, app.hsts_max_age, app.hsts_subdomains)
+            if redirect is not None:
+                app.https_redirect, app.redirect_chosen = redirect, True
+            if not on:
+                app.hsts_max_age, app.hsts_subdomains = 0, False
+            else:
+                app.hsts_max_age = hsts_max_age or app.hsts_max_age or HSTS_DEFAULT_MAX_AGE
+                if hsts_subdomains is not None:
+                    app.hsts_subdomains = hsts_subdomains
+            if before != (app.https_redirect, app.redirect_chosen, app.hsts_max_age, app.hsts_subdomains):
+                await self._publish_https(app)
         return self._https(app)
+
+    async def _publish_https(self, app: App) -> None:
+        await self.ctx.save(app)
+        route = self.ctx.routes.get(app.name, Route(app=app.name))
+        hsts = hsts_line(app.hsts_max_age, app.hsts_subdomains)
+        self.ctx.publish_route(app.name, replace(route, https_redirect=app.https_redirect, hsts=hsts))
+
+    def on_event(self, event: Event) -> None:
+        """A bus listener: a domain's first ACME certificate turns its app's HTTPS redirect on."""
+        if event.kind == "cert.issued" and event.data.get("first"):
+            domain = str(event.data.get("domain", ""))
+            self.ctx.spawn(self.redirect_after_certificate(domain), f"redirect-{domain}")
+
+    async def redirect_after_certificate(self, domain: str) -> str | None:
+        """Turn on the HTTPS redirect of the app that serves `domain` (a public name that just got
+        its first certificate), unless its owner chose the redirect already. The app's name, if changed."""
+        for app in await asyncio.to_thread(self.ctx.state.list_apps):
+            hosts = {d.split("/", 1)[0].lower() for d in app.domains}
+            if domain not in hosts or not redirect_by_default(app.https_redirect, app.redirect_chosen, domain):
+                continue
+            async with self.ctx.lock(app.name):
+                app = await self.ctx.app(app.name)
+                if not redirect_by_default(app.https_redirect, app.redirect_chosen, domain):
+                    return None
+                app.https_redirect = True
+                await self._publish_https(app)
+            note = f"{app.name}: HTTP -> HTTPS redirect on ({domain} has a certificate)"
+            self.ctx.bus.emit("https.redirect", app.name, note, domain=domain)
+            return app.name
+        return None
 
     async def proxy_settings(self, name: str) -> dict[str, Any]:
         return self._proxy_settings(await self.ctx.app(name))
@@ -100,7 +158,15 @@ class Routing:
 
     def _https(self, app: App) -> dict[str, Any]:
         # Without an HTTPS listener the flag is kept but has no effect; say so instead of hiding it.
-        return {"name": app.name, "redirect": app.https_redirect, "active": bool(self.ctx.settings.proxy_https_port)}
+        return {
+            "name": app.name,
+            "redirect": app.https_redirect,
+            "redirect_chosen": app.redirect_chosen,
+            "hsts": bool(app.hsts_max_age),
+            "hsts_max_age": app.hsts_max_age,
+            "hsts_subdomains": app.hsts_subdomains,
+            "active": bool(self.ctx.settings.proxy_https_port),
+        }
 
     async def load_static_routes(self) -> None:
         """At startup: put the stored static routes into the proxy and DNS."""

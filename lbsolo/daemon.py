@@ -316,6 +316,7 @@ class Daemon:
         sampler = StatsSampler(engine, interval=s.stats_interval, requests=proxy.metrics)
         bus.add_listener(sampler.on_event)
         bus.add_listener(platform.cron.on_event)
+        bus.add_listener(platform.routing.on_event)  # a first certificate turns an app's HTTPS redirect on
         tokens = await asyncio.to_thread(TokenStore, state)
         ingress.publish({})
         unix_sock = listeners.api_unix

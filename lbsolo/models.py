@@ -282,6 +282,10 @@ class App:
     domains: list[str] = field(default_factory=list)  # custom domains routed to the app
     hook_secret: str = ""  # authenticates inbound push webhooks
     https_redirect: bool = False  # plain-HTTP requests get a 308 to https:// (when the proxy has HTTPS)
+    # The owner set the redirect (on or off) by hand: a first ACME certificate no longer turns it on.
+    redirect_chosen: bool = False
+    hsts_max_age: int = 0  # seconds; 0: no Strict-Transport-Security header (opt-in, over HTTPS only)
+    hsts_subdomains: bool = False  # the header says includeSubDomains
     # The proxy reads a request's body whole before handing it to a replica (slow clients then
     # cost the app nothing); off: bodies stream through as they arrive (large uploads, long polls).
     request_buffering: bool = True
@@ -305,6 +309,9 @@ class App:
             domains=list(d.get("domains") or []),
             hook_secret=str(d.get("hook_secret") or ""),
             https_redirect=bool(d.get("https_redirect", False)),
+            redirect_chosen=bool(d.get("redirect_chosen", False)),
+            hsts_max_age=int(d.get("hsts_max_age") or 0),
+            hsts_subdomains=bool(d.get("hsts_subdomains", False)),
             request_buffering=bool(d.get("request_buffering", True)),
             repo=str(d.get("repo") or ""),
         )

@@ -338,6 +338,7 @@ class Downstream(asyncio.Protocol):
                 keep=keep,
                 http11=req.http11,
                 head_only=req.method == b"HEAD",
+                hsts=req.hsts,
             )
         )
         req.responded = True

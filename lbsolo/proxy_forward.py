@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+from dataclasses import replace
 from typing import Protocol
 
 from lbsolo.proxy_buffering import CANNOT_HOLD, CannotHold, HeldBodies
@@ -139,6 +140,11 @@ class Forwarder:
             req.responded = True
             conn.finish(req, close=not keep)
             return
+        if route.hsts:  # one truth test per request without HSTS
+            if conn.proto == b"https":
+                req.hsts = route.hsts  # the proxy's own answers (503) carry it too
+            else:
+                route = replace(route, hsts=b"")  # RFC 6797: never over plain HTTP
         if not route.targets:
             conn.send_error(req, 503, "app_not_running", f"app {route.app} is not running")
             return

@@ -331,6 +331,8 @@ class H2Stream:
             (b"cache-control", b"no-store"),
             (b"x-request-id", req.request_id),
         ]
+        if req.hsts:  # always over TLS here
+            self.head.append((b"strict-transport-security", req.hsts.partition(b": ")[2].rstrip()))
         self.pending.clear()
         self.pending_size = 0
         if req.method != b"HEAD":

@@ -112,13 +112,23 @@ def _render_error(status: int, code: str, message: str, as_json: bool) -> tuple[
 
 
 def error_response(
-    status: int, code: str, message: str, *, as_json: bool, request_id: bytes, keep: bool, http11: bool, head_only: bool
+    status: int,
+    code: str,
+    message: str,
+    *,
+    as_json: bool,
+    request_id: bytes,
+    keep: bool,
+    http11: bool,
+    head_only: bool,
+    hsts: bytes = b"",
 ) -> bytes:
-    """A whole error response from the proxy itself (`head_only`: to a HEAD, without its page)."""
+    """A whole error response from the proxy itself (`head_only`: to a HEAD, without its page;
+    `hsts`: the routed app's Strict-Transport-Security line, over TLS)."""
     body, ctype = _render_error(status, code, message, as_json)
     parts = [
         b"HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %d\r\nCache-Control: no-store\r\n"
-        b"X-Request-Id: %s\r\n" % (status, _PHRASES[status], ctype, len(body), request_id)
+        b"X-Request-Id: %s\r\n%s" % (status, _PHRASES[status], ctype, len(body), request_id, hsts)
     ]
     if not keep:
         parts.append(b"Connection: close\r\n")

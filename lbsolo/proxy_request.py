@@ -56,6 +56,7 @@ class Request:
     xff = b""  # X-Forwarded-For from a trusted proxy
     proto = b""  # X-Forwarded-Proto from a trusted proxy
     request_id = b""
+    hsts = b""  # the route's Strict-Transport-Security line, set when routed over TLS only
     body_size = 0
     body_done = False
     error: tuple[int, str, str] | None = None  # answer this instead of proxying

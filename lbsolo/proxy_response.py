@@ -128,7 +128,9 @@ def upgrade_head(first: bytes, upgrade: bytes) -> bytes:
     return first + b"Connection: Upgrade\r\nUpgrade: %s\r\n\r\n" % upgrade
 
 
-def final_head(first: bytes, *, reframed: bool, chunked: bool, request_id: bytes, keep: bool, http11: bool) -> bytes:
+def final_head(
+    first: bytes, *, reframed: bool, chunked: bool, request_id: bytes, hsts: bytes, keep: bool, http11: bool
+) -> bytes:
     """A final response head to the client. `reframed`: the body is sent otherwise than the app
     framed it (chunked, or up to the close), so the app's Content-Length goes; `chunked`: it is
     sent chunked."""
@@ -139,14 +141,15 @@ def final_head(first: bytes, *, reframed: bool, chunked: bool, request_id: bytes
     return b"%s%s%s" % (
         first,
         b"Transfer-Encoding: chunked\r\n" if chunked else b"",
-        closing_lines(request_id, keep, http11),
+        closing_lines(request_id, hsts, keep, http11),
     )
 
 
-def closing_lines(request_id: bytes, keep: bool, http11: bool) -> bytes:
-    """The end of a response head towards the client: its request id, a Connection header when
-    the client's HTTP version would assume otherwise, and the blank line."""
-    return b"X-Request-Id: %s\r\n%s\r\n" % (request_id, b"" if keep and http11 else _CONN_HEADER[keep])
+def closing_lines(request_id: bytes, hsts: bytes, keep: bool, http11: bool) -> bytes:
+    """The end of a response head towards the client: its request id, the route's HSTS line (over
+    TLS; else b""), a Connection header when the client's HTTP version would assume otherwise, and
+    the blank line."""
+    return b"X-Request-Id: %s\r\n%s%s\r\n" % (request_id, hsts, b"" if keep and http11 else _CONN_HEADER[keep])
 
 
 def _strip_hop(block: bytes, low: bytes) -> tuple[bytes, bool, bytes | None, bytes | None]:

@@ -161,6 +161,7 @@ class ResponseReader:
                 reframed=self._length is not None and mode >= _M_CHUNKED,
                 chunked=mode == _M_CHUNKED,
                 request_id=req.request_id,
+                hsts=req.route.hsts if req.route is not None else b"",
                 keep=keep,
                 http11=req.http11,
             )

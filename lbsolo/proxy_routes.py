@@ -35,6 +35,9 @@ class Route:
     # Plain-HTTP requests are answered with a 308 to https:// instead of being proxied (only when
     # the proxy has an HTTPS listener). A flag read once per request, after the route lookup.
     https_redirect: bool = False
+    # The Strict-Transport-Security header line (CRLF-terminated) added to the app's responses sent
+    # over HTTPS, made once by the core; b"": none (one truth test per request).
+    hsts: bytes = b""
     # Request bodies are read whole (memory, then a temp file) before an upstream connection is
     # taken, so a slow client never holds an app worker. Off for apps that need streaming uploads.
     request_buffering: bool = True

@@ -243,7 +243,9 @@ class Upstream(asyncio.Protocol):
         req.upstream_time = _now() - self.sent_at
         keep = client.keep_alive(req)
         req.close_after = not keep
-        client.write(b"%s\r\n%s%s" % (kept, closing_lines(req.request_id, keep, req.http11), data[end + 4 :]))
+        # req.route is set: the request was routed. Its hsts is b"" unless the app asked and this is TLS.
+        closing = closing_lines(req.request_id, req.route.hsts, keep, req.http11)  # type: ignore[union-attr]
+        client.write(b"%s\r\n%s%s" % (kept, closing, data[end + 4 :]))
         req.responded = True
         self._complete(not close)
         return True

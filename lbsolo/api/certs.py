@@ -33,6 +33,8 @@ class CertOut(BaseModel):
     last_error: str = Field(description="why the last try failed (preflight or CA); empty after a success")
     failures: int = Field(description="tries failed in a row")
     ca_attempts_last_hour: int = Field(description="orders sent to the CA for this domain in the last hour")
+    expires_soon: bool = Field(description="under 14 days left (or expired) and not renewed: shown red, warned daily")
+    ca: str = Field(description="where the next order goes: production, or staging while authorizations fail")
 
 
 def _out(record: dict[str, Any]) -> CertOut:

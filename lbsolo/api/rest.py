@@ -125,6 +125,9 @@ class StaticRouteOut(BaseModel):
 
 class HttpsChange(BaseModel):
     redirect: bool | None = Field(default=None, description="Answer plain-HTTP requests with 308 to https://.")
+    hsts: bool | None = Field(default=None, description="Send Strict-Transport-Security over HTTPS (never over HTTP).")
+    hsts_max_age: int | None = Field(default=None, description="HSTS max-age in seconds, 1 to 63072000 (two years).")
+    hsts_subdomains: bool | None = Field(default=None, description="HSTS includeSubDomains.")
 
 
 class ProxyChange(BaseModel):
@@ -143,6 +146,10 @@ class ProxyOut(BaseModel):
 class HttpsOut(BaseModel):
     name: str
     redirect: bool
+    redirect_chosen: bool = Field(description="Set by hand: a first ACME certificate does not turn the redirect on.")
+    hsts: bool
+    hsts_max_age: int = Field(description="seconds; 0 without HSTS")
+    hsts_subdomains: bool
     active: bool = Field(description="Whether the proxy has an HTTPS listener (without one, no redirect happens).")
 
 
@@ -326,7 +333,9 @@ def create_api(
     @api.patch("/api/apps/{name}/https", dependencies=auth, tags=["domains"], responses=ERRORS)
     async def change_https(name: str, body: HttpsChange) -> HttpsOut:
         """Turn the HTTP -> HTTPS redirect on or off; the proxy follows at once."""
-        return HttpsOut(**await platform.set_https(name, body.redirect))
+        return HttpsOut(
+            **await platform.set_https(name, body.redirect, body.hsts, body.hsts_max_age, body.hsts_subdomains)
+        )
 
     @api.get("/api/apps/{name}/proxy", dependencies=auth, tags=["apps"], responses=ERRORS)
     async def get_proxy(name: str) -> ProxyOut:

@@ -27,6 +27,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response, Streamin
 
 from lbsolo.api import web_views as views
 from lbsolo.api.web_addons import Pages, create_web_addons_router
+from lbsolo.api.web_certs import create_web_certs_router
 from lbsolo.api.web_cron import create_web_cron_router
 from lbsolo.api.web_jobs import UiDeploys
 from lbsolo.api.web_session import (
@@ -465,6 +466,7 @@ def create_web_router(
     pages = Pages(current, to_login, page, checked_post, back_to, finish_change)
     router.include_router(create_web_addons_router(platform, pages))
     router.include_router(create_web_cron_router(platform, pages))
+    router.include_router(create_web_certs_router(platform, pages))
     return router
 
 

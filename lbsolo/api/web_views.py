@@ -19,7 +19,7 @@ from lbsolo.addon_dumps import schedule_interval
 from lbsolo.addon_kinds import kind_of
 from lbsolo.api.web_session import sparkline, sse_event
 from lbsolo.core import Platform
-from lbsolo.errors import LbsoloError
+from lbsolo.errors import LbsoloError, NotFound
 from lbsolo.models import WEB
 from lbsolo.run_logs import LogLine
 
@@ -77,12 +77,29 @@ async def app_page(platform: Platform, sampler: StatsSampler | None, name: str) 
         "replicas": replicas,
         "web": app["formation"].get(WEB, 0),
         "https": https,
+        "certs": await domain_certs(platform, app.get("domains") or []),
+        "acme_on": getattr(platform, "certs", None) is not None,
         "addons": [a for a in await addons(platform) if name in a["attachments"]],
         "addons_on": has_addons(platform),
         "kinds": ADDON_KINDS,
         "cron": await platform.cron.listing(name),
         "cron_runs": (await platform.cron.runs(name))[:10],
     }
+
+
+async def domain_certs(platform: Platform, domains: list[str]) -> dict[str, dict[str, Any]]:
+    """The certificate of each custom domain (host part) of an app, as `lbsolo certs:info` shows it;
+    empty while ACME is off."""
+    certs = getattr(platform, "certs", None)
+    if certs is None or not certs.enabled:
+        return {}
+    out = {}
+    for host in dict.fromkeys(d.split("/", 1)[0].lower() for d in domains):
+        try:
+            out[host] = await certs.info(host)
+        except NotFound:
+            continue
+    return out
 
 
 def has_addons(platform: Platform) -> bool:

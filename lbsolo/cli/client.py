@@ -274,8 +274,9 @@ class Client:
     def https(self, name: str) -> dict[str, Any]:
         return self._object("GET", "apps", name, "https")
 
-    def set_https(self, name: str, redirect: bool) -> dict[str, Any]:
-        return self._object("PATCH", "apps", name, "https", json={"redirect": redirect})
+    def set_https(self, name: str, redirect: bool | None, **hsts: Any) -> dict[str, Any]:
+        """`hsts`: hsts, hsts_max_age, hsts_subdomains (None: unchanged)."""
+        return self._object("PATCH", "apps", name, "https", json={"redirect": redirect, **hsts})
 
     def proxy_settings(self, name: str) -> dict[str, Any]:
         return self._object("GET", "apps", name, "proxy")

@@ -362,13 +362,34 @@ def apps_https(
     redirect: Annotated[
         bool | None, typer.Option("--redirect/--no-redirect", help="Send plain-HTTP requests to https:// (308).")
     ] = None,
+    hsts: Annotated[
+        bool | None,
+        typer.Option(
+            "--hsts/--no-hsts", help="Send Strict-Transport-Security over HTTPS (browsers then refuse http://)."
+        ),
+    ] = None,
+    hsts_max_age: Annotated[
+        int | None, typer.Option("--hsts-max-age", help="HSTS max-age in seconds (default a year; at most two).")
+    ] = None,
+    hsts_subdomains: Annotated[
+        bool | None, typer.Option("--hsts-subdomains/--no-hsts-subdomains", help="HSTS for every subdomain too.")
+    ] = None,
 ) -> None:
-    """Show or change an app's HTTPS settings: with --redirect, http:// requests get a 308 to https://."""
+    """Show or change an app's HTTPS settings: with --redirect, http:// requests get a 308 to https://;
+    with --hsts, its HTTPS responses carry Strict-Transport-Security. A public custom domain turns the
+    redirect on with its first ACME certificate, unless --no-redirect was said before."""
+    extra = {"hsts": hsts, "hsts_max_age": hsts_max_age, "hsts_subdomains": hsts_subdomains}
     with _client() as c:
-        out = c.https(name) if redirect is None else c.set_https(name, redirect)
+        changing = redirect is not None or any(v is not None for v in extra.values())
+        out = c.set_https(name, redirect, **extra) if changing else c.https(name)
     state = "on" if out["redirect"] else "off"
     note = "" if out["active"] or not out["redirect"] else " (no effect until the proxy has HTTPS: up --https-port)"
     console.print(f"{name}: HTTP -> HTTPS redirect {state}{note}", highlight=False)
+    if out.get("hsts"):
+        subdomains = "; includeSubDomains" if out["hsts_subdomains"] else ""
+        console.print(f"{name}: HSTS on (max-age={out['hsts_max_age']}{subdomains}, over HTTPS only)", highlight=False)
+    else:
+        console.print(f"{name}: HSTS off", highlight=False)
 
 
 @app.command("apps:proxy")

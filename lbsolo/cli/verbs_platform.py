@@ -205,13 +205,19 @@ def _cert_lines(c: dict) -> list[str]:
         f"domain        {c['domain']}",
         f"status        {c['status']}",
         f"issuer        {c['issuer'] or '-'}",
-        f"expires       {_when(c['not_after'])}",
+        f"expires       {_when(c['not_after'])}{' (under 14 days: renew it)' if c.get('expires_soon') else ''}",
         f"renews        {_when(c['renew_at'])}",
         f"last attempt  {_when(c['last_attempt'])}",
         f"last error    {c['last_error'] or '-'}",
         f"next try      {_when(c['next_try']) if c['status'] != 'valid' else '-'}",
         f"CA orders     {c['ca_attempts_last_hour']} in the last hour",
     ]
+
+
+def _expires(c: dict) -> str:
+    """The expiry, red with under 14 days left (a renewal has not succeeded)."""
+    when = _when(c["not_after"])
+    return f"[red]{escape(when)}[/red]" if c.get("expires_soon") else escape(when)
 
 
 def _cert_result(c: dict) -> None:
@@ -231,7 +237,7 @@ def certs_list() -> None:
     table = Table("domain", "status", "issuer", "expires", "last attempt", "last error")
     for r in rows:
         table.add_row(
-            r["domain"], r["status"], r["issuer"] or "-", _when(r["not_after"]), _when(r["last_attempt"]),
+            r["domain"], r["status"], r["issuer"] or "-", _expires(r), _when(r["last_attempt"]),
             escape(r["last_error"] or "-"),
         )  # fmt: skip
     console.print(table if rows else "No certificates yet: a public custom domain (lbsolo domains:add) gets one")

@@ -164,6 +164,7 @@ def acme(docker_client, tmp_path_factory) -> Iterator[Setup]:
             LBSOLO_PROXY_HTTPS_PORT=str(https_port),
             LBSOLO_ACME_EMAIL="ops@acme-test.example.com",
             LBSOLO_ACME_DIRECTORY=p.directory,
+            LBSOLO_ACME_STAGING_DIRECTORY=p.directory,  # retries after a failed authorization: the same pebble
             LBSOLO_ACME_CA_BUNDLE=str(p.tls_ca),
             LBSOLO_ACME_RESOLVER=f"127.0.0.1:{p.dns}",
             LBSOLO_ACME_HTTP_PORT=str(d.proxy_port),  # where pebble sends its validations
@@ -235,6 +236,54 @@ def test_domains_get_certificates_from_the_ca_in_the_background_served_at_once(a
     assert SHOP in listing.stdout and "Pebble" in listing.stdout and "valid" in listing.stdout
     info = d.cli("certs:info", SHOP)
     assert info.returncode == 0 and "Pebble Intermediate CA" in info.stdout
+
+
+def test_after_issuance_the_app_redirects_to_https_and_hsts_comes_over_https_only_once_asked(acme: Setup):
+    d = acme.daemon
+    _wait_valid(d, SHOP)
+    base = f"http://127.0.0.1:{d.proxy_port}"
+    deadline = time.monotonic() + 10
+    while True:  # turned on by the certificate's event, just after it is served
+        r = httpx.get(f"{base}/pay?x=1", headers={"Host": SHOP}, timeout=10)
+        if r.status_code == 308 or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert r.status_code == 308 and r.headers["location"] == f"https://{SHOP}:{acme.https_port}/pay?x=1"
+    out = d.cli("apps:https", "shop")
+    assert out.returncode == 0 and "redirect on" in out.stdout and "HSTS off" in out.stdout
+    # The HTTP-01 path stays on plain HTTP (an unknown token: the proxy's 404, not a redirect).
+    r = httpx.get(f"{base}{CHALLENGE}no-such-token", headers={"Host": SHOP}, timeout=10)
+    assert r.status_code == 404
+    _, answer = _served(acme, SHOP)
+    assert b"strict-transport-security" not in answer.lower()  # opt-in only
+    # Bad input: a clear line, nothing changed.
+    out = d.cli("apps:https", "shop", "--hsts", "--hsts-max-age", "0")
+    assert out.returncode != 0 and "HSTS max-age" in out.stderr and len(out.stderr.strip().splitlines()) == 1
+    out = d.cli("apps:https", "shop", "--hsts", "--hsts-max-age", "600", "--hsts-subdomains")
+    assert out.returncode == 0, out.stderr
+    assert "HSTS on (max-age=600; includeSubDomains" in out.stdout
+    _, answer = _served(acme, SHOP)  # the app is not deployed: the proxy's own 503 carries it too
+    head = answer.split(b"\r\n\r\n", 1)[0].lower()
+    assert b"\r\nstrict-transport-security: max-age=600; includesubdomains" in head
+    r = httpx.get(f"{base}/", headers={"Host": SHOP}, timeout=10)
+    assert r.status_code == 308 and "strict-transport-security" not in r.headers  # never over plain HTTP
+    # --no-redirect is a choice the next certificate keeps.
+    out = d.cli("apps:https", "shop", "--no-redirect", "--no-hsts")
+    assert out.returncode == 0 and "redirect off" in out.stdout and "HSTS off" in out.stdout
+    assert d.api_get("/api/apps/shop/https").json()["redirect_chosen"] is True
+    # `lbsolo certs` shows the issuer and the expiry date.
+    cert = _certs(d)[SHOP]
+    assert cert["expires_soon"] is False and cert["ca"] == "production"
+    listing = d.cli("certs")
+    assert time.strftime("%Y-%m-%d", time.localtime(cert["not_after"])) in listing.stdout
+    # And the app page: issuer, expiry and a Renew button for the domain.
+    with httpx.Client(base_url=d.api, timeout=10) as ui:
+        r = ui.post("/ui/login", data={"token": d.token, "next": "/ui/apps/shop"})
+        assert r.status_code == 303, r.text
+        page = ui.get("/ui/apps/shop").text
+    row = page[page.index(f'data-cert="{SHOP}"') :].split("</tr>", 1)[0]
+    assert "Pebble Intermediate CA" in row and 'class="ok" data-expiry' in row and "Renew" in row
+    assert time.strftime("%Y-%m-%d", time.localtime(cert["not_after"])) in row
 
 
 def test_a_name_that_does_not_point_here_is_never_sent_to_the_ca(acme: Setup):
