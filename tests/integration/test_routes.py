@@ -91,7 +91,15 @@ def test_an_app_with_the_https_redirect_sends_plain_http_to_https(daemon):
     try:
         out = daemon.cli("apps:https", "secure", "--redirect")
         assert out.returncode == 0 and "redirect on" in out.stdout, out.stderr
-        assert daemon.api_get("/api/apps/secure/https").json() == {"name": "secure", "redirect": True, "active": True}
+        assert daemon.api_get("/api/apps/secure/https").json() == {
+            "name": "secure",
+            "redirect": True,
+            "redirect_chosen": True,  # by hand: the redirect ACME turns on by default never overrides it
+            "hsts": False,
+            "hsts_max_age": 0,
+            "hsts_subdomains": False,
+            "active": True,
+        }
 
         r = daemon.get("secure", "/pay?amount=5")
         assert r.status_code == 308
