@@ -21,6 +21,7 @@ from lbsolo.cli.common import (
     escape,
     validate_app_name,
 )
+from lbsolo.cli.verbs_apps import _since
 from lbsolo.config import Settings
 from lbsolo.errors import LbsoloError
 
@@ -54,6 +55,38 @@ def tokens_revoke(token: Annotated[str, typer.Argument(help="Token id or name.")
     with _client() as c:
         c.revoke_token(token)
     console.print(f"revoked {token}")
+
+
+@app.command("audit")
+@clean_errors
+def audit(
+    app_name: Annotated[str | None, typer.Option("--app", help="Only this app's or add-on's lines.")] = None,
+    since: Annotated[str | None, typer.Option(help="Only lines newer than e.g. 1h, 30m, 2d.")] = None,
+    actor: Annotated[
+        str | None, typer.Option(help="Only this actor's: a token name (git:NAME too), admin, ui.")
+    ] = None,
+    n: Annotated[int, typer.Option("-n", help="At most this many lines, the newest.")] = 50,
+) -> None:
+    """Who changed what: every change made through the API, the UI, git push or a webhook, refused ones too."""
+    with _client() as c:
+        rows = c.audit(app=app_name, since=_since(since), actor=actor, n=n)
+    table = Table("time", "actor", "source", "action", "app", "status", "changed")
+    for r in rows:
+        changed = " ".join(f"{k}={_short(v)}" for k, v in sorted((r.get("changed") or {}).items()))
+        target = r.get("app") or (f"addon {r['addon']}" if r.get("addon") else "")
+        table.add_row(
+            _when(r.get("ts")), escape(str(r.get("actor", ""))), escape(str(r.get("source", ""))),
+            escape(str(r.get("action", ""))), escape(target), str(r.get("status", "")), escape(changed),
+        )  # fmt: skip
+    console.print(table if rows else "No audit lines match.")
+
+
+def _short(value: object) -> str:
+    if isinstance(value, list):
+        return ",".join(str(v) for v in value)
+    if isinstance(value, dict):
+        return ",".join(f"{k}:{v}" for k, v in value.items())
+    return str(value)
 
 
 @app.command("webhooks")
