@@ -2,11 +2,12 @@
 
 FastAPI reads and parses a JSON body before a route's dependencies run, so a token check there
 comes too late: an anonymous 200 MiB POST would already sit in memory. This pure-ASGI
-middleware, in front of the FastAPI app, answers 401 for /api/* and /metrics without a valid
-token before it calls `receive`, and counts body bytes while the app reads them: past the
-route's cap (declared by Content-Length, or counted, chunked bodies included) it answers 413
-at once. A refusal of a request whose body is still unread says `Connection: close`, so the
-server closes the connection instead of reading (and discarding) the rest.
+middleware, in front of the FastAPI app, answers 401 for /api/*, /metrics and git without a
+valid token, and 403 for what a scoped token's role or apps do not cover (scopes.py), before it
+calls `receive`; and it counts body bytes while the app reads them: past the route's cap
+(declared by Content-Length, or counted, chunked bodies included) it answers 413 at once. A
+refusal of a request whose body is still unread says `Connection: close`, so the server closes
+the connection instead of reading (and discarding) the rest.
 
 Caps: settings.max_upload_bytes for source uploads, git pushes and add-on dump imports, settings.max_hook_bytes
 for inbound push webhooks (their signature can only be checked once read), and
@@ -30,8 +31,9 @@ from typing import Any
 
 from lbsolo.api.audit import AuditLog, begin_note, end_note, is_change
 from lbsolo.api.auth import Authenticator, Caller
+from lbsolo.api.scopes import refusal
 from lbsolo.config import Settings
-from lbsolo.errors import InvalidInput, LbsoloError, TooLarge, Unauthorized
+from lbsolo.errors import Forbidden, InvalidInput, LbsoloError, TooLarge, Unauthorized
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -281,6 +283,14 @@ class ApiGuard:
                 await refuse(send, Unauthorized(GIT_UNAUTHORIZED), close=unread, headers=challenge)
                 return
             scope[CALLER] = caller
+        caller = caller_of(scope)
+        if caller is not None and (caller.role != "admin" or caller.apps):
+            # A scoped token: its role and apps decide, from the route alone, before the body.
+            route = self.route_of(scope) or (path, {})
+            why = refusal(caller.role, caller.apps, scope.get("method", "GET"), *route)
+            if why is not None:
+                await refuse(send, Forbidden(why), close=unread)
+                return
         note = self.paused()
         if note and scope.get("method", "GET") not in ("GET", "HEAD", "OPTIONS"):
             await refuse(send, Paused(note), close=unread, headers=((b"retry-after", b"2"),))

@@ -215,6 +215,7 @@ def create_web_router(
             return form
         target = safe_next(form.get("next"))
         if not sessions.check_token(form.get("token", "")):
+            # Scoped tokens (deploy, read) work with the CLI and the API; the UI is the admin's.
             return render("login.html", 401, next=target, error="That is not the admin token.")
         _, cookie = sessions.issue()
         response = RedirectResponse(target, status_code=303)

@@ -420,8 +420,8 @@ class Client:
     def tokens(self) -> list[dict[str, Any]]:
         return self._list("GET", "tokens")
 
-    def create_token(self, name: str) -> dict[str, Any]:
-        return self._object("POST", "tokens", json={"name": name})
+    def create_token(self, name: str, role: str = "admin", apps: list[str] | None = None) -> dict[str, Any]:
+        return self._object("POST", "tokens", json={"name": name, "role": role, "apps": apps or []})
 
     def revoke_token(self, id_or_name: str) -> None:
         self.request("DELETE", _path("tokens", id_or_name))

@@ -29,23 +29,39 @@ from lbsolo.errors import LbsoloError
 @app.command("tokens")
 @clean_errors
 def tokens_list() -> None:
-    """List extra API tokens (only their prefixes are known)."""
+    """List extra API tokens with their role and apps (only their prefixes are known)."""
     with _client() as c:
         rows = c.tokens()
-    table = Table("id", "name", "prefix", "created", "last used")
+    table = Table("id", "name", "role", "apps", "prefix", "created", "last used")
     for t in rows:
-        table.add_row(t["id"], t["name"], t["prefix"] + "…", _when(t["created_at"]), _when(t.get("last_used")))
+        apps = ", ".join(t.get("apps") or []) or "all"
+        role = t.get("role") or "admin"
+        table.add_row(
+            t["id"], t["name"], role, apps, t["prefix"] + "…", _when(t["created_at"]), _when(t.get("last_used"))
+        )
     console.print(table if rows else "No extra tokens; the admin token is in $LBSOLO_HOME/token")
 
 
 @app.command("tokens:create")
 @clean_errors
-def tokens_create(name: Annotated[str, typer.Argument(help="What the token is for, e.g. ci.")]) -> None:
+def tokens_create(
+    name: Annotated[str, typer.Argument(help="What the token is for, e.g. ci.")],
+    role: Annotated[
+        str,
+        typer.Option(
+            help="admin (everything), deploy (deploy, push, config, scale, rollback, run, logs) or read (GET only)."
+        ),
+    ] = "admin",
+    apps: Annotated[
+        list[str] | None, typer.Option("--app", help="Limit the token to this app (repeat for more).")
+    ] = None,
+) -> None:
     """Create an API token; it is shown once and stored only as a hash."""
     with _client() as c:
-        out = c.create_token(name)
+        out = c.create_token(name, role, apps or [])
     console.print(out["token"], highlight=False, markup=False)
-    err.print(f"token {out['id']} ({name}) created; it is not shown again")
+    scope = f"{out.get('role', role)}" + (f" on {', '.join(out['apps'])}" if out.get("apps") else " on every app")
+    err.print(f"token {out['id']} ({name}, {scope}) created; it is not shown again")
 
 
 @app.command("tokens:revoke")
