@@ -290,6 +290,9 @@ class ApiGuard:
             why = refusal(caller.role, caller.apps, scope.get("method", "GET"), *route)
             if why is not None:
                 await refuse(send, Forbidden(why), close=unread)
+                if self.audit is not None and not is_change(scope.get("method", "GET"), path):
+                    # a refused read is recorded too: a token probing beyond its scope is worth knowing of
+                    self._record(scope, route, 403, time.time(), {})
                 return
         note = self.paused()
         if note and scope.get("method", "GET") not in ("GET", "HEAD", "OPTIONS"):

@@ -168,3 +168,14 @@ def test_the_policy_covers():
     assert refusal("read", (), "GET", "/api/apps/{name}/logs", {"name": "x"}) is None
     assert refusal("read", (), "POST", "/git/{app}.git/{path:path}", {"app": "x", "path": "git-upload-pack"}) is None
     assert refusal("deploy", (), "POST", "/api/apps/{name}/promote", {"name": "x"}) is not None
+
+
+def test_a_refused_read_is_audited_too(served, tmp_path):
+    """Reads are not recorded, but one refused by a token's scope is (the guard's refusal branch)."""
+    base = f"http://127.0.0.1:{served.port}"
+    assert httpx.get(f"{base}/api/apps/other", headers=bearer(token(served, "deployer"))).status_code == 403
+    assert httpx.get(f"{base}/api/apps/hello", headers=bearer(token(served, "deployer"))).status_code == 200
+    (line,) = wait_for(tmp_path / "home", 1)
+    assert (line["actor"], line["action"], line["app"], line["status"]) == (
+        "deployer", "GET /api/apps/{name}", "other", 403
+    )  # fmt: skip
