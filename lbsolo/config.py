@@ -152,6 +152,10 @@ class Settings:
     # files stay. 0: no access log at all.
     access_log_max_bytes: int = 64 * 1024 * 1024
     access_log_keep: int = 3
+    # $LBSOLO_HOME/audit/audit.log (who changed what) moves to audit.log.1 past this size, and
+    # `audit_keep` old files stay; the oldest is dropped.
+    audit_max_bytes: int = 16 * 1024 * 1024
+    audit_keep: int = 5
     # `deploy --git` and push webhooks clone over https, ssh and git only; local paths and
     # file:// (which let an API caller read any repository the daemon can) need this on.
     git_allow_local: bool = False
@@ -235,6 +239,10 @@ class Settings:
     @property
     def uploads_dir(self) -> Path:
         return self.home / "uploads"
+
+    @property
+    def audit_path(self) -> Path:
+        return self.home / "audit" / "audit.log"
 
     @property
     def logs_dir(self) -> Path:

@@ -40,6 +40,13 @@ class Unauthorized(LbsoloError):
     status = 401
 
 
+class Forbidden(LbsoloError):
+    """The caller is known but its token's role or apps do not cover this."""
+
+    code = "forbidden"
+    status = 403
+
+
 class TooLarge(LbsoloError):
     code = "too_large"
     status = 413

@@ -54,8 +54,17 @@ def _cron(data: Data) -> Data:
     return data
 
 
+def _token_roles(data: Data) -> Data:
+    """3 -> 4: extra tokens get a role and the apps they are limited to: every token from before
+    roles could do everything, so it stays an admin over every app."""
+    for row in (data.get("tokens") or {}).values():
+        row.setdefault("role", "admin")
+        row.setdefault("apps", [])
+    return data
+
+
 #: MIGRATIONS[n] turns a file of schema n into schema n + 1. Pure: data in, data out.
-MIGRATIONS: list[Any] = [_stamp, _addons, _cron]
+MIGRATIONS: list[Any] = [_stamp, _addons, _cron, _token_roles]
 SCHEMA = len(MIGRATIONS)
 META = "_meta"
 

@@ -28,6 +28,8 @@ class Caller:
 
     name: str
     token_id: str | None = None
+    role: str = "admin"  # admin, deploy or read (scopes.py)
+    apps: tuple[str, ...] = ()  # the apps an extra token is limited to; () for all
 
     @property
     def admin(self) -> bool:
@@ -75,7 +77,9 @@ class Authenticator:
         if self._tokens is None or not secret.startswith(TOKEN_PREFIX):
             return None
         row = await asyncio.to_thread(self._tokens.identify, secret)
-        return Caller(row["name"], row["id"]) if row else None
+        if row is None:
+            return None
+        return Caller(row["name"], row["id"], row.get("role") or "admin", tuple(row.get("apps") or ()))
 
     async def bearer(self, authorization: str) -> Caller | None:
         """The caller of a REST request, from its Authorization header."""

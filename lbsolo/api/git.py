@@ -22,7 +22,8 @@ from typing import TYPE_CHECKING
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import StreamingResponse
 
-from lbsolo.api.auth import Authenticator
+from lbsolo.api.auth import Authenticator, basic_password
+from lbsolo.api.guard import caller_of
 from lbsolo.build_git import run_git
 from lbsolo.errors import InvalidInput, NotFound, Unauthorized
 from lbsolo.models import validate_app_name
@@ -114,7 +115,8 @@ def create_git_router(platform: Platform, token: str, api_url: str, auth: Authen
 
     @router.api_route("/git/{app}.git/{path:path}", methods=["GET", "POST"], include_in_schema=False)
     async def git_http(app: str, path: str, request: Request) -> Response:
-        if await auth.basic(request.headers.get("authorization", "")) is None:
+        # The guard has checked the password before any body was read; this holds without the guard too.
+        if caller_of(request.scope) is None and await auth.basic(request.headers.get("authorization", "")) is None:
             exc = Unauthorized("git needs an API token as the password (see: lbsolo git:remote APP)")
             return Response(exc.message + "\n", status_code=401, headers={"WWW-Authenticate": 'Basic realm="lbsolo"'})
         validate_app_name(app)
@@ -133,7 +135,9 @@ def create_git_router(platform: Platform, token: str, api_url: str, auth: Authen
             "REMOTE_ADDR": request.client.host if request.client else "",
             # what the post-receive hook needs to call the API back
             "LBSOLO_API_URL": api_url,
-            "LBSOLO_TOKEN": token,
+            # the pusher's own token, so the deploy is theirs (their role, their name in the audit log)
+            "LBSOLO_TOKEN": basic_password(request.headers.get("authorization", "")) or token,
+            "LBSOLO_VIA": "git",
             "LBSOLO_HOME": str(platform.settings.home),
         }
         if request.headers.get("content-encoding"):

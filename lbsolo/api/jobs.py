@@ -8,6 +8,7 @@ from typing import Any
 
 from fastapi.responses import StreamingResponse
 
+from lbsolo.api.audit import note
 from lbsolo.core import DeployJob
 
 
@@ -26,6 +27,7 @@ def stream_job(job: DeployJob | None) -> StreamingResponse:
             yield ndjson({"line": line})
         if job.task is not None:
             await job.task
+        note(release=job.result.get("release"))  # the audit line of the request names the release made
         yield ndjson({"result": job.result})
 
     return StreamingResponse(body(), media_type="application/x-ndjson")

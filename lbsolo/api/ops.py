@@ -13,12 +13,15 @@ import json
 from collections.abc import AsyncIterator, Callable
 from typing import Annotated, Any, Literal, Protocol, get_args
 
-from fastapi import APIRouter, Depends, Header, Query
+from fastapi import APIRouter, Depends, Header, Query, Request
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, Field
 
+from lbsolo.api.audit import note
+from lbsolo.api.guard import caller_of
+from lbsolo.api.scopes import covers, limited_to, validate_role
 from lbsolo.api.tokens import TokenStore
-from lbsolo.errors import NotFound
+from lbsolo.errors import Forbidden, NotFound
 from lbsolo.events import Event, EventBus
 from lbsolo.notify import WebhookNotifier
 from lbsolo.run_stats import StatsSampler
@@ -44,6 +47,10 @@ class WebhookCreate(BaseModel):
 
 class TokenCreate(BaseModel):
     name: str = Field(max_length=40)
+    role: str = Field(
+        default="admin", description="admin, deploy or read (admin: what every token could do before roles)."
+    )
+    apps: list[str] = Field(default=[], max_length=100, description="Limit the token to these apps (none: all).")
 
 
 def sse(event: Event) -> bytes:
@@ -154,9 +161,19 @@ def create_ops_router(
         return await asyncio.to_thread(tokens.list)
 
     @router.post("/api/tokens", tags=["tokens"], status_code=201)
-    async def create_token(body: TokenCreate) -> dict[str, Any]:
-        """A new API token; it is shown in this answer only."""
-        token_id, token = await asyncio.to_thread(tokens.create, body.name)
+    async def create_token(body: TokenCreate, request: Request) -> dict[str, Any]:
+        """A new API token with a role (admin, deploy, read), optionally limited to apps; it is shown in this
+        answer only. An unknown role or app, or more rights than the creating token has, changes nothing."""
+        role, apps = validate_role(body.role), sorted(set(body.apps))
+        for app in apps:
+            await platform.get_app(app)  # 404 for an app that does not exist
+        caller = caller_of(request.scope)
+        if caller is not None and not covers(caller.role, caller.apps, role, apps):
+            raise Forbidden(
+                f"a token can't create one with more rights than its own ({caller.role}{limited_to(caller.apps)})"
+            )
+        note(token=body.name, role=role, apps=apps)
+        token_id, token = await asyncio.to_thread(tokens.create, body.name, role, apps)
         row = next((t for t in await asyncio.to_thread(tokens.list) if t["id"] == token_id), None)
         if row is None:  # revoked in between
             raise NotFound(f"token {body.name!r} was revoked while being created")
@@ -164,7 +181,8 @@ def create_ops_router(
 
     @router.delete("/api/tokens/{id_or_name}", tags=["tokens"])
     async def revoke_token(id_or_name: str) -> dict[str, Any]:
-        """Revoke a token by id or name; requests with it fail from now on."""
+        """Revoke a token by id or name; requests with it fail from now on. The admin token is not one of these."""
+        note(token=id_or_name)
         return {"ok": True, **await asyncio.to_thread(tokens.revoke, id_or_name)}
 
     return router

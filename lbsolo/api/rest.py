@@ -8,8 +8,9 @@ LbsoloError behind them. OpenAPI is served at /openapi.json and browsable at /do
 from __future__ import annotations
 
 import asyncio
+import re
 import tempfile
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable, Iterator
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -18,15 +19,17 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import compile_path
 
 from lbsolo import __version__
 from lbsolo.api.addon_backups import create_addon_backups_router
 from lbsolo.api.addons import create_addons_router
+from lbsolo.api.audit import AuditLog, note
 from lbsolo.api.auth import Authenticator
 from lbsolo.api.certs import create_certs_router
 from lbsolo.api.cron import create_cron_router
 from lbsolo.api.git import create_git_router
-from lbsolo.api.guard import UNAUTHORIZED, ApiGuard, BodyLimits, caller_of, error_body
+from lbsolo.api.guard import UNAUTHORIZED, ApiGuard, BodyLimits, Scope, caller_of, error_body
 from lbsolo.api.jobs import ndjson, stream_job
 from lbsolo.api.ops import create_ops_router
 from lbsolo.api.platform_backup import create_platform_backup_router
@@ -175,13 +178,16 @@ def create_api(
     notifier: WebhookNotifier,
     sampler: StatsSampler,
     tokens: TokenStore,
+    audit: AuditLog | None = None,
 ) -> FastAPI:
     """The whole API: REST, git, the web UI and the ops routes (events, metrics, webhooks, tokens).
 
-    Every part is required: an API without one of them is not lbsolo's API.
+    Every part is required: an API without one of them is not lbsolo's API. The audit log is
+    the settings' file unless one is handed in.
     """
     settings = platform.settings
     authenticator = Authenticator(token, tokens)
+    audit = audit or AuditLog(settings.audit_path, settings.audit_max_bytes, settings.audit_keep)
 
     async def require_token(request: Request) -> None:
         # The guard in front has checked it already (before any body was read); this holds for
@@ -196,11 +202,28 @@ def create_api(
         version=__version__,
         description="A one-server Platform-as-a-Service. Every route needs `Authorization: Bearer <token>`.",
     )
+    api.state.audit = audit
+
+    table: list[tuple[frozenset[str], re.Pattern[str], str]] = []
+
+    def route_of(scope: Scope) -> tuple[str, dict[str, Any]] | None:
+        """The route template and path parameters a request will be routed to, before it is."""
+        if not table:  # built on first use: every router is included by then
+            table.extend(flat_routes(api.router.routes))
+        method, path = scope.get("method", "GET"), scope.get("path", "")
+        for methods, regex, template in table:
+            found = regex.fullmatch(path)
+            if found and (not methods or method in methods):
+                return template, found.groupdict()
+        return None
+
     api.add_middleware(
         ApiGuard,
         auth=authenticator,
         limits=BodyLimits.from_settings(settings),
         paused=lambda: platform.pause_note,
+        audit=audit,
+        route_of=route_of,
     )
     auth = [Depends(require_token)]
 
@@ -232,6 +255,17 @@ def create_api(
         """One app's request counters, bytes and latency histogram since the daemon started."""
         return await platform.request_metrics(name)
 
+    @api.get("/api/audit", dependencies=auth, tags=["audit"])
+    async def read_audit(
+        app: str | None = None,
+        since: float | None = None,
+        actor: str | None = None,
+        n: Annotated[int, Query(ge=1, le=10000)] = 100,
+    ) -> list[dict[str, Any]]:
+        """The audit log, oldest first: time, actor, source address, action, app or add-on, status, what changed
+        (config keys, never values). `actor` "ci" also finds "git:ci"; "ui" every UI session. Admin only."""
+        return await asyncio.to_thread(audit.read, app, since, actor, n)
+
     @api.get("/api/info", dependencies=auth, tags=["daemon"])
     async def info() -> dict[str, Any]:
         return {"version": __version__, "domain": settings.domain}
@@ -242,6 +276,7 @@ def create_api(
 
     @api.post("/api/apps", dependencies=auth, tags=["apps"], status_code=201)
     async def create_app(body: AppCreate) -> dict[str, Any]:
+        note(app=body.name)
         await platform.create_app(body.name)
         return await platform.get_app(body.name)
 
@@ -284,6 +319,7 @@ def create_api(
     @api.post("/api/apps/{name}/rollback", dependencies=auth, tags=["releases"])
     async def rollback(name: str, body: RollbackRequest) -> StreamingResponse:
         """Roll out an earlier release's image and config as a new release, without rebuilding."""
+        note(version=body.version)
         return stream_job(await platform.rollback(name, body.version))
 
     @api.post("/api/apps/{name}/promote", dependencies=auth, tags=["releases"])
@@ -299,11 +335,14 @@ def create_api(
     @api.patch("/api/apps/{name}/config", dependencies=auth, tags=["config"])
     async def change_config(name: str, body: ConfigChange) -> StreamingResponse:
         """Set and unset config vars; a deployed app gets a new release rolled out."""
+        # keys only: a value never reaches the audit log, secret or not
+        note(set=sorted(body.set), unset=sorted(body.unset), secret=body.secret or None)
         return stream_job(await platform.set_config(name, body.set, body.unset, body.secret))
 
     @api.post("/api/apps/{name}/scale", dependencies=auth, tags=["processes"])
     async def scale(name: str, body: ScaleRequest) -> dict[str, Any]:
         formation = parse_formation(f"{k}={v}" for k, v in body.formation.items())
+        note(formation=dict(formation))
         return await platform.scale(name, formation)
 
     @api.put("/api/apps/{name}/resources/{process}", dependencies=auth, tags=["processes"])
@@ -461,7 +500,9 @@ def create_api(
         return {"url": f"{api_url}/git/{name}.git"}
 
     api.include_router(
-        create_web_router(platform, token, revoked=platform.state, bus=bus, notifier=notifier, sampler=sampler)
+        create_web_router(
+            platform, token, revoked=platform.state, bus=bus, notifier=notifier, sampler=sampler, audit=audit
+        )
     )
     api.include_router(create_ops_router(platform, bus, notifier, sampler, tokens, require_token))
     api.include_router(create_addons_router(platform, require_token))
@@ -470,6 +511,19 @@ def create_api(
     api.include_router(create_cron_router(platform, require_token))
     api.include_router(create_platform_backup_router(platform, require_token))
     return api
+
+
+def flat_routes(routes: Iterable[Any], prefix: str = "") -> Iterator[tuple[frozenset[str], re.Pattern[str], str]]:
+    """(methods, path regex, template) of every route, included routers' too (FastAPI keeps them nested)."""
+    for route in routes:
+        included = getattr(route, "original_router", None)
+        if included is not None:
+            context = getattr(route, "include_context", None)
+            yield from flat_routes(included.routes, prefix + str(getattr(context, "prefix", "") or ""))
+        elif isinstance(getattr(route, "path", None), str):
+            template = prefix + route.path
+            regex, _, _ = compile_path(template)
+            yield frozenset(getattr(route, "methods", None) or ()), regex, template
 
 
 async def receive_upload(request: Request, directory: Path, limit: int) -> Path:

@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from lbsolo.api.scopes import validate_role
 from lbsolo.errors import InvalidInput, NotFound
 from lbsolo.state import State
 
@@ -33,6 +34,8 @@ def hash_token(token: str) -> str:
 def validate_token_name(name: str) -> str:
     if not isinstance(name, str) or not _NAME.match(name):
         raise InvalidInput(f"invalid token name {name!r}: 1-40 letters, digits, '_', '.', '@' or '-'")
+    if name.lower() == "admin":  # the audit log's name for the admin token
+        raise InvalidInput("'admin' names the admin token ($LBSOLO_HOME/token): pick another name")
     return name
 
 
@@ -46,15 +49,19 @@ class TokenStore:
         # id -> row; a cache of the table, so verifying a request costs no state read.
         self._rows: dict[str, dict[str, Any]] = {r["id"]: r for r in state.list_tokens()}
 
-    def create(self, name: str) -> tuple[str, str]:
-        """A new token named `name`: returns (id, token). The token cannot be shown again."""
+    def create(self, name: str, role: str = "admin", apps: list[str] | tuple[str, ...] = ()) -> tuple[str, str]:
+        """A new token named `name` with a role, limited to `apps` (none: all): returns (id, token).
+        The token cannot be shown again. Whether the apps exist is the caller's to check."""
         validate_token_name(name)
+        validate_role(role)
         token = TOKEN_PREFIX + secrets.token_urlsafe(32)
         row = {
             "id": secrets.token_hex(4),
             "name": name,
             "hash": hash_token(token),
             "prefix": token[:SHOWN_PREFIX],
+            "role": role,
+            "apps": sorted(set(apps)),
             "created_at": round(self._clock(), 3),
             "last_used": None,
         }
@@ -72,6 +79,10 @@ class TokenStore:
     def revoke(self, id_or_name: str) -> dict[str, Any]:
         """Delete a token by id or name; it stops working at once. Returns what was revoked."""
         with self._lock:
+            if id_or_name == "admin" and not any(r["name"] == "admin" for r in self._rows.values()):
+                raise InvalidInput(
+                    "the admin token cannot be revoked: replace $LBSOLO_HOME/token and restart the daemon to change it"
+                )
             row = self._find(id_or_name)
             self.state.delete_token(row["id"])
             self._rows.pop(row["id"], None)
@@ -111,4 +122,6 @@ class TokenStore:
 
 
 def _public(row: dict[str, Any]) -> dict[str, Any]:
-    return {k: row.get(k) for k in ("id", "name", "prefix", "created_at", "last_used")}
+    out = {k: row.get(k) for k in ("id", "name", "prefix", "created_at", "last_used")}
+    # rows from before roles (schema 3) are admins over every app, as they were
+    return {**out, "role": row.get("role") or "admin", "apps": list(row.get("apps") or ())}

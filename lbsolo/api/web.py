@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -26,6 +27,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response, StreamingResponse
 
 from lbsolo.api import web_views as views
+from lbsolo.api.audit import AuditLog, note
 from lbsolo.api.web_addons import Pages, create_web_addons_router
 from lbsolo.api.web_certs import create_web_certs_router
 from lbsolo.api.web_cron import create_web_cron_router
@@ -117,6 +119,7 @@ def create_web_router(
     bus: EventBus | None,
     notifier: WebhookNotifier | None,
     sampler: StatsSampler | None,
+    audit: AuditLog | None = None,
 ) -> APIRouter:
     """The web UI. `bus`, `notifier` and `sampler` feed its event list, webhook deliveries and
     graphs; None (a UI tested without them) shows those parts as not available."""
@@ -166,6 +169,7 @@ def create_web_router(
         session = current(request)
         if session is None:
             return to_login(request)
+        note(actor=f"ui:{session.id[:8]}")  # the audit log's name for this session (a prefix: not the cookie)
         form = await form_of(request)
         if isinstance(form, Response):
             return form
@@ -212,6 +216,7 @@ def create_web_router(
             return form
         target = safe_next(form.get("next"))
         if not sessions.check_token(form.get("token", "")):
+            # Scoped tokens (deploy, read) work with the CLI and the API; the UI is the admin's.
             return render("login.html", 401, next=target, error="That is not the admin token.")
         _, cookie = sessions.issue()
         response = RedirectResponse(target, status_code=303)
@@ -275,6 +280,19 @@ def create_web_router(
             return to_login(request)
         return page(request, "webhooks.html", session, **views.webhooks(notifier))
 
+    @router.get("/ui/audit")
+    async def audit_page(request: Request, app: str = "", actor: str = "", since: str = "", n: int = 200) -> Response:
+        """The audit log, newest first, filtered by app (or add-on), actor and age."""
+        session = current(request)
+        if session is None:
+            return to_login(request)
+        ages = {"1h": 3600, "24h": 86400, "7d": 7 * 86400}
+        start = time.time() - ages[since] if since in ages else None
+        rows = [] if audit is None else await asyncio.to_thread(audit.read, app or None, start, actor or None, n)
+        return page(
+            request, "audit.html", session, entries=rows[::-1], app=app, actor=actor, since=since if start else ""
+        )
+
     @router.get("/ui/routes")
     async def routes_page(request: Request) -> Response:
         """Static routes: hosts the proxy sends to services on this machine that lbsolo does not run."""
@@ -307,8 +325,11 @@ def create_web_router(
             job = await start()
             if job is not None and job.task is not None:
                 await job.task
+            if job is not None:
+                note(release=job.result.get("release"), failed=(job.result.get("error") or {}).get("code"))
             return back_to_app(session, name, *job_outcome(job, what))
         except LbsoloError as e:
+            note(failed=e.code)  # the form answers 303 either way: the audit line says how it ended
             return _flash_error(session, name, e, flashes)
 
     async def finish_change(session: Any, name: str, change: Callable[[], Awaitable[str]]) -> Response:
@@ -317,6 +338,7 @@ def create_web_router(
             validate_app_name(name)
             return back_to_app(session, name, "ok", await change())
         except LbsoloError as e:
+            note(failed=e.code)
             return _flash_error(session, name, e, flashes)
 
     @router.post("/ui/apps/{name}/config")
@@ -327,6 +349,7 @@ def create_web_router(
         session, form = checked
         key = form.get("key", "").strip()
         values, secret = {key: form.get("value", "")}, form.get("secret") == "on"
+        note(set=[key], secret=secret or None)
         return await finish_job(session, name, lambda: platform.set_config(name, values, [], secret), f"set {key}")
 
     @router.post("/ui/apps/{name}/config/unset")
@@ -336,6 +359,7 @@ def create_web_router(
             return checked
         session, form = checked
         key = form.get("key", "").strip()
+        note(unset=[key])
         return await finish_job(session, name, lambda: platform.set_config(name, {}, [key], False), f"unset {key}")
 
     @router.post("/ui/apps/{name}/rollback")
@@ -360,6 +384,7 @@ def create_web_router(
             return checked
         session, form = checked
         count = form.get("web", "").strip()
+        note(formation={WEB: count})
 
         async def change() -> str:
             app = await platform.scale(name, parse_formation([f"{WEB}={count}"]))

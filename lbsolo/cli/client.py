@@ -88,6 +88,8 @@ class Client:
         query = {k: str(v).lower() if isinstance(v, bool) else v for k, v in (params or {}).items() if v is not None}
         target = path + ("?" + urllib.parse.urlencode(query) if query else "")
         all_headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
+        if os.environ.get("LBSOLO_VIA") == "git":  # the post-receive hook: the audit log says "git:<token>"
+            all_headers["X-Lbsolo-Via"] = "git"
         all_headers.update(headers or {})
         body: bytes | Iterable[bytes] | None = None
         if json_body is not None:
@@ -427,12 +429,17 @@ class Client:
             response.close()
         return name, written
 
+    def audit(
+        self, app: str | None = None, since: float | None = None, actor: str | None = None, n: int = 50
+    ) -> list[dict[str, Any]]:
+        return self._list("GET", "audit", params={"app": app, "since": since, "actor": actor, "n": n})
+
     # tokens, webhooks, static routes
     def tokens(self) -> list[dict[str, Any]]:
         return self._list("GET", "tokens")
 
-    def create_token(self, name: str) -> dict[str, Any]:
-        return self._object("POST", "tokens", json={"name": name})
+    def create_token(self, name: str, role: str = "admin", apps: list[str] | None = None) -> dict[str, Any]:
+        return self._object("POST", "tokens", json={"name": name, "role": role, "apps": apps or []})
 
     def revoke_token(self, id_or_name: str) -> None:
         self.request("DELETE", _path("tokens", id_or_name))

@@ -21,6 +21,7 @@ from lbsolo.cli.common import (
     escape,
     validate_app_name,
 )
+from lbsolo.cli.verbs_apps import _since
 from lbsolo.config import Settings
 from lbsolo.errors import LbsoloError
 
@@ -28,23 +29,39 @@ from lbsolo.errors import LbsoloError
 @app.command("tokens")
 @clean_errors
 def tokens_list() -> None:
-    """List extra API tokens (only their prefixes are known)."""
+    """List extra API tokens with their role and apps (only their prefixes are known)."""
     with _client() as c:
         rows = c.tokens()
-    table = Table("id", "name", "prefix", "created", "last used")
+    table = Table("id", "name", "role", "apps", "prefix", "created", "last used")
     for t in rows:
-        table.add_row(t["id"], t["name"], t["prefix"] + "…", _when(t["created_at"]), _when(t.get("last_used")))
+        apps = ", ".join(t.get("apps") or []) or "all"
+        role = t.get("role") or "admin"
+        table.add_row(
+            t["id"], t["name"], role, apps, t["prefix"] + "…", _when(t["created_at"]), _when(t.get("last_used"))
+        )
     console.print(table if rows else "No extra tokens; the admin token is in $LBSOLO_HOME/token")
 
 
 @app.command("tokens:create")
 @clean_errors
-def tokens_create(name: Annotated[str, typer.Argument(help="What the token is for, e.g. ci.")]) -> None:
+def tokens_create(
+    name: Annotated[str, typer.Argument(help="What the token is for, e.g. ci.")],
+    role: Annotated[
+        str,
+        typer.Option(
+            help="admin (everything), deploy (deploy, push, config, scale, rollback, run, logs) or read (GET only)."
+        ),
+    ] = "admin",
+    apps: Annotated[
+        list[str] | None, typer.Option("--app", help="Limit the token to this app (repeat for more).")
+    ] = None,
+) -> None:
     """Create an API token; it is shown once and stored only as a hash."""
     with _client() as c:
-        out = c.create_token(name)
+        out = c.create_token(name, role, apps or [])
     console.print(out["token"], highlight=False, markup=False)
-    err.print(f"token {out['id']} ({name}) created; it is not shown again")
+    scope = f"{out.get('role', role)}" + (f" on {', '.join(out['apps'])}" if out.get("apps") else " on every app")
+    err.print(f"token {out['id']} ({name}, {scope}) created; it is not shown again")
 
 
 @app.command("tokens:revoke")
@@ -54,6 +71,38 @@ def tokens_revoke(token: Annotated[str, typer.Argument(help="Token id or name.")
     with _client() as c:
         c.revoke_token(token)
     console.print(f"revoked {token}")
+
+
+@app.command("audit")
+@clean_errors
+def audit(
+    app_name: Annotated[str | None, typer.Option("--app", help="Only this app's or add-on's lines.")] = None,
+    since: Annotated[str | None, typer.Option(help="Only lines newer than e.g. 1h, 30m, 2d.")] = None,
+    actor: Annotated[
+        str | None, typer.Option(help="Only this actor's: a token name (git:NAME too), admin, ui.")
+    ] = None,
+    n: Annotated[int, typer.Option("-n", help="At most this many lines, the newest.")] = 50,
+) -> None:
+    """Who changed what: every change made through the API, the UI, git push or a webhook, refused ones too."""
+    with _client() as c:
+        rows = c.audit(app=app_name, since=_since(since), actor=actor, n=n)
+    table = Table("time", "actor", "source", "action", "app", "status", "changed")
+    for r in rows:
+        changed = " ".join(f"{k}={_short(v)}" for k, v in sorted((r.get("changed") or {}).items()))
+        target = r.get("app") or (f"addon {r['addon']}" if r.get("addon") else "")
+        table.add_row(
+            _when(r.get("ts")), escape(str(r.get("actor", ""))), escape(str(r.get("source", ""))),
+            escape(str(r.get("action", ""))), escape(target), str(r.get("status", "")), escape(changed),
+        )  # fmt: skip
+    console.print(table if rows else "No audit lines match.")
+
+
+def _short(value: object) -> str:
+    if isinstance(value, list):
+        return ",".join(str(v) for v in value)
+    if isinstance(value, dict):
+        return ",".join(f"{k}:{v}" for k, v in value.items())
+    return str(value)
 
 
 @app.command("webhooks")

@@ -48,6 +48,7 @@ class FakePlatform:
         self.state = state
         self.apps = {"hello"}
         self.created: list[str] = []
+        self.configs: dict[str, dict[str, str]] = {}
         self.uploads: list[int] = []
         self.pause_note: str | None = None  # set while a daemon hands over (lbsolo restart)
         self.cron = None  # the cron router is built over it; these tests call none of its routes
@@ -72,6 +73,23 @@ class FakePlatform:
         self.uploads.append(context.stat().st_size)
         context.unlink()  # as the builder does once it has the context; None: nothing to roll out
 
+    async def set_config(self, name: str, values: dict[str, str], unset: list[str], secret: bool) -> None:
+        await self.get_app(name)
+        self.configs.setdefault(name, {}).update(values)  # stored; None: nothing to roll out
+
+    async def destroy_app(self, name: str, images: bool = False, volumes: bool = False) -> dict[str, Any]:
+        await self.get_app(name)
+        self.apps.discard(name)
+        return {"destroyed": name}
+
+    async def scale(self, name: str, formation: dict[str, int]) -> dict[str, Any]:
+        await self.get_app(name)
+        return {"name": name, "formation": formation}
+
+    async def config(self, name: str) -> dict[str, str]:
+        await self.get_app(name)
+        return {k: "***" for k in self.configs.get(name, {})}
+
 
 @dataclass
 class Answer:
@@ -90,6 +108,7 @@ class Served:
     port: int
     platform: FakePlatform
     extra: str  # an extra API token
+    tokens: TokenStore | None = None
 
 
 def rss_bytes() -> int:
@@ -122,7 +141,7 @@ def serve(tmp_path: Path, http: str, **settings: Any) -> Iterator[Served]:
         assert time.monotonic() < deadline and thread.is_alive(), "uvicorn did not start"
         time.sleep(0.01)
     try:
-        yield Served(sock.getsockname()[1], platform, extra)
+        yield Served(sock.getsockname()[1], platform, extra, tokens)
     finally:
         server.should_exit = True
         thread.join(10)

@@ -93,7 +93,7 @@ def test_a_schema_2_file_gets_the_cron_tables_and_keeps_its_apps_and_add_ons(tmp
     shutil.copy(FIXTURES / "state-schema-2.json", path)
     state = State(path)
     data = json.loads(path.read_text())
-    assert schema_of(data) == SCHEMA == 3 and data["cron_jobs"] == {} and data["cron_runs"] == {}
+    assert schema_of(data) == SCHEMA and data["cron_jobs"] == {} and data["cron_runs"] == {}
     assert (tmp_path / "state.json.schema-2.bak").exists()
     assert [a.name for a in state.list_apps()] == ["shop"] and [a.name for a in state.list_addons()] == ["shop-db"]
     state.add_cron_job(CronJob("shop", "c1", "0 3 * * *", "echo hi", created_at=1.0))
@@ -106,4 +106,18 @@ def test_a_schema_2_file_gets_the_cron_tables_and_keeps_its_apps_and_add_ons(tmp
     assert [(r.id, r.duration) for r in state.list_cron_runs("shop", "c1")] == [("r1", 1.0)]
     state.delete_app("shop")
     assert state.list_cron_jobs() == [] and state.list_cron_runs() == []
+    state.close()
+
+
+def test_a_schema_3_file_keeps_its_tokens_as_admins_over_every_app(tmp_path):
+    """Tokens from before roles could do everything: they stay admins, limited to no app."""
+    path = tmp_path / "state.json"
+    shutil.copy(FIXTURES / "state-schema-3.json", path)
+    state = State(path)
+    data = json.loads(path.read_text())
+    assert schema_of(data) == SCHEMA == 4
+    assert (tmp_path / "state.json.schema-3.bak").exists()
+    (token,) = state.list_tokens()
+    assert token["name"] == "ci" and token["role"] == "admin" and token["apps"] == []
+    assert [a.name for a in state.list_apps()] == ["shop"]
     state.close()

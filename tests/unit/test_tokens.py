@@ -34,7 +34,15 @@ def test_create_shows_the_token_once_and_stores_only_its_hash(tmp_path, state):
     assert token not in raw
     assert hashlib.sha256(token.encode()).hexdigest() in raw
     assert store.list() == [
-        {"id": token_id, "name": "ci", "prefix": token[:10], "created_at": 5000.0, "last_used": None}
+        {
+            "id": token_id,
+            "name": "ci",
+            "prefix": token[:10],
+            "created_at": 5000.0,
+            "last_used": None,
+            "role": "admin",
+            "apps": [],
+        }
     ]
     assert "hash" not in store.list()[0]
 

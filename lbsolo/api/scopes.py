@@ -1,0 +1,91 @@
+"""What a token may do: its role (admin, deploy, read) and the apps it is limited to. Pure.
+
+The guard asks `refusal` for every authenticated request (REST and git push), knowing the route
+template and its path parameters but not the body: one place, before anything is read.
+
+- `read`: GET only, and not the admin's reads (tokens, audit, webhooks, an app's hook secret).
+- `deploy`: what `read` may, and deploy (upload, git URL, git push), config:set/unset, scale,
+  rollback, run, cancel builds. Not: destroy apps or add-ons, tokens, webhooks, routes, domains,
+  add-ons' credentials or restores, anything on the platform as a whole.
+- `admin`: everything (today's extra tokens, and the admin token of $LBSOLO_HOME/token).
+- Apps (`--app`): only routes that name one of these apps (the platform-wide listings, add-ons
+  and other apps are refused 403: the token's holder is told what it may do, not left guessing).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from lbsolo.errors import InvalidInput
+
+ROLES = ("admin", "deploy", "read")
+READS = frozenset({"GET", "HEAD", "OPTIONS"})
+#: Reads only the admin may make: who may act, who did, where events go, the push webhook's secret.
+ADMIN_READS = frozenset({"/api/tokens", "/api/audit", "/api/webhooks", "/api/apps/{name}/hook", "/metrics"})
+#: The changes a deploy token may make, by route template.
+DEPLOY_CHANGES = frozenset(
+    {
+        ("POST", "/api/apps/{name}/deploy"),
+        ("POST", "/api/apps/{name}/deploy/git"),
+        ("PATCH", "/api/apps/{name}/config"),
+        ("POST", "/api/apps/{name}/scale"),
+        ("POST", "/api/apps/{name}/rollback"),
+        ("POST", "/api/apps/{name}/run"),
+        ("POST", "/api/apps/{name}/builds/cancel"),
+        ("POST", "/git/{app}.git/{path:path}"),
+    }
+)
+WHAT = {
+    "read": "a read token may only read (GET)",
+    "deploy": "a deploy token may deploy, push, set config, scale, roll back, run and read logs",
+}
+
+
+def validate_role(role: str) -> str:
+    if role not in ROLES:
+        raise InvalidInput(f"unknown role {role!r}: admin, deploy or read")
+    return role
+
+
+def app_of(template: str, params: dict[str, Any]) -> str | None:
+    """The app a route acts on, if it names one (add-ons are not apps)."""
+    if template.startswith("/api/apps/") or template.startswith("/git/"):
+        name = params.get("name") or params.get("app")
+        return str(name) if name else None
+    return None
+
+
+def limited_to(apps: Iterable[str]) -> str:
+    return f" on {', '.join(sorted(apps))}" if apps else ""
+
+
+def refusal(role: str, apps: tuple[str, ...], method: str, template: str, params: dict[str, Any]) -> str | None:
+    """Why a token of this role and apps may not make this request; None when it may."""
+    if role == "admin" and not apps:
+        return None
+    if apps:
+        app = app_of(template, params)
+        if app is None and template != "/api/info":
+            return f"this token is limited to the apps {', '.join(sorted(apps))}: {template} is not one of their routes"
+        if app is not None and app not in apps:
+            return f"this token is limited to the apps {', '.join(sorted(apps))}, not {app!r}"
+        if role == "admin":
+            return None
+    if method in READS or (
+        template.startswith("/git/") and method == "POST" and str(params.get("path", "")) == "git-upload-pack"
+    ):
+        if template in ADMIN_READS:
+            return f"{template} is for admin tokens; {WHAT.get(role, role)}{limited_to(apps)}"
+        return None
+    if role == "deploy" and (method, template) in DEPLOY_CHANGES:
+        return None
+    return f"{method} {template} needs an admin token; {WHAT.get(role, role)}{limited_to(apps)}"
+
+
+def covers(role: str, apps: tuple[str, ...], new_role: str, new_apps: Iterable[str]) -> bool:
+    """Whether a token may hand out a token of `new_role` over `new_apps` (never more than it has)."""
+    rank = {"read": 0, "deploy": 1, "admin": 2}
+    if rank[new_role] > rank[role]:
+        return False
+    return not apps or (bool(list(new_apps)) and set(new_apps) <= set(apps))
