@@ -8,9 +8,8 @@ LbsoloError behind them. OpenAPI is served at /openapi.json and browsable at /do
 from __future__ import annotations
 
 import asyncio
-import re
 import tempfile
-from collections.abc import AsyncIterator, Iterable, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -19,7 +18,6 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.routing import compile_path
 
 from lbsolo import __version__
 from lbsolo.api.addon_backups import create_addon_backups_router
@@ -29,17 +27,19 @@ from lbsolo.api.auth import Authenticator
 from lbsolo.api.certs import create_certs_router
 from lbsolo.api.cron import create_cron_router
 from lbsolo.api.git import create_git_router
-from lbsolo.api.guard import UNAUTHORIZED, ApiGuard, BodyLimits, Scope, caller_of, error_body
+from lbsolo.api.guard import UNAUTHORIZED, ApiGuard, BodyLimits, caller_of, error_body
 from lbsolo.api.jobs import ndjson, stream_job
 from lbsolo.api.ops import create_ops_router
 from lbsolo.api.platform_backup import create_platform_backup_router
+from lbsolo.api.route_index import RouteIndex
+from lbsolo.api.routing import create_routing_router
 from lbsolo.api.tokens import TokenStore
 from lbsolo.api.web import create_web_router
 from lbsolo.build import LogBuffer
 from lbsolo.core import Platform
 from lbsolo.errors import InvalidInput, LbsoloError, TooLarge, Unauthorized
 from lbsolo.events import EventBus
-from lbsolo.models import APP_NAME_PATTERN, parse_formation, validate_app_name
+from lbsolo.models import parse_formation, validate_app_name
 from lbsolo.notify import WebhookNotifier
 from lbsolo.run_logs import matches
 from lbsolo.run_stats import StatsSampler
@@ -81,11 +81,6 @@ class HealthRequest(BaseModel):
     grace: float | None = None
 
 
-class DomainsChange(BaseModel):
-    add: list[str] = []
-    remove: list[str] = []
-
-
 class ErrorDetail(BaseModel):
     code: str
     message: str
@@ -101,59 +96,6 @@ ERRORS: dict[int | str, dict[str, Any]] = {
     status: {"model": ErrorBody, "description": what}
     for status, what in ((404, "Not found"), (409, "Conflict"), (422, "Invalid input"))
 }
-
-
-class StaticRouteCreate(BaseModel):
-    name: str = Field(
-        pattern=APP_NAME_PATTERN,
-        description="Served at <name>.<domain>; the same rules as an app name, and not an app's.",
-    )
-    to: str = Field(
-        max_length=64,
-        pattern=r"^(?:\[[0-9A-Za-z:.%]+\]|[0-9A-Za-z.]+):[0-9]{1,5}$",
-        description="HOST:PORT on this machine: an IP literal or localhost, e.g. 127.0.0.1:9000 or [::1]:9000.",
-    )
-    domains: list[str] = Field(
-        default=[], max_length=50, description="Extra hosts routed to it, e.g. grafana.example.com."
-    )
-
-
-class StaticRouteOut(BaseModel):
-    name: str
-    to: str
-    domains: list[str]
-    url: str
-    created_at: float
-
-
-class HttpsChange(BaseModel):
-    redirect: bool | None = Field(default=None, description="Answer plain-HTTP requests with 308 to https://.")
-    hsts: bool | None = Field(default=None, description="Send Strict-Transport-Security over HTTPS (never over HTTP).")
-    hsts_max_age: int | None = Field(default=None, description="HSTS max-age in seconds, 1 to 63072000 (two years).")
-    hsts_subdomains: bool | None = Field(default=None, description="HSTS includeSubDomains.")
-
-
-class ProxyChange(BaseModel):
-    request_buffering: bool | None = Field(
-        default=None,
-        description="Read each request body whole before passing it to the app (on by default); "
-        "off streams bodies through as they arrive (large uploads, long polls).",
-    )
-
-
-class ProxyOut(BaseModel):
-    name: str
-    request_buffering: bool
-
-
-class HttpsOut(BaseModel):
-    name: str
-    redirect: bool
-    redirect_chosen: bool = Field(description="Set by hand: a first ACME certificate does not turn the redirect on.")
-    hsts: bool
-    hsts_max_age: int = Field(description="seconds; 0 without HSTS")
-    hsts_subdomains: bool
-    active: bool = Field(description="Whether the proxy has an HTTPS listener (without one, no redirect happens).")
 
 
 class GitDeploy(BaseModel):
@@ -204,26 +146,13 @@ def create_api(
     )
     api.state.audit = audit
 
-    table: list[tuple[frozenset[str], re.Pattern[str], str]] = []
-
-    def route_of(scope: Scope) -> tuple[str, dict[str, Any]] | None:
-        """The route template and path parameters a request will be routed to, before it is."""
-        if not table:  # built on first use: every router is included by then
-            table.extend(flat_routes(api.router.routes))
-        method, path = scope.get("method", "GET"), scope.get("path", "")
-        for methods, regex, template in table:
-            found = regex.fullmatch(path)
-            if found and (not methods or method in methods):
-                return template, found.groupdict()
-        return None
-
     api.add_middleware(
         ApiGuard,
         auth=authenticator,
         limits=BodyLimits.from_settings(settings),
         paused=lambda: platform.pause_note,
         audit=audit,
-        route_of=route_of,
+        route_of=RouteIndex(api),
     )
     auth = [Depends(require_token)]
 
@@ -359,48 +288,6 @@ def create_api(
         values = {k: v for k, v in body.model_dump().items() if v is not None or k == "path"}
         return await platform.set_health(name, values)
 
-    @api.patch("/api/apps/{name}/domains", dependencies=auth, tags=["domains"])
-    async def domains(name: str, body: DomainsChange) -> list[str]:
-        """Add or remove custom domains; the proxy routes them and the DNS answers for them at once."""
-        return await platform.set_domains(name, body.add, body.remove)
-
-    @api.get("/api/apps/{name}/https", dependencies=auth, tags=["domains"], responses=ERRORS)
-    async def get_https(name: str) -> HttpsOut:
-        """The app's HTTPS settings."""
-        return HttpsOut(**await platform.https(name))
-
-    @api.patch("/api/apps/{name}/https", dependencies=auth, tags=["domains"], responses=ERRORS)
-    async def change_https(name: str, body: HttpsChange) -> HttpsOut:
-        """Turn the HTTP -> HTTPS redirect on or off; the proxy follows at once."""
-        return HttpsOut(
-            **await platform.set_https(name, body.redirect, body.hsts, body.hsts_max_age, body.hsts_subdomains)
-        )
-
-    @api.get("/api/apps/{name}/proxy", dependencies=auth, tags=["apps"], responses=ERRORS)
-    async def get_proxy(name: str) -> ProxyOut:
-        """How the proxy treats the app's requests."""
-        return ProxyOut(**await platform.proxy_settings(name))
-
-    @api.patch("/api/apps/{name}/proxy", dependencies=auth, tags=["apps"], responses=ERRORS)
-    async def change_proxy(name: str, body: ProxyChange) -> ProxyOut:
-        """Turn request buffering on or off; the proxy follows at once (requests in flight keep their mode)."""
-        return ProxyOut(**await platform.set_proxy_settings(name, body.request_buffering))
-
-    @api.get("/api/routes", dependencies=auth, tags=["routes"])
-    async def static_routes() -> list[StaticRouteOut]:
-        """Static routes: <name>.<domain> (and extra hosts) to a service on this machine that lbsolo does not run."""
-        return [StaticRouteOut(**r) for r in await platform.static_routes()]
-
-    @api.post("/api/routes", dependencies=auth, tags=["routes"], status_code=201, responses=ERRORS)
-    async def add_static_route(body: StaticRouteCreate) -> StaticRouteOut:
-        """Add a static route; the proxy routes it and the DNS answers for it at once."""
-        return StaticRouteOut(**await platform.add_static_route(body.name, body.to, body.domains))
-
-    @api.delete("/api/routes/{name}", dependencies=auth, tags=["routes"], responses=ERRORS)
-    async def remove_static_route(name: str) -> dict[str, str]:
-        await platform.remove_static_route(name)
-        return {"removed": name}
-
     @api.get("/api/apps/{name}/ps", dependencies=auth, tags=["processes"])
     async def ps(name: str) -> list[dict[str, Any]]:
         return [r.to_dict() for r in await platform.replicas(name)]
@@ -507,23 +394,11 @@ def create_api(
     api.include_router(create_ops_router(platform, bus, notifier, sampler, tokens, require_token))
     api.include_router(create_addons_router(platform, require_token))
     api.include_router(create_addon_backups_router(platform, require_token))
+    api.include_router(create_routing_router(platform, require_token, ERRORS))
     api.include_router(create_certs_router(platform, require_token))
     api.include_router(create_cron_router(platform, require_token))
     api.include_router(create_platform_backup_router(platform, require_token))
     return api
-
-
-def flat_routes(routes: Iterable[Any], prefix: str = "") -> Iterator[tuple[frozenset[str], re.Pattern[str], str]]:
-    """(methods, path regex, template) of every route, included routers' too (FastAPI keeps them nested)."""
-    for route in routes:
-        included = getattr(route, "original_router", None)
-        if included is not None:
-            context = getattr(route, "include_context", None)
-            yield from flat_routes(included.routes, prefix + str(getattr(context, "prefix", "") or ""))
-        elif isinstance(getattr(route, "path", None), str):
-            template = prefix + route.path
-            regex, _, _ = compile_path(template)
-            yield frozenset(getattr(route, "methods", None) or ()), regex, template
 
 
 async def receive_upload(request: Request, directory: Path, limit: int) -> Path:
