@@ -128,8 +128,12 @@ def _spool_dir(tmp: Path) -> Path:
     tmp.mkdir(mode=0o700, parents=True, exist_ok=True)
     for old in tmp.iterdir():
         alive = old.name.isdigit() and Path(f"/proc/{old.name}").exists() and int(old.name) != os.getpid()
-        if not alive:
-            shutil.rmtree(old, ignore_errors=True) if old.is_dir() else old.unlink(missing_ok=True)
+        if alive:
+            continue
+        if old.is_dir():
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            old.unlink(missing_ok=True)
     return _fresh_dir(tmp / str(os.getpid()))
 
 
