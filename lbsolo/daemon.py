@@ -225,7 +225,9 @@ class Daemon:
             free_subnet(s.network_pool, s.network_prefix, [])
         except ValueError as e:
             raise InvalidInput(str(e)) from None
-        engine = DockerBackend(instance_id(s), network_pool=s.network_pool, network_prefix=s.network_prefix)
+        engine = DockerBackend(
+            instance_id(s), network_pool=s.network_pool, network_prefix=s.network_prefix, publish=s.publish_ports
+        )
         docker_version = await asyncio.to_thread(engine.ping)
         state = await asyncio.to_thread(State, s.state_path)
 
