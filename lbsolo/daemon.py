@@ -236,6 +236,7 @@ class Daemon:
             else None
         )
         tls = None
+        tls_knows: Callable[[str], bool] | None = None
         install: Callable[[str, bytes, bytes], None] | None = None
         if s.proxy_https_port:
             from lbsolo.proxy_tls import CertStore, LocalCA, LocalCASource, PushedSource
@@ -248,6 +249,7 @@ class Daemon:
             store = CertStore(s.domain, ca, s.tls_dir / "certs", sources=[LocalCASource(ca, s.domain), pushed])
             # Mints the certificate of the domain and *.<domain> once, before any handshake.
             tls = await asyncio.to_thread(store.server_context)
+            tls_knows = store.knows
 
             def install(domain: str, chain: bytes, key: bytes) -> None:
                 pushed.put(domain, chain, key)
@@ -260,6 +262,7 @@ class Daemon:
             access_log=access.write if access is not None else None,
             https_port=s.proxy_https_port or None,
             tls=tls,
+            tls_knows=tls_knows,
             trusted_proxies=networks(s.trusted_proxies, "trusted_proxies"),
             max_connections=s.proxy_max_connections,
             max_connections_per_client=s.proxy_max_connections_per_client,

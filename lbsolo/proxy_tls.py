@@ -90,6 +90,14 @@ def served_names(domain: str) -> x509.NameConstraints:
     return x509.NameConstraints(permitted_subtrees=dns + ips, excluded_subtrees=None)
 
 
+def _is_address(name: str) -> bool:
+    try:
+        ipaddress.ip_address(name)
+    except ValueError:
+        return False
+    return True
+
+
 def _san(name: str) -> x509.GeneralName:
     try:
         return x509.IPAddress(ipaddress.ip_address(name))
@@ -441,8 +449,15 @@ class CertStore:
                     break
         return self._domain_ctx
 
+    def knows(self, server_name: str) -> bool:
+        """Whether a handshake naming `server_name` gets a certificate (the listener answers the
+        others with the unrecognized_name alert before the handshake, lbsolo.proxy_hello)."""
+        return self.context_for(server_name) is not None
+
     def context_for(self, server_name: str | None) -> ssl.SSLContext | None:
         name = _norm(server_name or self.domain)
+        if _is_address(name):  # an address is no name (RFC 6066), but some clients send one: the default
+            name = self.domain
         ctx = self._user.get(name)
         if ctx is None and "." in name:
             ctx = self._user.get("*." + name.partition(".")[2])
