@@ -63,51 +63,50 @@ class NotTLS(ValueError):
     """The first bytes are not a TLS handshake record holding a ClientHello."""
 
 
-def _u16(b: bytes, i: int) -> int:
-    return (b[i] << 8) | b[i + 1]
-
-
 def parse_client_hello(data: bytes) -> Hello | None:
     """The server name and ALPN offer of the ClientHello at the start of `data`; None while more
-    bytes are needed; NotTLS if `data` cannot be one (or is larger than one record)."""
+    bytes are needed; NotTLS if `data` cannot be one (or is larger than one record).
+
+    Offsets into `data`, no copies but the two values (it runs once per HTTPS connection)."""
     if len(data) < 5:
         return None
     if data[0] != 0x16 or data[1] != 3:
         raise NotTLS("not a TLS handshake record")
-    length = _u16(data, 3)
-    if length > _MAX_HELLO - 5:
+    end = 5 + ((data[3] << 8) | data[4])
+    if end > _MAX_HELLO:
         raise NotTLS("record too long")
-    if len(data) < 5 + length:
+    if len(data) < end:
         return None
-    body = data[5 : 5 + length]
     try:
-        if body[0] != 1:
+        if data[5] != 1:
             raise NotTLS("not a ClientHello")
-        hs_len = int.from_bytes(body[1:4], "big")
-        if hs_len + 4 > len(body):
+        stop = 9 + int.from_bytes(data[6:9], "big")
+        if stop > end:
             raise NotTLS("a ClientHello over several records")
-        hello = body[4 : 4 + hs_len]
-        i = 2 + 32  # client_version, random
-        i += 1 + hello[i]  # session id
-        i += 2 + _u16(hello, i)  # cipher suites
-        i += 1 + hello[i]  # compression methods
+        i = 9 + 2 + 32  # client_version, random
+        i += 1 + data[i]  # session id
+        i += 2 + ((data[i] << 8) | data[i + 1])  # cipher suites
+        i += 1 + data[i]  # compression methods
+        if i > stop:
+            raise NotTLS("a ClientHello longer than its message")
         name: str | None = None
         alpn: tuple[str, ...] = ()
-        if i + 2 > len(hello):
+        if i + 2 > stop:
             return Hello(None, ())  # no extensions at all
-        end = min(len(hello), i + 2 + _u16(hello, i))
+        last = min(stop, i + 2 + ((data[i] << 8) | data[i + 1]))
         i += 2
-        while i + 4 <= end:
-            kind, size = _u16(hello, i), _u16(hello, i + 2)
-            ext = hello[i + 4 : i + 4 + size]
-            i += 4 + size
-            if kind == 0 and len(ext) >= 5 and ext[2] == 0:  # server_name: a host_name entry
-                name = ext[5 : 5 + _u16(ext, 3)].decode("ascii").lower().rstrip(".") or None
-            elif kind == 16 and len(ext) >= 2:  # application_layer_protocol_negotiation
-                protos, j, stop = [], 2, min(len(ext), 2 + _u16(ext, 0))
-                while j < stop:
-                    protos.append(ext[j + 1 : j + 1 + ext[j]].decode("ascii", "replace"))
-                    j += 1 + ext[j]
+        while i + 4 <= last:
+            kind, size = (data[i] << 8) | data[i + 1], (data[i + 2] << 8) | data[i + 3]
+            j = i + 4
+            i = j + size
+            if kind == 0 and size >= 5 and data[j + 2] == 0:  # server_name: a host_name entry
+                n = (data[j + 3] << 8) | data[j + 4]
+                name = data[j + 5 : min(j + 5 + n, i)].decode("ascii").lower().rstrip(".") or None
+            elif kind == 16 and size >= 2:  # application_layer_protocol_negotiation
+                protos, k, top = [], j + 2, min(i, j + 2 + ((data[j] << 8) | data[j + 1]))
+                while k < top:
+                    protos.append(data[k + 1 : k + 1 + data[k]].decode("ascii", "replace"))
+                    k += 1 + data[k]
                 alpn = tuple(protos)
     except (IndexError, UnicodeDecodeError) as e:
         raise NotTLS(f"a malformed ClientHello: {e}") from e
@@ -176,6 +175,9 @@ class HelloListener:
         self.starting: set[asyncio.Task[None]] = set()  # handshakes under way
         self._closed = False
         sock.setblocking(False)
+        if hasattr(socket, "TCP_DEFER_ACCEPT"):  # Linux: accepted once the ClientHello is there, read at once
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_DEFER_ACCEPT, max(1, int(timeout)))
         self.loop.add_reader(sock.fileno(), self._accept)
 
     @property

@@ -91,6 +91,8 @@ def served_names(domain: str) -> x509.NameConstraints:
 
 
 def _is_address(name: str) -> bool:
+    if not name or not (name[-1].isdigit() or ":" in name):  # no top-level domain ends in a digit
+        return False
     try:
         ipaddress.ip_address(name)
     except ValueError:
