@@ -373,6 +373,7 @@ class Certificates:
         if self.install is not None:
             self.install(domain, issued.chain_pem, issued.key_pem)
         self.bus.emit("cert.issued", None, f"certificate for {domain} from {issued.issuer}", domain=domain, first=first)
+        self.wake()  # the loop may sleep past the renewal now due (an order asked by hand, a short-lived certificate)
         return record
 
     def _order(

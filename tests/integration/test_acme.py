@@ -78,9 +78,9 @@ def _wait_port(port: int, proc: subprocess.Popen[bytes], log: Path, timeout: flo
 
 
 @contextlib.contextmanager
-def pebble(tmp: Path, http_port: int, tls_port: int | None = None) -> Iterator[Pebble]:
+def pebble(tmp: Path, http_port: int, tls_port: int | None = None, validity: int = 0) -> Iterator[Pebble]:
     """pebble-challtestsrv (DNS only) and pebble (HTTP-01 validations to `http_port`, TLS-ALPN-01
-    ones to `tls_port`), on loopback."""
+    ones to `tls_port`; certificates valid `validity` seconds, 0: pebble's five years), on loopback."""
     tls = LocalCA(tmp / "pebble-tls-ca", "pebble endpoint test CA")
     chain, key = tls.issue("localhost", "127.0.0.1")
     (tmp / "pebble-cert.pem").write_bytes(chain)
@@ -96,6 +96,7 @@ def pebble(tmp: Path, http_port: int, tls_port: int | None = None) -> Iterator[P
             "tlsPort": tls_port or free_port(),
             "ocspResponderURL": "",
             "externalAccountBindingRequired": False,
+            **({"certificateValidityPeriod": validity} if validity else {}),
         }
     }
     (tmp / "pebble.json").write_text(json.dumps(config))

@@ -5,7 +5,9 @@ not reaching lbsolo, though lbsolo's own self-check passes), and its TLS-ALPN-01
 daemon's HTTPS listener. A domain's first order uses HTTP-01 and the CA finds it invalid: the record
 learns to use TLS-ALPN-01 next, and no second order is sent before the backoff ends. Asked again,
 the staging CA (the same pebble) and then production validate it over TLS-ALPN-01: the certificate
-is served, and the record says which challenge worked.
+is served, and the record says which challenge worked. Pebble's certificates here live VALIDITY
+seconds: the certificate renews by itself when a third of that is left, over the challenge
+learned (one order, no HTTP-01 try), and the new one is served.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ pytestmark = [
 ]
 
 NAME = "alpn.acme-test.example.com"
+VALIDITY = 45  # seconds: renewal due about 30 s after issuance
 
 
 @dataclass
@@ -44,7 +47,7 @@ def alpn(docker_client, tmp_path_factory) -> Iterator[Setup]:
     d = Daemon(home=tmp / "home")
     https_port = free_port()
     nobody = free_port()  # pebble's HTTP-01 validations go here: refused
-    with pebble(tmp, nobody, tls_port=https_port) as p:
+    with pebble(tmp, nobody, tls_port=https_port, validity=VALIDITY) as p:
         d.extra_env.update(
             LBSOLO_PROXY_HTTPS_PORT=str(https_port),
             LBSOLO_ACME_EMAIL="ops@acme-test.example.com",
@@ -115,3 +118,35 @@ def test_http01_found_invalid_backs_off_then_tls_alpn01_issues_and_is_remembered
         probe.wrap_socket(raw, server_hostname=NAME) as tls,
     ):
         assert tls.selected_alpn_protocol() is None  # no challenge pending: the usual handshake
+
+
+def _served_serial(setup: Setup) -> int:
+    context = ssl.create_default_context(cadata=setup.pebble.root_pem())
+    with (
+        socket.create_connection(("127.0.0.1", setup.https_port), timeout=10) as raw,
+        context.wrap_socket(raw, server_hostname=NAME) as tls,
+    ):
+        return int(tls.getpeercert()["serialNumber"], 16)
+
+
+def test_a_short_lived_certificate_renews_by_itself_over_the_learned_challenge_and_is_served(alpn: Setup):
+    d, p = alpn.daemon, alpn.pebble
+    first = _cert(d, NAME)
+    assert first.get("status") == "valid", first  # issued by the test before
+    assert first["not_after"] - first["not_before"] <= VALIDITY + 1
+    assert first["renew_at"] < first["not_after"] - VALIDITY / 3 + 1
+    serial = _served_serial(alpn)
+    orders = p.orders()
+    deadline = time.monotonic() + VALIDITY + 30
+    cert = first
+    while time.monotonic() < deadline:
+        cert = _cert(d, NAME)
+        if cert.get("last_success", 0) > first["last_success"] and cert.get("status") == "valid":
+            break
+        time.sleep(1)
+    assert cert["last_success"] > first["last_success"], f"{cert}\n{d.log_path.read_text()[-3000:]}"
+    assert cert["not_after"] > first["not_after"] and cert["failures"] == 0
+    assert cert["validated_by"] == "tls-alpn-01" and cert["ca"] == "production"
+    assert p.orders() == orders + 1  # one order: the learned challenge, no HTTP-01 try first
+    assert cert["last_success"] >= first["renew_at"] - 1  # not before it was due
+    assert _served_serial(alpn) != serial  # the new certificate is served, without a restart
