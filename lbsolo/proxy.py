@@ -12,7 +12,8 @@ failover), `proxy_upstream` (the app side of an exchange, and WebSocket tunnels)
 response head says, pure), `proxy_targets` (per target: state, requests in flight, upstream
 connection pool, balancing, passive ejection, drain), `proxy_routes` (the routing table),
 `proxy_http` (shared HTTP constants and helpers), `proxy_metrics`; TLS certificates come from
-`lbsolo.proxy_tls`. A client that picks HTTP/2 on the HTTPS listener (ALPN) gets `proxy_h2`'s
+`lbsolo.proxy_tls`, and each HTTPS connection's ClientHello is read first by `proxy_hello` (ACME
+TLS-ALPN-01, the unrecognized_name alert). A client that picks HTTP/2 on the HTTPS listener (ALPN) gets `proxy_h2`'s
 connection instead of a `Downstream`, imported only then (`_Negotiated`).
 
 What it must not do: know about containers, releases or state. It never imports docker,
@@ -176,10 +177,10 @@ class ProxyServer:
         certificate). No name, or an unreadable ClientHello: the listener's context."""
         tls = self._tls
         assert tls is not None
-        name = hello.server_name if hello is not None else None
-        if name is None:
+        if hello is None or hello.server_name is None:
             return tls, False
-        if ACME_TLS_ALPN in hello.alpn:  # type: ignore[union-attr]
+        name = hello.server_name
+        if ACME_TLS_ALPN in hello.alpn:
             challenge = self.alpn_challenges.get(name)
             if challenge is not None:
                 return challenge, True
