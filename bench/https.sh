@@ -45,12 +45,16 @@ http { access_log off;
   server { listen 127.0.0.1:9122 ssl http2; ssl_certificate $T/cert.pem; ssl_certificate_key $T/key.pem;
     location / { proxy_pass http://app; proxy_http_version 1.1; proxy_set_header Connection ""; proxy_set_header Host \$host; proxy_set_header X-Forwarded-For \$remote_addr; } } }
 NG
+# Caddy: any Host (the requests name bench.lbsolo.localhost, as lbsolo's route needs); a site bound
+# to other names would answer them with an empty 200 without proxying. No SNI (h2load to an
+# address sends none): the same certificate.
 cat >"$T/Caddyfile" <<CF
 {
   admin off
   auto_https off
+  default_sni localhost
 }
-https://localhost:9123, https://127.0.0.1:9123 {
+https://:9123 {
   tls $T/cert.pem $T/key.pem
   reverse_proxy 127.0.0.1:9121
 }
@@ -87,6 +91,16 @@ for _ in $(seq 50); do
   sleep 0.1
 done
 sleep 1
+# Each target must proxy (the upstream's body), for this Host and with or without SNI.
+for url in https://127.0.0.1:9125/ https://127.0.0.1:9122/ https://127.0.0.1:9123/; do
+  body=$(curl -ksS --max-time 5 -H "Host: bench.lbsolo.localhost" "$url")
+  h2=$(curl -ksS --http2 --max-time 5 -H "Host: bench.lbsolo.localhost" "$url")
+  if [ "$body" != "hello world" ] || [ "$h2" != "hello world" ]; then
+    echo "bench/https.sh: $url does not proxy to the upstream (got '$body' / '$h2')" >&2
+    cat "$T/caddy.log" "$T/lbsolo.log" >&2
+    exit 1
+  fi
+done
 
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "n/a" }'; }
 to_ms() { awk '{v=$1; if (v ~ /us$/) {sub(/us$/,"",v); v/=1000} else if (v ~ /ms$/) {sub(/ms$/,"",v)} else if (v ~ /s$/) {sub(/s$/,"",v); v*=1000}; printf "%.3f", v}'; }
