@@ -218,17 +218,20 @@ class HelloListener:
                 conn.close()
 
     def close(self) -> None:
-        """Stop accepting; connections whose ClientHello is awaited are closed."""
+        """Stop accepting. Connections accepted already go on (a restart hands the listening
+        socket over: they are this process's to answer)."""
         if self._closed:
             return
         self._closed = True
         with contextlib.suppress(ValueError, OSError):
             self.loop.remove_reader(self.sock.fileno())
         self.sock.close()
-        for waiting in list(self.waiting):
-            waiting.fail()
 
     async def wait_closed(self) -> None:
+        """The end of the proxy's stop: ClientHellos still awaited and handshakes still under way
+        are given up."""
+        for waiting in list(self.waiting):
+            waiting.fail()
         for task in list(self.starting):
             task.cancel()
         if self.starting:
