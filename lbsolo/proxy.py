@@ -167,6 +167,11 @@ class ProxyServer:
         """Answer TLS-ALPN-01 handshakes for `domain` with this self-signed certificate (RFC 8737)."""
         self.alpn_challenges[domain.lower().rstrip(".")] = challenge_context(cert_pem, key_pem, self.bodies.spool_dir)
 
+    def serves_host(self, host: str) -> bool:
+        """Whether a route takes requests for `host` now (an HTTPS listener without a certificate
+        for it serves the default one meanwhile, lbsolo.proxy_tls)."""
+        return self.table.serves_host(host)
+
     def drop_alpn_challenge(self, domain: str) -> None:
         self.alpn_challenges.pop(domain.lower().rstrip("."), None)
 

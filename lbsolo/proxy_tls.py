@@ -22,7 +22,7 @@ import os
 import ssl
 import tempfile
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Protocol
@@ -400,7 +400,8 @@ class CertStore:
     Order: a user certificate for the exact host, then one for its wildcard (`*.example.com`);
     for the domain and the names one label under it, the domain certificate; then one from the
     first `CertificateSource` that has one (kept until `remove`). A deeper name under the domain
-    that no source has yet gets the domain certificate meanwhile; any other name, none. By
+    that no source has yet, or a name `routed` says a route serves, gets the domain certificate
+    meanwhile; any other name, none (the listener's unrecognized_name alert). By
     default the only source is the local CA, for the lbsolo domain and its subdomains.
     """
 
@@ -411,6 +412,7 @@ class CertStore:
         directory: Path | str | None = None,
         *,
         sources: Sequence[CertificateSource] | None = None,
+        routed: Callable[[str], bool] | None = None,
     ) -> None:
         self.domain = _norm(domain)
         self.ca = ca
@@ -421,6 +423,7 @@ class CertStore:
         if sources is None:
             sources = [LocalCASource(ca, self.domain)] if ca is not None else []
         self.sources: tuple[CertificateSource, ...] = tuple(sources)
+        self._routed = routed  # whether a route serves a name: it gets the domain certificate meanwhile
 
     def add(self, host: str, cert_pem: bytes, key_pem: bytes) -> None:
         """Use this certificate (chain, PEM) and key for `host` (`*.example.com` for a wildcard)."""
@@ -452,8 +455,7 @@ class CertStore:
         return self._domain_ctx
 
     def knows(self, server_name: str) -> bool:
-        """Whether a handshake naming `server_name` gets a certificate (the listener answers the
-        others with the unrecognized_name alert before the handshake, lbsolo.proxy_hello)."""
+        """Whether a handshake naming `server_name` gets a certificate (else: the alert, proxy_hello)."""
         return self.context_for(server_name) is not None
 
     def context_for(self, server_name: str | None) -> ssl.SSLContext | None:
@@ -482,9 +484,10 @@ class CertStore:
                     del issued[next(iter(issued))]
                 ctx = issued[name] = _context(*pem, self._dir)
                 return ctx
-        # Not remembered: a source that answered None now (a mint or an ACME order in flight) may
-        # answer later. Under the domain the domain certificate stands in meanwhile.
-        return self._domain_context() if under else None
+        # Not remembered: a source that answered None now (a mint, an ACME order) may answer later.
+        # Under the domain, or for a routed name, the domain certificate stands in meanwhile.
+        routed = self._routed
+        return self._domain_context() if under or (routed is not None and routed(name)) else None
 
     def server_context(self) -> ssl.SSLContext:
         """The listener's context: picks a certificate per handshake from the SNI name.

@@ -1,6 +1,7 @@
 """The HTTPS listener's ClientHello first look (lbsolo.proxy_hello): parsed from real ClientHellos,
-then over real sockets, on asyncio's loop and uvloop's: an unknown name gets the unrecognized_name
-alert (it arrives), an address or no name gets the default certificate, a TLS-ALPN-01 validation
+then over real sockets, on asyncio's loop and uvloop's: a name no route serves gets the
+unrecognized_name alert (it arrives), an address, no name, or a routed name without a certificate
+yet gets the default certificate, a TLS-ALPN-01 validation
 gets the challenge certificate and nothing else does, a trickled ClientHello is waited for
 without spinning, a silent client is dropped at the handshake timeout."""
 
@@ -60,12 +61,13 @@ def test_a_real_client_hello_gives_its_server_name_and_alpn_offer():
 @contextlib.asynccontextmanager
 async def listener(tmp_path: Path, timeout: float = 10.0):
     ca = LocalCA(tmp_path / "ca", domain=DOMAIN)
-    store = CertStore(DOMAIN, ca)
+    store = CertStore(DOMAIN, ca, routed=lambda name: proxy.serves_host(name))
     user = LocalCA(tmp_path / "user-ca", "someone else's CA")
     store.add("shop.example.com", *user.issue("shop.example.com"))
     proxy = ProxyServer(port=0, domain=DOMAIN, https_port=0, tls=store.server_context(), tls_knows=store.knows,
                         header_timeout=timeout)  # fmt: skip
-    proxy.set_routes({"hello": Route(app="hello", targets=(Target("127.0.0.1", 9),), domains=("shop.example.com",))})
+    target = (Target("127.0.0.1", 9),)
+    proxy.set_routes({"hello": Route(app="hello", targets=target, domains=("shop.example.com", "new.example.com/api"))})
     await proxy.start()
     try:
         yield proxy, ca, user
@@ -119,6 +121,9 @@ def test_an_unknown_name_gets_the_alert_and_an_address_or_no_name_the_default_ce
             assert _subject(tls) == "CN=lbsolo.localhost"
             tls, _ = await _handshake(proxy.https_port, "shop.example.com")
             assert _subject(tls) == "CN=shop.example.com"
+            # A name a route serves, no certificate yet (an ACME order in flight): the default meanwhile.
+            tls, _ = await _handshake(proxy.https_port, "new.example.com")
+            assert _subject(tls) == "CN=lbsolo.localhost"
             if shutil.which("openssl"):  # what the issue saw: an address as SNI, an unknown name
                 port = proxy.https_port
 
