@@ -2,16 +2,19 @@
 
 Python's `ssl` picks a certificate by SNI alone and never shows what the client offered by ALPN.
 Two answers need both before the handshake starts: an ACME TLS-ALPN-01 validation (RFC 8737: a
-ClientHello offering only `acme-tls/1` for a name whose challenge is pending gets the challenge's
-self-signed certificate, then the connection closes) and a name lbsolo will never serve (it gets
-a fatal `unrecognized_name` alert the client actually receives, then the connection closes;
-Python's own alert from an SNI callback is dropped unsent when asyncio closes the transport).
+ClientHello offering `acme-tls/1` for a name whose challenge is pending gets the challenge's
+self-signed certificate, then the connection closes; the CA's offers nothing else) and a name
+lbsolo will never serve (it gets a fatal `unrecognized_name` alert the client actually receives,
+then the connection closes; Python's own alert from an SNI callback is dropped unsent when
+asyncio closes the transport).
 
 `Hello` is the ClientHello's server name and ALPN offer, `parse_client_hello` reads them from
 bytes (pure); `HelloListener` is the listener: it accepts, reads each ClientHello with MSG_PEEK
 (nothing consumed: the TLS library then reads it again), asks its `Choose` callback what to do,
 and hands the socket to the loop's TLS (`connect_accepted_socket`) on the context chosen, or
-writes the alert. It works the same on asyncio's loop and uvloop's.
+writes the alert. It works the same on asyncio's loop and uvloop's. On Linux the listening socket
+gets TCP_DEFER_ACCEPT: a connection is accepted once its first bytes are there, so the ClientHello
+is usually read at once, with no reader registered per connection.
 
 What it must not do: consume a byte before TLS starts, wait on a client past the handshake
 timeout, or spin while a ClientHello trickles in (a partial one is polled on a timer, backing off).
@@ -39,6 +42,7 @@ __all__ = [
     "ALERT_UNRECOGNIZED_NAME",
     "Hello",
     "HelloListener",
+    "NotTLS",
     "challenge_context",
     "listen_tcp",
     "parse_client_hello",
