@@ -1,4 +1,5 @@
-"""The ACME client (RFC 8555): an account at a CA and orders for one domain at a time, over HTTP-01.
+"""The ACME client (RFC 8555): an account at a CA and orders for one domain at a time, validated
+over HTTP-01 or TLS-ALPN-01 (RFC 8737).
 
 Built on certbot's `acme` and `josepy` libraries, the only module that imports them; it is
 imported only when ACME is on (`LBSOLO_ACME_EMAIL`), so the idle daemon never pays for them
@@ -6,29 +7,52 @@ imported only when ACME is on (`LBSOLO_ACME_EMAIL`), so the idle daemon never pa
 in a thread (`asyncio.to_thread`). The account key is made once and kept 0600 in the directory
 it is given, with the account's URL.
 
-What it must not do: decide when to order (lbsolo.acme_plan does), answer challenges (the proxy
-does, from the tokens `publish` hands it), or keep certificates (the core stores them).
+certbot's `acme` dropped its TLS-ALPN-01 classes (5.x parses the challenge as unrecognized): the
+challenge and its response are declared here (`TLSALPN01`), and the challenge certificate
+(`alpn_certificate`: self-signed, the name as its only SAN, the critical acmeIdentifier extension
+holding the SHA-256 of the key authorization) is built with `cryptography`.
+
+What it must not do: decide when to order or which challenge to use (lbsolo.acme_plan does),
+answer challenges (the proxy does, from what the `Responder` hands it), or keep certificates
+(the core stores them).
 """
 
 from __future__ import annotations
 
 import datetime
+import hashlib
 import json
 import os
 import tempfile
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Protocol
 
 import josepy as jose
 from acme import challenges, client, crypto_util, errors, messages
 from cryptography import x509
-from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from lbsolo.errors import LbsoloError
 
-__all__ = ["AcmeAccount", "AcmeFailed", "AuthorizationFailed", "Issued", "certificate_facts"]
+__all__ = [
+    "HTTP01",
+    "TLS_ALPN01",
+    "AcmeAccount",
+    "AcmeFailed",
+    "AuthorizationFailed",
+    "ChallengeUnavailable",
+    "Issued",
+    "Responder",
+    "alpn_certificate",
+    "certificate_facts",
+]
+
+HTTP01 = "http-01"
+TLS_ALPN01 = "tls-alpn-01"
+# RFC 8737: the acmeIdentifier extension of a TLS-ALPN-01 certificate.
+_ACME_IDENTIFIER = x509.ObjectIdentifier("1.3.6.1.5.5.7.1.31")
 
 _USER_AGENT = "lbsolo"
 
@@ -44,6 +68,68 @@ class AuthorizationFailed(AcmeFailed):
     """The CA could not validate the domain: the failures Let's Encrypt counts against its limit."""
 
     code = "authorization_failed"
+
+
+class ChallengeUnavailable(AcmeFailed):
+    """The CA offers no challenge of the kind asked for this name (the other kind may do)."""
+
+    code = "challenge_unavailable"
+
+
+@challenges.ChallengeResponse.register
+class TLSALPN01Response(challenges.KeyAuthorizationChallengeResponse):
+    """The response to a TLS-ALPN-01 challenge: an empty object, as for HTTP-01 (RFC 8555 7.5.1)."""
+
+    typ = TLS_ALPN01
+
+
+@challenges.Challenge.register
+class TLSALPN01(challenges.KeyAuthorizationChallenge):
+    """A TLS-ALPN-01 challenge (RFC 8737). `validation` is the key authorization; the
+    certificate the validator must get is `alpn_certificate(domain, it)`."""
+
+    response_cls = TLSALPN01Response
+    typ = TLS_ALPN01
+
+    def validation(self, account_key: jose.JWK, **kwargs: Any) -> str:
+        return self.key_authorization(account_key)
+
+
+def alpn_certificate(domain: str, key_authorization: str) -> tuple[bytes, bytes]:
+    """The self-signed certificate (and its key), PEM, that answers TLS-ALPN-01 for `domain`:
+    `domain` as its only SAN, and the critical acmeIdentifier extension holding the SHA-256 of
+    the key authorization (as a DER OCTET STRING, RFC 8737 section 3)."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    digest = hashlib.sha256(key_authorization.encode("ascii")).digest()
+    now = datetime.datetime.now(datetime.UTC)
+    name = x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, "lbsolo TLS-ALPN-01 challenge")])
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(hours=1))
+        .not_valid_after(now + datetime.timedelta(days=7))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName(domain)]), critical=False)
+        .add_extension(x509.UnrecognizedExtension(_ACME_IDENTIFIER, b"\x04\x20" + digest), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    key_pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    return cert.public_bytes(serialization.Encoding.PEM), key_pem
+
+
+class Responder(Protocol):
+    """Who answers the challenges of an order (the proxy, through the core); called from the
+    order's thread. `withdraw` takes back everything handed so far."""
+
+    def http01(self, token: str, key_authorization: str) -> None: ...
+
+    def tls_alpn01(self, domain: str, cert_pem: bytes, key_pem: bytes) -> None: ...
+
+    def withdraw(self) -> None: ...
 
 
 # Problem types (RFC 8555 section 6.7) of a failed validation.
@@ -162,34 +248,28 @@ class AcmeAccount:
         self._client = acme
         return acme
 
-    def order(
-        self,
-        domain: str,
-        publish: Callable[[str, str], None],
-        withdraw: Callable[[str], None],
-        *,
-        deadline: float = 90.0,
-    ) -> Issued:
-        """A certificate for `domain` from a new order, its HTTP-01 challenges answered by whoever
-        `publish(token, key_authorization)` hands them to (withdrawn afterwards, whatever happens)."""
+    def order(self, domain: str, responder: Responder, *, challenge: str = HTTP01, deadline: float = 90.0) -> Issued:
+        """A certificate for `domain` from a new order, its `challenge` (HTTP01 or TLS_ALPN01)
+        answered by `responder` (withdrawn afterwards, whatever happens)."""
+        kind = TLSALPN01 if challenge == TLS_ALPN01 else challenges.HTTP01
         acme = self.connect()
         key = ec.generate_private_key(ec.SECP256R1())
         key_pem = key.private_bytes(
             serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
         )
-        published: list[str] = []
         try:
             order = acme.new_order(crypto_util.make_csr(key_pem, [domain]))
             for authz in order.authorizations:
                 if authz.body.status == messages.STATUS_VALID:
                     continue  # validated recently for this account: the CA reuses it
-                chall = next((c for c in authz.body.challenges if isinstance(c.chall, challenges.HTTP01)), None)
+                chall = next((c for c in authz.body.challenges if isinstance(c.chall, kind)), None)
                 if chall is None:
-                    raise AcmeFailed(f"the CA offers no HTTP-01 challenge for {domain}")
+                    raise ChallengeUnavailable(f"the CA offers no {challenge} challenge for {domain}")
                 response, validation = chall.response_and_validation(acme.net.key)
-                token = chall.chall.encode("token")
-                publish(token, validation)
-                published.append(token)
+                if kind is TLSALPN01:
+                    responder.tls_alpn01(domain, *alpn_certificate(domain, validation))
+                else:
+                    responder.http01(chall.chall.encode("token"), validation)
                 acme.answer_challenge(chall, response)
             when = datetime.datetime.now() + datetime.timedelta(seconds=deadline)
             done = acme.poll_and_finalize(order, deadline=when)
@@ -201,8 +281,7 @@ class AcmeAccount:
                 raise AuthorizationFailed(_reason(e)) from e
             raise AcmeFailed(_reason(e)) from e
         finally:
-            for token in published:
-                withdraw(token)
+            responder.withdraw()
         chain = done.fullchain_pem.encode()
         issuer, not_before, not_after = certificate_facts(chain)
         return Issued(chain, key_pem, issuer, not_before, not_after)

@@ -11,6 +11,12 @@ After a failed authorization at the CA, the next tries go to the staging CA (as 
 limits are far higher, and its certificates are thrown away) until one succeeds there; then one
 try at production. Staging orders are not counted against the production hourly cap.
 
+Each domain is validated by one challenge at a time, HTTP-01 (port 80) or TLS-ALPN-01 (the HTTPS
+listener, port 443): the one that worked last, HTTP-01 at first. A try that fails in a way the
+other challenge may not (its preflight, the CA's validation, the CA offering no such challenge)
+makes the next try use the other one, when the daemon can answer both; the one that works is kept
+with the record.
+
 A certificate with fewer than EXPIRY_WARNING seconds left (no renewal has succeeded) raises
 `cert.expiring` once per certificate per day, and `cert.expired` once it has expired. An app
 serving a public name turns its HTTPS redirect on with its first certificate, unless its owner
@@ -33,11 +39,14 @@ __all__ = [
     "EXPIRY_WARNING",
     "Ca",
     "CertRecord",
+    "Challenge",
     "Step",
     "after_attempt",
+    "after_challenge",
     "attempts_in_window",
     "backoff",
     "ca_for",
+    "challenge_for",
     "expires_soon",
     "expiry_alert",
     "is_public_name",
@@ -63,6 +72,17 @@ class Ca(StrEnum):
 
     PRODUCTION = "production"
     STAGING = "staging"  # after a failed authorization: try there until one succeeds
+
+
+class Challenge(StrEnum):
+    """How the CA validates a domain (the ACME challenge types lbsolo answers)."""
+
+    HTTP01 = "http-01"  # a token over plain HTTP on port 80
+    TLS_ALPN01 = "tls-alpn-01"  # a certificate in a TLS handshake on port 443 (RFC 8737)
+
+
+# What makes the next try use the other challenge: failures that may be the challenge's own.
+_CHALLENGE_FAILURES = frozenset({"preflight_failed", "authorization_failed", "challenge_unavailable"})
 
 
 class Step(StrEnum):
@@ -91,6 +111,8 @@ class CertRecord:
     staging_passed: bool = False  # a staging order just succeeded: the next try is production's, at once
     staging_attempts: list[float] = field(default_factory=list)  # orders sent to staging (not capped)
     alerted: str = ""  # the last expiry alert sent: "<kind>:<not_after>:<day>" (once per certificate per day)
+    challenge: str = ""  # the challenge the next try uses ("": the first available)
+    validated_by: str = ""  # the challenge that last worked for this domain
 
     def to_dict(self) -> dict[str, object]:
         return {
@@ -108,6 +130,8 @@ class CertRecord:
             "staging_passed": self.staging_passed,
             "staging_attempts": list(self.staging_attempts),
             "alerted": self.alerted,
+            "challenge": self.challenge,
+            "validated_by": self.validated_by,
         }
 
     @classmethod
@@ -189,6 +213,29 @@ def after_attempt(record: CertRecord, ca: Ca, ok: bool, authorization_failed: bo
         record.ca = Ca.PRODUCTION
     elif authorization_failed:
         record.ca = Ca.STAGING
+
+
+def challenge_for(record: CertRecord, available: tuple[Challenge, ...]) -> Challenge:
+    """The challenge the next try for `record`'s domain uses, of those this daemon can answer
+    (`available`, in order of preference): the record's, else the first."""
+    for challenge in available:
+        if challenge == record.challenge:
+            return challenge
+    return available[0]
+
+
+def after_challenge(
+    record: CertRecord, used: Challenge, ok: bool, failure: str, available: tuple[Challenge, ...]
+) -> None:
+    """Learn from a try validated by `used`: kept after a success; after a failure whose code
+    (`failure`) may be the challenge's own, the next try uses another available one. Failures
+    that are not (the CA unreachable, the hourly cap) change nothing."""
+    if ok:
+        record.challenge = record.validated_by = str(used)
+        return
+    others = [c for c in available if c != used]
+    if failure in _CHALLENGE_FAILURES and others:
+        record.challenge = str(others[0])
 
 
 def expiry_alert(record: CertRecord, now: float, warn: float = EXPIRY_WARNING) -> tuple[str, str] | None:

@@ -69,7 +69,7 @@ class Settings:
     # A WebSocket (or other upgraded) tunnel with no bytes either way for this long is closed.
     proxy_tunnel_idle_timeout: float = 300.0
     # ACME: certificates from a CA (Let's Encrypt by default) for the apps' custom domains, HTTP-01
-    # answered by the proxy. Off without a contact email (`lbsolo doctor` says so). The directory is a
+    # and TLS-ALPN-01 answered by the proxy. Off without a contact email (`lbsolo doctor` says so). The directory is a
     # URL, or "production" / "staging" (Let's Encrypt's). A private CA's HTTPS endpoint (Pebble in the
     # tests) is checked against acme_ca_bundle (a PEM file; empty: the system's CAs).
     acme_email: str = ""
@@ -81,6 +81,8 @@ class Settings:
     acme_resolver: str = ""
     # The port the CA connects to for HTTP-01 (80 for every public CA): the preflight's self-check goes there.
     acme_http_port: int = 80
+    # The port the CA connects to for TLS-ALPN-01 (443 for every public CA): the HTTPS listener must get it.
+    acme_tls_port: int = 443
     # Orders sent to the CA per domain per hour, well under the CA's failed-authorization limit.
     acme_attempts_per_hour: int = 3
     dns_host: str = "127.0.0.1"

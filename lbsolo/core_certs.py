@@ -7,16 +7,18 @@ lbsolo domain keep the local CA's), renewed when a third of its lifetime remains
 decisions (when, backoff, the hourly cap) are `lbsolo.acme_plan`'s; the CA is spoken to through
 `lbsolo.acme_client`, imported only when ACME is on, and run in a thread.
 
-Before an order, a preflight that costs the CA nothing: the name must resolve (through the
-resolver `LBSOLO_ACME_RESOLVER`) to this server's addresses, and a self-check token fetched from
-http://<name>:<acme_http_port>/.well-known/acme-challenge/ must come back from this proxy. A
-failed preflight is retried with the same backoff as a failed order, and sends no order.
+Before an order, a preflight that costs the CA nothing (lbsolo.acme_preflight): the name must
+resolve to this server, and the challenge the order will use must reach this proxy through it.
+A failed preflight is retried with the same backoff as a failed order, and sends no order. Each
+domain is validated by HTTP-01 or, in a daemon with an HTTPS listener, TLS-ALPN-01: the one that
+worked last; a failure that may be the challenge's makes the next try use the other
+(`acme_plan.challenge_for`, `after_challenge`), and the record keeps which one works.
 
 Stored under $LBSOLO_HOME/acme/ (0700): the account key, and per domain `<domain>.pem` (chain),
 `<domain>.key` and `<domain>.json` (the record), all 0600. A new certificate is pushed into the
 proxy's TLS store at once (`install`); a user-supplied certificate keeps priority there.
 
-What it must not do: import the proxy (HTTP-01 tokens go through the `ChallengeBoard` it is
+What it must not do: import the proxy (challenges go through the `ChallengeBoard` it is
 given), block the loop (files and the CA in threads), or send an order past the hourly cap.
 """
 
@@ -27,28 +29,30 @@ import contextlib
 import json
 import logging
 import os
-import secrets
 import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 from lbsolo.acme_plan import (
     Ca,
     CertRecord,
+    Challenge,
     Step,
     after_attempt,
+    after_challenge,
     attempts_in_window,
     ca_for,
+    challenge_for,
     expires_soon,
     expiry_alert,
     is_public_name,
     next_try,
     renew_at,
 )
+from lbsolo.acme_preflight import ChallengeBoard, Preflight
 from lbsolo.config import Settings
-from lbsolo.dns_forward import lookup_addresses, parse_upstream
 from lbsolo.errors import Conflict, InvalidInput, LbsoloError, NotFound
 from lbsolo.events import EventBus
 from lbsolo.state import State
@@ -61,21 +65,12 @@ __all__ = ["AcmeOff", "Certificates", "ChallengeBoard"]
 log = logging.getLogger("lbsolo.certs")
 
 _LOOP_MAX_SLEEP = 60.0  # the loop looks again at least this often (new domains, a changed clock)
-_PREFLIGHT_TIMEOUT = 5.0
 _ORDER_DEADLINE = 90.0
 
 
 class AcmeOff(LbsoloError):
     status = 409
     code = "acme_off"
-
-
-class ChallengeBoard(Protocol):
-    """Where HTTP-01 tokens are put for the proxy to answer (the `ProxyServer`)."""
-
-    def put_challenge(self, token: str, key_authorization: str) -> None: ...
-
-    def drop_challenge(self, token: str) -> None: ...
 
 
 Installer = Callable[[str, bytes, bytes], None]  # (domain, chain PEM, key PEM): serve it from now on
@@ -94,8 +89,9 @@ def _write_private(path: Path, data: bytes) -> None:
 
 
 class Certificates:
-    """ACME certificates for the served domains. `board`: the proxy's HTTP-01 table; `install`:
-    hands a new certificate to the TLS store (None without an HTTPS listener: stored only)."""
+    """ACME certificates for the served domains. `board`: the proxy's challenge tables; `install`:
+    hands a new certificate to the TLS store (None without an HTTPS listener: stored only, and
+    HTTP-01 is the only challenge)."""
 
     def __init__(
         self,
@@ -132,6 +128,13 @@ class Certificates:
         if not self.settings.acme_on:
             return "ACME is off: set LBSOLO_ACME_EMAIL (a contact address for the CA) and restart lbsolo"
         return "ACME is off: the proxy answers no HTTP-01 challenges in this daemon"
+
+    @property
+    def challenges(self) -> tuple[Challenge, ...]:
+        """The challenges this daemon answers, preferred first: TLS-ALPN-01 needs the HTTPS listener."""
+        if self.install is None:
+            return (Challenge.HTTP01,)
+        return (Challenge.HTTP01, Challenge.TLS_ALPN01)
 
     def _require(self) -> None:
         if not self.enabled:
@@ -332,8 +335,9 @@ class Certificates:
         record.ca_attempts = attempts_in_window(record.ca_attempts, now)
         record.staging_attempts = attempts_in_window(record.staging_attempts, now)
         ca = ca_for(record)
+        challenge = challenge_for(record, self.challenges)
         try:
-            await self.preflight(domain)
+            await self.preflight(domain, challenge)
             cap = self.settings.acme_attempts_per_hour
             if ca == Ca.STAGING:  # not counted against the production cap
                 record.staging_attempts.append(now)
@@ -343,16 +347,19 @@ class Certificates:
                 record.ca_attempts.append(now)
             await asyncio.to_thread(self._save, record)
             account = self.staging_account() if ca == Ca.STAGING else self.account()
-            issued = await asyncio.to_thread(self._order, account, domain, asyncio.get_running_loop())
+            issued = await asyncio.to_thread(self._order, account, domain, challenge, asyncio.get_running_loop())
         except LbsoloError as e:
             record.failures += 1
-            record.last_error = e.message if ca == Ca.PRODUCTION else f"(staging CA) {e.message}"
+            error = f"{e.message} ({challenge})" if e.code != "error" else e.message
+            record.last_error = error if ca == Ca.PRODUCTION else f"(staging CA) {error}"
             after_attempt(record, ca, ok=False, authorization_failed=e.code == "authorization_failed")
+            after_challenge(record, challenge, ok=False, failure=e.code, available=self.challenges)
             await asyncio.to_thread(self._save, record)
             log.warning("certificate for %s: %s", domain, record.last_error)
             self.bus.emit("cert.failed", None, f"certificate for {domain}: {record.last_error}", domain=domain, ca=ca)
             return record
         after_attempt(record, ca, ok=True, authorization_failed=False)
+        after_challenge(record, challenge, ok=True, failure="", available=self.challenges)
         if ca == Ca.STAGING:  # a test certificate, thrown away: production is tried next, at once
             record.last_error = "validated by the staging CA: production is asked next"
             await asyncio.to_thread(self._save, record)
@@ -366,84 +373,52 @@ class Certificates:
         if self.install is not None:
             self.install(domain, issued.chain_pem, issued.key_pem)
         self.bus.emit("cert.issued", None, f"certificate for {domain} from {issued.issuer}", domain=domain, first=first)
+        self.wake()  # the loop may sleep past the renewal now due (an order asked by hand, a short-lived certificate)
         return record
 
-    def _order(self, account: AcmeAccount, domain: str, loop: asyncio.AbstractEventLoop) -> Issued:
-        """The order, in a worker thread; challenge tokens are put on the board from the loop."""
-        board = self.board
-        assert board is not None
-
-        def publish(token: str, key_authorization: str) -> None:
-            # The CA may fetch the token as soon as it is told: wait until the loop has put it there
-            # (callbacks run in order, so the no-op's end comes after the put).
-            loop.call_soon_threadsafe(board.put_challenge, token, key_authorization)
-            asyncio.run_coroutine_threadsafe(_noop(), loop).result(10)
-
-        def withdraw(token: str) -> None:
-            loop.call_soon_threadsafe(board.drop_challenge, token)
-
-        return account.order(domain, publish, withdraw, deadline=_ORDER_DEADLINE)
+    def _order(
+        self, account: AcmeAccount, domain: str, challenge: Challenge, loop: asyncio.AbstractEventLoop
+    ) -> Issued:
+        """The order, in a worker thread; its challenges are put on the board from the loop."""
+        assert self.board is not None
+        responder = _BoardResponder(self.board, loop)
+        return account.order(domain, responder, challenge=str(challenge), deadline=_ORDER_DEADLINE)
 
     # ---- preflight
-    def _this_server(self) -> set[str]:
-        return set(self.settings.dns_ipv4) | set(self.settings.dns_ipv6)
+    async def preflight(self, domain: str, challenge: Challenge = Challenge.HTTP01) -> None:
+        """Raise PreflightFailed (saying why) unless `domain` points here and `challenge` reaches this proxy."""
+        assert self.board is not None
+        await Preflight(self.settings, self.board)(domain, challenge)
 
-    async def _resolve(self, domain: str) -> set[str]:
-        resolver = self.settings.acme_resolver.strip()
-        try:
-            if resolver:
-                return await lookup_addresses(domain, parse_upstream(resolver), _PREFLIGHT_TIMEOUT)
-            infos = await asyncio.get_running_loop().getaddrinfo(domain, None)
-            return {str(i[4][0]) for i in infos}
-        except (OSError, TimeoutError, ValueError) as e:
-            raise LbsoloError(f"{domain} could not be resolved ({e or type(e).__name__})") from e
 
-    async def preflight(self, domain: str) -> None:
-        """Raise (an LbsoloError saying why) unless `domain` points here and reaches this proxy."""
-        addresses = await self._resolve(domain)
-        here = self._this_server()
-        if not addresses:
-            here_text = ", ".join(sorted(here))
-            raise LbsoloError(f"{domain} does not resolve: point its A/AAAA record at this server ({here_text})")
-        ours = sorted(addresses & here)
-        if not ours:
-            raise LbsoloError(
-                f"{domain} resolves to {', '.join(sorted(addresses))}, not to this server ({', '.join(sorted(here))})"
-            )
-        await self._self_check(domain, ours[0])
+class _BoardResponder:
+    """An order's `acme_client.Responder`: hands its challenges to the board on the loop, from the
+    order's thread, and returns once they are there (the CA may look as soon as it is told)."""
 
-    async def _self_check(self, domain: str, address: str) -> None:
-        board = self.board
-        assert board is not None
-        token = secrets.token_urlsafe(24)
-        value = f"{token}.lbsolo-self-check"
-        port = self.settings.acme_http_port
-        board.put_challenge(token, value)
-        where = f"http://{domain}:{port}/.well-known/acme-challenge/"
-        try:
-            async with asyncio.timeout(_PREFLIGHT_TIMEOUT):
-                reader, writer = await asyncio.open_connection(address, port)
-                try:
-                    writer.write(
-                        f"GET /.well-known/acme-challenge/{token} HTTP/1.1\r\nHost: {domain}\r\n"
-                        "Connection: close\r\nUser-Agent: lbsolo-preflight\r\n\r\n".encode()
-                    )
-                    answer = await reader.read(64 * 1024)
-                    while len(answer) < 64 * 1024 and (more := await reader.read(64 * 1024)):
-                        answer += more
-                finally:
-                    writer.close()
-                    with contextlib.suppress(Exception):
-                        await writer.wait_closed()
-        except (OSError, TimeoutError) as e:
-            raise LbsoloError(f"the self-check through {where} failed: {e or type(e).__name__}") from e
-        finally:
-            board.drop_challenge(token)
-        head, _, body = answer.partition(b"\r\n\r\n")
-        status = head.split(b" ", 2)[1:2]
-        if status != [b"200"] or body.strip() != value.encode():
-            line = head.split(b"\r\n", 1)[0].decode("latin-1", "replace") or "no answer"
-            raise LbsoloError(f"the self-check through {where} did not reach this proxy ({line})")
+    def __init__(self, board: ChallengeBoard, loop: asyncio.AbstractEventLoop) -> None:
+        self.board = board
+        self.loop = loop
+        self.tokens: list[str] = []
+        self.domains: list[str] = []
+
+    def _on_loop(self, fn: Callable[..., None], *args: Any) -> None:
+        # Callbacks run in order: the no-op's end comes after the put.
+        self.loop.call_soon_threadsafe(fn, *args)
+        asyncio.run_coroutine_threadsafe(_noop(), self.loop).result(10)
+
+    def http01(self, token: str, key_authorization: str) -> None:
+        self.tokens.append(token)
+        self._on_loop(self.board.put_challenge, token, key_authorization)
+
+    def tls_alpn01(self, domain: str, cert_pem: bytes, key_pem: bytes) -> None:
+        self.domains.append(domain)
+        self._on_loop(self.board.put_alpn_challenge, domain, cert_pem, key_pem)
+
+    def withdraw(self) -> None:
+        for token in self.tokens:
+            self.loop.call_soon_threadsafe(self.board.drop_challenge, token)
+        for domain in self.domains:
+            self.loop.call_soon_threadsafe(self.board.drop_alpn_challenge, domain)
 
 
 async def _noop() -> None:

@@ -244,6 +244,7 @@ class Daemon:
             else None
         )
         tls = None
+        tls_knows: Callable[[str], bool] | None = None
         install: Callable[[str, bytes, bytes], None] | None = None
         if s.proxy_https_port:
             from lbsolo.proxy_tls import CertStore, LocalCA, LocalCASource, PushedSource
@@ -253,9 +254,12 @@ class Daemon:
                 log.warning("%s", problem)
             # ACME's certificates are pushed in (core_certs); user certificates keep priority in the store.
             pushed = PushedSource()
-            store = CertStore(s.domain, ca, s.tls_dir / "certs", sources=[LocalCASource(ca, s.domain), pushed])
+            # A routed name no certificate covers yet gets the domain's meanwhile (proxy: made below).
+            sources = [LocalCASource(ca, s.domain), pushed]
+            store = CertStore(s.domain, ca, s.tls_dir / "certs", sources=sources, routed=lambda n: proxy.serves_host(n))
             # Mints the certificate of the domain and *.<domain> once, before any handshake.
             tls = await asyncio.to_thread(store.server_context)
+            tls_knows = store.knows
 
             def install(domain: str, chain: bytes, key: bytes) -> None:
                 pushed.put(domain, chain, key)
@@ -270,6 +274,7 @@ class Daemon:
             access_log=access.write if access is not None else None,
             https_port=s.proxy_https_port or None,
             tls=tls,
+            tls_knows=tls_knows,
             trusted_proxies=networks(s.trusted_proxies, "trusted_proxies"),
             max_connections=s.proxy_max_connections,
             max_connections_per_client=s.proxy_max_connections_per_client,

@@ -213,6 +213,12 @@ def _acme(settings: Settings) -> list[Finding]:
             f"{settings.proxy_port}: forward one to the other"
         )
         out.append(Finding(Level.WARN, "acme", detail, "set LBSOLO_PROXY_PORT=80"))
+    if settings.proxy_https_port and settings.acme_tls_port != settings.proxy_https_port:
+        detail = (
+            f"the CA connects for TLS-ALPN-01 on port {settings.acme_tls_port}, the HTTPS listener is on "
+            f"{settings.proxy_https_port}: forward one to the other (or HTTP-01 alone is used)"
+        )
+        out.append(Finding(Level.WARN, "acme", detail, "set LBSOLO_PROXY_HTTPS_PORT=443"))
     return out
 
 

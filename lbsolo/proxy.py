@@ -12,7 +12,8 @@ failover), `proxy_upstream` (the app side of an exchange, and WebSocket tunnels)
 response head says, pure), `proxy_targets` (per target: state, requests in flight, upstream
 connection pool, balancing, passive ejection, drain), `proxy_routes` (the routing table),
 `proxy_http` (shared HTTP constants and helpers), `proxy_metrics`; TLS certificates come from
-`lbsolo.proxy_tls`. A client that picks HTTP/2 on the HTTPS listener (ALPN) gets `proxy_h2`'s
+`lbsolo.proxy_tls`, and each HTTPS connection's ClientHello is read first by `proxy_hello` (ACME
+TLS-ALPN-01, the unrecognized_name alert). A client that picks HTTP/2 on the HTTPS listener (ALPN) gets `proxy_h2`'s
 connection instead of a `Downstream`, imported only then (`_Negotiated`).
 
 What it must not do: know about containers, releases or state. It never imports docker,
@@ -37,6 +38,7 @@ from typing import Any
 from lbsolo.proxy_buffering import HeldBodies
 from lbsolo.proxy_connect import Connector
 from lbsolo.proxy_downstream import Downstream
+from lbsolo.proxy_hello import ACME_TLS_ALPN, Hello, HelloListener, challenge_context, listen_tcp
 from lbsolo.proxy_http import _now
 from lbsolo.proxy_http import request_ids as new_request_ids
 from lbsolo.proxy_metrics import AppStats, access_lines, prometheus_text
@@ -84,6 +86,7 @@ class ProxyServer:
         tunnel_idle_timeout: float = 300.0,
         request_ids: Iterator[bytes] | None = None,
         acme_challenges: bool = False,
+        tls_knows: Callable[[str], bool] | None = None,
         wake: Callable[[str], None] | None = None,
         wake_timeout: float = 60.0,
     ) -> None:
@@ -131,7 +134,13 @@ class ProxyServer:
         # HTTPS listener: `tls` is a server context, e.g. lbsolo.proxy_tls.CertStore(...).server_context().
         self._https_port = https_port
         self._tls = tls
-        self._tls_server: asyncio.Server | None = None
+        self._tls_server: HelloListener | None = None
+        # Whether the HTTPS listener has a certificate for an SNI name (None: every name goes on to
+        # the handshake); a name it has none for gets the unrecognized_name alert (proxy_hello).
+        self._tls_knows = tls_knows
+        # ACME TLS-ALPN-01: a ClientHello offering acme-tls/1 for one of these names gets its
+        # challenge certificate (domain -> context), then the connection closes (`put_alpn_challenge`).
+        self.alpn_challenges: dict[str, ssl.SSLContext] = {}
         self._access_log = access_log
         # Finished exchanges wait here as tuples; a timer folds them into the metrics and formats
         # their access-log lines off the hot path (see Downstream.record for the fields). One list
@@ -168,6 +177,37 @@ class ProxyServer:
     def drop_challenge(self, token: str) -> None:
         if self.challenges is not None:
             self.challenges.pop(token, None)
+
+    def put_alpn_challenge(self, domain: str, cert_pem: bytes, key_pem: bytes) -> None:
+        """Answer TLS-ALPN-01 handshakes for `domain` with this self-signed certificate (RFC 8737)."""
+        self.alpn_challenges[domain.lower().rstrip(".")] = challenge_context(cert_pem, key_pem, self.bodies.spool_dir)
+
+    def serves_host(self, host: str) -> bool:
+        """Whether a route takes requests for `host` now (an HTTPS listener without a certificate
+        for it serves the default one meanwhile, lbsolo.proxy_tls)."""
+        return self.table.serves_host(host)
+
+    def drop_alpn_challenge(self, domain: str) -> None:
+        self.alpn_challenges.pop(domain.lower().rstrip("."), None)
+
+    def _choose(self, hello: Hello | None) -> tuple[ssl.SSLContext, bool] | None:
+        """What an HTTPS connection gets from its ClientHello (`proxy_hello.Choose`): a pending
+        TLS-ALPN-01 challenge's certificate, closed after the handshake; the unrecognized_name
+        alert for a name no certificate covers; otherwise the listener's context (SNI picks the
+        certificate). No name, or an unreadable ClientHello: the listener's context."""
+        tls = self._tls
+        assert tls is not None
+        if hello is None or hello.server_name is None:
+            return tls, False
+        name = hello.server_name
+        if ACME_TLS_ALPN in hello.alpn:
+            challenge = self.alpn_challenges.get(name)
+            if challenge is not None:
+                return challenge, True
+        knows = self._tls_knows
+        if knows is not None and not knows(name):
+            return None
+        return tls, False
 
     def metrics(self) -> dict[str, dict[str, Any]]:
         """Per-app counters since start (JSON-able): requests by status class, bytes, latency histogram."""
@@ -258,15 +298,9 @@ class ProxyServer:
         self._server = await loop.create_server(lambda: Downstream(self), **where, backlog=4096)
         self._port = self._server.sockets[0].getsockname()[1]
         if self._tls is not None and (self._https_port is not None or tls_sock is not None):
-            here = {"host": self.host, "port": self._https_port, "reuse_address": True}
-            where = {"sock": tls_sock} if tls_sock is not None else here
-            self._tls_server = await loop.create_server(
-                lambda: _Negotiated(self),
-                **where,
-                ssl=self._tls,
-                backlog=4096,
-                ssl_handshake_timeout=self.header_timeout,
-            )
+            # Each ClientHello is read first (proxy_hello), then TLS starts on the context it asks for.
+            listening = tls_sock if tls_sock is not None else listen_tcp(self.host, self._https_port or 0)
+            self._tls_server = HelloListener(listening, self._choose, lambda: _Negotiated(self), self.header_timeout)
             self._https_port = self._tls_server.sockets[0].getsockname()[1]
             log.info("proxy listening on https://%s:%d", self.host, self._https_port)
         self._sweeper = loop.call_later(self._sweep_every, self._sweep)

@@ -156,6 +156,10 @@ class RouteTable:
             return None
         return self._by_name.get(label)
 
+    def serves_host(self, host: str) -> bool:
+        """Whether some route takes requests for `host` (normalized), whatever their path."""
+        return host in self._by_host or host in self._prefixed or self._match_host(host) is not None
+
     def apps(self) -> list[str]:
         return sorted(self.routes)
 

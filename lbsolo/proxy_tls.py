@@ -22,7 +22,7 @@ import os
 import ssl
 import tempfile
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Protocol
@@ -88,6 +88,16 @@ def served_names(domain: str) -> x509.NameConstraints:
     dns: list[x509.GeneralName] = [x509.DNSName(n) for n in (_norm(domain), *_LOCAL_NAMES)]
     ips: list[x509.GeneralName] = [x509.IPAddress(ipaddress.ip_network(n)) for n in _LOCAL_NETWORKS]
     return x509.NameConstraints(permitted_subtrees=dns + ips, excluded_subtrees=None)
+
+
+def _is_address(name: str) -> bool:
+    if not name or not (name[-1].isdigit() or ":" in name):  # no top-level domain ends in a digit
+        return False
+    try:
+        ipaddress.ip_address(name)
+    except ValueError:
+        return False
+    return True
 
 
 def _san(name: str) -> x509.GeneralName:
@@ -390,7 +400,8 @@ class CertStore:
     Order: a user certificate for the exact host, then one for its wildcard (`*.example.com`);
     for the domain and the names one label under it, the domain certificate; then one from the
     first `CertificateSource` that has one (kept until `remove`). A deeper name under the domain
-    that no source has yet gets the domain certificate meanwhile; any other name, none. By
+    that no source has yet, or a name `routed` says a route serves, gets the domain certificate
+    meanwhile; any other name, none (the listener's unrecognized_name alert). By
     default the only source is the local CA, for the lbsolo domain and its subdomains.
     """
 
@@ -401,6 +412,7 @@ class CertStore:
         directory: Path | str | None = None,
         *,
         sources: Sequence[CertificateSource] | None = None,
+        routed: Callable[[str], bool] | None = None,
     ) -> None:
         self.domain = _norm(domain)
         self.ca = ca
@@ -411,6 +423,7 @@ class CertStore:
         if sources is None:
             sources = [LocalCASource(ca, self.domain)] if ca is not None else []
         self.sources: tuple[CertificateSource, ...] = tuple(sources)
+        self._routed = routed  # whether a route serves a name: it gets the domain certificate meanwhile
 
     def add(self, host: str, cert_pem: bytes, key_pem: bytes) -> None:
         """Use this certificate (chain, PEM) and key for `host` (`*.example.com` for a wildcard)."""
@@ -441,8 +454,14 @@ class CertStore:
                     break
         return self._domain_ctx
 
+    def knows(self, server_name: str) -> bool:
+        """Whether a handshake naming `server_name` gets a certificate (else: the alert, proxy_hello)."""
+        return self.context_for(server_name) is not None
+
     def context_for(self, server_name: str | None) -> ssl.SSLContext | None:
         name = _norm(server_name or self.domain)
+        if _is_address(name):  # an address is no name (RFC 6066), but some clients send one: the default
+            name = self.domain
         ctx = self._user.get(name)
         if ctx is None and "." in name:
             ctx = self._user.get("*." + name.partition(".")[2])
@@ -465,9 +484,10 @@ class CertStore:
                     del issued[next(iter(issued))]
                 ctx = issued[name] = _context(*pem, self._dir)
                 return ctx
-        # Not remembered: a source that answered None now (a mint or an ACME order in flight) may
-        # answer later. Under the domain the domain certificate stands in meanwhile.
-        return self._domain_context() if under else None
+        # Not remembered: a source that answered None now (a mint, an ACME order) may answer later.
+        # Under the domain, or for a routed name, the domain certificate stands in meanwhile.
+        routed = self._routed
+        return self._domain_context() if under or (routed is not None and routed(name)) else None
 
     def server_context(self) -> ssl.SSLContext:
         """The listener's context: picks a certificate per handshake from the SNI name.

@@ -35,6 +35,10 @@ class CertOut(BaseModel):
     ca_attempts_last_hour: int = Field(description="orders sent to the CA for this domain in the last hour")
     expires_soon: bool = Field(description="under 14 days left (or expired) and not renewed: shown red, warned daily")
     ca: str = Field(description="where the next order goes: production, or staging while authorizations fail")
+    challenge: str = Field(
+        default="", description="the challenge the next try uses: http-01 or tls-alpn-01 (empty: http-01 first)"
+    )
+    validated_by: str = Field(default="", description="the challenge that last worked for this domain")
 
 
 def _out(record: dict[str, Any]) -> CertOut:

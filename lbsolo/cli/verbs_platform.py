@@ -260,6 +260,7 @@ def _cert_lines(c: dict) -> list[str]:
         f"last error    {c['last_error'] or '-'}",
         f"next try      {_when(c['next_try']) if c['status'] != 'valid' else '-'}",
         f"CA orders     {c['ca_attempts_last_hour']} in the last hour",
+        f"challenge     {c.get('validated_by') or '-'} worked last; next: {c.get('challenge') or 'http-01'}",
     ]
 
 

@@ -78,8 +78,9 @@ def _wait_port(port: int, proc: subprocess.Popen[bytes], log: Path, timeout: flo
 
 
 @contextlib.contextmanager
-def pebble(tmp: Path, http_port: int) -> Iterator[Pebble]:
-    """pebble-challtestsrv (DNS only) and pebble (HTTP-01 validations to `http_port`), on loopback."""
+def pebble(tmp: Path, http_port: int, tls_port: int | None = None, validity: int = 0) -> Iterator[Pebble]:
+    """pebble-challtestsrv (DNS only) and pebble (HTTP-01 validations to `http_port`, TLS-ALPN-01
+    ones to `tls_port`; certificates valid `validity` seconds, 0: pebble's five years), on loopback."""
     tls = LocalCA(tmp / "pebble-tls-ca", "pebble endpoint test CA")
     chain, key = tls.issue("localhost", "127.0.0.1")
     (tmp / "pebble-cert.pem").write_bytes(chain)
@@ -92,9 +93,10 @@ def pebble(tmp: Path, http_port: int) -> Iterator[Pebble]:
             "certificate": str(tmp / "pebble-cert.pem"),
             "privateKey": str(tmp / "pebble-key.pem"),
             "httpPort": http_port,
-            "tlsPort": free_port(),
+            "tlsPort": tls_port or free_port(),
             "ocspResponderURL": "",
             "externalAccountBindingRequired": False,
+            **({"certificateValidityPeriod": validity} if validity else {}),
         }
     }
     (tmp / "pebble.json").write_text(json.dumps(config))

@@ -94,8 +94,11 @@ class FakeCA:
     outcomes: list[Any] = field(default_factory=list)
     orders: list[str] = field(default_factory=list)
 
-    def order(self, domain: str, publish: Any, withdraw: Any, *, deadline: float) -> Issued:
+    challenges: list[str] = field(default_factory=list)
+
+    def order(self, domain: str, responder: Any, *, challenge: str, deadline: float) -> Issued:
         self.orders.append(domain)
+        self.challenges.append(challenge)
         outcome = self.outcomes.pop(0)
         if isinstance(outcome, Exception):
             raise outcome
@@ -143,7 +146,7 @@ def _certs(tmp_path: Path, prod: FakeCA, staging: FakeCA, clock: Clock) -> tuple
         account=prod, staging=staging, clock=clock,  # type: ignore[arg-type]
     )  # fmt: skip
 
-    async def passes(domain: str) -> None:  # the preflight has its own tests (test_acme_http01)
+    async def passes(domain: str, challenge: Any = None) -> None:  # the preflight has its own tests (test_acme_http01)
         return None
 
     certs.preflight = passes  # type: ignore[method-assign]

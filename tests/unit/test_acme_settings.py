@@ -45,3 +45,11 @@ def test_doctor_says_what_keeps_issued_certificates_from_being_served_or_validat
     assert problems == {"set LBSOLO_PROXY_HTTPS_PORT=443", "set LBSOLO_PROXY_PORT=80"}
     fine = _acme(acme_email="ops@example.com", proxy_port=80, proxy_https_port=443)
     assert [f.level for f in fine] == [Level.OK]
+
+
+def test_doctor_says_when_tls_alpn_01_cannot_reach_the_https_listener():
+    findings = _acme(acme_email="ops@example.com", proxy_port=80, proxy_https_port=8443)
+    warned = [f for f in findings if f.level is Level.WARN]
+    assert len(warned) == 1 and "TLS-ALPN-01 on port 443, the HTTPS listener is on 8443" in warned[0].detail
+    fine = _acme(acme_email="ops@example.com", proxy_port=80, proxy_https_port=8443, acme_tls_port=8443)
+    assert [f.level for f in fine] == [Level.OK]
