@@ -20,8 +20,7 @@ import secrets
 import shutil
 import signal
 import socket
-from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import replace
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +34,7 @@ from lbsolo.core import Platform
 from lbsolo.core_certs import Certificates
 from lbsolo.core_context import CoreContext
 from lbsolo.daemon_handover import Listeners, bind_dns, bind_tcp, inherited, signal_ready, start_successor
+from lbsolo.daemon_ingress import ProxyIngress, own_route
 from lbsolo.dns import DNSServer, ForwardConfig, RateLimit, Zone
 from lbsolo.engine import free_subnet
 from lbsolo.engine_docker import DockerBackend
@@ -42,7 +42,7 @@ from lbsolo.engine_docker_services import DockerServices
 from lbsolo.errors import InvalidInput
 from lbsolo.events import EventBus
 from lbsolo.notify import WebhookNotifier
-from lbsolo.proxy import ProxyServer, Route, Target
+from lbsolo.proxy import ProxyServer, Target
 from lbsolo.run_logs import AccessLog, LogCollector, LogStore
 from lbsolo.run_stats import StatsSampler
 from lbsolo.state import State
@@ -81,44 +81,6 @@ def write_private(path: Path, text: str) -> None:
     with os.fdopen(fd, "w") as f:
         f.write(text)
     os.replace(tmp, path)
-
-
-def own_route(settings: Settings, api: Target) -> Route:
-    """The proxy's route to lbsolo's own UI and API at lbsolo.<domain>; to HTTPS if asked and possible."""
-    redirect = settings.ui_https_redirect and bool(settings.proxy_https_port)
-    # Not buffered: the API authenticates a request before it reads the body (and refuses early),
-    # which buffering here would defeat (an anonymous upload would be taken in whole first).
-    return Route(app="lbsolo", targets=(api,), https_redirect=redirect, request_buffering=False)
-
-
-class ProxyIngress:
-    """Core's Ingress: routes go to the proxy, app names to the DNS zone."""
-
-    def __init__(self, proxy: ProxyServer, dns: DNSServer, own: Route) -> None:
-        self.proxy = proxy
-        self.dns = dns
-        self.own = own  # lbsolo's own UI and API at lbsolo.<domain>
-
-    def publish(self, routes: dict[str, Route]) -> None:
-        routes = {**routes, self.own.app: self.own}
-        self.proxy.set_routes(routes)
-        domains = frozenset(d.split("/", 1)[0] for r in routes.values() for d in r.domains)
-        self.dns.set_zone(replace(self.dns.zone, apps=frozenset(routes), domains=domains))
-
-    async def drain(self, targets: Iterable[Target], timeout: float) -> bool:
-        return await self.proxy.wait_drained(targets, timeout)
-
-    def metrics(self) -> dict[str, dict[str, Any]]:
-        return self.proxy.metrics()
-
-    def prometheus(self) -> str:
-        return self.proxy.prometheus()
-
-    def last_requests(self) -> dict[str, float]:
-        return self.proxy.last_requests
-
-    def wake_failed(self, app: str, message: str) -> None:
-        self.proxy.wake_failed(app, message)
 
 
 def _fresh_dir(path: Path) -> Path:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from lbsolo.config import Settings
-from lbsolo.daemon import ProxyIngress, own_route
+from lbsolo.daemon_ingress import ProxyIngress, own_route
 from lbsolo.dns import DNSServer
 from lbsolo.proxy import ProxyServer, Target
 from lbsolo.proxy_tls import CertStore, LocalCA
