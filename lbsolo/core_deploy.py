@@ -42,7 +42,7 @@ class Deploys:
 
     async def deploy(self, name: str, context: Path, build_args: dict[str, str] | None = None) -> DeployJob:
         app = await self.ctx.app(name)
-        job = DeployJob(app=app.name, output=LogBuffer())
+        job = DeployJob(app=app.name, output=LogBuffer(on_line=self.ctx.log_tap(app.name, "build")))
         build_job = self.builder.submit(app.name, context, job.output, build_args)
         job.output.append(f"-----> Building {app.name} (build {build_job.build.id})")
         self.ctx.bus.emit(EventKind.DEPLOY_STARTED, app.name, f"deploy of {app.name} started", build=build_job.build.id)
@@ -129,7 +129,12 @@ class Deploys:
             if spec.processes.get("test"):
                 await self._test_phase(job.app, image_id, spec.processes["test"], out)
             release = await self.rollouts.release(
-                job.app, out, description="deploy", image=image_id, processes=spec.processes, health=spec.health,
+                job.app,
+                out,
+                description="deploy",
+                image=image_id,
+                processes=spec.processes,
+                health=spec.health,
                 cron=spec.cron,
             )
             job.result = self.rollouts.ok(job.app, release)

@@ -320,6 +320,7 @@ class Daemon:
         sampler = StatsSampler(engine, interval=s.stats_interval, requests=proxy.metrics)
         bus.add_listener(sampler.on_event)
         bus.add_listener(platform.cron.on_event)
+        bus.add_listener(platform.drains.on_event)
         bus.add_listener(platform.routing.on_event)  # a first certificate turns an app's HTTPS redirect on
         tokens = await asyncio.to_thread(TokenStore, state)
         ingress.publish({})
@@ -378,6 +379,7 @@ class Daemon:
                 "logs": platform.logs.flush_forever,
                 "stats": sampler.run,
                 "cron": platform.cron.run_forever,
+                "drains": platform.drains.run_forever,
             }
             if access is not None:
                 background["access-log"] = access.flush_forever
