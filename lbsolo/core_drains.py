@@ -265,9 +265,9 @@ class Drains:
         """The daemon's task: every stored drain delivering until the daemon stops, then each
         drain's buffer kept on disk for the next start."""
         try:
+            self.running = True  # from now on add() starts its drain (twice is once: _start knows)
             for drain in await asyncio.to_thread(self.ctx.state.list_drains):
                 self._start(drain)
-            self.running = True
             await asyncio.Event().wait()
         finally:
             self.running = False

@@ -355,3 +355,32 @@ async def _what_is_buffered_at_stop_is_kept_for_the_next_daemon(tmp_path):
         await again.stop(keep=False)
         await rx.close()
     assert not (tmp_path / "drains" / "ab12cd34").exists()
+
+
+# ---- the sources
+
+
+def test_the_log_store_hands_every_line_to_its_taps_and_a_failing_tap_loses_nothing(tmp_path, caplog):
+    from lbsolo.build import LogBuffer
+    from lbsolo.run_logs import LogLine, LogStore
+
+    store = LogStore(tmp_path)
+    seen: list[LogLine] = []
+
+    def broken(line: LogLine) -> None:
+        raise RuntimeError("a bug in a tap")
+
+    store.add_tap(broken)
+    store.add_tap(seen.append)
+    line = LogLine(1.0, "shop", "v1", "web", "lbsolo-shop-web-v1-a1b2c3", "GET / 200")
+    store.append(line)
+    store.tap(LogLine(2.0, "shop", "", "build", "", "-----> Building shop"))
+    assert [x.line for x in seen] == ["GET / 200", "-----> Building shop"]
+    assert [x.line for x in store.read("shop")] == ["GET / 200"]  # tapped-only lines are not stored
+    assert "a log tap failed" in caplog.text
+
+    out: list[str] = []
+    buf = LogBuffer(max_lines=2, tail=1, on_line=out.append)
+    for i in range(5):
+        buf.append(f"step {i}")
+    assert out == [f"step {i}" for i in range(5)]  # past max_lines too: the drain gets every line
