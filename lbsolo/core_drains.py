@@ -136,8 +136,13 @@ class DrainWorker:
                 try:
                     sender = sender or self._sender()
                     await sender.send(batch)
-                except LbsoloError as e:  # DeliveryError, or a CA bundle that cannot be read
-                    self._failed(e.message)
+                except Exception as e:  # DeliveryError, a CA bundle that cannot be read; a bug is logged
+                    if not isinstance(e, LbsoloError):
+                        log.exception("log drain %s of %s", self.drain.id, self.drain.app)
+                        if sender is not None:
+                            await sender.close()
+                        sender = None
+                    self._failed(e.message if isinstance(e, LbsoloError) else f"{type(e).__name__}: {e}")
                     if segment is None:
                         self.buffer.put_back(batch)
                     del batch
