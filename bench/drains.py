@@ -170,6 +170,9 @@ def main() -> None:
     ap.add_argument("--lines", type=int, default=200_000)
     ap.add_argument("--down", type=float, default=120.0, help="seconds the receiver is down")
     ap.add_argument("--rate", type=int, default=5000, help="lines/s the app prints while the receiver is down")
+    ap.add_argument(
+        "--no-drain", action="store_true", help="the burst without a drain: the daemon's RSS, for comparison"
+    )
     args = ap.parse_args()
     if args.inproc:
         asyncio.run(inproc(args.lines))
@@ -218,10 +221,18 @@ def main() -> None:
                     raise SystemExit("the daemon did not start") from None
                 time.sleep(0.1)
         cli("apps:create", APP)
-        cli("drains:add", APP, f"syslog://127.0.0.1:{rx.port}")
+        if not args.no_drain:
+            cli("drains:add", APP, f"syslog://127.0.0.1:{rx.port}")
         cli("deploy", str(src), "--app", APP)
         idle = rss_mib(daemon.pid)
         cli("scale", APP, "burst=1")
+        if args.no_drain:
+            time.sleep(20)
+            print(
+                f"no drain: daemon RSS {idle:.1f} MiB before the burst of {args.lines} lines, "
+                f"{rss_mib(daemon.pid):.1f} after"
+            )
+            return
         deadline = time.monotonic() + 300
         seen, still = -1, time.monotonic()
         while rx.count < args.lines and time.monotonic() < deadline:
