@@ -129,12 +129,7 @@ class Deploys:
             if spec.processes.get("test"):
                 await self._test_phase(job.app, image_id, spec.processes["test"], out)
             release = await self.rollouts.release(
-                job.app,
-                out,
-                description="deploy",
-                image=image_id,
-                processes=spec.processes,
-                health=spec.health,
+                job.app, out, description="deploy", image=image_id, processes=spec.processes, health=spec.health,
                 cron=spec.cron,
             )
             job.result = self.rollouts.ok(job.app, release)
