@@ -61,6 +61,19 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def wrk(port: int, seconds: float) -> str:
+    """wrk -t1 -c64 against the app through the daemon's proxy: its requests/s and latency line."""
+    out = subprocess.run(
+        ["wrk", "-t1", "-c64", f"-d{seconds:g}s", "--latency", "-H", f"Host: {APP}.lbsolo.localhost",
+         f"http://127.0.0.1:{port}/"],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    rps = next((ln.split()[1] for ln in out.stdout.splitlines() if ln.startswith("Requests/sec")), "?")
+    p99 = next((ln.split()[1] for ln in out.stdout.splitlines() if ln.strip().startswith("99%")), "?")
+    errors = next((ln.strip() for ln in out.stdout.splitlines() if "Non-2xx" in ln or "Socket errors" in ln), "")
+    return f"{rps} req/s, p99 {p99}{', ' + errors if errors else ''}"
+
+
 def rss_mib(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -171,6 +184,9 @@ def main() -> None:
     ap.add_argument("--down", type=float, default=120.0, help="seconds the receiver is down")
     ap.add_argument("--rate", type=int, default=5000, help="lines/s the app prints while the receiver is down")
     ap.add_argument(
+        "--wrk", type=float, default=0.0, help="seconds of wrk -c64 through the proxy, idle and in the burst"
+    )
+    ap.add_argument(
         "--no-drain", action="store_true", help="the burst without a drain: the daemon's RSS, for comparison"
     )
     args = ap.parse_args()
@@ -225,7 +241,11 @@ def main() -> None:
             cli("drains:add", APP, f"syslog://127.0.0.1:{rx.port}")
         cli("deploy", str(src), "--app", APP)
         idle = rss_mib(daemon.pid)
+        if args.wrk:
+            print(f"proxy before the burst: {wrk(int(env['LBSOLO_PROXY_PORT']), args.wrk)}", flush=True)
         cli("scale", APP, "burst=1")
+        if args.wrk:
+            print(f"proxy during the burst: {wrk(int(env['LBSOLO_PROXY_PORT']), args.wrk)}", flush=True)
         if args.no_drain:
             time.sleep(20)
             print(
@@ -244,6 +264,8 @@ def main() -> None:
         took = max(rx.last - rx.first, 1e-9)
         d = drain()
         print(f"machine: {os.uname().machine}, {os.cpu_count()} cores; daemon idle RSS {idle:.1f} MiB")
+        if args.wrk:
+            print(f"proxy after the burst: {wrk(int(env['LBSOLO_PROXY_PORT']), args.wrk)}", flush=True)
         print(
             f"burst: {rx.count} of {args.lines} lines received in {took:.2f} s: {rx.count / took:,.0f} lines/s "
             f"(drain: delivered {d['delivered']}, dropped {d['dropped']}); daemon RSS {rss_mib(daemon.pid):.1f} MiB"
