@@ -41,8 +41,11 @@ class LogBuffer:
     that prints without end costs a fixed amount of memory and of disk.
     """
 
-    def __init__(self, max_lines: int = 5000, max_line: int = 4096, tail: int = 200) -> None:
+    def __init__(
+        self, max_lines: int = 5000, max_line: int = 4096, tail: int = 200, on_line: Callable[[str], None] | None = None
+    ) -> None:
         self.lines: list[str] = []
+        self.on_line = on_line  # every line appended, also those past max_lines (the log drains)
         self.closed = False
         self.max_lines = max_lines
         self.max_line = max_line
@@ -55,6 +58,8 @@ class LogBuffer:
             return
         if len(line) > self.max_line:
             line = line[: self.max_line] + f" [... {len(line) - self.max_line} characters cut]"
+        if self.on_line is not None:
+            self.on_line(line)
         if len(self.lines) < self.max_lines:
             self.lines.append(line)
             self._wake()

@@ -130,6 +130,26 @@ class Settings:
     cron_poll: float = 30.0
     # Tests only: seconds added to the scheduler's clock, so that a test reaches a due time at once.
     cron_clock_offset: float = 0.0
+    # Log drains (drains:add): each drain buffers up to drains_buffer_lines messages and
+    # drains_buffer_bytes bytes in memory, and past half of that spills its oldest to
+    # $LBSOLO_HOME/drains/<id>/ up to drains_spill_bytes (0: no spill); past both the oldest are
+    # dropped and counted. A send that takes more than drains_timeout seconds fails; failures in
+    # a row wait from drains_backoff_base doubling to drains_backoff_max seconds. HTTPS drains
+    # POST up to drains_batch_lines messages (drains_batch_bytes) at once, waiting drains_linger
+    # seconds for a batch to fill. TLS receivers are checked against the system's CAs and those of
+    # drains_ca_bundle (a PEM file). http:// drains are refused unless to loopback or with
+    # drains_allow_http.
+    drains_buffer_lines: int = 20_000
+    drains_buffer_bytes: int = 8 * 1024 * 1024
+    drains_spill_bytes: int = 64 * 1024 * 1024
+    drains_timeout: float = 10.0
+    drains_backoff_base: float = 0.5
+    drains_backoff_max: float = 60.0
+    drains_batch_lines: int = 1000
+    drains_batch_bytes: int = 1024 * 1024
+    drains_linger: float = 0.2
+    drains_ca_bundle: str = ""
+    drains_allow_http: bool = False
     deploy_timeout: float = 60.0
     build_timeout: float = 900.0
     build_memory: str = "2g"

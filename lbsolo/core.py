@@ -28,6 +28,7 @@ from lbsolo.core_certs import Certificates
 from lbsolo.core_context import AppLock, CoreContext, Ingress
 from lbsolo.core_cron import CronJobs
 from lbsolo.core_deploy import Deploys
+from lbsolo.core_drains import Drains
 from lbsolo.core_plan import (
     Action,
     RestartHistory,
@@ -117,6 +118,8 @@ class Platform:
         self.sleepers = Sleepers(ctx, self.rollouts.converge, wakes if wakes is not None else asyncio.Queue())
         # Scheduled jobs: each run is a `lbsolo run` (run_command below).
         self.cron = CronJobs(ctx, self.run_command)
+        # Log drains: every line of an app's log also to its drains (syslog, HTTPS).
+        self.drains = Drains(ctx)
         # Without the engine's Services part (tests' fakes) there are no add-ons, and the API says so.
         self.backups: AddonBackups | None = None if services is None else AddonBackups(ctx, services)
         self.addons: Addons | None = (

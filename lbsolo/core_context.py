@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterable
+import time
+from collections.abc import Callable, Iterable
 from dataclasses import replace
 from typing import Any, Protocol
 
@@ -22,7 +23,7 @@ from lbsolo.engine import Engine
 from lbsolo.events import EventBus
 from lbsolo.models import WEB, App, Build, Release, Replica, reserved_host
 from lbsolo.proxy_routes import Route, Target
-from lbsolo.run_logs import LogCollector, LogStore
+from lbsolo.run_logs import LogCollector, LogLine, LogStore
 from lbsolo.state import State
 
 log = logging.getLogger("lbsolo.core")
@@ -158,6 +159,16 @@ class CoreContext:
             hsts_line(app.hsts_max_age, app.hsts_subdomains),
             app.asleep,
         )
+
+    def log_tap(self, app: str, process: str, replica: str = "") -> Callable[[str], None]:
+        """For a LogBuffer's on_line: output that is not in the app's stored log (build, release,
+        cron) still goes to the app's log drains."""
+        logs = self.logs
+
+        def tap(text: str) -> None:
+            logs.tap(LogLine(time.time(), app, "", process, replica, text))
+
+        return tap
 
     def host_header(self, app: str) -> str:
         return f"{app}.{self.settings.domain}"

@@ -204,7 +204,9 @@ class CronJobs:
 
     async def _execute(self, job: CronJob, run: CronRun, out: LogBuffer | None = None) -> CronRun:
         """Run a started run to its end (or its timeout), then record, keep its output, tell."""
-        out = out if out is not None else LogBuffer()
+        tap = self.ctx.log_tap(job.app, f"cron.{job.name or job.id}")
+        out = out if out is not None else LogBuffer(on_line=tap)
+        out.on_line = out.on_line or tap  # cron:run's buffer (the API's) goes to the drains too
         container = f"lbsolo-{self.ctx.engine.instance}-cron-{run.id}"
         timeout = self.ctx.settings.cron_timeout
         try:

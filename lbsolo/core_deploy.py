@@ -42,7 +42,7 @@ class Deploys:
 
     async def deploy(self, name: str, context: Path, build_args: dict[str, str] | None = None) -> DeployJob:
         app = await self.ctx.app(name)
-        job = DeployJob(app=app.name, output=LogBuffer())
+        job = DeployJob(app=app.name, output=LogBuffer(on_line=self.ctx.log_tap(app.name, "build")))
         build_job = self.builder.submit(app.name, context, job.output, build_args)
         job.output.append(f"-----> Building {app.name} (build {build_job.build.id})")
         self.ctx.bus.emit(EventKind.DEPLOY_STARTED, app.name, f"deploy of {app.name} started", build=build_job.build.id)

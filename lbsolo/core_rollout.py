@@ -264,7 +264,7 @@ class Rollouts:
         """Run a release-making use case in the background; its output streams like a deploy's."""
         ctx = self.ctx
         await ctx.app(app)
-        job = DeployJob(app=app, output=LogBuffer())
+        job = DeployJob(app=app, output=LogBuffer(on_line=ctx.log_tap(app, "release")))
 
         async def body() -> None:
             try:

@@ -299,6 +299,7 @@ class Daemon:
         sampler = StatsSampler(engine, interval=s.stats_interval, requests=proxy.metrics)
         bus.add_listener(sampler.on_event)
         bus.add_listener(platform.cron.on_event)
+        bus.add_listener(platform.drains.on_event)
         bus.add_listener(platform.routing.on_event)  # a first certificate turns an app's HTTPS redirect on
         tokens = await asyncio.to_thread(TokenStore, state)
         ingress.publish({})
@@ -358,6 +359,7 @@ class Daemon:
                 "stats": sampler.run,
                 "cron": platform.cron.run_forever,
                 "sleep": platform.sleepers.run_forever,
+                "drains": platform.drains.run_forever,
             }
             if access is not None:
                 background["access-log"] = access.flush_forever

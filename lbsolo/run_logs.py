@@ -92,6 +92,19 @@ class LogStore:
         self._followers: dict[str, set[asyncio.Queue[LogLine]]] = defaultdict(set)
         self._lock = threading.Lock()  # file writes (flush thread) vs reads (API threads)
         self._failures = _WriteFailures()
+        self._taps: list[Callable[[LogLine], None]] = []  # the log drains (core_drains)
+
+    def add_tap(self, tap: Callable[[LogLine], None]) -> None:
+        """Hand every line (stored or only tapped) to `tap` too, on the loop; it must not block."""
+        self._taps.append(tap)
+
+    def tap(self, line: LogLine) -> None:
+        """A line for the taps only (build, release and cron output: not in the app's stored log)."""
+        for tap in self._taps:
+            try:
+                tap(line)
+            except Exception:  # a tap's bug must not lose the app's own log
+                log.exception("a log tap failed")
 
     def path(self, app: str) -> Path:
         return self.directory / f"{app}.log"
@@ -103,6 +116,8 @@ class LogStore:
         for q in self._followers.get(line.app, ()):
             if q.qsize() < 10_000:
                 q.put_nowait(line)
+        if self._taps:
+            self.tap(line)
 
     def _write(self, batches: dict[str, list[LogLine]]) -> None:
         with self._lock:

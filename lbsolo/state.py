@@ -29,6 +29,7 @@ from tinydb import Query, TinyDB
 from tinydb.storages import Storage
 
 from lbsolo.cron_plan import CronJob, CronRun
+from lbsolo.drains import Drain
 from lbsolo.errors import Conflict, InvalidInput, NotFound, StorageError
 from lbsolo.models import App, Build, Release, StaticRoute
 from lbsolo.models_addons import Addon
@@ -63,8 +64,14 @@ def _token_roles(data: Data) -> Data:
     return data
 
 
+def _drains(data: Data) -> Data:
+    """4 -> 5: the apps' log drains (drains:add), empty."""
+    data.setdefault("drains", {})
+    return data
+
+
 #: MIGRATIONS[n] turns a file of schema n into schema n + 1. Pure: data in, data out.
-MIGRATIONS: list[Any] = [_stamp, _addons, _cron, _token_roles]
+MIGRATIONS: list[Any] = [_stamp, _addons, _cron, _token_roles, _drains]
 SCHEMA = len(MIGRATIONS)
 META = "_meta"
 
@@ -250,6 +257,7 @@ class State:
             self._builds.remove(q.app == name)
             self._db.table("cron_jobs").remove(q.app == name)
             self._db.table("cron_runs").remove(q.app == name)
+            self._db.table("drains").remove(q.app == name)
 
     # releases
     def list_releases(self, app: str) -> list[Release]:
@@ -369,6 +377,21 @@ class State:
     def delete_cron_runs(self, ids: list[str]) -> None:
         with self._lock:
             self._db.table("cron_runs").remove(Query().id.one_of(ids))
+
+    # log drains
+    def list_drains(self, app: str | None = None) -> list[Drain]:
+        with self._lock:
+            rows = self._memory.rows("drains", lambda d: app is None or d.get("app") == app)
+        return sorted((Drain.from_dict(d) for d in rows), key=lambda d: (d.app, d.created_at, d.id))
+
+    def add_drain(self, drain: Drain) -> None:
+        with self._lock:
+            self._db.table("drains").insert(drain.to_dict())
+
+    def delete_drain(self, app: str, drain_id: str) -> bool:
+        q = Query()
+        with self._lock:
+            return bool(self._db.table("drains").remove((q.app == app) & (q.id == drain_id)))
 
     # builds
     def save_build(self, build: Build) -> None:

@@ -26,6 +26,7 @@ from lbsolo.api.audit import AuditLog, note
 from lbsolo.api.auth import Authenticator
 from lbsolo.api.certs import create_certs_router
 from lbsolo.api.cron import create_cron_router
+from lbsolo.api.drains import create_drains_router
 from lbsolo.api.git import create_git_router
 from lbsolo.api.guard import UNAUTHORIZED, ApiGuard, BodyLimits, caller_of, error_body
 from lbsolo.api.jobs import ndjson, stream_job
@@ -397,6 +398,7 @@ def create_api(
     api.include_router(create_routing_router(platform, require_token, ERRORS))
     api.include_router(create_certs_router(platform, require_token))
     api.include_router(create_cron_router(platform, require_token))
+    api.include_router(create_drains_router(platform, require_token))
     api.include_router(create_platform_backup_router(platform, require_token))
     return api
 

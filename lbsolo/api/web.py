@@ -31,6 +31,7 @@ from lbsolo.api.audit import AuditLog, note
 from lbsolo.api.web_addons import Pages, create_web_addons_router
 from lbsolo.api.web_certs import create_web_certs_router
 from lbsolo.api.web_cron import create_web_cron_router
+from lbsolo.api.web_drains import create_web_drains_router
 from lbsolo.api.web_jobs import UiDeploys
 from lbsolo.api.web_session import (
     COOKIE,
@@ -491,6 +492,7 @@ def create_web_router(
     pages = Pages(current, to_login, page, checked_post, back_to, finish_change)
     router.include_router(create_web_addons_router(platform, pages))
     router.include_router(create_web_cron_router(platform, pages))
+    router.include_router(create_web_drains_router(platform, pages))
     router.include_router(create_web_certs_router(platform, pages))
     return router
 

@@ -248,6 +248,16 @@ class Client:
     def cron_run_log(self, name: str, run: str) -> list[str]:
         return self._list("GET", "apps", name, "cron-runs", run, "logs")
 
+    # log drains
+    def drains(self, name: str) -> list[dict[str, Any]]:
+        return self._list("GET", "apps", name, "drains")
+
+    def add_drain(self, name: str, url: str) -> dict[str, Any]:
+        return self._object("POST", "apps", name, "drains", json={"url": url})
+
+    def remove_drain(self, name: str, drain: str) -> dict[str, Any]:
+        return self._object("DELETE", "apps", name, "drains", drain)
+
     # logs, metrics, events
     def logs(self, name: str, params: dict[str, Any]) -> list[dict[str, Any]]:
         return self._list("GET", "apps", name, "logs", params=params)

@@ -22,6 +22,7 @@ from lbsolo.cli import (
     verbs_backup,
     verbs_cron,
     verbs_deploy,
+    verbs_drains,
     verbs_platform,
     verbs_service,
 )
@@ -44,6 +45,7 @@ __all__ = [
     "verbs_backup",
     "verbs_cron",
     "verbs_deploy",
+    "verbs_drains",
     "verbs_platform",
     "verbs_service",
 ]

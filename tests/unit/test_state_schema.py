@@ -115,9 +115,30 @@ def test_a_schema_3_file_keeps_its_tokens_as_admins_over_every_app(tmp_path):
     shutil.copy(FIXTURES / "state-schema-3.json", path)
     state = State(path)
     data = json.loads(path.read_text())
-    assert schema_of(data) == SCHEMA == 4
+    assert schema_of(data) == SCHEMA == 5
     assert (tmp_path / "state.json.schema-3.bak").exists()
     (token,) = state.list_tokens()
     assert token["name"] == "ci" and token["role"] == "admin" and token["apps"] == []
     assert [a.name for a in state.list_apps()] == ["shop"]
+    state.close()
+
+
+def test_a_schema_4_file_gets_the_drains_table_and_keeps_its_apps_and_tokens(tmp_path):
+    from lbsolo.drains import Drain
+
+    path = tmp_path / "state.json"
+    shutil.copy(FIXTURES / "state-schema-4.json", path)
+    state = State(path)
+    data = json.loads(path.read_text())
+    assert schema_of(data) == SCHEMA == 5 and data["drains"] == {}
+    assert (tmp_path / "state.json.schema-4.bak").exists()
+    assert [a.name for a in state.list_apps()] == ["shop"]
+    (token,) = state.list_tokens()
+    assert token["role"] == "deployer" and token["apps"] == ["shop"]
+    state.add_drain(Drain("shop", "d1", "syslog+tls://logs.example.com:6514", "d.tok", 1.0))
+    state.close()
+    state = State(path)
+    assert [(d.id, d.url) for d in state.list_drains("shop")] == [("d1", "syslog+tls://logs.example.com:6514")]
+    state.delete_app("shop")
+    assert state.list_drains() == []
     state.close()

@@ -198,6 +198,32 @@ class FakeCron:
         return job
 
 
+class FakeDrains:
+    """The log drains' use cases the app page's section calls, over the pure part's checks."""
+
+    def __init__(self, calls: list[tuple[Any, ...]]) -> None:
+        self.calls = calls
+        self.drains: list[Any] = []
+
+    async def listing(self, name: str) -> list[dict[str, Any]]:
+        counters = {"state": "failing", "delivered": 7, "dropped": 2, "failed_attempts": 3, "buffered": 1,
+                    "spilled": 0, "last_error": "connection refused <x>", "last_error_at": 1.0}  # fmt: skip
+        return [{**d.shown(), **counters} for d in self.drains]
+
+    async def add(self, name: str, url: str) -> dict[str, Any]:
+        from lbsolo.drains import new_drain
+
+        drain = new_drain(name, url, self.drains, 1.0)
+        self.calls.append(("drains:add", name, url))
+        self.drains.append(drain)
+        return (await self.listing(name))[-1]
+
+    async def remove(self, name: str, ref: str) -> str:
+        self.calls.append(("drains:remove", name, ref))
+        self.drains = [d for d in self.drains if d.id != ref]
+        return ref
+
+
 class FakePlatform:
     """Just the Platform use cases the UI calls, over dicts."""
 
@@ -210,6 +236,7 @@ class FakePlatform:
         self.https_port: int | None = None
         self.routes: dict[str, dict[str, Any]] = {}
         self.cron = FakeCron(self.calls)
+        self.drains = FakeDrains(self.calls)
 
     def _app(self) -> dict[str, Any]:
         return {
@@ -562,3 +589,26 @@ def test_the_app_page_adds_and_lists_scheduled_jobs(client, platform):
     page = client.get("/ui/apps/hello").text
     assert "added job nightly" in page and 'data-job="c1"' in page and "echo &lt;b&gt;hi&lt;/b&gt;" in page
     assert "/ui/apps/hello/cron/c1/run" in page and "/ui/apps/hello/cron/c1/remove" in page
+
+
+def test_the_app_page_adds_lists_and_removes_log_drains(client, platform):
+    csrf = login(client)
+    assert client.post("/ui/apps/hello/drains", data={"url": "syslog://127.0.0.1:514"}).status_code == 403
+    assert (
+        'id="drain-form"' in client.get("/ui/apps/hello").text and "No log drains" in client.get("/ui/apps/hello").text
+    )
+    r = client.post("/ui/apps/hello/drains", data={"url": "ftp://logs.example.com:21", "csrf": csrf})
+    assert r.status_code == 303 and "unsupported drain scheme" in client.get("/ui/apps/hello").text
+    assert platform.calls == []
+    url = "https://user:hunter2secret@logs.example.com/in?token=t0ps3cret"
+    assert client.post("/ui/apps/hello/drains", data={"url": url, "csrf": csrf}).status_code == 303
+    page = client.get("/ui/apps/hello").text
+    (drain,) = platform.drains.drains
+    assert f'data-drain="{drain.id}"' in page and "added drain" in page
+    assert "hunter2secret" not in page and "t0ps3cret" not in page and drain.token not in page
+    assert "connection refused &lt;x&gt;" in page and 'class="drain-delivered">7<' in page
+    assert client.post("/ui/apps/hello/drains", data={"url": url, "csrf": csrf}).status_code == 303
+    assert "already drains to" in client.get("/ui/apps/hello").text and len(platform.drains.drains) == 1
+    remove = f"/ui/apps/hello/drains/{drain.id}/remove"
+    assert remove in page and client.post(remove, data={"csrf": csrf}).status_code == 303
+    assert platform.drains.drains == [] and platform.calls[-1] == ("drains:remove", "hello", drain.id)
