@@ -30,7 +30,9 @@ def get(port: int, host: str | None = None, timeout: float = 60) -> int:
     c = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
     c.request("GET", "/", headers={"Host": host} if host else {})
     r = c.getresponse()
-    r.read()
+    body = r.read()
+    if r.status != 200 and host:
+        print(f"  {host} answered {r.status}: {body[:300]!r}", file=sys.stderr)
     return r.status
 
 

@@ -22,7 +22,7 @@ from typing import Any
 from lbsolo import run
 from lbsolo.build import LogBuffer
 from lbsolo.core_context import CoreContext
-from lbsolo.core_plan import ActionKind, Desired, plan, routes_for
+from lbsolo.core_plan import ActionKind, plan, routes_for
 from lbsolo.errors import Conflict, DeployFailed, LbsoloError
 from lbsolo.events import EventKind
 from lbsolo.models import WEB, App, DeployStep, HealthCheck, Release, ReleaseStatus, Replica
@@ -226,7 +226,7 @@ class Rollouts:
         ctx = self.ctx
         release = await asyncio.to_thread(ctx.state.get_release, app.name, app.release)
         actual = await asyncio.to_thread(ctx.engine.list_replicas, app.name)
-        actions = plan({app.name: Desired(app.release, app.formation)}, actual)
+        actions = plan({app.name: ctx.desired(app)}, actual)  # an app asleep wants nothing running
         volumes = await ctx.volumes(app)
         check = HealthCheck.from_dict(release.health)
         started = []

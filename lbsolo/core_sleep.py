@@ -174,5 +174,6 @@ class Sleepers:
                 self.ctx.ingress.wake_failed(name, message)
                 self.ctx.bus.emit(EventKind.APP_WAKE_FAILED, name, message)
                 return
+            self._woken[name] = self._clock()  # idle from when it serves again, not from when it began waking
         took = self._clock() - started
         self.ctx.bus.emit(EventKind.APP_WOKE, name, f"{name} woke up in {took:.1f} s")
