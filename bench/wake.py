@@ -36,6 +36,20 @@ def get(port: int, host: str | None = None, timeout: float = 60) -> int:
     return r.status
 
 
+def asleep(bench: Bench) -> bool:
+    out = subprocess.run([*bench.lbsolo, "apps:sleep", APP], env=bench.env, capture_output=True, text=True)
+    return "asleep now" in out.stdout
+
+
+def replicas() -> int:
+    """The app's containers still running (asleep is saved before they are drained and stopped)."""
+    out = subprocess.run(
+        ["docker", "ps", "-q", "--filter", f"label=lbsolo.app={APP}", "--filter", "label=lbsolo.process=web"],
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    return len(out.split())
+
+
 def cold_run(image: str) -> float:
     t0 = time.monotonic()
     cid = subprocess.run(
@@ -69,12 +83,7 @@ def main() -> None:
         wakes, refused = [], 0
         for _ in range(rounds):
             deadline = time.monotonic() + 60
-            while (
-                "asleep now"
-                not in subprocess.run(
-                    [*bench.lbsolo, "apps:sleep", APP], env=bench.env, capture_output=True, text=True
-                ).stdout
-            ):
+            while replicas() or not asleep(bench):
                 if time.monotonic() > deadline:
                     raise SystemExit("the app did not fall asleep")
                 time.sleep(0.2)
