@@ -33,6 +33,8 @@ from lbsolo.core_plan import (
     RestartHistory,
     rollback_target,
 )
+from lbsolo.core_platform_backup import ArchiveEngine, PlatformBackup
+from lbsolo.core_platform_backup_runs import PlatformBackups
 from lbsolo.core_reconcile import CRASH_LOOP_AFTER, Reconciler
 from lbsolo.core_rollout import DeployJob, Rollouts
 from lbsolo.core_routing import Routing
@@ -85,15 +87,25 @@ class Platform:
 
     @classmethod
     def over(
-        cls, ctx: CoreContext, builder: Builder, services: Services | None = None, certs: Certificates | None = None
+        cls,
+        ctx: CoreContext,
+        builder: Builder,
+        services: Services | None = None,
+        certs: Certificates | None = None,
+        archive: ArchiveEngine | None = None,
     ) -> Platform:
         """A Platform over a context made beforehand (the daemon's, whose builder records builds into it)."""
         platform = cls.__new__(cls)
-        platform._compose(ctx, builder, services, certs)
+        platform._compose(ctx, builder, services, certs, archive)
         return platform
 
     def _compose(
-        self, ctx: CoreContext, builder: Builder, services: Services | None, certs: Certificates | None = None
+        self,
+        ctx: CoreContext,
+        builder: Builder,
+        services: Services | None,
+        certs: Certificates | None = None,
+        archive: ArchiveEngine | None = None,
     ) -> None:
         self.ctx = ctx
         self.builder = builder
@@ -107,6 +119,10 @@ class Platform:
         self.backups: AddonBackups | None = None if services is None else AddonBackups(ctx, services)
         self.addons: Addons | None = (
             None if services is None or self.backups is None else Addons(ctx, services, self.set_config, self.backups)
+        )
+        # Whole-platform backups, taken by hand or on schedule: they need an engine that saves images and volumes.
+        self.platform_backups: PlatformBackups | None = (
+            None if archive is None else PlatformBackups(ctx, PlatformBackup(ctx, archive, self.backups))
         )
         # ACME certificates: made by the daemon, which wires them to the proxy (None: the API says ACME is off).
         self.certs = certs
