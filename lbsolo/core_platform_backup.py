@@ -6,7 +6,7 @@ $LBSOLO_HOME/tmp/ (the manifest, written first, carries every entry's size and s
 can only be written once they exist); then the archive is written from the staged files into
 the HTTP answer in pieces by a thread, never held whole, and the staging directory removed.
 Staged: a copy of the state (written atomically, so a copy is a consistent file), the admin
-token file, the TLS, ACME and git directories (each as one tar), every app volume (read through
+token file, the TLS, ACME, git and backup-keys directories (each as one tar), every app volume (read through
 a throw-away container of the app's image), each running add-on's fresh verified backup
 (core_addon_backups: take, then verify), and the images of every release whose image is still
 present and those the add-ons run, in one `docker save`. The archive's format is platform_archive.py's; restoring is
@@ -39,6 +39,7 @@ from lbsolo.state import SCHEMA
 
 log = logging.getLogger("lbsolo.core")
 
+KEYS = "backup-keys"  # core_addon_backup_remote's keys directory
 FALLBACK_IMAGE = "busybox:latest"  # a volume of an app without a release image is read through this
 
 
@@ -129,7 +130,9 @@ class PlatformBackup:
         if s.token_path.exists():
             await asyncio.to_thread(shutil.copyfile, s.token_path, staging / "token")
             await add(staging / "token", "token", "token")
-        for name, folder in (("tls", s.tls_dir), ("acme", s.acme_dir), ("git", s.home / "git")):
+        # backup-keys: the keys that open the add-ons' and the platform's sealed uploads in a bucket.
+        dirs = (("tls", s.tls_dir), ("acme", s.acme_dir), ("git", s.home / "git"), (KEYS, s.home / KEYS))
+        for name, folder in dirs:
             if await asyncio.to_thread(pa.tar_directory, folder, staging / f"{name}.tar"):
                 await add(staging / f"{name}.tar", f"dirs/{name}.tar", "dir", dir=name)
 

@@ -216,7 +216,7 @@ def _into_home(settings: Settings, m: pa.Manifest, paths: dict[str, Path], stagi
         path = paths[entry.name]
         if entry.kind == "dir":
             name = str(entry.meta["dir"])
-            if name not in ("tls", "acme", "git"):
+            if name not in ("tls", "acme", "git", "backup-keys"):
                 raise pa.BadBackup(f"the backup names an unknown directory {name!r}")
             unpacked = staging / f"dir-{name}"
             pa.untar_directory(path, unpacked)
@@ -224,6 +224,7 @@ def _into_home(settings: Settings, m: pa.Manifest, paths: dict[str, Path], stagi
             if target.exists():
                 shutil.rmtree(target)
             os.replace(unpacked, target)
+            os.chmod(target, 0o700)
         elif entry.kind == "addon":
             addon, file = str(entry.meta["addon"]), Path(str(entry.meta["file"])).name
             folder = home / "backups" / addon

@@ -189,6 +189,7 @@ def test_scheduled_backups_are_kept_pruned_uploaded_and_restored_from_the_bucket
     state = json.loads((home / "state.json").read_text())
     (app,) = [a for a in state["apps"].values() if a["name"] == "keeper"]
     assert app["config"]["GREETING"] == "from the bucket"
+    assert (home / "backup-keys" / key_file.name).read_text() == key_file.read_text()  # the bucket's keys came back
     assert not (home.parent / ".home.download").exists()
 
     out = ok(daemon.cli("backup", "--schedule", "off"))
