@@ -127,6 +127,9 @@ def test_scheduled_backups_are_kept_pruned_uploaded_and_restored_from_the_bucket
     assert len(first) == 1, status(daemon)
     assert len(events(daemon, "platform.backup.missed")) == 1
     assert status(daemon)["schedule"] == "0 4 * * *" and status(daemon)["keep"] == 2  # survived the restart
+    shown = ok(daemon.cli("backup", "--status"))
+    assert first[0]["file"] in shown and "here + bucket" in shown and "keeping 2; next run" in shown, shown
+    assert "********" not in shown and s3.secret_access_key not in shown and "encrypted with key" in shown
     archive = folder(daemon) / first[0]["file"]
     assert os.stat(archive).st_mode & 0o777 == 0o600
     assert os.stat(archive.with_suffix(".json")).st_mode & 0o777 == 0o600
@@ -171,6 +174,8 @@ def test_scheduled_backups_are_kept_pruned_uploaded_and_restored_from_the_bucket
     assert "not uploaded" in out, out
     assert any("not uploaded" in e["message"] for e in events(daemon, "platform.backup.failed"))
     assert "not uploaded" in status(daemon)["last_failure"]["error"]
+    shown = ok(daemon.cli("backup", "--status"))
+    assert "Last failure" in shown and "upload failed" in shown, shown
     ok(run(daemon, "backup:target", URL, "--endpoint", s3.endpoint, "--region", "us-east-1", "--key-file",
            str(key_file), env=creds(s3)))  # fmt: skip
 
