@@ -8,7 +8,8 @@ At N = 10, 50 and 200 (or the counts given) it reports:
 - whether every app answers 200 through the proxy.
 
 Usage: .venv/bin/python bench/scale.py [N ...]   (default: 10 50 200; needs Docker and the seeded
-images; every app is removed afterwards, with the daemon's home).
+images; every app is removed afterwards, with the daemon's home). TIMELINE=1 prints, at each N, the
+fastest of the three timed deploys' output lines with the time each came.
 
        .venv/bin/python bench/scale.py --listing [N ...]   (default: 200) measures only what
 `lbsolo apps` costs, in a minute instead of several: N apps created but not deployed, each with
@@ -32,6 +33,7 @@ import tempfile
 import time
 import urllib.parse
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 SOURCE = ROOT / "examples" / "static"
@@ -117,6 +119,19 @@ class Bench:
             raise SystemExit(f"lbsolo {' '.join(args)} failed: {out.stdout}{out.stderr}")
         return time.monotonic() - t0
 
+    def deploy_timed(self, app: str) -> tuple[float, list[tuple[float, str]]]:
+        """A deploy's wall time, and each line of its output with when it came (where the time goes)."""
+        t0 = time.monotonic()
+        proc = subprocess.Popen(
+            [*self.lbsolo, "deploy", str(SOURCE), "--app", app], env=self.env, stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT, text=True,
+        )  # fmt: skip
+        assert proc.stdout is not None
+        lines = [(time.monotonic() - t0, line.rstrip()) for line in proc.stdout]
+        if proc.wait() != 0:
+            raise SystemExit(f"lbsolo deploy {app} failed: {lines}")
+        return time.monotonic() - t0, lines
+
     def add_app(self, name: str) -> None:
         self.cli("apps:create", name)
         self.cli("deploy", str(SOURCE), "--app", name)
@@ -149,7 +164,7 @@ class Bench:
             ok += r.status == 200
         return ok
 
-    def measure(self, n: int) -> dict[str, float]:
+    def measure(self, n: int) -> dict[str, Any]:
         self.grow_to(n)
         time.sleep(3)  # a reconcile pass or two
         pid = self.daemon.pid
@@ -163,8 +178,10 @@ class Bench:
             self.cli("apps:create", PROBE)
             self.apps.append(PROBE)
             self.cli("deploy", str(SOURCE), "--app", PROBE)
-        deploy = statistics.median(self.cli("deploy", str(SOURCE), "--app", PROBE) for _ in range(3))
+        timed = [self.deploy_timed(PROBE) for _ in range(3)]
+        deploy = statistics.median(t for t, _ in timed)
         return {
+            "timeline": min(timed)[1],
             "apps": n,
             "served": self.served(),
             "dashboard": dashboard,
@@ -225,6 +242,9 @@ def main_listing(counts: list[int]) -> None:
                 f"GET /api/apps {row['api_apps'] * 1000:.1f} ms, GET /api/disk {row['api_disk'] * 1000:.1f} ms)",
                 flush=True,
             )
+            if os.environ.get("TIMELINE"):  # the fastest deploy's output, each line with its time
+                for at, line in row["timeline"]:
+                    print(f"    {at:6.2f} s  {line[:100]}")
     finally:
         bench.close()
     print(f"machine: {os.uname().machine}, {os.cpu_count()} cores")
@@ -246,6 +266,9 @@ def main() -> None:
                 f"RSS {row['rss_mb']:.0f} MB  idle CPU {row['idle_cpu']:.1f}%",
                 flush=True,
             )
+            if os.environ.get("TIMELINE"):  # the fastest deploy's output, each line with its time
+                for at, line in row["timeline"]:
+                    print(f"    {at:6.2f} s  {line[:100]}")
     finally:
         bench.close()
     first, last = rows[0], rows[-1]

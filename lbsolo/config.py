@@ -104,6 +104,9 @@ class Settings:
     # server's own networks don't use.
     network_pool: str = "10.213.0.0/16"
     network_prefix: int = 25
+    # Reach replicas on a port published on 127.0.0.1 (through Docker's userland proxy) instead of at
+    # their address on their network: only for a host that cannot route to Docker's bridges.
+    publish_ports: bool = False
     # The version an add-on of each kind gets when `addons:create` names none (then pinned).
     addon_postgres_version: str = "17"
     addon_redis_version: str = "7"

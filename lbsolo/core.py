@@ -38,6 +38,7 @@ from lbsolo.core_platform_backup_runs import PlatformBackups
 from lbsolo.core_reconcile import CRASH_LOOP_AFTER, Reconciler
 from lbsolo.core_rollout import DeployJob, Rollouts
 from lbsolo.core_routing import Routing
+from lbsolo.core_sleep import Sleepers
 from lbsolo.engine import Engine, Services
 from lbsolo.errors import Conflict, InvalidInput
 from lbsolo.events import EventBus, EventKind
@@ -92,11 +93,14 @@ class Platform:
         builder: Builder,
         services: Services | None = None,
         certs: Certificates | None = None,
+        wakes: asyncio.Queue[str] | None = None,
         archive: ArchiveEngine | None = None,
     ) -> Platform:
-        """A Platform over a context made beforehand (the daemon's, whose builder records builds into it)."""
+        """A Platform over a context made beforehand (the daemon's, whose builder records builds into it;
+        its proxy puts the names of sleeping apps a request waits for in `wakes`; `archive` saves images and
+        volumes for whole-platform backups)."""
         platform = cls.__new__(cls)
-        platform._compose(ctx, builder, services, certs, archive)
+        platform._compose(ctx, builder, services, certs, wakes, archive)
         return platform
 
     def _compose(
@@ -105,6 +109,7 @@ class Platform:
         builder: Builder,
         services: Services | None,
         certs: Certificates | None = None,
+        wakes: asyncio.Queue[str] | None = None,
         archive: ArchiveEngine | None = None,
     ) -> None:
         self.ctx = ctx
@@ -113,6 +118,8 @@ class Platform:
         self.reconciler = Reconciler(ctx)
         self.deploys = Deploys(ctx, builder, self.rollouts)
         self.routing = Routing(ctx)
+        # Idle apps put to sleep, woken by the requests the proxy holds for them (none without a proxy's queue).
+        self.sleepers = Sleepers(ctx, self.rollouts.converge, wakes if wakes is not None else asyncio.Queue())
         # Scheduled jobs: each run is a `lbsolo run` (run_command below).
         self.cron = CronJobs(ctx, self.run_command)
         # Without the engine's Services part (tests' fakes) there are no add-ons, and the API says so.
@@ -129,6 +136,13 @@ class Platform:
         # What the API and the daemon read of the context, by name.
         self.settings, self.state, self.engine, self.ingress = ctx.settings, ctx.state, ctx.engine, ctx.ingress
         self.bus, self.logs, self.collector, self.jobs = ctx.bus, ctx.logs, ctx.collector, ctx.jobs
+
+    # ---- sleeping apps
+    async def set_sleep(self, name: str, after: float | None, with_workers: bool = False) -> dict[str, Any]:
+        return await self.sleepers.set_sleep(name, after, with_workers)
+
+    async def sleep_settings(self, name: str) -> dict[str, Any]:
+        return self.sleepers.describe(await self.ctx.app(name))
 
     # ---- the reconcile loop, for the daemon
     async def reconcile(self) -> list[Action]:

@@ -172,7 +172,7 @@ class AddonAccess:
         if addon.status != AddonStatus.RUNNING:
             raise Conflict(f"{name} is {addon.status}, not running: cannot {doing} it")
         record = await asyncio.to_thread(self.services.find_service, name)
-        if record is None or not record["running"]:
+        if record is None or not record["running"] or record["state"] == "paused":  # paused: no exec
             state = "missing" if record is None else record["state"]
             raise Conflict(f"{name}'s container is {state}: cannot {doing} it now")
         return addon

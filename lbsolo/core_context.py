@@ -39,6 +39,14 @@ class Ingress(Protocol):
 
     def prometheus(self) -> str: ...
 
+    def last_requests(self) -> dict[str, float]:
+        """When each app was last asked for (time.monotonic())."""
+        ...
+
+    def wake_failed(self, app: str, message: str) -> None:
+        """A sleeping app could not wake: the requests held for it get 503 with `message`."""
+        ...
+
 
 class AppLock(asyncio.Lock):
     """One app's lock, counting how often it changed hands (taken, and let go).
@@ -143,11 +151,12 @@ class CoreContext:
     def desired(app: App, version: int | None = None) -> Desired:
         return Desired(
             app.release if version is None else version,
-            app.formation,
+            {} if app.asleep else app.formation,
             tuple(app.domains),
             app.https_redirect,
             app.request_buffering,
             hsts_line(app.hsts_max_age, app.hsts_subdomains),
+            app.asleep,
         )
 
     def host_header(self, app: str) -> str:

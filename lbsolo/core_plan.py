@@ -23,6 +23,7 @@ class Desired:
     https_redirect: bool = False
     request_buffering: bool = True
     hsts: bytes = b""  # the Strict-Transport-Security line (hsts_line), b"": none
+    asleep: bool = False  # `apps:sleep`: no replica runs (the formation is empty), requests wake it
 
 
 HSTS_MAX_AGE_LIMIT = 2 * 365 * 86400  # two years, the longest max-age lbsolo sends
@@ -166,6 +167,7 @@ def routes_for(desired: Mapping[str, Desired | int | None], actual: list[Replica
             https_redirect=want.https_redirect,
             hsts=want.hsts,
             request_buffering=want.request_buffering,
+            asleep=want.asleep,
         )
     return routes
 

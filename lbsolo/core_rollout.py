@@ -65,6 +65,7 @@ class Rollouts:
         ctx = self.ctx
         async with ctx.lock(app_name):
             app = await ctx.app(app_name)
+            app.asleep = False  # a new release runs its formation (saved with the release it serves)
             if app_changes is not None:
                 app_changes(app)
             current = await asyncio.to_thread(ctx.state.get_release, app_name, app.release) if app.release else None

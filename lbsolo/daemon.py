@@ -115,6 +115,12 @@ class ProxyIngress:
     def prometheus(self) -> str:
         return self.proxy.prometheus()
 
+    def last_requests(self) -> dict[str, float]:
+        return self.proxy.last_requests
+
+    def wake_failed(self, app: str, message: str) -> None:
+        self.proxy.wake_failed(app, message)
+
 
 def _fresh_dir(path: Path) -> Path:
     """`path` as an empty private directory (what a crashed daemon left there is removed)."""
@@ -226,7 +232,9 @@ class Daemon:
             free_subnet(s.network_pool, s.network_prefix, [])
         except ValueError as e:
             raise InvalidInput(str(e)) from None
-        engine = DockerBackend(instance_id(s), network_pool=s.network_pool, network_prefix=s.network_prefix)
+        engine = DockerBackend(
+            instance_id(s), network_pool=s.network_pool, network_prefix=s.network_prefix, publish=s.publish_ports
+        )
         docker_version = await asyncio.to_thread(engine.ping)
         state = await asyncio.to_thread(State, s.state_path)
 
@@ -254,6 +262,8 @@ class Daemon:
                 pushed.put(domain, chain, key)
                 store.refresh(domain)
 
+        # A request held for a sleeping app puts its name here; the core's Sleepers wake it.
+        wakes: asyncio.Queue[str] = asyncio.Queue()
         proxy = ProxyServer(
             host=s.proxy_host,
             port=s.proxy_port,
@@ -272,6 +282,8 @@ class Daemon:
             body_grace=s.proxy_body_grace,
             tunnel_idle_timeout=s.proxy_tunnel_idle_timeout,
             acme_challenges=s.acme_on,
+            wake=wakes.put_nowait,
+            wake_timeout=s.deploy_timeout + 10,  # a start and its health checks, with room
         )
         zone = Zone(domain=s.domain, ipv4=s.dns_ipv4, ipv6=s.dns_ipv6, strict=s.dns_strict, ttl=s.dns_ttl)
         forward = None
@@ -316,7 +328,7 @@ class Daemon:
         certs = Certificates(s, state, bus, proxy, install) if s.acme_on else None
         if certs is not None:
             bus.add_listener(certs.on_event)  # a domain added: its certificate is asked in the background
-        platform = Platform.over(ctx, builder, DockerServices(engine), certs, DockerArchive(engine))
+        platform = Platform.over(ctx, builder, DockerServices(engine), certs, wakes, DockerArchive(engine))
         notifier = WebhookNotifier(state, bus, allow_private=s.webhook_allow_private)
         sampler = StatsSampler(engine, interval=s.stats_interval, requests=proxy.metrics)
         bus.add_listener(sampler.on_event)
@@ -379,6 +391,7 @@ class Daemon:
                 "logs": platform.logs.flush_forever,
                 "stats": sampler.run,
                 "cron": platform.cron.run_forever,
+                "sleep": platform.sleepers.run_forever,
             }
             if access is not None:
                 background["access-log"] = access.flush_forever

@@ -3,8 +3,11 @@
 The only module that imports docker (and requests, the SDK's transport). Everything here is
 blocking (the Docker SDK is); callers in the event loop go through asyncio.to_thread. No docker
 SDK object leaves this module: callers get Replica records, image ids and the typed dicts of
-lbsolo.engine, and docker errors come out as lbsolo's EngineError tree. Replicas are reached on
-the loopback: a web port is published on 127.0.0.1 at a free port. It makes no decisions.
+lbsolo.engine, and docker errors come out as lbsolo's EngineError tree. Replicas are reached at
+their address on their app's network (the host routes to its bridges): no published port, so no
+userland proxy between lbsolo's proxy and the app, and its own pacing of new connections holds.
+With `publish` (a host that cannot route to its bridges: rootless Docker), a web port is published
+on 127.0.0.1 at a free port instead. It makes no decisions.
 
 This module makes the calls; what the answers mean is read beside it, without docker:
 engine_docker_records (container, image, stats and event documents → lbsolo's records) and
@@ -106,8 +109,10 @@ class DockerBackend:
         *,
         network_pool: str = "10.213.0.0/16",
         network_prefix: int = 25,
+        publish: bool = False,
     ) -> None:
         self.instance = instance
+        self.publish = publish
         self._client = client
         self.network_pool, self.network_prefix = network_pool, network_prefix
         self._network_lock = threading.Lock()
@@ -315,12 +320,13 @@ class DockerBackend:
         cpus: float | None = None,
         volumes: dict[str, str] | None = None,
     ) -> Replica:
-        """Start a replica; a web port is published on the loopback only, at a free host port."""
+        """Start a replica; a web port is reached on its network, or published on the loopback only."""
         labels = {**self.base_labels(app), LABEL_RELEASE: str(release), LABEL_PROCESS: process}
         kwargs: dict[str, Any] = {}
         if port is not None:
             labels[LABEL_PORT] = str(port)
-            kwargs["ports"] = {f"{port}/tcp": (LOOPBACK, None)}
+            if self.publish:
+                kwargs["ports"] = {f"{port}/tcp": (LOOPBACK, None)}
         if command:
             kwargs["entrypoint"] = ["/bin/sh", "-c"]
             kwargs["command"] = [command]

@@ -13,10 +13,26 @@ from collections.abc import Mapping
 from typing import Any
 
 from lbsolo.engine import EngineEvent, ImageRecord, ReplicaStats
-from lbsolo.models import LABEL_APP, LABEL_PROCESS, LABEL_RELEASE, Replica
+from lbsolo.models import LABEL_APP, LABEL_PORT, LABEL_PROCESS, LABEL_RELEASE, Replica
 
-# Where the Docker-local backend publishes replicas' ports, and so where they are reached.
+# Where the Docker-local backend publishes replicas' ports when it publishes them.
 LOOPBACK = "127.0.0.1"
+
+
+def _reach(
+    labels: Mapping[str, str], published: int | None, networks: Mapping[str, Any] | None
+) -> tuple[str, int | None]:
+    """Where a replica's web port is reached: its port published on the loopback, else its address
+    on its network with the port its label names (a replica that is not running has neither)."""
+    if published is not None:
+        return LOOPBACK, published
+    port = labels.get(LABEL_PORT) or ""
+    if port.isdigit():
+        for name in sorted(networks or {}):
+            address = str((networks or {})[name].get("IPAddress") or "")
+            if address:
+                return address, int(port)
+    return LOOPBACK, None
 
 
 def listed_replica(item: Mapping[str, Any]) -> Replica:
@@ -30,6 +46,7 @@ def listed_replica(item: Mapping[str, Any]) -> Replica:
         ),
         None,
     )
+    host, host_port = _reach(labels, host_port, (item.get("NetworkSettings") or {}).get("Networks"))
     names = item.get("Names") or []
     state = str(item.get("State", ""))
     release = labels.get(LABEL_RELEASE)
@@ -41,7 +58,7 @@ def listed_replica(item: Mapping[str, Any]) -> Replica:
         process=labels.get(LABEL_PROCESS, "web"),
         running=state == "running",
         status=state,
-        host=LOOPBACK,
+        host=host,
         host_port=host_port,
         # The list has no start time: the creation time, in the form StartedAt has, sorts as well.
         started_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(int(item.get("Created") or 0))),
@@ -61,6 +78,7 @@ def inspected_replica(attrs: Mapping[str, Any]) -> Replica:
         ),
         None,
     )
+    host, host_port = _reach(labels, host_port, (attrs.get("NetworkSettings") or {}).get("Networks"))
     release = labels.get(LABEL_RELEASE)
     status = str(state.get("Status", ""))
     return Replica(
@@ -71,7 +89,7 @@ def inspected_replica(attrs: Mapping[str, Any]) -> Replica:
         process=labels.get(LABEL_PROCESS, "web"),
         running=status == "running",
         status=status,
-        host=LOOPBACK,
+        host=host,
         host_port=host_port,
         started_at=str(state.get("StartedAt", "")),
     )

@@ -15,10 +15,7 @@ import errno
 import io
 import logging
 import socket
-import struct
 import tarfile
-import threading
-import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -26,6 +23,7 @@ import docker.errors
 
 from lbsolo.engine import ServiceRecord
 from lbsolo.engine_docker import DockerBackend, _engine_errors
+from lbsolo.engine_docker_exec import exec_in, exec_session
 from lbsolo.engine_docker_service_logs import DockerServiceLog
 from lbsolo.errors import EngineError
 from lbsolo.models import LABEL_INSTANCE, LABEL_MANAGED
@@ -35,43 +33,6 @@ log = logging.getLogger("lbsolo.engine")
 LABEL_ADDON = "lbsolo.addon"
 LABEL_ADDON_KIND = "lbsolo.addon-kind"
 LABEL_SCRATCH = "lbsolo.addon-scratch"  # a throw-away container (a backup's verification, a restore's helper)
-STDERR_TAIL = 4096
-_PIECE = 256 * 1024
-
-
-def _read_exact(sock: socket.socket, n: int) -> bytes:
-    """n bytes from sock; fewer only at the end of the stream."""
-    parts, left = [], n
-    while left:
-        piece = sock.recv(left)
-        if not piece:
-            break
-        parts.append(piece)
-        left -= len(piece)
-    return b"".join(parts)
-
-
-def demultiplex(sock: socket.socket, stdout_sink: Callable[[bytes], None], deadline: float) -> bytes:
-    """Read Docker's multiplexed exec stream (8-byte frame headers: stream, 0, 0, 0, size
-    big-endian) to its end: stdout pieces go to the sink as they arrive (a frame is read in
-    pieces of at most 256 KiB, so memory stays bounded), stderr is kept as its last few KiB."""
-    tail = b""
-    while True:
-        head = _read_exact(sock, 8)
-        if len(head) < 8:
-            return tail
-        stream, size = head[0], struct.unpack(">I", head[4:])[0]
-        while size:
-            if time.monotonic() > deadline:
-                raise TimeoutError("no end in time")
-            piece = sock.recv(min(size, _PIECE))
-            if not piece:
-                return tail
-            size -= len(piece)
-            if stream == 2:
-                tail = (tail + piece)[-STDERR_TAIL:]
-            else:
-                stdout_sink(piece)
 
 
 def service_record(attrs: dict[str, Any]) -> ServiceRecord:
@@ -206,46 +167,11 @@ class DockerServices:
         stdout_sink: Callable[[bytes], None],
         timeout: float,
     ) -> tuple[int, str]:
-        """Over the engine's hijacked connection: a thread writes stdin (then half-closes), this
-        one reads the frames. The engine cannot stop an exec'd process cut off by the timeout."""
-        name = self.container_name(service)
-        api = self._client.api
-        with _engine_errors(f"exec in {service}"):
-            created = api.exec_create(name, command, stdin=stdin is not None, stdout=True, stderr=True)
-            raw = api.exec_start(created["Id"], socket=True)
-            sock: socket.socket = getattr(raw, "_sock", raw)
-            sock.settimeout(timeout)
-            failed: list[BaseException] = []
-
-            def feed() -> None:
-                try:
-                    for chunk in stdin or ():
-                        if chunk:
-                            sock.sendall(chunk)
-                except BaseException as e:  # the reader reports it
-                    failed.append(e)
-                finally:
-                    with contextlib.suppress(OSError):
-                        sock.shutdown(socket.SHUT_WR)
-
-            writer = threading.Thread(target=feed, name=f"exec-stdin-{service}", daemon=True)
-            if stdin is not None:
-                writer.start()
-            try:
-                tail = demultiplex(sock, stdout_sink, time.monotonic() + timeout)
-            except TimeoutError as e:
-                raise EngineError(f"exec in {service}: no end after {timeout:.0f}s") from e
-            finally:
-                with contextlib.suppress(OSError):
-                    sock.close()
-                with contextlib.suppress(OSError):
-                    raw.close()
-            if stdin is not None:
-                writer.join(timeout)
-            if failed and not isinstance(failed[0], OSError):
-                raise failed[0]
-            code = api.exec_inspect(created["Id"]).get("ExitCode")
-        return (1 if code is None else int(code)), tail.decode("utf-8", "replace")
+        """The command's exit code and the tail of its stderr; stdout goes to the sink as it comes."""
+        return exec_in(
+            self._client.api, self.container_name(service), service, command,
+            stdin=stdin, stdout_sink=stdout_sink, timeout=timeout,
+        )  # fmt: skip
 
     def stop_service(self, service: str, timeout: int = 30) -> None:
         with _engine_errors(f"stop {service}"):
@@ -423,59 +349,11 @@ class DockerServices:
         size: tuple[int, int] | None = None,
         on_start: Callable[[Callable[[], None]], None] | None = None,
     ) -> int | None:
-        """An interactive exec with no time limit: stdin streamed in as it comes, output handed
-        to on_output as it comes (stream 1 or 2; with a TTY everything is 1, raw bytes).
-
-        When stdin ends the process sees end-of-input (with a TTY, which has none, the session
-        is hung up). `on_start` receives a hang_up() another thread may call to end it. Returns
-        the exit code (None if the process was left running when the session was hung up)."""
-        api = self._client.api
-        with _engine_errors(f"shell in {service}"):
-            created = api.exec_create(
-                self.container_name(service), command, stdin=True, stdout=True, stderr=True, tty=tty
-            )
-            raw = api.exec_start(created["Id"], socket=True, tty=tty)
-            sock: socket.socket = getattr(raw, "_sock", raw)
-            sock.settimeout(None)
-            if tty and size:
-                with contextlib.suppress(docker.errors.APIError):
-                    api.exec_resize(created["Id"], height=size[0], width=size[1])
-
-            def hang_up() -> None:
-                with contextlib.suppress(OSError):
-                    sock.shutdown(socket.SHUT_RDWR)
-
-            def feed() -> None:
-                try:
-                    for chunk in stdin:
-                        if chunk:
-                            sock.sendall(chunk)
-                except OSError:
-                    pass  # the session ended first
-                finally:
-                    if tty:
-                        hang_up()
-                    else:
-                        with contextlib.suppress(OSError):
-                            sock.shutdown(socket.SHUT_WR)
-
-            if on_start is not None:
-                on_start(hang_up)
-            threading.Thread(target=feed, name=f"shell-stdin-{service}", daemon=True).start()
-            try:
-                _each_frame(sock, on_output, raw_stream=tty)
-            finally:
-                with contextlib.suppress(OSError):
-                    sock.close()
-                with contextlib.suppress(OSError):
-                    raw.close()
-            for _ in range(20):  # the engine records the exit a moment after the stream ends
-                state = api.exec_inspect(created["Id"])
-                if not state.get("Running"):
-                    code = state.get("ExitCode")
-                    return None if code is None else int(code)
-                time.sleep(0.05)
-        return None
+        """An interactive exec with no time limit (engine_docker_exec.exec_session)."""
+        return exec_session(
+            self._client.api, self.container_name(service), service, command,
+            stdin=stdin, on_output=on_output, tty=tty, size=size, on_start=on_start,
+        )  # fmt: skip
 
     def _create_service(
         self,
@@ -543,26 +421,3 @@ def _published(attrs: dict[str, Any], port: int | None) -> dict[str, Any]:
         if str(b.get("HostPort") or "").isdigit():
             return {"address": b.get("HostIp") or "0.0.0.0", "port": int(b["HostPort"])}
     return {}
-
-
-def _each_frame(sock: socket.socket, on_output: Callable[[int, bytes], None], *, raw_stream: bool) -> None:
-    """Hand each piece of an exec's output to on_output(stream, piece) until the stream ends:
-    raw (a TTY's) as stream 1, or Docker's multiplexed frames by their stream byte."""
-    try:
-        if raw_stream:
-            while piece := sock.recv(_PIECE):
-                on_output(1, piece)
-            return
-        while True:
-            head = _read_exact(sock, 8)
-            if len(head) < 8:
-                return
-            stream, size = head[0], struct.unpack(">I", head[4:])[0]
-            while size:
-                piece = sock.recv(min(size, _PIECE))
-                if not piece:
-                    return
-                size -= len(piece)
-                on_output(2 if stream == 2 else 1, piece)
-    except OSError:
-        return  # hung up

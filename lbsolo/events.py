@@ -39,6 +39,9 @@ class EventKind(StrEnum):
     CONFIG_CHANGED = "config.changed"
     SCALED = "scaled"
     WEBHOOK_PING = "webhook.ping"
+    APP_SLEPT = "app.slept"
+    APP_WOKE = "app.woke"
+    APP_WAKE_FAILED = "app.wake_failed"
 
 
 @dataclass(frozen=True)

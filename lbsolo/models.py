@@ -290,6 +290,10 @@ class App:
     # cost the app nothing); off: bodies stream through as they arrive (large uploads, long polls).
     request_buffering: bool = True
     repo: str = ""  # the git URL push webhooks deploy, set by the owner (never taken from a payload)
+    # `apps:sleep`: after this many seconds without a request the replicas stop, and the next
+    # request is held while one starts (None: never). `asleep`: stopped for that reason now.
+    sleep_after: float | None = None
+    asleep: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -314,6 +318,8 @@ class App:
             hsts_subdomains=bool(d.get("hsts_subdomains", False)),
             request_buffering=bool(d.get("request_buffering", True)),
             repo=str(d.get("repo") or ""),
+            sleep_after=float(d["sleep_after"]) if d.get("sleep_after") else None,
+            asleep=bool(d.get("asleep", False)),
         )
 
 

@@ -43,6 +43,7 @@ from lbsolo.proxy_metrics import AppStats, access_lines, prometheus_text
 from lbsolo.proxy_routes import Route, RouteTable, Target, normalize_host
 from lbsolo.proxy_targets import TargetPool, TargetState
 from lbsolo.proxy_upstream import Upstream
+from lbsolo.proxy_wake import Wakes
 
 __all__ = ["ProxyServer", "Route", "RouteTable", "Target", "TargetState", "normalize_host"]
 
@@ -83,6 +84,8 @@ class ProxyServer:
         tunnel_idle_timeout: float = 300.0,
         request_ids: Iterator[bytes] | None = None,
         acme_challenges: bool = False,
+        wake: Callable[[str], None] | None = None,
+        wake_timeout: float = 60.0,
     ) -> None:
         self.host = host
         self._port = port
@@ -116,6 +119,11 @@ class ProxyServer:
         # `next(...)`: the id of a request that came without one (given: the same ids every run, for tests).
         self.request_ids = request_ids if request_ids is not None else new_request_ids()
         self._stats: dict[str, AppStats] = {}
+        # When each app was last asked for (time.monotonic(), to a fold's precision): how long it idled.
+        self.last_requests: dict[str, float] = {}
+        # Sleeping apps (Route.asleep): requests held while `wake(app)` (the core) starts one; None:
+        # a sleeping route is answered 503 like any app that is not running.
+        self.wakes = Wakes(wake, wake_timeout, _now) if wake is not None else None
         # ACME HTTP-01: /.well-known/acme-challenge/<token> on any routed host is answered from this
         # table (token -> key authorization) and never reaches an app; the core puts tokens in
         # (`put_challenge`). None while ACME is off: apps get that path as before.
@@ -143,6 +151,13 @@ class ProxyServer:
         """Replace the routing table (atomic swap; in-flight requests keep their target)."""
         self.table = table = RouteTable(self.table.domain, routes)
         self.pool.update(table.targets())
+        if self.wakes is not None and self.wakes.held:
+            self.wakes.routes_changed(table)
+
+    def wake_failed(self, app: str, message: str) -> None:
+        """A sleeping app could not be woken: the requests held for it are answered 503 with `message`."""
+        if self.wakes is not None:
+            self.wakes.failed(app, message)
 
     def put_challenge(self, token: str, key_authorization: str) -> None:
         """Answer GET /.well-known/acme-challenge/`token` with `key_authorization` (ACME must be on)."""
@@ -344,12 +359,14 @@ class ProxyServer:
                 del finished[:_FOLD_SLICE]
                 more = True
             stats = self._stats
+            last = self.last_requests
             app = None
             counters: AppStats | None = None
             for entry in batch:
                 if counters is None or entry[1] != app:  # runs of one app's requests are common
                     app = entry[1]
                     counters = stats.get(app) or stats.setdefault(app, AppStats())
+                    last[app] = entry[0]
                 counters.observe(entry[5], entry[6], entry[7], entry[8])
             sink = self._access_log
             if sink is not None:
@@ -380,6 +397,8 @@ class ProxyServer:
                 if deadline is not None and deadline <= now:
                     up.on_timeout()
             self.pool.sweep_idle(now)
+            if self.wakes is not None and self.wakes.held:
+                self.wakes.sweep(_now())  # its deadlines are on time.monotonic(), as uvloop's are not
         except Exception:
             log.exception("proxy: error in the timeout sweep")
         if not self.stopping:

@@ -32,6 +32,7 @@ from lbsolo.proxy_http import _P_BUFFER, ACME_CHALLENGE_PREFIX, _acme_answer, _h
 from lbsolo.proxy_request import Request
 from lbsolo.proxy_routes import RouteTable, Target, normalize_host
 from lbsolo.proxy_targets import Connection, Slot, TargetPool
+from lbsolo.proxy_wake import Wakes
 
 __all__ = ["Forwarder", "Forwarding", "Relay", "Routing"]
 
@@ -51,6 +52,7 @@ class Routing(Protocol):
     bodies: HeldBodies
     # HTTP-01 tokens -> key authorizations while ACME is on (None: off, and apps get that path as before).
     challenges: dict[str, bytes] | None
+    wakes: Wakes | None  # sleeping apps' held requests (None: no app sleeps, 503 as for any stopped one)
 
     @property
     def https_port(self) -> int | None: ...
@@ -145,7 +147,7 @@ class Forwarder:
                 req.hsts = route.hsts  # the proxy's own answers (503) carry it too
             else:
                 route = replace(route, hsts=b"")  # RFC 6797: never over plain HTTP
-        if not route.targets:
+        if not route.targets and not route.asleep:  # a sleeping app's request waits in `forward`
             conn.send_error(req, 503, "app_not_running", f"app {route.app} is not running")
             return
         req.route = route
@@ -210,7 +212,11 @@ class Forwarder:
                 req.route = route = current
         targets = route.targets
         if not targets:
-            self._conn.send_error(req, 503, "app_not_running", f"app {route.app} is not running")
+            wakes = self._edge.wakes
+            if route.asleep and wakes is not None:
+                wakes.hold(route.app, self, req)
+            else:
+                self._conn.send_error(req, 503, "app_not_running", f"app {route.app} is not running")
             return
         pool = self._pool
         target = targets[0] if len(targets) == 1 else pool.pick(targets)
@@ -337,6 +343,18 @@ class Forwarder:
                 up.close()
             else:
                 up.abandon()
+
+    # -- held while a sleeping app wakes (proxy_wake.Held) ---------------------------------
+
+    def resume_held(self, req: Request) -> None:
+        conn = self._conn
+        if not conn.closed and conn.active is req and not req.responded:
+            self.forward(req, True)
+
+    def fail_held(self, req: Request, message: str) -> None:
+        conn = self._conn
+        if not conn.closed and conn.active is req and not req.responded:
+            conn.send_error(req, 503, "app_not_running", message)
 
     # -- the pool's `Waiter`: queued for a connection to a busy target --------------------
 

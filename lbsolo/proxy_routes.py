@@ -41,6 +41,9 @@ class Route:
     # Request bodies are read whole (memory, then a temp file) before an upstream connection is
     # taken, so a slow client never holds an app worker. Off for apps that need streaming uploads.
     request_buffering: bool = True
+    # The app sleeps (`apps:sleep`): no targets, and a request is held while it wakes (proxy_wake)
+    # instead of answered 503.
+    asleep: bool = False
 
 
 def normalize_host(value: str | bytes | None) -> str:

@@ -14,6 +14,7 @@ from fastapi import APIRouter, Depends
 from pydantic import BaseModel, Field
 
 from lbsolo.core import Platform
+from lbsolo.core_sleep import parse_sleep_after
 from lbsolo.models import APP_NAME_PATTERN
 
 
@@ -65,6 +66,22 @@ class ProxyOut(BaseModel):
     request_buffering: bool
 
 
+class SleepChange(BaseModel):
+    after: str | None = Field(
+        max_length=16,
+        description="Stop the app's replicas after this long without a request (30m, 2h, 1d, or seconds); "
+        "the next request is held while one starts. null: never sleep (and wake it now).",
+    )
+    with_workers: bool = Field(default=False, description="Let an app with worker processes or cron jobs sleep too.")
+
+
+class SleepOut(BaseModel):
+    name: str
+    sleep_after: float | None = Field(description="Seconds without a request before it sleeps; null: never.")
+    asleep: bool
+    idle_seconds: float | None = Field(description="Since its last request (null: none since the daemon started).")
+
+
 class HttpsOut(BaseModel):
     name: str
     redirect: bool
@@ -106,6 +123,17 @@ def create_routing_router(
     async def change_proxy(name: str, body: ProxyChange) -> ProxyOut:
         """Turn request buffering on or off; the proxy follows at once (requests in flight keep their mode)."""
         return ProxyOut(**await platform.set_proxy_settings(name, body.request_buffering))
+
+    @router.get("/api/apps/{name}/sleep", tags=["apps"], responses=errors)
+    async def get_sleep(name: str) -> SleepOut:
+        """Whether the app sleeps when idle, and whether it sleeps now."""
+        return SleepOut(**await platform.sleep_settings(name))
+
+    @router.put("/api/apps/{name}/sleep", tags=["apps"], responses=errors)
+    async def change_sleep(name: str, body: SleepChange) -> SleepOut:
+        """Sleep after a while without a request, or never (which wakes a sleeping app)."""
+        after = None if body.after is None else parse_sleep_after(body.after)
+        return SleepOut(**await platform.set_sleep(name, after, body.with_workers))
 
     @router.get("/api/routes", tags=["routes"])
     async def static_routes() -> list[StaticRouteOut]:

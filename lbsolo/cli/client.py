@@ -286,6 +286,12 @@ class Client:
     def set_proxy_settings(self, name: str, request_buffering: bool) -> dict[str, Any]:
         return self._object("PATCH", "apps", name, "proxy", json={"request_buffering": request_buffering})
 
+    def sleep_settings(self, name: str) -> dict[str, Any]:
+        return self._object("GET", "apps", name, "sleep")
+
+    def set_sleep(self, name: str, after: str | None, with_workers: bool) -> dict[str, Any]:
+        return self._object("PUT", "apps", name, "sleep", json={"after": after, "with_workers": with_workers})
+
     # builds, releases, deploys
     def builds(self, name: str) -> list[dict[str, Any]]:
         return self._list("GET", "apps", name, "builds")

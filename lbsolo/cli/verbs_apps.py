@@ -413,3 +413,30 @@ def apps_proxy(
         out = c.proxy_settings(name) if choice is None else c.set_proxy_settings(name, choice)
     mode = "on (bodies read whole first)" if out["request_buffering"] else "off (bodies streamed)"
     console.print(f"{name}: request buffering {mode}", highlight=False)
+
+
+@app.command("apps:sleep")
+@clean_errors
+def apps_sleep(
+    name: AppArg,
+    after: Annotated[
+        str | None,
+        typer.Option("--after", metavar="30m|2h|1d", help="Stop its replicas after this long without a request."),
+    ] = None,
+    never: Annotated[bool, typer.Option("--never", help="Never sleep (a sleeping app wakes now).")] = False,
+    with_workers: Annotated[
+        bool, typer.Option("--with-workers", help="Let an app with worker processes or cron jobs sleep too.")
+    ] = False,
+) -> None:
+    """Show or change whether an idle app sleeps: its replicas stop after --after without a request, and
+    the next request waits while one starts (routes and DNS stay)."""
+    if after is not None and never:
+        raise typer.BadParameter("give --after or --never, not both")
+    with _client() as c:
+        out = c.sleep_settings(name) if after is None and not never else c.set_sleep(name, after, with_workers)
+    if out["sleep_after"] is None:
+        console.print(f"{name}: never sleeps", highlight=False)
+        return
+    now = "asleep now" if out["asleep"] else "awake"
+    idle = "" if out["idle_seconds"] is None else f", idle for {out['idle_seconds']:.0f} s"
+    console.print(f"{name}: sleeps after {out['sleep_after']:.0f} s without a request ({now}{idle})", highlight=False)

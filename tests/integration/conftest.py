@@ -164,7 +164,7 @@ class Daemon:
         return httpx.get(
             f"http://127.0.0.1:{self.proxy_port}{path}",
             headers={"Host": f"{app}.lbsolo.localhost:{self.proxy_port}", **kw.pop("headers", {})},
-            timeout=10,
+            timeout=kw.pop("timeout", 10),
             **kw,
         )
 

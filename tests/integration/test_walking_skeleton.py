@@ -68,10 +68,12 @@ def test_deploy_hello_and_reach_it_through_proxy_and_dns(daemon, docker_client):
     assert r.status_code == 200
     assert "release=v1" in r.text
 
-    # The container's port is published on 127.0.0.1 only, and it carries lbsolo's labels.
+    # The container publishes no port (the proxy reaches it on its app's network, with no userland
+    # proxy between), and it carries lbsolo's labels.
     [container] = hello_containers(docker_client, daemon)
-    bindings = [b for bs in container.ports.values() for b in (bs or [])]
-    assert bindings and all(b["HostIp"] == "127.0.0.1" for b in bindings)
+    assert not [b for bs in container.ports.values() for b in (bs or [])]
+    [network] = container.attrs["NetworkSettings"]["Networks"].values()
+    assert httpx.get(f"http://{network['IPAddress']}:{container.labels['lbsolo.port']}/up", timeout=5).text == "ok\n"
     assert container.labels["lbsolo.release"] == "1"
     assert container.labels["lbsolo.managed"] == "true"
 

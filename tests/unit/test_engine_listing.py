@@ -49,6 +49,23 @@ def test_only_a_port_published_on_loopback_counts():
     assert listed_replica(entry(Ports=ports)).host_port is None
 
 
+def test_an_unpublished_web_replica_is_reached_at_its_network_address_on_its_labelled_port():
+    labels = {**entry()["Labels"], "lbsolo.port": "5000"}
+    networks = {"lbsolo-abc-shop": {"IPAddress": "10.213.0.5"}}
+    r = listed_replica(entry(Ports=[], Labels=labels, NetworkSettings={"Networks": networks}))
+    assert r.address == ("10.213.0.5", 5000)
+    # A stopped one has no address on its network; a published loopback port wins (publish_ports,
+    # or a replica an earlier lbsolo started).
+    stopped = {"lbsolo-abc-shop": {"IPAddress": ""}}
+    assert listed_replica(entry(Ports=[], Labels=labels, NetworkSettings={"Networks": stopped})).address is None
+    assert listed_replica(entry(Labels=labels, NetworkSettings={"Networks": networks})).address == (LOOPBACK, 33187)
+    # The inspection reads the same way.
+    attrs = inspection(Config={"Labels": labels}, NetworkSettings={"Ports": {"5000/tcp": None}, "Networks": networks})
+    assert inspected_replica(attrs).address == ("10.213.0.5", 5000)
+    # A worker has no port label: no address, whatever its network.
+    assert listed_replica(entry(Ports=[], NetworkSettings={"Networks": networks})).address is None
+
+
 def test_one_off_containers_are_marked_and_oldest_sorts_first():
     labels = {**entry()["Labels"], "lbsolo.process": ONE_OFF}
     assert listed_replica(entry(Labels=labels)).one_off

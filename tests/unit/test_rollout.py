@@ -96,6 +96,12 @@ class FakeIngress:
     def prometheus(self) -> str:
         return ""
 
+    def last_requests(self) -> dict[str, float]:
+        return {}
+
+    def wake_failed(self, app: str, message: str) -> None:
+        pass
+
 
 class StepRecorder(State):
     def __init__(self, *args: Any, **kw: Any) -> None:
