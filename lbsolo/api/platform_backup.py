@@ -50,6 +50,7 @@ class PlatformBackupOut(BaseModel):
     created: float
     source: str = Field(description="scheduled, manual or now")
     size: int
+    seconds: float | None = Field(None, description="How long staging and writing it took here.")
     location: str | None = Field(None, description="local, remote or local+remote")
     remote: dict[str, Any] | None = Field(None, description="Where it was uploaded, or why it was not.")
 
