@@ -3,6 +3,8 @@ file, and a second app with a postgres:15 add-on holding a table of `rows` rows.
 (daemon running), `lbsolo restore` into a new home after the instance is wiped (no daemon), and the
 `lbsolo up` that follows until it is ready (the add-on made again and loaded) and both apps answer;
 reports the archive's size and what it holds. Anchor in the same run: a raw `docker save` of the same images.
+Also `lbsolo backup --now` with an encrypted bucket target (moto's S3 server on loopback): the archive
+written into the daemon's folder, then uploaded sealed.
 
 Usage: .venv/bin/python bench/platform_backup.py [rows]   (default 100000; needs a Docker engine, the
 seeded postgres:15 and busybox images; run it under the Docker lock where the engine is shared)
@@ -25,6 +27,7 @@ import docker  # noqa: E402
 
 from tests.integration.conftest import Daemon, remove_instance  # noqa: E402
 from tests.integration.test_platform_backup import addon_container, answered, psql  # noqa: E402
+from tests.moto_s3 import MotoS3  # noqa: E402
 
 
 def ok(out: subprocess.CompletedProcess[str]) -> str:
@@ -37,6 +40,25 @@ def timed(fn):  # type: ignore[no-untyped-def]
     started = time.monotonic()
     result = fn()
     return time.monotonic() - started, result
+
+
+def keep_and_upload(d: Daemon) -> dict[str, float]:
+    """`lbsolo backup --now` with an encrypted target on moto's S3 server (loopback): the daemon
+    writes the archive into its folder, then uploads it sealed; the record's seconds of each."""
+    s3 = MotoS3.start()
+    try:
+        s3.make_bucket("bench")
+        env = {**d.env, "AWS_ACCESS_KEY_ID": s3.access_key_id, "AWS_SECRET_ACCESS_KEY": s3.secret_access_key}
+        ok(subprocess.run(d.cli_argv("backup:target", "s3://bench/site", "--endpoint", s3.endpoint, "--encrypt"),
+                          env=env, capture_output=True, text=True, timeout=120, cwd=ROOT))  # fmt: skip
+        now_s, _ = timed(lambda: ok(d.cli("backup", "--now", timeout=1800)))
+        (b,) = [b for b in d.api_get("/api/backup/status").json()["backups"] if b["source"] == "now"]
+        assert b["remote"]["ok"], b
+        up = b["remote"]
+        return {"now_with_upload_s": round(now_s, 2), "now_written_s": b["seconds"],
+                "upload_sealed_s": up["seconds"], "uploaded_mb": round(up["size"] / 1e6, 1)}  # fmt: skip
+    finally:
+        s3.stop()
 
 
 def main(rows: int) -> None:
@@ -69,6 +91,7 @@ def main(rows: int) -> None:
         images = next(e["meta"]["ids"] for e in manifest["entries"] if e["kind"] == "images")
         staged = [line for line in old.log_path.read_text().splitlines() if "platform backup staged" in line]  # type: ignore[union-attr]
         raw_s, _ = timed(lambda: subprocess.run(["docker", "save", "-o", str(work / "raw.tar"), *images], check=True))
+        kept = keep_and_upload(old)
         old.stop()
         remove_instance(client, instance)
         restore_s, _ = timed(lambda: ok(new.cli("restore", str(archive), timeout=1800)))
@@ -83,7 +106,7 @@ def main(rows: int) -> None:
             "backup_s": round(backup_s, 2), "raw_docker_save_s": round(raw_s, 2),
             "raw_docker_save_mb": round((work / "raw.tar").stat().st_size / 1e6, 1),
             "restore_s": round(restore_s, 2), "up_ready_s": round(up_s, 2),
-            "both_apps_200_after_ready_s": round(serving_s, 2), "daemon": staged[-1:],
+            "both_apps_200_after_ready_s": round(serving_s, 2), **kept, "daemon": staged[-1:],
         }, indent=1))  # fmt: skip
     finally:
         old.stop()

@@ -19,6 +19,7 @@ from typing import Any
 from lbsolo.addon_dumps import check_backup_id, dump_extension
 from lbsolo.errors import NotFound, StorageError
 
+PLATFORM_FOLDER = "platform"  # backups/platform/ holds the platform's own backups: no add-on takes the name
 SCHEDULE_FILE = "schedule.json"  # when the current schedule was set: a first run missed while down still runs
 
 

@@ -16,6 +16,7 @@ decides nothing about backups (core_addon_backup_remote.py does) and touches no 
 from __future__ import annotations
 
 import io
+import itertools
 import os
 import re
 import uuid
@@ -185,8 +186,9 @@ class RemoteStore:
         self._call("checking the target", lambda: m.remove_object(self.target.bucket, key))
 
     # ---- objects
-    def upload(self, path: Path, key: str, *, seal_with: bytes | None = None) -> dict[str, Any]:
-        """Stream a file to key (sealed with the key seal_with, if given); its size and etag there."""
+    def upload(self, path: Path, key: str, *, seal_with: bytes | None = None, head: bytes = b"") -> dict[str, Any]:
+        """Stream a file to key (sealed with the key seal_with, if given, after the bytes `head`:
+        a platform backup's own header); its size and etag there."""
         m, bucket = self._minio(), self.target.bucket
         what = f"uploading {path.name}"
         with open(path, "rb") as f:
@@ -195,8 +197,8 @@ class RemoteStore:
                 data: Any = f
                 length = size
             else:
-                data = crypt.IterReader(crypt.encrypt(f.read, seal_with))
-                length = crypt.encrypted_size(size)
+                data = crypt.IterReader(itertools.chain([head] if head else [], crypt.encrypt(f.read, seal_with)))
+                length = len(head) + crypt.encrypted_size(size)
             result = self._call(what, lambda: m.put_object(
                 bucket, key, data, length, part_size=self.part_size, num_parallel_uploads=1,
             ))  # fmt: skip

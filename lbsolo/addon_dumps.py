@@ -382,6 +382,18 @@ def schedule_interval(schedule: str, at: float) -> float:
     return next_run(schedule, first) - first
 
 
+def schedule_due(schedule: str, since: float, *later: float | None) -> float:
+    """When a schedule's next run is due: its first time after the latest of `since` (when the
+    schedule was set) and `later` (the last scheduled backup, the last attempt; None: none yet).
+    In the past: missed while the daemon was down, due now, and run once however many were missed."""
+    return next_run(schedule, max([since, *(t for t in later if t is not None)]))
+
+
+def schedule_missed(schedule: str, due: float, now: float) -> bool:
+    """Whether a due run is late by more than the schedule's interval: it was missed, not just due."""
+    return now - due > schedule_interval(schedule, due)
+
+
 def to_prune(scheduled: Iterable[dict[str, Any]], keep: int) -> list[str]:
     """Which scheduled backups go so that `keep` stay: the oldest, but never the newest verified
     one while none of those kept is verified (a run of failed backups keeps the last good one)."""

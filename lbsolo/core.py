@@ -34,6 +34,8 @@ from lbsolo.core_plan import (
     RestartHistory,
     rollback_target,
 )
+from lbsolo.core_platform_backup import ArchiveEngine, PlatformBackup
+from lbsolo.core_platform_backup_runs import PlatformBackups
 from lbsolo.core_reconcile import CRASH_LOOP_AFTER, Reconciler
 from lbsolo.core_rollout import DeployJob, Rollouts
 from lbsolo.core_routing import Routing
@@ -93,11 +95,13 @@ class Platform:
         services: Services | None = None,
         certs: Certificates | None = None,
         wakes: asyncio.Queue[str] | None = None,
+        archive: ArchiveEngine | None = None,
     ) -> Platform:
         """A Platform over a context made beforehand (the daemon's, whose builder records builds into it;
-        its proxy puts the names of sleeping apps a request waits for in `wakes`)."""
+        its proxy puts the names of sleeping apps a request waits for in `wakes`; `archive` saves images and
+        volumes for whole-platform backups)."""
         platform = cls.__new__(cls)
-        platform._compose(ctx, builder, services, certs, wakes)
+        platform._compose(ctx, builder, services, certs, wakes, archive)
         return platform
 
     def _compose(
@@ -107,6 +111,7 @@ class Platform:
         services: Services | None,
         certs: Certificates | None = None,
         wakes: asyncio.Queue[str] | None = None,
+        archive: ArchiveEngine | None = None,
     ) -> None:
         self.ctx = ctx
         self.builder = builder
@@ -124,6 +129,10 @@ class Platform:
         self.backups: AddonBackups | None = None if services is None else AddonBackups(ctx, services)
         self.addons: Addons | None = (
             None if services is None or self.backups is None else Addons(ctx, services, self.set_config, self.backups)
+        )
+        # Whole-platform backups, taken by hand or on schedule: they need an engine that saves images and volumes.
+        self.platform_backups: PlatformBackups | None = (
+            None if archive is None else PlatformBackups(ctx, PlatformBackup(ctx, archive, self.backups))
         )
         # ACME certificates: made by the daemon, which wires them to the proxy (None: the API says ACME is off).
         self.certs = certs

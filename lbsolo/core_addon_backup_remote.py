@@ -40,6 +40,67 @@ log = logging.getLogger("lbsolo.core")
 TARGET_SET = "addon.backup.target"  # an event kind (EventKind's are plain strings)
 
 
+async def checked_target(
+    url: str,
+    endpoint: str | None,
+    region: str | None,
+    access_key_id: str | None,
+    secret_access_key: str | None,
+    encrypt: bool,
+    key_hex: str | None,
+    part_size: int = PART_SIZE,
+) -> tuple[Target, bytes | None]:
+    """A target parsed and checked (a small object written and deleted), with its key: generated
+    (`encrypt`), given (`key_hex`) or none. Nothing is saved: the caller records it."""
+    if encrypt and key_hex:
+        raise InvalidInput("--encrypt generates a key and --key-file brings one: not both")
+    target = Target.parse(url, endpoint or "", region, access_key_id, secret_access_key)
+    key = crypt.parse_key(key_hex.encode()) if key_hex else crypt.generate_key() if encrypt else None
+    await asyncio.to_thread(RemoteStore(target, part_size=part_size).check)
+    return target, key
+
+
+def target_record(target: Target, key: bytes | None) -> dict[str, Any]:
+    """A target as a record keeps it: the address, the credentials, and the key's id if it seals."""
+    return {**target.to_dict(), "encrypt": key is not None, "key_id": crypt.key_id(key) if key else None}
+
+
+def target_shown(target: Target, key: bytes | None, key_file: Path | None, *, generated: bool) -> dict[str, Any]:
+    """What setting a target answers: the target masked, the key's id and file, a generated key once."""
+    out: dict[str, Any] = {"target": target.public(), "encrypt": key is not None}
+    if key:
+        out.update(key_id=crypt.key_id(key), key_file=str(key_file))
+        if generated:
+            out["key"] = key.hex()
+    return out
+
+
+def save_key(keys_dir: Path, key: bytes) -> Path:
+    """Blocking: the key under keys_dir/<key id>.key (0600), kept if already there (never replaced,
+    so older backups still open)."""
+    keys_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    path = keys_dir / f"{crypt.key_id(key)}.key"
+    if not path.exists():
+        write_private(path, key.hex().encode() + b"\n")
+    return path
+
+
+def load_key(keys_dir: Path, kid: str, bring: str) -> bytes:
+    """Blocking: the key of id kid, or an error saying how to bring it (the command `bring`)."""
+    path = keys_dir / f"{kid}.key"
+    try:
+        key = crypt.parse_key(path.read_bytes())
+    except FileNotFoundError:
+        raise InvalidInput(
+            f"this backup was encrypted with key {kid}, which this server does not have: bring it with {bring}"
+        ) from None
+    except OSError as e:
+        raise StorageError(f"cannot read the backup key {path}: {e.strerror}") from e
+    if crypt.key_id(key) != kid:
+        raise InvalidInput(f"the backup key file {path} holds another key than {kid}")
+    return key
+
+
 class BackupRemote:
     """The add-ons' backup targets, over the core's context and the local backup files."""
 
@@ -71,53 +132,23 @@ class BackupRemote:
                 await asyncio.to_thread(self.ctx.state.save_addon, addon)
             self.ctx.bus.emit(TARGET_SET, name, f"backups of {name} are kept here only")
             return {"addon": name, "target": None}
-        if encrypt and key_hex:
-            raise InvalidInput("--encrypt generates a key and --key-file brings one: not both")
-        target = Target.parse(url, endpoint or "", region, access_key_id, secret_access_key)
-        key = crypt.parse_key(key_hex.encode()) if key_hex else crypt.generate_key() if encrypt else None
         await asyncio.to_thread(self.ctx.state.get_addon, name)  # a missing add-on: NotFound before any I/O
-        await asyncio.to_thread(self._store(target).check)
+        target, key = await checked_target(url, endpoint, region, access_key_id, secret_access_key, encrypt, key_hex,
+                                           self.part_size)  # fmt: skip
         async with self.ctx.lock(name):
             addon = await asyncio.to_thread(self.ctx.state.get_addon, name)
-            key_file = await asyncio.to_thread(self._save_key, key) if key else None
-            addon.backup_target = {**target.to_dict(), "encrypt": key is not None}
-            addon.backup_target["key_id"] = crypt.key_id(key) if key else None
+            key_file = await asyncio.to_thread(save_key, self.keys_dir, key) if key else None
+            addon.backup_target = target_record(target, key)
             await asyncio.to_thread(self.ctx.state.save_addon, addon)
         how = " (encrypted)" if key else ""
         self.ctx.bus.emit(TARGET_SET, name, f"backups of {name} go to {target.url} too{how}", url=target.url)
-        out: dict[str, Any] = {"addon": name, "target": target.public(), "encrypt": key is not None}
-        if key:
-            out.update(key_id=crypt.key_id(key), key_file=str(key_file))
-            if encrypt:
-                out["key"] = key.hex()
-        return out
+        return {"addon": name, **target_shown(target, key, key_file, generated=encrypt)}
 
     def _store(self, target: Target) -> RemoteStore:
         return RemoteStore(target, part_size=self.part_size)
 
-    def _save_key(self, key: bytes) -> Path:
-        """Blocking: the key under $LBSOLO_HOME/backup-keys/<key id>.key (0600), kept if already there."""
-        self.keys_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-        path = self.keys_dir / f"{crypt.key_id(key)}.key"
-        if not path.exists():
-            write_private(path, key.hex().encode() + b"\n")
-        return path
-
     def _load_key(self, kid: str) -> bytes:
-        """Blocking: the key of id kid, or an error saying how to bring it."""
-        path = self.keys_dir / f"{kid}.key"
-        try:
-            key = crypt.parse_key(path.read_bytes())
-        except FileNotFoundError:
-            raise InvalidInput(
-                f"this backup was encrypted with key {kid}, which this server does not have: bring it with "
-                "lbsolo addons:backups:target NAME s3://… --key-file PATH"
-            ) from None
-        except OSError as e:
-            raise StorageError(f"cannot read the backup key {path}: {e.strerror}") from e
-        if crypt.key_id(key) != kid:
-            raise InvalidInput(f"the backup key file {path} holds another key than {kid}")
-        return key
+        return load_key(self.keys_dir, kid, "lbsolo addons:backups:target NAME s3://… --key-file PATH")
 
     @staticmethod
     def target_of(addon: Addon) -> Target | None:

@@ -74,8 +74,7 @@ class BackupSchedules:
         if since is None:  # a schedule set some other way (an old record): counted from now on
             since = time.time()
             await asyncio.to_thread(self.files.set_schedule_since, addon.name, addon.backup_schedule, since)
-        base = max(x for x in (last, since, self._attempted.get(addon.name)) if x is not None)
-        return dumps.next_run(addon.backup_schedule, base)
+        return dumps.schedule_due(addon.backup_schedule, since, last, self._attempted.get(addon.name))
 
     async def run_due(self) -> list[str]:
         """Run the backups that are due (one each, however many runs were missed), then prune each
@@ -88,7 +87,7 @@ class BackupSchedules:
             if due is None or due > now:
                 continue
             assert addon.backup_schedule
-            if now - due > dumps.schedule_interval(addon.backup_schedule, due):
+            if dumps.schedule_missed(addon.backup_schedule, due, now):
                 when = time.strftime("%Y-%m-%d %H:%M", time.localtime(due))
                 message = f"the scheduled backup of {addon.name} due {when} did not run; running it now"
                 self.ctx.bus.emit(BACKUP_MISSED, addon.name, message, due=due)

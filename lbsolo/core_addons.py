@@ -20,6 +20,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from lbsolo.addon_backup_files import PLATFORM_FOLDER
 from lbsolo.addon_kinds import Credentials, kind_of
 from lbsolo.build import LogBuffer
 from lbsolo.core_addon_access import AddonAccess, redis_errors, refuse_while_upgrading
@@ -101,6 +102,8 @@ class Addons:
         k = kind_of(kind)
         version = k.check_version(version or self.default_version(kind))
         name = validate_app_name(name or f"{app}-{kind}", "add-on name")
+        if name == PLATFORM_FOLDER:
+            raise InvalidInput(f"invalid add-on name {name!r}: its backups' folder holds the platform's own")
         var = validate_config_key(as_var or k.url_var)
         target = await self.ctx.app(app)
         self._check_free_var(target.config, var, app)
@@ -244,6 +247,12 @@ class Addons:
             await self._start(addon, networks, out)
             path = self.backups.files.dump_path(addon.name, backup_id, addon.kind)
             counts = await self.backups.load(addon, path, f"backup {backup_id}", out)
+            if addon.exposed:  # published again where addons:expose had put it, once its data is in
+                try:
+                    await self.replace(addon)
+                except LbsoloError as e:
+                    log.warning("add-on %s is restored but not exposed on %s:%s again: %s", addon.name,
+                                addon.exposed.get("address"), addon.exposed.get("port"), e.message)  # fmt: skip
         await asyncio.to_thread(marker.unlink, missing_ok=True)
         log.info("add-on %s restored from backup %s (%d tables/databases)", addon.name, backup_id, len(counts))
 
@@ -340,9 +349,7 @@ class Addons:
             return job
 
     # ---- destroying
-    async def destroy(
-        self, name: str, *, confirm: str, detach: bool = False, backup: bool = True
-    ) -> dict[str, Any]:
+    async def destroy(self, name: str, *, confirm: str, detach: bool = False, backup: bool = True) -> dict[str, Any]:
         """Remove the add-on and its data, after a final verified backup (kept under the backups
         directory, restorable into another add-on) unless `backup` is False."""
         if confirm != name:

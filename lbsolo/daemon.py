@@ -38,6 +38,7 @@ from lbsolo.daemon_ingress import ProxyIngress, own_route
 from lbsolo.dns import DNSServer, ForwardConfig, RateLimit, Zone
 from lbsolo.engine import free_subnet
 from lbsolo.engine_docker import DockerBackend
+from lbsolo.engine_docker_archive import DockerArchive
 from lbsolo.engine_docker_services import DockerServices
 from lbsolo.errors import InvalidInput
 from lbsolo.events import EventBus
@@ -294,7 +295,7 @@ class Daemon:
         certs = Certificates(s, state, bus, proxy, install) if s.acme_on else None
         if certs is not None:
             bus.add_listener(certs.on_event)  # a domain added: its certificate is asked in the background
-        platform = Platform.over(ctx, builder, DockerServices(engine), certs, wakes)
+        platform = Platform.over(ctx, builder, DockerServices(engine), certs, wakes, DockerArchive(engine))
         notifier = WebhookNotifier(state, bus, allow_private=s.webhook_allow_private)
         sampler = StatsSampler(engine, interval=s.stats_interval, requests=proxy.metrics)
         bus.add_listener(sampler.on_event)
@@ -367,6 +368,8 @@ class Daemon:
                 background["acme"] = certs.run_forever
             if platform.backups is not None:
                 background["backups"] = platform.backups.schedules.run_forever
+            if platform.platform_backups is not None:
+                background["platform-backups"] = platform.platform_backups.run_forever
             if platform.addons is not None:
                 background["addons"] = platform.addons.heal_forever  # a stopped add-on started again
             tasks.extend(_start(background))

@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import socket
 import tempfile
@@ -29,11 +30,14 @@ from typing import Any, Protocol
 
 from lbsolo import __version__
 from lbsolo import platform_archive as pa
+from lbsolo.addon_backup_files import PLATFORM_FOLDER
+from lbsolo.addon_backup_remote import Target
 from lbsolo.config import Settings
-from lbsolo.errors import Conflict
+from lbsolo.errors import Conflict, InvalidInput
 from lbsolo.state import SCHEMA, schema_of
 
 FALLBACK_IMAGE = "busybox:latest"
+BACKUP_NAME = re.compile(r"^lbsolo-backup-[0-9]{8}T[0-9]{6}Z(-[0-9]{1,2})?\.tar$")
 RESTORE_MARKER = ".platform-restore"  # core_addons.RESTORE_MARKER (not imported: the CLI stays off the core)
 
 
@@ -74,6 +78,48 @@ def home_apps(settings: Settings) -> int:
     return len(data.get("apps") or {}) + len(data.get("addons") or {})
 
 
+def check_home(settings: Settings, force: bool) -> None:
+    """Refuse a home a daemon serves, or one with apps (without force): before anything is read."""
+    home = settings.home
+    if daemon_answers(settings):
+        raise Conflict(f"a daemon is running on {home}: stop it first (restore replaces the state it serves)")
+    if (n := home_apps(settings)) and not force:
+        raise Conflict(f"{home} already has {n} apps and add-ons: restore never merges; restore into an empty "
+                       "LBSOLO_HOME, or pass --force to replace them")  # fmt: skip
+
+
+def home_target(settings: Settings) -> dict[str, Any]:
+    """The platform backups' bucket as the home's state records it ({}: none, or no state)."""
+    try:
+        data = json.loads(settings.state_path.read_bytes() or b"{}")
+    except (OSError, ValueError):
+        return {}
+    for doc in (data.get("settings") or {}).values():
+        if isinstance(doc, dict) and doc.get("name") == "platform_backup":
+            return dict(doc.get("target") or {})
+    return {}
+
+
+def fetch(target: Target, name: str, dest_dir: Path, say: Callable[[str], None] = lambda _line: None) -> Path:
+    """Download the platform backup `name` from the target's `platform/` folder into dest_dir
+    (a `.part` renamed once whole); its path. Sealed ones stay sealed: the restore opens them."""
+    if not BACKUP_NAME.match(name):
+        raise InvalidInput(f"{name!r} is not a backup's name (lbsolo-backup-<time>.tar, see: lbsolo backup --status)")
+    from lbsolo.addon_backup_remote import RemoteStore
+
+    dest_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    part = dest_dir / f".{name}.part"
+    store = RemoteStore(target)
+    try:
+        size = store.download(target.key(PLATFORM_FOLDER, name), part)
+        final = dest_dir / name
+        os.replace(part, final)
+    finally:
+        part.unlink(missing_ok=True)
+    say(f"downloaded {name} from {target.url}/{PLATFORM_FOLDER}/ ({size / 1e6:,.1f} MB)")
+    return final
+
+
 def restore(
     settings: Settings,
     source: Path,
@@ -85,11 +131,7 @@ def restore(
     free: Callable[[Path], int] = pa.free_bytes,
 ) -> pa.Manifest:
     home = settings.home
-    if daemon_answers(settings):
-        raise Conflict(f"a daemon is running on {home}: stop it first (restore replaces the state it serves)")
-    if (n := home_apps(settings)) and not force:
-        raise Conflict(f"{home} already has {n} apps and add-ons: restore never merges; restore into an empty "
-                       "LBSOLO_HOME, or pass --force to replace them")  # fmt: skip
+    check_home(settings, force)
     engine_for("0" * 12).ping()  # no engine: refused before the archive is read
     home.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{home.name}.restore-", dir=home.parent))
@@ -174,7 +216,7 @@ def _into_home(settings: Settings, m: pa.Manifest, paths: dict[str, Path], stagi
         path = paths[entry.name]
         if entry.kind == "dir":
             name = str(entry.meta["dir"])
-            if name not in ("tls", "acme", "git"):
+            if name not in ("tls", "acme", "git", "backup-keys"):
                 raise pa.BadBackup(f"the backup names an unknown directory {name!r}")
             unpacked = staging / f"dir-{name}"
             pa.untar_directory(path, unpacked)
@@ -182,6 +224,7 @@ def _into_home(settings: Settings, m: pa.Manifest, paths: dict[str, Path], stagi
             if target.exists():
                 shutil.rmtree(target)
             os.replace(unpacked, target)
+            os.chmod(target, 0o700)
         elif entry.kind == "addon":
             addon, file = str(entry.meta["addon"]), Path(str(entry.meta["file"])).name
             folder = home / "backups" / addon

@@ -447,6 +447,17 @@ class State:
         with self._lock:
             self._db.table("tokens").update({"last_used": ts}, Query().id == token_id)
 
+    # the platform's own settings, one document each (plain dicts: their owner keeps their shape).
+    # No migration: like webhooks and tokens, an absent table reads as empty.
+    def get_setting(self, name: str) -> dict[str, Any]:
+        with self._lock:
+            rows = self._memory.rows("settings", lambda d: d.get("name") == name)
+        return {k: v for k, v in rows[0].items() if k != "name"} if rows else {}
+
+    def save_setting(self, name: str, doc: dict[str, Any]) -> None:
+        with self._lock:
+            self._upsert("settings", {**doc, "name": name}, name=name)
+
     # ended web UI sessions: their ids, until they would have expired anyway
     def revoked_sessions(self) -> dict[str, int]:
         with self._lock:

@@ -3,7 +3,8 @@
 The guard asks `refusal` for every authenticated request (REST and git push), knowing the route
 template and its path parameters but not the body: one place, before anything is read.
 
-- `read`: GET only, and not the admin's reads (tokens, audit, webhooks, an app's hook secret).
+- `read`: GET only, and not the admin's reads (tokens, audit, webhooks, an app's hook secret, the
+  platform's backup).
 - `deploy`: what `read` may, and deploy (upload, git URL, git push), config:set/unset, scale,
   rollback, run, cancel builds. Not: destroy apps or add-ons, tokens, webhooks, routes, domains,
   add-ons' credentials or restores, anything on the platform as a whole.
@@ -21,8 +22,12 @@ from lbsolo.errors import InvalidInput
 
 ROLES = ("admin", "deploy", "read")
 READS = frozenset({"GET", "HEAD", "OPTIONS"})
-#: Reads only the admin may make: who may act, who did, where events go, the push webhook's secret.
-ADMIN_READS = frozenset({"/api/tokens", "/api/audit", "/api/webhooks", "/api/apps/{name}/hook", "/metrics"})
+#: Reads only the admin may make: who may act, who did, where events go, the push webhook's secret,
+#: the whole platform's backup (every secret is in it) and where its backups are kept.
+ADMIN_READS = frozenset(
+    {"/api/tokens", "/api/audit", "/api/webhooks", "/api/apps/{name}/hook", "/metrics", "/api/backup",
+     "/api/backup/status"}
+)  # fmt: skip
 #: The changes a deploy token may make, by route template.
 DEPLOY_CHANGES = frozenset(
     {

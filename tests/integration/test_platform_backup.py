@@ -1,5 +1,6 @@
 """A restore drill on the real engine: `lbsolo backup`, the instance wiped, `lbsolo restore` into a new
-home, `lbsolo up`: the apps answer with their volume's data, their release history and the old token.
+home, `lbsolo up`: the apps answer with their volume's data, their release history and the old token;
+the exposed add-on is published again on its port.
 
 Slow (builds, a whole docker save and load): marked `drill`, always run in CI; --skip-drill skips it
 elsewhere. The refusals that need no engine are unit tests (tests/unit/test_platform_archive.py,
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import subprocess
 import time
 from pathlib import Path
@@ -17,7 +19,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from .conftest import ROOT, Daemon, remove_instance
+from .conftest import ROOT, Daemon, free_port, remove_instance
 
 pytestmark = [pytest.mark.docker, pytest.mark.drill]
 
@@ -83,6 +85,8 @@ def test_restore_drill(docker_client, tmp_path: Path) -> None:
         psql(addon_container(docker_client, instance, "shop-db"),
              "create table items (id int primary key, label text); "
              "insert into items select i, 'item ' || i from generate_series(1, 500) i")  # fmt: skip
+        exposed = free_port()
+        ok(old.cli("addons:expose", "shop-db", "--port", str(exposed)))
         before_shop = releases(old, "shop")
         assert "Restored from lbsolo" in old.get("hello").text
         before = releases(old, "hello")
@@ -122,8 +126,18 @@ def test_restore_drill(docker_client, tmp_path: Path) -> None:
         new.start(timeout=180)  # the add-on is made again and loaded before the daemon serves
         assert releases(new, "hello") == before and releases(new, "shop") == before_shop
         assert answered(new, "shop").status_code == 200
-        rows = psql(addon_container(docker_client, instance, "shop-db"), "select count(*), max(label) from items")
+        restored_db = addon_container(docker_client, instance, "shop-db")
+        rows = psql(restored_db, "select count(*), max(label) from items")
         assert rows == "500|item 99"
+        # Exposed again on the same port, with its data: a client here reaches it there.
+        restored_db.reload()
+        bound = restored_db.attrs["HostConfig"]["PortBindings"]["5432/tcp"]
+        assert bound == [{"HostIp": "127.0.0.1", "HostPort": str(exposed)}], bound
+        with socket.create_connection(("127.0.0.1", exposed), timeout=5):
+            pass
+        info = new.api_get("/api/addons/shop-db").json()
+        assert info["exposed"] == {"address": "127.0.0.1", "port": exposed}, info
+        assert f"127.0.0.1:{exposed}" in info["exposed_url"]
         response = answered(new, "hello")
         assert response.status_code == 200 and "Restored from lbsolo" in response.text
         assert "kept-in-volume" in ok(new.cli("run", "hello", "--", "cat", "/data/file.txt"))

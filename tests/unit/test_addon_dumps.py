@@ -23,7 +23,9 @@ from lbsolo.addon_dumps import (
     parse_counts,
     redis_replace_command,
     restore_command,
+    schedule_due,
     schedule_interval,
+    schedule_missed,
     sniff,
     to_prune,
 )
@@ -158,6 +160,19 @@ def test_schedules_are_five_cron_fields_or_an_alias_and_run_in_order():
     for bad in (0, -1, 1001, True):
         with pytest.raises(InvalidInput):
             check_keep(bad)
+
+
+def test_a_schedule_is_due_after_the_latest_of_its_setting_last_backup_and_attempt():
+    at = 1796457600.0  # 2026-12-05T08:00:00Z, on the hour
+    hourly = "0 * * * *"
+    assert schedule_due(hourly, at) == at + 3600
+    assert schedule_due(hourly, at, None, None) == at + 3600  # no backup, no attempt yet
+    assert schedule_due(hourly, at - 10 * 3600, at + 60, None) == at + 3600  # the last backup counts
+    assert schedule_due(hourly, at - 10 * 3600, None, at + 7200) == at + 3 * 3600  # so does an attempt
+    # Ten hours down: due once, ten hours ago, and missed (late by more than one interval).
+    due = schedule_due(hourly, at - 10 * 3600)
+    assert due == at - 9 * 3600 and schedule_missed(hourly, due, at)
+    assert not schedule_missed(hourly, at, at + 60)  # just due, not missed
 
 
 def test_pruning_keeps_the_newest_and_never_the_last_verified_backup():

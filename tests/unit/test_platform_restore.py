@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -71,7 +72,12 @@ def _backup(tmp_path: Path) -> Path:
     (src / "dump").write_bytes(b"PGDMP...")
     (src / "m.json").write_text("{}")
     pa.tar_directory(src / "tls", src / "tls.tar")
+    (src / "backup-keys").mkdir()
+    (src / "backup-keys" / "k1.key").write_text("00" * 32 + "\n")
+    os.chmod(src / "backup-keys" / "k1.key", 0o600)
+    pa.tar_directory(src / "backup-keys", src / "keys.tar")
     files = [
+        (pa.file_entry(src / "keys.tar", "dirs/backup-keys.tar", "dir", dir="backup-keys"), src / "keys.tar"),
         (pa.file_entry(src / "state.json", "state.json", "state"), src / "state.json"),
         (pa.file_entry(src / "token", "token", "token"), src / "token"),
         (pa.file_entry(src / "tls.tar", "dirs/tls.tar", "dir", dir="tls"), src / "tls.tar"),
@@ -103,6 +109,9 @@ def test_restores_files_volumes_images_and_instance(tmp_path: Path) -> None:
     assert json.loads(s.state_path.read_text()) == STATE
     assert s.token_path.read_text() == "admin-token\n" and (s.token_path.stat().st_mode & 0o777) == 0o600
     assert (s.home / "tls" / "ca.pem").read_text() == "ca"
+    key = s.home / "backup-keys" / "k1.key"  # the keys of the buckets' sealed backups come back, private
+    assert key.read_text() == "00" * 32 + "\n" and key.stat().st_mode & 0o777 == 0o600
+    assert (s.home / "backup-keys").stat().st_mode & 0o777 == 0o700
     assert (s.home / "instance").read_text().strip() == "abcdef012345"
     assert (s.home / "backups" / "db" / "B1.dump").read_bytes() == b"PGDMP..."
     assert (s.home / "backups" / "db" / RESTORE_MARKER).read_text().strip() == "B1"

@@ -114,3 +114,15 @@ def test_webhook_rows_in_state(state):
     assert state.delete_webhook("w1") is True
     assert state.delete_webhook("w1") is False
     assert [w["id"] for w in state.list_webhooks()] == ["w0"]
+
+
+def test_the_platform_backup_and_its_listing_are_admin_reads():
+    from lbsolo.api.scopes import refusal
+
+    for template in ("/api/backup", "/api/backup/status"):
+        assert refusal("admin", (), "GET", template, {}) is None
+        assert "admin" in str(refusal("read", (), "GET", template, {}))
+        assert "admin" in str(refusal("deploy", (), "GET", template, {}))
+    changes = (("PUT", "/api/backup/schedule"), ("PUT", "/api/backup/target"), ("POST", "/api/backup/now"))
+    for method, template in changes:
+        assert "needs an admin token" in str(refusal("deploy", (), method, template, {}))
