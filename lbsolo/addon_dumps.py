@@ -87,12 +87,15 @@ def dump_command(kind: Kind, creds: Credentials) -> list[str]:
     # Redis: a fresh RDB by BGSAVE (a clean file: `redis-cli --rdb -` leaves a diskless sync's
     # end marker on stdout), waited for by its save counter, then read out of the data directory.
     cli = f"REDISCLI_AUTH={shlex.quote(creds.password)} redis-cli -h 127.0.0.1"
+    # A save whose file is gone before it is read (seen once under load) is made again, twice at most.
     return _sh(
         f"set -e; saves() {{ {cli} info persistence | tr -d '\\r' | sed -n 's/^rdb_saves://p'; }}; "
+        "for attempt in 1 2 3; do "
         f"n=$(saves); {cli} bgsave >/dev/null; i=0; "
         f'while [ "$(saves)" = "$n" ]; do i=$((i+1)); [ $i -lt 6000 ] || exit 3; sleep 0.1; done; '
         f"{cli} info persistence | tr -d '\\r' | grep -q '^rdb_last_bgsave_status:ok' || exit 4; "
-        f"exec cat {kind.data_path}/dump.rdb"
+        f"[ -f {kind.data_path}/dump.rdb ] && exec cat {kind.data_path}/dump.rdb; done; "
+        f"echo 'the RDB file was gone after each save' >&2; exit 5"
     )
 
 
