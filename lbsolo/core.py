@@ -32,11 +32,11 @@ from lbsolo.core_drains import Drains
 from lbsolo.core_plan import (
     Action,
     RestartHistory,
-    rollback_target,
 )
 from lbsolo.core_platform_backup import ArchiveEngine, PlatformBackup
 from lbsolo.core_platform_backup_runs import PlatformBackups
 from lbsolo.core_reconcile import CRASH_LOOP_AFTER, Reconciler
+from lbsolo.core_releases import ReleaseChanges
 from lbsolo.core_rollout import DeployJob, Rollouts
 from lbsolo.core_routing import Routing
 from lbsolo.core_sleep import Sleepers
@@ -48,15 +48,10 @@ from lbsolo.models import (
     App,
     Build,
     HealthCheck,
-    Release,
     Replica,
     masked_config,
     release_secrets,
     validate_app_name,
-    validate_config_key,
-    validate_mount_path,
-    validate_process_name,
-    validate_volume_name,
 )
 from lbsolo.proxy import Route
 from lbsolo.run_logs import LogLine, LogStore
@@ -119,6 +114,7 @@ class Platform:
         self.reconciler = Reconciler(ctx)
         self.deploys = Deploys(ctx, builder, self.rollouts)
         self.routing = Routing(ctx)
+        self.changes = ReleaseChanges(ctx, self.rollouts)
         # Idle apps put to sleep, woken by the requests the proxy holds for them (none without a proxy's queue).
         self.sleepers = Sleepers(ctx, self.rollouts.converge, wakes if wakes is not None else asyncio.Queue())
         # Scheduled jobs: each run is a `lbsolo run` (run_command below).
@@ -285,117 +281,26 @@ class Platform:
 
     # ---- deploy: build -> release -> rollout
 
-    # ---- config, rollback, promote, resources, volumes: each makes a release
+    # ---- config, rollback, promote, resources, volumes: each makes a release (core_releases)
     async def config(self, name: str) -> dict[str, str]:
-        app = await self.ctx.app(name)
-        return masked_config(app.config, app.secrets)
+        return await self.changes.config(name)
 
     async def set_config(
         self, name: str, values: dict[str, str], unset: list[str], secret: bool = False
     ) -> DeployJob | None:
-        for key in [*values, *unset]:
-            validate_config_key(key)
-        for key, value in values.items():
-            if len(value) > 32 * 1024 or "\0" in value:
-                raise InvalidInput(f"value of {key} is too long or contains a NUL byte")
-
-        def change(app: App) -> None:
-            app.config.update(values)
-            for key in unset:
-                app.config.pop(key, None)
-            app.secrets = sorted({*app.secrets, *(values if secret else ())} - set(unset))
-
-        # Keys only: values (secrets among them) never go into events or webhooks.
-        self.bus.emit(EventKind.CONFIG_CHANGED, name, "config changed", set=sorted(values), unset=sorted(unset))
-        what = ", ".join([*(f"set {k}" for k in values), *(f"unset {k}" for k in unset)])
-        return await self._app_change(name, f"config: {what}", change)
+        return await self.changes.set_config(name, values, unset, secret)
 
     async def rollback(self, name: str, version: int | None) -> DeployJob:
-        async def work(out: LogBuffer) -> Release:
-            app = await self.ctx.app(name)
-            releases = await asyncio.to_thread(self.state.list_releases, name)
-            target = rollback_target(releases, app.release, version)
-            out.append(f"-----> Rolling back {name} to {target.label} (image {target.image[7:19]}, no rebuild)")
-            secret = release_secrets(target, app, releases)
-
-            def restore(app: App) -> None:
-                # Which keys are secret comes back with the values; a key secret now stays masked.
-                app.secrets = sorted((secret | set(app.secrets)) & set(target.config))
-                app.config = dict(target.config)
-
-            return await self.rollouts.release(
-                name, out, description=f"rollback to {target.label}", base=target, app_changes=restore
-            )
-
-        return await self.rollouts.run_job(name, work)
+        return await self.changes.rollback(name, version)
 
     async def promote(self, source: str, target: str) -> DeployJob:
-        src = await self.ctx.app(source)
-        await self.ctx.app(target)
-        if src.release is None:
-            raise Conflict(f"{source} has no release to promote")
-        rel = await asyncio.to_thread(self.state.get_release, source, src.release)
-
-        async def work(out: LogBuffer) -> Release:
-            out.append(f"-----> Promoting {source} {rel.label} to {target} (same image, {target}'s config)")
-            return await self.rollouts.release(
-                target,
-                out,
-                description=f"promote {source} {rel.label}",
-                image=rel.image,
-                processes=rel.processes,
-                health=rel.health,
-                cron=rel.cron,
-            )
-
-        return await self.rollouts.run_job(target, work)
+        return await self.changes.promote(source, target)
 
     async def set_resources(self, name: str, process: str, memory: str | None, cpus: float | None) -> DeployJob | None:
-        validate_process_name(process)
-        if cpus is not None and not 0.01 <= cpus <= 64:
-            raise InvalidInput("cpus must be between 0.01 and 64")
-        if memory is not None:
-            from lbsolo.engine import parse_memory
-
-            try:
-                if parse_memory(memory) < 6 * 1024 * 1024:
-                    raise InvalidInput("memory must be at least 6m (Docker's minimum)")
-            except ValueError as e:
-                raise InvalidInput(f"invalid memory {memory!r}: use e.g. 256m or 1g") from e
-
-        def change(app: App) -> None:
-            limits = dict(app.resources.get(process, {}))
-            if memory is not None:
-                limits["memory"] = memory
-            if cpus is not None:
-                limits["cpus"] = cpus
-            app.resources[process] = limits
-
-        return await self._app_change(name, f"resources of {process}", change)
+        return await self.changes.set_resources(name, process, memory, cpus)
 
     async def add_volume(self, name: str, volume: str, path: str) -> DeployJob | None:
-        validate_volume_name(volume)
-        validate_mount_path(path)
-
-        def change(app: App) -> None:
-            app.volumes[volume] = path
-
-        return await self._app_change(name, f"volume {volume}:{path}", change)
-
-    async def _app_change(self, name: str, what: str, change: Any) -> DeployJob | None:
-        """Apply a change to the app; a deployed app gets it as a new release, rolled out."""
-        app = await self.ctx.app(name)
-        if app.release is None:
-            async with self.lock(name):
-                app = await self.ctx.app(name)
-                change(app)
-                await self.ctx.save(app)
-            return None
-
-        async def work(out: LogBuffer) -> Release:
-            return await self.rollouts.release(name, out, description=what, app_changes=change)
-
-        return await self.rollouts.run_job(name, work)
+        return await self.changes.add_volume(name, volume, path)
 
     # ---- static routes: services on this machine that lbsolo does not run
 

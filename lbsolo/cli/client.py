@@ -412,38 +412,31 @@ class Client:
         return self._job("POST", "addons", name, "import", content=pieces(), headers=headers)
 
     def export_dump(self, name: str, backup_id: str | None, out: IO[bytes]) -> int:
-        """A fresh dump (no id) or a stored backup, written to out as it arrives; the bytes written.
-
-        A dump that failed on the daemon ends its answer short: an OSError (a WireError) here."""
+        """A fresh dump (no id) or a stored backup, written to out as it arrives; the bytes written."""
         path = ("addons", name, "export") if backup_id is None else ("addons", name, "backups", backup_id, "download")
-        response = self._send("GET", _path(*path), timeout=None)
-        written = 0
-        try:
-            if response.status >= 400:
-                raise self._error(response.status, response.read())
-            for piece in response.pieces():
-                out.write(piece)
-                written += len(piece)
-        finally:
-            response.close()
-        return written
+        return self._download(_path(*path), out)[1]
 
     def platform_backup(self, out: Any) -> tuple[str, int]:
         """The whole platform's archive, written to out (a file, or a Sealer) as it arrives; its
-        file name and the bytes written. A backup that failed midway ends short: an OSError here."""
-        response = self._send("GET", _path("backup"), timeout=None)
+        file name and the bytes written."""
+        headers, written = self._download(_path("backup"), out)
+        name = headers.get("content-disposition", "").partition('filename="')[2].rstrip('"') or "lbsolo-backup.tar"
+        return name, written
+
+    def _download(self, path: str, out: Any) -> tuple[Any, int]:
+        """A streamed answer written to out as it arrives: its headers and the bytes written. One
+        that the daemon ended short (it failed midway) raises an OSError (a WireError) here."""
+        response = self._send("GET", path, timeout=None)
         written = 0
         try:
             if response.status >= 400:
                 raise self._error(response.status, response.read())
-            disposition = response.headers.get("content-disposition", "")
-            name = disposition.partition('filename="')[2].rstrip('"') or "lbsolo-backup.tar"
             for piece in response.pieces():
                 out.write(piece)
                 written += len(piece)
         finally:
             response.close()
-        return name, written
+        return response.headers, written
 
     def audit(
         self, app: str | None = None, since: float | None = None, actor: str | None = None, n: int = 50
