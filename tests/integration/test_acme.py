@@ -10,7 +10,9 @@ an HTTP-01 request for an unknown token is 404 and never reaches the service beh
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import hashlib
 import json
 import os
 import shutil
@@ -55,8 +57,14 @@ class Pebble:
         return sum(1 for line in lines if "/order-plz" in line and text in line)
 
     def root_pem(self) -> str:
+        return self._management("/roots/0")
+
+    def intermediate_pem(self) -> str:
+        return self._management("/intermediates/0")
+
+    def _management(self, path: str) -> str:
         context = ssl.create_default_context(cafile=str(self.tls_ca))
-        with urllib.request.urlopen(f"https://127.0.0.1:{self.management}/roots/0", context=context) as r:
+        with urllib.request.urlopen(f"https://127.0.0.1:{self.management}{path}", context=context) as r:
             return r.read().decode()
 
     def resolve(self, host: str, address: str) -> None:
@@ -314,3 +322,41 @@ def test_an_unknown_token_is_404_from_the_proxy_and_never_reaches_the_service(ac
     assert acme.service_seen == before
     r = httpx.get(f"http://127.0.0.1:{d.proxy_port}/.well-known/other", headers={"Host": SVC}, timeout=10)
     assert r.status_code == 200 and acme.service_seen[-1] == "/.well-known/other"
+
+
+def test_chromium_gets_the_pebble_issued_chain(acme: Setup, in_ci: bool):
+    """A real browser over HTTPS: Debian's Chromium, trusting only pebble's root (by its key), gets
+    the certificate pebble issued and the service's answer through the HTTPS listener."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+
+    playwright_api = pytest.importorskip("playwright.sync_api")
+    from tests.integration.test_web import CHROMIUM, CHROMIUM_ARGS
+
+    if not CHROMIUM.exists():
+        if in_ci:
+            pytest.fail(f"{CHROMIUM} is missing: run scripts/test-env-browser")
+        pytest.skip(f"{CHROMIUM} is missing")
+    _wait_valid(acme.daemon, SVC)
+    # Chromium checks the pins against the chain the server sent: pebble's intermediate (and root).
+    pins = []
+    for pem in (acme.pebble.root_pem(), acme.pebble.intermediate_pem()):
+        key = x509.load_pem_x509_certificate(pem.encode()).public_key()
+        spki = key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+        pins.append(base64.b64encode(hashlib.sha256(spki).digest()).decode())
+    # The name resolves to the listener; only a chain with pebble's keys is trusted.
+    args = [*CHROMIUM_ARGS, f"--host-resolver-rules=MAP {SVC} 127.0.0.1"]
+    args.append(f"--ignore-certificate-errors-spki-list={','.join(pins)}")
+    with playwright_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=args, headless=True)
+        try:
+            page = browser.new_page()
+            response = page.goto(f"https://{SVC}:{acme.https_port}/in-chromium")
+            assert response is not None and response.status == 200
+            assert "service behind a static route" in page.content()
+            details = response.security_details() or {}
+            assert details.get("issuer", "").startswith("Pebble Intermediate CA"), details
+            assert details.get("subjectName") == SVC, details
+        finally:
+            browser.close()
+    assert "/in-chromium" in acme.service_seen  # (and the favicon it asks for next)
