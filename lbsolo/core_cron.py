@@ -178,10 +178,7 @@ class CronJobs:
         return run.exit_code
 
     async def _record(self, job: CronJob, trigger: Trigger, status: RunStatus, due: float | None) -> CronRun:
-        run = CronRun(
-            id=secrets.token_hex(6), app=job.app, job=job.id, trigger=trigger, status=status,
-            started=round(time.time(), 3), due=due, command=job.command,
-        )  # fmt: skip
+        run = _new_run(job, trigger, status, due)
         if status != RunStatus.RUNNING:
             run.finished = run.started
         await asyncio.to_thread(self.ctx.state.save_cron_run, run)
@@ -284,17 +281,41 @@ class CronJobs:
             if not jobs:
                 continue
             runs = await asyncio.to_thread(self.ctx.state.list_cron_runs, app.name)
+            starting: list[tuple[CronJob, CronRun]] = []
             for job in jobs:
                 base = plan.base_of(job, runs)
                 due = plan.decide(job, base, now, self.tz, grace=self.ctx.settings.cron_grace, late=self.late)
                 if due is None:
                     soonest = min(soonest, plan.next_due(job, base, now, self.tz))
                     continue
-                await self._handle(due)
+                run = await self._handle(due)
+                if run is not None:
+                    starting.append((job, run))
                 soonest = min(soonest, plan.next_due(job, due.at, now, self.tz))
+            await self._start_all(starting)
         return soonest
 
-    async def _handle(self, due: Due) -> None:
+    async def _start_all(self, starting: list[tuple[CronJob, CronRun]]) -> None:
+        """The app's due runs saved in one write (so their jobs' next due times count from them),
+        then each started at once: fifty jobs due the same minute start together."""
+        if not starting:
+            return
+        keys = [(job.app, job.id) for job, _ in starting]
+        for key in keys:
+            self.running[key] = self.running.get(key, 0) + 1
+        try:
+            await asyncio.to_thread(self.ctx.state.add_cron_runs, [run for _, run in starting])
+        except BaseException:
+            for key in keys:
+                self._done(key)
+            raise
+        for job, run in starting:
+            task = asyncio.create_task(self._execute(job, run), name=f"cron-{job.app}-{job.id}")
+            self.tasks.add(task)
+            task.add_done_callback(self.tasks.discard)
+
+    async def _handle(self, due: Due) -> CronRun | None:
+        """Report, skip, or (returned, not yet saved) the run to start."""
         job = due.job
         if due.trigger == Trigger.MISSED:
             when = datetime.fromtimestamp(due.at, self.tz).strftime("%Y-%m-%d %H:%M %Z")
@@ -311,10 +332,8 @@ class CronJobs:
             log.info("cron job %s of %s skipped: its previous run still runs", job.id, job.app)
             await self._record(job, due.trigger, RunStatus.SKIPPED, due.at)
         else:
-            run = await self._start(job, due.trigger, due.at)
-            task = asyncio.create_task(self._execute(job, run), name=f"cron-{job.app}-{job.id}")
-            self.tasks.add(task)
-            task.add_done_callback(self.tasks.discard)
+            return _new_run(job, due.trigger, RunStatus.RUNNING, due.at)
+        return None
 
     async def resume(self) -> int:
         """At start: runs a stopped daemon left as running are recorded as failed (their containers
@@ -346,3 +365,10 @@ class CronJobs:
                 task.cancel()
             if self.tasks:
                 await asyncio.wait(self.tasks, timeout=5)
+
+
+def _new_run(job: CronJob, trigger: Trigger, status: RunStatus, due: float | None) -> CronRun:
+    return CronRun(
+        id=secrets.token_hex(6), app=job.app, job=job.id, trigger=trigger, status=status,
+        started=round(time.time(), 3), due=due, command=job.command,
+    )  # fmt: skip

@@ -9,6 +9,7 @@ finish within settings.shutdown_timeout, cancel the rest. App containers keep ru
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import gc
 import hashlib
@@ -49,6 +50,8 @@ from lbsolo.run_stats import StatsSampler
 from lbsolo.state import State
 
 log = logging.getLogger("lbsolo.daemon")
+
+BLOCKING_THREADS = 64  # the loop's executor: engine calls, state writes, one-off containers
 
 
 def ensure_home(settings: Settings) -> str:
@@ -189,6 +192,12 @@ class Daemon:
 
     async def run(self, on_ready: Callable[[dict[str, Any]], None] | None = None) -> None:
         s = self.settings
+        # Engine calls block a thread each, a one-off container (a cron run) for its whole life:
+        # asyncio's default of cpus + 4 threads made fifty jobs due at once wait their turn. Threads
+        # are made only when needed.
+        asyncio.get_running_loop().set_default_executor(
+            concurrent.futures.ThreadPoolExecutor(max_workers=BLOCKING_THREADS, thread_name_prefix="lbsolo")
+        )
         token = await asyncio.to_thread(ensure_home, s)
         try:
             free_subnet(s.network_pool, s.network_prefix, [])

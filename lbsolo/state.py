@@ -374,6 +374,12 @@ class State:
         with self._lock:
             self._upsert("cron_runs", run.to_dict(), id=run.id)
 
+    def add_cron_runs(self, runs: list[CronRun]) -> None:
+        """New runs (each id new), in one write: a minute's fifty due jobs cost one, not fifty."""
+        if runs:
+            with self._lock:
+                self._db.table("cron_runs").insert_multiple([r.to_dict() for r in runs])
+
     def delete_cron_runs(self, ids: list[str]) -> None:
         with self._lock:
             self._db.table("cron_runs").remove(Query().id.one_of(ids))
