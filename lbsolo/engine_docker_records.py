@@ -28,9 +28,8 @@ def _reach(
         return LOOPBACK, published
     port = labels.get(LABEL_PORT) or ""
     if port.isdigit():
-        for name in sorted(networks or {}):
-            address = str((networks or {})[name].get("IPAddress") or "")
-            if address:
+        for _, endpoint in sorted((networks or {}).items()):
+            if address := str(endpoint.get("IPAddress") or ""):
                 return address, int(port)
     return LOOPBACK, None
 

@@ -342,6 +342,14 @@ def create_web_router(
             note(failed=e.code)
             return _flash_error(session, name, e, flashes)
 
+    async def form_change(request: Request, name: str, change: Callable[[dict[str, str]], Awaitable[str]]) -> Response:
+        """A form that changes an app without a release: session and CSRF checked, then finish_change."""
+        checked = await checked_post(request)
+        if isinstance(checked, Response):
+            return checked
+        session, form = checked
+        return await finish_change(session, name, lambda: change(form))
+
     @router.post("/ui/apps/{name}/config")
     async def config_set(request: Request, name: str) -> Response:
         checked = await checked_post(request)
@@ -395,45 +403,30 @@ def create_web_router(
 
     @router.post("/ui/apps/{name}/domains")
     async def domains(request: Request, name: str) -> Response:
-        checked = await checked_post(request)
-        if isinstance(checked, Response):
-            return checked
-        session, form = checked
-        domain = form.get("domain", "").strip()
-        remove = form.get("action") == "remove"
-
-        async def change() -> str:
+        async def change(form: dict[str, str]) -> str:
+            domain = form.get("domain", "").strip()
+            remove = form.get("action") == "remove"
             await platform.set_domains(name, [] if remove else [domain], [domain] if remove else [])
             return f"{'removed' if remove else 'added'} {domain}"
 
-        return await finish_change(session, name, change)
+        return await form_change(request, name, change)
 
     @router.post("/ui/apps/{name}/https")
     async def https_redirect(request: Request, name: str) -> Response:
-        checked = await checked_post(request)
-        if isinstance(checked, Response):
-            return checked
-        session, form = checked
-
-        async def change() -> str:
+        async def change(form: dict[str, str]) -> str:
             state = await platform.set_https(name, on_off(form, "redirect"))
             done = f"HTTPS redirect {'on' if state['redirect'] else 'off'}"
             return done if state["active"] else f"{done} (no effect until the proxy has an HTTPS listener)"
 
-        return await finish_change(session, name, change)
+        return await form_change(request, name, change)
 
     @router.post("/ui/apps/{name}/proxy")
     async def proxy_settings(request: Request, name: str) -> Response:
-        checked = await checked_post(request)
-        if isinstance(checked, Response):
-            return checked
-        session, form = checked
-
-        async def change() -> str:
+        async def change(form: dict[str, str]) -> str:
             state = await platform.set_proxy_settings(name, on_off(form, "request_buffering"))
             return f"request buffering {'on' if state['request_buffering'] else 'off'}"
 
-        return await finish_change(session, name, change)
+        return await form_change(request, name, change)
 
     # ---- new apps (add-ons: lbsolo.api.web_addons)
     @router.post("/ui/apps")
@@ -489,7 +482,7 @@ def create_web_router(
 
         return await finish_route_change(session, change)
 
-    pages = Pages(current, to_login, page, checked_post, back_to, finish_change)
+    pages = Pages(current, to_login, page, checked_post, back_to, finish_change, form_change)
     router.include_router(create_web_addons_router(platform, pages))
     router.include_router(create_web_cron_router(platform, pages))
     router.include_router(create_web_drains_router(platform, pages))

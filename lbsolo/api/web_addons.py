@@ -44,6 +44,8 @@ class Pages:
     checked_post: Callable[[Request], Awaitable[tuple[Session, dict[str, str]] | Response]]
     back_to: Callable[[Session, str, str, str], RedirectResponse]  # (session, path, kind, message)
     finish_change: Callable[[Session, str, Callable[[], Awaitable[str]]], Awaitable[Response]]  # back to an app
+    # (request, app, change(form)): a checked form's change, back to the app (web.form_change)
+    form_change: Callable[[Request, str, Callable[[dict[str, str]], Awaitable[str]]], Awaitable[Response]]
 
 
 @dataclass

@@ -48,17 +48,12 @@ def create_web_certs_router(platform: Platform, pages: Pages) -> APIRouter:
 
     @router.post("/ui/apps/{name}/hsts")
     async def hsts(request: Request, name: str) -> Response:
-        checked = await pages.checked_post(request)
-        if isinstance(checked, Response):
-            return checked
-        session, form = checked
-
-        async def change() -> str:
+        async def change(form: dict[str, str]) -> str:
             state = await platform.set_https(name, None, on_off(form, "hsts"))
             if not state["hsts"]:
                 return "HSTS off"
             return f"HSTS on (max-age={state['hsts_max_age']}), sent over HTTPS only"
 
-        return await pages.finish_change(session, name, change)
+        return await pages.form_change(request, name, change)
 
     return router

@@ -28,40 +28,25 @@ def create_web_cron_router(platform: Platform, pages: Pages) -> APIRouter:
 
     @router.post("/ui/apps/{name}/cron")
     async def add(request: Request, name: str) -> Response:
-        checked = await pages.checked_post(request)
-        if isinstance(checked, Response):
-            return checked
-        session, form = checked
-
-        async def change() -> str:
+        async def change(form: dict[str, str]) -> str:
             job = await platform.cron.add(
                 name, form.get("schedule", ""), form.get("command", ""), form.get("name", "").strip() or None,
                 form.get("overlap", "skip"),
             )  # fmt: skip
             return f"added job {job['name'] or job['id']}: next run {job['next_run_local']}"
 
-        return await pages.finish_change(session, name, change)
+        return await pages.form_change(request, name, change)
 
     @router.post("/ui/apps/{name}/cron/{job}/remove")
     async def remove(request: Request, name: str, job: str) -> Response:
-        checked = await pages.checked_post(request)
-        if isinstance(checked, Response):
-            return checked
-        session, _ = checked
-
-        async def change() -> str:
+        async def change(_form: dict[str, str]) -> str:
             return f"removed job {await platform.cron.remove(name, job)}"
 
-        return await pages.finish_change(session, name, change)
+        return await pages.form_change(request, name, change)
 
     @router.post("/ui/apps/{name}/cron/{job}/run")
     async def run_now(request: Request, name: str, job: str) -> Response:
-        checked = await pages.checked_post(request)
-        if isinstance(checked, Response):
-            return checked
-        session, _ = checked
-
-        async def change() -> str:
+        async def change(_form: dict[str, str]) -> str:
             found = await platform.cron.job(name, job)
 
             async def run() -> None:
@@ -74,6 +59,6 @@ def create_web_cron_router(platform: Platform, pages: Pages) -> APIRouter:
             await asyncio.sleep(0.05)  # its record saved: the page shows it running
             return f"started job {found.name or found.id}: its result shows below when it ends"
 
-        return await pages.finish_change(session, name, change)
+        return await pages.form_change(request, name, change)
 
     return router

@@ -22,27 +22,17 @@ def create_web_drains_router(platform: Platform, pages: Pages) -> APIRouter:
 
     @router.post("/ui/apps/{name}/drains")
     async def add(request: Request, name: str) -> Response:
-        checked = await pages.checked_post(request)
-        if isinstance(checked, Response):
-            return checked
-        session, form = checked
-
-        async def change() -> str:
+        async def change(form: dict[str, str]) -> str:
             drain = await platform.drains.add(name, form.get("url", ""))
             return f"added drain {drain['id']}: {drain['url']}"
 
-        return await pages.finish_change(session, name, change)
+        return await pages.form_change(request, name, change)
 
     @router.post("/ui/apps/{name}/drains/{drain}/remove")
     async def remove(request: Request, name: str, drain: str) -> Response:
-        checked = await pages.checked_post(request)
-        if isinstance(checked, Response):
-            return checked
-        session, _ = checked
-
-        async def change() -> str:
+        async def change(_form: dict[str, str]) -> str:
             return f"removed drain {await platform.drains.remove(name, drain)}"
 
-        return await pages.finish_change(session, name, change)
+        return await pages.form_change(request, name, change)
 
     return router

@@ -90,6 +90,38 @@ def _where(b: dict[str, Any]) -> str:
     return "here"
 
 
+def target_body(
+    url: str,
+    endpoint: str,
+    region: str | None,
+    encrypt: bool,
+    access_key_id: str | None,
+    secret_access_key: str | None,
+    key_file: str | None,
+) -> dict[str, Any]:
+    """What a bucket target is set with (add-on and platform backups alike); credentials default
+    to the AWS_* environment variables."""
+    return {
+        "url": url, "endpoint": endpoint, "region": region, "encrypt": encrypt,
+        "access_key_id": access_key_id or os.environ.get("AWS_ACCESS_KEY_ID"),
+        "secret_access_key": secret_access_key or os.environ.get("AWS_SECRET_ACCESS_KEY"),
+        "key": _read_key(key_file) if key_file else None,
+    }  # fmt: skip
+
+
+def show_new_key(out: dict[str, Any], what: str, restore_hint: str) -> None:
+    """A key the daemon just made for a sealed target: shown this once, loudly."""
+    if not out.get("key"):
+        return
+    console.print(
+        f"[bold red]!!! KEEP THIS KEY[/] — it is shown this once. Without it the encrypted {what} in the "
+        f"bucket cannot be restored ({restore_hint}):"
+    )
+    console.print(out["key"], markup=False, highlight=False, soft_wrap=True)
+    if out.get("key_file"):
+        console.print(f"(a copy is kept on this server in {escape(out['key_file'])}, mode 0600)")
+
+
 def _read_key(path: str) -> str:
     """A key file's key, in hex: 32 raw bytes or 64 hex characters (checked here and again by the daemon)."""
     try:
@@ -137,23 +169,12 @@ def addons_backups_target(
         return
     if not url or not endpoint:
         raise LbsoloError(f"usage: lbsolo addons:backups:target {name} s3://BUCKET/PREFIX --endpoint URL (or --local)")
-    body = {
-        "url": url, "endpoint": endpoint, "region": region, "encrypt": encrypt,
-        "access_key_id": access_key_id or os.environ.get("AWS_ACCESS_KEY_ID"),
-        "secret_access_key": secret_access_key or os.environ.get("AWS_SECRET_ACCESS_KEY"),
-        "key": _read_key(key_file) if key_file else None,
-    }  # fmt: skip
+    body = target_body(url, endpoint, region, encrypt, access_key_id, secret_access_key, key_file)
     with _client() as c:
         out = c.set_backup_target(name, body)
     sealed = f", encrypted with key {out['key_id']}" if out.get("encrypt") else ""
     console.print(f"{name}: backups also go to {escape(out['target']['url'])}{sealed} (checked: writable)")
-    if out.get("key"):
-        console.print(
-            "[bold red]!!! KEEP THIS KEY[/] — it is shown this once. Without it the encrypted backups in the "
-            "bucket cannot be restored (on a new server: addons:backups:target … --key-file FILE):"
-        )
-        console.print(out["key"], markup=False, highlight=False, soft_wrap=True)
-        console.print(f"(a copy is kept on this server in {escape(out['key_file'])}, mode 0600)")
+    show_new_key(out, "backups", "on a new server: addons:backups:target … --key-file FILE")
 
 
 @app.command("addons:backups:schedule")

@@ -134,7 +134,7 @@ def backup_target(
     backup and each lbsolo backup is uploaded, and lbsolo restore NAME takes one from there. The target
     is checked at once; credentials are kept by the daemon and never shown again. An encrypted upload
     is opened by lbsolo restore --key-file with the key printed here."""
-    from lbsolo.cli.verbs_addon_backups import _read_key
+    from lbsolo.cli.verbs_addon_backups import show_new_key, target_body
 
     if local:
         if url or endpoint or encrypt or key_file:
@@ -144,21 +144,12 @@ def backup_target(
         return console.print("platform backups are kept here only (the bucket's copies stay where they are)")
     if not url or not endpoint:
         raise LbsoloError("usage: lbsolo backup:target s3://BUCKET/PREFIX --endpoint URL (or --local)")
-    body = {
-        "url": url, "endpoint": endpoint, "region": region, "encrypt": encrypt,
-        "access_key_id": access_key_id or os.environ.get("AWS_ACCESS_KEY_ID"),
-        "secret_access_key": secret_access_key or os.environ.get("AWS_SECRET_ACCESS_KEY"),
-        "key": _read_key(key_file) if key_file else None,
-    }  # fmt: skip
+    body = target_body(url, endpoint, region, encrypt, access_key_id, secret_access_key, key_file)
     with _client() as c:
         out = backups_api.set_target(c, body)
     sealed = f", encrypted with key {out['key_id']}" if out.get("encrypt") else ""
     console.print(f"platform backups also go to {escape(out['target']['url'])}/platform/{sealed} (checked: writable)")
-    if out.get("key"):
-        console.print("[bold red]!!! KEEP THIS KEY[/] — it is shown this once. Without it the encrypted platform "
-                      "backups in the bucket cannot be restored (lbsolo restore NAME --key-file FILE):")  # fmt: skip
-        console.print(out["key"], markup=False, highlight=False, soft_wrap=True)
-        console.print(f"(a copy is kept on this server in {escape(out['key_file'])}, mode 0600)")
+    show_new_key(out, "platform backups", "lbsolo restore NAME --key-file FILE")
 
 
 def _backup_here(out: Path | None, encrypt: bool, key_file: Path | None) -> None:
