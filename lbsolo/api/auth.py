@@ -2,8 +2,9 @@
 
 A caller proves itself with the admin token (~/.lbsolo/token) or an extra token (tokens.py),
 sent as `Authorization: Bearer <token>` (the REST API, the CLI) or as the password of HTTP
-Basic (git push, any user name). The web UI's session cookie is web.py's (signed with a key
-derived from the admin token, and handed out for the admin token only).
+Basic (git push, any user name). The web UI's session cookie is web_session.py's (signed with a
+key derived from the admin token); a session opened with an extra token names it by id, and
+acts as that token for as long as the token exists (`session_caller`).
 
 This module reads one header and compares secrets. It must not read request bodies or know
 routes: api_guard.py decides which requests need a caller, before any body is read.
@@ -16,6 +17,7 @@ import base64
 import binascii
 import secrets
 from dataclasses import dataclass
+from typing import Any
 
 from lbsolo.api.tokens import TOKEN_PREFIX, TokenStore
 
@@ -79,7 +81,14 @@ class Authenticator:
         row = await asyncio.to_thread(self._tokens.identify, secret)
         if row is None:
             return None
-        return Caller(row["name"], row["id"], row.get("role") or "admin", tuple(row.get("apps") or ()))
+        return _caller(row)
+
+    def session_caller(self, token_id: str | None) -> Caller | None:
+        """Who a UI session acts as: the admin (no token id), its token while that exists, else None."""
+        if token_id is None:
+            return Caller(ADMIN)
+        row = None if self._tokens is None else self._tokens.by_id(token_id)
+        return None if row is None else _caller(row)
 
     async def bearer(self, authorization: str) -> Caller | None:
         """The caller of a REST request, from its Authorization header."""
@@ -88,3 +97,7 @@ class Authenticator:
     async def basic(self, authorization: str) -> Caller | None:
         """The caller of a git request: the token is the HTTP Basic password."""
         return await self.verify(basic_password(authorization))
+
+
+def _caller(row: dict[str, Any]) -> Caller:
+    return Caller(row["name"], row["id"], row.get("role") or "admin", tuple(row.get("apps") or ()))

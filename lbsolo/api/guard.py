@@ -4,14 +4,15 @@ FastAPI reads and parses a JSON body before a route's dependencies run, so a tok
 comes too late: an anonymous 200 MiB POST would already sit in memory. This pure-ASGI
 middleware, in front of the FastAPI app, answers 401 for /api/*, /metrics and git without a
 valid token, and 403 for what a scoped token's role or apps do not cover (scopes.py), before it
-calls `receive`; and it counts body bytes while the app reads them: past the route's cap
-(declared by Content-Length, or counted, chunked bodies included) it answers 413 at once. A
-refusal of a request whose body is still unread says `Connection: close`, so the server closes
-the connection instead of reading (and discarding) the rest.
+calls `receive` (for the web UI too, whose session may be a scoped token's: `ui_caller`); and it
+counts body bytes while the app reads them: past the route's cap (declared by Content-Length, or
+counted, chunked bodies included) it answers 413 at once. A refusal of a request whose body is
+still unread says `Connection: close`, so the server closes the connection instead of reading
+(and discarding) the rest.
 
-Caps: settings.max_upload_bytes for source uploads, git pushes and add-on dump imports, settings.max_hook_bytes
-for inbound push webhooks (their signature can only be checked once read), and
-settings.max_json_bytes for everything else (JSON, UI forms).
+Caps: settings.max_upload_bytes for source uploads, git pushes and add-on dump imports,
+settings.max_hook_bytes for inbound push webhooks (their signature can only be checked once
+read), and settings.max_json_bytes for everything else (JSON, UI forms).
 
 Every change that reaches it (and every refusal of one) is written to the audit log (audit.py)
 once its answer is sent: the guard knows the caller, the route template and the status; the
@@ -22,6 +23,7 @@ It must not parse bodies or know about apps; auth.py decides who a caller is.
 
 from __future__ import annotations
 
+import html
 import json
 import re
 import time
@@ -31,7 +33,7 @@ from typing import Any
 
 from lbsolo.api.audit import AuditLog, begin_note, end_note, is_change
 from lbsolo.api.auth import Authenticator, Caller
-from lbsolo.api.scopes import refusal
+from lbsolo.api.scopes import UI_OPEN, refusal, ui_refusal
 from lbsolo.config import Settings
 from lbsolo.errors import Forbidden, InvalidInput, LbsoloError, TooLarge, Unauthorized
 
@@ -144,10 +146,20 @@ def _has_body(headers: list[tuple[bytes, bytes]]) -> bool:
     )
 
 
-async def refuse(send: Send, error: LbsoloError, *, close: bool, headers: tuple[tuple[bytes, bytes], ...] = ()) -> None:
-    """Answer with lbsolo's JSON error; `close` asks the server to drop the connection after it."""
-    body = json.dumps(error_body(error.code, error.message)).encode()
-    head = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body)), *headers]
+async def refuse(
+    send: Send, error: LbsoloError, *, close: bool, headers: tuple[tuple[bytes, bytes], ...] = (), page: bool = False
+) -> None:
+    """Answer with lbsolo's JSON error (a small HTML page for the web UI: `page`); `close` asks the
+    server to drop the connection after it."""
+    if page:
+        text = html.escape(error.message)
+        body = f'<!doctype html><title>Forbidden</title><h1>Forbidden</h1><p>{text}</p><a href="/ui/">Back</a>'
+        body = body.encode()
+        kind = b"text/html; charset=utf-8"
+    else:
+        body = json.dumps(error_body(error.code, error.message)).encode()
+        kind = b"application/json"
+    head = [(b"content-type", kind), (b"content-length", b"%d" % len(body)), *headers]
     if close:
         head.append((b"connection", b"close"))
     await send({"type": "http.response.start", "status": error.status, "headers": head})
@@ -208,6 +220,7 @@ class ApiGuard:
         paused: Callable[[], str | None] = lambda: None,
         audit: AuditLog | None = None,
         route_of: RouteOf = lambda scope: None,
+        ui_caller: Callable[[str], Caller | None] = lambda cookies: None,
     ) -> None:
         self.app = app
         self.auth = auth
@@ -215,6 +228,7 @@ class ApiGuard:
         self.paused = paused  # a note while the daemon hands over: changes are refused meanwhile
         self.audit = audit
         self.route_of = route_of
+        self.ui_caller = ui_caller  # who a web UI request's session cookie (its Cookie header) acts as
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -283,13 +297,20 @@ class ApiGuard:
                 await refuse(send, Unauthorized(GIT_UNAUTHORIZED), close=unread, headers=challenge)
                 return
             scope[CALLER] = caller
+        elif path == "/ui" or path.startswith("/ui/"):
+            # The UI's pages check their session themselves (and send a stranger to the login page);
+            # what a scoped token's session may do is decided here, as for its REST requests.
+            caller = self.ui_caller(_header(headers, b"cookie"))
+            if caller is not None:
+                scope[CALLER] = caller
         caller = caller_of(scope)
         if caller is not None and (caller.role != "admin" or caller.apps):
             # A scoped token: its role and apps decide, from the route alone, before the body.
             route = self.route_of(scope) or (path, {})
-            why = refusal(caller.role, caller.apps, scope.get("method", "GET"), *route)
-            if why is not None:
-                await refuse(send, Forbidden(why), close=unread)
+            ui = path.startswith("/ui")
+            why = (ui_refusal if ui else refusal)(caller.role, caller.apps, scope.get("method", "GET"), *route)
+            if why is not None and not (ui and route[0] in UI_OPEN):
+                await refuse(send, Forbidden(why), close=unread, page=ui)
                 if self.audit is not None and not is_change(scope.get("method", "GET"), path):
                     # a refused read is recorded too: a token probing beyond its scope is worth knowing of
                     self._record(scope, route, 403, time.time(), {})

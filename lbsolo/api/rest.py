@@ -23,7 +23,7 @@ from lbsolo import __version__
 from lbsolo.api.addon_backups import create_addon_backups_router
 from lbsolo.api.addons import create_addons_router
 from lbsolo.api.audit import AuditLog, note
-from lbsolo.api.auth import Authenticator
+from lbsolo.api.auth import Authenticator, Caller
 from lbsolo.api.certs import create_certs_router
 from lbsolo.api.cron import create_cron_router
 from lbsolo.api.drains import create_drains_router
@@ -36,6 +36,7 @@ from lbsolo.api.route_index import RouteIndex
 from lbsolo.api.routing import create_routing_router
 from lbsolo.api.tokens import TokenStore
 from lbsolo.api.web import create_web_router
+from lbsolo.api.web_session import Sessions, session_cookie
 from lbsolo.build import LogBuffer
 from lbsolo.core import Platform
 from lbsolo.errors import InvalidInput, LbsoloError, TooLarge, Unauthorized
@@ -147,6 +148,12 @@ def create_api(
     )
     api.state.audit = audit
 
+    sessions = Sessions(token, store=platform.state)
+
+    def ui_caller(cookies: str) -> Caller | None:
+        session = sessions.verify(session_cookie(cookies))
+        return None if session is None else authenticator.session_caller(session.token_id)
+
     api.add_middleware(
         ApiGuard,
         auth=authenticator,
@@ -154,6 +161,7 @@ def create_api(
         paused=lambda: platform.pause_note,
         audit=audit,
         route_of=RouteIndex(api),
+        ui_caller=ui_caller,
     )
     auth = [Depends(require_token)]
 
@@ -389,7 +397,8 @@ def create_api(
 
     api.include_router(
         create_web_router(
-            platform, token, revoked=platform.state, bus=bus, notifier=notifier, sampler=sampler, audit=audit
+            platform, token, bus=bus, notifier=notifier, sampler=sampler, audit=audit, auth=authenticator,
+            sessions=sessions,
         )
     )
     api.include_router(create_ops_router(platform, bus, notifier, sampler, tokens, require_token))

@@ -11,10 +11,13 @@ template and its path parameters but not the body: one place, before anything is
 - `admin`: everything (today's extra tokens, and the admin token of $LBSOLO_HOME/token).
 - Apps (`--app`): only routes that name one of these apps (the platform-wide listings, add-ons
   and other apps are refused 403: the token's holder is told what it may do, not left guessing).
+- The web UI: a session opened with a token may do on a page what the token may do through the
+  API. Each UI route is the REST route it acts as (`UI_AS_API`); one not listed is the admin's.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from typing import Any
 
@@ -23,10 +26,11 @@ from lbsolo.errors import InvalidInput
 ROLES = ("admin", "deploy", "read")
 READS = frozenset({"GET", "HEAD", "OPTIONS"})
 #: Reads only the admin may make: who may act, who did, where events go, the push webhook's secret,
-#: the whole platform's backup (every secret is in it) and where its backups are kept.
+#: the whole platform's backup (every secret is in it) and where its backups are kept, and an
+#: add-on's data itself (a backup's dump, a fresh export).
 ADMIN_READS = frozenset(
     {"/api/tokens", "/api/audit", "/api/webhooks", "/api/apps/{name}/hook", "/metrics", "/api/backup",
-     "/api/backup/status"}
+     "/api/backup/status", "/api/addons/{name}/backups/{backup_id}/download", "/api/addons/{name}/export"}
 )  # fmt: skip
 #: The changes a deploy token may make, by route template.
 DEPLOY_CHANGES = frozenset(
@@ -94,3 +98,59 @@ def covers(role: str, apps: tuple[str, ...], new_role: str, new_apps: Iterable[s
     if rank[new_role] > rank[role]:
         return False
     return not apps or (bool(list(new_apps)) and set(new_apps) <= set(apps))
+
+
+#: The web UI's routes as the REST routes they act as, so `refusal` decides for a UI session too.
+#: The dashboard is every role's landing page (it lists only the token's apps). A UI route that is
+#: not here is the admin's alone.
+UI_AS_API: dict[tuple[str, str], tuple[str, str]] = {
+    ("GET", "/ui/"): ("GET", "/api/info"),
+    ("POST", "/ui/logout"): ("GET", "/api/info"),
+    ("GET", "/ui/apps/{name}"): ("GET", "/api/apps/{name}"),
+    ("GET", "/ui/apps/{name}/deploy/stream"): ("GET", "/api/apps/{name}"),
+    ("GET", "/ui/apps/{name}/logs/stream"): ("GET", "/api/apps/{name}/logs"),
+    ("GET", "/ui/addons"): ("GET", "/api/addons"),
+    ("GET", "/ui/routes"): ("GET", "/api/routes"),
+    ("GET", "/ui/webhooks"): ("GET", "/api/webhooks"),
+    ("GET", "/ui/audit"): ("GET", "/api/audit"),
+    ("GET", "/ui/addons/{name}/backups/{backup_id}/download"): (
+        "GET", "/api/addons/{name}/backups/{backup_id}/download"),
+    ("POST", "/ui/apps/{name}/config"): ("PATCH", "/api/apps/{name}/config"),
+    ("POST", "/ui/apps/{name}/config/unset"): ("PATCH", "/api/apps/{name}/config"),
+    ("POST", "/ui/apps/{name}/rollback"): ("POST", "/api/apps/{name}/rollback"),
+    ("POST", "/ui/apps/{name}/scale"): ("POST", "/api/apps/{name}/scale"),
+}  # fmt: skip
+#: The UI routes anyone may reach: the login page reached without a session, and the files it needs.
+UI_OPEN = frozenset({"/", "/ui", "/ui/login", "/ui/static/{name}"})
+
+
+def ui_refusal(role: str, apps: tuple[str, ...], method: str, template: str, params: dict[str, Any]) -> str | None:
+    """Why a UI session of a token of this role and apps may not open this page or post this form."""
+    if role == "admin" and not apps:
+        return None
+    if template in UI_OPEN:
+        return None
+    if (method, template) == ("GET", "/ui/") or (method, template) == ("POST", "/ui/logout"):
+        return None  # every token's landing page (it shows that token's apps) and the way out
+    acts_as = UI_AS_API.get((method, template))
+    if acts_as is None:
+        return f"{method} {template} is for the admin; {WHAT.get(role, 'this token may act only')}{limited_to(apps)}"
+    return refusal(role, apps, acts_as[0], acts_as[1], params)
+
+
+def _pattern(template: str) -> re.Pattern[str]:
+    return re.compile(re.sub(r"\\{(\w+)\\}", r"(?P<\1>[^/]+)", re.escape(template)))
+
+
+_UI_PATTERNS = [(method, template, _pattern(template)) for method, template in UI_AS_API]
+
+
+def ui_allowed(role: str, apps: tuple[str, ...], method: str, path: str) -> bool:
+    """Whether a UI session of this token may post to (or open) this path: the page hides what it may not."""
+    if role == "admin" and not apps:
+        return True
+    for m, template, pattern in _UI_PATTERNS:
+        match = pattern.fullmatch(path)
+        if m == method and match:
+            return ui_refusal(role, apps, method, template, match.groupdict()) is None
+    return False

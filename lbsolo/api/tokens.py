@@ -93,6 +93,12 @@ class TokenStore:
             rows = sorted(self._rows.values(), key=lambda r: (r["created_at"], r["id"]))
         return [_public(r) for r in rows]
 
+    def by_id(self, token_id: str) -> dict[str, Any] | None:
+        """The live token with this id (a UI session names its token by id), or None. No I/O."""
+        with self._lock:
+            row = self._rows.get(token_id)
+        return None if row is None else _public(row)
+
     def verify(self, token: str) -> bool:
         """True if token is one of the extra tokens."""
         return self.identify(token) is not None

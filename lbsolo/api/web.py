@@ -1,10 +1,13 @@
 """The web UI: server-rendered pages over core.Platform, served by the API's process under /ui/.
 
-Login takes the admin token and hands out a session cookie (HttpOnly, SameSite=Strict) that is
-signed with a key derived from that token, so sessions survive a daemon restart and die with
-the token. Every state-changing form carries a per-session CSRF token. Templates autoescape,
-and a strict Content-Security-Policy allows only lbsolo's own script file, so a value such as
-`<script>` in a config var can only ever show up as text.
+Login takes the admin token or an extra token and hands out a session cookie (HttpOnly,
+SameSite=Strict) that is signed with a key derived from the admin token, so sessions survive a
+daemon restart and die with the token (an extra token's, when that token is revoked). A session
+of a scoped token may do what its token may (the API guard refuses the rest, scopes.UI_AS_API),
+and its pages show only that: its apps on the dashboard, only the forms it may post. Every
+state-changing form carries a per-session CSRF token. Templates autoescape, and a strict
+Content-Security-Policy allows only lbsolo's own script file, so a value such as `<script>` in a
+config var can only ever show up as text.
 
 This module routes, checks sessions and forms, renders and redirects; it decides nothing about
 apps: each form calls one Platform use case, and what each page shows is gathered in
@@ -15,31 +18,31 @@ pages' routes in lbsolo.api.web_addons). It must not import the engine, the stat
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
-import jinja2
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response, StreamingResponse
 
 from lbsolo.api import web_views as views
 from lbsolo.api.audit import AuditLog, note
+from lbsolo.api.auth import Authenticator, Caller
+from lbsolo.api.scopes import ui_allowed
 from lbsolo.api.web_addons import Pages, create_web_addons_router
 from lbsolo.api.web_certs import create_web_certs_router
 from lbsolo.api.web_cron import create_web_cron_router
 from lbsolo.api.web_drains import create_web_drains_router
 from lbsolo.api.web_jobs import UiDeploys
+from lbsolo.api.web_render import CONTENT_TYPES, SECURITY_HEADERS, static_versions, template_env
 from lbsolo.api.web_session import (
     COOKIE,
     RevokedSessions,
     Session,
     Sessions,
     job_outcome,
-    local_time,
     on_off,
     parse_form,
     safe_next,
@@ -64,51 +67,6 @@ if TYPE_CHECKING:
 
 MAX_FORM_BYTES = 256 * 1024  # a config value may be 32 KiB; anything far beyond is not a form of ours
 
-PACKAGE = Path(__file__).resolve().parent
-TEMPLATES = PACKAGE / "templates"
-STATIC = PACKAGE / "static"
-CONTENT_TYPES = {
-    ".css": "text/css; charset=utf-8",
-    ".js": "text/javascript; charset=utf-8",
-    ".svg": "image/svg+xml",
-    ".ico": "image/x-icon",
-    ".png": "image/png",
-}
-SECURITY_HEADERS = {
-    "Content-Security-Policy": (
-        "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
-        "form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
-    ),
-    "X-Content-Type-Options": "nosniff",
-    "Referrer-Policy": "same-origin",
-    "Cache-Control": "no-store",
-}
-
-
-# ---- static files and templates ----------------------------------------------------------
-
-
-def _static_versions() -> dict[str, tuple[bytes, str]]:
-    files = {}
-    for path in sorted(STATIC.glob("*")):
-        if path.is_file() and path.suffix in CONTENT_TYPES:
-            body = path.read_bytes()
-            files[path.name] = (body, hashlib.sha256(body).hexdigest()[:10])
-    return files
-
-
-def _templates(static: dict[str, tuple[bytes, str]]) -> jinja2.Environment:
-    env = jinja2.Environment(
-        loader=jinja2.FileSystemLoader(TEMPLATES),
-        autoescape=jinja2.select_autoescape(["html"]),
-        trim_blocks=True,
-        lstrip_blocks=True,
-    )
-    env.filters["when"] = local_time
-    env.globals["static"] = lambda name: f"/ui/static/{name}?v={static[name][1]}"
-    return env
-
-
 # ---- the router ----------------------------------------------------------------------------
 
 
@@ -121,13 +79,17 @@ def create_web_router(
     notifier: WebhookNotifier | None,
     sampler: StatsSampler | None,
     audit: AuditLog | None = None,
+    auth: Authenticator | None = None,
+    sessions: Sessions | None = None,
 ) -> APIRouter:
     """The web UI. `bus`, `notifier` and `sampler` feed its event list, webhook deliveries and
-    graphs; None (a UI tested without them) shows those parts as not available."""
+    graphs; None (a UI tested without them) shows those parts as not available. Without `auth`,
+    only the admin token logs in."""
     router = APIRouter(include_in_schema=False)
-    sessions = Sessions(token, store=revoked)
-    static = _static_versions()
-    templates = _templates(static)
+    sessions = sessions or Sessions(token, store=revoked)
+    auth = auth or Authenticator(token)
+    static = static_versions()
+    templates = template_env(static)
     flashes: dict[str, tuple[str, str]] = {}  # session id -> the message the next page shows
     deploys = UiDeploys(platform)  # first deploys the New app form started, streamed on the app page
 
@@ -137,10 +99,19 @@ def create_web_router(
 
     def page(request: Request, name: str, session: Session, status: int = 200, **context: Any) -> HTMLResponse:
         flash = flashes.pop(session.id, None)
-        return render(name, status, csrf=sessions.csrf_token(session), flash=flash, **context)
+        who = auth.session_caller(session.token_id) or Caller("gone", "", "read", ("",))
+
+        def can(path: str, method: str = "POST") -> bool:
+            return ui_allowed(who.role, who.apps, method, path)
+
+        return render(name, status, csrf=sessions.csrf_token(session), flash=flash, can=can, who=who, **context)
 
     def current(request: Request) -> Session | None:
-        return sessions.verify(request.cookies.get(COOKIE))
+        """The request's live session: its cookie checks out and its token (if not the admin's) still exists."""
+        session = sessions.verify(request.cookies.get(COOKIE))
+        if session is None or auth.session_caller(session.token_id) is None:
+            return None
+        return session
 
     def to_login(request: Request) -> RedirectResponse:
         target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
@@ -170,7 +141,7 @@ def create_web_router(
         session = current(request)
         if session is None:
             return to_login(request)
-        note(actor=f"ui:{session.id[:8]}")  # the audit log's name for this session (a prefix: not the cookie)
+        note(actor=ui_actor(session, auth))
         form = await form_of(request)
         if isinstance(form, Response):
             return form
@@ -216,10 +187,11 @@ def create_web_router(
         if isinstance(form, Response):
             return form
         target = safe_next(form.get("next"))
-        if not sessions.check_token(form.get("token", "")):
-            # Scoped tokens (deploy, read) work with the CLI and the API; the UI is the admin's.
-            return render("login.html", 401, next=target, error="That is not the admin token.")
-        _, cookie = sessions.issue()
+        given = form.get("token", "").strip()
+        caller = None if sessions.check_token(given) else await auth.verify(given)
+        if caller is None and not sessions.check_token(given):
+            return render("login.html", 401, next=target, error="That is not a token of this lbsolo.")
+        _, cookie = sessions.issue(caller.token_id if caller is not None else None)
         response = RedirectResponse(target, status_code=303)
         response.set_cookie(
             COOKIE,
@@ -250,7 +222,9 @@ def create_web_router(
         session = current(request)
         if session is None:
             return to_login(request)
-        return page(request, "dashboard.html", session, **await views.dashboard(platform, bus, sampler))
+        shown = await views.dashboard(platform, bus, sampler)
+        who = auth.session_caller(session.token_id)
+        return page(request, "dashboard.html", session, **(views.only_apps(shown, who.apps) if who else shown))
 
     @router.get("/ui/apps/{name}")
     async def app_page(request: Request, name: str) -> Response:
@@ -497,3 +471,9 @@ def _flash_error(session: Session, name: str, e: LbsoloError, flashes: dict[str,
     except InvalidInput:
         return RedirectResponse("/ui/", status_code=303)
     return RedirectResponse(f"/ui/apps/{quote(name)}", status_code=303)
+
+
+def ui_actor(session: Session, auth: Authenticator) -> str:
+    """The audit log's name for a UI session (a prefix of its id, not the cookie), with its token's name."""
+    who = auth.session_caller(session.token_id)
+    return f"ui:{session.id[:8]}" if who is None or who.admin else f"ui:{who.name}:{session.id[:8]}"

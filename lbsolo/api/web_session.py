@@ -31,6 +31,7 @@ SESSION_MAX_AGE = 24 * 3600
 class Session:
     id: str
     expires: int
+    token_id: str | None = None  # the extra token it was opened with; None: the admin token
 
 
 def _b64(raw: bytes) -> str:
@@ -77,24 +78,26 @@ class Sessions:
     def check_token(self, given: str) -> bool:
         return hmac.compare_digest(given.strip().encode(), self._token)
 
-    def issue(self) -> tuple[Session, str]:
-        """A new session and the cookie value that proves it."""
-        session = Session(secrets.token_urlsafe(18), int(self._clock()) + self.max_age)
-        payload = f"{session.id}.{session.expires}"
+    def issue(self, token_id: str | None = None) -> tuple[Session, str]:
+        """A new session (of the admin, or of the extra token with this id) and the cookie value that proves it."""
+        session = Session(secrets.token_urlsafe(18), int(self._clock()) + self.max_age, token_id)
+        payload = f"{session.id}.{session.expires}" + (f".{token_id}" if token_id else "")
         return session, f"{payload}.{self._sign(payload)}"
 
     def verify(self, cookie: str | None) -> Session | None:
+        """The session a cookie proves, or None. Whether its token still exists is the caller's to check."""
         if not cookie or len(cookie) > 200:
             return None
-        sid, _, rest = cookie.partition(".")
-        expires, _, signature = rest.partition(".")
-        if not sid or not expires.isdigit() or not signature:
+        payload, _, signature = cookie.rpartition(".")
+        parts = payload.split(".")
+        if len(parts) not in (2, 3) or not all(parts) or not parts[1].isdigit() or not signature:
             return None
-        if not hmac.compare_digest(signature.encode(), self._sign(f"{sid}.{expires}").encode()):
+        if not hmac.compare_digest(signature.encode(), self._sign(payload).encode()):
             return None
-        if int(expires) <= self._clock() or sid in self._revoked:
+        sid, expires = parts[0], int(parts[1])
+        if expires <= self._clock() or sid in self._revoked:
             return None
-        return Session(sid, int(expires))
+        return Session(sid, expires, parts[2] if len(parts) == 3 else None)
 
     def revoke(self, session: Session) -> None:
         now = self._clock()
@@ -112,6 +115,15 @@ class Sessions:
         if not given:
             return False
         return hmac.compare_digest(given.encode(), self.csrf_token(session).encode())
+
+
+def session_cookie(header: str) -> str | None:
+    """The session cookie's value in a request's Cookie header, or None."""
+    for part in header.split(";"):
+        name, sep, value = part.strip().partition("=")
+        if sep and name == COOKIE:
+            return value
+    return None
 
 
 def same_origin(origin: str | None, host: str | None) -> bool:

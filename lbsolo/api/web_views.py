@@ -63,6 +63,20 @@ async def dashboard(platform: Platform, bus: EventBus | None, sampler: StatsSamp
     return {"apps": apps, "recent": recent, "events": events, "graphs": small, "statuses": APP_STATUSES}
 
 
+def only_apps(shown: dict[str, Any], apps: tuple[str, ...]) -> dict[str, Any]:
+    """The dashboard of a token limited to these apps (none: every app): the rest left out."""
+    if not apps:
+        return shown
+    keep = set(apps)
+    return {
+        **shown,
+        "apps": [a for a in shown["apps"] if a["name"] in keep],
+        "recent": [r for r in shown["recent"] if r.get("app") in keep],
+        "events": [e for e in shown["events"] if e.get("app") in keep],
+        "graphs": {name: g for name, g in shown["graphs"].items() if name in keep},
+    }
+
+
 async def app_page(platform: Platform, sampler: StatsSampler | None, name: str) -> dict[str, Any]:
     """One app: settings, releases newest first, replicas, HTTPS state, graphs. LbsoloError if unknown."""
     app = await platform.get_app(name)

@@ -165,7 +165,7 @@ def test_ui_pages_redirect_to_login_without_a_session(daemon, anonymous):
     assert r.status_code == 303 and r.headers["location"].startswith("/ui/login")
     page.fill("#token", "not-the-token")
     page.click("button[type=submit]")
-    expect(page.locator(".flash-error")).to_contain_text("not the admin token")
+    expect(page.locator(".flash-error")).to_contain_text("not a token of this lbsolo")
 
 
 def test_login_then_see_an_app_deployed_from_the_cli(daemon, anonymous):

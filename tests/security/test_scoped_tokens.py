@@ -179,3 +179,16 @@ def test_a_refused_read_is_audited_too(served, tmp_path):
     assert (line["actor"], line["action"], line["app"], line["status"]) == (
         "deployer", "GET /api/apps/{name}", "other", 403
     )  # fmt: skip
+
+
+def test_an_add_ons_data_is_the_admins_to_take(served):
+    """A read or deploy token lists an add-on's backups but cannot take its data away: without
+    the dump download and the export in ADMIN_READS both reach their route."""
+    base = f"http://127.0.0.1:{served.port}"
+    for name in ("reader", "deployer"):
+        for path in ("/api/addons/db/backups/b1/download", "/api/addons/db/export"):
+            r = httpx.get(base + path, headers=bearer(token(served, name)))
+            assert r.status_code == 403, (name, path, r.status_code)
+    for template in ("/api/addons/{name}/backups/{backup_id}/download", "/api/addons/{name}/export"):
+        assert "admin" in str(refusal("read", (), "GET", template, {"name": "db", "backup_id": "b1"}))
+        assert refusal("admin", (), "GET", template, {"name": "db", "backup_id": "b1"}) is None

@@ -390,7 +390,7 @@ def test_pages_redirect_to_login_without_a_session(client):
 
 def test_wrong_token_stays_on_login(client):
     r = client.post("/ui/login", data={"token": "nope"})
-    assert r.status_code == 401 and "not the admin token" in r.text
+    assert r.status_code == 401 and "not a token of this lbsolo" in r.text
     assert COOKIE not in r.headers.get("set-cookie", "")
 
 
@@ -612,3 +612,39 @@ def test_the_app_page_adds_lists_and_removes_log_drains(client, platform):
     remove = f"/ui/apps/hello/drains/{drain.id}/remove"
     assert remove in page and client.post(remove, data={"csrf": csrf}).status_code == 303
     assert platform.drains.drains == [] and platform.calls[-1] == ("drains:remove", "hello", drain.id)
+
+
+def test_a_scoped_tokens_session_sees_only_what_it_may_do(platform, tmp_path):
+    """The page hides what the API guard would refuse: a deploy token of hello sees hello's config
+    and scale forms, not its domains or cron forms, nor the admin's pages in the menu; a token of
+    another app does not see hello on the dashboard."""
+    from lbsolo.api.auth import Authenticator
+    from lbsolo.api.tokens import TokenStore
+    from lbsolo.state import State
+
+    state = State(tmp_path / "state.json")
+    tokens = TokenStore(state)
+    _, deployer = tokens.create("ci", "deploy", ["hello"])
+    _, elsewhere = tokens.create("shop", "read", ["shop"])
+    app = FastAPI()
+    auth = Authenticator(TOKEN, tokens)
+    app.include_router(create_web_router(platform, TOKEN, bus=None, notifier=None, sampler=None, auth=auth))  # type: ignore[arg-type]
+    client = Client(app)
+    try:
+        assert client.post("/ui/login", data={"token": deployer}).status_code == 303
+        page = client.get("/ui/apps/hello").text
+        assert 'id="config-form"' in page and 'id="scale-form"' in page
+        assert 'id="domain-form"' not in page and 'id="cron-form"' not in page
+        assert 'href="/ui/audit"' not in page and 'href="/ui/webhooks"' not in page
+        assert "ci (deploy: hello)" in page
+        client.http.cookies.clear()
+        assert client.post("/ui/login", data={"token": elsewhere}).status_code == 303
+        dashboard = client.get("/ui/")
+        assert dashboard.status_code == 200 and "/ui/apps/hello" not in dashboard.text
+        client.http.cookies.clear()
+        assert client.post("/ui/login", data={"token": TOKEN}).status_code == 303
+        admin = client.get("/ui/apps/hello").text
+        assert 'id="domain-form"' in admin and 'href="/ui/audit"' in admin and "signed-in-as" not in admin
+    finally:
+        client.close()
+        state.close()
