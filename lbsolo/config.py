@@ -151,6 +151,9 @@ class Settings:
     drains_ca_bundle: str = ""
     drains_allow_http: bool = False
     deploy_timeout: float = 60.0
+    # A browser's page request for a sleeping app still waking after this many seconds gets a
+    # "starting" page that reloads itself (other clients keep waiting for the app's answer).
+    wake_page_after: float = 2.0
     build_timeout: float = 900.0
     build_memory: str = "2g"
     max_upload_bytes: int = 512 * 1024 * 1024

@@ -260,6 +260,7 @@ class Daemon:
             acme_challenges=s.acme_on,
             wake=wakes.put_nowait,
             wake_timeout=s.deploy_timeout + 10,  # a start and its health checks, with room
+            wake_page_after=s.wake_page_after,
         )
         zone = Zone(domain=s.domain, ipv4=s.dns_ipv4, ipv6=s.dns_ipv6, strict=s.dns_strict, ttl=s.dns_ttl)
         forward = None

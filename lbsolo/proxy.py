@@ -89,6 +89,7 @@ class ProxyServer:
         tls_knows: Callable[[str], bool] | None = None,
         wake: Callable[[str], None] | None = None,
         wake_timeout: float = 60.0,
+        wake_page_after: float = 2.0,
     ) -> None:
         self.host = host
         self._port = port
@@ -126,7 +127,7 @@ class ProxyServer:
         self.last_requests: dict[str, float] = {}
         # Sleeping apps (Route.asleep): requests held while `wake(app)` (the core) starts one; None:
         # a sleeping route is answered 503 like any app that is not running.
-        self.wakes = Wakes(wake, wake_timeout, _now) if wake is not None else None
+        self.wakes = Wakes(wake, wake_timeout, _now, wake_page_after) if wake is not None else None
         # ACME HTTP-01: /.well-known/acme-challenge/<token> on any routed host is answered from this
         # table (token -> key authorization) and never reaches an app; the core puts tokens in
         # (`put_challenge`). None while ACME is off: apps get that path as before.

@@ -31,6 +31,7 @@ from lbsolo.proxy_http import (
     _P_EOF,
     _P_QUEUE,
     _P_UPSTREAM,
+    REFUSED_CONNECTION,
     _now,
     error_response,
 )
@@ -45,11 +46,6 @@ _UNROUTED = "(unrouted)"  # metrics key of requests that matched no app
 _NO_ROUTE = Route(_UNROUTED)
 # Bound once: a method call on an imported name compiles to a slower attribute load plus a call.
 _known_request = KNOWN_REQUESTS.get
-_REFUSED_BODY = b"too many connections; retry later\n"
-_REFUSED = (  # the answer to a connection past a cap, before anything is read
-    b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: %d\r\n"
-    b"Retry-After: 1\r\nConnection: close\r\n\r\n%s" % (len(_REFUSED_BODY), _REFUSED_BODY)
-)
 
 
 class Edge(Routing, ReaderSettings, Protocol):
@@ -77,38 +73,11 @@ class Edge(Routing, ReaderSettings, Protocol):
 
 class Downstream(asyncio.Protocol):
     __slots__ = (
-        "_bytes_in",
-        "_bytes_out",
-        "_counted",
-        "_eof",
-        "_finished",
-        "_forwarder",
-        "_ids",
-        "_in_mark",
-        "_leftover",
-        "_loop",
-        "_lost",
-        "_out_mark",
-        "_paused_at",
-        "_pumping",
-        "_reader",
-        "_served",
-        "_server",
-        "_tunnel",
-        "_upgrade_wait",
-        "active",
-        "closed",
-        "cork",
-        "deadline",
-        "paused",
-        "peer",
-        "proto",
-        "queue",
-        "transport",
-        "trusted",
-        "write_deadline",
-        "write_paused",
-    )
+        "_bytes_in", "_bytes_out", "_counted", "_eof", "_finished", "_forwarder", "_ids", "_in_mark", "_leftover",
+        "_loop", "_lost", "_out_mark", "_paused_at", "_pumping", "_reader", "_served", "_server", "_tunnel",
+        "_upgrade_wait", "active", "closed", "cork", "deadline", "paused", "peer", "proto", "queue", "transport",
+        "trusted", "write_deadline", "write_paused",
+    )  # fmt: skip
 
     def __init__(self, server: Edge, https: bool = False) -> None:
         self._server = server
@@ -155,7 +124,7 @@ class Downstream(asyncio.Protocol):
         # Caps: one address (a trusted proxy speaks for many clients: not capped) and everyone.
         if not server.admit(self, self.peer, self.trusted):
             self.closed = True
-            self.transport.write(_REFUSED)
+            self.transport.write(REFUSED_CONNECTION)
             self.transport.close()
             return
         self._counted = True
@@ -323,7 +292,9 @@ class Downstream(asyncio.Protocol):
         """Whether the connection stays open after the response to `req`."""
         return req.keep_alive and req.body_done and not self._eof and not self._server.stopping
 
-    def send_error(self, req: Request, status: int, code: str, message: str, *, close: bool = False) -> None:
+    def send_error(
+        self, req: Request, status: int, code: str, message: str, *, close: bool = False, retry_after: int = 0
+    ) -> None:
         keep = not close and self.keep_alive(req)
         if not req.request_id:
             req.request_id = next(self._ids)
@@ -339,6 +310,7 @@ class Downstream(asyncio.Protocol):
                 http11=req.http11,
                 head_only=req.method == b"HEAD",
                 hsts=req.hsts,
+                retry_after=retry_after,
             )
         )
         req.responded = True

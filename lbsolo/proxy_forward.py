@@ -73,7 +73,9 @@ class Forwarding(Protocol):
 
     def finish(self, req: Request, close: bool) -> None: ...
 
-    def send_error(self, req: Request, status: int, code: str, message: str, *, close: bool = False) -> None: ...
+    def send_error(
+        self, req: Request, status: int, code: str, message: str, *, close: bool = False, retry_after: int = 0
+    ) -> None: ...
 
     def refuse(self, req: Request, status: int, code: str, message: str) -> None:
         """Answer `req` before its body is read whole, and read nothing more."""
@@ -355,6 +357,11 @@ class Forwarder:
         conn = self._conn
         if not conn.closed and conn.active is req and not req.responded:
             conn.send_error(req, 503, "app_not_running", message)
+
+    def wait_page(self, req: Request, message: str, retry_after: int) -> None:
+        conn = self._conn
+        if not conn.closed and conn.active is req and not req.responded:
+            conn.send_error(req, 503, "app_starting", message, retry_after=retry_after)
 
     # -- the pool's `Waiter`: queued for a connection to a busy target --------------------
 

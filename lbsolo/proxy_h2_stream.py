@@ -273,10 +273,12 @@ class H2Stream:
             self._ack()  # what the app took is acknowledged; the rest is refused when the stream ends
         self._conn.dirty(self)
 
-    def send_error(self, req: Request, status: int, code: str, message: str, *, close: bool = False) -> None:
+    def send_error(
+        self, req: Request, status: int, code: str, message: str, *, close: bool = False, retry_after: int = 0
+    ) -> None:
         if not req.request_id:
             req.request_id = next(self._conn.server.request_ids)
-        body, ctype = _render_error(status, code, message, req.accept_json)
+        body, ctype = _render_error(status, code, message, req.accept_json, retry_after)
         self.head = [
             (b":status", _STATUS[status]),
             (b"content-type", ctype),
@@ -286,6 +288,8 @@ class H2Stream:
         ]
         if req.hsts:  # always over TLS here
             self.head.append((b"strict-transport-security", req.hsts.partition(b": ")[2].rstrip()))
+        if retry_after:
+            self.head.append((b"retry-after", b"%d" % retry_after))
         self.pending.clear()
         self.pending_size = 0
         if req.method != b"HEAD":

@@ -97,15 +97,24 @@ class _BadResponse(Exception):
     pass
 
 
-def _render_error(status: int, code: str, message: str, as_json: bool) -> tuple[bytes, bytes]:
+_REFUSED_BODY = b"too many connections; retry later\n"
+REFUSED_CONNECTION = (  # the answer to a connection past a cap, before anything is read
+    b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: %d\r\n"
+    b"Retry-After: 1\r\nConnection: close\r\n\r\n%s" % (len(_REFUSED_BODY), _REFUSED_BODY)
+)
+
+
+def _render_error(status: int, code: str, message: str, as_json: bool, reload: int = 0) -> tuple[bytes, bytes]:
     """An error page: JSON for clients that ask for it, else a plain HTML page that names nothing
-    on this server (the web UI lists the apps to those signed in)."""
+    on this server (the web UI lists the apps to those signed in); `reload`: the page asks again
+    after that many seconds."""
     if as_json:
         doc = {"error": {"code": code, "message": message}}
         return json.dumps(doc).encode(), b"application/json"
     title = html.escape(f"{status} {HTTPStatus(status).phrase}")
+    again = f'<meta http-equiv="refresh" content="{reload}">' if reload else ""
     page = (
-        f'<!doctype html>\n<html><head><meta charset="utf-8"><title>{title}</title></head>\n'
+        f'<!doctype html>\n<html><head><meta charset="utf-8">{again}<title>{title}</title></head>\n'
         f"<body><h1>{title}</h1>\n<p>{html.escape(message)}</p>\n<hr><p><small>lbsolo</small></p></body></html>\n"
     )
     return page.encode(), b"text/html; charset=utf-8"
@@ -122,14 +131,18 @@ def error_response(
     http11: bool,
     head_only: bool,
     hsts: bytes = b"",
+    retry_after: int = 0,
 ) -> bytes:
     """A whole error response from the proxy itself (`head_only`: to a HEAD, without its page;
-    `hsts`: the routed app's Strict-Transport-Security line, over TLS)."""
-    body, ctype = _render_error(status, code, message, as_json)
+    `hsts`: the routed app's Strict-Transport-Security line, over TLS; `retry_after`: a
+    Retry-After header, and a page that reloads itself then)."""
+    body, ctype = _render_error(status, code, message, as_json, retry_after)
     parts = [
         b"HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %d\r\nCache-Control: no-store\r\n"
         b"X-Request-Id: %s\r\n%s" % (status, _PHRASES[status], ctype, len(body), request_id, hsts)
     ]
+    if retry_after:
+        parts.append(b"Retry-After: %d\r\n" % retry_after)
     if not keep:
         parts.append(b"Connection: close\r\n")
     elif not http11:

@@ -103,3 +103,34 @@ def test_last_requests_say_when_each_app_was_asked_for(run):
             await c.close()
 
     run(scenario)
+
+
+def test_a_browser_waiting_long_gets_a_starting_page_that_reloads_and_an_api_client_keeps_waiting(run):
+    """A page request (Accept: text/html) held past wake_page_after is answered 503 with
+    Retry-After and a page that reloads itself; a JSON client's request waits on for the app;
+    the reload is held again and served once the app has targets. One wake is asked all along."""
+
+    async def scenario():
+        asked: list[str] = []
+        async with stack(wake=asked.append, wake_page_after=0.3) as (proxy, app):
+            proxy.set_routes({"nap": ASLEEP})
+            browser, api = await Conn.open(proxy.port), await Conn.open(proxy.port)
+            html = {"Accept": "text/html,application/xhtml+xml,*/*;q=0.8"}
+            page = asyncio.ensure_future(browser.request(host="nap.lbsolo.localhost", headers=html))
+            as_json = {"Accept": "application/json"}
+            call = asyncio.ensure_future(api.request(host="nap.lbsolo.localhost", headers=as_json))
+            r = await asyncio.wait_for(page, 3)
+            assert r.status == 503 and r.header("retry-after") == "2"
+            assert '<meta http-equiv="refresh" content="2">' in r.body.decode()
+            assert "nap is starting" in r.body.decode()
+            assert not call.done()
+            again = asyncio.ensure_future(browser.request(host="nap.lbsolo.localhost", headers=html))
+            await asyncio.sleep(0.1)
+            proxy.set_routes({"nap": Route(app="nap", release="v1", targets=(Target("127.0.0.1", app.port),))})
+            assert (await asyncio.wait_for(again, 3)).status == 200
+            assert (await asyncio.wait_for(call, 3)).status == 200
+            assert asked == ["nap"]  # the API client was still held: the wake under way is not asked again
+            for c in (browser, api):
+                await c.close()
+
+    run(scenario)
