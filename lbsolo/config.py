@@ -150,6 +150,9 @@ class Settings:
     drains_linger: float = 0.2
     drains_ca_bundle: str = ""
     drains_allow_http: bool = False
+    # How often the drains look for add-ons to follow: an add-on's output goes to the drains of
+    # the apps it is attached to (core_drains_addons).
+    drains_addon_poll: float = 5.0
     deploy_timeout: float = 60.0
     # A browser's page request for a sleeping app still waking after this many seconds gets a
     # "starting" page that reloads itself (other clients keep waiting for the app's answer).

@@ -119,13 +119,13 @@ class Platform:
         self.sleepers = Sleepers(ctx, self.rollouts.converge, wakes if wakes is not None else asyncio.Queue())
         # Scheduled jobs: each run is a `lbsolo run` (run_command below).
         self.cron = CronJobs(ctx, self.run_command)
-        # Log drains: every line of an app's log also to its drains (syslog, HTTPS).
-        self.drains = Drains(ctx)
         # Without the engine's Services part (tests' fakes) there are no add-ons, and the API says so.
         self.backups: AddonBackups | None = None if services is None else AddonBackups(ctx, services)
         self.addons: Addons | None = (
             None if services is None or self.backups is None else Addons(ctx, services, self.set_config, self.backups)
         )
+        # Log drains: every line of an app's log (and of its add-ons) also to its drains (syslog, HTTPS).
+        self.drains = Drains(ctx, None if self.addons is None else self.addons.observe.follow_logs)
         # Whole-platform backups, taken by hand or on schedule: they need an engine that saves images and volumes.
         self.platform_backups: PlatformBackups | None = (
             None if archive is None else PlatformBackups(ctx, PlatformBackup(ctx, archive, self.backups))

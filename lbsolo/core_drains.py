@@ -24,6 +24,7 @@ from typing import Any
 
 from lbsolo.config import Settings
 from lbsolo.core_context import CoreContext
+from lbsolo.core_drains_addons import AddonLogFeed, Follow
 from lbsolo.drains import Buffer, Counters, Drain, Kind, backoff, find, message, new_drain, parse_url, procid
 from lbsolo.drains_send import Sender, Spill, sender_for, tls_context
 from lbsolo.errors import InvalidInput, LbsoloError, NotFound
@@ -170,13 +171,15 @@ class DrainWorker:
 class Drains:
     """The apps' log drains: the state's records and a running worker for each."""
 
-    def __init__(self, ctx: CoreContext) -> None:
+    def __init__(self, ctx: CoreContext, follow_addon: Follow | None = None) -> None:
         self.ctx = ctx
         self.workers: dict[str, DrainWorker] = {}  # drain id -> its worker
         self.by_app: dict[str, list[DrainWorker]] = {}
         self._tls: ssl.SSLContext | None = None
         self.running = False
         ctx.logs.add_tap(self.on_line)
+        # Add-ons' output to their apps' drains (None: no add-ons here).
+        self.addon_logs = None if follow_addon is None else AddonLogFeed(ctx, follow_addon, self.by_app.keys)
 
     @property
     def spill_dir(self) -> Any:
@@ -269,11 +272,16 @@ class Drains:
     async def run_forever(self) -> None:
         """The daemon's task: every stored drain delivering until the daemon stops, then each
         drain's buffer kept on disk for the next start."""
+        feed = None
         try:
             self.running = True  # from now on add() starts its drain (twice is once: _start knows)
             for drain in await asyncio.to_thread(self.ctx.state.list_drains):
                 self._start(drain)
+            if self.addon_logs is not None:
+                feed = self.ctx.spawn(self.addon_logs.run_forever(), "drains-addon-logs")
             await asyncio.Event().wait()
         finally:
+            if feed is not None:
+                feed.cancel()
             self.running = False
             await asyncio.gather(*(self._stop(i, keep=True) for i in list(self.workers)), return_exceptions=True)

@@ -347,3 +347,27 @@ def test_a_stalled_receiver_neither_slows_the_app_nor_grows_the_daemon(docker_cl
         )
         assert during[-1] < 1.0 and p99_during < max(0.1, 5 * p99_before)
         assert rss_end - rss_start < 25
+
+
+def test_an_add_ons_output_goes_to_the_drains_of_its_apps(docker_client, tmp_path):
+    """A Redis add-on attached to an app with a syslog drain: its container's lines (a backup's
+    BGSAVE) arrive as `addon.<name>.<container>` lines of that app, and stop once the drain goes."""
+    env = {"LBSOLO_DRAINS_ADDON_POLL": "0.5", "LBSOLO_DRAINS_LINGER": "0.1"}
+    with running_daemon(docker_client, tmp_path / "home", env) as daemon, syslog_receiver() as (port, got):
+        ok(daemon.cli("apps:create", "dra"))
+        ok(daemon.cli("addons:create", "redis", "--app", "dra", "--name", "dra-cache", "--version", "7"))
+        ok(daemon.cli("drains:add", "dra", f"syslog://127.0.0.1:{port}"))
+        time.sleep(1.5)  # the feed's next look follows the add-on
+        ok(daemon.cli("addons:backup", "dra-cache"))
+        wait_for(lambda: any("DB saved on disk" in x for x in got.lines("dra", "addon.dra-cache.")), 30, "add-on lines")
+        with got.lock:
+            procs = {m[4] for m in got.messages if m[4].startswith("addon.")}
+        assert all(re.fullmatch(r"addon\.dra-cache\.[0-9a-f]{12}", p) for p in procs), procs
+        drain = drains(daemon, "dra")[0]["id"]
+        ok(daemon.cli("drains:remove", "dra", drain))
+        time.sleep(1.5)
+        before = len(got.lines("dra", "addon."))
+        ok(daemon.cli("addons:backup", "dra-cache"))
+        time.sleep(2)
+        assert len(got.lines("dra", "addon.")) == before
+        ok(daemon.cli("addons:destroy", "dra-cache", "--confirm", "dra-cache", "--detach"))
