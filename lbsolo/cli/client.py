@@ -162,19 +162,19 @@ class Client:
     # Each returns the API's answer as decoded JSON; the ones that start a job yield its events.
 
     def _object(self, method: str, *path: str, **options: Any) -> dict[str, Any]:
-        out = self.request(method, _path(*path), **options)
+        out = self.request(method, api_path(*path), **options)
         if not isinstance(out, dict):
-            raise APIError(f"the daemon answered {method} {_path(*path)} with {type(out).__name__}", "protocol", 502)
+            raise APIError(f"the daemon answered {method} {api_path(*path)} with {type(out).__name__}", "protocol", 502)
         return out
 
     def _list(self, method: str, *path: str, **options: Any) -> list[Any]:
-        out = self.request(method, _path(*path), **options)
+        out = self.request(method, api_path(*path), **options)
         if not isinstance(out, list):
-            raise APIError(f"the daemon answered {method} {_path(*path)} with {type(out).__name__}", "protocol", 502)
+            raise APIError(f"the daemon answered {method} {api_path(*path)} with {type(out).__name__}", "protocol", 502)
         return out
 
     def _job(self, method: str, *path: str, **options: Any) -> Iterator[dict[str, Any]]:
-        return self.stream(method, _path(*path), **options)
+        return self.stream(method, api_path(*path), **options)
 
     # apps
     def apps(self) -> list[dict[str, Any]]:
@@ -227,36 +227,6 @@ class Client:
     def run(self, name: str, command: str) -> Iterator[dict[str, Any]]:
         """A one-off command: its output lines, then its result."""
         return self._job("POST", "apps", name, "run", json={"command": command})
-
-    # scheduled jobs
-    def cron_jobs(self, name: str) -> list[dict[str, Any]]:
-        return self._list("GET", "apps", name, "cron")
-
-    def add_cron(self, name: str, job: dict[str, Any]) -> dict[str, Any]:
-        return self._object("POST", "apps", name, "cron", json=job)
-
-    def remove_cron(self, name: str, job: str) -> dict[str, Any]:
-        return self._object("DELETE", "apps", name, "cron", job)
-
-    def run_cron(self, name: str, job: str) -> Iterator[dict[str, Any]]:
-        """A job now: its output lines, then its result."""
-        return self._job("POST", "apps", name, "cron", job, "run")
-
-    def cron_runs(self, name: str, job: str | None = None) -> list[dict[str, Any]]:
-        return self._list("GET", "apps", name, "cron-runs", params={"job": job} if job else None)
-
-    def cron_run_log(self, name: str, run: str) -> list[str]:
-        return self._list("GET", "apps", name, "cron-runs", run, "logs")
-
-    # log drains
-    def drains(self, name: str) -> list[dict[str, Any]]:
-        return self._list("GET", "apps", name, "drains")
-
-    def add_drain(self, name: str, url: str) -> dict[str, Any]:
-        return self._object("POST", "apps", name, "drains", json={"url": url})
-
-    def remove_drain(self, name: str, drain: str) -> dict[str, Any]:
-        return self._object("DELETE", "apps", name, "drains", drain)
 
     # logs, metrics, events
     def logs(self, name: str, params: dict[str, Any]) -> list[dict[str, Any]]:
@@ -331,7 +301,7 @@ class Client:
         query = urllib.parse.urlencode([("build_arg", a) for a in build_args or []])
         return self.stream(
             "POST",
-            _path("apps", name, "deploy") + (f"?{query}" if query else ""),
+            api_path("apps", name, "deploy") + (f"?{query}" if query else ""),
             content=body(),
             headers={"Content-Type": "application/x-tar"},
         )
@@ -414,12 +384,12 @@ class Client:
     def export_dump(self, name: str, backup_id: str | None, out: IO[bytes]) -> int:
         """A fresh dump (no id) or a stored backup, written to out as it arrives; the bytes written."""
         path = ("addons", name, "export") if backup_id is None else ("addons", name, "backups", backup_id, "download")
-        return self._download(_path(*path), out)[1]
+        return self._download(api_path(*path), out)[1]
 
     def platform_backup(self, out: Any) -> tuple[str, int]:
         """The whole platform's archive, written to out (a file, or a Sealer) as it arrives; its
         file name and the bytes written."""
-        headers, written = self._download(_path("backup"), out)
+        headers, written = self._download(api_path("backup"), out)
         name = headers.get("content-disposition", "").partition('filename="')[2].rstrip('"') or "lbsolo-backup.tar"
         return name, written
 
@@ -451,7 +421,7 @@ class Client:
         return self._object("POST", "tokens", json={"name": name, "role": role, "apps": apps or []})
 
     def revoke_token(self, id_or_name: str) -> None:
-        self.request("DELETE", _path("tokens", id_or_name))
+        self.request("DELETE", api_path("tokens", id_or_name))
 
     def webhooks(self) -> list[dict[str, Any]]:
         return self._list("GET", "webhooks")
@@ -460,7 +430,7 @@ class Client:
         return self._object("POST", "webhooks", json={"url": url, "app": app, "kinds": kinds or None, "slack": slack})
 
     def remove_webhook(self, hook_id: str) -> None:
-        self.request("DELETE", _path("webhooks", hook_id))
+        self.request("DELETE", api_path("webhooks", hook_id))
 
     def routes(self) -> list[dict[str, Any]]:
         return self._list("GET", "routes")
@@ -469,7 +439,7 @@ class Client:
         return self._object("POST", "routes", json={"name": name, "to": to, "domains": domains or []})
 
     def remove_route(self, name: str) -> None:
-        self.request("DELETE", _path("routes", name))
+        self.request("DELETE", api_path("routes", name))
 
 
 def in_background(call: Callable[[], T]) -> Callable[[], T]:
@@ -499,7 +469,7 @@ def in_background(call: Callable[[], T]) -> Callable[[], T]:
     return answer
 
 
-def _path(*segments: str) -> str:
+def api_path(*segments: str) -> str:
     """/api/<segments>, each one escaped: a name never adds a path level or a query."""
     return "/api/" + "/".join(urllib.parse.quote(s, safe="") for s in segments)
 

@@ -10,6 +10,7 @@ from typing import Annotated, Any
 
 import typer
 
+from lbsolo.cli import client_schedules as schedules
 from lbsolo.cli.common import AppArg, Table, _client, _when, app, clean_errors, console, escape
 from lbsolo.errors import LbsoloError
 
@@ -30,7 +31,7 @@ def _result(run: dict[str, Any] | None) -> str:
 def cron_list(name: AppArg) -> None:
     """List an app's scheduled jobs: schedule, command, where from, next run, last run's result."""
     with _client() as c:
-        jobs = c.cron_jobs(name)
+        jobs = schedules.cron_jobs(c, name)
     if not jobs:
         console.print(f'No scheduled jobs: lbsolo cron:add {name} "0 3 * * *" -- CMD, or [[cron]] in lbsolo.toml')
         return
@@ -55,7 +56,7 @@ def cron_add(
     """Run a command on a schedule, in a one-off container of the app's current release."""
     body = {"schedule": schedule, "command": " ".join(command), "name": job_name, "overlap": overlap}
     with _client() as c:
-        job = c.add_cron(name, body)
+        job = schedules.add_cron(c, name, body)
     console.print(f"Added job {job['id']} to {name}: {escape(job['schedule'])}; next run {job['next_run_local']}")
 
 
@@ -64,7 +65,7 @@ def cron_add(
 def cron_remove(name: AppArg, job: JobArg) -> None:
     """Remove a job added with cron:add (lbsolo.toml's: remove the entry and deploy)."""
     with _client() as c:
-        c.remove_cron(name, job)
+        schedules.remove_cron(c, name, job)
     console.print(f"Removed job {job} of {name}")
 
 
@@ -74,7 +75,7 @@ def cron_run(name: AppArg, job: JobArg) -> None:
     """Run a job now; its output streams here and its exit code is this command's."""
     result: dict[str, Any] = {}
     with _client() as c:
-        for event in c.run_cron(name, job):
+        for event in schedules.run_cron(c, name, job):
             if "line" in event:
                 console.print(event["line"], highlight=False, markup=False, soft_wrap=True)
             elif "result" in event:
@@ -89,7 +90,7 @@ def cron_run(name: AppArg, job: JobArg) -> None:
 def cron_runs(name: AppArg, job: Annotated[str | None, typer.Argument(help="Only this job's runs.")] = None) -> None:
     """The history of an app's job runs, newest first: started, duration, exit code, trigger."""
     with _client() as c:
-        runs = c.cron_runs(name, job)
+        runs = schedules.cron_runs(c, name, job)
     if not runs:
         console.print(f"No runs yet (lbsolo cron:run {name} JOB runs one now)")
         return
@@ -106,6 +107,6 @@ def cron_runs(name: AppArg, job: Annotated[str | None, typer.Argument(help="Only
 def cron_run_logs(name: AppArg, run: Annotated[str, typer.Argument(help="Run id (see: lbsolo cron:runs).")]) -> None:
     """A run's output."""
     with _client() as c:
-        lines = c.cron_run_log(name, run)
+        lines = schedules.cron_run_log(c, name, run)
     for line in lines:
         console.print(line, highlight=False, markup=False, soft_wrap=True)

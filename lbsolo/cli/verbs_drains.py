@@ -10,6 +10,7 @@ from typing import Annotated
 
 import typer
 
+from lbsolo.cli import client_schedules as schedules
 from lbsolo.cli.common import AppArg, Table, _client, _when, app, clean_errors, console, escape
 
 
@@ -18,7 +19,7 @@ from lbsolo.cli.common import AppArg, Table, _client, _when, app, clean_errors, 
 def drains_list(name: AppArg) -> None:
     """List an app's log drains: URL (secrets cut), state, delivered, dropped, failures, last error."""
     with _client() as c:
-        drains = c.drains(name)
+        drains = schedules.drains(c, name)
     if not drains:
         console.print(f"No log drains: lbsolo drains:add {name} syslog+tls://HOST:PORT (or https://...)")
         return
@@ -41,7 +42,7 @@ def drains_add(
 ) -> None:
     """Send an app's logs to a drain: syslog (RFC 5424 over TCP/TLS) or HTTPS (logplex batches)."""
     with _client() as c:
-        d = c.add_drain(name, url)
+        d = schedules.add_drain(c, name, url)
     console.print(f"Added drain {d['id']} to {name}: {escape(d['url'])} (token {d['token']})")
 
 
@@ -52,5 +53,5 @@ def drains_remove(
 ) -> None:
     """Stop and remove a log drain."""
     with _client() as c:
-        c.remove_drain(name, drain)
+        schedules.remove_drain(c, name, drain)
     console.print(f"Removed drain {drain} of {name}")
