@@ -43,12 +43,15 @@ from lbsolo.core_sleep import Sleepers
 from lbsolo.engine import Engine, Services
 from lbsolo.errors import Conflict, InvalidInput
 from lbsolo.events import EventBus, EventKind
+from lbsolo.export_k8s import export_target
+from lbsolo.export_k8s import manifests as k8s_manifests
 from lbsolo.models import (
     WEB,
     App,
     Build,
     HealthCheck,
     Replica,
+    looks_secret,
     masked_config,
     release_secrets,
     validate_app_name,
@@ -251,6 +254,18 @@ class Platform:
             secret = release_secrets(r, app, rows)  # the release's own record, never today's list
             shown.append({**r.to_dict(), "config": masked_config(r.config, secret), "secrets": sorted(secret)})
         return shown
+
+    async def export_k8s(self, name: str, registry: str | None = None, volume_size: str = "1Gi") -> list[dict]:
+        """The app's current release as Kubernetes manifests (lbsolo.export_k8s): secret values are in
+        its Secret, so this is the admin's to read. The image is `<registry>/<app>:v<N>`."""
+        app = await self.ctx.app(name)
+        if app.release is None:
+            raise InvalidInput(f"{name} has no release yet: deploy it first, then export it")
+        rows = await asyncio.to_thread(self.state.list_releases, name)
+        release = next(r for r in rows if r.version == app.release)
+        secret = release_secrets(release, app, rows) | {k for k in release.config if looks_secret(k)}
+        target = export_target(name, release.label, registry, volume_size, self.settings)
+        return k8s_manifests(app, release, secret, target)
 
     async def recent_releases(self, limit: int = 10) -> list[dict[str, Any]]:
         """The newest releases of every app, newest first: what, when, how it went (no config)."""

@@ -254,6 +254,12 @@ def create_api(
     async def releases(name: str) -> list[dict[str, Any]]:
         return await platform.releases(name)
 
+    @api.get("/api/apps/{name}/export/k8s", dependencies=auth, tags=["releases"])
+    async def export_k8s(name: str, registry: str | None = None, volume_size: str = "1Gi") -> list[dict[str, Any]]:
+        """The current release as Kubernetes manifests (Deployments, Service, Ingress, ConfigMap, Secret,
+        PVCs), the image named `<registry>/<app>:v<N>`. Secret values are in the Secret: admin only."""
+        return await platform.export_k8s(name, registry, volume_size)
+
     @api.post("/api/apps/{name}/rollback", dependencies=auth, tags=["releases"])
     async def rollback(name: str, body: RollbackRequest) -> StreamingResponse:
         """Roll out an earlier release's image and config as a new release, without rebuilding."""

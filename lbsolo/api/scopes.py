@@ -27,10 +27,11 @@ ROLES = ("admin", "deploy", "read")
 READS = frozenset({"GET", "HEAD", "OPTIONS"})
 #: Reads only the admin may make: who may act, who did, where events go, the push webhook's secret,
 #: the whole platform's backup (every secret is in it) and where its backups are kept, and an
-#: add-on's data itself (a backup's dump, a fresh export).
+#: add-on's data itself (a backup's dump, a fresh export), and an app's Kubernetes export (its Secret).
 ADMIN_READS = frozenset(
     {"/api/tokens", "/api/audit", "/api/webhooks", "/api/apps/{name}/hook", "/metrics", "/api/backup",
-     "/api/backup/status", "/api/addons/{name}/backups/{backup_id}/download", "/api/addons/{name}/export"}
+     "/api/backup/status", "/api/addons/{name}/backups/{backup_id}/download", "/api/addons/{name}/export",
+     "/api/apps/{name}/export/k8s"}
 )  # fmt: skip
 #: The changes a deploy token may make, by route template.
 DEPLOY_CHANGES = frozenset(

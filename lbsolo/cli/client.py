@@ -282,6 +282,10 @@ class Client:
     def build_log(self, name: str, build_id: str | None = None) -> list[str]:
         return self._list("GET", "apps", name, "builds", build_id or "latest", "log")
 
+    def export_k8s(self, name: str, registry: str | None, volume_size: str) -> list[dict[str, Any]]:
+        params = {"volume_size": volume_size, **({"registry": registry} if registry else {})}
+        return self._list("GET", "apps", name, "export", "k8s", params=params)
+
     def releases(self, name: str) -> list[dict[str, Any]]:
         return self._list("GET", "apps", name, "releases")
 

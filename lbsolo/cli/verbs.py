@@ -23,6 +23,7 @@ from lbsolo.cli import (
     verbs_cron,
     verbs_deploy,
     verbs_drains,
+    verbs_export,
     verbs_platform,
     verbs_service,
 )
@@ -46,6 +47,7 @@ __all__ = [
     "verbs_cron",
     "verbs_deploy",
     "verbs_drains",
+    "verbs_export",
     "verbs_platform",
     "verbs_service",
 ]
@@ -124,10 +126,12 @@ def app_for(args: list[str]) -> typer.Typer:
     """
     verb = args[0] if args else ""
     chosen = [c for c in app.registered_commands if _verb(c) == verb]
-    if len(chosen) != 1:
+    groups = [g for g in app.registered_groups if g.name == verb]  # verbs with verbs under them: export k8s
+    if len(chosen) + len(groups) != 1:
         return app
     single = copy.copy(app)
     single.registered_commands = chosen
+    single.registered_groups = groups
     single.registered_callback = TyperInfo()  # still a group, so the verb's name is still expected first
     return single
 

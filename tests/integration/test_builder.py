@@ -91,6 +91,32 @@ def test_worker_process_runs_without_a_route(daemon, docker_client):
     assert len(workers) == 1 and all(b is None for b in workers[0].ports.values())  # exposed, never published
 
 
+def test_export_k8s_writes_valid_manifests_of_the_running_release(daemon, tmp_path):
+    """`lbsolo export k8s` of the Procfile app (web and worker) as the daemon runs it: files that the
+    pinned Kubernetes version's schemas accept, its secret only in the Secret (0600)."""
+    import kubernetes_validate
+    import yaml
+
+    from lbsolo.export_k8s import KUBERNETES_VERSION
+
+    assert daemon.cli("config:set", "python-procfile", "SHOP_PASSWORD=s3cret-value", "GREETING=Hi").returncode == 0
+    out = daemon.cli("export", "k8s", "python-procfile", "--out", str(tmp_path / "k8s"), "--registry", "reg.example/t")
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "docker push reg.example/t/python-procfile:v" in " ".join(out.stdout.split())
+    files = sorted((tmp_path / "k8s").glob("*.yaml"))
+    objs = [yaml.safe_load(f.read_text()) for f in files]
+    assert sorted(o["kind"] for o in objs) == ["ConfigMap", "Deployment", "Deployment", "Ingress", "Secret", "Service"]
+    for o in objs:
+        kubernetes_validate.validate(o, KUBERNETES_VERSION, strict=True)
+    secret = next(f for f in files if "-secret-" in f.name)
+    assert secret.stat().st_mode & 0o777 == 0o600 and "s3cret-value" in secret.read_text()
+    assert not any("s3cret-value" in f.read_text() for f in files if f != secret)
+    streamed = daemon.cli("export", "k8s", "python-procfile")
+    assert streamed.returncode == 0 and len(list(yaml.safe_load_all(streamed.stdout))) == 6
+    bad = daemon.cli("export", "k8s", "python-procfile", "--volume-size", "lots")
+    assert bad.returncode != 0 and "invalid volume size" in bad.stdout + bad.stderr
+
+
 def test_detect_prints_the_generated_dockerfile(daemon):
     out = daemon.cli("detect", str(EXAMPLES / "static"))
     assert out.returncode == 0 and "FROM busybox" in out.stdout

@@ -130,6 +130,11 @@ class World:
         return result
 
 
+#: Reads whose point is the secret values, for the admin alone (scopes.ADMIN_READS, tested there):
+#: the app as Kubernetes objects, whose Secret holds them.
+CARRIES_SECRETS = {"/api/apps/{name}/export/k8s"}
+
+
 def flat_routes(routes: list[Any]) -> list[Any]:
     """Routes with their paths, included routers opened up (newer FastAPI keeps them as one entry)."""
     out = []
@@ -144,7 +149,7 @@ async def get_everything(world: World, c: httpx.AsyncClient, apps: list[str]) ->
     builds = [b.id for a in apps for b in world.state.list_builds(a)]
     for route in flat_routes(world.api.routes):
         path = getattr(route, "path", "")
-        if "GET" not in (getattr(route, "methods", None) or ()) or path.endswith("/stream"):
+        if "GET" not in (getattr(route, "methods", None) or ()) or path.endswith("/stream") or path in CARRIES_SECRETS:
             continue
         params = set(re.findall(r"{(\w+)(?::\w+)?}", path))
         if not params <= {"name", "build_id"}:
