@@ -33,6 +33,7 @@ import requests.exceptions
 from lbsolo.engine import EngineEvent, ImageRecord, ReplicaStats, free_subnet, parse_memory
 from lbsolo.engine_docker_records import (
     LOOPBACK,
+    CpuBaselines,
     container_event,
     inspected_replica,
     listed_image,
@@ -117,7 +118,7 @@ class DockerBackend:
         self.network_pool, self.network_prefix = network_pool, network_prefix
         self._network_lock = threading.Lock()
         self._api_timeout = 120
-        self._cpu_before: dict[str, dict[str, Any]] = {}  # replica -> its previous reading's cpu_stats
+        self._cpu_before = CpuBaselines()  # each replica's previous CPU counters (one-shot stats)
 
     @property
     def client(self) -> docker.DockerClient:
@@ -403,15 +404,7 @@ class DockerBackend:
                 raw = dict(self.client.api.stats(replica_id, stream=False, **({"one_shot": True} if one_shot else {})))
             except ValueError as e:  # the container went away mid-answer: a cut-off JSON document
                 raise EngineError(f"stats of {replica_id[:12]}: incomplete answer ({e})") from e
-        if one_shot:
-            if len(self._cpu_before) > 4096:  # replicas long gone: forget them all, once in a while
-                self._cpu_before.clear()
-            before = self._cpu_before.get(replica_id)
-            self._cpu_before[replica_id] = raw.get("cpu_stats") or {}
-            if before is None:  # a first reading: nothing to measure CPU against yet
-                return {**stats_numbers(raw), "cpu_percent": 0.0}
-            raw["precpu_stats"] = before
-        return stats_numbers(raw)
+        return self._cpu_before.numbers(replica_id, raw) if one_shot else stats_numbers(raw)
 
     # ---- one-off jobs and exec
 

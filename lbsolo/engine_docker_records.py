@@ -123,6 +123,22 @@ def stats_numbers(raw: Mapping[str, Any]) -> ReplicaStats:
     }
 
 
+class CpuBaselines:
+    """Each replica's previous CPU counters, so that a one-shot reading measures CPU since then."""
+
+    def __init__(self) -> None:
+        self._before: dict[str, Any] = {}
+
+    def numbers(self, replica_id: str, raw: Mapping[str, Any]) -> ReplicaStats:
+        if len(self._before) > 4096:  # replicas long gone: forget them all, once in a while
+            self._before.clear()
+        before = self._before.get(replica_id)
+        self._before[replica_id] = raw.get("cpu_stats") or {}
+        if before is None:  # a first reading: nothing to measure CPU against yet
+            return {**stats_numbers(raw), "cpu_percent": 0.0}
+        return stats_numbers({**raw, "precpu_stats": before})
+
+
 def listed_image(item: Mapping[str, Any]) -> ImageRecord:
     """An image from one entry of the engine's image list (`GET /images/json`)."""
     return {
