@@ -7,7 +7,7 @@ template and its path parameters but not the body: one place, before anything is
   platform's backup).
 - `deploy`: what `read` may, and deploy (upload, git URL, git push), config:set/unset, scale,
   rollback, run, cancel builds. Not: destroy apps or add-ons, tokens, webhooks, routes, domains,
-  add-ons' credentials or restores, anything on the platform as a whole.
+  add-ons' credentials or restores, anything on the platform as a whole (the cluster and its nodes too).
 - `admin`: everything (today's extra tokens, and the admin token of $LBSOLO_HOME/token).
 - Apps (`--app`): only routes that name one of these apps (the platform-wide listings, add-ons
   and other apps are refused 403: the token's holder is told what it may do, not left guessing).
@@ -23,10 +23,11 @@ from lbsolo.errors import InvalidInput
 ROLES = ("admin", "deploy", "read")
 READS = frozenset({"GET", "HEAD", "OPTIONS"})
 #: Reads only the admin may make: who may act, who did, where events go, the push webhook's secret,
-#: the whole platform's backup (every secret is in it) and where its backups are kept.
+#: the whole platform's backup (every secret is in it) and where its backups are kept, and the
+#: swarm's join command (its token lets a machine join the cluster).
 ADMIN_READS = frozenset(
     {"/api/tokens", "/api/audit", "/api/webhooks", "/api/apps/{name}/hook", "/metrics", "/api/backup",
-     "/api/backup/status"}
+     "/api/backup/status", "/api/cluster/join-command"}
 )  # fmt: skip
 #: The changes a deploy token may make, by route template.
 DEPLOY_CHANGES = frozenset(
