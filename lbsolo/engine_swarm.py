@@ -2,7 +2,8 @@
 
 This first part runs replicas as the docker backend does, on the manager's own engine (every
 operation of the Backend protocol is DockerBackend's, inherited), and adds the cluster it
-manages (lbsolo.engine_swarm_nodes.SwarmCluster: init, join token, nodes, drain). What is not
+manages (lbsolo.engine_swarm_nodes.SwarmCluster: init, join token, nodes, drain) and a first path
+for replicas as Swarm services (lbsolo.engine_swarm_replicas, not wired in yet). What is not
 ported yet is listed in lbsolo.cluster_plan.SWARM_NOT_YET and said at start; the plan for apps
 as Swarm services is in the README ("The swarm backend").
 
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 from lbsolo.engine_docker import DockerBackend
 from lbsolo.engine_swarm_nodes import SwarmCluster
+from lbsolo.engine_swarm_replicas import SwarmReplicas
 
 
 class DockerSwarmBackend(DockerBackend):
@@ -24,3 +26,7 @@ class DockerSwarmBackend(DockerBackend):
     def cluster(self) -> SwarmCluster:
         """The swarm this backend's engine manages, over the same connection."""
         return SwarmCluster(self)
+
+    def service_replicas(self, *, start_timeout: float = 60.0, stop_timeout: int = 10) -> SwarmReplicas:
+        """Replicas as one-task Swarm services (the next part's `run`; not used by the daemon yet)."""
+        return SwarmReplicas(self, start_timeout=start_timeout, stop_timeout=stop_timeout)

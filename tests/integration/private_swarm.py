@@ -39,8 +39,11 @@ class NodeEngine(PrivateEngine):
         self.hostname = hostname
 
     def argv(self) -> list[str]:
+        # A default bridge (in the node's namespace only): a Swarm task with no network of its own
+        # is put there, and its host-mode port is published from it (by docker-proxy: no iptables).
+        dockerd = [a for a in super().argv() if a != "--bridge=none"]
         # unshare execs (no fork): the process stopped and waited for is dockerd itself.
-        return ["unshare", "--uts", "sh", "-c", 'hostname "$0" && exec "$@"', self.hostname, *super().argv()]
+        return ["unshare", "--uts", "sh", "-c", 'hostname "$0" && exec "$@"', self.hostname, *dockerd]
 
 
 @dataclass
@@ -88,6 +91,20 @@ class PrivateNetwork:
 
     def delete(self) -> None:
         self.switch.delete()  # takes the bridge and the switch's ends of the veth pairs with it
+
+
+BUSYBOX_CACHE = Path("/var/cache/lbsolo-test-env/busybox-standin.tar")  # scripts/test-env's stand-in rootfs
+
+
+def seed_busybox(nodes: list[Node]) -> None:
+    """busybox:latest on every node: imported from scripts/test-env's cached rootfs (no engine
+    needed), else copied from the shared engine."""
+    for node in nodes:
+        if BUSYBOX_CACHE.exists():
+            done = node.docker("import", "--change", 'CMD ["sh"]', str(BUSYBOX_CACHE), "busybox:latest")
+            assert done.returncode == 0, done.stderr
+        else:
+            node.engine.load(["busybox:latest"])
 
 
 @contextlib.contextmanager

@@ -209,3 +209,27 @@ def test_node_and_swarm_records_from_the_engines_answers():
         "state": "active", "manager": True, "node_id": "rja96", "node_addr": "10.241.0.1", "cluster_id": "c1",
         "managers": ["10.241.0.1:2377"], "nodes": 2,
     }  # fmt: skip
+
+
+def test_a_service_replica_is_read_from_its_service_and_current_task():
+    from lbsolo.engine_swarm_replicas import current_task, published_port, service_replica, task_problem
+
+    service = {
+        "ID": "svc1", "CreatedAt": "2026-12-07T23:00:00Z",
+        "Spec": {"Name": "lbsolo-i-hello-web-v3-1", "Labels": {"lbsolo.app": "hello", "lbsolo.release": "3",
+                 "lbsolo.process": "web", "lbsolo.port": "5000"}},
+    }  # fmt: skip
+    old = {"CreatedAt": "1", "DesiredState": "shutdown", "Status": {"State": "failed", "Err": "exit 1"}}
+    new = {
+        "CreatedAt": "2", "DesiredState": "running", "NodeID": "w1",
+        "Status": {"State": "running", "PortStatus": {"Ports": [{"TargetPort": 5000, "PublishedPort": 30001}]}},
+    }  # fmt: skip
+    assert current_task([old, new]) is new and current_task([old]) is old and current_task([]) is None
+    assert published_port(new, 5000) == 30001 and published_port(new, 80) is None and published_port(old, 5000) is None
+    assert task_problem(old) == "exit 1" and task_problem(new) is None
+    replica = service_replica(service, new, "10.0.0.2")
+    assert (replica.id, replica.app, replica.release, replica.process) == ("svc1", "hello", 3, "web")
+    assert replica.running and replica.name == "lbsolo-i-hello-web-v3-1"
+    assert replica.address == ("10.0.0.2", 30001)
+    waiting = service_replica(service, None, "")
+    assert (waiting.running, waiting.status, waiting.address) == (False, "pending", None)
