@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -34,6 +35,17 @@ def test_the_backend_is_docker_unless_swarm_is_named(monkeypatch):
     monkeypatch.setenv("LBSOLO_BACKEND", "swarm")
     assert Settings.load().backend == "swarm"
     assert Settings.load(backend="docker").backend == "docker"  # `up --backend` over the environment
+
+
+def test_up_refuses_an_unknown_backend_before_it_binds_or_connects(tmp_path):
+    env = {"PATH": "/usr/bin:/bin", "LBSOLO_HOME": str(tmp_path / "home"), "DOCKER_HOST": "unix:///nonexistent"}
+    env["PYTHONPATH"] = str(Path(__file__).resolve().parents[2])  # this tree's lbsolo, wherever pytest runs
+    done = subprocess.run(
+        [sys.executable, "-m", "lbsolo", "up", "--backend", "kubernetes"], env=env, capture_output=True, text=True,
+        cwd=tmp_path,
+    )  # fmt: skip
+    assert done.returncode == 1
+    assert "unknown backend 'kubernetes': LBSOLO_BACKEND is docker (the default) or swarm" in done.stderr
 
 
 def test_what_the_swarm_backend_cannot_do_yet_is_said_one_line_each():
