@@ -34,8 +34,7 @@ from lbsolo.config import Settings, networks
 from lbsolo.core import Platform
 from lbsolo.core_certs import Certificates
 from lbsolo.core_context import CoreContext
-from lbsolo.daemon_backend import backend_notes as notes_for
-from lbsolo.daemon_backend import open_backend
+from lbsolo.daemon_backend import backend_notes, open_backend
 from lbsolo.daemon_handover import Listeners, bind_dns, bind_tcp, inherited, signal_ready, start_successor
 from lbsolo.daemon_ingress import ProxyIngress, own_route
 from lbsolo.dns import DNSServer, ForwardConfig, RateLimit, Zone
@@ -206,7 +205,8 @@ class Daemon:
             raise InvalidInput(str(e)) from None
         engine, cluster = open_backend(s, instance_id(s))  # LBSOLO_BACKEND: docker or swarm
         docker_version = await asyncio.to_thread(engine.ping)
-        for note in (backend_notes := await notes_for(cluster)):
+        notes = await backend_notes(cluster)  # on swarm: what it does not do yet (or why it cannot start)
+        for note in notes:
             log.warning("%s", note)
         state = await asyncio.to_thread(State, s.state_path)
 
@@ -393,7 +393,7 @@ class Daemon:
                 "home": str(s.home),
                 "docker": docker_version,
                 "backend": cluster.backend,
-                "backend_notes": backend_notes,
+                "backend_notes": notes,
                 "apps": len(await asyncio.to_thread(state.list_apps)),
                 "replicas": platform.serving_replicas(),
                 "actions": len(actions),
