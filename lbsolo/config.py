@@ -115,6 +115,9 @@ class Settings:
     addon_mariadb_version: str = "10.11"
     # Seconds a new add-on may take to accept connections before its creation is undone.
     addon_ready_timeout: float = 120.0
+    # Where containers run: "docker" (this machine's engine) or "swarm" (a Docker Swarm this
+    # machine's engine manages; `lbsolo cluster:init` makes one). See lbsolo/cluster_plan.py.
+    backend: str = "docker"
     # PORT given to web processes inside their container.
     container_port: int = 5000
     reconcile_interval: float = 5.0

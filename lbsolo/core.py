@@ -25,6 +25,7 @@ from lbsolo.config import Settings
 from lbsolo.core_addon_backups import AddonBackups
 from lbsolo.core_addons import Addons
 from lbsolo.core_certs import Certificates
+from lbsolo.core_cluster import ClusterOps
 from lbsolo.core_context import AppLock, CoreContext, Ingress
 from lbsolo.core_cron import CronJobs
 from lbsolo.core_deploy import Deploys
@@ -94,12 +95,13 @@ class Platform:
         certs: Certificates | None = None,
         wakes: asyncio.Queue[str] | None = None,
         archive: ArchiveEngine | None = None,
+        cluster: ClusterOps | None = None,
     ) -> Platform:
         """A Platform over a context made beforehand (the daemon's, whose builder records builds into it;
         its proxy puts the names of sleeping apps a request waits for in `wakes`; `archive` saves images and
         volumes for whole-platform backups)."""
         platform = cls.__new__(cls)
-        platform._compose(ctx, builder, services, certs, wakes, archive)
+        platform._compose(ctx, builder, services, certs, wakes, archive, cluster)
         return platform
 
     def _compose(
@@ -110,8 +112,11 @@ class Platform:
         certs: Certificates | None = None,
         wakes: asyncio.Queue[str] | None = None,
         archive: ArchiveEngine | None = None,
+        cluster: ClusterOps | None = None,
     ) -> None:
         self.ctx = ctx
+        # The cluster verbs (None: a platform built without an engine's cluster, as in unit tests).
+        self.cluster = cluster
         self.builder = builder
         self.rollouts = Rollouts(ctx)
         self.reconciler = Reconciler(ctx)

@@ -34,11 +34,11 @@ from lbsolo.config import Settings, networks
 from lbsolo.core import Platform
 from lbsolo.core_certs import Certificates
 from lbsolo.core_context import CoreContext
+from lbsolo.daemon_backend import backend_notes, open_backend
 from lbsolo.daemon_handover import Listeners, bind_dns, bind_tcp, inherited, signal_ready, start_successor
 from lbsolo.daemon_ingress import ProxyIngress, own_route
 from lbsolo.dns import DNSServer, ForwardConfig, RateLimit, Zone
 from lbsolo.engine import free_subnet
-from lbsolo.engine_docker import DockerBackend
 from lbsolo.engine_docker_archive import DockerArchive
 from lbsolo.engine_docker_services import DockerServices
 from lbsolo.errors import InvalidInput
@@ -203,10 +203,11 @@ class Daemon:
             free_subnet(s.network_pool, s.network_prefix, [])
         except ValueError as e:
             raise InvalidInput(str(e)) from None
-        engine = DockerBackend(
-            instance_id(s), network_pool=s.network_pool, network_prefix=s.network_prefix, publish=s.publish_ports
-        )
+        engine, cluster = open_backend(s, instance_id(s))  # LBSOLO_BACKEND: docker or swarm
         docker_version = await asyncio.to_thread(engine.ping)
+        notes = await backend_notes(cluster)  # on swarm: what it does not do yet (or why it cannot start)
+        for note in notes:
+            log.warning("%s", note)
         state = await asyncio.to_thread(State, s.state_path)
 
         # access_log_max_bytes 0: no access log at all (the proxy then formats no lines either).
@@ -305,7 +306,7 @@ class Daemon:
         certs = Certificates(s, state, bus, proxy, install) if s.acme_on else None
         if certs is not None:
             bus.add_listener(certs.on_event)  # a domain added: its certificate is asked in the background
-        platform = Platform.over(ctx, builder, DockerServices(engine), certs, wakes, DockerArchive(engine))
+        platform = Platform.over(ctx, builder, DockerServices(engine), certs, wakes, DockerArchive(engine), cluster)
         notifier = WebhookNotifier(state, bus, allow_private=s.webhook_allow_private)
         sampler = StatsSampler(engine, interval=s.stats_interval, requests=proxy.metrics)
         bus.add_listener(sampler.on_event)
@@ -392,6 +393,8 @@ class Daemon:
                 "domain": s.domain,
                 "home": str(s.home),
                 "docker": docker_version,
+                "backend": cluster.backend,
+                "backend_notes": notes,
                 "apps": len(await asyncio.to_thread(state.list_apps)),
                 "replicas": platform.serving_replicas(),
                 "actions": len(actions),

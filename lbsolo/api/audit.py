@@ -53,6 +53,8 @@ NOTE_FIELDS = frozenset(
         "role",
         "apps",
         "failed",
+        "node",
+        "advertise_addr",
     }
 )
 

@@ -25,6 +25,7 @@ from lbsolo.api.addons import create_addons_router
 from lbsolo.api.audit import AuditLog, note
 from lbsolo.api.auth import Authenticator, Caller
 from lbsolo.api.certs import create_certs_router
+from lbsolo.api.cluster import create_cluster_router
 from lbsolo.api.cron import create_cron_router
 from lbsolo.api.drains import create_drains_router
 from lbsolo.api.git import create_git_router
@@ -415,6 +416,7 @@ def create_api(
     api.include_router(create_cron_router(platform, require_token))
     api.include_router(create_drains_router(platform, require_token))
     api.include_router(create_platform_backup_router(platform, require_token))
+    api.include_router(create_cluster_router(platform, require_token))
     return api
 
 

@@ -7,7 +7,7 @@ template and its path parameters but not the body: one place, before anything is
   platform's backup).
 - `deploy`: what `read` may, and deploy (upload, git URL, git push), config:set/unset, scale,
   rollback, run, cancel builds. Not: destroy apps or add-ons, tokens, webhooks, routes, domains,
-  add-ons' credentials or restores, anything on the platform as a whole.
+  add-ons' credentials or restores, anything on the platform as a whole (the cluster and its nodes too).
 - `admin`: everything (today's extra tokens, and the admin token of $LBSOLO_HOME/token).
 - Apps (`--app`): only routes that name one of these apps (the platform-wide listings, add-ons
   and other apps are refused 403: the token's holder is told what it may do, not left guessing).
@@ -26,12 +26,13 @@ from lbsolo.errors import InvalidInput
 ROLES = ("admin", "deploy", "read")
 READS = frozenset({"GET", "HEAD", "OPTIONS"})
 #: Reads only the admin may make: who may act, who did, where events go, the push webhook's secret,
-#: the whole platform's backup (every secret is in it) and where its backups are kept, and an
-#: add-on's data itself (a backup's dump, a fresh export), and an app's Kubernetes export (its Secret).
+#: the whole platform's backup (every secret is in it) and where its backups are kept, an add-on's
+#: data itself (a backup's dump, a fresh export), an app's Kubernetes export (its Secret), and the
+#: swarm's join command (its token lets a machine join the cluster).
 ADMIN_READS = frozenset(
     {"/api/tokens", "/api/audit", "/api/webhooks", "/api/apps/{name}/hook", "/metrics", "/api/backup",
      "/api/backup/status", "/api/addons/{name}/backups/{backup_id}/download", "/api/addons/{name}/export",
-     "/api/apps/{name}/export/k8s"}
+     "/api/apps/{name}/export/k8s", "/api/cluster/join-command"}
 )  # fmt: skip
 #: The changes a deploy token may make, by route template.
 DEPLOY_CHANGES = frozenset(
@@ -112,6 +113,7 @@ UI_AS_API: dict[tuple[str, str], tuple[str, str]] = {
     ("GET", "/ui/apps/{name}/logs/stream"): ("GET", "/api/apps/{name}/logs"),
     ("GET", "/ui/addons"): ("GET", "/api/addons"),
     ("GET", "/ui/routes"): ("GET", "/api/routes"),
+    ("GET", "/ui/nodes"): ("GET", "/api/nodes"),
     ("GET", "/ui/webhooks"): ("GET", "/api/webhooks"),
     ("GET", "/ui/audit"): ("GET", "/api/audit"),
     ("GET", "/ui/addons/{name}/backups/{backup_id}/download"): (

@@ -36,6 +36,7 @@ from lbsolo.api.web_certs import create_web_certs_router
 from lbsolo.api.web_cron import create_web_cron_router
 from lbsolo.api.web_drains import create_web_drains_router
 from lbsolo.api.web_jobs import UiDeploys
+from lbsolo.api.web_nodes import create_web_nodes_router
 from lbsolo.api.web_render import CONTENT_TYPES, SECURITY_HEADERS, static_versions, template_env
 from lbsolo.api.web_session import (
     COOKIE,
@@ -65,6 +66,7 @@ if TYPE_CHECKING:
     from lbsolo.notify import WebhookNotifier
     from lbsolo.run_stats import StatsSampler
 
+SSE_HEADERS = {"Cache-Control": "no-store", "X-Accel-Buffering": "no"}  # a proxy in front must not buffer the stream
 MAX_FORM_BYTES = 256 * 1024  # a config value may be 32 KiB; anything far beyond is not a form of ours
 
 # ---- the router ----------------------------------------------------------------------------
@@ -286,11 +288,8 @@ def create_web_router(
         except LbsoloError as e:
             return Response(e.message + "\n", status_code=e.status, media_type="text/plain")
         since = views.last_event_id(request.headers.get("last-event-id"))
-        return StreamingResponse(
-            views.log_events(platform, name, since),
-            media_type="text/event-stream",
-            headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
-        )
+        stream = views.log_events(platform, name, since)
+        return StreamingResponse(stream, media_type="text/event-stream", headers=SSE_HEADERS)
 
     # ---- forms: each calls one use case, waits for it and goes back to the app page
     async def finish_job(session: Any, name: str, start: Callable[[], Awaitable[Any]], what: str) -> Response:
@@ -461,6 +460,7 @@ def create_web_router(
     router.include_router(create_web_cron_router(platform, pages))
     router.include_router(create_web_drains_router(platform, pages))
     router.include_router(create_web_certs_router(platform, pages))
+    router.include_router(create_web_nodes_router(platform, pages))
     return router
 
 

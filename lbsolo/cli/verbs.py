@@ -20,6 +20,7 @@ from lbsolo.cli import (
     verbs_addons,
     verbs_apps,
     verbs_backup,
+    verbs_cluster,
     verbs_cron,
     verbs_deploy,
     verbs_drains,
@@ -44,6 +45,7 @@ __all__ = [
     "verbs_addons",
     "verbs_apps",
     "verbs_backup",
+    "verbs_cluster",
     "verbs_cron",
     "verbs_deploy",
     "verbs_drains",
@@ -65,6 +67,9 @@ def up(
     dns_port: Annotated[int | None, typer.Option(help="DNS port (UDP and TCP).")] = None,
     domain: Annotated[str | None, typer.Option(help="Apps are served at <app>.<domain>.")] = None,
     home: Annotated[Path | None, typer.Option(help="State directory ($LBSOLO_HOME, ~/.lbsolo).")] = None,
+    backend: Annotated[
+        str | None, typer.Option(help="Where containers run: docker (this engine) or swarm ($LBSOLO_BACKEND).")
+    ] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log debug details.")] = False,
 ) -> None:
     """Start the daemon: API, scheduler, builder, HTTP proxy and DNS in one process."""
@@ -82,6 +87,7 @@ def up(
         dns_port=dns_port,
         domain=domain,
         home=home,
+        backend=backend,
     )
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO,
@@ -98,8 +104,11 @@ def up(
         table.add_row("DNS", info["dns"])
         table.add_row("state", info["home"])
         table.add_row("docker", info["docker"])
+        table.add_row("backend", info["backend"])
         table.add_row("apps", f"{info['apps']} ({info['replicas']} replicas serving)")
         console.print(table)
+        for note in info["backend_notes"]:
+            console.print(note, style="yellow")
         console.print("Press Ctrl+C to stop (apps keep running).", style="dim")
 
     import asyncio
