@@ -35,6 +35,7 @@ from lbsolo.core_plan import (
 )
 from lbsolo.core_platform_backup import ArchiveEngine, PlatformBackup
 from lbsolo.core_platform_backup_runs import PlatformBackups
+from lbsolo.core_previews import Previews
 from lbsolo.core_reconcile import CRASH_LOOP_AFTER, Reconciler
 from lbsolo.core_releases import ReleaseChanges
 from lbsolo.core_rollout import DeployJob, Rollouts
@@ -114,6 +115,8 @@ class Platform:
         self.reconciler = Reconciler(ctx)
         self.deploys = Deploys(ctx, builder, self.rollouts)
         self.routing = Routing(ctx)
+        # Preview apps of pull requests, made and removed by the push webhook's pull request events.
+        self.previews = Previews(ctx, self.deploys, self.create_app, self.destroy_app)
         self.changes = ReleaseChanges(ctx, self.rollouts)
         # Idle apps put to sleep, woken by the requests the proxy holds for them (none without a proxy's queue).
         self.sleepers = Sleepers(ctx, self.rollouts.converge, wakes if wakes is not None else asyncio.Queue())
@@ -154,7 +157,9 @@ class Platform:
         await self.reconciler.watch_events()
 
     async def recover(self) -> int:
-        return await self.reconciler.recover()
+        failed = await self.reconciler.recover()
+        await self.previews.recover()
+        return failed
 
     def wake(self) -> None:
         self.ctx.wake()
@@ -241,6 +246,7 @@ class Platform:
                 await asyncio.to_thread(self.engine.remove_network, self.ctx.shared_network)
         # The app's lock stays: a reconcile pass that read the app before sees it changed hands.
         self.ctx.restarts.pop(name, None)
+        await self.previews.parent_destroyed(name)
         return {"name": name, "containers": len(replicas), "images": len(removed), "volumes": vols}
 
     async def releases(self, name: str) -> list[dict[str, Any]]:

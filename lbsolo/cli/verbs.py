@@ -24,6 +24,7 @@ from lbsolo.cli import (
     verbs_deploy,
     verbs_drains,
     verbs_platform,
+    verbs_previews,
     verbs_service,
 )
 from lbsolo.cli.common import (
@@ -47,6 +48,7 @@ __all__ = [
     "verbs_deploy",
     "verbs_drains",
     "verbs_platform",
+    "verbs_previews",
     "verbs_service",
 ]
 
