@@ -18,9 +18,10 @@ from typing import Any
 import httpx
 import pytest
 
+from lbsolo.api.scopes import refusal
 from tests.security import test_secrets_masked as secrets_test
 from tests.security.test_git_clone_safety import git, make_repo
-from tests.security.test_secrets_masked import Engine, World
+from tests.security.test_secrets_masked import TOKEN, Engine, World
 from tests.unit.test_previews import bitbucket, github, gitlab
 from tests.unit.test_rollout import _http_server
 
@@ -377,3 +378,34 @@ def test_settings_are_admin_and_validated(tmp_path, run):
 def _counting_engine(monkeypatch):
     """World builds its engine from this name: the fake that counts what destruction removes."""
     monkeypatch.setattr(secrets_test, "Engine", PreviewEngine)
+
+
+def test_the_app_page_lists_its_previews_with_links(tmp_path, run):
+    async def body(s: Scene, bare: Path, heads: dict[int, str], theirs: Path) -> None:
+        await s.hook(github("opened", 7, fork=True))
+        assert (await s.hook(github("opened", 8))).json()["previewing"]  # fails: no such pull ref
+        login = await s.c.post("/ui/login", data={"token": TOKEN, "next": "/ui/apps/shop"}, follow_redirects=True)
+        assert login.status_code == 200, login.text
+        page = login.text
+        assert 'id="previews"' in page and "get previews" in page
+        assert '<a href="http://shop-pr-7.lbsolo.localhost:8080">shop-pr-7</a>' in page
+        assert 'data-preview="8"' in page and "cannot fetch" in page and "(fork)" in page
+        assert "sk_live" not in page
+
+    scene(tmp_path, run, body)
+
+
+@pytest.mark.parametrize(
+    ("role", "method", "template", "allowed"),
+    [
+        ("read", "GET", "/api/previews", True),
+        ("read", "GET", "/api/apps/{name}/previews", True),
+        ("read", "PATCH", "/api/apps/{name}/previews", False),
+        ("deploy", "PATCH", "/api/apps/{name}/previews", False),  # it decides whose code runs with which secrets
+        ("deploy", "DELETE", "/api/apps/{name}/previews/{number}", False),
+        ("admin", "PATCH", "/api/apps/{name}/previews", True),
+    ],
+)
+def test_preview_settings_are_the_admins(role, method, template, allowed):
+    """If the preview routes were added to DEPLOY_CHANGES, a CI token could turn on secrets for forks."""
+    assert (refusal(role, (), method, template, {"name": "shop", "number": 7}) is None) is allowed
