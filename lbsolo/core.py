@@ -35,6 +35,7 @@ from lbsolo.core_plan import (
 )
 from lbsolo.core_platform_backup import ArchiveEngine, PlatformBackup
 from lbsolo.core_platform_backup_runs import PlatformBackups
+from lbsolo.core_preview_addons import PreviewAddons
 from lbsolo.core_previews import Previews
 from lbsolo.core_reconcile import CRASH_LOOP_AFTER, Reconciler
 from lbsolo.core_releases import ReleaseChanges
@@ -115,8 +116,6 @@ class Platform:
         self.reconciler = Reconciler(ctx)
         self.deploys = Deploys(ctx, builder, self.rollouts)
         self.routing = Routing(ctx)
-        # Preview apps of pull requests, made and removed by the push webhook's pull request events.
-        self.previews = Previews(ctx, self.deploys, self.create_app, self.destroy_app)
         self.changes = ReleaseChanges(ctx, self.rollouts)
         # Idle apps put to sleep, woken by the requests the proxy holds for them (none without a proxy's queue).
         self.sleepers = Sleepers(ctx, self.rollouts.converge, wakes if wakes is not None else asyncio.Queue())
@@ -128,6 +127,10 @@ class Platform:
         self.backups: AddonBackups | None = None if services is None else AddonBackups(ctx, services)
         self.addons: Addons | None = (
             None if services is None or self.backups is None else Addons(ctx, services, self.set_config, self.backups)
+        )
+        # Preview apps of pull requests, made and removed by the push webhook's pull request events.
+        self.previews = Previews(
+            ctx, self.deploys, PreviewAddons(ctx, self.addons), self.create_app, self.destroy_app
         )
         # Whole-platform backups, taken by hand or on schedule: they need an engine that saves images and volumes.
         self.platform_backups: PlatformBackups | None = (

@@ -25,8 +25,8 @@ from typing import Any
 
 from lbsolo.core_context import CoreContext
 from lbsolo.core_deploy import Deploys
-from lbsolo.core_rollout import DeployJob
-from lbsolo.errors import Conflict, DeployFailed, LbsoloError, NotFound
+from lbsolo.core_preview_addons import PreviewAddons, finished
+from lbsolo.errors import Conflict, LbsoloError, NotFound
 from lbsolo.previews import (
     ACTIVE,
     PreviewEvent,
@@ -53,9 +53,12 @@ Records = dict[int, PreviewRecord]
 class Previews:
     """An app's previews: settings, listing, and what each pull request event does."""
 
-    def __init__(self, ctx: CoreContext, deploys: Deploys, create_app: CreateApp, destroy_app: DestroyApp) -> None:
+    def __init__(
+        self, ctx: CoreContext, deploys: Deploys, addons: PreviewAddons, create_app: CreateApp, destroy_app: DestroyApp
+    ) -> None:
         self.ctx = ctx
         self.deploys = deploys
+        self.addons = addons
         self.create_app = create_app
         self.destroy_app = destroy_app
         self._docs = asyncio.Lock()  # every read-change-write of the preview documents
@@ -196,8 +199,11 @@ class Previews:
         try:
             parent = await self.ctx.app(app)
             settings = (await self._load(app))[0]
-            name, note = await self._make_app(app, pr.number, settings)
-            await self._update_record(app, pr.number, app=name, error=note)
+            name, notes = await self._make_app(app, pr.number, settings)
+            await self._update_record(app, pr.number, app=name, error="; ".join(notes))
+            if settings.with_addons:
+                notes += await self.addons.clone(app, name)
+                await self._update_record(app, pr.number, error="; ".join(notes))
             job, commit = await self.deploys.deploy_ref(name, parent.repo, pr.ref)
             await finished(job)
         except Exception as e:  # whatever went wrong, nothing half-made stays
@@ -205,7 +211,7 @@ class Previews:
                 log.exception("the preview of %s #%d crashed", app, pr.number)
             if name:
                 with contextlib.suppress(LbsoloError):
-                    await self.destroy_app(name, images=True, volumes=True)
+                    await self._remove_app(name)
             message = e.message if isinstance(e, LbsoloError) else f"internal error: {e}"
             why = f"the preview of #{pr.number} failed, nothing of it runs: {message}"
             await self._update_record(app, pr.number, status=PreviewStatus.FAILED, app="", error=why)
@@ -217,8 +223,14 @@ class Previews:
             number=pr.number, preview=name, commit=commit, seconds=round(time.monotonic() - started, 2),
         )  # fmt: skip
 
-    async def _make_app(self, app: str, number: int, settings: PreviewSettings) -> tuple[str, str]:
-        """The preview app, made with what it takes of its parent; (its name, a note on what it lacks)."""
+    async def _remove_app(self, name: str) -> dict[str, Any]:
+        """A preview app and everything of it: its add-ons first (off its network), then the app
+        with its containers, images, volumes, route and DNS name."""
+        addons = await self.addons.remove(name)
+        return {**await self.destroy_app(name, images=True, volumes=True), "addons": addons}
+
+    async def _make_app(self, app: str, number: int, settings: PreviewSettings) -> tuple[str, list[str]]:
+        """The preview app, made with what it takes of its parent; (its name, notes on what it lacks)."""
         parent = await self.ctx.app(app)
         addons = await asyncio.to_thread(self.ctx.state.list_addons)
         attached = [a.attachments[app] for a in addons if app in a.attachments]
@@ -242,9 +254,9 @@ class Previews:
         notes = []
         if left:
             notes.append(f"config left out: {', '.join(left)} (secrets and add-on URLs)")
-        if settings.with_addons and attached:
-            notes.append("add-ons are not cloned yet: the preview has none")
-        return name, "; ".join(notes)
+        if attached and not settings.with_addons:
+            notes.append("no add-ons (previews:settings --with-addons clones them from their latest backup)")
+        return name, notes
 
     async def _update(self, app: str, pr: PullRequest) -> None:
         record = await self._record(app, pr.number)
@@ -272,7 +284,7 @@ class Previews:
         removed: dict[str, Any] = {}
         if record.app:
             try:
-                removed = await self.destroy_app(record.app, images=True, volumes=True)
+                removed = await self._remove_app(record.app)
             except NotFound:
                 pass  # destroyed by hand already
             except LbsoloError as e:
@@ -309,7 +321,7 @@ class Previews:
                 if record.status is PreviewStatus.BUILDING:
                     if record.app:
                         with contextlib.suppress(LbsoloError):
-                            await self.destroy_app(record.app, images=True, volumes=True)
+                            await self._remove_app(record.app)
                     why = "the daemon restarted during the preview's first build; the next push retries it"
                     await self._update_record(app.name, record.number, status=PreviewStatus.FAILED, app="", error=why)
                     failed += 1
@@ -326,11 +338,3 @@ class Previews:
         async with self._docs:  # an app made later under this name starts with previews off
             await asyncio.to_thread(self.ctx.state.save_setting, self._key(app), {"settings": {}, "prs": {}})
 
-
-async def finished(job: DeployJob) -> None:
-    """Wait for a deploy job; DeployFailed with its error unless it released."""
-    if job.task is not None:
-        await asyncio.shield(job.task)
-    if not job.result.get("ok"):
-        error = job.result.get("error") or {}
-        raise DeployFailed(str(error.get("message") or "the deploy failed"))

@@ -267,7 +267,7 @@ class PreviewSettings:
 
     enabled: bool = False
     with_secrets: bool = False  # the parent's secret config goes to its previews too
-    with_addons: bool = False  # clone the parent's add-ons from their latest backup (not built yet)
+    with_addons: bool = False  # twins of the parent's add-ons, loaded from their latest backup
     max: int = 3  # previews of this app at once
 
     def __post_init__(self) -> None:

@@ -24,7 +24,8 @@ class PreviewSettingsIn(BaseModel):
         "the app's add-on URLs never",
     )
     with_addons: bool | None = Field(
-        default=None, description="clone the app's add-ons from their latest backup (not built yet: no add-ons)"
+        default=None,
+        description="previews get their own add-ons: a twin of each of the app's, loaded from its latest local backup",
     )
     max: int | None = Field(default=None, ge=1, le=MAX_PER_APP, description="previews of this app at once")
 

@@ -40,7 +40,7 @@ def previews(name: Annotated[str | None, typer.Argument(help="App name (all apps
             state = "[green]on[/]" if s["enabled"] else "[yellow]off[/]"
             console.print(
                 f"Previews of {name}: {state}; at most {s['max']} at once; secrets "
-                f"{'included' if s['with_secrets'] else 'left out'}; add-ons {'asked for (not built yet)' if s['with_addons'] else 'none'}"  # noqa: E501
+                f"{'included' if s['with_secrets'] else 'left out'}; add-ons {'cloned from their latest backup' if s['with_addons'] else 'none'}"  # noqa: E501
             )
             if not out["repo_connected"]:
                 console.print(f"[yellow]{name} has no connected repository: lbsolo hooks:url {name} --repo URL[/]")
@@ -61,7 +61,7 @@ def previews_settings(
     ] = None,
     with_addons: Annotated[
         bool | None,
-        typer.Option("--with-addons/--without-addons", help="Clone the app's add-ons from their latest backup (not built yet)."),  # noqa: E501
+        typer.Option("--with-addons/--without-addons", help="Previews get their own copy of the app's add-ons, from their latest backup."),  # noqa: E501
     ] = None,
     max_previews: Annotated[int | None, typer.Option("--max", help="Previews of this app at once (1-50).")] = None,
 ) -> None:
@@ -72,7 +72,7 @@ def previews_settings(
     s = out["settings"]
     console.print(
         f"Previews of {name}: {'on' if s['enabled'] else 'off'}, at most {s['max']}, secrets "
-        f"{'included' if s['with_secrets'] else 'left out'}, add-ons {'asked for (not built yet)' if s['with_addons'] else 'none'}"  # noqa: E501
+        f"{'included' if s['with_secrets'] else 'left out'}, add-ons {'cloned from their latest backup' if s['with_addons'] else 'none'}"  # noqa: E501
     )
 
 

@@ -29,6 +29,7 @@ import pytest
 from lbsolo.models import LABEL_APP, LABEL_INSTANCE
 
 from .conftest import EXAMPLES, Daemon, running_daemon
+from .test_addon_backups import container, psql
 
 
 @pytest.fixture(scope="module")
@@ -215,3 +216,56 @@ def test_a_failed_preview_build_leaves_nothing_running_and_says_why(daemon, dock
     r = post_hook(daemon, secret, pull_request_payload("closed", 2, head, "https://example.com/x.git"))
     assert r.status_code == 202
     wait_for(lambda: 2 not in previews(daemon), timeout=30, what="the failed record dropped")
+
+
+def test_with_addons_a_preview_gets_its_own_postgres_loaded_from_the_parents_latest_backup(
+    daemon, docker_client, repository
+):
+    work, bare = repository
+    assert daemon.cli("apps:create", "pgshop").returncode == 0
+    out = daemon.cli("addons:create", "postgres", "--app", "pgshop", "--name", "pgshop-pg", "--version", "15")
+    assert out.returncode == 0, out.stdout + out.stderr
+    parent_db = container(docker_client, daemon, "pgshop-pg")
+    psql(parent_db, "create table items (n int); insert into items select generate_series(1, 500)")
+    out = daemon.cli("addons:backup", "pgshop-pg")
+    assert out.returncode == 0, out.stdout + out.stderr
+    psql(parent_db, "insert into items values (1000)")  # after the backup: not in the preview's copy
+    hook = daemon.cli("hooks:url", "pgshop", "--repo", str(bare))
+    secret = hook.stdout.split("secret:")[1].split()[0]
+    assert daemon.cli("previews:settings", "pgshop", "--enable", "--with-addons").returncode == 0
+
+    head = open_pull_request(work, bare, 3, "Databased")
+    body = json.dumps(pull_request_payload("opened", 3, head, "https://example.com/x.git")).encode()
+    digest = "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+    headers = {"X-GitHub-Event": "pull_request", "X-Hub-Signature-256": digest}
+    started = time.monotonic()
+    r = httpx.post(f"{daemon.api}/hooks/pgshop", content=body, headers=headers, timeout=30)
+    assert r.status_code == 202 and r.json()["previewing"], r.text
+    wait_for(lambda: answers(daemon, "pgshop-pr-3", "Databased from lbsolo!"), timeout=300, what="the preview")
+    print(f"\nwebhook -> preview with its own Postgres answering: {time.monotonic() - started:.2f}s")
+    (row,) = daemon.api_get("/api/apps/pgshop/previews").json()["previews"]
+    assert "pgshop-pr-3-postgres: pgshop-pg's backup" in row["error"], row
+    twin = daemon.api_get("/api/addons/pgshop-pr-3-postgres").json()
+    assert twin["attachments"] == {"pgshop-pr-3": "DATABASE_URL"}, twin
+    assert daemon.api_get("/api/addons/pgshop-pg").json()["attachments"] == {"pgshop": "DATABASE_URL"}
+    preview_db = container(docker_client, daemon, "pgshop-pr-3-postgres")
+    assert psql(preview_db, "select count(*) from items") == "500"
+    psql(preview_db, "delete from items")  # the preview's writes stay in the preview's database
+    assert psql(parent_db, "select count(*) from items") == "501"
+    assert set(daemon.api_get("/api/apps/pgshop-pr-3/config").json()) == {"DATABASE_URL"}
+
+    r = httpx.post(
+        f"{daemon.api}/hooks/pgshop",
+        content=(closed := json.dumps(pull_request_payload("closed", 3, head, "x")).encode()),
+        headers={"X-GitHub-Event": "pull_request",
+                 "X-Hub-Signature-256": "sha256=" + hmac.new(secret.encode(), closed, hashlib.sha256).hexdigest()},
+        timeout=30,
+    )  # fmt: skip
+    assert r.status_code == 202, r.text
+    wait_for(lambda: daemon.api_get("/api/apps/pgshop/previews").json()["previews"] == [], timeout=90, what="removal")
+    assert daemon.api_get("/api/addons/pgshop-pr-3-postgres").status_code == 404
+    addon_filters = {"label": [f"{LABEL_INSTANCE}={daemon.instance}", "lbsolo.addon=pgshop-pr-3-postgres"]}
+    assert docker_client.containers.list(all=True, filters=addon_filters) == []
+    assert docker_client.volumes.list(filters=addon_filters) == []
+    assert engine_things(docker_client, daemon, "pgshop-pr-3") == {"containers": 0, "images": 0, "volumes": 0}
+    assert psql(parent_db, "select count(*) from items") == "501"  # the parent's data untouched
