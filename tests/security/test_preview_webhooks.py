@@ -409,3 +409,34 @@ def test_the_app_page_lists_its_previews_with_links(tmp_path, run):
 def test_preview_settings_are_the_admins(role, method, template, allowed):
     """If the preview routes were added to DEPLOY_CHANGES, a CI token could turn on secrets for forks."""
     assert (refusal(role, (), method, template, {"name": "shop", "number": 7}) is None) is allowed
+
+
+def test_a_body_over_the_hook_cap_is_refused_before_it_is_read(tmp_path, run):
+    """Without the guard's cap on /hooks/ the body would be read whole, then checked."""
+
+    async def body(s: Scene, bare: Path, heads: dict[int, str], theirs: Path) -> None:
+        payload = github("opened", 7)
+        payload["padding"] = "x" * 4096
+        r = await s.hook(payload)
+        assert r.status_code == 413 and "LBSOLO_MAX_HOOK_BYTES" in r.text, r.text
+        assert s.apps() == ["shop"] and s.markers() == [] and (await s.previews())["previews"] == []
+
+    scene(tmp_path, run, body, max_hook_bytes=2048)
+
+
+def test_a_first_build_cut_short_by_a_restart_is_failed_and_its_app_removed(tmp_path, run):
+    """Without Previews.recover the record stays "building" for ever, holding a slot of the cap."""
+
+    async def body(s: Scene, bare: Path, heads: dict[int, str], theirs: Path) -> None:
+        await s.hook(github("opened", 7))
+        doc = s.world.state.get_setting("previews:shop")
+        doc["prs"]["7"]["status"] = "building"  # as a daemon killed during the build leaves it
+        s.world.state.save_setting("previews:shop", doc)
+        await s.world.platform.recover()
+        (row,) = (await s.previews())["previews"]
+        assert row["status"] == "failed" and "restarted" in row["error"] and row["app"] == ""
+        assert "shop-pr-7" not in s.apps()
+        assert (await s.hook(github("synchronize", 7))).json()["step"] == "create"  # the next push retries
+        assert "shop-pr-7" in s.apps()
+
+    scene(tmp_path, run, body)
