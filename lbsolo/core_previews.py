@@ -118,11 +118,13 @@ class Previews:
             await self._store(app, settings, records)
         return await self.describe(app)
 
-    async def describe(self, app: str) -> dict[str, Any]:
-        """An app's preview settings and its previews, newest first, each with its URL."""
+    async def describe(self, app: str, apps: set[str] | None = None) -> dict[str, Any]:
+        """An app's preview settings and its previews, newest first, each with its URL (`apps`: the
+        names of every app, if the caller has them)."""
         parent = await self.ctx.app(app)
         settings, records = await self._load(app)
-        apps = {a.name for a in await asyncio.to_thread(self.ctx.state.list_apps)}
+        if apps is None:
+            apps = {a.name for a in await asyncio.to_thread(self.ctx.state.list_apps)}
         rows = []
         for r in sorted(records.values(), key=lambda r: r.created_at, reverse=True):
             row = {**r.to_dict(), "parent": app, "url": self.ctx.settings.app_url(r.app) if r.app else None}
@@ -134,9 +136,11 @@ class Previews:
     async def listing(self) -> list[dict[str, Any]]:
         """Every app's previews (apps with none left out)."""
         out = []
-        for app in await asyncio.to_thread(self.ctx.state.list_apps):
-            described = await self.describe(app.name)
-            out.extend(described["previews"])
+        apps = await asyncio.to_thread(self.ctx.state.list_apps)
+        names = {a.name for a in apps}
+        for app in apps:
+            if await asyncio.to_thread(self.ctx.state.get_setting, self._key(app.name)):
+                out.extend((await self.describe(app.name, names))["previews"])
         return out
 
     # ---- a pull request event (the webhook's signature has been checked)

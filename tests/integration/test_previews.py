@@ -269,3 +269,52 @@ def test_with_addons_a_preview_gets_its_own_postgres_loaded_from_the_parents_lat
     assert docker_client.volumes.list(filters=addon_filters) == []
     assert engine_things(docker_client, daemon, "pgshop-pr-3") == {"containers": 0, "images": 0, "volumes": 0}
     assert psql(parent_db, "select count(*) from items") == "501"  # the parent's data untouched
+
+
+def bitbucket_hook(daemon: Daemon, app: str, secret: str, event: str, payload: dict[str, Any]) -> httpx.Response:
+    body = json.dumps(payload).encode()
+    digest = "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+    headers = {"X-Event-Key": event, "X-Hub-Signature": digest, "Content-Type": "application/json"}
+    return httpx.post(f"{daemon.api}/hooks/{app}", content=body, headers=headers, timeout=30)
+
+
+def test_bitbucket_pushes_deploy_and_pull_requests_get_previews_from_their_commit(daemon, docker_client, repository):
+    work, bare = repository
+    assert daemon.cli("apps:create", "bbshop").returncode == 0
+    hook = daemon.cli("hooks:url", "bbshop", "--repo", str(bare))
+    secret = hook.stdout.split("secret:")[1].split()[0]
+    assert daemon.cli("previews:settings", "bbshop", "--enable").returncode == 0
+
+    git(work, "checkout", "-q", "main")
+    greeting(work, "Bucket")
+    git(work, "commit", "-qam", "main for bitbucket")
+    git(work, "push", "-q", str(bare), "main")
+    main = git(work, "rev-parse", "HEAD")
+    push = {"push": {"changes": [{"new": {"type": "branch", "name": "main", "target": {"hash": main}}}]},
+            "repository": {"full_name": "acme/prshop"}}  # fmt: skip
+    r = bitbucket_hook(daemon, "bbshop", secret, "repo:push", push)
+    assert r.status_code == 202 and r.json()["deploying"], r.text
+    wait_for(lambda: answers(daemon, "bbshop", "Bucket from lbsolo!"), what="the pushed main deployed")
+
+    # Bitbucket keeps no pull refs: the source commit is fetched from the connected repository
+    git(work, "checkout", "-q", "-b", "feature-4")
+    greeting(work, "Featured")
+    git(work, "commit", "-qam", "feature")
+    git(work, "push", "-q", str(bare), "feature-4")
+    head = git(work, "rev-parse", "HEAD")
+    pr = {
+        "pullrequest": {
+            "id": 4,
+            "source": {"commit": {"hash": head[:12]}, "repository": {"full_name": "mallory/prshop"}},
+            "destination": {"repository": {"full_name": "acme/prshop"}},
+        },
+        "repository": {"full_name": "acme/prshop"},
+    }
+    r = bitbucket_hook(daemon, "bbshop", secret, "pullrequest:created", pr)
+    assert r.status_code == 202 and r.json()["previewing"] and r.json()["fork"], r.text
+    wait_for(lambda: answers(daemon, "bbshop-pr-4", "Featured from lbsolo!"), what="the Bitbucket preview")
+    assert answers(daemon, "bbshop", "Bucket from lbsolo!")  # the parent serves on
+    r = bitbucket_hook(daemon, "bbshop", secret, "pullrequest:fulfilled", pr)
+    assert r.status_code == 202 and r.json()["step"] == "destroy", r.text
+    wait_for(lambda: daemon.api_get("/api/apps/bbshop-pr-4").status_code == 404, timeout=60, what="removal")
+    assert engine_things(docker_client, daemon, "bbshop-pr-4") == {"containers": 0, "images": 0, "volumes": 0}
