@@ -19,6 +19,8 @@ import httpx
 import pytest
 
 from lbsolo.api.scopes import refusal
+from lbsolo.build_git import fetch_ref
+from lbsolo.errors import InvalidInput
 from tests.security import test_secrets_masked as secrets_test
 from tests.security.test_git_clone_safety import git, make_repo
 from tests.security.test_secrets_masked import TOKEN, Engine, World
@@ -440,3 +442,26 @@ def test_a_first_build_cut_short_by_a_restart_is_failed_and_its_app_removed(tmp_
         assert "shop-pr-7" in s.apps()
 
     scene(tmp_path, run, body)
+
+
+def test_fetch_ref_is_held_to_the_clone_policy(tmp_path, run):
+    """fetch_ref takes the same URL policy and ref checks as clone: without them a local path, an
+    option-like ref or a short name would reach git."""
+    bare, heads = connected_repo(tmp_path)
+    pwned = tmp_path / "pwned"
+
+    async def main() -> None:
+        with pytest.raises(InvalidInput, match="LBSOLO_GIT_ALLOW_LOCAL"):
+            await fetch_ref(str(bare), "refs/pull/7/head", tmp_path / "a", home=tmp_path / "h")
+        for ref in (f"--upload-pack=touch {pwned}", "refs/pull/7/head\n", "refs/../x"):
+            with pytest.raises(InvalidInput, match="invalid git ref"):
+                await fetch_ref(str(bare), ref, tmp_path / "b", home=tmp_path / "h", allow_local=True)
+        with pytest.raises(InvalidInput, match="a full ref"):
+            await fetch_ref(str(bare), "main", tmp_path / "c", home=tmp_path / "h", allow_local=True)
+        with pytest.raises(InvalidInput, match="cannot fetch"):
+            await fetch_ref(str(bare), "refs/pull/8/head", tmp_path / "d", home=tmp_path / "h", allow_local=True)
+        got = await fetch_ref(str(bare), "refs/pull/7/head", tmp_path / "e", home=tmp_path / "h", allow_local=True)
+        assert got == heads[7] and (tmp_path / "e" / "marker.txt").read_text() == "pr7 one\n"
+        assert not pwned.exists()
+
+    run(main)
