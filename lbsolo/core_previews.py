@@ -131,7 +131,17 @@ class Previews:
             if r.app and r.app not in apps:
                 row["status"], row["error"] = "missing", f"{r.app} was destroyed by hand; the next push makes it again"
             rows.append(row)
-        return {"app": app, "repo_connected": bool(parent.repo), "settings": settings.to_dict(), "previews": rows}
+        of = await asyncio.to_thread(self._preview_of, app)
+        return {"app": app, "repo_connected": bool(parent.repo), "settings": settings.to_dict(), "previews": rows,
+                "preview_of": of}  # fmt: skip
+
+    def _preview_of(self, name: str) -> dict[str, Any] | None:
+        """Blocking: the parent and pull request whose preview the app `name` is, if it is one."""
+        for app in self.ctx.state.list_apps():
+            for number, record in (self.ctx.state.get_setting(self._key(app.name)).get("prs") or {}).items():
+                if record.get("app") == name:
+                    return {"parent": app.name, "number": int(number)}
+        return None
 
     async def listing(self) -> list[dict[str, Any]]:
         """Every app's previews (apps with none left out)."""

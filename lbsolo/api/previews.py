@@ -51,11 +51,17 @@ class PreviewOut(BaseModel):
     updated_at: float
 
 
+class PreviewOf(BaseModel):
+    parent: str
+    number: int
+
+
 class AppPreviewsOut(BaseModel):
     app: str
     repo_connected: bool
     settings: PreviewSettingsOut
     previews: list[PreviewOut]
+    preview_of: PreviewOf | None = Field(description="the app and pull request this app previews, if it is a preview")
 
 
 def create_previews_router(platform: Any, require_token: Callable[..., Any]) -> APIRouter:

@@ -393,6 +393,10 @@ def test_the_app_page_lists_its_previews_with_links(tmp_path, run):
         assert '<a href="http://shop-pr-7.lbsolo.localhost:8080">shop-pr-7</a>' in page
         assert 'data-preview="8"' in page and "cannot fetch" in page and "(fork)" in page
         assert "sk_live" not in page
+        preview = (await s.c.get("/ui/apps/shop-pr-7")).text
+        assert 'id="preview-of"' in preview and '<a href="/ui/apps/shop">shop</a>' in preview and "#7" in preview
+        assert (await s.c.get("/api/apps/shop-pr-7/previews")).json()["preview_of"] == {"parent": "shop", "number": 7}
+        assert (await s.previews())["preview_of"] is None
 
     scene(tmp_path, run, body)
 
