@@ -310,9 +310,11 @@ class Previews:
             settings, records = await self._load(app)
             records.pop(number, None)
             await self._store(app, settings, records)
-        self.ctx.bus.emit(
-            PreviewEvent.DESTROYED, app, f"preview of #{number} removed", number=number, preview=record.app, **removed
-        )
+        if record.app:  # a refused or failed one had nothing to remove: its record just goes
+            self.ctx.bus.emit(
+                PreviewEvent.DESTROYED, app, f"preview of #{number} removed", number=number, preview=record.app,
+                **removed,
+            )  # fmt: skip
 
     async def destroy(self, app: str, number: int) -> dict[str, Any]:
         """Remove one preview by hand (as its pull request's closing would); NotFound if there is none."""

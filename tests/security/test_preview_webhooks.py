@@ -302,6 +302,7 @@ def test_a_failed_preview_build_leaves_nothing_and_says_why(tmp_path, run):
         assert s.kinds() == ["preview.failed"]
         r = await s.hook(github("closed", 8))  # its record goes with the pull request
         assert r.json()["step"] == "destroy" and (await s.previews())["previews"] == []
+        assert s.kinds() == ["preview.failed"]  # nothing was there to be destroyed
 
     scene(tmp_path, run, body)
 
