@@ -171,3 +171,36 @@ async def clone(
     except EngineError as e:
         raise InvalidInput(f"cannot fetch {shown}{'#' + ref if ref else ''}: {e.message}") from e
     return commit.strip()
+
+
+async def fetch_ref(
+    url: str, ref: str, into: Path, *, home: Path, allow_local: bool = False, timeout: float = 300.0
+) -> str:
+    """Fetch one full ref of url (a pull request's `refs/pull/N/head`, which `clone --branch`
+    cannot take) into a new directory and check it out; return the commit.
+
+    The same policy, options and environment as `clone`: `url` is the connected repository's,
+    never one from a webhook's payload.
+    """
+    clone_policy(url, allow_local)
+    validate_ref(ref)
+    if not ref.startswith("refs/"):
+        raise InvalidInput(f"invalid git ref {ref!r}: a full ref (refs/...) is fetched")
+    shown = redact(url)
+    home.mkdir(parents=True, exist_ok=True)
+    into.mkdir(parents=True)
+    env = git_env(home)
+    options = git_options(allow_local)
+    try:
+        await asyncio.wait_for(run_git("init", "--quiet", cwd=into, env=env), timeout)
+        await asyncio.wait_for(
+            run_git(*options, "fetch", "--quiet", "--depth", "1", "--no-tags", "--", url, ref, cwd=into, env=env),
+            timeout,
+        )
+        await asyncio.wait_for(run_git("checkout", "--quiet", "--detach", "FETCH_HEAD", cwd=into, env=env), timeout)
+        commit = await run_git("rev-parse", "HEAD", cwd=into, env=env)
+    except TimeoutError as e:
+        raise InvalidInput(f"git fetch of {shown}#{ref} took longer than {timeout:.0f}s") from e
+    except EngineError as e:
+        raise InvalidInput(f"cannot fetch {shown}#{ref}: {e.message}") from e
+    return commit.strip()

@@ -193,6 +193,8 @@ class Settings:
     # `deploy --git` and push webhooks clone over https, ssh and git only; local paths and
     # file:// (which let an API caller read any repository the daemon can) need this on.
     git_allow_local: bool = False
+    # Preview apps of pull requests running at once on the whole platform (each app also has its own cap).
+    max_previews: int = 10
     # Fault injection for tests: a rollout that has done this step's work (a DeployStep value,
     # e.g. "swap") waits there forever, so that a test can kill the daemon at that step. Empty: off.
     hold_at_step: str = ""

@@ -36,6 +36,8 @@ from lbsolo.core_plan import (
 )
 from lbsolo.core_platform_backup import ArchiveEngine, PlatformBackup
 from lbsolo.core_platform_backup_runs import PlatformBackups
+from lbsolo.core_preview_addons import PreviewAddons
+from lbsolo.core_previews import Previews
 from lbsolo.core_reconcile import CRASH_LOOP_AFTER, Reconciler
 from lbsolo.core_releases import ReleaseChanges
 from lbsolo.core_rollout import DeployJob, Rollouts
@@ -134,6 +136,10 @@ class Platform:
         )
         # Log drains: every line of an app's log (and of its add-ons) also to its drains (syslog, HTTPS).
         self.drains = Drains(ctx, None if self.addons is None else self.addons.observe.follow_logs)
+        # Preview apps of pull requests, made and removed by the push webhook's pull request events.
+        self.previews = Previews(
+            ctx, self.deploys, PreviewAddons(ctx, self.addons), self.create_app, self.destroy_app
+        )
         # Whole-platform backups, taken by hand or on schedule: they need an engine that saves images and volumes.
         self.platform_backups: PlatformBackups | None = (
             None if archive is None else PlatformBackups(ctx, PlatformBackup(ctx, archive, self.backups))
@@ -162,7 +168,9 @@ class Platform:
         await self.reconciler.watch_events()
 
     async def recover(self) -> int:
-        return await self.reconciler.recover()
+        failed = await self.reconciler.recover()
+        await self.previews.recover()
+        return failed
 
     def wake(self) -> None:
         self.ctx.wake()
@@ -249,6 +257,7 @@ class Platform:
                 await asyncio.to_thread(self.engine.remove_network, self.ctx.shared_network)
         # The app's lock stays: a reconcile pass that read the app before sees it changed hands.
         self.ctx.restarts.pop(name, None)
+        await self.previews.parent_destroyed(name)
         return {"name": name, "containers": len(replicas), "images": len(removed), "volumes": vols}
 
     async def releases(self, name: str) -> list[dict[str, Any]]:

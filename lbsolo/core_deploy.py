@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from lbsolo.build import Builder, LogBuffer, SourceSpec
-from lbsolo.build_git import clone, clone_policy, redact
+from lbsolo.build_git import clone, clone_policy, fetch_ref, redact
 from lbsolo.build_source import pack
 from lbsolo.core_context import CoreContext
 from lbsolo.core_plan import (
@@ -55,7 +55,7 @@ class Deploys:
         Only https, ssh and git URLs, unless the admin allows local ones (settings.git_allow_local).
         """
         clone_policy(url, self.ctx.settings.git_allow_local)
-        job = await self._deploy_clone(name, url, ref)
+        job, _ = await self._deploy_clone(name, url, ref)
         await self.set_repo(name, url, replace_existing=False)  # once it cloned: a typo is not kept
         return job
 
@@ -67,7 +67,7 @@ class Deploys:
                 f"{name} has no repository to deploy from: set it with `lbsolo hooks:url {name} --repo URL` "
                 "(push webhooks never take the URL from their payload)"
             )
-        return await self._deploy_clone(name, app.repo, ref)
+        return (await self._deploy_clone(name, app.repo, ref))[0]
 
     async def set_repo(self, name: str, url: str, *, replace_existing: bool = True) -> str:
         """Store the git URL push webhooks deploy; returns it redacted, as it may be shown."""
@@ -84,12 +84,20 @@ class Deploys:
         secret = await self.hook_secret(name)
         return {"secret": secret, "repo": redact((await self.ctx.app(name)).repo)}
 
-    async def _deploy_clone(self, name: str, url: str, ref: str | None) -> DeployJob:
+    async def deploy_ref(self, name: str, url: str, ref: str) -> tuple[DeployJob, str]:
+        """Deploy a full ref (a pull request's `refs/pull/N/head`) or a commit of `url` to an app:
+        the job and the commit. A preview's build (core_previews.py); `url` is its parent's repository."""
+        return await self._deploy_clone(name, url, ref)
+
+    async def _deploy_clone(self, name: str, url: str, ref: str | None) -> tuple[DeployJob, str]:
         self.ctx.settings.uploads_dir.mkdir(parents=True, exist_ok=True)
+        allow_local = self.ctx.settings.git_allow_local
         with tempfile.TemporaryDirectory(prefix="git-", dir=self.ctx.settings.uploads_dir) as tmp:
-            commit = await clone(
-                url, ref, Path(tmp) / "src", home=Path(tmp) / "home", allow_local=self.ctx.settings.git_allow_local
-            )
+            src, home = Path(tmp) / "src", Path(tmp) / "home"
+            if ref is not None and ref.startswith("refs/"):  # a pull request's ref: fetched, not cloned
+                commit = await fetch_ref(url, ref, src, home=home, allow_local=allow_local)
+            else:
+                commit = await clone(url, ref, src, home=home, allow_local=allow_local)
             archive = Path(tmp).with_suffix(".tar")
 
             def pack_to_file() -> None:
@@ -99,7 +107,7 @@ class Deploys:
             await asyncio.to_thread(pack_to_file)
         job = await self.deploy(name, archive)
         job.output.append(f"       source: {redact(url)} at {commit[:12]}")
-        return job
+        return job, commit
 
     async def hook_secret(self, name: str, create: bool = True) -> str:
         """The app's inbound webhook secret; made on first request."""

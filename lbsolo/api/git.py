@@ -27,6 +27,14 @@ from lbsolo.api.guard import caller_of
 from lbsolo.build_git import run_git
 from lbsolo.errors import InvalidInput, NotFound, Unauthorized
 from lbsolo.models import validate_app_name
+from lbsolo.previews import (
+    PullRequest,
+    bitbucket_push,
+    event_of,
+    is_pull_request_event,
+    parse_pull_request,
+    provider_of,
+)
 from lbsolo.service import this_command
 
 if TYPE_CHECKING:  # the router is handed the platform
@@ -54,28 +62,42 @@ async def ensure_repo(root: Path, app: str) -> Path:
     return repo
 
 
-def push_from_payload(headers: Mapping[str, str], body: bytes, secret: str) -> tuple[str, str, str] | None:
-    """(clone URL, branch, commit) of a GitHub, GitLab or Gitea push event whose signature checks out.
+def check_signature(headers: Mapping[str, str], body: bytes, secret: str) -> None:
+    """Unauthorized unless the body is signed with the app's hook secret: GitHub's X-Hub-Signature-256,
+    Gitea's X-Gitea-Signature, Bitbucket's X-Hub-Signature (sha256=, HMAC) or GitLab's X-Gitlab-Token.
 
-    Raises Unauthorized for a missing or wrong signature; None for events that are not pushes.
+    Nothing of the body is parsed before this passes.
     """
     expected = hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
     github = headers.get("x-hub-signature-256", "")
     gitea = headers.get("x-gitea-signature", "") or headers.get("x-gogs-signature", "")
     gitlab = headers.get("x-gitlab-token", "")
+    bitbucket = headers.get("x-hub-signature", "")  # GitHub sends a sha1= one here too: not taken
     ok = (
         (github and hmac.compare_digest(github.removeprefix("sha256="), expected))
         or (gitea and hmac.compare_digest(gitea, expected))
         or (gitlab and hmac.compare_digest(gitlab.encode(), secret.encode()))
+        or (bitbucket.startswith("sha256=") and hmac.compare_digest(bitbucket.removeprefix("sha256="), expected))
     )
     if not ok:
         raise Unauthorized("webhook signature missing or wrong (use the secret from `lbsolo hooks:url APP`)")
-    event = headers.get("x-github-event") or headers.get("x-gitea-event") or headers.get("x-gitlab-event", "")
-    if event.lower() not in ("push", "push hook"):
+
+
+def push_from_payload(headers: Mapping[str, str], body: bytes, secret: str) -> tuple[str, str, str] | None:
+    """(clone URL, branch, commit) of a GitHub, GitLab, Gitea or Bitbucket push event whose signature checks out.
+
+    Raises Unauthorized for a missing or wrong signature; None for events that are not pushes.
+    """
+    check_signature(headers, body, secret)
+    event = event_of(headers)
+    if event not in ("push", "push hook", "repo:push"):
         return None
     try:
         payload = json.loads(body)
         repo = payload.get("repository") or {}
+        if event == "repo:push":  # Bitbucket: a list of changes, no clone URL
+            pushed = bitbucket_push(payload)
+            return None if pushed is None else (str(repo.get("full_name") or ""), *pushed)
         project = payload.get("project") or {}
         url = repo.get("clone_url") or project.get("git_http_url") or repo.get("git_http_url")
         ref, commit = str(payload["ref"]), str(payload.get("after") or payload.get("checkout_sha") or "")
@@ -86,17 +108,32 @@ def push_from_payload(headers: Mapping[str, str], body: bytes, secret: str) -> t
     return str(url), ref.removeprefix("refs/heads/"), commit
 
 
+def pull_request_from_payload(headers: Mapping[str, str], body: bytes) -> PullRequest | str:
+    """The pull request of a (signature-checked) pull/merge request event, or why it asks for nothing."""
+    provider = provider_of(headers)
+    if provider is None:
+        return "not an event of GitHub, GitLab, Gitea or Bitbucket"
+    try:
+        payload = json.loads(body)
+    except ValueError as e:
+        raise InvalidInput(f"not a pull request payload: {e}") from e
+    return parse_pull_request(provider, event_of(headers), payload)
+
+
 def create_git_router(platform: Platform, token: str, api_url: str, auth: Authenticator) -> APIRouter:
     router = APIRouter(tags=["git"])
     root = platform.settings.home / "git"
 
     @router.post("/hooks/{app}", tags=["git"], status_code=202)
     async def push_webhook(app: str, request: Request) -> dict[str, object]:
-        """Inbound push webhook (GitHub, GitLab, Gitea): rebuilds and rolls out the pushed main/master.
+        """Inbound push webhook (GitHub, GitLab, Gitea, Bitbucket): rebuilds and rolls out the pushed
+        main/master; pull/merge request events make, update and remove the app's preview apps.
 
         Authenticated by the app's hook secret (HMAC signature or GitLab token), not the API token.
         It deploys the app's own repository (`lbsolo hooks:url APP --repo URL`) at the pushed
-        commit, whatever repository the payload names; 409 when the app has none.
+        commit, whatever repository the payload names; 409 when the app has none. Previews are
+        built from that repository's pull ref (never a fork's URL) when `previews:settings APP
+        --enable` is on; the answer says what the event does, or why it does nothing.
         """
         try:
             validate_app_name(app)
@@ -104,7 +141,14 @@ def create_git_router(platform: Platform, token: str, api_url: str, auth: Authen
         except (InvalidInput, NotFound) as e:  # say nothing about which apps exist
             raise Unauthorized("no webhook is configured here (see: lbsolo hooks:url APP)") from e
         body = await request.body()
-        push = push_from_payload({k.lower(): v for k, v in request.headers.items()}, body, secret)
+        headers = {k.lower(): v for k, v in request.headers.items()}
+        check_signature(headers, body, secret)  # before anything of the body is read
+        if is_pull_request_event(headers):
+            pr = pull_request_from_payload(headers, body)
+            if isinstance(pr, str):
+                return {"previewing": False, "app": app, "reason": pr}
+            return await platform.previews.on_pull_request(app, pr)
+        push = push_from_payload(headers, body, secret)
         if push is None:
             return {"deploying": False, "reason": "not a push event"}
         _, branch, commit = push  # the payload's URL is never cloned: the app's stored repository is

@@ -33,6 +33,7 @@ from lbsolo.api.guard import UNAUTHORIZED, ApiGuard, BodyLimits, caller_of, erro
 from lbsolo.api.jobs import ndjson, stream_job
 from lbsolo.api.ops import create_ops_router
 from lbsolo.api.platform_backup import create_platform_backup_router
+from lbsolo.api.previews import create_previews_router
 from lbsolo.api.route_index import RouteIndex
 from lbsolo.api.routing import create_routing_router
 from lbsolo.api.tokens import TokenStore
@@ -415,6 +416,7 @@ def create_api(
     api.include_router(create_certs_router(platform, require_token))
     api.include_router(create_cron_router(platform, require_token))
     api.include_router(create_drains_router(platform, require_token))
+    api.include_router(create_previews_router(platform, require_token))
     api.include_router(create_platform_backup_router(platform, require_token))
     api.include_router(create_cluster_router(platform, require_token))
     return api

@@ -7,7 +7,8 @@ template and its path parameters but not the body: one place, before anything is
   platform's backup).
 - `deploy`: what `read` may, and deploy (upload, git URL, git push), config:set/unset, scale,
   rollback, run, cancel builds. Not: destroy apps or add-ons, tokens, webhooks, routes, domains,
-  add-ons' credentials or restores, anything on the platform as a whole (the cluster and its nodes too).
+  add-ons' credentials or restores, preview settings or removing a preview (they decide whose code
+  runs here, with which secrets), anything on the platform as a whole (the cluster and its nodes too).
 - `admin`: everything (today's extra tokens, and the admin token of $LBSOLO_HOME/token).
 - Apps (`--app`): only routes that name one of these apps (the platform-wide listings, add-ons
   and other apps are refused 403: the token's holder is told what it may do, not left guessing).

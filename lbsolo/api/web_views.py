@@ -99,6 +99,7 @@ async def app_page(platform: Platform, sampler: StatsSampler | None, name: str) 
         "cron": await platform.cron.listing(name),
         "cron_runs": (await platform.cron.runs(name))[:10],
         "drains": await drains.listing(name) if (drains := getattr(platform, "drains", None)) is not None else [],
+        "previews": await shown.describe(name) if (shown := getattr(platform, "previews", None)) is not None else {},
     }
 
 

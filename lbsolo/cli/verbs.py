@@ -26,6 +26,7 @@ from lbsolo.cli import (
     verbs_drains,
     verbs_export,
     verbs_platform,
+    verbs_previews,
     verbs_service,
 )
 from lbsolo.cli.common import (
@@ -51,6 +52,7 @@ __all__ = [
     "verbs_drains",
     "verbs_export",
     "verbs_platform",
+    "verbs_previews",
     "verbs_service",
 ]
 
