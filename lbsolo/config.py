@@ -150,6 +150,17 @@ class Settings:
     drains_linger: float = 0.2
     drains_ca_bundle: str = ""
     drains_allow_http: bool = False
+    # Alerts (lbsolo/alerts.py has the rules): the loop looks every alerts_interval seconds and
+    # keeps the newest alerts_history resolved incidents. Alert email goes to smtp_url
+    # (smtp://user:pass@host:587?from=…&to=…, or smtps://; see lbsolo/alerts_smtp.py), its TLS
+    # checked against the system's CAs and smtp_ca_bundle's; a failed send waits
+    # alerts_smtp_backoff seconds, doubling, up to 300, and gives up after 8 tries.
+    alerts_interval: float = 10.0
+    alerts_history: int = 200
+    smtp_url: str = ""
+    smtp_ca_bundle: str = ""
+    smtp_timeout: float = 10.0
+    alerts_smtp_backoff: float = 5.0
     deploy_timeout: float = 60.0
     build_timeout: float = 900.0
     build_memory: str = "2g"

@@ -24,6 +24,7 @@ from lbsolo.build import Builder, LogBuffer
 from lbsolo.config import Settings
 from lbsolo.core_addon_backups import AddonBackups
 from lbsolo.core_addons import Addons
+from lbsolo.core_alerts import Alerts
 from lbsolo.core_certs import Certificates
 from lbsolo.core_context import AppLock, CoreContext, Ingress
 from lbsolo.core_cron import CronJobs
@@ -121,6 +122,8 @@ class Platform:
         self.cron = CronJobs(ctx, self.run_command)
         # Log drains: every line of an app's log also to its drains (syslog, HTTPS).
         self.drains = Drains(ctx)
+        # Alerts: rules looked at every few seconds and fed by the bus; incidents to webhooks and email.
+        self.alerts = Alerts(ctx, certs)
         # Without the engine's Services part (tests' fakes) there are no add-ons, and the API says so.
         self.backups: AddonBackups | None = None if services is None else AddonBackups(ctx, services)
         self.addons: Addons | None = (
