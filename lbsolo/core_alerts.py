@@ -93,6 +93,7 @@ class Alerts:
         self.pending: dict[tuple[str, str], float] = {}
         self.samples: dict[str, list[Sample]] = {}  # per app, the proxy's counters now and then
         self._sampled_at: float | None = None
+        self._counted: set[str] = set()  # the apps the proxy had counters of at the last look
         self._queue: deque[tuple[list[Signal], str | None]] = deque(maxlen=MAX_QUEUED)
         self._wake = asyncio.Event()
         self._loaded = False
@@ -398,16 +399,22 @@ class Alerts:
         windows = [settings[r].window or 0.0 for r in ("http_5xx", "latency_p95")]
         keep = max(windows) + 2 * self.ctx.settings.alerts_interval
         out: list[Signal] = []
+        served = self.ctx.routes
         for app, m in metrics.items():
+            if app not in served:
+                continue  # a destroyed app's counters stay in the proxy: nothing to say of it
             samples = self.samples.get(app)
             if samples is None:
-                # Counters start with the proxy, and the proxy with the daemon: an app seen for the
-                # first time had none at the previous look.
-                samples = self.samples[app] = [] if self._sampled_at is None else [Sample(self._sampled_at, 0, 0, ())]
+                # Counters start with the proxy, and the proxy with the daemon: an app without any at
+                # the previous look had none then; one that had (an app made again under an old
+                # name, or the first look) counts from now.
+                fresh = self._sampled_at is not None and app not in self._counted
+                samples = self.samples[app] = [Sample(self._sampled_at or now, 0, 0, ())] if fresh else []
             samples.append(Sample.of(now, m))
             rules.trim(samples, now, keep)
             out += rules.rate_signals(app, samples, now, settings)
-        for app in [a for a in self.samples if a not in metrics]:
+        for app in [a for a in self.samples if a not in metrics or a not in served]:
             del self.samples[app]
+        self._counted = set(metrics)
         self._sampled_at = now
         return out

@@ -110,8 +110,11 @@ class _Handler(socketserver.StreamRequestHandler):
                 token = self.rfile.readline().decode().strip()
             _, user, password = base64.b64decode(token).decode().split("\0")
         elif mech == "LOGIN":
-            self.reply("334 VXNlcm5hbWU6")
-            user = base64.b64decode(self.rfile.readline().strip()).decode()
+            if len(parts) > 1:  # smtplib sends the user with the command
+                user = base64.b64decode(parts[1]).decode()
+            else:
+                self.reply("334 VXNlcm5hbWU6")
+                user = base64.b64decode(self.rfile.readline().strip()).decode()
             self.reply("334 UGFzc3dvcmQ6")
             password = base64.b64decode(self.rfile.readline().strip()).decode()
         else:

@@ -15,6 +15,7 @@ from lbsolo.core_context import CoreContext
 from lbsolo.core_plan import RestartHistory
 from lbsolo.errors import InvalidInput
 from lbsolo.events import EventBus
+from lbsolo.proxy_routes import Route
 from lbsolo.run_logs import LogStore
 from lbsolo.state import State
 
@@ -129,10 +130,11 @@ def test_looks_open_and_resolve_observed_incidents(tmp_path, run):
         await alerts.set_rule("crash_loop", threshold=2)
         await alerts.set_rule("disk", threshold=0.0001)  # any disk in use is over it
         alerts.ctx.restarts["loop"] = RestartHistory(3, 1.0)
+        alerts.ctx.routes["shop"] = Route(app="shop")  # no targets: nothing to health-check
         engine.down = True
-        ingress.counters = {"shop": counters(0, 0)}
+        ingress.counters = {"gone": counters(50, 50)}  # a destroyed app's counters stay in the proxy
         await alerts.look()
-        ingress.counters = {"shop": counters(30, 20)}
+        ingress.counters = {"shop": counters(30, 20), "gone": counters(90, 90)}
         await alerts.look()
         opened = {i.rule: i for i in alerts.incidents.values() if i.open}
         assert set(opened) == {"http_5xx", "engine_unreachable", "crash_loop", "disk"}
