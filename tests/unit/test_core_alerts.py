@@ -15,7 +15,8 @@ from lbsolo.core_context import CoreContext
 from lbsolo.core_plan import RestartHistory
 from lbsolo.errors import InvalidInput
 from lbsolo.events import EventBus
-from lbsolo.proxy_routes import Route
+from lbsolo.models import Release
+from lbsolo.proxy_routes import Route, Target
 from lbsolo.run_logs import LogStore
 from lbsolo.state import State
 
@@ -169,6 +170,40 @@ def test_rule_settings_are_checked_and_kept(tmp_path, run):
         assert state.get_setting("alerts") == {"rules": {"latency_p95": {"threshold": 0.5, "window": 120.0}}}
         fresh = make(tmp_path, state, FakeEngine(), FakeIngress(), Mailbox(), EventBus())
         assert {r["rule"]: r for r in (await fresh.listing())["rules"]}["latency_p95"]["window"] == 120.0
+        state.close()
+
+    run(scenario)
+
+
+def test_the_health_look_checks_each_serving_replica_with_the_apps_host_and_path(tmp_path, run):
+    async def scenario() -> None:
+        state, engine, ingress, mailbox = State(tmp_path / "state.json"), FakeEngine(), FakeIngress(), Mailbox()
+        alerts = make(tmp_path, state, engine, ingress, mailbox, EventBus())
+        await alerts.set_rule("health_check", window=0)
+        state.save_release(Release("shop", 1, "sha256:x", health={"path": "/up"}))
+        answer = {"status": b"500 Internal Server Error"}
+        seen: list[bytes] = []
+
+        async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            seen.append(await reader.readuntil(b"\r\n\r\n"))
+            writer.write(b"HTTP/1.0 " + answer["status"] + b"\r\nContent-Length: 0\r\n\r\n")
+            await writer.drain()
+            writer.close()
+
+        server = await asyncio.start_server(serve, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        alerts.ctx.routes["shop"] = Route(app="shop", release="v1", targets=(Target("127.0.0.1", port),))
+        await alerts.look()
+        [sick] = [i for i in alerts.incidents.values() if i.open]
+        assert sick.rule == "health_check" and "1 of 1 web replica(s) fail the health check (GET /up answered 500)" in (
+            sick.message
+        )
+        assert seen[0].startswith(b"GET /up HTTP/1.0\r\nHost: shop.lbsolo.localhost\r\n")
+        answer["status"] = b"200 OK"
+        await alerts.look()
+        assert not sick.open and sick.resolution == "the condition cleared"
+        server.close()
+        await server.wait_closed()
         state.close()
 
     run(scenario)
