@@ -144,6 +144,22 @@ def test_a_broken_build_opens_deploy_failed_once_and_the_next_good_deploy_resolv
         assert "Recently resolved" in ok(daemon.cli("alerts")).stdout
 
 
+def test_a_failed_cron_run_opens_cron_failed_and_the_jobs_next_success_resolves_it(daemon, smtp):
+    # examples/hello serves as af after the test above.
+    ok(daemon.cli("cron:add", "af", "0 0 1 1 *", "--name", "flip", "--", "exit ${CODE:-3}"))
+    assert daemon.cli("cron:run", "af", "flip").returncode == 3
+    ran_at = time.monotonic()
+    opened = wait_for(lambda: incident(daemon, "cron_failed", "af"), 15, "cron_failed incident")
+    print(f"cron_failed open {time.monotonic() - ran_at:.2f} s after cron:run returned")
+    assert opened["key"].startswith("af/") and "flip" in opened["message"]
+    wait_for(lambda: mails(smtp, "[lbsolo] ALERT af: cron job failed"), 15, "cron email")
+    ok(daemon.cli("config:set", "af", "CODE=0"))
+    ok(daemon.cli("cron:run", "af", "flip"))
+    resolved = wait_for(lambda: incident(daemon, "cron_failed", "af", "resolved"), 15, "resolution")
+    assert resolved["id"] == opened["id"]
+    ok(daemon.cli("cron:remove", "af", "flip"))
+
+
 def test_a_crash_loop_opens_its_alert(daemon, docker_client, smtp, tmp_path):
     set_rule(daemon, "crash_loop", threshold=2)
     src = tmp_path / "flaky"
