@@ -42,6 +42,7 @@ log = logging.getLogger("lbsolo.alerts")
 SETTING = "alerts"  # the state's settings document of the rules
 MAX_QUEUED = 1000  # bus events waiting for a decision
 PING_TIMEOUT = 5.0
+PROBES = 32  # apps health-checked at once (a hanging one takes its check's timeout, not the others')
 
 
 class CertSource(Protocol):
@@ -304,22 +305,19 @@ class Alerts:
                 return None
             return f"GET {check.path} " + ("got no answer" if status is None else f"answered {status}")
 
-        out = []
-        for app, check, targets in checks:
-            seen = await asyncio.gather(*(probe(app, check, t) for t in targets))
+        limit = asyncio.Semaphore(PROBES)
+
+        async def app_signal(app: str, check: HealthCheck, targets: list[Any]) -> Signal | None:
+            async with limit:  # every app at once, but not every replica of 200 apps at once
+                seen = await asyncio.gather(*(probe(app, check, t) for t in targets))
             failing = [s for s in seen if s]
-            if failing:
-                out.append(
-                    Signal(
-                        "health_check",
-                        app,
-                        True,
-                        app,
-                        f"{app}: {len(failing)} of {len(targets)} web replica(s) fail the health check ({failing[0]})",
-                        len(failing),
-                    )
-                )
-        return out
+            if not failing:
+                return None
+            said = f"{app}: {len(failing)} of {len(targets)} web replica(s) fail the health check ({failing[0]})"
+            return Signal("health_check", app, True, app, said, len(failing))
+
+        found = await asyncio.gather(*(app_signal(*c) for c in checks))
+        return [s for s in found if s is not None]
 
     async def _certificates(self, rs: RuleSettings, now: float) -> list[Signal]:
         if self.certs is None:

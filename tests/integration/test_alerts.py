@@ -142,6 +142,12 @@ def test_a_broken_build_opens_deploy_failed_once_and_the_next_good_deploy_resolv
         assert kinds == ["alert.opened", "alert.resolved"]
         assert len(mails(smtp, subject)) == 1  # once per incident
         assert "Recently resolved" in ok(daemon.cli("alerts")).stdout
+        with httpx.Client(base_url=daemon.api, timeout=10) as ui:  # the UI's Alerts page, logged in
+            login = ui.post("/ui/login", data={"token": daemon.token, "next": "/ui/alerts"})
+            assert login.status_code == 303 and login.headers["location"] == "/ui/alerts"
+            page = ui.get("/ui/alerts").text
+        assert 'class="incident incident-resolved" data-rule="deploy_failed"' in page and "af" in page
+        assert 'data-state="ok"' in page and smtp.password not in page
 
 
 def test_a_failed_cron_run_opens_cron_failed_and_the_jobs_next_success_resolves_it(daemon, smtp):

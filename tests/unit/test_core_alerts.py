@@ -207,3 +207,36 @@ def test_the_health_look_checks_each_serving_replica_with_the_apps_host_and_path
         state.close()
 
     run(scenario)
+
+
+class FakeCerts:
+    """The ACME certificates' listing: each domain with the end of the certificate it serves."""
+
+    def __init__(self) -> None:
+        self.rows: list[dict] = []
+
+    async def list(self) -> list[dict]:
+        return self.rows
+
+
+def test_a_certificate_with_less_than_the_threshold_left_opens_and_its_renewal_resolves(tmp_path, run):
+    async def scenario() -> None:
+        state = State(tmp_path / "state.json")
+        alerts = make(tmp_path, state, FakeEngine(), FakeIngress(), Mailbox(), EventBus())
+        certs = alerts.certs = FakeCerts()
+        now = alerts.clock()
+        certs.rows = [
+            {"domain": "shop.example.com", "not_after": now + 5 * 86400},
+            {"domain": "new.example.com", "not_after": 0},  # none issued yet: nothing to say
+            {"domain": "api.example.com", "not_after": now + 60 * 86400},
+        ]
+        await alerts.look()
+        [soon] = [i for i in alerts.incidents.values() if i.open]
+        assert soon.rule == "cert_expiring" and soon.key == "shop.example.com" and soon.app is None
+        assert "certificate for shop.example.com expires in 5.0 days" in soon.message
+        certs.rows[0]["not_after"] = now + 90 * 86400  # renewed
+        await alerts.look()
+        assert not soon.open
+        state.close()
+
+    run(scenario)
