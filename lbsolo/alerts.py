@@ -303,7 +303,10 @@ def decide(
         else:
             cleared.add(k)
             firing.pop(k, None)
-    out = Decisions(pending={k: v for k, v in pending.items() if k in firing})
+    # A (rule, key) on its way to opening waits on, unless its rule was looked at and it was not firing.
+    out = Decisions(
+        pending={k: v for k, v in pending.items() if k in firing or (k[0] not in looked and k not in cleared)}
+    )
     for k, s in firing.items():
         rs = settings.get(s.rule)
         if rs is None or not rs.enabled or k in open_now or (s.app is not None and s.app in gone):

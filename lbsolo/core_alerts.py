@@ -33,7 +33,7 @@ from lbsolo import run
 from lbsolo.alerts import Incident, RuleSettings, Sample, Signal
 from lbsolo.alerts_smtp import MailChannel
 from lbsolo.core_context import CoreContext
-from lbsolo.errors import NotFound
+from lbsolo.errors import LbsoloError, NotFound
 from lbsolo.events import Event, EventKind
 from lbsolo.models import HealthCheck
 
@@ -42,6 +42,7 @@ log = logging.getLogger("lbsolo.alerts")
 SETTING = "alerts"  # the state's settings document of the rules
 MAX_QUEUED = 1000  # bus events waiting for a decision
 PING_TIMEOUT = 5.0
+CRASH_WARMUP = 60.0  # seconds after the start before an absent crash loop means it ended (histories start empty)
 PROBES = 32  # apps health-checked at once (a hanging one takes its check's timeout, not the others')
 
 
@@ -56,13 +57,11 @@ def _when(ts: float) -> str:
 
 
 def _used(path: Path) -> tuple[int, float, int] | None:
-    """(device, percent used as df counts it, bytes free) of the filesystem holding `path`."""
-    probe = path
-    while not probe.exists() and probe != probe.parent:
-        probe = probe.parent
+    """(device, percent used as df counts it, bytes free) of the filesystem holding `path`; None if
+    it is not on this machine (an engine reached over the network keeps its data elsewhere)."""
     try:
-        st = os.statvfs(probe)
-        device = os.stat(probe).st_dev
+        st = os.statvfs(path)
+        device = os.stat(path).st_dev
     except OSError:
         return None
     used = (st.f_blocks - st.f_bfree) * st.f_frsize
@@ -100,6 +99,7 @@ class Alerts:
         self._loaded = False
         self._lock = asyncio.Lock()  # decisions are applied one at a time
         self._ping: asyncio.Future[Any] | None = None
+        self._started: float | None = None  # when run_forever began (None: looks from a test)
         self._engine_root: Path | None = None
         self._health: dict[tuple[str, str], HealthCheck] = {}  # (app, release) -> its check
 
@@ -170,6 +170,7 @@ class Alerts:
     # ---- the loop
     async def run_forever(self) -> None:
         await self.load()
+        self._started = self.clock()
         mail = asyncio.create_task(self.mail.run(), name="alert-mail")
         interval = max(0.2, self.ctx.settings.alerts_interval)
         next_look = time.monotonic() + min(interval, 1.0)  # the first look soon after the start
@@ -225,6 +226,12 @@ class Alerts:
             observed += ["http_5xx", "latency_p95"]
         except Exception:
             log.exception("alerts: the look at the proxy's counters failed")
+        # Just after a start the restart histories and the proxy's counters are empty: their
+        # rules' open incidents (from before the restart) may open on what is seen, but are not
+        # resolved for want of it until the data could show them again.
+        up = now - self._started if self._started is not None else float("inf")
+        warming = {"crash_loop": CRASH_WARMUP, **{r: settings[r].window or 0.0 for r in ("http_5xx", "latency_p95")}}
+        observed = [r for r in observed if up >= warming.get(r, 0.0)]
         await self.apply(signals, observed, ())
 
     async def apply(self, signals: list[Signal], observed: Any, gone: Any) -> rules.Decisions:
@@ -291,8 +298,11 @@ class Alerts:
                 continue  # nothing serves, or a deploy is changing it: its own checks are at work
             key = (app, route.release)
             if key not in self._health:
-                release = await asyncio.to_thread(ctx.state.get_release, app, int(route.release.lstrip("v")))
-                self._health[key] = HealthCheck.from_dict(release.health)
+                try:
+                    release = await asyncio.to_thread(ctx.state.get_release, app, int(route.release.lstrip("v")))
+                    self._health[key] = HealthCheck.from_dict(release.health)
+                except (LbsoloError, ValueError):
+                    continue  # destroyed meanwhile, or a release of no version: nothing to check
             checks.append((app, self._health[key], list(route.targets)))
         self._health = {k: v for k, v in self._health.items() if k[0] in ctx.routes}
 

@@ -106,6 +106,16 @@ def test_an_observed_rule_waits_its_hold_window_and_a_gap_starts_it_again():
     assert [i.opened_at for i in d.opened] == [T + 70]
 
 
+def test_events_decided_between_looks_keep_an_observed_rules_window_running():
+    s, new = settings(health_check={"window": 30}), ids()
+    sick = Signal("health_check", "shop", True, "shop", "1 of 1 fail")
+    d = decide(s, [sick], [], {}, T, new, observed=["health_check"])
+    d = decide(s, a.signals_of("cron.succeeded", "api", "", {"job": "j"}), [], d.pending, T + 10, new)
+    assert d.pending == {("health_check", "shop"): T}
+    d = decide(s, [sick], [], d.pending, T + 30, new, observed=["health_check"])
+    assert [i.opened_at for i in d.opened] == [T + 30]
+
+
 def test_an_observed_incident_resolves_when_absent_from_a_look_but_not_when_the_look_failed():
     s, new = effective({}), ids()
     full = Signal("disk", "/var/lib/docker", True, None, "91% full", 91.0)
