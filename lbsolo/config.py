@@ -157,7 +157,7 @@ class Settings:
     # alerts_smtp_backoff seconds, doubling, up to 300, and gives up after 8 tries.
     alerts_interval: float = 10.0
     alerts_history: int = 200
-    smtp_url: str = ""
+    smtp_url: str = field(default="", repr=False)  # holds a password: never in a repr
     smtp_ca_bundle: str = ""
     smtp_timeout: float = 10.0
     alerts_smtp_backoff: float = 5.0

@@ -221,6 +221,15 @@ class Alerts:
                 observed.append(name)
             except Exception:
                 log.exception("alerts: the look for %s failed", name)
+        try:  # backups of an add-on that is gone will not fail, nor succeed, again
+            names = {a.name for a in await asyncio.to_thread(self.ctx.state.list_addons)}
+            signals += [
+                Signal(i.rule, i.key, False)
+                for i in list(self.incidents.values())
+                if i.open and i.key.startswith("addon:") and i.key[len("addon:") :] not in names
+            ]
+        except Exception:
+            log.exception("alerts: the look at the add-ons failed")
         try:
             signals += self._rates(settings, now)
             observed += ["http_5xx", "latency_p95"]

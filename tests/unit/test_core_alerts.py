@@ -14,7 +14,7 @@ from lbsolo.core_alerts import Alerts
 from lbsolo.core_context import CoreContext
 from lbsolo.core_plan import RestartHistory
 from lbsolo.errors import InvalidInput
-from lbsolo.events import EventBus
+from lbsolo.events import Event, EventBus
 from lbsolo.models import Release
 from lbsolo.proxy_routes import Route, Target
 from lbsolo.run_logs import LogStore
@@ -258,6 +258,21 @@ def test_just_after_a_start_an_open_crash_loop_or_5xx_incident_is_not_resolved_f
         await settle(lambda: not after.incidents[loop.id].open)
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
+        state.close()
+
+    run(scenario)
+
+
+def test_a_backup_incident_of_an_addon_that_is_gone_resolves(tmp_path, run):
+    async def scenario() -> None:
+        state = State(tmp_path / "state.json")
+        alerts = make(tmp_path, state, FakeEngine(), FakeIngress(), Mailbox(), EventBus())
+        alerts.on_event(Event(1, 1.0, "addon.backup.failed", "db1", "backup of db1 failed: disk full", {}))
+        await alerts._events()
+        [failed] = [i for i in alerts.incidents.values() if i.open]
+        assert (failed.rule, failed.key, failed.app) == ("backup_failed", "addon:db1", None)
+        await alerts.look()  # no add-on db1 in the state
+        assert not failed.open
         state.close()
 
     run(scenario)
