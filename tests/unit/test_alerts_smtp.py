@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import ssl
 
 import pytest
 
@@ -137,3 +138,126 @@ def test_the_queue_is_bounded_and_offer_never_waits():
     for n in range(5):
         channel.offer(f"s{n}", "x")  # no loop running: queued only
     assert channel.status()["waiting"] == 2 and channel.dropped == 3
+
+
+# ---- TLS: STARTTLS when offered, smtps, and no password in clear but to loopback
+
+
+def self_signed(tmp_path, *addresses: str) -> tuple[ssl.SSLContext, str]:
+    """A server context with a certificate for these IP addresses, and the path of that certificate."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "test smtp")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(hours=1))
+        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address(a)) for a in addresses]), False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = tmp_path / "smtp.pem", tmp_path / "smtp.key"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert_path, key_path)
+    return context, str(cert_path)
+
+
+def outside_address() -> str | None:
+    """This machine's address on its default route (not loopback), if it has one."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        try:
+            s.connect(("10.255.255.255", 1))
+            address = s.getsockname()[0]
+        except OSError:
+            return None
+    return None if address.startswith("127.") else address
+
+
+def test_starttls_is_used_when_offered_and_the_certificate_checked(tmp_path, run):
+    context, ca = self_signed(tmp_path, "127.0.0.1")
+    with smtp_receiver(password=PASSWORD, tls=context) as box:
+
+        async def scenario() -> None:
+            trusting = MailChannel(box.url(), ca_bundle=ca)
+            task = asyncio.create_task(trusting.run())
+            trusting.offer("over TLS", "body")
+            [got] = await wait_for(box.received)
+            assert got.tls and box.plain_passwords == 0  # upgraded before the login
+            # Without the CA: the certificate is refused, nothing is sent (and no password).
+            strict = MailChannel(box.url(), backoff_base=10)
+            task2 = asyncio.create_task(strict.run())
+            strict.offer("not sent", "body")
+            await wait_for(lambda: strict.failed_attempts)
+            task.cancel()
+            task2.cancel()
+            assert strict.status()["last_error"].startswith(f"TLS with 127.0.0.1:{box.port} failed")
+            assert len(box.received()) == 1 and box.plain_passwords == 0
+
+        run(scenario)
+
+
+def test_no_password_without_tls_to_a_host_that_is_not_loopback(run):
+    address = outside_address()
+    if address is None:
+        pytest.skip("no address besides loopback on this machine")
+    with smtp_receiver(password=PASSWORD, host="0.0.0.0") as box:
+
+        async def scenario() -> None:
+            channel = MailChannel(box.url(host=address), backoff_base=10)
+            task = asyncio.create_task(channel.run())
+            channel.offer("subject", "body")
+            await wait_for(lambda: channel.failed_attempts)
+            task.cancel()
+            assert channel.status()["last_error"] == (
+                f"{address}:{box.port} offers no STARTTLS: the password is not sent without TLS "
+                "(use smtps://, or a server with STARTTLS)"
+            )
+            assert box.logins == [] and box.received() == []
+
+        run(scenario)
+
+
+def test_smtps_is_tls_from_the_first_byte(tmp_path, run):
+    context, ca = self_signed(tmp_path, "127.0.0.1")
+    server = socket.create_server(("127.0.0.1", 0))
+    port = server.getsockname()[1]
+    seen: list[bytes] = []
+
+    def accept_one() -> None:
+        conn, _ = server.accept()
+        with context.wrap_socket(conn, server_side=True) as tls:
+            tls.sendall(b"220 tls ready\r\n")
+            seen.append(tls.recv(100))  # smtplib's EHLO, readable only through TLS
+
+    import threading
+
+    thread = threading.Thread(target=accept_one, daemon=True)
+    thread.start()
+
+    async def scenario() -> None:
+        channel = MailChannel(f"smtps://127.0.0.1:{port}?from=a@b.c&to=d@e.f", ca_bundle=ca, backoff_base=10)
+        task = asyncio.create_task(channel.run())
+        channel.offer("s", "b")
+        await wait_for(lambda: channel.failed_attempts)  # the toy server hangs up after EHLO
+        task.cancel()
+
+    run(scenario)
+    thread.join(5)
+    server.close()
+    assert seen and seen[0].startswith(b"ehlo ")
