@@ -39,6 +39,7 @@ from lbsolo.models import HealthCheck
 
 log = logging.getLogger("lbsolo.alerts")
 
+TEST = "alert.test"  # an event kind: `alerts:test`
 SETTING = "alerts"  # the state's settings document of the rules
 MAX_QUEUED = 1000  # bus events waiting for a decision
 PING_TIMEOUT = 5.0
@@ -148,6 +149,13 @@ class Alerts:
         self.doc = doc
         self._wake.set()
         return self.settings()[rule].view()
+
+    def test(self) -> dict[str, Any]:
+        """A test notification: `alert.test` to the webhooks that want alerts, and an email (queued)."""
+        where = self.mail.target.server if self.mail.target else "nowhere (LBSOLO_SMTP_URL is not set or not valid)"
+        event = self.ctx.bus.emit(TEST, None, "test alert from lbsolo: the alert channels work")
+        self.mail.offer("[lbsolo] TEST alert email", f"A test of lbsolo's alert email, sent through {where}.\n")
+        return {"event": event.id, "email": self.mail.status()}
 
     async def incident(self, incident_id: str) -> dict[str, Any]:
         await self.load()

@@ -115,6 +115,12 @@ def create_alerts_router(platform: Any, require_token: Callable[..., Any]) -> AP
         )
         return RuleOut(**out)
 
+    @router.post("/api/alerts/test", status_code=202)
+    async def test_alert() -> dict[str, Any]:
+        """Send a test notification: the event alert.test to the webhooks that want alerts, and an email
+        (queued: its outcome shows in the email channel's status, GET /api/alerts)."""
+        return dict(alerts().test())
+
     @router.get("/api/alerts/{incident}")
     async def get_incident(incident: str) -> IncidentOut:
         """One incident, open or resolved."""

@@ -21,3 +21,7 @@ def rules(c: Client) -> list[dict[str, Any]]:
 
 def set_rule(c: Client, rule: str, body: dict[str, Any]) -> dict[str, Any]:
     return dict(c.request("PUT", "/api/alerts/rules/" + urllib.parse.quote(rule, safe=""), json=body))
+
+
+def test(c: Client) -> dict[str, Any]:
+    return dict(c.request("POST", "/api/alerts/test"))

@@ -1,5 +1,5 @@
-"""Alert verbs: `alerts` (open incidents, the recent resolved ones, the email channel), `alerts:rules`
-and `alerts:set RULE` (on/off, threshold, window).
+"""Alert verbs: `alerts` (open incidents, the recent resolved ones, the email channel), `alerts:rules`,
+`alerts:set RULE` (on/off, threshold, window) and `alerts:test` (a test notification).
 
 The rules and what each watches are in lbsolo/alerts.py's docstring and the README. Incidents go
 to webhooks (`webhooks:add URL --event 'alert.*'`) and to email (LBSOLO_SMTP_URL).
@@ -98,3 +98,21 @@ def alerts_set(
     threshold_s = "" if r["threshold"] is None else f", threshold {r['threshold']:g} {r['unit']}"
     window_s = "" if r["window"] is None else f", window {r['window']:g} s"
     console.print(f"Rule {r['rule']}: {'on' if r['enabled'] else 'off'}{threshold_s}{window_s}")
+
+
+@app.command("alerts:test")
+@clean_errors
+def alerts_test() -> None:
+    """Send a test alert: the event alert.test to the webhooks, and an email; then say how the email went."""
+    import time
+
+    with _client() as c:
+        failed = alerts_api.test(c)["email"]["failed_attempts"]
+        channel = alerts_api.alerts(c, 0)["channels"][0]
+        deadline = time.monotonic() + 15
+        # Until it is sent, or a try failed (it is retried in the background), or 15 s.
+        while channel["waiting"] and channel["failed_attempts"] == failed and time.monotonic() < deadline:
+            time.sleep(0.2)
+            channel = alerts_api.alerts(c, 0)["channels"][0]
+    console.print("Sent alert.test to the webhooks that want alert.*")
+    console.print(_channel(channel))

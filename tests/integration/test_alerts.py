@@ -253,6 +253,13 @@ def test_an_smtp_server_that_refuses_is_shown_and_retried_until_it_accepts(daemo
         wait_for(lambda: not [i for i in alerts(daemon)["open"] if i["rule"] == "disk"], 15, "resolution")
 
 
+def test_alerts_test_sends_a_test_email_and_says_how_it_went(daemon, smtp):
+    out = ok(daemon.cli("alerts:test"))
+    assert "Email to ops@example.com via smtp://127.0.0.1" in out.stdout and ": ok," in out.stdout, out.stdout
+    [mail] = wait_for(lambda: mails(smtp, "[lbsolo] TEST alert email"), 15, "test email")
+    assert f"smtp://127.0.0.1:{smtp.port}" in mail.message.get_content()
+
+
 def test_an_open_incident_is_kept_and_not_sent_again_across_a_restart(daemon, smtp):
     set_rule(daemon, "disk", threshold=0.01)
     opened = wait_for(lambda: [i for i in alerts(daemon)["open"] if i["rule"] == "disk"], 15, "disk incident")
@@ -284,6 +291,8 @@ def test_a_closed_smtp_port_and_an_invalid_url(docker_client, tmp_path):
         assert channel["last_error"] == f"connection refused by 127.0.0.1:{port}" and channel["state"] == "failing"
         assert "hunter22" not in json.dumps(alerts(d)) and "hunter22" not in (d.log_path.read_text())
         assert any(i["rule"] == "disk" for i in alerts(d)["open"])  # the alert itself is not held up
+        shown = d.cli("alerts:test").stdout
+        assert "failing" in shown and f"connection refused by 127.0.0.1:{port}" in shown
     env["LBSOLO_SMTP_URL"] = "smtp://u:hunter22@mail.example.com:587?from=a@example.com"
     with running_daemon(docker_client, tmp_path / "invalid", env) as d:
         channel = alerts(d)["channels"][0]
