@@ -226,6 +226,8 @@ def test_reading_alerts_is_for_any_platform_reader_and_changing_a_rule_is_the_ad
         assert refusal(role, (), "GET", "/api/alerts", {}) is None
         assert refusal(role, (), "GET", "/api/alerts/rules", {}) is None
     assert refusal("admin", (), "PUT", rule, {"rule": "disk"}) is None
+    assert refusal("admin", (), "POST", "/api/alerts/test", {}) is None
     for role in ("read", "deploy"):
         assert "needs an admin token" in (refusal(role, (), "PUT", rule, {"rule": "disk"}) or "")
+        assert "needs an admin token" in (refusal(role, (), "POST", "/api/alerts/test", {}) or "")
     assert "limited to the apps shop" in (refusal("read", ("shop",), "GET", "/api/alerts", {}) or "")
