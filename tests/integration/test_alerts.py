@@ -190,7 +190,9 @@ def test_a_crash_loop_opens_its_alert(daemon, docker_client, smtp, tmp_path):
     set_rule(daemon, "crash_loop", reset=True)
 
 
-def test_an_app_answering_500_through_the_proxy_opens_http_5xx_and_quiet_resolves_it(daemon, smtp, tmp_path):
+def test_an_app_answering_500_through_the_proxy_opens_http_5xx_and_latency_p95_and_quiet_resolves_them(
+    daemon, smtp, tmp_path
+):
     src = tmp_path / "errors"
     src.mkdir()
     (src / "app.py").write_text(ERRORS_APP)
@@ -199,6 +201,7 @@ def test_an_app_answering_500_through_the_proxy_opens_http_5xx_and_quiet_resolve
     ok(daemon.cli("apps:create", "e5"))
     ok(daemon.cli("deploy", str(src), "--app", "e5"))
     set_rule(daemon, "http_5xx", threshold=50, window=5)
+    set_rule(daemon, "latency_p95", threshold=0.0005, window=5)  # below the histogram's first bucket (1 ms)
     first = time.monotonic()
     for _ in range(20):
         assert daemon.get("e5").status_code == 500
@@ -208,12 +211,16 @@ def test_an_app_answering_500_through_the_proxy_opens_http_5xx_and_quiet_resolve
         r"100% of \d+ responses were 5xx over the last 5 s", opened["message"]
     )
     [mail] = wait_for(lambda: mails(smtp, "[lbsolo] ALERT e5: 5xx responses"), 15, "5xx email")
+    slow = wait_for(lambda: incident(daemon, "latency_p95", "e5"), 15, "latency_p95 incident")
+    assert re.search(r"e5: p95 latency up to [\d.]+ s over the last 5 s", slow["message"]), slow["message"]
     assert "App: e5" in mail.message.get_content() and "Rule: http_5xx" in mail.message.get_content()
     # No more requests: the window empties and the incident resolves.
     resolved = wait_for(lambda: incident(daemon, "http_5xx", "e5", "resolved"), 30, "resolution")
     assert resolved["id"] == opened["id"]
+    assert wait_for(lambda: incident(daemon, "latency_p95", "e5", "resolved"), 15, "p95 resolution")["id"] == slow["id"]
     ok(daemon.cli("destroy", "e5", "--yes"))
     set_rule(daemon, "http_5xx", reset=True)  # its 500s are still within the default window: gone with it
+    set_rule(daemon, "latency_p95", reset=True)
 
 
 def test_rule_settings_and_their_bad_input(daemon):
