@@ -23,7 +23,7 @@ import os
 import secrets
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
@@ -251,7 +251,8 @@ class Alerts:
         observed = [r for r in observed if up >= warming.get(r, 0.0)]
         await self.apply(signals, observed, ())
 
-    async def apply(self, signals: list[Signal], observed: Any, gone: Any) -> rules.Decisions:
+    async def apply(self, signals: list[Signal], observed: Iterable[str], gone: Iterable[str]) -> rules.Decisions:
+        """Decide, save what opened or resolved, then send it (webhooks through the bus, and email)."""
         async with self._lock:
             now = self.clock()
             decided = rules.decide(
