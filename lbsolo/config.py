@@ -156,6 +156,17 @@ class Settings:
     # How often the drains look for add-ons to follow: an add-on's output goes to the drains of
     # the apps it is attached to (core_drains_addons).
     drains_addon_poll: float = 5.0
+    # Alerts (lbsolo/alerts.py has the rules): the loop looks every alerts_interval seconds and
+    # keeps the newest alerts_history resolved incidents. Alert email goes to smtp_url
+    # (smtp://user:pass@host:587?from=…&to=…, or smtps://; see lbsolo/alerts_smtp.py), its TLS
+    # checked against the system's CAs and smtp_ca_bundle's; a failed send waits
+    # alerts_smtp_backoff seconds, doubling, up to 300, and gives up after 8 tries.
+    alerts_interval: float = 10.0
+    alerts_history: int = 200
+    smtp_url: str = field(default="", repr=False)  # holds a password: never in a repr
+    smtp_ca_bundle: str = ""
+    smtp_timeout: float = 10.0
+    alerts_smtp_backoff: float = 5.0
     deploy_timeout: float = 60.0
     # A browser's page request for a sleeping app still waking after this many seconds gets a
     # "starting" page that reloads itself (other clients keep waiting for the app's answer).

@@ -24,6 +24,7 @@ from lbsolo.build import Builder, LogBuffer
 from lbsolo.config import Settings
 from lbsolo.core_addon_backups import AddonBackups
 from lbsolo.core_addons import Addons
+from lbsolo.core_alerts import Alerts
 from lbsolo.core_certs import Certificates
 from lbsolo.core_cluster import ClusterOps
 from lbsolo.core_context import AppLock, CoreContext, Ingress
@@ -129,6 +130,8 @@ class Platform:
         self.sleepers = Sleepers(ctx, self.rollouts.converge, wakes if wakes is not None else asyncio.Queue())
         # Scheduled jobs: each run is a `lbsolo run` (run_command below).
         self.cron = CronJobs(ctx, self.run_command)
+        # Alerts: rules looked at every few seconds and fed by the bus; incidents to webhooks and email.
+        self.alerts = Alerts(ctx, certs)
         # Without the engine's Services part (tests' fakes) there are no add-ons, and the API says so.
         self.backups: AddonBackups | None = None if services is None else AddonBackups(ctx, services)
         self.addons: Addons | None = (

@@ -312,6 +312,7 @@ class Daemon:
         bus.add_listener(sampler.on_event)
         bus.add_listener(platform.cron.on_event)
         bus.add_listener(platform.drains.on_event)
+        bus.add_listener(platform.alerts.on_event)
         bus.add_listener(platform.routing.on_event)  # a first certificate turns an app's HTTPS redirect on
         tokens = await asyncio.to_thread(TokenStore, state)
         ingress.publish({})
@@ -372,6 +373,7 @@ class Daemon:
                 "cron": platform.cron.run_forever,
                 "sleep": platform.sleepers.run_forever,
                 "drains": platform.drains.run_forever,
+                "alerts": platform.alerts.run_forever,
             }
             if access is not None:
                 background["access-log"] = access.flush_forever

@@ -464,6 +464,22 @@ class State:
         with self._lock:
             self._upsert("settings", {**doc, "name": name}, name=name)
 
+    # alert incidents (plain dicts: lbsolo.alerts owns their shape). No migration: like the
+    # settings, an absent table reads as empty.
+    def list_incidents(self) -> list[dict[str, Any]]:
+        with self._lock:
+            rows = self._memory.rows("alerts")
+        return sorted((dict(r) for r in rows), key=lambda r: (r.get("opened_at", 0), r["id"]))
+
+    def save_incidents(self, docs: list[dict[str, Any]], forget: list[str]) -> None:
+        """Insert or update incidents (by id) and forget the ids in `forget` (the history's bound)."""
+        q = Query()
+        with self._lock:
+            for doc in docs:
+                self._upsert("alerts", dict(doc), id=doc["id"])
+            if forget:
+                self._db.table("alerts").remove(q.id.one_of(forget))
+
     # ended web UI sessions: their ids, until they would have expired anyway
     def revoked_sessions(self) -> dict[str, int]:
         with self._lock:

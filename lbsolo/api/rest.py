@@ -22,6 +22,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from lbsolo import __version__
 from lbsolo.api.addon_backups import create_addon_backups_router
 from lbsolo.api.addons import create_addons_router
+from lbsolo.api.alerts import create_alerts_router
 from lbsolo.api.audit import AuditLog, note
 from lbsolo.api.auth import Authenticator, Caller
 from lbsolo.api.certs import create_certs_router
@@ -417,6 +418,7 @@ def create_api(
     api.include_router(create_cron_router(platform, require_token))
     api.include_router(create_drains_router(platform, require_token))
     api.include_router(create_previews_router(platform, require_token))
+    api.include_router(create_alerts_router(platform, require_token))
     api.include_router(create_platform_backup_router(platform, require_token))
     api.include_router(create_cluster_router(platform, require_token))
     return api

@@ -115,6 +115,7 @@ UI_AS_API: dict[tuple[str, str], tuple[str, str]] = {
     ("GET", "/ui/addons"): ("GET", "/api/addons"),
     ("GET", "/ui/routes"): ("GET", "/api/routes"),
     ("GET", "/ui/nodes"): ("GET", "/api/nodes"),
+    ("GET", "/ui/alerts"): ("GET", "/api/alerts"),
     ("GET", "/ui/webhooks"): ("GET", "/api/webhooks"),
     ("GET", "/ui/audit"): ("GET", "/api/audit"),
     ("GET", "/ui/addons/{name}/backups/{backup_id}/download"): (

@@ -32,6 +32,7 @@ from lbsolo.api.audit import AuditLog, note
 from lbsolo.api.auth import Authenticator, Caller
 from lbsolo.api.scopes import ui_allowed
 from lbsolo.api.web_addons import Pages, create_web_addons_router
+from lbsolo.api.web_alerts import create_web_alerts_router
 from lbsolo.api.web_certs import create_web_certs_router
 from lbsolo.api.web_cron import create_web_cron_router
 from lbsolo.api.web_drains import create_web_drains_router
@@ -456,11 +457,10 @@ def create_web_router(
         return await finish_route_change(session, change)
 
     pages = Pages(current, to_login, page, checked_post, back_to, finish_change, form_change)
-    router.include_router(create_web_addons_router(platform, pages))
-    router.include_router(create_web_cron_router(platform, pages))
-    router.include_router(create_web_drains_router(platform, pages))
-    router.include_router(create_web_certs_router(platform, pages))
-    router.include_router(create_web_nodes_router(platform, pages))
+    parts = (create_web_addons_router, create_web_cron_router, create_web_drains_router, create_web_certs_router,
+             create_web_nodes_router, create_web_alerts_router)  # fmt: skip
+    for part in parts:
+        router.include_router(part(platform, pages))
     return router
 
 

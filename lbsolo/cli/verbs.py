@@ -18,6 +18,7 @@ from lbsolo import __version__
 from lbsolo.cli import (
     verbs_addon_backups,
     verbs_addons,
+    verbs_alerts,
     verbs_apps,
     verbs_backup,
     verbs_cluster,
@@ -44,6 +45,7 @@ __all__ = [
     "main",
     "verbs_addon_backups",
     "verbs_addons",
+    "verbs_alerts",
     "verbs_apps",
     "verbs_backup",
     "verbs_cluster",
