@@ -185,7 +185,8 @@ class Settings:
     # file:// (which let an API caller read any repository the daemon can) need this on.
     git_allow_local: bool = False
     # Fault injection for tests: a rollout that has done this step's work (a DeployStep value,
-    # e.g. "swap") waits there forever, so that a test can kill the daemon at that step. Empty: off.
+    # e.g. "swap"), or an ACME order that has done "acme_ordered" or "acme_answered", waits there
+    # forever, so that a test can kill the daemon at that step. Empty: off.
     hold_at_step: str = ""
 
     @classmethod
