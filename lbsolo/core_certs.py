@@ -2,8 +2,9 @@
 
 `Certificates` holds the use cases (`certs`, `certs:info`, `certs:issue`, `certs:renew`) and the
 loop the daemon supervises: every public custom domain of an app or static route gets a
-certificate in the background (the domain is served over plain HTTP meanwhile; names under the
-lbsolo domain keep the local CA's), renewed when a third of its lifetime remains. The pure
+certificate in the background (the domain is served with the local CA's certificate meanwhile),
+and so does each app's `<app>.<domain>` when the lbsolo domain is itself a public name (a laptop's
+`lbsolo.localhost` keeps the local CA's); renewed when a third of its lifetime remains. The pure
 decisions (when, backoff, the hourly cap) are `lbsolo.acme_plan`'s; the CA is spoken to through
 `lbsolo.acme_client`, imported only when ACME is on, and run in a thread.
 
@@ -41,6 +42,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from lbsolo.acme_board import BoardResponder
 from lbsolo.acme_plan import (
     Ca,
     CertRecord,
@@ -228,10 +230,14 @@ class Certificates:
 
     # ---- which domains
     async def served_domains(self) -> set[str]:
-        """Every custom domain (host part) of an app or a static route."""
+        """Every custom domain (host part) of an app or a static route, and `<app>.<domain>` for
+        each app when the lbsolo domain is a public name (not so on a laptop's `lbsolo.localhost`)."""
         apps = await asyncio.to_thread(self.state.list_apps)
         routes = await asyncio.to_thread(self.state.list_routes)
         entries = [d for a in apps for d in a.domains] + [d for r in routes for d in r.domains]
+        domain = self.settings.domain.lower().rstrip(".")
+        if is_public_name(domain):
+            entries += [f"{a.name}.{domain}" for a in apps]
         return {e.split("/", 1)[0].lower().rstrip(".") for e in entries}
 
     async def wanted(self) -> set[str]:
@@ -309,8 +315,9 @@ class Certificates:
         self._wake.set()
 
     def on_event(self, event: Any) -> None:
-        """A bus listener: a domain added (or anything that changes routes) wakes the loop."""
-        if str(getattr(event, "kind", "")).startswith("domains."):
+        """A bus listener: a domain or an app added (a name that may want a certificate) wakes the loop."""
+        kind = str(getattr(event, "kind", ""))
+        if kind.startswith("domains.") or kind == "app.created":
             self._wake.set()
 
     # ---- the loop
@@ -437,7 +444,7 @@ class Certificates:
         """The order (new, or `resume`d), in a worker thread; its challenges are put on the board
         from the loop. A new order is kept with the record before its challenge is answered."""
         assert self.board is not None
-        responder = _BoardResponder(self.board, loop)
+        responder = BoardResponder(self.board, loop)
 
         def created(pending: PendingOrder) -> None:
             record.order_url, record.order_challenge, record.order_ca = pending.url, pending.challenge, str(ca)
@@ -460,37 +467,3 @@ class Certificates:
         """Raise PreflightFailed (saying why) unless `domain` points here and `challenge` reaches this proxy."""
         assert self.board is not None
         await Preflight(self.settings, self.board)(domain, challenge)
-
-
-class _BoardResponder:
-    """An order's `acme_client.Responder`: hands its challenges to the board on the loop, from the
-    order's thread, and returns once they are there (the CA may look as soon as it is told)."""
-
-    def __init__(self, board: ChallengeBoard, loop: asyncio.AbstractEventLoop) -> None:
-        self.board = board
-        self.loop = loop
-        self.tokens: list[str] = []
-        self.domains: list[str] = []
-
-    def _on_loop(self, fn: Callable[..., None], *args: Any) -> None:
-        # Callbacks run in order: the no-op's end comes after the put.
-        self.loop.call_soon_threadsafe(fn, *args)
-        asyncio.run_coroutine_threadsafe(_noop(), self.loop).result(10)
-
-    def http01(self, token: str, key_authorization: str) -> None:
-        self.tokens.append(token)
-        self._on_loop(self.board.put_challenge, token, key_authorization)
-
-    def tls_alpn01(self, domain: str, cert_pem: bytes, key_pem: bytes) -> None:
-        self.domains.append(domain)
-        self._on_loop(self.board.put_alpn_challenge, domain, cert_pem, key_pem)
-
-    def withdraw(self) -> None:
-        for token in self.tokens:
-            self.loop.call_soon_threadsafe(self.board.drop_challenge, token)
-        for domain in self.domains:
-            self.loop.call_soon_threadsafe(self.board.drop_alpn_challenge, domain)
-
-
-async def _noop() -> None:
-    return None

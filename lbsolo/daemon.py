@@ -227,8 +227,10 @@ class Daemon:
             # ACME's certificates are pushed in (core_certs); user certificates keep priority in the store.
             pushed = PushedSource()
             # A routed name no certificate covers yet gets the domain's meanwhile (proxy: made below).
-            sources = [LocalCASource(ca, s.domain), pushed]
-            store = CertStore(s.domain, ca, s.tls_dir / "certs", sources=sources, routed=lambda n: proxy.serves_host(n))
+            store = CertStore(
+                s.domain, ca, s.tls_dir / "certs", sources=[LocalCASource(ca, s.domain)],
+                routed=lambda n: proxy.serves_host(n), obtained=pushed,
+            )  # fmt: skip
             # Mints the certificate of the domain and *.<domain> once, before any handshake.
             tls = await asyncio.to_thread(store.server_context)
             tls_knows = store.knows
