@@ -66,9 +66,9 @@ def issuer_of(port: int, name: str) -> str:
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
     try:
-        with socket.create_connection(("127.0.0.1", port), timeout=2) as raw:
-            with ctx.wrap_socket(raw, server_hostname=name) as tls:
-                der = tls.getpeercert(binary_form=True)
+        raw = socket.create_connection(("127.0.0.1", port), timeout=2)
+        with ctx.wrap_socket(raw, server_hostname=name) as tls:
+            der = tls.getpeercert(binary_form=True)
     except (OSError, ssl.SSLError):
         return ""
     if not der:

@@ -282,7 +282,8 @@ class CertStore:
             ctx = store.context_for(server_name)
             if ctx is None:
                 return ssl.ALERT_DESCRIPTION_UNRECOGNIZED_NAME
-            sock.context = ctx
+            if ctx is not sock.context:  # most handshakes stay on the listener's (the domain's)
+                sock.context = ctx
             return None
 
         default.sni_callback = pick  # type: ignore[assignment]
