@@ -15,6 +15,15 @@ holding the SHA-256 of the key authorization) is built with `cryptography`.
 What it must not do: decide when to order or which challenge to use (lbsolo.acme_plan does),
 answer challenges (the proxy does, from what the `Responder` hands it), or keep certificates
 (the core stores them).
+
+An order is resumable: as soon as the CA has created it, `order` hands a `PendingOrder` (its URL,
+the challenge kind, the certificate's key) to the caller, who keeps it; a daemon killed mid-order
+passes it back (`resume=`) and the same order is taken up where it stands (its challenge answered
+if it was not, polled, finalized, or its certificate just downloaded), so a restart sends no
+second order. An order the CA has ended (invalid, expired, gone) raises `OrderGone`.
+
+Polling starts at 0.1 s and grows to 1 s (certbot's `poll_and_finalize` sleeps a whole second
+before each look, which made a certificate wait two seconds it did not need to).
 """
 
 from __future__ import annotations
@@ -24,6 +33,8 @@ import hashlib
 import json
 import os
 import tempfile
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -44,6 +55,8 @@ __all__ = [
     "AuthorizationFailed",
     "ChallengeUnavailable",
     "Issued",
+    "OrderGone",
+    "PendingOrder",
     "Responder",
     "alpn_certificate",
     "certificate_facts",
@@ -74,6 +87,12 @@ class ChallengeUnavailable(AcmeFailed):
     """The CA offers no challenge of the kind asked for this name (the other kind may do)."""
 
     code = "challenge_unavailable"
+
+
+class OrderGone(AcmeFailed):
+    """The order a previous run left is over at the CA (invalid, expired or unknown): a new one is needed."""
+
+    code = "order_gone"
 
 
 @challenges.ChallengeResponse.register
@@ -143,6 +162,19 @@ class Issued:
     issuer: str
     not_before: float
     not_after: float
+
+
+@dataclass(frozen=True)
+class PendingOrder:
+    """An order the CA has created and not finished: what it takes to resume it after a restart."""
+
+    url: str
+    challenge: str  # HTTP01 or TLS_ALPN01
+    key_pem: bytes  # the certificate's key, in the CSR the order is finalized with
+
+
+_POLL_FIRST = 0.1  # seconds before the first look again at an authorization or an order
+_POLL_MAX = 1.0
 
 
 def certificate_facts(chain_pem: bytes) -> tuple[str, float, float]:
@@ -248,31 +280,42 @@ class AcmeAccount:
         self._client = acme
         return acme
 
-    def order(self, domain: str, responder: Responder, *, challenge: str = HTTP01, deadline: float = 90.0) -> Issued:
-        """A certificate for `domain` from a new order, its `challenge` (HTTP01 or TLS_ALPN01)
-        answered by `responder` (withdrawn afterwards, whatever happens)."""
-        kind = TLSALPN01 if challenge == TLS_ALPN01 else challenges.HTTP01
+    def order(
+        self,
+        domain: str,
+        responder: Responder,
+        *,
+        challenge: str = HTTP01,
+        deadline: float = 90.0,
+        resume: PendingOrder | None = None,
+        created: Callable[[PendingOrder], None] | None = None,
+        hold: Callable[[str], None] | None = None,
+    ) -> Issued:
+        """A certificate for `domain`, its `challenge` (HTTP01 or TLS_ALPN01) answered by
+        `responder` (withdrawn afterwards, whatever happens): from a new order, handed to `created`
+        as soon as the CA made it, or from the order `resume` names (its challenge kind, not
+        `challenge`). `hold(step)` is called after "acme_ordered" and "acme_answered" (tests stop
+        there)."""
         acme = self.connect()
-        key = ec.generate_private_key(ec.SECP256R1())
-        key_pem = key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-        )
         try:
-            order = acme.new_order(crypto_util.make_csr(key_pem, [domain]))
-            for authz in order.authorizations:
-                if authz.body.status == messages.STATUS_VALID:
-                    continue  # validated recently for this account: the CA reuses it
-                chall = next((c for c in authz.body.challenges if isinstance(c.chall, kind)), None)
-                if chall is None:
-                    raise ChallengeUnavailable(f"the CA offers no {challenge} challenge for {domain}")
-                response, validation = chall.response_and_validation(acme.net.key)
-                if kind is TLSALPN01:
-                    responder.tls_alpn01(domain, *alpn_certificate(domain, validation))
-                else:
-                    responder.http01(chall.chall.encode("token"), validation)
-                acme.answer_challenge(chall, response)
-            when = datetime.datetime.now() + datetime.timedelta(seconds=deadline)
-            done = acme.poll_and_finalize(order, deadline=when)
+            if resume is not None:
+                challenge, key_pem = resume.challenge, resume.key_pem
+                orderr = self._fetch_order(acme, domain, resume)
+            else:
+                key = ec.generate_private_key(ec.SECP256R1())
+                key_pem = key.private_bytes(
+                    serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+                )
+                orderr = acme.new_order(crypto_util.make_csr(key_pem, [domain]))
+                if created is not None:
+                    created(PendingOrder(orderr.uri, challenge, key_pem))
+                if hold is not None:
+                    hold("acme_ordered")
+            if orderr.body.status == messages.STATUS_PENDING:
+                self._answer(acme, domain, orderr, challenge, responder)
+                if hold is not None:
+                    hold("acme_answered")
+            chain = self._finish(acme, orderr, time.monotonic() + deadline)
         except AcmeFailed:
             raise
         except Exception as e:
@@ -282,6 +325,85 @@ class AcmeAccount:
             raise AcmeFailed(_reason(e)) from e
         finally:
             responder.withdraw()
-        chain = done.fullchain_pem.encode()
         issuer, not_before, not_after = certificate_facts(chain)
         return Issued(chain, key_pem, issuer, not_before, not_after)
+
+    @staticmethod
+    def _fetch_order(acme: client.ClientV2, domain: str, pending: PendingOrder) -> messages.OrderResource:
+        """The order at `pending.url` as the CA has it now, with its authorizations; OrderGone if it is over."""
+        try:
+            # POST-as-GET (RFC 8555 6.3): certbot's client has no public call for an order by URL.
+            body = messages.Order.from_json(acme._post_as_get(pending.url).json())
+            if body.status in (messages.STATUS_INVALID, messages.STATUS_DEACTIVATED):
+                why = f": {body.error.detail or body.error.typ}" if body.error is not None else ""
+                raise OrderGone(f"the order left by the previous run is {body.status}{why}")
+            if [i.value for i in body.identifiers] != [domain]:
+                raise OrderGone(f"the order left by the previous run is not for {domain}")
+            authorizations = [acme._authzr_from_response(acme._post_as_get(u), uri=u) for u in body.authorizations]
+        except OrderGone:
+            raise
+        except messages.Error as e:  # unknown (404), expired, malformed
+            raise OrderGone(f"the order left by the previous run is gone: {_reason(e)}") from e
+        csr = crypto_util.make_csr(pending.key_pem, [domain])
+        return messages.OrderResource(body=body, uri=pending.url, authorizations=authorizations, csr_pem=csr)
+
+    @staticmethod
+    def _answer(
+        acme: client.ClientV2, domain: str, orderr: messages.OrderResource, challenge: str, responder: Responder
+    ) -> None:
+        """Hand the responder each pending authorization's `challenge`, and tell the CA to look
+        (unless a previous run told it already: then it may look at any moment, and the answer
+        must be there)."""
+        kind = TLSALPN01 if challenge == TLS_ALPN01 else challenges.HTTP01
+        for authz in orderr.authorizations:
+            if authz.body.status == messages.STATUS_VALID:
+                continue  # validated recently for this account: the CA reuses it
+            chall = next((c for c in authz.body.challenges if isinstance(c.chall, kind)), None)
+            if chall is None:
+                raise ChallengeUnavailable(f"the CA offers no {challenge} challenge for {domain}")
+            response, validation = chall.response_and_validation(acme.net.key)
+            if kind is TLSALPN01:
+                responder.tls_alpn01(domain, *alpn_certificate(domain, validation))
+            else:
+                responder.http01(chall.chall.encode("token"), validation)
+            if chall.status == messages.STATUS_PENDING:
+                acme.answer_challenge(chall, response)
+
+    @staticmethod
+    def _finish(acme: client.ClientV2, orderr: messages.OrderResource, deadline: float) -> bytes:
+        """Wait for the authorizations, finalize (once ready) and download the chain, polling
+        from _POLL_FIRST up to _POLL_MAX seconds apart (or as the CA's Retry-After says, within it)."""
+        pause = _POLL_FIRST
+
+        def wait(response: Any) -> None:
+            nonlocal pause
+            if time.monotonic() >= deadline:
+                raise errors.TimeoutError()
+            asked = response.headers.get("Retry-After", "")
+            time.sleep(min(float(asked) if asked.isdigit() else pause, _POLL_MAX, deadline - time.monotonic()))
+            pause = min(pause * 2, _POLL_MAX)
+
+        for authz in orderr.authorizations:
+            while authz.body.status in (messages.STATUS_PENDING, messages.STATUS_PROCESSING):
+                authz, response = acme.poll(authz)
+                if authz.body.status in (messages.STATUS_PENDING, messages.STATUS_PROCESSING):
+                    wait(response)
+            if authz.body.status != messages.STATUS_VALID:
+                raise errors.ValidationError([authz])
+        pause = _POLL_FIRST
+        while True:
+            response = acme._post_as_get(orderr.uri)
+            body = messages.Order.from_json(response.json())
+            if body.status == messages.STATUS_READY:
+                finalized = acme.begin_finalization(orderr).body
+                if finalized.status != messages.STATUS_VALID:
+                    wait(response)
+                    continue
+                body = finalized
+            if body.status == messages.STATUS_VALID and body.certificate is not None:
+                return acme._post_as_get(body.certificate).text.encode()
+            if body.status == messages.STATUS_INVALID:
+                if body.error is not None:
+                    raise errors.IssuanceError(body.error)
+                raise AcmeFailed("the CA ended the order without a certificate")
+            wait(response)

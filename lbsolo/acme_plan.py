@@ -113,6 +113,11 @@ class CertRecord:
     alerted: str = ""  # the last expiry alert sent: "<kind>:<not_after>:<day>" (once per certificate per day)
     challenge: str = ""  # the challenge the next try uses ("": the first available)
     validated_by: str = ""  # the challenge that last worked for this domain
+    # The order sent to the CA and not finished yet (its key beside the record): a daemon killed
+    # mid-order resumes it on start instead of sending another. "": none in flight.
+    order_url: str = ""
+    order_challenge: str = ""
+    order_ca: str = ""
 
     def to_dict(self) -> dict[str, object]:
         return {
@@ -132,6 +137,9 @@ class CertRecord:
             "alerted": self.alerted,
             "challenge": self.challenge,
             "validated_by": self.validated_by,
+            "order_url": self.order_url,
+            "order_challenge": self.order_challenge,
+            "order_ca": self.order_ca,
         }
 
     @classmethod

@@ -207,7 +207,8 @@ class Settings:
     # Preview apps of pull requests running at once on the whole platform (each app also has its own cap).
     max_previews: int = 10
     # Fault injection for tests: a rollout that has done this step's work (a DeployStep value,
-    # e.g. "swap") waits there forever, so that a test can kill the daemon at that step. Empty: off.
+    # e.g. "swap"), or an ACME order that has done "acme_ordered" or "acme_answered", waits there
+    # forever, so that a test can kill the daemon at that step. Empty: off.
     hold_at_step: str = ""
 
     @classmethod

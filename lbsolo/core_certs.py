@@ -2,8 +2,9 @@
 
 `Certificates` holds the use cases (`certs`, `certs:info`, `certs:issue`, `certs:renew`) and the
 loop the daemon supervises: every public custom domain of an app or static route gets a
-certificate in the background (the domain is served over plain HTTP meanwhile; names under the
-lbsolo domain keep the local CA's), renewed when a third of its lifetime remains. The pure
+certificate in the background (the domain is served with the local CA's certificate meanwhile),
+and so does each app's `<app>.<domain>` when the lbsolo domain is itself a public name (a laptop's
+`lbsolo.localhost` keeps the local CA's); renewed when a third of its lifetime remains. The pure
 decisions (when, backoff, the hourly cap) are `lbsolo.acme_plan`'s; the CA is spoken to through
 `lbsolo.acme_client`, imported only when ACME is on, and run in a thread.
 
@@ -13,6 +14,11 @@ A failed preflight is retried with the same backoff as a failed order, and sends
 domain is validated by HTTP-01 or, in a daemon with an HTTPS listener, TLS-ALPN-01: the one that
 worked last; a failure that may be the challenge's makes the next try use the other
 (`acme_plan.challenge_for`, `after_challenge`), and the record keeps which one works.
+
+An order in flight is kept with the record (its URL, challenge and CA) and its certificate's key
+in `<domain>.order.key`, written as soon as the CA has made the order, before its challenge is
+answered: a daemon killed mid-order (`kill -9`) takes the same order up again on start, so no
+second order is sent; one the CA has ended meanwhile is replaced by a new one (counted as usual).
 
 Stored under $LBSOLO_HOME/acme/ (0700): the account key, and per domain `<domain>.pem` (chain),
 `<domain>.key` and `<domain>.json` (the record), all 0600. A new certificate is pushed into the
@@ -30,11 +36,13 @@ import json
 import logging
 import os
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from lbsolo.acme_board import BoardResponder
 from lbsolo.acme_plan import (
     Ca,
     CertRecord,
@@ -58,7 +66,7 @@ from lbsolo.events import EventBus
 from lbsolo.state import State
 
 if TYPE_CHECKING:
-    from lbsolo.acme_client import AcmeAccount, Issued
+    from lbsolo.acme_client import AcmeAccount, Issued, PendingOrder
 
 __all__ = ["AcmeOff", "Certificates", "ChallengeBoard"]
 
@@ -163,15 +171,37 @@ class Certificates:
         base = self.dir / "certs"
         return base / f"{domain}.json", base / f"{domain}.pem", base / f"{domain}.key"
 
-    def _save(self, record: CertRecord, issued: Issued | None = None) -> None:
-        """Write the record (and a new certificate, its key first) 0600; runs in a thread."""
+    def _order_key(self, domain: str) -> Path:
+        return self.dir / "certs" / f"{domain}.order.key"
+
+    def _save(self, record: CertRecord, issued: Issued | None = None, order_key: bytes | None = None) -> None:
+        """Write the record (and a new certificate, its key first, or an order's key) 0600; runs in a thread."""
         (self.dir / "certs").mkdir(mode=0o700, parents=True, exist_ok=True)
         os.chmod(self.dir, 0o700)
         meta, chain, key = self._paths(record.domain)
         if issued is not None:
             _write_private(key, issued.key_pem)
             _write_private(chain, issued.chain_pem)
+        if order_key is not None:
+            _write_private(self._order_key(record.domain), order_key)
         _write_private(meta, json.dumps(record.to_dict(), indent=1).encode())
+
+    def _pending(self, record: CertRecord) -> PendingOrder | None:
+        """The order a previous run left in flight for `record`'s domain, if any (in a thread)."""
+        key = self._order_key(record.domain)
+        if not record.order_url or not key.exists():
+            return None
+        from lbsolo.acme_client import PendingOrder
+
+        return PendingOrder(record.order_url, record.order_challenge, key.read_bytes())
+
+    def _forget_order(self, record: CertRecord, issued: Issued | None = None) -> None:
+        """The order in flight is over (done, or dead at the CA): the record says none (in a thread)."""
+        had = bool(record.order_url)
+        record.order_url = record.order_challenge = record.order_ca = ""
+        if had or issued is not None:
+            self._save(record, issued)
+        self._order_key(record.domain).unlink(missing_ok=True)
 
     def _read_all(self) -> list[tuple[CertRecord, bytes | None, bytes | None]]:
         base = self.dir / "certs"
@@ -200,10 +230,14 @@ class Certificates:
 
     # ---- which domains
     async def served_domains(self) -> set[str]:
-        """Every custom domain (host part) of an app or a static route."""
+        """Every custom domain (host part) of an app or a static route, and `<app>.<domain>` for
+        each app when the lbsolo domain is a public name (not so on a laptop's `lbsolo.localhost`)."""
         apps = await asyncio.to_thread(self.state.list_apps)
         routes = await asyncio.to_thread(self.state.list_routes)
         entries = [d for a in apps for d in a.domains] + [d for r in routes for d in r.domains]
+        domain = self.settings.domain.lower().rstrip(".")
+        if is_public_name(domain):
+            entries += [f"{a.name}.{domain}" for a in apps]
         return {e.split("/", 1)[0].lower().rstrip(".") for e in entries}
 
     async def wanted(self) -> set[str]:
@@ -281,8 +315,9 @@ class Certificates:
         self._wake.set()
 
     def on_event(self, event: Any) -> None:
-        """A bus listener: a domain added (or anything that changes routes) wakes the loop."""
-        if str(getattr(event, "kind", "")).startswith("domains."):
+        """A bus listener: a domain or an app added (a name that may want a certificate) wakes the loop."""
+        kind = str(getattr(event, "kind", ""))
+        if kind.startswith("domains.") or kind == "app.created":
             self._wake.set()
 
     # ---- the loop
@@ -334,26 +369,35 @@ class Certificates:
         record.last_attempt = now
         record.ca_attempts = attempts_in_window(record.ca_attempts, now)
         record.staging_attempts = attempts_in_window(record.staging_attempts, now)
-        ca = ca_for(record)
-        challenge = challenge_for(record, self.challenges)
+        resume = await asyncio.to_thread(self._pending, record)
+        if resume is not None:  # an order a killed daemon left: the same CA, the same challenge
+            ca, challenge = Ca(record.order_ca or ca_for(record)), Challenge(resume.challenge)
+        else:
+            ca, challenge = ca_for(record), challenge_for(record, self.challenges)
+        loop = asyncio.get_running_loop()
         try:
             await self.preflight(domain, challenge)
-            cap = self.settings.acme_attempts_per_hour
-            if ca == Ca.STAGING:  # not counted against the production cap
-                record.staging_attempts.append(now)
-            elif cap > 0 and len(record.ca_attempts) >= cap:
-                raise LbsoloError(f"{cap} orders for {domain} in the last hour: the next waits for the hour to pass")
-            else:
-                record.ca_attempts.append(now)
-            await asyncio.to_thread(self._save, record)
             account = self.staging_account() if ca == Ca.STAGING else self.account()
-            issued = await asyncio.to_thread(self._order, account, domain, challenge, asyncio.get_running_loop())
+            issued = None
+            if resume is not None:
+                try:
+                    issued = await asyncio.to_thread(self._order, account, record, challenge, ca, loop, resume)
+                except LbsoloError as e:
+                    if e.code != "order_gone":
+                        raise
+                    log.info("certificate for %s: %s; a new order", domain, e.message)
+                    await asyncio.to_thread(self._forget_order, record)
+            if issued is None:
+                await self._count_order(record, ca, now)
+                issued = await asyncio.to_thread(self._order, account, record, challenge, ca, loop, None)
         except LbsoloError as e:
             record.failures += 1
             error = f"{e.message} ({challenge})" if e.code != "error" else e.message
             record.last_error = error if ca == Ca.PRODUCTION else f"(staging CA) {error}"
             after_attempt(record, ca, ok=False, authorization_failed=e.code == "authorization_failed")
             after_challenge(record, challenge, ok=False, failure=e.code, available=self.challenges)
+            if e.code in ("authorization_failed", "challenge_unavailable"):  # the order is dead at the CA
+                await asyncio.to_thread(self._forget_order, record)
             await asyncio.to_thread(self._save, record)
             log.warning("certificate for %s: %s", domain, record.last_error)
             self.bus.emit("cert.failed", None, f"certificate for {domain}: {record.last_error}", domain=domain, ca=ca)
@@ -362,6 +406,7 @@ class Certificates:
         after_challenge(record, challenge, ok=True, failure="", available=self.challenges)
         if ca == Ca.STAGING:  # a test certificate, thrown away: production is tried next, at once
             record.last_error = "validated by the staging CA: production is asked next"
+            await asyncio.to_thread(self._forget_order, record)
             await asyncio.to_thread(self._save, record)
             log.info("certificate for %s: the staging CA validated it, production next", domain)
             self.wake()
@@ -369,57 +414,56 @@ class Certificates:
         first = not record.has_certificate
         record.issuer, record.not_before, record.not_after = issued.issuer, issued.not_before, issued.not_after
         record.last_success, record.failures, record.last_error = self.clock(), 0, ""
-        await asyncio.to_thread(self._save, record, issued)
+        await asyncio.to_thread(self._forget_order, record, issued)
         if self.install is not None:
             self.install(domain, issued.chain_pem, issued.key_pem)
         self.bus.emit("cert.issued", None, f"certificate for {domain} from {issued.issuer}", domain=domain, first=first)
         self.wake()  # the loop may sleep past the renewal now due (an order asked by hand, a short-lived certificate)
         return record
 
+    async def _count_order(self, record: CertRecord, ca: Ca, now: float) -> None:
+        """Count a new order about to be sent to `ca`, or raise if the production hourly cap is reached."""
+        cap = self.settings.acme_attempts_per_hour
+        if ca == Ca.STAGING:  # not counted against the production cap
+            record.staging_attempts.append(now)
+        elif cap > 0 and len(record.ca_attempts) >= cap:
+            raise LbsoloError(f"{cap} orders for {record.domain} in the last hour: the next waits for the hour to pass")
+        else:
+            record.ca_attempts.append(now)
+        await asyncio.to_thread(self._save, record)
+
     def _order(
-        self, account: AcmeAccount, domain: str, challenge: Challenge, loop: asyncio.AbstractEventLoop
+        self,
+        account: AcmeAccount,
+        record: CertRecord,
+        challenge: Challenge,
+        ca: Ca,
+        loop: asyncio.AbstractEventLoop,
+        resume: PendingOrder | None,
     ) -> Issued:
-        """The order, in a worker thread; its challenges are put on the board from the loop."""
+        """The order (new, or `resume`d), in a worker thread; its challenges are put on the board
+        from the loop. A new order is kept with the record before its challenge is answered."""
         assert self.board is not None
-        responder = _BoardResponder(self.board, loop)
-        return account.order(domain, responder, challenge=str(challenge), deadline=_ORDER_DEADLINE)
+        responder = BoardResponder(self.board, loop)
+
+        def created(pending: PendingOrder) -> None:
+            record.order_url, record.order_challenge, record.order_ca = pending.url, pending.challenge, str(ca)
+            self._save(record, order_key=pending.key_pem)
+
+        return account.order(
+            record.domain, responder, challenge=str(challenge), deadline=_ORDER_DEADLINE,
+            resume=resume, created=created, hold=self._hold,
+        )  # fmt: skip
+
+    def _hold(self, step: str) -> None:
+        """Fault injection for tests (LBSOLO_HOLD_AT_STEP=acme_ordered|acme_answered): an order that
+        has done `step` waits there forever (in its thread), so that a test can kill the daemon there."""
+        if self.settings.hold_at_step == step:
+            log.warning("acme order held after %s (LBSOLO_HOLD_AT_STEP)", step)
+            threading.Event().wait()
 
     # ---- preflight
     async def preflight(self, domain: str, challenge: Challenge = Challenge.HTTP01) -> None:
         """Raise PreflightFailed (saying why) unless `domain` points here and `challenge` reaches this proxy."""
         assert self.board is not None
         await Preflight(self.settings, self.board)(domain, challenge)
-
-
-class _BoardResponder:
-    """An order's `acme_client.Responder`: hands its challenges to the board on the loop, from the
-    order's thread, and returns once they are there (the CA may look as soon as it is told)."""
-
-    def __init__(self, board: ChallengeBoard, loop: asyncio.AbstractEventLoop) -> None:
-        self.board = board
-        self.loop = loop
-        self.tokens: list[str] = []
-        self.domains: list[str] = []
-
-    def _on_loop(self, fn: Callable[..., None], *args: Any) -> None:
-        # Callbacks run in order: the no-op's end comes after the put.
-        self.loop.call_soon_threadsafe(fn, *args)
-        asyncio.run_coroutine_threadsafe(_noop(), self.loop).result(10)
-
-    def http01(self, token: str, key_authorization: str) -> None:
-        self.tokens.append(token)
-        self._on_loop(self.board.put_challenge, token, key_authorization)
-
-    def tls_alpn01(self, domain: str, cert_pem: bytes, key_pem: bytes) -> None:
-        self.domains.append(domain)
-        self._on_loop(self.board.put_alpn_challenge, domain, cert_pem, key_pem)
-
-    def withdraw(self) -> None:
-        for token in self.tokens:
-            self.loop.call_soon_threadsafe(self.board.drop_challenge, token)
-        for domain in self.domains:
-            self.loop.call_soon_threadsafe(self.board.drop_alpn_challenge, domain)
-
-
-async def _noop() -> None:
-    return None

@@ -121,8 +121,9 @@ class Routing:
     async def redirect_after_certificate(self, domain: str) -> str | None:
         """Turn on the HTTPS redirect of the app that serves `domain` (a public name that just got
         its first certificate), unless its owner chose the redirect already. The app's name, if changed."""
+        own = self.ctx.settings.domain.lower().rstrip(".")
         for app in await asyncio.to_thread(self.ctx.state.list_apps):
-            hosts = {d.split("/", 1)[0].lower() for d in app.domains}
+            hosts = {d.split("/", 1)[0].lower() for d in app.domains} | {f"{app.name}.{own}"}
             if domain not in hosts or not redirect_by_default(app.https_redirect, app.redirect_chosen, domain):
                 continue
             async with self.ctx.lock(app.name):

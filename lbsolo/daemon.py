@@ -12,13 +12,9 @@ import asyncio
 import concurrent.futures
 import contextlib
 import gc
-import hashlib
 import json
 import logging
 import os
-import re
-import secrets
-import shutil
 import signal
 import socket
 from collections.abc import Awaitable, Callable
@@ -36,6 +32,7 @@ from lbsolo.core_certs import Certificates
 from lbsolo.core_context import CoreContext
 from lbsolo.daemon_backend import backend_notes, open_backend
 from lbsolo.daemon_handover import Listeners, bind_dns, bind_tcp, inherited, signal_ready, start_successor
+from lbsolo.daemon_home import ensure_home, instance_id, spool_dir, write_private
 from lbsolo.daemon_ingress import ProxyIngress, own_route
 from lbsolo.dns import DNSServer, ForwardConfig, RateLimit, Zone
 from lbsolo.engine import free_subnet
@@ -52,61 +49,6 @@ from lbsolo.state import State
 log = logging.getLogger("lbsolo.daemon")
 
 BLOCKING_THREADS = 64  # the loop's executor: engine calls, state writes, one-off containers
-
-
-def ensure_home(settings: Settings) -> str:
-    """Create the state directory (0700) and the admin token (0600); return the token."""
-    settings.home.mkdir(parents=True, exist_ok=True)
-    os.chmod(settings.home, 0o700)
-    path = settings.token_path
-    if not path.exists():
-        token = secrets.token_urlsafe(32)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(token + "\n")
-    return path.read_text().strip()
-
-
-def instance_id(settings: Settings) -> str:
-    """Names this lbsolo home on a shared engine: it only ever touches its own containers.
-
-    A hash of the home's path, unless the home was restored from a backup: then the backed-up
-    platform's, kept in $LBSOLO_HOME/instance, which its images' labels and volumes' names carry."""
-    with contextlib.suppress(OSError):
-        kept = settings.instance_path.read_text().strip()
-        if re.fullmatch(r"[0-9a-f]{12}", kept):
-            return kept
-    return hashlib.sha256(str(settings.home.resolve()).encode()).hexdigest()[:12]
-
-
-def write_private(path: Path, text: str) -> None:
-    tmp = path.with_suffix(".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
-
-
-def _fresh_dir(path: Path) -> Path:
-    """`path` as an empty private directory (what a crashed daemon left there is removed)."""
-    shutil.rmtree(path, ignore_errors=True)
-    path.mkdir(mode=0o700, parents=True, exist_ok=True)
-    return path
-
-
-def _spool_dir(tmp: Path) -> Path:
-    """This process's own spool directory under `tmp`; those of processes no longer alive are
-    removed (a daemon handing over still spools into its own while it finishes)."""
-    tmp.mkdir(mode=0o700, parents=True, exist_ok=True)
-    for old in tmp.iterdir():
-        alive = old.name.isdigit() and Path(f"/proc/{old.name}").exists() and int(old.name) != os.getpid()
-        if alive:
-            continue
-        if old.is_dir():
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            old.unlink(missing_ok=True)
-    return _fresh_dir(tmp / str(os.getpid()))
 
 
 class _APIServer(uvicorn.Server):
@@ -228,8 +170,10 @@ class Daemon:
             # ACME's certificates are pushed in (core_certs); user certificates keep priority in the store.
             pushed = PushedSource()
             # A routed name no certificate covers yet gets the domain's meanwhile (proxy: made below).
-            sources = [LocalCASource(ca, s.domain), pushed]
-            store = CertStore(s.domain, ca, s.tls_dir / "certs", sources=sources, routed=lambda n: proxy.serves_host(n))
+            store = CertStore(
+                s.domain, ca, s.tls_dir / "certs", sources=[LocalCASource(ca, s.domain)],
+                routed=lambda n: proxy.serves_host(n), obtained=pushed,
+            )  # fmt: skip
             # Mints the certificate of the domain and *.<domain> once, before any handshake.
             tls = await asyncio.to_thread(store.server_context)
             tls_knows = store.knows
@@ -254,7 +198,7 @@ class Daemon:
             buffer_memory=s.proxy_buffer_memory,
             buffer_max=s.proxy_buffer_max,
             buffer_disk=s.proxy_buffer_disk,
-            spool_dir=await asyncio.to_thread(_spool_dir, s.tmp_dir),
+            spool_dir=await asyncio.to_thread(spool_dir, s.tmp_dir),
             body_min_rate=s.proxy_body_min_rate,
             body_grace=s.proxy_body_grace,
             tunnel_idle_timeout=s.proxy_tunnel_idle_timeout,

@@ -1,23 +1,21 @@
-"""TLS for the proxy: a local certificate authority and certificate selection by SNI.
+"""TLS for the proxy: certificate selection by SNI.
 
-For the lbsolo domain, a CA generated on first start (kept in a directory, key readable by the
-owner only) issues one certificate for `<domain>` and `*.<domain>`, made once before the
-listener opens and served to every name one label under the domain: a handshake never mints on
-the event loop. The CA carries critical NameConstraints (the domain, localhost, loopback
-addresses), so its key, if it leaks, cannot sign for anyone else's names. User-supplied
-certificates for custom domains are picked by SNI first.
+For the lbsolo domain, the local CA (lbsolo.proxy_tls_ca, re-exported here) issues one certificate
+for `<domain>` and `*.<domain>`, made once before the listener opens and served to every name one
+label under the domain: a handshake never mints on the event loop. User-supplied certificates
+for custom domains are picked by SNI first.
 
 Where certificates come from is one seam, `CertificateSource`: `CertStore` asks its sources, in
 order, for a host it has no certificate for. `LocalCASource` (the local CA, for the lbsolo domain)
-is one source; `PushedSource` is another: certificates another part obtained (ACME, in the
-core) are pushed into it, and `CertStore.refresh` makes the next handshake use them.
+is one source. Certificates another part obtained (ACME, in the core) are pushed into a
+`PushedSource` given to the store as `obtained`: those come right after the user's, before the
+domain certificate (an app's `<app>.<domain>` on a public domain gets its ACME certificate, not
+the local CA's wildcard), and `CertStore.refresh` makes the next handshake use a renewed one.
 No I/O beyond the CA directory; of lbsolo, only the token bucket of `dns_ratelimit` is used.
 """
 
 from __future__ import annotations
 
-import datetime
-import ipaddress
 import os
 import ssl
 import tempfile
@@ -27,12 +25,11 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Protocol
 
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
-
 from lbsolo.dns_ratelimit import RateLimit, RateLimiter
+from lbsolo.proxy_tls_ca import LOOPBACK_IPS, LocalCA, served_names
+from lbsolo.proxy_tls_ca import is_address as _is_address
+from lbsolo.proxy_tls_ca import norm as _norm
+from lbsolo.proxy_tls_ca import under as _under
 
 __all__ = [
     "ALPN_PROTOCOLS",
@@ -48,233 +45,6 @@ __all__ = [
 # HTTP/1.1 (and what a client that offers nothing gets). Every context a handshake may switch to
 # offers the same (`_offer`).
 ALPN_PROTOCOLS = ("h2", "http/1.1")
-_CA_DAYS = 3650
-_LEAF_DAYS = 397  # what browsers accept for a leaf certificate
-# What a local CA may sign besides its domain: loopback, where lbsolo also answers.
-_LOCAL_NAMES = ("localhost",)
-_LOCAL_NETWORKS = ("127.0.0.0/8", "::1/128")
-_LOOPBACK_IPS = ("127.0.0.1", "::1")  # also in the domain certificate, for https://127.0.0.1:<port>
-
-
-def _pem_key(key: ec.EllipticCurvePrivateKey) -> bytes:
-    return key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    )
-
-
-def _write_private(path: Path, data: bytes) -> None:
-    """Write atomically, readable by the owner only."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".")
-    try:
-        os.fchmod(fd, 0o600)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _norm(host: str) -> str:
-    return host.lower().strip(".")
-
-
-def _under(host: str, domain: str) -> bool:
-    return host == domain or host.endswith("." + domain)
-
-
-def served_names(domain: str) -> x509.NameConstraints:
-    """The names a local CA for `domain` may sign: the domain and its subdomains, localhost, loopback."""
-    dns: list[x509.GeneralName] = [x509.DNSName(n) for n in (_norm(domain), *_LOCAL_NAMES)]
-    ips: list[x509.GeneralName] = [x509.IPAddress(ipaddress.ip_network(n)) for n in _LOCAL_NETWORKS]
-    return x509.NameConstraints(permitted_subtrees=dns + ips, excluded_subtrees=None)
-
-
-def _is_address(name: str) -> bool:
-    if not name or not (name[-1].isdigit() or ":" in name):  # no top-level domain ends in a digit
-        return False
-    try:
-        ipaddress.ip_address(name)
-    except ValueError:
-        return False
-    return True
-
-
-def _san(name: str) -> x509.GeneralName:
-    try:
-        return x509.IPAddress(ipaddress.ip_address(name))
-    except ValueError:
-        return x509.DNSName(name)
-
-
-def _permits(constraints: x509.NameConstraints, name: x509.GeneralName) -> bool:
-    for subtree in constraints.permitted_subtrees or ():
-        if isinstance(name, x509.DNSName) and isinstance(subtree, x509.DNSName):
-            if _under(name.value.removeprefix("*."), subtree.value):
-                return True
-        elif isinstance(name, x509.IPAddress) and isinstance(subtree, x509.IPAddress):
-            net = subtree.value
-            if isinstance(net, ipaddress.IPv4Network | ipaddress.IPv6Network) and name.value in net:
-                return True
-    return False
-
-
-class LocalCA:
-    """A certificate authority kept in `directory` (ca.pem, ca-key.pem), created on first use.
-
-    Made with a `domain`, a new CA is limited by NameConstraints to `served_names(domain)` and
-    refuses to issue outside them. Without one (stand-ins for other CAs in tests) it is unlimited.
-    """
-
-    def __init__(self, directory: Path | str, name: str = "lbsolo local CA", *, domain: str | None = None) -> None:
-        self.directory = Path(directory)
-        self.name = name
-        self.domain = _norm(domain) if domain else None
-        self.cert_path = self.directory / "ca.pem"
-        self.key_path = self.directory / "ca-key.pem"
-        self._cert: x509.Certificate | None = None
-        self._key: ec.EllipticCurvePrivateKey | None = None
-
-    def load_or_create(self) -> LocalCA:
-        if self._cert is not None:
-            return self
-        if self.cert_path.exists() and self.key_path.exists():
-            self._cert = x509.load_pem_x509_certificate(self.cert_path.read_bytes())
-            key = serialization.load_pem_private_key(self.key_path.read_bytes(), password=None)
-            if not isinstance(key, ec.EllipticCurvePrivateKey):
-                raise ValueError(f"{self.key_path} is not an EC key")
-            self._key = key
-            return self
-        self._create()
-        return self
-
-    def _create(self) -> None:
-        self.directory.mkdir(parents=True, exist_ok=True)
-        key = ec.generate_private_key(ec.SECP256R1())
-        subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, self.name)])
-        now = datetime.datetime.now(datetime.UTC)
-        builder = (
-            x509.CertificateBuilder()
-            .subject_name(subject)
-            .issuer_name(subject)
-            .public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(hours=1))
-            .not_valid_after(now + datetime.timedelta(days=_CA_DAYS))
-            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-            .add_extension(
-                x509.KeyUsage(
-                    digital_signature=True,
-                    content_commitment=False,
-                    key_encipherment=False,
-                    data_encipherment=False,
-                    key_agreement=False,
-                    key_cert_sign=True,
-                    crl_sign=True,
-                    encipher_only=False,
-                    decipher_only=False,
-                ),
-                critical=True,
-            )
-            .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
-        )
-        if self.domain:
-            builder = builder.add_extension(served_names(self.domain), critical=True)
-        cert = builder.sign(key, hashes.SHA256())
-        _write_private(self.key_path, _pem_key(key))
-        self.cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-        self._cert, self._key = cert, key
-
-    def rotate(self) -> LocalCA:
-        """Replace the CA with a new one: leaves it signed stop verifying once the new one is trusted.
-
-        The old key is deleted (a rotation is for a key that may have leaked); the old certificate
-        is kept as ca.pem.old, to remove it from trust stores. The caller makes sure no running
-        daemon still serves certificates of the old CA.
-        """
-        if self.cert_path.exists():
-            self.cert_path.replace(self.directory / "ca.pem.old")
-        self.key_path.unlink(missing_ok=True)
-        self._cert = self._key = None
-        self._create()
-        return self
-
-    @property
-    def constraints(self) -> x509.NameConstraints | None:
-        """The CA's NameConstraints (None for a CA made before they existed, or without a domain)."""
-        self.load_or_create()
-        assert self._cert is not None
-        try:
-            return self._cert.extensions.get_extension_for_class(x509.NameConstraints).value
-        except x509.ExtensionNotFound:
-            return None
-
-    def problem(self) -> str | None:
-        """Why this CA should be replaced with `lbsolo tls:rotate-ca`, or None."""
-        if not self.domain:
-            return None
-        constraints = self.constraints
-        if constraints is None:
-            return (
-                f"the local CA {self.cert_path} has no name constraints (made by an older lbsolo): a leaked key "
-                "could sign for any domain; replace it with `lbsolo tls:rotate-ca`"
-            )
-        if not _permits(constraints, x509.DNSName(self.domain)):
-            return (
-                f"the local CA {self.cert_path} may not sign for the domain {self.domain} (made for another "
-                "domain); replace it with `lbsolo tls:rotate-ca`"
-            )
-        return None
-
-    @property
-    def cert_pem(self) -> bytes:
-        self.load_or_create()
-        assert self._cert is not None
-        return self._cert.public_bytes(serialization.Encoding.PEM)
-
-    def issue(self, host: str, *more: str) -> tuple[bytes, bytes]:
-        """A leaf certificate for `host` (and `more` names) and its key (PEM), signed by this CA."""
-        self.load_or_create()
-        assert self._cert is not None and self._key is not None
-        names = [_san(n) for n in (host, *more)]
-        constraints = self.constraints
-        outside = [n.value for n in names if constraints is not None and not _permits(constraints, n)]
-        if outside:
-            raise ValueError(f"the local CA may not sign for {', '.join(map(str, outside))}")
-        key = ec.generate_private_key(ec.SECP256R1())
-        now = datetime.datetime.now(datetime.UTC)
-        cert = (
-            x509.CertificateBuilder()
-            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, host)]))
-            .issuer_name(self._cert.subject)
-            .public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(hours=1))
-            .not_valid_after(now + datetime.timedelta(days=_LEAF_DAYS))
-            .add_extension(x509.SubjectAlternativeName(names), critical=False)
-            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-            .add_extension(
-                x509.AuthorityKeyIdentifier.from_issuer_public_key(self._cert.public_key()),  # type: ignore[arg-type]
-                critical=False,
-            )
-            .sign(self._key, hashes.SHA256())
-        )
-        return cert.public_bytes(serialization.Encoding.PEM) + self.cert_pem, _pem_key(key)
-
-    def trust_instructions(self) -> str:
-        """How to make a browser or system trust this CA (what `lbsolo` prints for it)."""
-        path = self.cert_path
-        return (
-            f"lbsolo's local CA certificate: {path}\n"
-            f"  Debian/Ubuntu: sudo cp {path} /usr/local/share/ca-certificates/lbsolo.crt && "
-            "sudo update-ca-certificates\n"
-            f"  macOS: sudo security add-trusted-cert -d -r trustRoot -k /Library/Keychains/System.keychain {path}\n"
-            f"  curl: curl --cacert {path} https://APP.DOMAIN/\n"
-            "  Firefox: Settings > Privacy & Security > Certificates > Import\n"
-            "After `lbsolo tls:rotate-ca` the CA is a new one: trust it again the same way (and remove the "
-            "old one, kept as ca.pem.old, from the places you had added it to).\n"
-        )
 
 
 class CertificateSource(Protocol):
@@ -321,7 +91,7 @@ class LocalCASource:
             return None
         if host == self.domain or "." not in host[: -len(self.domain) - 1]:
             if self._domain_pem is None:
-                self._domain_pem = self.ca.issue(self.domain, "*." + self.domain, *_LOOPBACK_IPS)
+                self._domain_pem = self.ca.issue(self.domain, "*." + self.domain, *LOOPBACK_IPS)
             return self._domain_pem
         with self._lock:
             pem = self._minted.pop(host, None)
@@ -398,8 +168,9 @@ class CertStore:
     """Chooses the certificate for each TLS handshake by SNI.
 
     Order: a user certificate for the exact host, then one for its wildcard (`*.example.com`);
-    for the domain and the names one label under it, the domain certificate; then one from the
-    first `CertificateSource` that has one (kept until `remove`). A deeper name under the domain
+    then an `obtained` one (ACME's, kept until `refresh`); for the domain and the names one label
+    under it, the domain certificate; then one from the first `CertificateSource` that has one
+    (kept until `remove`). A deeper name under the domain
     that no source has yet, or a name `routed` says a route serves, gets the domain certificate
     meanwhile; any other name, none (the listener's unrecognized_name alert). By
     default the only source is the local CA, for the lbsolo domain and its subdomains.
@@ -413,6 +184,7 @@ class CertStore:
         *,
         sources: Sequence[CertificateSource] | None = None,
         routed: Callable[[str], bool] | None = None,
+        obtained: PushedSource | None = None,
     ) -> None:
         self.domain = _norm(domain)
         self.ca = ca
@@ -424,6 +196,8 @@ class CertStore:
             sources = [LocalCASource(ca, self.domain)] if ca is not None else []
         self.sources: tuple[CertificateSource, ...] = tuple(sources)
         self._routed = routed  # whether a route serves a name: it gets the domain certificate meanwhile
+        self.obtained = obtained
+        self._obtained: dict[str, ssl.SSLContext] = {}  # contexts of obtained certificates, one per name
 
     def add(self, host: str, cert_pem: bytes, key_pem: bytes) -> None:
         """Use this certificate (chain, PEM) and key for `host` (`*.example.com` for a wildcard)."""
@@ -442,6 +216,7 @@ class CertStore:
         """Forget what a source gave for `host` (not a user certificate, which keeps priority): the
         next handshake asks the sources again and gets the new certificate."""
         self._issued.pop(_norm(host), None)
+        self._obtained.pop(_norm(host), None)
 
     def _domain_context(self) -> ssl.SSLContext | None:
         """The certificate of the domain and `*.<domain>`, from the first source that has it."""
@@ -465,6 +240,12 @@ class CertStore:
         ctx = self._user.get(name)
         if ctx is None and "." in name:
             ctx = self._user.get("*." + name.partition(".")[2])
+        if ctx is not None:
+            return ctx
+        ctx = self._obtained.get(name)
+        if ctx is None and self.obtained is not None and (pem := self.obtained.issue(name)) is not None:
+            self._dir.mkdir(parents=True, exist_ok=True)
+            ctx = self._obtained[name] = _context(*pem, self._dir)
         if ctx is not None:
             return ctx
         under = _under(name, self.domain)
@@ -501,7 +282,8 @@ class CertStore:
             ctx = store.context_for(server_name)
             if ctx is None:
                 return ssl.ALERT_DESCRIPTION_UNRECOGNIZED_NAME
-            sock.context = ctx
+            if ctx is not sock.context:  # most handshakes stay on the listener's (the domain's)
+                sock.context = ctx
             return None
 
         default.sni_callback = pick  # type: ignore[assignment]

@@ -39,6 +39,9 @@ class CertOut(BaseModel):
         default="", description="the challenge the next try uses: http-01 or tls-alpn-01 (empty: http-01 first)"
     )
     validated_by: str = Field(default="", description="the challenge that last worked for this domain")
+    order_url: str = Field(
+        default="", description="the order in flight at the CA, taken up again after a restart; empty: none"
+    )
 
 
 def _out(record: dict[str, Any]) -> CertOut:

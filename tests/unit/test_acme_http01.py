@@ -211,6 +211,27 @@ def test_an_acme_certificate_is_served_once_pushed_and_a_user_certificate_keeps_
     assert ctx is not None and _issuer(ctx, tmp_path, user_ca, "shop.example.com") == "User CA"
 
 
+
+def test_an_obtained_certificate_for_an_app_under_a_public_domain_wins_over_the_domain_wildcard(tmp_path: Path):
+    """`<app>.<domain>` on a public lbsolo domain: the ACME certificate (the store's `obtained`)
+    is served instead of the local CA's wildcard once it is in; other apps keep the wildcard."""
+    domain = "apps.example.com"
+    local = LocalCA(tmp_path / "local", domain=domain)
+    acme_ca = LocalCA(tmp_path / "acme-ca", "Pretend ACME CA")
+    user_ca = LocalCA(tmp_path / "user-ca", "User CA")
+    pushed = PushedSource()
+    store = CertStore(domain, local, tmp_path / "certs", sources=[LocalCASource(local, domain)], obtained=pushed)
+    wildcard = store.context_for("shop." + domain)
+    assert wildcard is not None and _issuer(wildcard, tmp_path, local, "shop." + domain) == "lbsolo local CA"
+    pushed.put("shop." + domain, *acme_ca.issue("shop." + domain))
+    store.refresh("shop." + domain)
+    ctx = store.context_for("shop." + domain)
+    assert ctx is not None and _issuer(ctx, tmp_path, acme_ca, "shop." + domain) == "Pretend ACME CA"
+    assert store.context_for("blog." + domain) is wildcard
+    store.add("shop." + domain, *user_ca.issue("shop." + domain))  # the user's still wins
+    ctx = store.context_for("shop." + domain)
+    assert ctx is not None and _issuer(ctx, tmp_path, user_ca, "shop." + domain) == "User CA"
+
 def _issuer(ctx: ssl.SSLContext, tmp_path: Path, ca: LocalCA, host: str) -> str:
     """The issuer's common name of the certificate `ctx` serves, read through a real handshake in memory."""
     client = ssl.create_default_context(cafile=str(ca.cert_path))

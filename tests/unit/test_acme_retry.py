@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lbsolo.acme_client import AcmeFailed, AuthorizationFailed, Issued
+from lbsolo.acme_client import AcmeFailed, AuthorizationFailed, Issued, OrderGone, PendingOrder
 from lbsolo.acme_plan import (
     DAY,
     EXPIRY_WARNING,
@@ -95,11 +95,20 @@ class FakeCA:
     orders: list[str] = field(default_factory=list)
 
     challenges: list[str] = field(default_factory=list)
+    resumed: list[str] = field(default_factory=list)  # the URLs of orders taken up again
 
-    def order(self, domain: str, responder: Any, *, challenge: str, deadline: float) -> Issued:
-        self.orders.append(domain)
-        self.challenges.append(challenge)
+    def order(
+        self, domain: str, responder: Any, *, challenge: str, deadline: float,
+        resume: PendingOrder | None = None, created: Any = None, hold: Any = None,
+    ) -> Issued:  # fmt: skip
         outcome = self.outcomes.pop(0)
+        if resume is not None:
+            self.resumed.append(resume.url)
+        else:
+            self.orders.append(domain)
+            self.challenges.append(challenge)
+            if created is not None:  # the CA made the order: kept before its challenge is answered
+                created(PendingOrder(f"https://ca/order/{len(self.orders)}", challenge, b"order key"))
         if isinstance(outcome, Exception):
             raise outcome
         return outcome
@@ -208,5 +217,47 @@ def test_core_raises_expiry_events_once_a_day_and_lbsolo_certs_shows_them_red(ru
         await again.load()
         await again._alerts(clock())
         assert not [e for e in events2 if e.kind.startswith("cert.expir")]
+
+    run(scenario)
+
+
+def test_an_order_left_in_flight_is_resumed_by_the_next_run_and_never_sent_twice(run, tmp_path: Path):
+    """A daemon killed mid-order: the order's URL, challenge and key were kept when the CA made it;
+    the next run takes that order up (no second order, no second CA attempt counted) and forgets
+    it once the certificate is in. An order the CA has ended meanwhile is replaced by one new one."""
+    clock = Clock()
+    # The first run's order is cut short (the process dies: here, the CA unreachable mid-poll).
+    prod = FakeCA("production", [AcmeFailed("connection reset"), _issued(T0 + 90 * DAY)])
+
+    async def scenario():
+        certs, _ = _certs(tmp_path, prod, FakeCA("staging"), clock)
+        await certs.issue("shop.example.com")
+        key = tmp_path / "acme" / "certs" / "shop.example.com.order.key"
+        assert key.read_bytes() == b"order key" and key.stat().st_mode & 0o777 == 0o600
+        again, _ = _certs(tmp_path, prod, FakeCA("staging"), clock)  # the next run, the same home
+        await again.load()
+        record = again._records["shop.example.com"]
+        kept = (record.order_url, record.order_challenge, record.order_ca)
+        assert kept == ("https://ca/order/1", "http-01", "production")
+        clock.now += 600  # past the backoff, within the hour
+        out = await again._start("shop.example.com")
+        assert prod.orders == ["shop.example.com"] and prod.resumed == ["https://ca/order/1"]
+        assert out.not_after == T0 + 90 * DAY and len(out.ca_attempts) == 1
+        assert out.order_url == "" and not key.exists()
+
+    run(scenario)
+
+
+def test_an_order_the_ca_ended_meanwhile_is_replaced_by_one_new_order(run, tmp_path: Path):
+    clock = Clock()
+    prod = FakeCA("production", [AcmeFailed("timed out"), OrderGone("it is invalid"), _issued(T0 + 90 * DAY)])
+
+    async def scenario():
+        certs, _ = _certs(tmp_path, prod, FakeCA("staging"), clock)
+        await certs.issue("shop.example.com")
+        clock.now += 3600
+        out = await certs._start("shop.example.com")
+        assert prod.resumed == ["https://ca/order/1"] and len(prod.orders) == 2
+        assert out.has_certificate and out.order_url == "" and out.failures == 0
 
     run(scenario)
