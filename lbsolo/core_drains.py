@@ -278,7 +278,8 @@ class Drains:
             for drain in await asyncio.to_thread(self.ctx.state.list_drains):
                 self._start(drain)
             if self.addon_logs is not None:
-                feed = self.ctx.spawn(self.addon_logs.run_forever(), "drains-addon-logs")
+                # Lives as long as this task, not in the context's jobs (a handover waits for those to end).
+                feed = asyncio.create_task(self.addon_logs.run_forever(), name="lbsolo-drains-addon-logs")
             await asyncio.Event().wait()
         finally:
             if feed is not None:

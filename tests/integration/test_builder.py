@@ -13,6 +13,7 @@ import subprocess
 import tarfile
 import time
 
+import docker.errors
 import httpx
 import pytest
 
@@ -261,7 +262,17 @@ def test_retention_keeps_the_last_five_releases_images(daemon, docker_client, tm
             (src / "index.html").write_text(f"<p>lbsolo static example {i}</p>\n")
             out = daemon.cli("deploy", str(src), "--app", "kept")
             assert out.returncode == 0, out.stdout + out.stderr
-        images = docker_client.images.list(filters={"label": [f"lbsolo.instance={daemon.instance}", "lbsolo.app=kept"]})
+        # Retention runs after each deploy has answered (off the deploy's stream): wait for the last one.
+        deadline = time.monotonic() + 60
+        while True:
+            labels = [f"lbsolo.instance={daemon.instance}", "lbsolo.app=kept"]
+            try:
+                images = docker_client.images.list(filters={"label": labels})
+            except docker.errors.ImageNotFound:  # listed, then removed before docker-py read it
+                continue
+            if len(images) <= 5 or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
         assert len(images) == 5
         releases = daemon.api_get("/api/apps/kept/releases").json()
         kept_ids = {i.id for i in images}
