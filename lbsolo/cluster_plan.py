@@ -183,6 +183,11 @@ def validate_registry(value: str) -> str:
     return value.strip()
 
 
+def own_registry(address: str, port: int) -> str:
+    """lbsolo's own registry as engines name it: host:port of the manager's address."""
+    return f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
+
+
 def registry_host(registry: str) -> str:
     """'10.0.0.1:5443/team' -> '10.0.0.1:5443': the name engines trust (certs.d/<host:port>/ca.crt)."""
     return registry.split("/", 1)[0]
@@ -204,6 +209,17 @@ def registry_trust_step(registry: str, ca_path: str) -> str:
     """What a new node runs (as root) so that its engine trusts lbsolo's registry, given the CA's file."""
     host = registry_host(registry)
     return f"mkdir -p /etc/docker/certs.d/{host} && cp {ca_path} /etc/docker/certs.d/{host}/ca.crt"
+
+
+def registry_trust_command(registry: str, ca_pem: str) -> str:
+    """What a new node runs (as root) so that its engine trusts lbsolo's registry: its CA, inline."""
+    host = registry_host(registry)
+    if not ca_pem.startswith("-----BEGIN CERTIFICATE-----") or "'" in ca_pem:
+        raise ValueError("not a PEM certificate")
+    return (
+        f"mkdir -p /etc/docker/certs.d/{host} && cat > /etc/docker/certs.d/{host}/ca.crt <<'EOF'\n"
+        f"{ca_pem.strip()}\nEOF"
+    )
 
 
 def _registry_fix(registry: str) -> str:

@@ -31,7 +31,8 @@ def open_backend(settings: Settings, instance: str) -> tuple[DockerBackend, Clus
         from lbsolo.engine_swarm import DockerSwarmBackend
 
         swarm = DockerSwarmBackend(instance, network_pool=pool, network_prefix=prefix, publish=publish)
-        return swarm, ClusterOps(backend, swarm.cluster)
+        registry = {"registry": settings.registry, "registry_port": settings.registry_port}
+        return swarm, ClusterOps(backend, swarm.cluster, **registry, registry_ca=settings.home / "registry/ca/ca.pem")
     engine = DockerBackend(instance, network_pool=pool, network_prefix=prefix, publish=publish)
 
     def connect() -> Cluster:

@@ -31,7 +31,7 @@ import ssl
 import time
 from pathlib import Path
 
-from lbsolo.cluster_plan import registry_trust_step
+from lbsolo.cluster_plan import own_registry, registry_trust_step
 
 log = logging.getLogger("lbsolo.registry")
 
@@ -70,7 +70,7 @@ class RegistryServer:
     @property
     def reference(self) -> str:
         """What images are tagged with and engines trust: host:port."""
-        return f"[{self.address}]:{self.port}" if ":" in self.address else f"{self.address}:{self.port}"
+        return own_registry(self.address, self.port)
 
     def installed(self) -> bool:
         return Path(self.binary).exists()

@@ -5,8 +5,8 @@ replica service placed on the worker pulls it by digest, runs it, and is served 
 manager's proxy. No `docker save | load`.
 
 Bad input: a registry that is down refuses the push with its name and the fix, and nothing is
-left (no service, no tag); a node that cannot reach the registry (here: it stopped with the
-daemon) fails the replica's start with the node's name, the registry and the fix, leaving no
+left (no service, no tag); a node that cannot reach the registry (here: it died with the
+daemon, killed) fails the replica's start with the node's name, the registry and the fix, leaving no
 service.
 
 Two private engines (private_swarm.py); they trust the registry as a real node does after
@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import subprocess
 import time
 from collections.abc import Iterator
@@ -128,6 +129,11 @@ def test_an_image_built_on_the_manager_alone_runs_on_the_worker_pulled_by_digest
     assert replica.running and replica.host == worker.address and replica.host_port
     assert ok(worker.docker("image", "inspect", "--format", "{{.Id}}", ref)).strip()  # pulled, by its digest
 
+    # What a real node is told to run so that its engine trusts the registry (the harness placed the same file).
+    join = ok(daemon.cli("cluster:join-command"))
+    assert f"cat > /etc/docker/certs.d/{registry.reference}/ca.crt <<'EOF'" in join
+    assert registry.ca_path.read_text().strip() in join
+
     ok(daemon.cli("routes:add", APP, "--to", f"{replica.host}:{replica.host_port}"))
     answer = daemon.get(APP)
     assert answer.status_code == 200 and answer.text == "pulled from the registry\n", answer.text
@@ -159,8 +165,8 @@ def test_a_node_that_cannot_reach_the_registry_is_named_with_the_fix(swarm, daem
     manager = swarm[0]
     build_on(manager, "lbsolo-test/regapp:3", "unreachable\n", tmp_path)
     ref = push_release(backend, registry.reference, "lbsolo-test/regapp:3", APP, "v3")
-    daemon.stop()  # the registry stops with the daemon
-    assert not daemon.in_netns(registry.answers)
+    daemon.stop(signal.SIGKILL)  # the registry dies with the daemon, even killed: nothing holds its port
+    wait_for(lambda: not daemon.in_netns(registry.answers), 10, "the registry gone with the daemon")
     replicas = backend.service_replicas(start_timeout=60, stop_timeout=2, registry=registry.reference)
     with manager_drained(manager), pytest.raises(EngineError) as failed:
         replicas.run(

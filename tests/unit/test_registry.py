@@ -145,3 +145,32 @@ def test_the_swarm_backend_runs_its_own_registry_on_the_managers_address_unless_
     assert said == [] and registry.reference is None and registry.background == {}
     with pytest.raises(InvalidInput, match="LBSOLO_REGISTRY"):
         notes("active", registry="https://r.lan")
+
+
+def test_the_join_command_on_the_swarm_backend_says_how_a_node_trusts_the_registry(tmp_path):
+    import subprocess
+
+    from lbsolo.core_cluster import ClusterOps
+    from lbsolo.proxy_tls import LocalCA
+
+    class Manager(FakeSwarm):
+        def join_token(self) -> tuple[str, str]:
+            return "SWMTKN-1-x", "10.9.0.1:2377"
+
+    ca_path = tmp_path / "registry" / "ca" / "ca.pem"
+    ops = ClusterOps("swarm", lambda: Manager("active"), registry_port=5443, registry_ca=ca_path)
+    join = asyncio.run(ops.join_command())
+    assert join["registry"] == "10.9.0.1:5443" and join["trust"].startswith("# its CA is made when it first starts")
+    pem = LocalCA(ca_path.parent, name="lbsolo registry CA").load_or_create().cert_pem.decode()
+    join = asyncio.run(ops.join_command())
+    assert join["command"] == "docker swarm join --token SWMTKN-1-x 10.9.0.1:2377"
+    assert join["trust"].startswith("mkdir -p /etc/docker/certs.d/10.9.0.1:5443 && cat > /etc/docker/certs.d/")
+    # What the node runs, run here with another root: the engine's file holds the CA.
+    root = tmp_path / "node"
+    done = subprocess.run(["sh", "-c", join["trust"].replace("/etc/docker", str(root))], capture_output=True)
+    assert done.returncode == 0, done.stderr
+    assert (root / "certs.d" / "10.9.0.1:5443" / "ca.crt").read_text().strip() == pem.strip()
+
+    theirs = ClusterOps("swarm", lambda: Manager("active"), registry="r.lan:5000/team")
+    join = asyncio.run(theirs.join_command())
+    assert join["registry"] == "r.lan:5000/team" and "/etc/docker/certs.d/r.lan:5000/ca.crt" in join["trust"]
