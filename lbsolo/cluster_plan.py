@@ -205,29 +205,30 @@ def digest_reference(registry: str, app: str, digest: str) -> str:
     return f"{release_repository(registry, app)}@{digest}"
 
 
-def registry_trust_step(registry: str, ca_path: str) -> str:
-    """What a new node runs (as root) so that its engine trusts lbsolo's registry, given the CA's file."""
-    host = registry_host(registry)
-    return f"mkdir -p /etc/docker/certs.d/{host} && cp {ca_path} /etc/docker/certs.d/{host}/ca.crt"
+def registry_trust_step(registry: str, ca_path: str, client_cert: str, client_key: str) -> str:
+    """What a node runs (as root) so that its engine trusts the registry and may use it, given the
+    files on this machine: the registry's CA and the nodes' client certificate and key."""
+    d = f"/etc/docker/certs.d/{registry_host(registry)}"
+    copies = f"cp {ca_path} {d}/ca.crt && cp {client_cert} {d}/client.cert && cp {client_key} {d}/client.key"
+    return f"mkdir -p {d} && {copies}"
 
 
-def registry_trust_command(registry: str, ca_pem: str) -> str:
-    """What a new node runs (as root) so that its engine trusts lbsolo's registry: its CA, inline."""
-    host = registry_host(registry)
-    if not ca_pem.startswith("-----BEGIN CERTIFICATE-----") or "'" in ca_pem:
-        raise ValueError("not a PEM certificate")
-    return (
-        f"mkdir -p /etc/docker/certs.d/{host} && cat > /etc/docker/certs.d/{host}/ca.crt <<'EOF'\n"
-        f"{ca_pem.strip()}\nEOF"
-    )
+def registry_trust_command(registry: str, ca_pem: str, client_cert_pem: str, client_key_pem: str) -> str:
+    """The same step with the files inline, for a new node: a secret (the client key), like the join token."""
+    d = f"/etc/docker/certs.d/{registry_host(registry)}"
+    files = [("ca.crt", ca_pem), ("client.cert", client_cert_pem), ("client.key", client_key_pem)]
+    if any(not pem.startswith("-----BEGIN ") or "'" in pem or "\nEOF" in pem for _, pem in files):
+        raise ValueError("not a PEM file")
+    writes = [f"cat > {d}/{name} <<'EOF'\n{pem.strip()}\nEOF" for name, pem in files]
+    return "\n".join([f"mkdir -p {d} && touch {d}/client.key && chmod 600 {d}/client.key", *writes])
 
 
 def _registry_fix(registry: str) -> str:
     host = registry_host(registry)
     return (
         f"make sure the registry runs and {host} is reachable from there (firewall, address), and that its "
-        f"engine trusts it: /etc/docker/certs.d/{host}/ca.crt holds the registry's CA (`lbsolo cluster:join-command` "
-        "prints the step)"
+        f"engine trusts it: /etc/docker/certs.d/{host}/ holds the registry's CA and the nodes' client certificate "
+        "(`lbsolo cluster:join-command` prints the step)"
     )
 
 
@@ -236,8 +237,8 @@ def push_problem(registry: str, why: str) -> str:
     low = why.lower()
     if any(w in low for w in ("x509", "certificate")):
         return (
-            f"the manager's engine does not trust the registry {registry}: {why}; put the registry's CA in "
-            f"/etc/docker/certs.d/{registry_host(registry)}/ca.crt on the manager"
+            f"the manager's engine does not trust the registry {registry}, or holds no client certificate for it: "
+            f"{why}; put them in /etc/docker/certs.d/{registry_host(registry)}/ on the manager (the step said at start)"
         )
     return f"the manager's engine cannot push to the registry {registry}: {why}; {_registry_fix(registry)}"
 

@@ -25,15 +25,16 @@ class ClusterOps:
 
     def __init__(
         self, backend: str, connect: Callable[[], Cluster], *, registry: str = "", registry_port: int = 0,
-        registry_ca: Path | None = None,
+        registry_dir: Path | None = None,
     ) -> None:  # fmt: skip
         self.backend = backend
         self._connect = connect
         # Where release images go on the swarm backend (lbsolo.daemon_backend): a user's registry
-        # (LBSOLO_REGISTRY), or lbsolo's own on the manager's address at registry_port, trusted through registry_ca.
+        # (LBSOLO_REGISTRY), or lbsolo's own on the manager's address at registry_port, its CA and the
+        # nodes' client certificate in registry_dir (lbsolo.daemon_registry).
         self._registry = registry
         self._registry_port = registry_port
-        self._registry_ca = registry_ca
+        self._registry_dir = registry_dir
         self._cluster: Cluster | None = None
         self._init_lock = asyncio.Lock()  # two inits at once: one makes the swarm, the other finds it
 
@@ -95,11 +96,19 @@ class ClusterOps:
                 "trust": f"# its CA in /etc/docker/certs.d/{plan.registry_host(self._registry)}/ca.crt",
             }
         registry = plan.own_registry(plan.host_of(manager_addr), self._registry_port)
-        ca = self._registry_ca
-        pem = await asyncio.to_thread(lambda: ca.read_text() if ca is not None and ca.exists() else "")
-        if not pem:
+        files = await asyncio.to_thread(self._registry_files)
+        if files is None:
             return {"registry": registry, "trust": "# its CA is made when it first starts: ask again then"}
-        return {"registry": registry, "trust": plan.registry_trust_command(registry, pem)}
+        return {"registry": registry, "trust": plan.registry_trust_command(registry, *files)}
+
+    def _registry_files(self) -> tuple[str, str, str] | None:
+        """The registry's CA, the nodes' client certificate and its key (PEM), once the registry made them."""
+        d = self._registry_dir
+        paths = [d / "ca" / "ca.pem", d / "client" / "client.cert", d / "client" / "client.key"] if d else []
+        if not paths or not all(p.exists() for p in paths):
+            return None
+        ca, cert, key = (p.read_text() for p in paths)
+        return ca, cert, key
 
     async def nodes(self) -> list[dict[str, Any]]:
         """Every node: name, address, role, status, availability, CPUs, memory, this instance's replicas."""

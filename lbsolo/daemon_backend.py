@@ -32,7 +32,7 @@ def open_backend(settings: Settings, instance: str) -> tuple[DockerBackend, Clus
 
         swarm = DockerSwarmBackend(instance, network_pool=pool, network_prefix=prefix, publish=publish)
         registry = {"registry": settings.registry, "registry_port": settings.registry_port}
-        return swarm, ClusterOps(backend, swarm.cluster, **registry, registry_ca=settings.home / "registry/ca/ca.pem")
+        return swarm, ClusterOps(backend, swarm.cluster, **registry, registry_dir=settings.home / "registry")
     engine = DockerBackend(instance, network_pool=pool, network_prefix=prefix, publish=publish)
 
     def connect() -> Cluster:
@@ -84,7 +84,8 @@ async def backend_notes(cluster: ClusterOps, settings: Settings) -> tuple[list[s
             return _said(notes), registry
         registry = Registry(server.reference, {"registry": server.run})
         notes.append(
-            f"Release images go through lbsolo's registry at {server.reference}; each node's engine trusts its CA: "
+            f"Release images go through lbsolo's registry at {server.reference}; each node's engine trusts it and "
+            "holds its client certificate (`lbsolo cluster:join-command` prints the step); on this machine: "
             f"{server.trust_step()}"
         )
     return _said(notes), registry

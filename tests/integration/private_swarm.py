@@ -140,9 +140,10 @@ CERTS_D = Path("/etc/docker/certs.d")
 
 
 @contextlib.contextmanager
-def registry_trusted(reference: str, ca_pem: bytes) -> Iterator[Path]:
+def registry_trusted(reference: str, ca_pem: bytes, client: tuple[bytes, bytes] | None = None) -> Iterator[Path]:
     """The private engines trust the registry at `reference` (host:port) as a real node does after
-    `cluster:join-command`'s step: its CA in /etc/docker/certs.d/<host:port>/ca.crt, removed afterwards.
+    `cluster:join-command`'s step: its CA in /etc/docker/certs.d/<host:port>/ca.crt (and the client
+    certificate it requires, `client`: client.cert and client.key), removed afterwards.
 
     Engines read that directory (fixed for a root dockerd) at each pull, and the private engines
     share this machine's /etc. The address is on a private network, so the host's own engine,
@@ -152,6 +153,10 @@ def registry_trusted(reference: str, ca_pem: bytes) -> Iterator[Path]:
     directory.mkdir(parents=True)
     try:
         (directory / "ca.crt").write_bytes(ca_pem)
+        if client is not None:
+            (directory / "client.cert").write_bytes(client[0])
+            (directory / "client.key").touch(mode=0o600)
+            (directory / "client.key").write_bytes(client[1])
         yield directory
     finally:
         shutil.rmtree(directory, ignore_errors=True)

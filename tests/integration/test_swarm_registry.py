@@ -72,7 +72,8 @@ def registry(swarm, daemon) -> Iterator[RegistryServer]:
     manager = swarm[0]
     server = RegistryServer(daemon.home / "registry", manager.address, PORT)  # only to probe it
     wait_for(lambda: daemon.in_netns(server.answers), 30, f"the daemon's registry answering at {server.reference}")
-    with registry_trusted(server.reference, server.ca_path.read_bytes()):
+    client = (server.client_cert.read_bytes(), server.client_key.read_bytes())
+    with registry_trusted(server.reference, server.ca_path.read_bytes(), client):
         yield server
 
 
@@ -132,7 +133,7 @@ def test_an_image_built_on_the_manager_alone_runs_on_the_worker_pulled_by_digest
     # What a real node is told to run so that its engine trusts the registry (the harness placed the same file).
     join = ok(daemon.cli("cluster:join-command"))
     assert f"cat > /etc/docker/certs.d/{registry.reference}/ca.crt <<'EOF'" in join
-    assert registry.ca_path.read_text().strip() in join
+    assert registry.ca_path.read_text().strip() in join and registry.client_key.read_text().strip() in join
 
     ok(daemon.cli("routes:add", APP, "--to", f"{replica.host}:{replica.host_port}"))
     answer = daemon.get(APP)
@@ -153,7 +154,7 @@ def test_a_registry_that_is_down_refuses_the_push_clearly_and_leaves_nothing(swa
         )  # fmt: skip
     message = failed.value.message
     assert message.startswith(f"the manager's engine cannot push to the registry {down}: "), message
-    assert "make sure the registry runs" in message and f"/etc/docker/certs.d/{down}/ca.crt" in message
+    assert "make sure the registry runs" in message and f"/etc/docker/certs.d/{down}/ holds" in message
     assert replicas.list_replicas(APP) == []
     tags = manager.docker("image", "ls", "--format", "{{.Repository}}:{{.Tag}}").stdout.split()
     assert not [t for t in tags if t.startswith(down)], tags

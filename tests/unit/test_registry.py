@@ -42,20 +42,19 @@ def test_services_pull_a_release_by_digest_from_its_apps_repository():
         plan.digest_reference("r:5000", "hello", "latest")
 
 
-def test_the_trust_step_puts_the_ca_where_the_engine_looks_for_that_registry():
-    step = plan.registry_trust_step("10.0.0.1:5443", "/home/x/.lbsolo/registry/ca/ca.pem")
-    assert step == (
-        "mkdir -p /etc/docker/certs.d/10.0.0.1:5443 && "
-        "cp /home/x/.lbsolo/registry/ca/ca.pem /etc/docker/certs.d/10.0.0.1:5443/ca.crt"
-    )
+def test_the_trust_step_puts_the_ca_and_the_client_certificate_where_the_engine_looks_for_that_registry():
+    step = plan.registry_trust_step("10.0.0.1:5443", "/h/ca.pem", "/h/client.cert", "/h/client.key")
+    d = "/etc/docker/certs.d/10.0.0.1:5443"
+    copies = f"cp /h/ca.pem {d}/ca.crt && cp /h/client.cert {d}/client.cert && cp /h/client.key {d}/client.key"
+    assert step == f"mkdir -p {d} && {copies}"
 
 
 def test_failed_pushes_and_pulls_name_the_registry_the_node_and_the_fix():
     refused = plan.push_problem("10.0.0.1:5443", "dial tcp 10.0.0.1:5443: connect: connection refused")
     assert refused.startswith("the manager's engine cannot push to the registry 10.0.0.1:5443: dial tcp")
-    assert "make sure the registry runs" in refused and "/etc/docker/certs.d/10.0.0.1:5443/ca.crt" in refused
+    assert "make sure the registry runs" in refused and "/etc/docker/certs.d/10.0.0.1:5443/ holds" in refused
     untrusted = plan.push_problem("10.0.0.1:5443", "x509: certificate signed by unknown authority")
-    assert untrusted.startswith("the manager's engine does not trust the registry 10.0.0.1:5443")
+    assert untrusted.startswith("the manager's engine does not trust the registry 10.0.0.1:5443, or holds no client")
     pull = plan.pull_problem("node n1", "10.0.0.1:5443", "No such image: 10.0.0.1:5443/hello@sha256:…")
     assert pull.startswith("node n1 cannot reach registry 10.0.0.1:5443: No such image")
     assert "on node n1, make sure the registry runs" in pull and "cluster:join-command" in pull
@@ -71,10 +70,12 @@ def test_the_push_outcome_is_its_digest_or_its_last_error():
 
 
 def test_the_registry_config_serves_tls_on_one_address_with_storage_on_disk(tmp_path):
-    text = registry_config("10.0.0.1", 5443, tmp_path / "data", tmp_path / "c.pem", tmp_path / "k.pem", "s3cret")
+    ca = tmp_path / "ca.pem"
+    text = registry_config("10.0.0.1", 5443, tmp_path / "data", tmp_path / "c.pem", tmp_path / "k.pem", "s3cret", ca)
     assert f"rootdirectory: {tmp_path / 'data'}" in text
     assert "addr: 10.0.0.1:5443" in text and f"certificate: {tmp_path / 'c.pem'}" in text
-    assert "addr: [fd00::1]:5443" in registry_config("fd00::1", 5443, tmp_path, tmp_path, tmp_path, "s")
+    assert f"clientcas:\n      - {ca}\n" in text  # only clients with a certificate from its CA
+    assert "addr: [fd00::1]:5443" in registry_config("fd00::1", 5443, tmp_path, tmp_path, tmp_path, "s", ca)
 
 
 def _free_port() -> int:
@@ -104,6 +105,16 @@ def test_lbsolos_registry_serves_over_tls_from_its_ca_and_stops_when_cancelled(t
         context = ssl.create_default_context()
         with socket.create_connection(("127.0.0.1", server.port)) as raw, pytest.raises(ssl.SSLCertVerificationError):
             context.wrap_socket(raw, server_hostname="127.0.0.1")
+        # A client that trusts it but holds no client certificate is refused too (TLS 1.3: at its first read).
+        context = ssl.create_default_context(cafile=str(server.ca_path))
+        with (
+            socket.create_connection(("127.0.0.1", server.port)) as raw,
+            context.wrap_socket(raw, server_hostname="127.0.0.1") as tls,
+            pytest.raises((ssl.SSLError, ConnectionResetError)),
+        ):
+            tls.sendall(b"GET /v2/ HTTP/1.1\r\nHost: r\r\n\r\n")
+            assert tls.recv(100) == b"", "answered without a client certificate"
+        assert oct(server.client_key.stat().st_mode & 0o777) == "0o600"
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
@@ -137,6 +148,7 @@ def test_the_swarm_backend_runs_its_own_registry_on_the_managers_address_unless_
     if installed:
         assert said[-1].startswith("Release images go through lbsolo's registry at 10.9.0.1:5999; each node's")
         assert f"cp {tmp_path / 'registry' / 'ca' / 'ca.pem'} /etc/docker/certs.d/10.9.0.1:5999/ca.crt" in said[-1]
+        assert "/etc/docker/certs.d/10.9.0.1:5999/client.key" in said[-1]
     said, registry = notes("active", registry="r.lan:5000/team")
     assert (registry.reference, registry.background) == ("r.lan:5000/team", {})
     assert said[-1] == "Release images go through the registry r.lan:5000/team (LBSOLO_REGISTRY)"
@@ -151,25 +163,34 @@ def test_the_join_command_on_the_swarm_backend_says_how_a_node_trusts_the_regist
     import subprocess
 
     from lbsolo.core_cluster import ClusterOps
-    from lbsolo.proxy_tls import LocalCA
+    from lbsolo.proxy_tls_ca import LocalCA
 
     class Manager(FakeSwarm):
         def join_token(self) -> tuple[str, str]:
             return "SWMTKN-1-x", "10.9.0.1:2377"
 
     ca_path = tmp_path / "registry" / "ca" / "ca.pem"
-    ops = ClusterOps("swarm", lambda: Manager("active"), registry_port=5443, registry_ca=ca_path)
+    ops = ClusterOps("swarm", lambda: Manager("active"), registry_port=5443, registry_dir=tmp_path / "registry")
     join = asyncio.run(ops.join_command())
     assert join["registry"] == "10.9.0.1:5443" and join["trust"].startswith("# its CA is made when it first starts")
-    pem = LocalCA(ca_path.parent, name="lbsolo registry CA").load_or_create().cert_pem.decode()
+    ca = LocalCA(ca_path.parent, name="lbsolo registry CA").load_or_create()
+    pem = ca.cert_pem.decode()
+    client_cert, client_key = ca.issue("lbsolo-registry-client", client=True)
+    (tmp_path / "registry" / "client").mkdir()
+    (tmp_path / "registry" / "client" / "client.cert").write_bytes(client_cert)
+    (tmp_path / "registry" / "client" / "client.key").write_bytes(client_key)
     join = asyncio.run(ops.join_command())
     assert join["command"] == "docker swarm join --token SWMTKN-1-x 10.9.0.1:2377"
-    assert join["trust"].startswith("mkdir -p /etc/docker/certs.d/10.9.0.1:5443 && cat > /etc/docker/certs.d/")
-    # What the node runs, run here with another root: the engine's file holds the CA.
+    assert join["trust"].startswith("mkdir -p /etc/docker/certs.d/10.9.0.1:5443 && touch ")
+    # What the node runs, run here with another root: the engine's files hold the CA and the client's pair.
     root = tmp_path / "node"
     done = subprocess.run(["sh", "-c", join["trust"].replace("/etc/docker", str(root))], capture_output=True)
     assert done.returncode == 0, done.stderr
-    assert (root / "certs.d" / "10.9.0.1:5443" / "ca.crt").read_text().strip() == pem.strip()
+    d = root / "certs.d" / "10.9.0.1:5443"
+    assert (d / "ca.crt").read_text().strip() == pem.strip()
+    assert (d / "client.cert").read_bytes().strip() == client_cert.strip()
+    assert (d / "client.key").read_bytes().strip() == client_key.strip()
+    assert oct((d / "client.key").stat().st_mode & 0o777) == "0o600"
 
     theirs = ClusterOps("swarm", lambda: Manager("active"), registry="r.lan:5000/team")
     join = asyncio.run(theirs.join_command())
