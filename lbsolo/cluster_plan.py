@@ -2,7 +2,9 @@
 
 Which backend a setting names and what it cannot do yet; whether a node name or an address a
 user typed is acceptable; which node a name means; whether draining a node would leave the
-cluster nothing to run on; the node table's rows; the command a new node runs to join. The I/O
+cluster nothing to run on; the node table's rows; the command a new node runs to join; where
+release images go (the registry: its address, a release's repository, what a failed push or
+pull means and its fix). The I/O
 around them is lbsolo.core_cluster (use cases) and lbsolo.engine_swarm_nodes (the engine). This
 module must not import docker or any other outside library, nor do I/O.
 
@@ -26,7 +28,6 @@ BACKENDS = ("docker", "swarm")
 #: What the swarm backend does not do yet, each said at start as "X is not available on the swarm backend yet".
 SWARM_NOT_YET = (
     "spreading an app's replicas over the nodes (replicas run on this manager's engine, as on the docker backend)",
-    "a registry that brings release images to every node",
     "exec, stats and builds on other nodes' engines",
     "add-ons and volumes pinned to the node that holds their data",
     "a pool of build hosts",
@@ -164,6 +165,87 @@ def join_command(token: str, manager_addr: str) -> str:
     """What a new node runs to join as a worker."""
     addr = manager_addr if ":" in manager_addr.rsplit("]", 1)[-1] else f"{manager_addr}:{SWARM_PORT}"
     return f"docker swarm join --token {token} {addr}"
+
+
+REGISTRY = re.compile(
+    r"(?P<host>[A-Za-z0-9.-]+|\[[0-9A-Fa-f:]+\]):(?P<port>[0-9]{1,5})(?P<prefix>(/[a-z0-9]+([._-][a-z0-9]+)*)*)"
+)
+REGISTRY_PORT = 5443  # where lbsolo's own registry listens (LBSOLO_REGISTRY_PORT)
+
+
+def validate_registry(value: str) -> str:
+    """LBSOLO_REGISTRY, checked: `host:port` or `host:port/prefix` (no scheme, no trailing slash)."""
+    match = REGISTRY.fullmatch(value.strip())
+    if not match or not 0 < int(match["port"]) < 65536:
+        raise InvalidInput(
+            f"LBSOLO_REGISTRY {value!r}: give the registry as host:port or host:port/prefix (e.g. 10.0.0.1:5443)"
+        )
+    return value.strip()
+
+
+def own_registry(address: str, port: int) -> str:
+    """lbsolo's own registry as engines name it: host:port of the manager's address."""
+    return f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
+
+
+def registry_host(registry: str) -> str:
+    """'10.0.0.1:5443/team' -> '10.0.0.1:5443': the name engines trust (certs.d/<host:port>/ca.crt)."""
+    return registry.split("/", 1)[0]
+
+
+def release_repository(registry: str, app: str) -> str:
+    """Where an app's release images are pushed: <registry>/<app>."""
+    return f"{registry}/{app}"
+
+
+def digest_reference(registry: str, app: str, digest: str) -> str:
+    """What services pull: the image by its content, not by a tag that may move."""
+    if not re.fullmatch(r"sha256:[0-9a-f]{64}", digest):
+        raise ValueError(f"not an image digest: {digest!r}")
+    return f"{release_repository(registry, app)}@{digest}"
+
+
+def registry_trust_step(registry: str, ca_path: str, client_cert: str, client_key: str) -> str:
+    """What a node runs (as root) so that its engine trusts the registry and may use it, given the
+    files on this machine: the registry's CA and the nodes' client certificate and key."""
+    d = f"/etc/docker/certs.d/{registry_host(registry)}"
+    copies = f"cp {ca_path} {d}/ca.crt && cp {client_cert} {d}/client.cert && cp {client_key} {d}/client.key"
+    return f"mkdir -p {d} && {copies}"
+
+
+def registry_trust_command(registry: str, ca_pem: str, client_cert_pem: str, client_key_pem: str) -> str:
+    """The same step with the files inline, for a new node: a secret (the client key), like the join token."""
+    d = f"/etc/docker/certs.d/{registry_host(registry)}"
+    files = [("ca.crt", ca_pem), ("client.cert", client_cert_pem), ("client.key", client_key_pem)]
+    if any(not pem.startswith("-----BEGIN ") or "'" in pem or "\nEOF" in pem for _, pem in files):
+        raise ValueError("not a PEM file")
+    writes = [f"cat > {d}/{name} <<'EOF'\n{pem.strip()}\nEOF" for name, pem in files]
+    return "\n".join([f"mkdir -p {d} && touch {d}/client.key && chmod 600 {d}/client.key", *writes])
+
+
+def _registry_fix(registry: str) -> str:
+    host = registry_host(registry)
+    return (
+        f"make sure the registry runs and {host} is reachable from there (firewall, address), and that its "
+        f"engine trusts it: /etc/docker/certs.d/{host}/ holds the registry's CA and the nodes' client certificate "
+        "(`lbsolo cluster:join-command` prints the step)"
+    )
+
+
+def push_problem(registry: str, why: str) -> str:
+    """The message for a push that failed, naming the registry and the fix."""
+    low = why.lower()
+    if any(w in low for w in ("x509", "certificate")):
+        return (
+            f"the manager's engine does not trust the registry {registry}, or holds no client certificate for it: "
+            f"{why}; put them in /etc/docker/certs.d/{registry_host(registry)}/ on the manager (the step said at start)"
+        )
+    return f"the manager's engine cannot push to the registry {registry}: {why}; {_registry_fix(registry)}"
+
+
+def pull_problem(node: str, registry: str, why: str) -> str:
+    """The message for a task whose node could not pull its image from the registry."""
+    return f"{node} cannot reach registry {registry}: {why}; on {node}, {_registry_fix(registry)}"
 
 
 def find_node(nodes: Iterable[Mapping[str, Any]], ref: str) -> Mapping[str, Any]:

@@ -118,6 +118,12 @@ class Settings:
     # Where containers run: "docker" (this machine's engine) or "swarm" (a Docker Swarm this
     # machine's engine manages; `lbsolo cluster:init` makes one). See lbsolo/cluster_plan.py.
     backend: str = "docker"
+    # Where the swarm backend pushes release images, for every node to pull by digest: a
+    # registry of your own (host:port or host:port/prefix; each node's engine must trust it), or
+    # empty: lbsolo runs Debian's `docker-registry` on the manager's advertise address, port
+    # registry_port, over TLS from a CA of its own ($LBSOLO_HOME/registry).
+    registry: str = ""
+    registry_port: int = 5443
     # PORT given to web processes inside their container.
     container_port: int = 5000
     reconcile_interval: float = 5.0

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from lbsolo import cluster_plan as plan
@@ -22,9 +23,18 @@ from lbsolo.errors import Conflict, InvalidInput
 class ClusterOps:
     """The cluster of engines this daemon's engine is in, as the API's cluster and node routes see it."""
 
-    def __init__(self, backend: str, connect: Callable[[], Cluster]) -> None:
+    def __init__(
+        self, backend: str, connect: Callable[[], Cluster], *, registry: str = "", registry_port: int = 0,
+        registry_dir: Path | None = None,
+    ) -> None:  # fmt: skip
         self.backend = backend
         self._connect = connect
+        # Where release images go on the swarm backend (lbsolo.daemon_backend): a user's registry
+        # (LBSOLO_REGISTRY), or lbsolo's own on the manager's address at registry_port, its CA and the
+        # nodes' client certificate in registry_dir (lbsolo.daemon_registry).
+        self._registry = registry
+        self._registry_port = registry_port
+        self._registry_dir = registry_dir
         self._cluster: Cluster | None = None
         self._init_lock = asyncio.Lock()  # two inits at once: one makes the swarm, the other finds it
 
@@ -70,11 +80,35 @@ class ClusterOps:
             seconds = time.monotonic() - started
         return {**await self.status(), "created": created, "seconds": round(seconds, 3)}
 
-    async def join_command(self) -> dict[str, str]:
-        """What a new node runs to join as a worker (it holds the join token: a secret)."""
+    async def join_command(self) -> dict[str, Any]:
+        """What a new node runs to join as a worker (it holds the join token: a secret), and on the
+        swarm backend what it runs so that its engine trusts the registry release images come from."""
         await self._managed()
         token, addr = await asyncio.to_thread(lambda: self._engine().join_token())
-        return {"command": plan.join_command(token, addr), "address": addr}
+        return {"command": plan.join_command(token, addr), "address": addr, **await self._registry_trust(addr)}
+
+    async def _registry_trust(self, manager_addr: str) -> dict[str, str | None]:
+        if self.backend != "swarm":
+            return {"registry": None, "trust": None}
+        if self._registry:
+            return {
+                "registry": self._registry,
+                "trust": f"# its CA in /etc/docker/certs.d/{plan.registry_host(self._registry)}/ca.crt",
+            }
+        registry = plan.own_registry(plan.host_of(manager_addr), self._registry_port)
+        files = await asyncio.to_thread(self._registry_files)
+        if files is None:
+            return {"registry": registry, "trust": "# its CA is made when it first starts: ask again then"}
+        return {"registry": registry, "trust": plan.registry_trust_command(registry, *files)}
+
+    def _registry_files(self) -> tuple[str, str, str] | None:
+        """The registry's CA, the nodes' client certificate and its key (PEM), once the registry made them."""
+        d = self._registry_dir
+        paths = [d / "ca" / "ca.pem", d / "client" / "client.cert", d / "client" / "client.key"] if d else []
+        if not paths or not all(p.exists() for p in paths):
+            return None
+        ca, cert, key = (p.read_text() for p in paths)
+        return ca, cert, key
 
     async def nodes(self) -> list[dict[str, Any]]:
         """Every node: name, address, role, status, availability, CPUs, memory, this instance's replicas."""

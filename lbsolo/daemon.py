@@ -147,9 +147,7 @@ class Daemon:
             raise InvalidInput(str(e)) from None
         engine, cluster = open_backend(s, instance_id(s))  # LBSOLO_BACKEND: docker or swarm
         docker_version = await asyncio.to_thread(engine.ping)
-        notes = await backend_notes(cluster)  # on swarm: what it does not do yet (or why it cannot start)
-        for note in notes:
-            log.warning("%s", note)
+        notes, registry = await backend_notes(cluster, s)  # swarm: what it lacks, where images go (or: cannot start)
         state = await asyncio.to_thread(State, s.state_path)
 
         # access_log_max_bytes 0: no access log at all (the proxy then formats no lines either).
@@ -318,6 +316,7 @@ class Daemon:
                 "sleep": platform.sleepers.run_forever,
                 "drains": platform.drains.run_forever,
                 "alerts": platform.alerts.run_forever,
+                **registry.background,  # lbsolo's own registry on the swarm backend (stopped when cancelled)
             }
             if access is not None:
                 background["access-log"] = access.flush_forever

@@ -27,6 +27,9 @@ class DockerSwarmBackend(DockerBackend):
         """The swarm this backend's engine manages, over the same connection."""
         return SwarmCluster(self)
 
-    def service_replicas(self, *, start_timeout: float = 60.0, stop_timeout: int = 10) -> SwarmReplicas:
-        """Replicas as one-task Swarm services (the next part's `run`; not used by the daemon yet)."""
-        return SwarmReplicas(self, start_timeout=start_timeout, stop_timeout=stop_timeout)
+    def service_replicas(
+        self, *, start_timeout: float = 60.0, stop_timeout: int = 10, registry: str | None = None
+    ) -> SwarmReplicas:
+        """Replicas as one-task Swarm services (the next part's `run`; not used by the daemon yet),
+        their images pushed to `registry` and pulled from it by digest."""
+        return SwarmReplicas(self, start_timeout=start_timeout, stop_timeout=stop_timeout, registry=registry)

@@ -5,7 +5,10 @@ lbsolo's own rollout steps stay in charge (start, health-check from the daemon, 
 stop), Swarm restarts the task and moves it when its node is lost or drained. A web replica
 publishes its port in host mode on a port the engine picks (Swarm cannot publish on one address
 only); the replica is reached at (its node's address, that port), read from the running task.
-A replica's id is its service's id, which stays the same when Swarm moves its task.
+A replica's id is its service's id, which stays the same when Swarm moves its task. Given a
+registry, `run` first pushes the image there (lbsolo.engine_swarm_registry) and creates the
+service from its digest reference, so a node that never had the image pulls it; a task whose
+node could not pull names the node, the registry and the fix.
 
 Over the engine's service and task APIs on a DockerBackend's connection; answers become lbsolo's
 Replica records, errors lbsolo's EngineError tree. Not yet wired into the daemon's backend (its
@@ -21,10 +24,12 @@ from typing import Any
 import docker.errors
 import docker.types
 
+from lbsolo.cluster_plan import pull_problem
 from lbsolo.engine import parse_memory
 from lbsolo.engine_docker import DockerBackend
 from lbsolo.engine_docker import _engine_errors as engine_errors
 from lbsolo.engine_swarm_nodes import node_record
+from lbsolo.engine_swarm_registry import push_release
 from lbsolo.errors import EngineError
 from lbsolo.models import LABEL_APP, LABEL_INSTANCE, LABEL_MANAGED, LABEL_PORT, LABEL_PROCESS, LABEL_RELEASE, Replica
 
@@ -77,15 +82,23 @@ def service_replica(service: dict[str, Any], task: dict[str, Any] | None, addres
 
 def _fix(why: str) -> str:
     if "no such image" in why.lower():
-        return " (images reach the other nodes through a registry, not available on the swarm backend yet)"
+        return " (images reach the other nodes through a registry: give the backend one, LBSOLO_REGISTRY)"
     return ""
 
 
 class SwarmReplicas:
     """Long-running replicas of this instance as one-task Swarm services."""
 
-    def __init__(self, backend: DockerBackend, *, start_timeout: float = 60.0, stop_timeout: int = 10) -> None:
+    def __init__(
+        self,
+        backend: DockerBackend,
+        *,
+        start_timeout: float = 60.0,
+        stop_timeout: int = 10,
+        registry: str | None = None,
+    ) -> None:
         self.backend = backend
+        self.registry = registry  # host:port[/prefix]; None: services use the image as named (this node's)
         self.start_timeout = start_timeout
         self.stop_timeout = stop_timeout
 
@@ -103,7 +116,12 @@ class SwarmReplicas:
         memory: str | None = None,
         cpus: float | None = None,
     ) -> Replica:
-        """Create the replica's service and return once its task runs (and its port is published)."""
+        """Create the replica's service and return once its task runs (and its port is published).
+
+        With a registry, `image` (a name or id on the manager's engine) is pushed first and the
+        service pulls it by digest; a digest reference into the registry is used as it is."""
+        if self.registry and not image.startswith(f"{self.registry}/"):
+            image = push_release(self.backend, self.registry, image, app, f"v{release}")
         labels = {**self.backend.base_labels(app), LABEL_RELEASE: str(release), LABEL_PROCESS: process}
         ports = None
         if port is not None:
@@ -130,18 +148,21 @@ class SwarmReplicas:
                 init=True,
             )
         try:
-            return self._wait_running(service.id, name, port)
+            return self._wait_running(service.id, name, port, image)
         except BaseException:
             self.stop_and_remove(service.id, timeout=0)
             raise
 
-    def _wait_running(self, service_id: str, name: str, port: int | None) -> Replica:
+    def _wait_running(self, service_id: str, name: str, port: int | None, image: str) -> Replica:
         deadline = time.monotonic() + self.start_timeout
         problem = "no task yet"
         while time.monotonic() < deadline:
             replica, task = self._replica(service_id)
             if task is not None and (why := task_problem(task)):
-                raise EngineError(f"start {name}: its task failed on {self._node_name(task)}: {why}{_fix(why)}")
+                node = self._node_name(task)
+                if self.registry and image.startswith(f"{self.registry}/") and "no such image" in why.lower():
+                    raise EngineError(f"start {name}: {pull_problem(node, self.registry, why)}")
+                raise EngineError(f"start {name}: its task failed on {node}: {why}{_fix(why)}")
             if replica.running and (port is None or replica.host_port is not None):
                 return replica
             problem = f"its task is {replica.status}"

@@ -215,8 +215,9 @@ class LocalCA:
         assert self._cert is not None
         return self._cert.public_bytes(serialization.Encoding.PEM)
 
-    def issue(self, host: str, *more: str) -> tuple[bytes, bytes]:
-        """A leaf certificate for `host` (and `more` names) and its key (PEM), signed by this CA."""
+    def issue(self, host: str, *more: str, client: bool = False) -> tuple[bytes, bytes]:
+        """A leaf certificate for `host` (and `more` names) and its key (PEM), signed by this CA;
+        a server's, or with `client` a client's (TLS client authentication)."""
         self.load_or_create()
         assert self._cert is not None and self._key is not None
         names = [_san(n) for n in (host, *more)]
@@ -236,7 +237,10 @@ class LocalCA:
             .not_valid_after(now + datetime.timedelta(days=_LEAF_DAYS))
             .add_extension(x509.SubjectAlternativeName(names), critical=False)
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+            .add_extension(
+                x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH if client else ExtendedKeyUsageOID.SERVER_AUTH]),
+                critical=False,
+            )
             .add_extension(
                 x509.AuthorityKeyIdentifier.from_issuer_public_key(self._cert.public_key()),  # type: ignore[arg-type]
                 critical=False,

@@ -50,6 +50,8 @@ class InitOut(ClusterOut):
 class JoinOut(BaseModel):
     command: str = Field(description="what a new node runs to join as a worker; it holds the join token (a secret)")
     address: str
+    registry: str | None = Field(None, description="where the swarm backend's release images are pulled from")
+    trust: str | None = Field(None, description="what the new node runs (as root) so that its engine trusts it")
 
 
 class NodeOut(BaseModel):

@@ -27,7 +27,7 @@ NODES = "/ui/nodes"
 def create_web_nodes_router(platform: Platform, pages: Pages) -> APIRouter:
     router = APIRouter(include_in_schema=False)
 
-    async def view(join: dict[str, str] | None = None) -> dict[str, Any]:
+    async def view(join: dict[str, Any] | None = None) -> dict[str, Any]:
         """What the page shows; an engine that cannot say (unreachable, a worker) is shown as why."""
         ops = platform.cluster
         if ops is None:

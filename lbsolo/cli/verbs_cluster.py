@@ -55,6 +55,12 @@ def cluster_join_command() -> None:
         join = api.join_command(c)
     err.print("Run this on the new node (the token lets any machine join: keep it secret):", style="dim")
     console.print(join["command"], markup=False, highlight=False, soft_wrap=True)
+    trust = join.get("trust") or ""
+    if trust.startswith("#"):  # what to do, not a command: stdout stays a script the node can run
+        err.print(f"The node's engine must trust the registry {join['registry']}: {trust[1:].strip()}", style="dim")
+    elif trust:
+        err.print(f"Then this, so that its engine trusts the registry {join['registry']}:", style="dim")
+        console.print(trust, markup=False, highlight=False, soft_wrap=True)
 
 
 @app.command("nodes")

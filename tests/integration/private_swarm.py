@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import subprocess
 import tempfile
 from collections.abc import Iterator
@@ -133,3 +134,29 @@ def private_nodes(count: int, images: list[str] | None = None) -> Iterator[list[
             node.engine.remove()
             node.netns.delete()
         network.delete()
+
+
+CERTS_D = Path("/etc/docker/certs.d")
+
+
+@contextlib.contextmanager
+def registry_trusted(reference: str, ca_pem: bytes, client: tuple[bytes, bytes] | None = None) -> Iterator[Path]:
+    """The private engines trust the registry at `reference` (host:port) as a real node does after
+    `cluster:join-command`'s step: its CA in /etc/docker/certs.d/<host:port>/ca.crt (and the client
+    certificate it requires, `client`: client.cert and client.key), removed afterwards.
+
+    Engines read that directory (fixed for a root dockerd) at each pull, and the private engines
+    share this machine's /etc. The address is on a private network, so the host's own engine,
+    which reads the same directory, never contacts it: its configuration is not changed."""
+    directory = CERTS_D / reference
+    assert not directory.exists(), f"{directory} exists already: not ours to replace"
+    directory.mkdir(parents=True)
+    try:
+        (directory / "ca.crt").write_bytes(ca_pem)
+        if client is not None:
+            (directory / "client.cert").write_bytes(client[0])
+            (directory / "client.key").touch(mode=0o600)
+            (directory / "client.key").write_bytes(client[1])
+        yield directory
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
