@@ -118,6 +118,9 @@ class Settings:
     # Where containers run: "docker" (this machine's engine) or "swarm" (a Docker Swarm this
     # machine's engine manages; `lbsolo cluster:init` makes one). See lbsolo/cluster_plan.py.
     backend: str = "docker"
+    # Swarm backend: the host ports replicas publish on (host mode), one per replica; on each node
+    # only the manager may reach them (`lbsolo node:firewall`, printed by `cluster:join-command`).
+    swarm_ports: str = "30000-30999"
     # PORT given to web processes inside their container.
     container_port: int = 5000
     reconcile_interval: float = 5.0

@@ -22,8 +22,12 @@ from lbsolo.errors import Conflict, InvalidInput
 class ClusterOps:
     """The cluster of engines this daemon's engine is in, as the API's cluster and node routes see it."""
 
-    def __init__(self, backend: str, connect: Callable[[], Cluster]) -> None:
+    def __init__(
+        self, backend: str, connect: Callable[[], Cluster], *, instance: str = "", swarm_ports: str = ""
+    ) -> None:
         self.backend = backend
+        self.instance = instance
+        self.swarm_ports = swarm_ports
         self._connect = connect
         self._cluster: Cluster | None = None
         self._init_lock = asyncio.Lock()  # two inits at once: one makes the swarm, the other finds it
@@ -74,7 +78,13 @@ class ClusterOps:
         """What a new node runs to join as a worker (it holds the join token: a secret)."""
         await self._managed()
         token, addr = await asyncio.to_thread(lambda: self._engine().join_token())
-        return {"command": plan.join_command(token, addr), "address": addr}
+        out = {"command": plan.join_command(token, addr), "address": addr, "firewall": ""}
+        if self.instance and self.swarm_ports:
+            from lbsolo import cluster_firewall as firewall  # loaded by the cluster verbs only
+
+            ports = firewall.parse_ports(self.swarm_ports)
+            out["firewall"] = firewall.node_step(self.instance, plan.host_of(addr), ports)
+        return out
 
     async def nodes(self) -> list[dict[str, Any]]:
         """Every node: name, address, role, status, availability, CPUs, memory, this instance's replicas."""

@@ -25,7 +25,7 @@ def open_backend(settings: Settings, instance: str) -> tuple[DockerBackend, Clus
         from lbsolo.engine_swarm import DockerSwarmBackend
 
         swarm = DockerSwarmBackend(instance, network_pool=pool, network_prefix=prefix, publish=publish)
-        return swarm, ClusterOps(backend, swarm.cluster)
+        return swarm, ClusterOps(backend, swarm.cluster, instance=instance, swarm_ports=settings.swarm_ports)
     engine = DockerBackend(instance, network_pool=pool, network_prefix=prefix, publish=publish)
 
     def connect() -> Cluster:
@@ -34,7 +34,7 @@ def open_backend(settings: Settings, instance: str) -> tuple[DockerBackend, Clus
 
         return SwarmCluster(engine)
 
-    return engine, ClusterOps(backend, connect)
+    return engine, ClusterOps(backend, connect, instance=instance, swarm_ports=settings.swarm_ports)
 
 
 async def backend_notes(cluster: ClusterOps) -> list[str]:

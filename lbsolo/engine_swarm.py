@@ -13,6 +13,7 @@ or the CLI: the daemon picks it (lbsolo.daemon_backend).
 
 from __future__ import annotations
 
+from lbsolo.cluster_firewall import PortRange
 from lbsolo.engine_docker import DockerBackend
 from lbsolo.engine_swarm_nodes import SwarmCluster
 from lbsolo.engine_swarm_replicas import SwarmReplicas
@@ -27,6 +28,9 @@ class DockerSwarmBackend(DockerBackend):
         """The swarm this backend's engine manages, over the same connection."""
         return SwarmCluster(self)
 
-    def service_replicas(self, *, start_timeout: float = 60.0, stop_timeout: int = 10) -> SwarmReplicas:
-        """Replicas as one-task Swarm services (the next part's `run`; not used by the daemon yet)."""
-        return SwarmReplicas(self, start_timeout=start_timeout, stop_timeout=stop_timeout)
+    def service_replicas(
+        self, *, start_timeout: float = 60.0, stop_timeout: int = 10, ports: PortRange | None = None
+    ) -> SwarmReplicas:
+        """Replicas as one-task Swarm services (the next part's `run`; not used by the daemon yet),
+        published on `ports` (LBSOLO_SWARM_PORTS, which each node's firewall keeps for the manager)."""
+        return SwarmReplicas(self, start_timeout=start_timeout, stop_timeout=stop_timeout, ports=ports)

@@ -50,6 +50,7 @@ class InitOut(ClusterOut):
 class JoinOut(BaseModel):
     command: str = Field(description="what a new node runs to join as a worker; it holds the join token (a secret)")
     address: str
+    firewall: str = Field("", description="what every node then runs as root: only the manager reaches app ports")
 
 
 class NodeOut(BaseModel):

@@ -4,6 +4,9 @@ node's app ports for the manager alone, and how to get from the chain's rules no
 from __future__ import annotations
 
 import ipaddress
+import os
+import subprocess
+import sys
 
 import pytest
 
@@ -134,3 +137,51 @@ def test_a_new_replica_takes_the_lowest_free_port_of_the_range():
     assert fw.pick_port(PORTS, [30000, 30002, 8080]) == 30001
     with pytest.raises(Conflict, match=r"every port of LBSOLO_SWARM_PORTS \(30000-30001, 2 ports\) is published"):
         fw.pick_port(fw.PortRange(30000, 30001), [30000, 30001])
+
+
+# ---- applying (lbsolo.engine_swarm_firewall) with stand-ins for iptables: the real one never runs here
+
+
+def fake(stderr: str, status: int) -> list[str]:
+    """A prefix that runs, instead of iptables, a program answering `stderr` and `status`."""
+    return [sys.executable, "-c", f"import sys; sys.stderr.write({stderr!r}); sys.exit({status})"]
+
+
+def test_a_node_without_iptables_is_told_how_to_install_it():
+    from lbsolo.engine_swarm_firewall import FirewallError, NodeFirewall
+
+    with pytest.raises(FirewallError, match=r"iptables is not installed on this node: install it \(Debian/Ubuntu"):
+        NodeFirewall(prefix=["env", "PATH=/nonexistent"]).apply("abc", MANAGER, PORTS)
+
+
+def test_not_root_and_no_docker_chain_are_told_the_fix():
+    from lbsolo.engine_swarm_firewall import FirewallError, NodeFirewall
+
+    denied = fake(
+        "iptables v1.8.9 (nf_tables): Could not fetch rule set generation id: Permission denied (you must be root)\n", 4
+    )
+    with pytest.raises(FirewallError, match=r"permission denied: run `lbsolo node:firewall` as root"):
+        NodeFirewall(prefix=denied).apply("abc", MANAGER, PORTS)
+    absent = fake("iptables: chain `DOCKER-USER' in table `filter' is incompatible, use 'nft' tool.\n", 1)
+    with pytest.raises(FirewallError, match=r"no DOCKER-USER chain: is Docker running here, with its iptables rules"):
+        NodeFirewall(prefix=absent).apply("abc", MANAGER, PORTS)
+
+
+def cli(*args: str, path: str = "/nonexistent") -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PATH": path}  # no iptables reachable: a slip would fail, not touch this host's firewall
+    return subprocess.run([sys.executable, "-m", "lbsolo", *args], env=env, capture_output=True, text=True, timeout=60)
+
+
+def test_the_verb_prints_the_lines_and_refuses_bad_input_before_any_iptables():
+    printed = cli("node:firewall", "--instance", "abc", "--manager", "10.0.0.1", "--print")
+    assert printed.returncode == 0, printed.stderr
+    assert printed.stdout.splitlines() == [
+        f"iptables -w -I DOCKER-USER {n} {r}" for n, r in enumerate(fw.rules("abc", MANAGER, PORTS, 4), 1)
+    ]
+    for args, says in [
+        (("--instance", "abc", "--manager", "manager.example"), "--manager 'manager.example' is not an IP address"),
+        (("--instance", "abc", "--manager", "10.0.0.1", "--ports", "2-1"), "--ports '2-1': ports are 1024 to 65535"),
+        (("--instance", "a b", "--manager", "10.0.0.1"), "instance 'a b': letters, digits"),
+    ]:
+        done = cli("node:firewall", *args)
+        assert done.returncode == 1 and says in " ".join(done.stderr.split()), done.stderr
