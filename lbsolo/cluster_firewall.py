@@ -31,8 +31,8 @@ from dataclasses import dataclass
 from lbsolo.errors import Conflict, InvalidInput
 
 CHAIN = "DOCKER-USER"
-DEFAULT_PORTS = "30000-30999"
 # Below Linux's ephemeral range (32768-60999): a node's own outbound connections never take them.
+DEFAULT_PORTS = "30000-30999"
 INSTANCE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 

@@ -22,7 +22,10 @@ def open_backend(settings: Settings, instance: str) -> tuple[DockerBackend, Clus
     backend = validate_backend(settings.backend)
     pool, prefix, publish = settings.network_pool, settings.network_prefix, settings.publish_ports
     if backend == "swarm":
+        from lbsolo.cluster_firewall import parse_ports
         from lbsolo.engine_swarm import DockerSwarmBackend
+
+        parse_ports(settings.swarm_ports)  # a bad LBSOLO_SWARM_PORTS stops the start, not a later deploy
 
         swarm = DockerSwarmBackend(instance, network_pool=pool, network_prefix=prefix, publish=publish)
         return swarm, ClusterOps(backend, swarm.cluster, instance=instance, swarm_ports=settings.swarm_ports)

@@ -5,7 +5,9 @@ file and socket) in a network namespace of its own. The nodes are wired to one b
 in a further namespace (the "switch"), so that nothing of it is in the host's namespace, where
 the host's firewall (Docker's FORWARD policy, br_netfilter) could drop its frames. Node i has
 the address 10.<net>.0.<i+1>/24 on its `eth0`; swarm traffic (2377, 7946, 4789) goes only
-between those addresses. The host's shared engine is never put in swarm mode.
+between those addresses. The host's shared engine is never put in swarm mode. private_cluster
+may turn the engines' own iptables rules on (in their namespaces only) and add engine-less
+"outsider" namespaces on the same network, as clients from outside the cluster.
 
 Needs root. Everything is removed afterwards, on failure too: the engines (leaving their swarm
 first), their directories, the namespaces and the links.

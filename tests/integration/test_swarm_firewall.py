@@ -5,7 +5,9 @@ both private engines with Docker's own iptables rules on (as on a real node: a h
 DNAT-ed to its task, through FORWARD and DOCKER-USER), and an engine-less outsider. A replica
 (busybox's httpd) runs on the worker, started by lbsolo.engine_swarm_replicas on the first port
 of the range; `lbsolo node:firewall` runs in the worker's namespace (`nsenter --net=…`), as an
-operator runs it on the node. Every rule goes into the test namespaces only, never the host's.
+operator runs it on the node: before it the outsider reaches the app, after it only the manager
+(directly and through lbsolo's proxy). The same on the manager for its own replicas. Every rule
+goes into the test namespaces only, never the host's.
 
 Slow (two engines, a swarm): always run in CI; elsewhere only with LBSOLO_TEST_MULTINODE=1.
 """
@@ -29,7 +31,7 @@ import pytest
 from lbsolo.cluster_firewall import PortRange
 from lbsolo.errors import EngineError
 
-from .private_engine import Netns
+from .private_engine import Netns, NetnsDaemon
 from .private_swarm import Node, Outsider, private_cluster, seed_busybox
 from .test_swarm_cluster import ok, pytestmark, wait_for
 
@@ -59,22 +61,31 @@ def cluster(in_ci) -> Iterator[tuple[list[Node], Outsider]]:
 
 
 @pytest.fixture(scope="module")
-def replica(cluster) -> Iterator[Any]:
+def replicas(cluster) -> Iterator[Any]:
     from lbsolo.engine_swarm import DockerSwarmBackend
 
     (manager, _), _ = cluster
     backend = DockerSwarmBackend(f"fw{os.getpid()}", client=docker.DockerClient(base_url=manager.engine.host))
-    replicas = backend.service_replicas(start_timeout=60, stop_timeout=2, ports=PORTS)
+    made = backend.service_replicas(start_timeout=60, stop_timeout=2, ports=PORTS)
     try:
-        yield replicas.run(
-            app=APP, release=1, process="web", image="busybox:latest", name=f"lbsolo-{backend.instance}-{APP}-web-v1-1",
-            env={"PORT": "5000"}, port=5000, command=COMMAND,
-        )  # fmt: skip
+        yield made
     finally:
-        for r in replicas.list_replicas():
+        for r in made.list_replicas():
             with contextlib.suppress(EngineError):
-                replicas.stop_and_remove(r.id, timeout=0)
+                made.stop_and_remove(r.id, timeout=0)
         backend.close()
+
+
+def start(replicas: Any, n: int) -> Any:
+    return replicas.run(
+        app=APP, release=1, process="web", image="busybox:latest",
+        name=f"lbsolo-{replicas.backend.instance}-{APP}-web-v1-{n}", env={"PORT": "5000"}, port=5000, command=COMMAND,
+    )  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def replica(replicas) -> Any:
+    return start(replicas, 1)  # on the worker: the manager is drained
 
 
 def status_from(netns: Netns, host: str, port: int, timeout: float = 2.0) -> str:
@@ -146,6 +157,14 @@ def test_only_the_manager_reaches_a_workers_app_port_once_the_rules_are_in(clust
 
     assert status_from(manager.netns, worker.address, port) == "200"  # where the proxy connects from
     assert status_from(outsider.netns, worker.address, port) == "timeout"  # dropped, not even refused
+    proxy = NetnsDaemon(home=tmp_path / "home", engine=manager.engine, extra_env={"LBSOLO_BACKEND": "swarm"})
+    proxy.start()
+    try:  # and through lbsolo's proxy on the manager, as the apps are reached
+        ok(proxy.cli("routes:add", APP, "--to", f"{worker.address}:{port}"))
+        answer = proxy.get(APP)
+        assert answer.status_code == 200 and answer.text.startswith("hello from "), answer.text
+    finally:
+        proxy.stop()
 
     again = ok(lbsolo_in(worker, *args))
     assert "IPv4: already in place: nothing changed" in again
@@ -186,3 +205,23 @@ def test_bad_input_and_a_node_without_iptables_are_told_the_fix(cluster):
         no_iptables.stderr.split()
     )
     assert docker_user(worker) == before  # nothing changed by any of them
+
+
+def test_on_the_manager_the_rules_keep_its_own_replicas_for_its_proxy(cluster, replicas, replica):
+    (manager, worker), outsider = cluster
+    instance = replicas.backend.instance
+    ok(manager.docker("node", "update", "--availability", "pause", "lbsolo-n1"))  # no new task; its replica stays
+    ok(manager.docker("node", "update", "--availability", "active", "lbsolo-n0"))
+    try:
+        local = start(replicas, 2)
+        assert (local.host, local.host_port) == (manager.address, PORTS.first + 1)  # the next free port of the range
+        assert status_from(outsider.netns, manager.address, local.host_port) == "200"
+        args = ("node:firewall", "--instance", instance, "--manager", manager.address, "--ports", str(PORTS))
+        ok(lbsolo_in(manager, *args))
+        # The proxy's connections to its own node's ports are the node's own (OUTPUT, not FORWARD): still served.
+        assert status_from(manager.netns, manager.address, local.host_port) == "200"
+        assert status_from(outsider.netns, manager.address, local.host_port) == "timeout"
+        assert status_from(outsider.netns, worker.address, replica.host_port) == "200"  # no rules on the worker now
+    finally:
+        ok(lbsolo_in(manager, "node:firewall", "--instance", instance, "--remove"))
+        ok(manager.docker("node", "update", "--availability", "active", "lbsolo-n1"))
