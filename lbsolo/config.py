@@ -124,6 +124,9 @@ class Settings:
     # registry_port, over TLS from a CA of its own ($LBSOLO_HOME/registry).
     registry: str = ""
     registry_port: int = 5443
+    # Swarm backend: the host ports replicas publish on (host mode), one per replica; on each node
+    # only the manager may reach them (`lbsolo node:firewall`, printed by `cluster:join-command`).
+    swarm_ports: str = "30000-30999"
     # PORT given to web processes inside their container.
     container_port: int = 5000
     reconcile_interval: float = 5.0

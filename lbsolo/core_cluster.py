@@ -25,9 +25,11 @@ class ClusterOps:
 
     def __init__(
         self, backend: str, connect: Callable[[], Cluster], *, registry: str = "", registry_port: int = 0,
-        registry_dir: Path | None = None,
+        registry_dir: Path | None = None, instance: str = "", swarm_ports: str = "",
     ) -> None:  # fmt: skip
         self.backend = backend
+        self.instance = instance
+        self.swarm_ports = swarm_ports
         self._connect = connect
         # Where release images go on the swarm backend (lbsolo.daemon_backend): a user's registry
         # (LBSOLO_REGISTRY), or lbsolo's own on the manager's address at registry_port, its CA and the
@@ -85,7 +87,13 @@ class ClusterOps:
         swarm backend what it runs so that its engine trusts the registry release images come from."""
         await self._managed()
         token, addr = await asyncio.to_thread(lambda: self._engine().join_token())
-        return {"command": plan.join_command(token, addr), "address": addr, **await self._registry_trust(addr)}
+        out = {"command": plan.join_command(token, addr), "address": addr, "firewall": ""}
+        if self.instance and self.swarm_ports:
+            from lbsolo import cluster_firewall as firewall  # loaded by the cluster verbs only
+
+            ports = firewall.parse_ports(self.swarm_ports)
+            out["firewall"] = firewall.node_step(self.instance, plan.host_of(addr), ports)
+        return {**out, **await self._registry_trust(addr)}
 
     async def _registry_trust(self, manager_addr: str) -> dict[str, str | None]:
         if self.backend != "swarm":

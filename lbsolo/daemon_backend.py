@@ -28,11 +28,17 @@ def open_backend(settings: Settings, instance: str) -> tuple[DockerBackend, Clus
     backend = validate_backend(settings.backend)
     pool, prefix, publish = settings.network_pool, settings.network_prefix, settings.publish_ports
     if backend == "swarm":
+        from lbsolo.cluster_firewall import parse_ports
         from lbsolo.engine_swarm import DockerSwarmBackend
+
+        parse_ports(settings.swarm_ports)  # a bad LBSOLO_SWARM_PORTS stops the start, not a later deploy
 
         swarm = DockerSwarmBackend(instance, network_pool=pool, network_prefix=prefix, publish=publish)
         registry = {"registry": settings.registry, "registry_port": settings.registry_port}
-        return swarm, ClusterOps(backend, swarm.cluster, **registry, registry_dir=settings.home / "registry")
+        return swarm, ClusterOps(
+            backend, swarm.cluster, **registry, registry_dir=settings.home / "registry", instance=instance,
+            swarm_ports=settings.swarm_ports,
+        )
     engine = DockerBackend(instance, network_pool=pool, network_prefix=prefix, publish=publish)
 
     def connect() -> Cluster:
@@ -41,7 +47,7 @@ def open_backend(settings: Settings, instance: str) -> tuple[DockerBackend, Clus
 
         return SwarmCluster(engine)
 
-    return engine, ClusterOps(backend, connect)
+    return engine, ClusterOps(backend, connect, instance=instance, swarm_ports=settings.swarm_ports)
 
 
 log = logging.getLogger("lbsolo.daemon")

@@ -13,6 +13,7 @@ or the CLI: the daemon picks it (lbsolo.daemon_backend).
 
 from __future__ import annotations
 
+from lbsolo.cluster_firewall import PortRange
 from lbsolo.engine_docker import DockerBackend
 from lbsolo.engine_swarm_nodes import SwarmCluster
 from lbsolo.engine_swarm_replicas import SwarmReplicas
@@ -28,8 +29,16 @@ class DockerSwarmBackend(DockerBackend):
         return SwarmCluster(self)
 
     def service_replicas(
-        self, *, start_timeout: float = 60.0, stop_timeout: int = 10, registry: str | None = None
+        self,
+        *,
+        start_timeout: float = 60.0,
+        stop_timeout: int = 10,
+        registry: str | None = None,
+        ports: PortRange | None = None,
     ) -> SwarmReplicas:
         """Replicas as one-task Swarm services (the next part's `run`; not used by the daemon yet),
-        their images pushed to `registry` and pulled from it by digest."""
-        return SwarmReplicas(self, start_timeout=start_timeout, stop_timeout=stop_timeout, registry=registry)
+        their images pushed to `registry` and pulled from it by digest, published on `ports`
+        (LBSOLO_SWARM_PORTS, which each node's firewall keeps for the manager)."""
+        return SwarmReplicas(
+            self, start_timeout=start_timeout, stop_timeout=stop_timeout, registry=registry, ports=ports
+        )

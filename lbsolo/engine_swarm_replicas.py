@@ -3,8 +3,10 @@
 One service per replica (`replicas: 1`), as the README's "Apps as Swarm services" explains:
 lbsolo's own rollout steps stay in charge (start, health-check from the daemon, swap, drain,
 stop), Swarm restarts the task and moves it when its node is lost or drained. A web replica
-publishes its port in host mode on a port the engine picks (Swarm cannot publish on one address
-only); the replica is reached at (its node's address, that port), read from the running task.
+publishes its port in host mode (Swarm cannot publish on one address only), on the lowest port
+of LBSOLO_SWARM_PORTS no replica of this instance has (the range each node's firewall keeps for
+the manager, lbsolo.cluster_firewall), or on one the engine picks when no range is given; the
+replica is reached at (its node's address, that port), read from the running task.
 A replica's id is its service's id, which stays the same when Swarm moves its task. Given a
 registry, `run` first pushes the image there (lbsolo.engine_swarm_registry) and creates the
 service from its digest reference, so a node that never had the image pulls it; a task whose
@@ -18,12 +20,14 @@ It must not decide placement beyond what Swarm does, nor log an app's environmen
 
 from __future__ import annotations
 
+import threading
 import time
 from typing import Any
 
 import docker.errors
 import docker.types
 
+from lbsolo.cluster_firewall import PortRange, pick_port
 from lbsolo.cluster_plan import pull_problem
 from lbsolo.engine import parse_memory
 from lbsolo.engine_docker import DockerBackend
@@ -96,11 +100,14 @@ class SwarmReplicas:
         start_timeout: float = 60.0,
         stop_timeout: int = 10,
         registry: str | None = None,
+        ports: PortRange | None = None,
     ) -> None:
         self.backend = backend
         self.registry = registry  # host:port[/prefix]; None: services use the image as named (this node's)
         self.start_timeout = start_timeout
         self.stop_timeout = stop_timeout
+        self.ports = ports
+        self._publishing = threading.Lock()  # two replicas started at once must not pick the same port
 
     def run(
         self,
@@ -123,16 +130,18 @@ class SwarmReplicas:
         if self.registry and not image.startswith(f"{self.registry}/"):
             image = push_release(self.backend, self.registry, image, app, f"v{release}")
         labels = {**self.backend.base_labels(app), LABEL_RELEASE: str(release), LABEL_PROCESS: process}
-        ports = None
+        ports: list[dict[str, Any]] | None = None
         if port is not None:
             labels[LABEL_PORT] = str(port)
-            ports = [{"Protocol": "tcp", "TargetPort": port, "PublishMode": "host"}]  # the engine picks the port
+            ports = [{"Protocol": "tcp", "TargetPort": port, "PublishMode": "host"}]  # no range: the engine picks
         resources = None
         if memory or cpus:
             resources = docker.types.Resources(
                 mem_limit=parse_memory(memory) if memory else None, cpu_limit=int(cpus * 1e9) if cpus else None
             )
-        with engine_errors(f"start {name}"):
+        with self._publishing, engine_errors(f"start {name}"):
+            if ports and self.ports is not None:
+                ports[0]["PublishedPort"] = pick_port(self.ports, self._published())
             service = self.backend.client.services.create(
                 image,
                 command=["/bin/sh", "-c", command] if command else None,
@@ -152,6 +161,17 @@ class SwarmReplicas:
         except BaseException:
             self.stop_and_remove(service.id, timeout=0)
             raise
+
+    def _published(self) -> list[int]:
+        """The host ports this instance's services publish on (on any node)."""
+        labels = [f"{LABEL_MANAGED}=true", f"{LABEL_INSTANCE}={self.backend.instance}"]
+        services = self.backend.client.api.services(filters={"label": labels})
+        return [
+            int(p["PublishedPort"])
+            for s in services
+            for p in ((s.get("Spec") or {}).get("EndpointSpec") or {}).get("Ports") or []
+            if p.get("PublishedPort")
+        ]
 
     def _wait_running(self, service_id: str, name: str, port: int | None, image: str) -> Replica:
         deadline = time.monotonic() + self.start_timeout

@@ -52,6 +52,7 @@ class JoinOut(BaseModel):
     address: str
     registry: str | None = Field(None, description="where the swarm backend's release images are pulled from")
     trust: str | None = Field(None, description="what the new node runs (as root) so that its engine trusts it")
+    firewall: str = Field("", description="what every node then runs as root: only the manager reaches app ports")
 
 
 class NodeOut(BaseModel):

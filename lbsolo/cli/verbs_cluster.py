@@ -1,4 +1,4 @@
-"""Cluster verbs: `cluster:init`, `cluster:join-command`, `nodes`, `nodes:drain`, `nodes:activate`.
+"""Cluster verbs: `cluster:init`, `cluster:join-command`, `nodes`, `nodes:drain`, `nodes:activate`, `node:firewall`.
 
 A cluster is a Docker Swarm the daemon's engine manages; `lbsolo up --backend swarm` schedules
 on it (LBSOLO_BACKEND). The verbs work on the docker backend too: initialise, join nodes, then
@@ -61,6 +61,13 @@ def cluster_join_command() -> None:
     elif trust:
         err.print(f"Then this, so that its engine trusts the registry {join['registry']}:", style="dim")
         console.print(trust, markup=False, highlight=False, soft_wrap=True)
+    if join.get("firewall"):
+        err.print(
+            "Then, as root, on every node (this one too), so that only this manager reaches the apps' ports "
+            "(`--print` shows the iptables lines instead):",
+            style="dim",
+        )
+        console.print(join["firewall"], markup=False, highlight=False, soft_wrap=True)
 
 
 @app.command("nodes")
@@ -98,3 +105,48 @@ def nodes_activate(node: NodeArg) -> None:
     with _client() as c:
         n = api.activate(c, ref)
     console.print(f"Activated {escape(n['name'])} ({n['id'][:12]}).")
+
+
+@app.command("node:firewall")
+@clean_errors
+def node_firewall(
+    instance: Annotated[
+        str, typer.Option(help="The lbsolo instance whose rules these are (cluster:join-command prints it).")
+    ],
+    manager: Annotated[
+        list[str] | None, typer.Option(help="An address the manager's proxy connects from (repeat for several).")
+    ] = None,
+    ports: Annotated[str, typer.Option(help="The range replicas publish on (the manager's LBSOLO_SWARM_PORTS).")] = (
+        "30000-30999"
+    ),
+    remove: Annotated[bool, typer.Option("--remove", help="Delete this instance's rules instead.")] = False,
+    print_only: Annotated[bool, typer.Option("--print", help="Print the iptables lines; change nothing.")] = False,
+) -> None:
+    """On this node, as root: let only the manager reach the apps' published ports (Docker's DOCKER-USER chain).
+
+    Runs here, without the daemon. Running it again changes nothing; it touches no rule but this instance's."""
+    from lbsolo import cluster_firewall as fw
+    from lbsolo.engine_swarm_firewall import NodeFirewall
+
+    fw.tag(instance)
+    if remove:
+        done = NodeFirewall().remove(instance)
+        removed = sum(c.removed for c in done.families.values())
+        console.print(
+            f"Removed {removed} rule(s) of lbsolo-{escape(instance)} from DOCKER-USER in {done.seconds:.2f}s."
+        )
+        return
+    managers = fw.parse_managers(manager or [])
+    port_range = fw.parse_ports(ports, "--ports")
+    if print_only:
+        for line in fw.commands(instance, managers, port_range):
+            console.print(line, markup=False, highlight=False, soft_wrap=True)
+        return
+    done = NodeFirewall().apply(instance, managers, port_range)
+    who = ", ".join(str(m) for m in managers)
+    for family, change in sorted(done.families.items()):
+        what = "already in place: nothing changed" if change.unchanged else f"{change.added} rules in place"
+        console.print(f"IPv{family}: {what} (ports {port_range} admitted from {who} only).")
+    for family, why in sorted(done.skipped.items()):
+        err.print(f"IPv{family}: skipped, {why}.", style="dim")
+    err.print(f"Took {done.seconds:.2f}s.", style="dim")

@@ -5,7 +5,9 @@ file and socket) in a network namespace of its own. The nodes are wired to one b
 in a further namespace (the "switch"), so that nothing of it is in the host's namespace, where
 the host's firewall (Docker's FORWARD policy, br_netfilter) could drop its frames. Node i has
 the address 10.<net>.0.<i+1>/24 on its `eth0`; swarm traffic (2377, 7946, 4789) goes only
-between those addresses. The host's shared engine is never put in swarm mode.
+between those addresses. The host's shared engine is never put in swarm mode. private_cluster
+may turn the engines' own iptables rules on (in their namespaces only) and add engine-less
+"outsider" namespaces on the same network, as clients from outside the cluster.
 
 Needs root. Everything is removed afterwards, on failure too: the engines (leaving their swarm
 first), their directories, the namespaces and the links.
@@ -35,14 +37,17 @@ def _ip(*args: str, netns: str | None = None) -> None:
 class NodeEngine(PrivateEngine):
     """A private engine with a host name of its own (a UTS namespace): Swarm names nodes by it."""
 
-    def __init__(self, root: Path, netns: Netns, hostname: str) -> None:
+    def __init__(self, root: Path, netns: Netns, hostname: str, iptables: bool = False) -> None:
         super().__init__(root, netns)
         self.hostname = hostname
+        self.iptables = iptables
 
     def argv(self) -> list[str]:
         # A default bridge (in the node's namespace only): a Swarm task with no network of its own
         # is put there, and its host-mode port is published from it (by docker-proxy: no iptables).
         dockerd = [a for a in super().argv() if a != "--bridge=none"]
+        if self.iptables:  # as on a real node: DNAT to the task, FORWARD and DOCKER-USER (in the namespace only)
+            dockerd = [a for a in dockerd if a != "--iptables=false"] + ["--iptables=true"]
         # unshare execs (no fork): the process stopped and waited for is dockerd itself.
         return ["unshare", "--uts", "sh", "-c", 'hostname "$0" && exec "$@"', self.hostname, *dockerd]
 
@@ -108,25 +113,51 @@ def seed_busybox(nodes: list[Node]) -> None:
             node.engine.load(["busybox:latest"])
 
 
+@dataclass
+class Outsider:
+    """A namespace on the private network with no engine: a client from outside the cluster."""
+
+    name: str
+    address: str
+    netns: Netns
+
+
 @contextlib.contextmanager
 def private_nodes(count: int, images: list[str] | None = None) -> Iterator[list[Node]]:
     """`count` private engines on one private network, none in a swarm yet; all gone afterwards."""
+    with private_cluster(count, images) as (nodes, _):
+        yield nodes
+
+
+@contextlib.contextmanager
+def private_cluster(
+    count: int, images: list[str] | None = None, *, iptables: bool = False, outsiders: int = 0
+) -> Iterator[tuple[list[Node], list[Outsider]]]:
+    """private_nodes, with dockerd's iptables rules on if asked, and `outsiders` engine-less
+    namespaces on the same network after the nodes; all gone afterwards."""
     tag = f"{os.getpid() % 100000}"
     network = PrivateNetwork(tag, 200 + os.getpid() % 50)
     nodes: list[Node] = []
+    others: list[Outsider] = []
     try:
         for i in range(count):
             name = f"n{i}"
             netns = Netns(f"lbsolo-{name}-{tag}")
             root = Path(tempfile.mkdtemp(prefix=f"lb{name}-", dir="/tmp"))  # short: socket paths have 108 bytes
-            engine = NodeEngine(root, netns, f"lbsolo-{name}")
+            engine = NodeEngine(root, netns, f"lbsolo-{name}", iptables=iptables)
             nodes.append(Node(name, "", engine))
             nodes[-1].address = network.plug(netns, i)
             engine.start()
             if images:
                 engine.load(images)
-        yield nodes
+        for i in range(count, count + outsiders):
+            netns = Netns(f"lbsolo-o{i}-{tag}")
+            others.append(Outsider(f"o{i}", "", netns))
+            others[-1].address = network.plug(netns, i)
+        yield nodes, others
     finally:
+        for other in others:
+            other.netns.delete()
         for node in reversed(nodes):
             if node.engine.answers():
                 with contextlib.suppress(Exception):

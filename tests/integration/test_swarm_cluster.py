@@ -108,7 +108,8 @@ def test_init_join_nodes_drain_and_activate(nodes, manager_daemon):
     assert "nothing changed" in ok(d.cli("cluster:init"))  # idempotent
     assert "nothing changed" in ok(d.cli("cluster:init", "--advertise-addr", manager.address))
 
-    join = ok(d.cli("cluster:join-command")).strip()
+    join, step = ok(d.cli("cluster:join-command")).strip().splitlines()  # then the node's firewall step
+    assert step == f"lbsolo node:firewall --instance {d.instance} --manager {manager.address} --ports 30000-30999"
     assert re.fullmatch(rf"docker swarm join --token SWMTKN-1-[\w-]+ {re.escape(manager.address)}:2377", join), join
     token = shlex.split(join)[4]
     started = time.monotonic()

@@ -76,14 +76,14 @@ class Holder:
         self.cluster = cluster
 
 
-def api(swarm: FakeSwarm | None, backend: str = "docker") -> FastAPI:
+def api(swarm: FakeSwarm | None, backend: str = "docker", **settings: str) -> FastAPI:
     app = FastAPI()
 
     @app.exception_handler(LbsoloError)
     async def _lbsolo_error(request: Request, exc: LbsoloError) -> JSONResponse:
         return JSONResponse({"error": {"code": exc.code, "message": exc.message}}, status_code=exc.status)
 
-    ops = ClusterOps(backend, lambda: swarm) if swarm is not None else None  # type: ignore[arg-type,return-value]
+    ops = ClusterOps(backend, lambda: swarm, **settings) if swarm is not None else None  # type: ignore[arg-type,return-value]
     app.include_router(create_cluster_router(Holder(ops), lambda: None))
     return app
 
@@ -154,10 +154,13 @@ def test_the_join_command_holds_the_token_and_nothing_logs_it(caplog):
     with caplog.at_level(logging.DEBUG):
         join = call(api(swarm), "GET", "/api/cluster/join-command").json()
     assert join == {
-        "command": f"docker swarm join --token {TOKEN} 10.9.0.1:2377", "address": "10.9.0.1:2377",
+        "command": f"docker swarm join --token {TOKEN} 10.9.0.1:2377", "address": "10.9.0.1:2377", "firewall": "",
         "registry": None, "trust": None,  # the docker backend runs no registry
     }  # fmt: skip
     assert TOKEN not in caplog.text
+    # with the daemon's instance and port range: the firewall step every node then runs
+    join = call(api(swarm, instance="abc", swarm_ports="31000-31099"), "GET", "/api/cluster/join-command").json()
+    assert join["firewall"] == "lbsolo node:firewall --instance abc --manager 10.9.0.1 --ports 31000-31099"
 
 
 def test_every_cluster_route_is_the_admins_to_change_and_the_join_command_the_admins_to_read():

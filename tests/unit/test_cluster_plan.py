@@ -48,6 +48,18 @@ def test_up_refuses_an_unknown_backend_before_it_binds_or_connects(tmp_path):
     assert "unknown backend 'kubernetes': LBSOLO_BACKEND is docker (the default) or swarm" in done.stderr
 
 
+def test_up_on_swarm_refuses_a_bad_port_range_before_it_connects(tmp_path):
+    env = {"PATH": "/usr/bin:/bin", "LBSOLO_HOME": str(tmp_path / "home"), "DOCKER_HOST": "unix:///nonexistent"}
+    env["PYTHONPATH"] = str(Path(__file__).resolve().parents[2])
+    env["LBSOLO_SWARM_PORTS"] = "31000-30000"
+    done = subprocess.run(
+        [sys.executable, "-m", "lbsolo", "up", "--backend", "swarm"], env=env, capture_output=True, text=True,
+        cwd=tmp_path, timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 1
+    assert "LBSOLO_SWARM_PORTS '31000-30000': the first port is above the last; write 30000-31000" in done.stderr
+
+
 def test_what_the_swarm_backend_cannot_do_yet_is_said_one_line_each():
     assert plan.not_yet("docker") == []
     lines = plan.not_yet("swarm")

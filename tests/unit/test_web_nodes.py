@@ -24,7 +24,7 @@ def swarm() -> FakeSwarm:
 @pytest.fixture
 def platform(swarm) -> FakePlatform:
     p = FakePlatform()
-    p.cluster = ClusterOps("swarm", lambda: swarm)  # type: ignore[attr-defined]
+    p.cluster = ClusterOps("swarm", lambda: swarm, instance="abc", swarm_ports="30000-30999")  # type: ignore[attr-defined]
     return p
 
 
@@ -69,6 +69,7 @@ def test_init_then_nodes_drain_activate_and_the_join_command(client: Client, swa
 
     shown = client.post("/ui/nodes/join-command", data={"csrf": csrf})
     assert shown.status_code == 200 and f"docker swarm join --token {JOIN_TOKEN} 10.9.0.1:2377" in shown.text
+    assert "lbsolo node:firewall --instance abc --manager 10.9.0.1 --ports 30000-30999" in shown.text
     assert JOIN_TOKEN not in client.get("/ui/nodes").text  # not kept in a flash
 
 
