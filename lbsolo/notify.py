@@ -33,16 +33,17 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
-
-import httpx
 
 from lbsolo import __version__
 from lbsolo.errors import InvalidInput, NotFound
 from lbsolo.events import Event, EventBus, EventKind
 from lbsolo.models import now, validate_app_name
 from lbsolo.state import State
+
+if TYPE_CHECKING:
+    import httpx  # imported on the first delivery: an idle daemon does not hold httpx, httpcore and h2
 
 log = logging.getLogger("lbsolo.notify")
 
@@ -84,6 +85,8 @@ class AddressNotAllowed(Exception):
 async def pin(url: str, resolver: Resolver, allow_private: bool) -> tuple[httpx.URL, dict[str, str], dict[str, Any]]:
     """Where to send a delivery: the URL with its host replaced by a resolved, allowed address, plus
     the Host header and the TLS server name that keep the URL's own name."""
+    import httpx
+
     target = httpx.URL(url)
     port = target.port or (443 if target.scheme == "https" else 80)
     addresses = await resolver(target.host, port)
@@ -96,6 +99,8 @@ async def pin(url: str, resolver: Resolver, allow_private: bool) -> tuple[httpx.
 
 def failure_reason(error: BaseException) -> str:
     """A short, safe reason for a failed attempt: no addresses, paths or library text."""
+    import httpx
+
     if isinstance(error, AddressNotAllowed):
         return "address not allowed"
     if isinstance(error, socket.gaierror):
@@ -263,23 +268,15 @@ class WebhookNotifier:
         self._hooks: dict[str, Webhook] = {}
         self._deliveries: dict[str, deque[Delivery]] = {}
         self._tasks: set[asyncio.Task[bool]] = set()
-        self._client: httpx.AsyncClient | None = None
+        self._client: httpx.AsyncClient | None = None  # made on the first delivery once started
+        self._started = False
         self._unlisten: Callable[[], None] | None = None
 
     # ---- lifecycle
     async def start(self) -> None:
         rows = await asyncio.to_thread(self.state.list_webhooks)
         self._hooks = {h.id: h for h in map(Webhook.from_dict, rows)}
-        if self._client is None:
-            self._client = httpx.AsyncClient(
-                timeout=self.timeout,
-                follow_redirects=False,
-                trust_env=False,
-                # A pooled connection is keyed by address, not name: two webhooks on one address
-                # must not share a TLS session made for the other's name.
-                limits=httpx.Limits(max_keepalive_connections=0),
-                headers={"User-Agent": f"lbsolo/{__version__}"},
-            )
+        self._started = True
         if self._unlisten is None:
             self._unlisten = self.bus.add_listener(self._on_event)
 
@@ -294,6 +291,7 @@ class WebhookNotifier:
         if self._client is not None:
             await self._client.aclose()
             self._client = None
+        self._started = False
 
     async def run(self) -> None:
         """start(), then wait until cancelled; for the daemon's supervisor."""
@@ -403,6 +401,18 @@ class WebhookNotifier:
             "X-Lbsolo-Event": event.kind,
             "X-Lbsolo-Delivery": f"{hook.id}-{event.id}",
         }
+        import httpx
+
+        if self._client is None and self._started:
+            self._client = httpx.AsyncClient(
+                timeout=self.timeout,
+                follow_redirects=False,
+                trust_env=False,
+                # A pooled connection is keyed by address, not name: two webhooks on one address
+                # must not share a TLS session made for the other's name.
+                limits=httpx.Limits(max_keepalive_connections=0),
+                headers={"User-Agent": f"lbsolo/{__version__}"},
+            )
         client = self._client
         own_client = client is None
         if client is None:
